@@ -1,0 +1,57 @@
+/* cli/cli.h — what every `joule` subcommand shares: number parsing, usage errors,
+ * progress display, thread set-up. Only cli/ and bench/ print for humans. */
+#ifndef JOULE_CLI_H
+#define JOULE_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input. */
+#define EXIT_USAGE 2
+#define EXIT_RUNTIME 1
+
+/* Prints "joule <cmd>: <message>" and a hint to run --help to stderr; returns EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints "joule <cmd>: <joule_last_error()>" and returns joule_exit_code(status). */
+int cli_fail(const char *cmd, int status);
+
+/* Strict parsers: the whole string must parse and fit. Accept 1e9, 3.2e18 for doubles and
+ * for u64 (when integral), and k/M/G/T suffixes for u64 (powers of 1000). */
+bool cli_parse_int(const char *s, int lo, int hi, int *out);
+bool cli_parse_u64(const char *s, uint64_t *out);
+bool cli_parse_double(const char *s, double *out);
+bool cli_parse_float(const char *s, float *out);
+
+/* Applies --threads (0 = all cores) to OpenMP and BLAS. */
+void cli_setup_threads(int threads);
+
+/* Progress: a redrawn bar with rate and ETA on a terminal, plain lines every few seconds
+ * otherwise. `unit` names what is counted ("tok", "MB", "step"). */
+typedef struct {
+    const char *label;
+    const char *unit;
+    double total;
+    double t0, last_print;
+    bool tty;
+    int printed;
+} cli_progress;
+
+void cli_progress_start(cli_progress *p, const char *label, const char *unit, double total);
+/* `extra` (may be NULL) is appended, e.g. "loss 1.234". */
+void cli_progress_update(cli_progress *p, double done, const char *extra);
+void cli_progress_finish(cli_progress *p, double done, const char *extra);
+
+/* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
+const char *cli_fmt_count(char *buf, size_t n, double v);
+const char *cli_fmt_duration(char *buf, size_t n, double seconds);
+
+/* Subcommands (argv[0] is the subcommand name). */
+int cmd_data(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_bench(int argc, char **argv); /* bench/ */
+
+#endif

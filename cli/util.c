@@ -1,0 +1,156 @@
+/* Shared CLI helpers: parsing, errors, progress display, threads. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "joule/common.h"
+#include "joule/ops.h"
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "joule %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(see 'joule %s --help')\n", cmd);
+    return EXIT_USAGE;
+}
+
+int cli_fail(const char *cmd, int status) {
+    fprintf(stderr, "joule %s: %s\n", cmd, joule_last_error());
+    return joule_exit_code(status);
+}
+
+bool cli_parse_double(const char *s, double *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v)) return false;
+    *out = v;
+    return true;
+}
+
+bool cli_parse_float(const char *s, float *out) {
+    double v;
+    if (!cli_parse_double(s, &v)) return false;
+    *out = (float)v;
+    return true;
+}
+
+bool cli_parse_int(const char *s, int lo, int hi, int *out) {
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = (int)v;
+    return true;
+}
+
+bool cli_parse_u64(const char *s, uint64_t *out) {
+    if (!s || !*s || *s == '-') return false;
+    size_t n = strlen(s);
+    double mult = 1;
+    char last = s[n - 1];
+    if (last == 'k' || last == 'K') mult = 1e3;
+    else if (last == 'M') mult = 1e6;
+    else if (last == 'G') mult = 1e9;
+    else if (last == 'T') mult = 1e12;
+    char buf[64];
+    if (n >= sizeof buf) return false;
+    memcpy(buf, s, n + 1);
+    if (mult != 1) buf[n - 1] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long iv = strtoull(buf, &end, 10);
+    if (!errno && !*end && mult == 1) {
+        *out = iv;
+        return true;
+    }
+    double v;
+    if (!cli_parse_double(buf, &v)) return false;
+    v *= mult;
+    if (v < 0 || v >= 1.8e19 || v != floor(v)) return false;
+    *out = (uint64_t)v;
+    return true;
+}
+
+void cli_setup_threads(int threads) {
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    joule_set_threads(threads);
+}
+
+const char *cli_fmt_count(char *buf, size_t n, double v) {
+    const char *suf[] = {"", "k", "M", "G", "T", "P", "E"};
+    int i = 0;
+    while (fabs(v) >= 1000 && i < 6) {
+        v /= 1000;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.3g%s" : "%.4g%s", v, suf[i]);
+    return buf;
+}
+
+const char *cli_fmt_duration(char *buf, size_t n, double s) {
+    if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    return buf;
+}
+
+void cli_progress_start(cli_progress *p, const char *label, const char *unit, double total) {
+    memset(p, 0, sizeof *p);
+    p->label = label;
+    p->unit = unit;
+    p->total = total;
+    p->t0 = p->last_print = joule_now();
+    p->tty = isatty(fileno(stderr));
+}
+
+static void progress_print(cli_progress *p, double done, const char *extra, bool final) {
+    double now = joule_now(), el = now - p->t0;
+    double rate = el > 0 ? done / el : 0;
+    double eta = rate > 0 && p->total > done ? (p->total - done) / rate : 0;
+    char r[32], d[32], t[32], e[32], tt[32];
+    cli_fmt_count(r, sizeof r, rate);
+    cli_fmt_count(d, sizeof d, done);
+    cli_fmt_count(t, sizeof t, p->total);
+    cli_fmt_duration(e, sizeof e, final ? el : eta);
+    cli_fmt_duration(tt, sizeof tt, el);
+    double frac = p->total > 0 ? done / p->total : 0;
+    if (frac > 1) frac = 1;
+    if (p->tty) {
+        char bar[31];
+        int filled = (int)(frac * 30);
+        for (int i = 0; i < 30; i++) bar[i] = i < filled ? '#' : '.';
+        bar[30] = '\0';
+        fprintf(stderr, "\r%s [%s] %3.0f%% %s/%s %s  %s %s/s  %s %s%s\033[K", p->label, bar, 100 * frac, d, t,
+                p->unit, r, p->unit, final ? "in" : "ETA", e, extra ? "  " : "");
+        if (extra) fputs(extra, stderr);
+        if (final) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "%s: %3.0f%% %s/%s %s, %s %s/s, %s %s, elapsed %s%s%s\n", p->label, 100 * frac, d, t,
+                p->unit, r, p->unit, final ? "done in" : "ETA", e, tt, extra ? ", " : "", extra ? extra : "");
+    }
+    fflush(stderr);
+    p->last_print = now;
+    p->printed++;
+}
+
+void cli_progress_update(cli_progress *p, double done, const char *extra) {
+    double now = joule_now();
+    double every = p->tty ? 0.2 : 10.0;
+    if (p->printed && now - p->last_print < every) return;
+    progress_print(p, done, extra, false);
+}
+
+void cli_progress_finish(cli_progress *p, double done, const char *extra) { progress_print(p, done, extra, true); }

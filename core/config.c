@@ -1,0 +1,155 @@
+/* Model configuration: defaults, validation and the JSON form stored in checkpoints. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "joule/model.h"
+
+joule_config joule_config_default(int n_layers, int d_model, int n_heads, int d_ff, int ctx) {
+    joule_config c;
+    memset(&c, 0, sizeof c);
+    strcpy(c.arch, "dense");
+    c.n_layers = n_layers;
+    c.d_model = d_model;
+    c.n_heads = n_heads;
+    c.d_ff = d_ff;
+    c.ctx = ctx;
+    c.vocab = 256;
+    c.tied = true;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    c.init_std = 0.02f;
+    return c;
+}
+
+int joule_config_validate(const joule_config *c, const char *what) {
+    if (strcmp(c->arch, "dense") != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: arch '%s' is not supported by this build", what, c->arch);
+    if (c->n_layers < 1 || c->n_layers > JOULE_MAX_LAYERS)
+        return joule_fail(JOULE_ERR_ARG, "%s: n_layers %d outside [1, %d]", what, c->n_layers,
+                          JOULE_MAX_LAYERS);
+    if (c->d_model < 2 || c->d_model > 65536)
+        return joule_fail(JOULE_ERR_ARG, "%s: d_model %d outside [2, 65536]", what, c->d_model);
+    if (c->n_heads < 1 || c->d_model % c->n_heads != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: d_model %d is not a multiple of n_heads %d", what,
+                          c->d_model, c->n_heads);
+    if ((c->d_model / c->n_heads) % 2 != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: head size %d must be even for rotary embeddings",
+                          what, c->d_model / c->n_heads);
+    if (c->d_ff < 1 || c->d_ff > 1 << 20)
+        return joule_fail(JOULE_ERR_ARG, "%s: d_ff %d outside [1, 1048576]", what, c->d_ff);
+    if (c->ctx < 1 || c->ctx > 1 << 16)
+        return joule_fail(JOULE_ERR_ARG, "%s: ctx %d outside [1, 65536]", what, c->ctx);
+    if (c->vocab != 256)
+        return joule_fail(JOULE_ERR_ARG, "%s: vocab must be 256 (bytes), got %d", what, c->vocab);
+    if (!(c->rope_theta > 0) || !(c->norm_eps > 0) || !(c->init_std > 0))
+        return joule_fail(JOULE_ERR_ARG, "%s: rope_theta, norm_eps and init_std must be > 0", what);
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->kinds[l].ffn != JOULE_FFN_DENSE || c->kinds[l].cca)
+            return joule_fail(JOULE_ERR_ARG, "%s: layer %d kind not supported by this build", what, l);
+    return JOULE_OK;
+}
+
+char *joule_config_to_json(const joule_config *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "arch", c->arch);
+    cJSON_AddNumberToObject(o, "n_layers", c->n_layers);
+    cJSON_AddNumberToObject(o, "d_model", c->d_model);
+    cJSON_AddNumberToObject(o, "n_heads", c->n_heads);
+    cJSON_AddNumberToObject(o, "d_ff", c->d_ff);
+    cJSON_AddNumberToObject(o, "ctx", c->ctx);
+    cJSON_AddNumberToObject(o, "vocab", c->vocab);
+    cJSON_AddBoolToObject(o, "tied", c->tied);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
+    cJSON_AddNumberToObject(o, "init_std", c->init_std);
+    cJSON *kinds = cJSON_AddArrayToObject(o, "layers");
+    for (int l = 0; l < c->n_layers; l++) {
+        cJSON *k = cJSON_CreateObject();
+        cJSON_AddStringToObject(k, "ffn", c->kinds[l].ffn == JOULE_FFN_MOE ? "moe" : "dense");
+        cJSON_AddBoolToObject(k, "cca", c->kinds[l].cca);
+        cJSON_AddItemToArray(kinds, k);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static int get_int(const cJSON *o, const char *key, int *out, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' missing or not an integer", what, key);
+    *out = (int)v->valuedouble;
+    return JOULE_OK;
+}
+
+static int get_float(const cJSON *o, const char *key, float *out, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) return JOULE_OK; /* optional: keep the default */
+    if (!cJSON_IsNumber(v))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' is not a number", what, key);
+    *out = (float)v->valuedouble;
+    return JOULE_OK;
+}
+
+int joule_config_from_json(joule_config *c, const char *json, const char *what) {
+    cJSON *o = cJSON_Parse(json);
+    if (!o || !cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return joule_fail(JOULE_ERR_FORMAT, "%s: config is not a JSON object", what);
+    }
+    int rc = JOULE_OK;
+    joule_config d = joule_config_default(1, 2, 1, 1, 1);
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(o, "arch");
+    if (!cJSON_IsString(arch) || strlen(arch->valuestring) >= sizeof d.arch) {
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: config field 'arch' missing or invalid", what);
+        goto done;
+    }
+    strcpy(d.arch, arch->valuestring);
+    if ((rc = get_int(o, "n_layers", &d.n_layers, what)) || (rc = get_int(o, "d_model", &d.d_model, what)) ||
+        (rc = get_int(o, "n_heads", &d.n_heads, what)) || (rc = get_int(o, "d_ff", &d.d_ff, what)) ||
+        (rc = get_int(o, "ctx", &d.ctx, what)) || (rc = get_int(o, "vocab", &d.vocab, what)) ||
+        (rc = get_float(o, "rope_theta", &d.rope_theta, what)) ||
+        (rc = get_float(o, "norm_eps", &d.norm_eps, what)) ||
+        (rc = get_float(o, "init_std", &d.init_std, what)))
+        goto done;
+    const cJSON *tied = cJSON_GetObjectItemCaseSensitive(o, "tied");
+    if (tied) {
+        if (!cJSON_IsBool(tied)) {
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: config field 'tied' is not a boolean", what);
+            goto done;
+        }
+        d.tied = cJSON_IsTrue(tied);
+    }
+    if (d.n_layers < 1 || d.n_layers > JOULE_MAX_LAYERS) {
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: n_layers %d outside [1, %d]", what, d.n_layers, JOULE_MAX_LAYERS);
+        goto done;
+    }
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(o, "layers");
+    if (layers) {
+        if (!cJSON_IsArray(layers) || cJSON_GetArraySize(layers) != d.n_layers) {
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: config 'layers' must list %d layer kinds", what, d.n_layers);
+            goto done;
+        }
+        int l = 0;
+        const cJSON *k;
+        cJSON_ArrayForEach(k, layers) {
+            const cJSON *ffn = cJSON_GetObjectItemCaseSensitive(k, "ffn");
+            const cJSON *cca = cJSON_GetObjectItemCaseSensitive(k, "cca");
+            if (!cJSON_IsString(ffn) || (strcmp(ffn->valuestring, "dense") && strcmp(ffn->valuestring, "moe")) ||
+                (cca && !cJSON_IsBool(cca))) {
+                rc = joule_fail(JOULE_ERR_FORMAT, "%s: config layer %d kind is invalid", what, l);
+                goto done;
+            }
+            d.kinds[l].ffn = strcmp(ffn->valuestring, "moe") == 0 ? JOULE_FFN_MOE : JOULE_FFN_DENSE;
+            d.kinds[l].cca = cca && cJSON_IsTrue(cca);
+            l++;
+        }
+    }
+    rc = joule_config_validate(&d, what);
+    if (rc == JOULE_ERR_ARG) rc = JOULE_ERR_FORMAT; /* it came from a file */
+    if (rc == JOULE_OK) *c = d;
+done:
+    cJSON_Delete(o);
+    return rc;
+}

@@ -1,0 +1,113 @@
+/* Token-at-a-time inference with a KV cache: the path `joule generate` and the decode
+ * benchmark use. Matrix-vector products go through joule_sgemv (counted). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "joule/model.h"
+#include "joule/ops.h"
+
+int joule_decoder_create(joule_decoder **out, const joule_model *m) {
+    *out = NULL;
+    const joule_config *c = &m->cfg;
+    joule_decoder *d = calloc(1, sizeof *d);
+    if (!d) return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the decoder");
+    const size_t L = (size_t)c->n_layers, T = (size_t)c->ctx, C = (size_t)c->d_model;
+    const size_t F = (size_t)c->d_ff, H = (size_t)c->n_heads, f = sizeof(float);
+    d->m = m;
+    d->k_cache = joule_alloc(L * T * C * f);
+    d->v_cache = joule_alloc(L * T * C * f);
+    d->x = joule_alloc(C * f);
+    d->xn = joule_alloc(C * f);
+    d->qkv = joule_alloc(3 * C * f);
+    d->att_out = joule_alloc(C * f);
+    d->h13 = joule_alloc(2 * F * f);
+    d->g = joule_alloc(F * f);
+    d->scores = joule_alloc(H * T * f);
+    d->logits = joule_alloc((size_t)c->vocab * f);
+    if (!d->k_cache || !d->v_cache || !d->x || !d->xn || !d->qkv || !d->att_out || !d->h13 || !d->g ||
+        !d->scores || !d->logits) {
+        joule_decoder_free(d);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the KV cache");
+    }
+    *out = d;
+    return JOULE_OK;
+}
+
+void joule_decoder_free(joule_decoder *d) {
+    if (!d) return;
+    float *bufs[] = {d->k_cache, d->v_cache, d->x, d->xn, d->qkv, d->att_out, d->h13, d->g, d->scores, d->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) joule_free(bufs[i]);
+    free(d);
+}
+
+void joule_decoder_reset(joule_decoder *d) { d->pos = 0; }
+
+/* Attention of one query over the cached positions [0, pos], one head per iteration. */
+static void attend(joule_decoder *d, int l, int pos) {
+    const joule_config *c = &d->m->cfg;
+    const int C = c->d_model, H = c->n_heads, hs = C / H, T = c->ctx;
+    const float *kc = d->k_cache + (size_t)l * T * C;
+    const float *vc = d->v_cache + (size_t)l * T * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for schedule(static) if (pos > 64)
+    for (int h = 0; h < H; h++) {
+        const float *q = d->qkv + h * hs;
+        float *s = d->scores + (size_t)h * T;
+        float mx = -INFINITY;
+        for (int t = 0; t <= pos; t++) {
+            const float *k = kc + (size_t)t * C + h * hs;
+            float dot = 0.0f;
+            for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+            s[t] = dot * scale;
+            mx = s[t] > mx ? s[t] : mx;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t <= pos; t++) {
+            s[t] = expf(s[t] - mx);
+            sum += s[t];
+        }
+        float inv = 1.0f / sum;
+        float *o = d->att_out + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0.0f;
+        for (int t = 0; t <= pos; t++) {
+            const float *v = vc + (size_t)t * C + h * hs;
+            float p = s[t] * inv;
+            for (int i = 0; i < hs; i++) o[i] += p * v[i];
+        }
+    }
+    /* Same FLOPs as the batched path's two T x T products restricted to this row. */
+    joule_flops_add(4ull * (uint64_t)(pos + 1) * (uint64_t)C);
+}
+
+int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
+    const joule_model *m = d->m;
+    const joule_config *c = &m->cfg;
+    const int C = c->d_model, F = c->d_ff, V = c->vocab, H = c->n_heads, hs = C / H, T = c->ctx;
+    if (d->pos >= T) return joule_fail(JOULE_ERR_ARG, "KV cache full (%d tokens)", T);
+    if (token < 0 || token >= V) return joule_fail(JOULE_ERR_ARG, "token %d out of range [0, %d)", token, V);
+    const int pos = d->pos;
+    float rstd;
+    memcpy(d->x, m->w.tok_emb + (size_t)token * C, (size_t)C * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        const joule_layer_weights *w = &m->w.layers[l];
+        joule_rmsnorm_forward(d->xn, &rstd, d->x, w->attn_norm, 1, C, c->norm_eps);
+        joule_sgemv(3 * C, C, 1.0f, w->wqkv, C, d->xn, 0.0f, d->qkv);
+        joule_rope_forward(d->qkv, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
+        joule_rope_forward(d->qkv + C, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
+        memcpy(d->k_cache + ((size_t)l * T + pos) * C, d->qkv + C, (size_t)C * sizeof(float));
+        memcpy(d->v_cache + ((size_t)l * T + pos) * C, d->qkv + 2 * C, (size_t)C * sizeof(float));
+        attend(d, l, pos);
+        joule_sgemv(C, C, 1.0f, w->wo, C, d->att_out, 1.0f, d->x);
+
+        joule_rmsnorm_forward(d->xn, &rstd, d->x, w->ffn_norm, 1, C, c->norm_eps);
+        joule_sgemv(2 * F, C, 1.0f, w->w13, C, d->xn, 0.0f, d->h13);
+        joule_swiglu_forward(d->g, d->h13, 1, F);
+        joule_sgemv(C, F, 1.0f, w->w2, F, d->g, 1.0f, d->x);
+    }
+    joule_rmsnorm_forward(d->xn, &rstd, d->x, m->w.norm, 1, C, c->norm_eps);
+    joule_sgemv(V, C, 1.0f, m->w.lm_head, C, d->xn, 0.0f, d->logits);
+    d->pos++;
+    *logits = d->logits;
+    return JOULE_OK;
+}

@@ -1,0 +1,237 @@
+/* The training loop: budgeted schedule, accumulation, clipping, AdamW, periodic
+ * validation and checkpoints, a JSON-lines log of every step, exact resume. */
+#include "joule/train.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "joule/ops.h"
+
+void joule_train_opts_init(joule_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->batch = 8;
+    o->accum = 1;
+    o->seed = 1;
+    o->adam = joule_adamw_defaults();
+    o->eval_windows = 64;
+}
+
+int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                   joule_eval_result *r) {
+    memset(r, 0, sizeof *r);
+    if (B > m->max_batch) B = m->max_batch;
+    uint64_t nw = joule_eval_windows(t, T);
+    if (max_windows && nw > max_windows) nw = max_windows;
+    if (nw == 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: %" PRIu64 " tokens is too short for one window of %d",
+                          t->path, t->n_tokens, T);
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
+    if (!in || !tg) {
+        free(in);
+        free(tg);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    }
+    double t0 = joule_now(), sum = 0.0;
+    uint64_t f0 = joule_flops_counted();
+    int rc = JOULE_OK;
+    for (uint64_t w = 0; w < nw && !rc; w += (uint64_t)B) {
+        int b = (int)((nw - w) < (uint64_t)B ? (nw - w) : (uint64_t)B);
+        for (int i = 0; i < b; i++) joule_eval_window(t, T, w + (uint64_t)i, in + (size_t)i * T, tg + (size_t)i * T);
+        double loss;
+        rc = joule_model_forward(m, in, tg, b, T, &loss);
+        sum += loss * (double)b * T; /* every target of an eval window is valid */
+    }
+    free(in);
+    free(tg);
+    if (rc) return rc;
+    r->windows = nw;
+    r->tokens = nw * (uint64_t)T;
+    r->loss = sum / (double)r->tokens;
+    r->bpb = r->loss / M_LN2;
+    r->flops = joule_flops_counted() - f0;
+    r->wall_s = joule_now() - t0;
+    return JOULE_OK;
+}
+
+/* Options that shape the trajectory; a resume must use the same ones. */
+static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "batch", o->batch);
+    cJSON_AddNumberToObject(j, "accum", o->accum);
+    cJSON_AddNumberToObject(j, "seq", T);
+    cJSON_AddNumberToObject(j, "total_steps", (double)total_steps);
+    cJSON_AddNumberToObject(j, "lr", o->adam.lr);
+    cJSON_AddNumberToObject(j, "min_lr", o->adam.min_lr);
+    cJSON_AddNumberToObject(j, "beta1", o->adam.beta1);
+    cJSON_AddNumberToObject(j, "beta2", o->adam.beta2);
+    cJSON_AddNumberToObject(j, "eps", o->adam.eps);
+    cJSON_AddNumberToObject(j, "weight_decay", o->adam.weight_decay);
+    cJSON_AddNumberToObject(j, "grad_clip", o->adam.grad_clip);
+    cJSON_AddNumberToObject(j, "warmup_steps", o->adam.warmup_steps);
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+static uint64_t plan_steps(const joule_train_opts *o, const joule_config *c, int T) {
+    uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * (uint64_t)o->accum;
+    if (o->max_steps) return o->max_steps;
+    if (o->max_tokens) return (o->max_tokens + tokens_per_step - 1) / tokens_per_step;
+    if (o->max_flops > 0) {
+        double per_step = 3.0 * (double)joule_model_forward_flops(c, o->batch, T) * o->accum;
+        uint64_t s = (uint64_t)floor(o->max_flops / per_step);
+        return s ? s : 1;
+    }
+    return 0;
+}
+
+static void log_step(FILE *log, const joule_train_progress *p) {
+    if (!log) return;
+    fprintf(log,
+            "{\"step\":%" PRIu64 ",\"tokens\":%" PRIu64 ",\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,"
+            "\"wall_s\":%.3f,\"flops\":%" PRIu64 ",\"flops_analytic\":%" PRIu64 ",\"tokens_per_s\":%.1f",
+            p->step, p->tokens, p->loss, p->lr, p->grad_norm, p->wall_s, p->flops, p->flops_analytic,
+            p->tokens_per_s);
+    if (!isnan(p->val_loss))
+        fprintf(log, ",\"val_loss\":%.6f,\"val_bpb\":%.6f", p->val_loss, p->val_loss / M_LN2);
+    fputs("}\n", log);
+    fflush(log);
+}
+
+static void make_run_id(char *buf, size_t n, uint64_t seed) {
+    /* Unique per run start, not per seed, so two runs' files never pair up by accident. */
+    uint64_t x = joule_mix64(seed, (uint64_t)(joule_now() * 1e9));
+    snprintf(buf, n, "%016" PRIx64, x);
+}
+
+int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last) {
+    const joule_config *c = &m->cfg;
+    const int T = o->seq ? o->seq : c->ctx;
+    if (T < 1 || T > c->ctx) return joule_fail(JOULE_ERR_ARG, "sequence length %d outside [1, %d]", T, c->ctx);
+    if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
+    if (!m->acts || m->max_batch < o->batch)
+        return joule_fail(JOULE_ERR_ARG, "model buffers hold batch %d, training needs %d", m->max_batch, o->batch);
+    uint64_t total = plan_steps(o, c, T);
+    if (total == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
+
+    joule_tokens train = {0}, val = {0};
+    joule_adamw opt = {0};
+    joule_train_state st;
+    memset(&st, 0, sizeof st);
+    FILE *log = NULL;
+    int32_t *in = NULL, *tg = NULL;
+    char *traj = trajectory_json(o, T, total);
+    int rc = joule_tokens_open(&train, o->train_path);
+    if (rc) goto done;
+    if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
+
+    if (o->resume) {
+        if ((rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st))) goto done;
+        if (strcmp(st.opts_json, traj) != 0) {
+            rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)",
+                            o->out_path, st.opts_json, traj);
+            goto done;
+        }
+        if (st.seed != o->seed) {
+            rc = joule_fail(JOULE_ERR_ARG, "%s: saved with seed %" PRIu64 ", resuming with %" PRIu64,
+                            o->out_path, st.seed, o->seed);
+            goto done;
+        }
+    } else {
+        if ((rc = joule_adamw_init(&opt, m->n_params))) goto done;
+        st.seed = o->seed;
+        st.total_steps = total;
+        make_run_id(st.run_id, sizeof st.run_id, o->seed);
+        snprintf(st.opts_json, sizeof st.opts_json, "%s", traj);
+    }
+    if (o->log_path) {
+        log = fopen(o->log_path, o->resume ? "a" : "w");
+        if (!log) {
+            rc = joule_fail(JOULE_ERR_IO, "%s: cannot open log for writing", o->log_path);
+            goto done;
+        }
+    }
+    in = malloc((size_t)o->batch * T * sizeof *in);
+    tg = malloc((size_t)o->batch * T * sizeof *tg);
+    if (!in || !tg) {
+        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+
+    const uint64_t analytic_step = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)o->accum;
+    joule_train_progress p;
+    memset(&p, 0, sizeof p);
+    p.val_loss = NAN;
+    p.step = st.step;
+    p.total_steps = total;
+    p.tokens = st.tokens;
+    p.flops = st.flops;
+    p.flops_analytic = st.step * analytic_step;
+    p.wall_s = st.wall_s;
+    while (st.step < total) {
+        double t0 = joule_now();
+        uint64_t f0 = joule_flops_counted();
+        joule_model_zero_grad(m);
+        double loss_sum = 0.0;
+        for (int micro = 0; micro < o->accum; micro++) {
+            double loss;
+            if ((rc = joule_batch_sample(&train, o->seed, st.step, micro, o->batch, T, in, tg)) ||
+                (rc = joule_model_forward(m, in, tg, o->batch, T, &loss)) ||
+                (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
+                goto done;
+            loss_sum += loss;
+        }
+        /* (distributed training: all-reduce m->grads here) */
+        double norm = joule_grad_norm(m);
+        if (!isfinite(norm)) {
+            rc = joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": gradient norm is %g (diverged)", st.step, norm);
+            goto done;
+        }
+        float clip = (o->adam.grad_clip > 0 && norm > o->adam.grad_clip) ? (float)(o->adam.grad_clip / norm) : 1.0f;
+        float lr = joule_lr_at(&o->adam, st.step, total);
+        joule_adamw_update(&opt, m, &o->adam, lr, clip);
+        double dt = joule_now() - t0;
+
+        st.step++;
+        st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
+        st.flops += joule_flops_counted() - f0;
+        st.wall_s += dt;
+        p.step = st.step;
+        p.tokens = st.tokens;
+        p.flops = st.flops;
+        p.flops_analytic = st.step * analytic_step;
+        p.loss = loss_sum / o->accum;
+        p.lr = lr;
+        p.grad_norm = norm;
+        p.wall_s = st.wall_s;
+        p.tokens_per_s = (double)o->batch * T * o->accum / dt;
+        p.val_loss = NAN;
+
+        bool finished = st.step == total;
+        bool stopping = finished || (o->stop_after && st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
+        if (o->val_path && ((o->eval_every && st.step % (uint64_t)o->eval_every == 0) || finished)) {
+            joule_eval_result er;
+            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er))) goto done;
+            p.val_loss = er.loss;
+        }
+        log_step(log, &p);
+        if (o->on_step) o->on_step(o->ctx, &p);
+        if (stopping || (o->save_every && st.step % (uint64_t)o->save_every == 0))
+            if ((rc = joule_checkpoint_save(m, o->out_path, &opt, &st))) goto done;
+        if (stopping) break;
+    }
+    if (last) *last = p;
+done:
+    if (log) fclose(log);
+    free(in);
+    free(tg);
+    free(traj);
+    joule_adamw_free(&opt);
+    joule_tokens_close(&train);
+    if (o->val_path) joule_tokens_close(&val);
+    return rc;
+}

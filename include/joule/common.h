@@ -1,0 +1,76 @@
+/* joule/common.h — status codes, error messages, RNG, timing shared by every module.
+ *
+ * Error convention (as in the FAISS C API): functions return a joule_status; on
+ * failure the one-line message is available from joule_last_error() on the same
+ * thread until the next failing call. Messages name the file and the problem.
+ */
+#ifndef JOULE_COMMON_H
+#define JOULE_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    JOULE_OK = 0,
+    JOULE_ERR_IO = 1,      /* open/read/write/fsync/rename/mmap failed */
+    JOULE_ERR_FORMAT = 2,  /* a file exists but its contents are invalid */
+    JOULE_ERR_ARG = 3,     /* bad argument or configuration from the caller */
+    JOULE_ERR_NOMEM = 4,   /* allocation failed */
+    JOULE_ERR_RUNTIME = 5  /* anything else (numerical failure, internal) */
+} joule_status;
+
+/* Last error message of this thread; never NULL ("" when none). Owned by joule. */
+const char *joule_last_error(void);
+
+/* Set this thread's error message (printf-style) and return `code`.
+ * Used by every module: `return joule_fail(JOULE_ERR_FORMAT, "%s: bad magic", path);` */
+int joule_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Exit code a CLI should use for a status: 0 ok, 2 bad usage or bad input, 1 otherwise. */
+int joule_exit_code(int status);
+
+/* Monotonic wall clock in seconds. */
+double joule_now(void);
+
+/* Deterministic RNG (xoshiro256** seeded through splitmix64). Plain value type: copy to fork. */
+typedef struct { uint64_t s[4]; } joule_rng;
+void joule_rng_seed(joule_rng *r, uint64_t seed);
+uint64_t joule_rng_u64(joule_rng *r);
+/* Uniform in [0, 1) with 24 random bits. */
+float joule_rng_float(joule_rng *r);
+/* Uniform integer in [0, n); n > 0. */
+uint64_t joule_rng_below(joule_rng *r, uint64_t n);
+/* Standard normal (Box–Muller, double internally). */
+float joule_rng_normal(joule_rng *r);
+/* Stateless mixing of two 64-bit values: used to derive per-step streams from (seed, step). */
+uint64_t joule_mix64(uint64_t a, uint64_t b);
+
+/* 64-byte aligned allocation (zeroed); free with joule_free. NULL on failure (message set). */
+void *joule_alloc(size_t bytes);
+void joule_free(void *p);
+
+/* Write `len` bytes to `path` atomically: temp name in the same directory, fsync, rename,
+ * fsync of the directory. */
+int joule_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Helpers for atomic multi-part writes: open "<path>.tmp.<pid>" for writing; commit
+ * fsyncs, closes and renames it to path; abort closes and unlinks. */
+typedef struct { int fd; char *tmp_path; char *path; } joule_atomic_file;
+int joule_atomic_open(joule_atomic_file *f, const char *path);
+int joule_atomic_write(joule_atomic_file *f, const void *data, size_t len);
+int joule_atomic_commit(joule_atomic_file *f);
+void joule_atomic_abort(joule_atomic_file *f);
+
+/* Read-only memory map of a whole file. */
+typedef struct { void *data; size_t size; } joule_mmap;
+int joule_mmap_open(joule_mmap *m, const char *path);
+void joule_mmap_close(joule_mmap *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,52 @@
+/* joule/optim.h — AdamW over the flat parameter arena, the learning-rate schedule and the
+ * global gradient norm. */
+#ifndef JOULE_OPTIM_H
+#define JOULE_OPTIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "joule/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    float lr;           /* peak learning rate */
+    float min_lr;       /* floor of the cosine decay */
+    float beta1, beta2, eps;
+    float weight_decay; /* decoupled, on matrices only */
+    float grad_clip;    /* max global L2 norm; <= 0 disables clipping */
+    int warmup_steps;
+} joule_adamw_opts;
+
+joule_adamw_opts joule_adamw_defaults(void);
+
+/* First and second moments, mirroring the parameter arena. Free with joule_adamw_free. */
+typedef struct {
+    float *m, *v;
+    size_t n;
+    uint64_t t; /* updates applied */
+} joule_adamw;
+
+int joule_adamw_init(joule_adamw *o, size_t n_params);
+void joule_adamw_free(joule_adamw *o);
+
+/* Linear warm-up from 0 to lr over warmup steps, then cosine decay to min_lr at
+ * total_steps (step counts from 0). */
+float joule_lr_at(const joule_adamw_opts *p, uint64_t step, uint64_t total_steps);
+
+/* Global L2 norm of the gradients, summed in double in a fixed order (thread-count
+ * independent). */
+double joule_grad_norm(const joule_model *m);
+
+/* One AdamW update with learning rate lr; gradients are first scaled by clip_scale
+ * (1 when not clipping). */
+void joule_adamw_update(joule_adamw *o, joule_model *m, const joule_adamw_opts *p, float lr,
+                        float clip_scale);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,79 @@
+/* joule/train.h — the training loop and evaluation.
+ *
+ * A step: zero gradients; for each of `accum` micro-batches, forward + backward (gradients
+ * accumulate scaled by 1/accum); [a gradient all-reduce slots in here when training spans
+ * machines]; global-norm clipping; one AdamW update. Batches come from (seed, step, micro)
+ * alone, so a resumed run sees exactly the batches it would have seen.
+ */
+#ifndef JOULE_TRAIN_H
+#define JOULE_TRAIN_H
+
+#include <stdint.h>
+
+#include "joule/checkpoint.h"
+#include "joule/data.h"
+#include "joule/model.h"
+#include "joule/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    uint64_t step, total_steps;
+    uint64_t tokens;
+    uint64_t flops;          /* counted */
+    uint64_t flops_analytic; /* joule_model_forward_flops x 3 per micro-batch */
+    double loss, lr, grad_norm;
+    double wall_s;
+    double tokens_per_s;     /* of the last step */
+    double val_loss;         /* NaN when not evaluated at this step */
+} joule_train_progress;
+
+typedef struct {
+    const char *train_path; /* token file (.bin) */
+    const char *val_path;   /* may be NULL: no validation */
+    const char *out_path;   /* checkpoint to write (and to resume from) */
+    const char *log_path;   /* JSON-lines step log; NULL for none */
+    int resume;             /* continue from out_path and its optimizer file */
+    int batch, accum, seq;  /* seq <= ctx; 0 means ctx */
+    uint64_t seed;
+    /* Budget: the first non-zero of max_steps, max_tokens, max_flops fixes the schedule. */
+    uint64_t max_steps;
+    uint64_t max_tokens;
+    double max_flops;
+    uint64_t stop_after;    /* stop (saving) once this many steps are done; 0 = run out */
+    joule_adamw_opts adam;
+    int eval_every;         /* steps; 0 = only at the end */
+    uint64_t eval_windows;  /* validation windows per evaluation; 0 = all */
+    int save_every;         /* steps; 0 = only at the end */
+    volatile int *interrupt; /* when set non-zero, save and stop after the current step */
+    void (*on_step)(void *ctx, const joule_train_progress *p);
+    void *ctx;
+} joule_train_opts;
+
+void joule_train_opts_init(joule_train_opts *o);
+
+/* Trains m (already initialised or loaded from out_path when resuming) under o. m must
+ * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
+ * holds the final progress. */
+int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last);
+
+typedef struct {
+    double loss;     /* mean next-token cross-entropy in nats */
+    double bpb;      /* loss / ln 2 */
+    uint64_t tokens; /* targets scored */
+    uint64_t windows;
+    uint64_t flops;  /* counted */
+    double wall_s;
+} joule_eval_result;
+
+/* Mean loss over consecutive non-overlapping windows of T tokens (inputs tok[wT..wT+T-1],
+ * targets shifted by one), B windows per forward, at most max_windows (0 = all). */
+int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                   joule_eval_result *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
