@@ -10,11 +10,31 @@
 /* Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input. */
 #define EXIT_USAGE 2
 #define EXIT_RUNTIME 1
+/* `joule train` stopped by Ctrl-C (after saving): 128 + SIGINT, as shells report it. */
+#define EXIT_INTERRUPTED 130
+
+#ifndef JOULE_VERSION_STRING
+#define JOULE_VERSION_STRING "0.1.0"
+#endif
 
 /* Prints "joule <cmd>: <message>" and a hint to run --help to stderr; returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prints "joule <cmd>: <joule_last_error()>" and returns joule_exit_code(status). */
 int cli_fail(const char *cmd, int status);
+/* For getopt_long's ':' (missing value) and '?' (unknown option) results, with optstring
+ * starting with ':' and opterr = 0: prints one usage line naming the option, returns
+ * EXIT_USAGE. */
+int cli_bad_option(const char *cmd, int c, char **argv);
+/* An input file must exist and be a readable regular file: otherwise prints
+ * "joule <cmd>: <path>: <problem>" (plus `hint` when not NULL) and returns EXIT_USAGE
+ * (a missing input is bad input, exit 2). Returns 0 when the file is usable. */
+int cli_check_input(const char *cmd, const char *path, const char *hint);
+/* Creates the folders leading to file `path` (mkdir -p of its dirname). 0 or EXIT_RUNTIME
+ * after printing the problem. */
+int cli_make_parent_dirs(const char *cmd, const char *path);
+/* Reads a whole file into a NUL-terminated malloc'd buffer (*len without the NUL). NULL
+ * with errno set on failure. */
+char *cli_read_file(const char *path, size_t *len);
 
 /* Strict parsers: the whole string must parse and fit. Accept 1e9, 3.2e18 for doubles and
  * for u64 (when integral), and k/M/G/T suffixes for u64 (powers of 1000). */

@@ -1,9 +1,11 @@
 /* Shared CLI helpers: parsing, errors, progress display, threads. */
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -12,16 +14,118 @@
 
 int cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_list ap;
-    fprintf(stderr, "joule %s: ", cmd);
+    fprintf(stderr, "joule%s%s: ", *cmd ? " " : "", cmd);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n(see 'joule %s --help')\n", cmd);
+    fprintf(stderr, " (see 'joule%s%s --help')\n", *cmd ? " " : "", cmd);
     return EXIT_USAGE;
 }
 
+int cli_bad_option(const char *cmd, int c, char **argv) {
+    /* After getopt_long, optind points past the offending element for long options and
+     * missing values; for an unknown short option inside a cluster it may not. */
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':') {
+        if (optopt > 0 && optopt < 256 && arg[0] == '-' && arg[1] != '-')
+            return cli_usage_error(cmd, "option -%c needs a value", optopt);
+        return cli_usage_error(cmd, "option '%s' needs a value", arg);
+    }
+    if (optopt > 0 && optopt < 256 && !(arg[0] == '-' && arg[1] == '-'))
+        return cli_usage_error(cmd, "unknown option -%c", optopt);
+    if (optopt > 0) /* a long option that takes no value was given one */
+        return cli_usage_error(cmd, "option '%s' takes no value", arg);
+    return cli_usage_error(cmd, "unknown option '%s'", arg);
+}
+
+int cli_check_input(const char *cmd, const char *path, const char *hint) {
+    struct stat st;
+    const char *problem = NULL;
+    if (stat(path, &st) != 0) problem = strerror(errno);
+    else if (S_ISDIR(st.st_mode)) problem = "is a folder, not a file";
+    else if (!S_ISREG(st.st_mode)) problem = "not a regular file";
+    else if (access(path, R_OK) != 0) problem = strerror(errno);
+    if (!problem) return 0;
+    fprintf(stderr, "joule %s: %s: %s%s%s\n", cmd, path, problem, hint ? "; " : "", hint ? hint : "");
+    return EXIT_USAGE;
+}
+
+int cli_make_parent_dirs(const char *cmd, const char *path) {
+    size_t n = strlen(path);
+    char *dir = malloc(n + 1);
+    if (!dir) {
+        fprintf(stderr, "joule %s: out of memory\n", cmd);
+        return EXIT_RUNTIME;
+    }
+    memcpy(dir, path, n + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) {
+        free(dir);
+        return 0;
+    }
+    *slash = '\0';
+    for (char *p = dir + 1;; p++) {
+        bool end = *p == '\0';
+        if (*p == '/' || end) {
+            char saved = *p;
+            *p = '\0';
+            struct stat st;
+            if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+                fprintf(stderr, "joule %s: cannot create folder %s: %s\n", cmd, dir, strerror(errno));
+                free(dir);
+                return EXIT_RUNTIME;
+            }
+            if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+                fprintf(stderr, "joule %s: %s exists and is not a folder\n", cmd, dir);
+                free(dir);
+                return EXIT_RUNTIME;
+            }
+            *p = saved;
+        }
+        if (end) break;
+    }
+    free(dir);
+    return 0;
+}
+
+char *cli_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n + 1 >= cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                errno = ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) {
+                int e = errno ? errno : EIO;
+                free(buf);
+                buf = NULL;
+                errno = e;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    if (!buf) return NULL;
+    buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
 int cli_fail(const char *cmd, int status) {
-    fprintf(stderr, "joule %s: %s\n", cmd, joule_last_error());
+    fprintf(stderr, "joule%s%s: %s\n", *cmd ? " " : "", cmd, joule_last_error());
     return joule_exit_code(status);
 }
 
@@ -149,7 +253,8 @@ static void progress_print(cli_progress *p, double done, const char *extra, bool
 void cli_progress_update(cli_progress *p, double done, const char *extra) {
     double now = joule_now();
     double every = p->tty ? 0.2 : 10.0;
-    if (p->printed && now - p->last_print < every) return;
+    /* A terminal gets the bar at once; a log gets its first line after `every` seconds. */
+    if ((p->printed || !p->tty) && now - p->last_print < every) return;
     progress_print(p, done, extra, false);
 }
 

@@ -47,3 +47,12 @@ void joule_set_threads(int n) {
 int joule_get_threads(void) { return omp_get_max_threads(); }
 
 const char *joule_blas_corename(void) { return openblas_get_corename(); }
+
+const char *joule_blas_threading(void) {
+    switch (openblas_get_parallel()) {
+    case 0: return "sequential";
+    case 1: return "pthreads";
+    case 2: return "openmp";
+    default: return "unknown";
+    }
+}

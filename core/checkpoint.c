@@ -199,6 +199,11 @@ int joule_checkpoint_load_optim(const char *path, const joule_model *m, joule_ad
                         opath, st->run_id, st->step, wst.run_id, wst.step);
         goto done;
     }
+    if (joule_st_count(f) != 2 * (size_t)m->n_tensors) {
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: %zu tensors, the model needs %d", opath, joule_st_count(f),
+                        2 * m->n_tensors);
+        goto done;
+    }
     uint64_t t;
     if ((rc = parse_u64(f, "adam_t", &t))) goto done;
     if ((rc = joule_adamw_init(opt, m->n_params))) goto done;

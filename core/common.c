@@ -90,6 +90,15 @@ float joule_rng_normal(joule_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
+double joule_float_for_json(float f) {
+    char buf[32];
+    for (int prec = 6; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
+        if (strtof(buf, NULL) == f) break;
+    }
+    return strtod(buf, NULL);
+}
+
 void *joule_alloc(size_t bytes) {
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded < bytes) {

@@ -60,9 +60,9 @@ char *joule_config_to_json(const joule_config *c) {
     cJSON_AddNumberToObject(o, "ctx", c->ctx);
     cJSON_AddNumberToObject(o, "vocab", c->vocab);
     cJSON_AddBoolToObject(o, "tied", c->tied);
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
-    cJSON_AddNumberToObject(o, "norm_eps", c->norm_eps);
-    cJSON_AddNumberToObject(o, "init_std", c->init_std);
+    cJSON_AddNumberToObject(o, "rope_theta", joule_float_for_json(c->rope_theta));
+    cJSON_AddNumberToObject(o, "norm_eps", joule_float_for_json(c->norm_eps));
+    cJSON_AddNumberToObject(o, "init_std", joule_float_for_json(c->init_std));
     cJSON *kinds = cJSON_AddArrayToObject(o, "layers");
     for (int l = 0; l < c->n_layers; l++) {
         cJSON *k = cJSON_CreateObject();

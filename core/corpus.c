@@ -23,9 +23,6 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#ifndef JOULE_VERSION_STRING
-#define JOULE_VERSION_STRING "0.1.0"
-#endif
 
 enum {
     CHUNK_BYTES = 1 << 20,          /* read size */
@@ -864,6 +861,15 @@ int joule_data_prepare(const joule_prepare_opts *o, joule_prepare_report *report
     }
     /* Every input is found and checked before any output file is created. */
     if (!rc) rc = o->preset ? plan_preset(&p, &pl) : plan_inputs(&p, &inputs);
+    if (!rc) {
+        /* meta.json is written last and marks a complete folder: drop a previous one first,
+         * so an interrupted re-prepare never looks complete. */
+        char *meta = out_path(o->out_dir, "meta.json");
+        if (!meta) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        else if (unlink(meta) != 0 && errno != ENOENT)
+            rc = joule_fail(JOULE_ERR_IO, "%s: cannot remove: %s", meta, strerror(errno));
+        free(meta);
+    }
     if (!rc) rc = open_writers(&p);
     if (!rc) rc = o->preset ? read_preset(&p, &pl) : read_inputs(&p, &inputs);
     if (!rc) rc = finish_outputs(&p, &pl);

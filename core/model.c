@@ -181,9 +181,12 @@ void joule_model_init(joule_model *m, uint64_t seed) {
     for (int i = 0; i < m->n_tensors; i++) {
         const joule_param_info *t = &m->tensors[i];
         float *p = m->params + t->offset;
-        /* One stream per tensor, so adding a tensor later does not reshuffle the others. */
+        /* One stream per tensor, keyed by its name, so adding tensors (MoE experts, CCA)
+         * never changes the initial values of the others. */
+        uint64_t key = 1469598103934665603ull; /* FNV-1a */
+        for (const char *ch = t->name; *ch; ch++) key = (key ^ (uint8_t)*ch) * 1099511628211ull;
         joule_rng r;
-        joule_rng_seed(&r, joule_mix64(seed, (uint64_t)i));
+        joule_rng_seed(&r, joule_mix64(seed, key));
         if (t->ndim == 1) {
             for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
             continue;

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /* Sampling (greedy, temperature, top-k, top-p) and the generation loop. */
 #include "joule/sample.h"
 
@@ -13,9 +14,9 @@ static int32_t argmax(const float *x, int n) {
 }
 
 /* Indices sorted by probability, descending; ties by index for determinism. */
-static const float *g_sort_p;
-static int by_prob_desc(const void *a, const void *b) {
-    float pa = g_sort_p[*(const int *)a], pb = g_sort_p[*(const int *)b];
+static int by_prob_desc(const void *a, const void *b, void *probs) {
+    const float *p = probs;
+    float pa = p[*(const int *)a], pb = p[*(const int *)b];
     if (pa != pb) return pa > pb ? -1 : 1;
     return *(const int *)a - *(const int *)b;
 }
@@ -34,8 +35,7 @@ int32_t joule_sample(const float *logits, int V, const joule_sampler *s, joule_r
         p[i] = (float)(p[i] / sum);
         idx[i] = i;
     }
-    g_sort_p = p;
-    qsort(idx, (size_t)V, sizeof *idx, by_prob_desc);
+    qsort_r(idx, (size_t)V, sizeof *idx, by_prob_desc, p);
     int keep = V;
     if (s->top_k > 0 && s->top_k < keep) keep = s->top_k;
     if (s->top_p > 0.0f && s->top_p < 1.0f) {

@@ -14,6 +14,8 @@
 extern "C" {
 #endif
 
+#define JOULE_VERSION_STRING "0.1.0"
+
 typedef enum {
     JOULE_OK = 0,
     JOULE_ERR_IO = 1,      /* open/read/write/fsync/rename/mmap failed */
@@ -48,6 +50,10 @@ uint64_t joule_rng_below(joule_rng *r, uint64_t n);
 float joule_rng_normal(joule_rng *r);
 /* Stateless mixing of two 64-bit values: used to derive per-step streams from (seed, step). */
 uint64_t joule_mix64(uint64_t a, uint64_t b);
+
+/* The double nearest the shortest decimal that reads back as f, so JSON shows 1e-05
+ * rather than 9.99999974737875e-06 for 1e-5f. */
+double joule_float_for_json(float f);
 
 /* 64-byte aligned allocation (zeroed); free with joule_free. NULL on failure (message set). */
 void *joule_alloc(size_t bytes);

@@ -46,6 +46,9 @@ void joule_set_threads(int n);
 int joule_get_threads(void);
 /* Name of the OpenBLAS kernel family in use, e.g. "Haswell" or "SkylakeX". */
 const char *joule_blas_corename(void);
+/* How OpenBLAS was built to run in parallel: "openmp" (shares joule's pool), "pthreads"
+ * (a second pool) or "sequential". */
+const char *joule_blas_threading(void);
 
 /* ---- element-wise and normalisation ops (core/ops.c) ---- */
 

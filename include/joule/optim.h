@@ -33,8 +33,9 @@ typedef struct {
 int joule_adamw_init(joule_adamw *o, size_t n_params);
 void joule_adamw_free(joule_adamw *o);
 
-/* Linear warm-up from 0 to lr over warmup steps, then cosine decay to min_lr at
- * total_steps (step counts from 0). */
+/* Step counts from 0. Warm-up: lr * (step + 1) / warmup_steps for step < warmup_steps (so
+ * the first step uses lr / warmup_steps and step warmup_steps - 1 uses lr); then cosine
+ * decay from lr towards min_lr, reached at step == total_steps (one past the last step). */
 float joule_lr_at(const joule_adamw_opts *p, uint64_t step, uint64_t total_steps);
 
 /* Global L2 norm of the gradients, summed in double in a fixed order (thread-count
