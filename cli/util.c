@@ -205,6 +205,7 @@ const char *cli_fmt_count(char *buf, size_t n, double v) {
 
 const char *cli_fmt_duration(char *buf, size_t n, double s) {
     if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+    else if (s < 10) snprintf(buf, n, "%.1fs", s);
     else if (s < 60) snprintf(buf, n, "%.0fs", s);
     else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
     else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
@@ -237,9 +238,8 @@ static void progress_print(cli_progress *p, double done, const char *extra, bool
         int filled = (int)(frac * 30);
         for (int i = 0; i < 30; i++) bar[i] = i < filled ? '#' : '.';
         bar[30] = '\0';
-        fprintf(stderr, "\r%s [%s] %3.0f%% %s/%s %s  %s %s/s  %s %s%s\033[K", p->label, bar, 100 * frac, d, t,
-                p->unit, r, p->unit, final ? "in" : "ETA", e, extra ? "  " : "");
-        if (extra) fputs(extra, stderr);
+        fprintf(stderr, "\r%s [%s] %3.0f%% %s/%s %s  %s %s/s  %s %s%s%s\033[K", p->label, bar, 100 * frac, d, t,
+                p->unit, r, p->unit, final ? "in" : "ETA", e, extra ? "  " : "", extra ? extra : "");
         if (final) fputc('\n', stderr);
     } else {
         fprintf(stderr, "%s: %3.0f%% %s/%s %s, %s %s/s, %s %s, elapsed %s%s%s\n", p->label, 100 * frac, d, t,

@@ -1,0 +1,203 @@
+/* joule eval — validation loss and bits-per-byte of a checkpoint. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "joule/checkpoint.h"
+#include "joule/data.h"
+#include "joule/ops.h"
+#include "joule/train.h"
+
+static const char USAGE[] =
+    "Usage: joule eval --model PATH [--data DIR | --tokens FILE] [options]\n"
+    "\n"
+    "Reports the mean next-token loss over consecutive non-overlapping windows of the\n"
+    "model's context length (inputs tok[wT..wT+T-1], targets shifted by one);\n"
+    "bits-per-byte = loss / ln 2. Each window scores T targets, each predicted from the\n"
+    "bytes before it in the same window (no context carries across windows).\n"
+    "\n"
+    "Options:\n"
+    "  --model PATH     checkpoint (.safetensors) to evaluate (required)\n"
+    "  --data DIR       prepared corpus; evaluates DIR/<split>.bin (default data/default)\n"
+    "  --split NAME     val or train, with --data (default val)\n"
+    "  --tokens FILE    token file (.bin) to evaluate, instead of --data\n"
+    "  --windows N      evaluate at most the first N windows; 0 = all (default 0)\n"
+    "  --batch N        windows per forward pass (default 8)\n"
+    "  --seq N          window length T, at most the model's context (default: the model's ctx)\n"
+    "  --json           print one JSON object instead of text\n"
+    "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
+    "  -h, --help       show this help and exit\n"
+    "\n"
+    "Prints loss (nats), bits-per-byte, tokens scored, windows, counted FLOPs, wall time\n"
+    "and tokens/s. JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch,\n"
+    "flops, wall_s, tokens_per_s, threads.\n";
+
+enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS };
+
+static const char *CMD = "eval";
+
+int cmd_eval(int argc, char **argv) {
+    static const struct option LONG[] = {
+        {"model", required_argument, NULL, OPT_MODEL},
+        {"data", required_argument, NULL, OPT_DATA},
+        {"split", required_argument, NULL, OPT_SPLIT},
+        {"tokens", required_argument, NULL, OPT_TOKENS},
+        {"windows", required_argument, NULL, OPT_WINDOWS},
+        {"batch", required_argument, NULL, OPT_BATCH},
+        {"seq", required_argument, NULL, OPT_SEQ},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *model_path = NULL, *data_dir = NULL, *split = NULL, *tokens_path = NULL;
+    uint64_t max_windows = 0;
+    int batch = 8, seq = 0, threads = 0;
+    bool json = false;
+    int c;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(USAGE, stdout);
+            return 0;
+        case OPT_MODEL: model_path = optarg; break;
+        case OPT_DATA: data_dir = optarg; break;
+        case OPT_SPLIT:
+            if (strcmp(optarg, "val") && strcmp(optarg, "train"))
+                return cli_usage_error(CMD, "--split: '%s' is not val or train", optarg);
+            split = optarg;
+            break;
+        case OPT_TOKENS: tokens_path = optarg; break;
+        case OPT_WINDOWS:
+            if (!cli_parse_u64(optarg, &max_windows))
+                return cli_usage_error(CMD, "--windows: '%s' is not a non-negative integer", optarg);
+            break;
+        case OPT_BATCH:
+            if (!cli_parse_int(optarg, 1, 1 << 16, &batch))
+                return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
+            break;
+        case OPT_SEQ:
+            if (!cli_parse_int(optarg, 1, 1 << 16, &seq))
+                return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
+            break;
+        case OPT_JSON: json = true; break;
+        case OPT_THREADS:
+            if (!cli_parse_int(optarg, 0, 4096, &threads))
+                return cli_usage_error(CMD, "--threads: '%s' is not an integer in [0, 4096]", optarg);
+            break;
+        default:
+            return cli_bad_option(CMD, c, argv);
+        }
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
+    if (tokens_path && (data_dir || split)) return cli_usage_error(CMD, "give either --data/--split or --tokens");
+    char buf[4096];
+    if (!tokens_path) {
+        snprintf(buf, sizeof buf, "%s/%s.bin", data_dir ? data_dir : "data/default", split ? split : "val");
+        tokens_path = buf;
+    }
+    int rc;
+    if ((rc = cli_check_input(CMD, model_path, NULL))) return rc;
+    if ((rc = cli_check_input(CMD, tokens_path, data_dir || !strstr(tokens_path, "data/default/")
+                                                    ? NULL
+                                                    : "prepare it with 'joule data prepare --preset default'")))
+        return rc;
+
+    joule_model *m = NULL;
+    joule_tokens t = {0};
+    bool t_open = false;
+    int ret = 0, st;
+    if ((st = joule_checkpoint_load(&m, model_path, NULL))) return cli_fail(CMD, st);
+    if (!seq) seq = m->cfg.ctx;
+    if (seq > m->cfg.ctx) {
+        ret = cli_usage_error(CMD, "--seq %d is longer than the model's context %d", seq, m->cfg.ctx);
+        goto done;
+    }
+    if ((st = joule_tokens_open(&t, tokens_path))) {
+        ret = cli_fail(CMD, st);
+        goto done;
+    }
+    t_open = true;
+    uint64_t nw = joule_eval_windows(&t, seq);
+    if (max_windows && nw > max_windows) nw = max_windows;
+    if (nw == 0) {
+        fprintf(stderr, "joule %s: %s: %" PRIu64 " tokens is too short for one window of %d\n", CMD, tokens_path,
+                t.n_tokens, seq);
+        ret = EXIT_USAGE;
+        goto done;
+    }
+    cli_setup_threads(threads);
+    if ((st = joule_model_alloc_train(m, batch))) {
+        ret = cli_fail(CMD, st);
+        goto done;
+    }
+
+    /* Evaluate in chunks of windows for a progress display. Chunk k is the same set of
+     * windows as in one pass: a view of the file starting at the chunk's first window. */
+    const uint64_t chunk = (uint64_t)batch * 16;
+    cli_progress bar;
+    cli_progress_start(&bar, "eval", "tok", (double)(nw * (uint64_t)seq));
+    double loss_sum = 0, t0 = joule_now();
+    uint64_t tokens = 0, flops = 0;
+    for (uint64_t w0 = 0; w0 < nw; w0 += chunk) {
+        joule_tokens view = t;
+        view.tok = t.tok + w0 * (uint64_t)seq;
+        view.n_tokens = t.n_tokens - w0 * (uint64_t)seq;
+        uint64_t n = nw - w0 < chunk ? nw - w0 : chunk;
+        joule_eval_result r;
+        if ((st = joule_evaluate(m, &view, seq, batch, n, &r))) {
+            if (bar.tty && bar.printed) fputc('\n', stderr);
+            ret = cli_fail(CMD, st);
+            goto done;
+        }
+        loss_sum += r.loss * (double)r.tokens;
+        tokens += r.tokens;
+        flops += r.flops;
+        cli_progress_update(&bar, (double)tokens, NULL);
+    }
+    double wall = joule_now() - t0;
+    if (bar.printed) cli_progress_finish(&bar, (double)tokens, NULL);
+    double loss = loss_sum / (double)tokens, bpb = loss / M_LN2;
+    double tps = wall > 0 ? (double)tokens / wall : 0;
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model_path);
+        cJSON_AddStringToObject(o, "tokens_file", tokens_path);
+        cJSON_AddNumberToObject(o, "loss", loss);
+        cJSON_AddNumberToObject(o, "bpb", bpb);
+        cJSON_AddNumberToObject(o, "tokens", (double)tokens);
+        cJSON_AddNumberToObject(o, "windows", (double)nw);
+        cJSON_AddNumberToObject(o, "seq", seq);
+        cJSON_AddNumberToObject(o, "batch", batch);
+        cJSON_AddNumberToObject(o, "flops", (double)flops);
+        cJSON_AddNumberToObject(o, "wall_s", wall);
+        cJSON_AddNumberToObject(o, "tokens_per_s", tps);
+        cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+        char *s = cJSON_PrintUnformatted(o);
+        if (s) puts(s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        char b[32];
+        printf("model:  %s\n", model_path);
+        printf("data:   %s (%" PRIu64 " windows of %d tokens%s)\n", tokens_path, nw, seq,
+               max_windows && nw == max_windows ? ", limited by --windows" : "");
+        printf("loss:   %.4f nats/token\n", loss);
+        printf("bpb:    %.4f bits/byte\n", bpb);
+        printf("tokens: %" PRIu64 "\n", tokens);
+        printf("FLOPs:  %.3g counted\n", (double)flops);
+        printf("time:   %.2fs (%s tok/s, %d threads)\n", wall, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
+    }
+done:
+    if (t_open) joule_tokens_close(&t);
+    joule_model_free(m);
+    return ret;
+}

@@ -1,0 +1,166 @@
+/* joule info — what a checkpoint holds: config, parameters, FLOPs, training state. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "joule/checkpoint.h"
+#include "joule/model.h"
+
+static const char USAGE[] =
+    "Usage: joule info --model PATH [--json]\n"
+    "\n"
+    "Describes a checkpoint: its config (every field; layer kinds summarised), parameter\n"
+    "counts (total, embedding, non-embedding), tensor count and file size, the training\n"
+    "state saved with it (step, tokens, counted FLOPs, wall time, run id; none if the file\n"
+    "was not written by training), and FLOPs per token: analytic forward FLOPs at full\n"
+    "context (all matmuls, attention over the whole window), training FLOPs (3x forward)\n"
+    "and 6N (N = non-embedding parameters) for comparison.\n"
+    "\n"
+    "Options:\n"
+    "  --model PATH   checkpoint (.safetensors) to describe (required)\n"
+    "  --json         print one JSON object instead of text\n"
+    "  -h, --help     show this help and exit\n";
+
+enum { OPT_MODEL = 256, OPT_JSON };
+
+static const char *CMD = "info";
+
+static const char *kind_name(joule_layer_kind k) {
+    if (k.ffn == JOULE_FFN_MOE) return k.cca ? "MoE FFN + chunked cross-attention" : "MoE FFN";
+    return k.cca ? "dense FFN + chunked cross-attention" : "dense FFN";
+}
+
+/* "0-3 dense FFN; 4 MoE FFN" */
+static void layer_runs(const joule_config *c, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int l = 0; l < c->n_layers;) {
+        int e = l;
+        while (e + 1 < c->n_layers && c->kinds[e + 1].ffn == c->kinds[l].ffn && c->kinds[e + 1].cca == c->kinds[l].cca)
+            e++;
+        int w;
+        if (e == l) w = snprintf(buf + used, n - used, "%s%d %s", used ? "; " : "", l, kind_name(c->kinds[l]));
+        else w = snprintf(buf + used, n - used, "%s%d-%d %s", used ? "; " : "", l, e, kind_name(c->kinds[l]));
+        if (w < 0 || (size_t)w >= n - used) break;
+        used += (size_t)w;
+        l = e + 1;
+    }
+}
+
+int cmd_info(int argc, char **argv) {
+    static const struct option LONG[] = {
+        {"model", required_argument, NULL, OPT_MODEL},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    bool json = false;
+    int c;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(USAGE, stdout);
+            return 0;
+        case OPT_MODEL: path = optarg; break;
+        case OPT_JSON: json = true; break;
+        default:
+            return cli_bad_option(CMD, c, argv);
+        }
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!path) return cli_usage_error(CMD, "--model PATH is required");
+    int rc = cli_check_input(CMD, path, NULL);
+    if (rc) return rc;
+    joule_model *m = NULL;
+    joule_train_state ts;
+    int st = joule_checkpoint_load(&m, path, &ts);
+    if (st) return cli_fail(CMD, st);
+
+    const joule_config *cfg = &m->cfg;
+    struct stat sb;
+    uint64_t file_bytes = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+    joule_param_counts pc = joule_model_param_counts(m);
+    double fwd_tok = (double)joule_model_forward_flops(cfg, 1, cfg->ctx) / cfg->ctx;
+    double six_n = 6.0 * (double)pc.non_embedding;
+    bool trained = ts.run_id[0] != '\0';
+    char *optim_path = joule_checkpoint_optim_path(path);
+    bool optim_present = optim_path && stat(optim_path, &sb) == 0;
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddNumberToObject(o, "file_bytes", (double)file_bytes);
+        char *cj = joule_config_to_json(cfg);
+        cJSON *cfgj = cj ? cJSON_Parse(cj) : NULL;
+        free(cj);
+        cJSON_AddItemToObject(o, "config", cfgj ? cfgj : cJSON_CreateNull());
+        cJSON *p = cJSON_AddObjectToObject(o, "params");
+        cJSON_AddNumberToObject(p, "total", (double)pc.total);
+        cJSON_AddNumberToObject(p, "embedding", (double)pc.embedding);
+        cJSON_AddNumberToObject(p, "non_embedding", (double)pc.non_embedding);
+        cJSON_AddNumberToObject(o, "tensors", m->n_tensors);
+        cJSON *f = cJSON_AddObjectToObject(o, "flops_per_token");
+        cJSON_AddNumberToObject(f, "forward", fwd_tok);
+        cJSON_AddNumberToObject(f, "train", 3 * fwd_tok);
+        cJSON_AddNumberToObject(f, "six_n", six_n);
+        if (trained) {
+            cJSON *t = cJSON_AddObjectToObject(o, "training");
+            cJSON_AddNumberToObject(t, "step", (double)ts.step);
+            cJSON_AddNumberToObject(t, "total_steps", (double)ts.total_steps);
+            cJSON_AddNumberToObject(t, "tokens", (double)ts.tokens);
+            cJSON_AddNumberToObject(t, "flops", (double)ts.flops);
+            cJSON_AddNumberToObject(t, "wall_s", ts.wall_s);
+            cJSON_AddNumberToObject(t, "seed", (double)ts.seed);
+            cJSON_AddStringToObject(t, "run_id", ts.run_id);
+            cJSON *opts = cJSON_Parse(ts.opts_json);
+            cJSON_AddItemToObject(t, "options", opts ? opts : cJSON_CreateString(ts.opts_json));
+        } else {
+            cJSON_AddNullToObject(o, "training");
+        }
+        if (optim_path && optim_present) cJSON_AddStringToObject(o, "optimizer_file", optim_path);
+        else cJSON_AddNullToObject(o, "optimizer_file");
+        char *s = cJSON_PrintUnformatted(o);
+        if (s) puts(s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        char a[32], b[32], d[32], e[32], runs[1024];
+        layer_runs(cfg, runs, sizeof runs);
+        printf("checkpoint: %s (%s bytes, %d tensors)\n", path, cli_fmt_count(a, sizeof a, (double)file_bytes),
+               m->n_tensors);
+        printf("config:     arch %s, %d layers, d_model %d, %d heads (head size %d), d_ff %d, ctx %d, vocab %d, %s\n",
+               cfg->arch, cfg->n_layers, cfg->d_model, cfg->n_heads, cfg->d_model / cfg->n_heads, cfg->d_ff,
+               cfg->ctx, cfg->vocab, cfg->tied ? "tied embedding" : "untied embedding");
+        printf("            rope_theta %g, norm_eps %g, init_std %g\n", cfg->rope_theta, cfg->norm_eps,
+               cfg->init_std);
+        printf("layers:     %s\n", runs);
+        printf("params:     %" PRIu64 " total (%s), embedding %" PRIu64 " (%s), non-embedding %" PRIu64 " (%s)\n",
+               pc.total, cli_fmt_count(a, sizeof a, (double)pc.total), pc.embedding,
+               cli_fmt_count(b, sizeof b, (double)pc.embedding), pc.non_embedding,
+               cli_fmt_count(d, sizeof d, (double)pc.non_embedding));
+        printf("FLOPs/token at ctx %d: forward %s, training %s (3x forward); 6N = %s\n", cfg->ctx,
+               cli_fmt_count(a, sizeof a, fwd_tok), cli_fmt_count(b, sizeof b, 3 * fwd_tok),
+               cli_fmt_count(d, sizeof d, six_n));
+        if (trained) {
+            printf("training:   step %" PRIu64 " of %" PRIu64 ", %s tokens, %.3g FLOPs counted, %s, seed %" PRIu64
+                   ", run %s\n",
+                   ts.step, ts.total_steps, cli_fmt_count(a, sizeof a, (double)ts.tokens), (double)ts.flops,
+                   cli_fmt_duration(e, sizeof e, ts.wall_s), ts.seed, ts.run_id);
+            printf("            options %s\n", ts.opts_json);
+        } else {
+            printf("training:   none (not written by 'joule train')\n");
+        }
+        printf("optimizer:  %s\n", optim_present ? optim_path : "none");
+    }
+    free(optim_path);
+    joule_model_free(m);
+    return 0;
+}

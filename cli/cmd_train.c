@@ -1,0 +1,576 @@
+/* joule train — train a model under a step, token or FLOP budget. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "joule/checkpoint.h"
+#include "joule/model.h"
+#include "joule/ops.h"
+#include "joule/train.h"
+
+#define DEF_LAYERS 4
+#define DEF_D_MODEL 256
+#define DEF_HEADS 4
+#define DEF_D_FF 768
+#define DEF_CTX 256
+
+static const char USAGE[] =
+    "Usage: joule train (--steps N | --tokens N | --flops F) [options]\n"
+    "\n"
+    "Trains a byte-level Transformer with AdamW (linear warm-up, cosine decay) and writes a\n"
+    "checkpoint. Each step draws batch x accum windows of seq+1 tokens at random positions\n"
+    "of the training file (the same ones for a given seed, so a resumed run matches an\n"
+    "uninterrupted one). Ctrl-C saves and stops after the current step; twice exits at once.\n"
+    "\n"
+    "Budget (exactly one; with --resume the saved schedule is used when none is given):\n"
+    "  --steps N          optimizer steps\n"
+    "  --tokens N         training tokens, e.g. 2M; steps = ceil(N / tokens per step)\n"
+    "  --flops F          training FLOPs, e.g. 1e15; steps = floor(F / analytic FLOPs per step)\n"
+    "\n"
+    "Model (a new run; with --resume the model comes from the checkpoint and these must match it):\n"
+    "  --config FILE      model config JSON (the \"config\" object of 'joule info --json');\n"
+    "                     the flags below override its fields\n"
+    "  --layers N         Transformer layers (default 4)\n"
+    "  --d-model N        residual stream width (default 256)\n"
+    "  --heads N          attention heads; d-model/heads must be even (default 4)\n"
+    "  --d-ff N           SwiGLU hidden width (default 768)\n"
+    "  --ctx N            context length in bytes (default 256)\n"
+    "  --untied           separate output matrix instead of reusing the embedding (default tied)\n"
+    "\n"
+    "Data:\n"
+    "  --data DIR         prepared corpus: DIR/train.bin and DIR/val.bin (default data/default)\n"
+    "  --train FILE       training token file (.bin), instead of --data\n"
+    "  --val FILE         validation token file (.bin), with --train (default: no validation)\n"
+    "\n"
+    "Output:\n"
+    "  --out PATH         checkpoint to write (default runs/model.safetensors), folders\n"
+    "                     created; the optimizer state goes beside it in\n"
+    "                     <PATH without .safetensors>.optim.safetensors\n"
+    "  --log PATH         JSON-lines log, one object per step: step, tokens, loss, lr, grad_norm,\n"
+    "                     wall_s, flops, ... (default <PATH of --out without .safetensors>.log.jsonl)\n"
+    "  --no-log           write no log\n"
+    "  --save-every N     also save every N steps (default 0: only at the end)\n"
+    "  --resume           continue the run saved at --out (appending to the log); options not\n"
+    "                     given are taken from the checkpoint, options given must match it\n"
+    "  --stop-after N     save and stop once N steps are done, e.g. to split a run (default 0: no)\n"
+    "\n"
+    "Optimisation:\n"
+    "  --batch N          sequences per micro-batch (default 8)\n"
+    "  --accum N          micro-batches per step, gradients accumulated (default 1)\n"
+    "  --seq N            tokens per sequence, at most ctx (default ctx)\n"
+    "  --lr F             peak learning rate (default 1e-3)\n"
+    "  --min-lr F         learning rate at the end of the cosine decay (default lr/10)\n"
+    "  --warmup N         linear warm-up steps (default min(100, total steps / 5))\n"
+    "  --weight-decay F   decoupled AdamW weight decay, matrices only (default 0.1)\n"
+    "  --clip F           clip the global gradient norm to F; 0 disables (default 1.0)\n"
+    "  --seed N           seed of the initialisation and of the batches (default 1)\n"
+    "\n"
+    "Evaluation:\n"
+    "  --eval-every N     validation loss every N steps and at the end; 0 = only at the end\n"
+    "                     (default 100)\n"
+    "  --eval-windows N   validation windows (of seq tokens) per evaluation; 0 = all (default 64)\n"
+    "\n"
+    "Other:\n"
+    "  --threads N        threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
+    "  -h, --help         show this help and exit\n";
+
+enum {
+    OPT_STEPS = 256, OPT_TOKENS, OPT_FLOPS, OPT_CONFIG, OPT_LAYERS, OPT_D_MODEL, OPT_HEADS, OPT_D_FF, OPT_CTX,
+    OPT_UNTIED, OPT_DATA, OPT_TRAIN, OPT_VAL, OPT_OUT, OPT_LOG, OPT_NO_LOG, OPT_SAVE_EVERY, OPT_RESUME,
+    OPT_STOP_AFTER, OPT_BATCH, OPT_ACCUM, OPT_SEQ, OPT_LR, OPT_MIN_LR, OPT_WARMUP, OPT_WD, OPT_CLIP, OPT_SEED,
+    OPT_EVAL_EVERY, OPT_EVAL_WINDOWS, OPT_THREADS,
+};
+
+static const struct option LONG[] = {
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"tokens", required_argument, NULL, OPT_TOKENS},
+    {"flops", required_argument, NULL, OPT_FLOPS},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"layers", required_argument, NULL, OPT_LAYERS},
+    {"d-model", required_argument, NULL, OPT_D_MODEL},
+    {"heads", required_argument, NULL, OPT_HEADS},
+    {"d-ff", required_argument, NULL, OPT_D_FF},
+    {"ctx", required_argument, NULL, OPT_CTX},
+    {"untied", no_argument, NULL, OPT_UNTIED},
+    {"data", required_argument, NULL, OPT_DATA},
+    {"train", required_argument, NULL, OPT_TRAIN},
+    {"val", required_argument, NULL, OPT_VAL},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"log", required_argument, NULL, OPT_LOG},
+    {"no-log", no_argument, NULL, OPT_NO_LOG},
+    {"save-every", required_argument, NULL, OPT_SAVE_EVERY},
+    {"resume", no_argument, NULL, OPT_RESUME},
+    {"stop-after", required_argument, NULL, OPT_STOP_AFTER},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"accum", required_argument, NULL, OPT_ACCUM},
+    {"seq", required_argument, NULL, OPT_SEQ},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"min-lr", required_argument, NULL, OPT_MIN_LR},
+    {"warmup", required_argument, NULL, OPT_WARMUP},
+    {"weight-decay", required_argument, NULL, OPT_WD},
+    {"clip", required_argument, NULL, OPT_CLIP},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
+    {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *CMD = "train";
+
+/* ---- Ctrl-C ---- */
+
+static volatile int g_interrupt;
+
+static void on_signal(int sig) {
+    (void)sig;
+    if (g_interrupt) {
+        static const char msg[] = "\njoule train: interrupted again: exiting without saving\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        _exit(EXIT_INTERRUPTED);
+    }
+    g_interrupt = 1;
+    static const char msg[] =
+        "\njoule train: interrupt: saving and stopping after this step (Ctrl-C again to exit at once)\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+}
+
+/* ---- progress ---- */
+
+typedef struct {
+    cli_progress bar;
+    uint64_t start_step;
+    bool resumed;
+    double val_bpb;
+    uint64_t val_step;
+    char extra[160];
+} train_ui;
+
+static void format_extra(train_ui *ui, const joule_train_progress *p) {
+    char val[32];
+    if (isnan(ui->val_bpb)) snprintf(val, sizeof val, "-");
+    else snprintf(val, sizeof val, "%.3f", ui->val_bpb);
+    int n = 0;
+    if (ui->resumed)
+        n = snprintf(ui->extra, sizeof ui->extra, "step %" PRIu64 "/%" PRIu64 " ", p->step, p->total_steps);
+    snprintf(ui->extra + n, sizeof ui->extra - (size_t)n, "loss %.3f val_bpb %s lr %.3g", p->loss, val, p->lr);
+}
+
+static void on_step(void *ctx, const joule_train_progress *p) {
+    train_ui *ui = ctx;
+    if (!isnan(p->val_loss)) {
+        ui->val_bpb = p->val_loss / M_LN2;
+        ui->val_step = p->step;
+    }
+    format_extra(ui, p);
+    if (p->step < p->total_steps) /* the last step is shown by cli_progress_finish */
+        cli_progress_update(&ui->bar, (double)(p->step - ui->start_step), ui->extra);
+}
+
+/* ---- helpers ---- */
+
+static char *path_with_suffix(const char *path, const char *suffix) {
+    const char *ext = ".safetensors";
+    size_t n = strlen(path), e = strlen(ext);
+    if (n > e && strcmp(path + n - e, ext) == 0) n -= e;
+    char *out = malloc(n + strlen(suffix) + 1);
+    if (!out) return NULL;
+    memcpy(out, path, n);
+    strcpy(out + n, suffix);
+    return out;
+}
+
+static const char *sci(char *buf, size_t n, double v) {
+    snprintf(buf, n, "%.3g", v);
+    return buf;
+}
+
+/* Steps a budget buys, exactly as the library plans them (core/train.c). */
+static uint64_t plan_steps(const joule_config *c, int batch, int T, int accum, uint64_t steps, uint64_t tokens,
+                           double flops) {
+    uint64_t per_step = (uint64_t)batch * (uint64_t)T * (uint64_t)accum;
+    if (steps) return steps;
+    if (tokens) return (tokens + per_step - 1) / per_step;
+    if (flops > 0) {
+        double f = 3.0 * (double)joule_model_forward_flops(c, batch, T) * accum;
+        uint64_t s = (uint64_t)floor(flops / f);
+        return s ? s : 1;
+    }
+    return 0;
+}
+
+/* Reads a number field of the saved training options (checkpoint metadata). */
+static bool saved_num(const cJSON *o, const char *key, double *out) {
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    if (!cJSON_IsNumber(v)) return false;
+    *out = v->valuedouble;
+    return true;
+}
+
+static char *layer_summary(const joule_config *c) {
+    static char buf[256];
+    snprintf(buf, sizeof buf, "%d layer%s, d_model %d, %d head%s, d_ff %d, ctx %d, %s", c->n_layers,
+             c->n_layers == 1 ? "" : "s", c->d_model, c->n_heads, c->n_heads == 1 ? "" : "s", c->d_ff, c->ctx,
+             c->tied ? "tied embedding" : "untied embedding");
+    return buf;
+}
+
+#define INT_OPT(var, lo, hi, name)                                                                   \
+    do {                                                                                             \
+        if (!cli_parse_int(optarg, lo, hi, &(var)))                                                  \
+            return cli_usage_error(CMD, "%s: '%s' is not an integer in [%d, %d]", name, optarg, lo, hi); \
+    } while (0)
+
+int cmd_train(int argc, char **argv) {
+    /* model */
+    const char *config_path = NULL;
+    int layers = DEF_LAYERS, d_model = DEF_D_MODEL, heads = DEF_HEADS, d_ff = DEF_D_FF, ctx = DEF_CTX;
+    bool layers_set = false, d_model_set = false, heads_set = false, d_ff_set = false, ctx_set = false;
+    bool untied = false;
+    /* data and output */
+    const char *data_dir = NULL, *train_path = NULL, *val_path = NULL;
+    const char *out = "runs/model.safetensors", *log_opt = NULL;
+    bool no_log = false, resume = false;
+    int save_every = 0;
+    uint64_t stop_after = 0;
+    /* budget */
+    uint64_t steps = 0, tokens = 0;
+    double flops = 0;
+    int n_budgets = 0;
+    /* optimisation */
+    int batch = 8, accum = 1, seq = 0, warmup = -1, eval_every = 100, threads = 0;
+    bool batch_set = false, accum_set = false, seq_set = false, seed_set = false;
+    double lr = 1e-3, min_lr = -1, wd = 0.1, clip = 1.0;
+    bool lr_set = false, wd_set = false, clip_set = false;
+    uint64_t seed = 1, eval_windows = 64;
+
+    int c;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(USAGE, stdout);
+            return 0;
+        case OPT_STEPS:
+            if (!cli_parse_u64(optarg, &steps) || steps == 0)
+                return cli_usage_error(CMD, "--steps: '%s' is not a positive integer", optarg);
+            n_budgets++;
+            break;
+        case OPT_TOKENS:
+            if (!cli_parse_u64(optarg, &tokens) || tokens == 0)
+                return cli_usage_error(CMD, "--tokens: '%s' is not a positive integer (k/M/G suffixes allowed)",
+                                       optarg);
+            n_budgets++;
+            break;
+        case OPT_FLOPS:
+            if (!cli_parse_double(optarg, &flops) || !(flops > 0))
+                return cli_usage_error(CMD, "--flops: '%s' is not a positive number", optarg);
+            n_budgets++;
+            break;
+        case OPT_CONFIG: config_path = optarg; break;
+        case OPT_LAYERS: INT_OPT(layers, 1, JOULE_MAX_LAYERS, "--layers"); layers_set = true; break;
+        case OPT_D_MODEL: INT_OPT(d_model, 2, 65536, "--d-model"); d_model_set = true; break;
+        case OPT_HEADS: INT_OPT(heads, 1, 65536, "--heads"); heads_set = true; break;
+        case OPT_D_FF: INT_OPT(d_ff, 1, 1 << 20, "--d-ff"); d_ff_set = true; break;
+        case OPT_CTX: INT_OPT(ctx, 1, 1 << 16, "--ctx"); ctx_set = true; break;
+        case OPT_UNTIED: untied = true; break;
+        case OPT_DATA: data_dir = optarg; break;
+        case OPT_TRAIN: train_path = optarg; break;
+        case OPT_VAL: val_path = optarg; break;
+        case OPT_OUT: out = optarg; break;
+        case OPT_LOG: log_opt = optarg; break;
+        case OPT_NO_LOG: no_log = true; break;
+        case OPT_SAVE_EVERY: INT_OPT(save_every, 0, INT32_MAX, "--save-every"); break;
+        case OPT_RESUME: resume = true; break;
+        case OPT_STOP_AFTER:
+            if (!cli_parse_u64(optarg, &stop_after))
+                return cli_usage_error(CMD, "--stop-after: '%s' is not a non-negative integer", optarg);
+            break;
+        case OPT_BATCH: INT_OPT(batch, 1, 1 << 16, "--batch"); batch_set = true; break;
+        case OPT_ACCUM: INT_OPT(accum, 1, 1 << 16, "--accum"); accum_set = true; break;
+        case OPT_SEQ: INT_OPT(seq, 1, 1 << 16, "--seq"); seq_set = true; break;
+        case OPT_LR:
+            if (!cli_parse_double(optarg, &lr) || !(lr > 0))
+                return cli_usage_error(CMD, "--lr: '%s' is not a positive number", optarg);
+            lr_set = true;
+            break;
+        case OPT_MIN_LR:
+            if (!cli_parse_double(optarg, &min_lr) || min_lr < 0)
+                return cli_usage_error(CMD, "--min-lr: '%s' is not a non-negative number", optarg);
+            break;
+        case OPT_WARMUP: INT_OPT(warmup, 0, INT32_MAX, "--warmup"); break;
+        case OPT_WD:
+            if (!cli_parse_double(optarg, &wd) || wd < 0)
+                return cli_usage_error(CMD, "--weight-decay: '%s' is not a non-negative number", optarg);
+            wd_set = true;
+            break;
+        case OPT_CLIP:
+            if (!cli_parse_double(optarg, &clip) || clip < 0)
+                return cli_usage_error(CMD, "--clip: '%s' is not a non-negative number", optarg);
+            clip_set = true;
+            break;
+        case OPT_SEED:
+            if (!cli_parse_u64(optarg, &seed))
+                return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
+            seed_set = true;
+            break;
+        case OPT_EVAL_EVERY: INT_OPT(eval_every, 0, INT32_MAX, "--eval-every"); break;
+        case OPT_EVAL_WINDOWS:
+            if (!cli_parse_u64(optarg, &eval_windows))
+                return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
+            break;
+        case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
+        default:
+            return cli_bad_option(CMD, c, argv);
+        }
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (n_budgets > 1) return cli_usage_error(CMD, "give exactly one budget: --steps, --tokens or --flops");
+    if (n_budgets == 0 && !resume)
+        return cli_usage_error(CMD, "no budget: give one of --steps N, --tokens N or --flops F");
+    if (data_dir && (train_path || val_path)) return cli_usage_error(CMD, "give either --data or --train/--val");
+    if (val_path && !train_path) return cli_usage_error(CMD, "--val needs --train");
+    if (no_log && log_opt) return cli_usage_error(CMD, "give either --log or --no-log");
+    bool model_flags = config_path || layers_set || d_model_set || heads_set || d_ff_set || ctx_set || untied;
+
+    /* Data files. */
+    char train_buf[4096], val_buf[4096];
+    if (!train_path) {
+        const char *dir = data_dir ? data_dir : "data/default";
+        snprintf(train_buf, sizeof train_buf, "%s/train.bin", dir);
+        snprintf(val_buf, sizeof val_buf, "%s/val.bin", dir);
+        train_path = train_buf;
+        val_path = val_buf;
+    }
+    const char *hint = data_dir || strcmp(train_path, "data/default/train.bin")
+                           ? "prepare it with 'joule data prepare'"
+                           : "prepare it with 'joule data prepare --preset default' or give --data DIR";
+    int rc = cli_check_input(CMD, train_path, hint);
+    if (rc) return rc;
+    if (val_path && (rc = cli_check_input(CMD, val_path, hint))) return rc;
+
+    /* The model: from flags/config, or from the checkpoint when resuming. */
+    joule_config cfg = joule_config_default(layers, d_model, heads, d_ff, ctx);
+    if (config_path) {
+        if ((rc = cli_check_input(CMD, config_path, NULL))) return rc;
+        char *text = cli_read_file(config_path, NULL);
+        if (!text) {
+            fprintf(stderr, "joule %s: %s: %s\n", CMD, config_path, strerror(errno));
+            return EXIT_RUNTIME;
+        }
+        int st = joule_config_from_json(&cfg, text, config_path);
+        free(text);
+        if (st) return cli_fail(CMD, st);
+        if (layers_set) cfg.n_layers = layers;
+        if (d_model_set) cfg.d_model = d_model;
+        if (heads_set) cfg.n_heads = heads;
+        if (d_ff_set) cfg.d_ff = d_ff;
+        if (ctx_set) cfg.ctx = ctx;
+    }
+    if (untied) cfg.tied = false;
+    int st = joule_config_validate(&cfg, config_path ? config_path : "model options");
+    if (st) return cli_fail(CMD, st);
+
+    joule_model *m = NULL;
+    joule_train_state saved;
+    memset(&saved, 0, sizeof saved);
+    cJSON *saved_opts = NULL;
+    char *log_path = NULL, *optim_path = NULL;
+    int ret = 0;
+    if (resume) {
+        if ((rc = cli_check_input(CMD, out, "nothing to resume (check --out)"))) return rc;
+        if ((st = joule_checkpoint_load(&m, out, &saved))) return cli_fail(CMD, st);
+        if (saved.run_id[0] == '\0') {
+            fprintf(stderr, "joule %s: %s: no training state to resume (not written by 'joule train')\n", CMD, out);
+            ret = EXIT_USAGE;
+            goto done;
+        }
+        if (model_flags) {
+            char *a = joule_config_to_json(&cfg), *b = joule_config_to_json(&m->cfg);
+            bool same = a && b && strcmp(a, b) == 0;
+            if (!same)
+                fprintf(stderr, "joule %s: %s: the checkpoint's model %s differs from the model options %s\n", CMD,
+                        out, b ? b : "?", a ? a : "?");
+            free(a);
+            free(b);
+            if (!same) {
+                ret = EXIT_USAGE;
+                goto done;
+            }
+        }
+        cfg = m->cfg;
+        /* Options not given come from the saved run. */
+        saved_opts = cJSON_Parse(saved.opts_json);
+        double v;
+        if (!batch_set && saved_num(saved_opts, "batch", &v)) batch = (int)v;
+        if (!accum_set && saved_num(saved_opts, "accum", &v)) accum = (int)v;
+        if (!seq_set && saved_num(saved_opts, "seq", &v)) seq = (int)v;
+        if (!lr_set && saved_num(saved_opts, "lr", &v)) lr = v;
+        if (min_lr < 0 && !lr_set && saved_num(saved_opts, "min_lr", &v)) min_lr = v;
+        if (!wd_set && saved_num(saved_opts, "weight_decay", &v)) wd = v;
+        if (!clip_set && saved_num(saved_opts, "grad_clip", &v)) clip = v;
+        if (warmup < 0 && saved_num(saved_opts, "warmup_steps", &v)) warmup = (int)v;
+        if (!seed_set) seed = saved.seed;
+        if (n_budgets == 0) steps = saved.total_steps;
+    }
+    if (!seq) seq = cfg.ctx;
+    if (seq > cfg.ctx) {
+        ret = cli_usage_error(CMD, "--seq %d is longer than the model's context %d", seq, cfg.ctx);
+        goto done;
+    }
+    uint64_t total = plan_steps(&cfg, batch, seq, accum, steps, tokens, flops);
+    if (min_lr < 0) min_lr = lr / 10;
+    if (warmup < 0) warmup = (int)(total / 5 < 100 ? total / 5 : 100);
+
+    /* Output paths. */
+    if (!no_log) {
+        log_path = log_opt ? strdup(log_opt) : path_with_suffix(out, ".log.jsonl");
+        if (!log_path) {
+            fprintf(stderr, "joule %s: out of memory\n", CMD);
+            ret = EXIT_RUNTIME;
+            goto done;
+        }
+    }
+    if ((ret = cli_make_parent_dirs(CMD, out))) goto done;
+    if (log_path && (ret = cli_make_parent_dirs(CMD, log_path))) goto done;
+    optim_path = joule_checkpoint_optim_path(out);
+
+    cli_setup_threads(threads);
+    if (!m) {
+        if ((st = joule_model_create(&m, &cfg))) {
+            ret = cli_fail(CMD, st);
+            goto done;
+        }
+        joule_model_init(m, seed);
+    }
+    if ((st = joule_model_alloc_train(m, batch))) {
+        ret = cli_fail(CMD, st);
+        goto done;
+    }
+
+    joule_train_opts o;
+    joule_train_opts_init(&o);
+    o.train_path = train_path;
+    o.val_path = val_path;
+    o.out_path = out;
+    o.log_path = log_path;
+    o.resume = resume;
+    o.batch = batch;
+    o.accum = accum;
+    o.seq = seq;
+    o.seed = seed;
+    o.max_steps = steps;
+    o.max_tokens = tokens;
+    o.max_flops = flops;
+    o.stop_after = stop_after;
+    o.adam.lr = (float)lr;
+    o.adam.min_lr = (float)min_lr;
+    o.adam.weight_decay = (float)wd;
+    o.adam.grad_clip = (float)clip;
+    o.adam.warmup_steps = warmup;
+    if (saved_opts) { /* betas and eps are not command-line options: keep the saved ones */
+        double v;
+        if (saved_num(saved_opts, "beta1", &v)) o.adam.beta1 = (float)v;
+        if (saved_num(saved_opts, "beta2", &v)) o.adam.beta2 = (float)v;
+        if (saved_num(saved_opts, "eps", &v)) o.adam.eps = (float)v;
+    }
+    o.eval_every = eval_every;
+    o.eval_windows = eval_windows;
+    o.save_every = save_every;
+    o.interrupt = &g_interrupt;
+
+    /* Summary of what is about to run. */
+    joule_param_counts pc = joule_model_param_counts(m);
+    uint64_t tok_step = (uint64_t)batch * (uint64_t)seq * (uint64_t)accum;
+    double flops_step = 3.0 * (double)joule_model_forward_flops(&cfg, batch, seq) * accum;
+    char b1[32], b2[32], b3[32], b4[32];
+    printf("model: %s\n", layer_summary(&cfg));
+    printf("plan: %s params (%s non-embedding), %" PRIu64 " tokens/step (batch %d x seq %d x accum %d), "
+           "%" PRIu64 " steps, %s FLOPs/step analytic, %d threads, OpenBLAS %s\n",
+           cli_fmt_count(b1, sizeof b1, (double)pc.total), cli_fmt_count(b2, sizeof b2, (double)pc.non_embedding),
+           tok_step, batch, seq, accum, total, sci(b3, sizeof b3, flops_step), joule_get_threads(),
+           joule_blas_corename());
+    if (resume)
+        printf("resuming %s at step %" PRIu64 " of %" PRIu64 " (run %s)\n", out, saved.step, saved.total_steps,
+               saved.run_id);
+    fflush(stdout);
+    if (resume && saved.step >= total && saved.total_steps == total) {
+        printf("nothing to do: %s is already at step %" PRIu64 " of %" PRIu64 "\n", out, saved.step, total);
+        goto done;
+    }
+
+    train_ui ui;
+    memset(&ui, 0, sizeof ui);
+    ui.start_step = saved.step;
+    ui.resumed = resume;
+    ui.val_bpb = NAN;
+    o.on_step = on_step;
+    o.ctx = &ui;
+    cli_progress_start(&ui.bar, "train", "step", (double)(total - saved.step));
+
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    g_interrupt = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    double t0 = joule_now();
+    joule_train_progress last;
+    memset(&last, 0, sizeof last);
+    st = joule_train(m, &o, &last);
+    double elapsed = joule_now() - t0;
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (st) {
+        if (ui.bar.tty && ui.bar.printed) fputc('\n', stderr);
+        ret = cli_fail(CMD, st);
+        goto done;
+    }
+    format_extra(&ui, &last);
+    cli_progress_finish(&ui.bar, (double)(last.step - saved.step), ui.extra);
+
+    uint64_t run_steps = last.step - saved.step, run_tokens = last.tokens - saved.tokens;
+    double step_wall = last.wall_s - saved.wall_s;
+    printf("trained %" PRIu64 " steps (%" PRIu64 " of %" PRIu64 " done), %s tokens in %s (%s in steps): %s tok/s\n",
+           run_steps, last.step, total, cli_fmt_count(b1, sizeof b1, (double)run_tokens),
+           cli_fmt_duration(b2, sizeof b2, elapsed), cli_fmt_duration(b3, sizeof b3, step_wall),
+           cli_fmt_count(b4, sizeof b4, step_wall > 0 ? (double)run_tokens / step_wall : 0));
+    printf("FLOPs (whole run): counted %s, analytic %s, counted/analytic %.4f\n",
+           sci(b1, sizeof b1, (double)last.flops), sci(b2, sizeof b2, (double)last.flops_analytic),
+           last.flops_analytic ? (double)last.flops / (double)last.flops_analytic : 0.0);
+    if (!val_path) snprintf(b3, sizeof b3, "n/a (no validation file)");
+    else if (isnan(ui.val_bpb)) snprintf(b3, sizeof b3, "n/a (not evaluated)");
+    else if (ui.val_step == last.step) snprintf(b3, sizeof b3, "%.4f", ui.val_bpb);
+    else snprintf(b3, sizeof b3, "%.4f (at step %" PRIu64 ")", ui.val_bpb, ui.val_step);
+    printf("final: train loss %.4f, val bpb %s\n", last.loss, b3);
+    printf("checkpoint: %s (optimizer state: %s)\n", out, optim_path ? optim_path : "?");
+    printf("log: %s\n", log_path ? log_path : "none");
+    if (g_interrupt) {
+        fprintf(stderr, "joule %s: interrupted at step %" PRIu64 " of %" PRIu64 "; saved; add --resume to continue\n",
+                CMD, last.step, total);
+        ret = EXIT_INTERRUPTED;
+    } else if (last.step < total) {
+        printf("stopped after step %" PRIu64 " of %" PRIu64 " (--stop-after); add --resume to continue\n",
+               last.step, total);
+    }
+done:
+    cJSON_Delete(saved_opts);
+    free(log_path);
+    free(optim_path);
+    joule_model_free(m);
+    return ret;
+}

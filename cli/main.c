@@ -1,0 +1,151 @@
+/* joule — the command-line front end: global options and subcommand dispatch. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char USAGE[] =
+    "Usage: joule [--version] [--threads N] <command> [options]\n"
+    "\n"
+    "Train and cost small byte-level Transformers on the CPU.\n"
+    "\n"
+    "Commands:\n"
+    "  data prepare    turn text files or a preset corpus into train/val token files\n"
+    "  data info       show what a prepared corpus folder holds\n"
+    "  train           train a model under a step, token or FLOP budget\n"
+    "  eval            validation loss and bits-per-byte of a checkpoint\n"
+    "  generate        sample text from a checkpoint\n"
+    "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
+    "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
+    "  bench decode    KV-cache decoding speed\n"
+    "  help [COMMAND]  this list, or the options of COMMAND\n"
+    "\n"
+    "Global options (before the command):\n"
+    "  -h, --help      show this help and exit\n"
+    "  -V, --version   print the version and exit\n"
+    "  --threads N     threads for the compute commands (train, eval, generate, bench);\n"
+    "                  the same as giving --threads N to the command (default 0 = all cores)\n"
+    "\n"
+    "Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad input (bad option or value,\n"
+    "missing or invalid input file), 130 'joule train' stopped by Ctrl-C after saving.\n"
+    "Run 'joule <command> --help' for the options of a command.\n";
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    bool computes; /* accepts --threads */
+} command;
+
+static const command COMMANDS[] = {
+    {"data", cmd_data, false},       {"train", cmd_train, true}, {"eval", cmd_eval, true},
+    {"generate", cmd_generate, true}, {"info", cmd_info, false},  {"bench", cmd_bench, true},
+};
+
+static const command *find_command(const char *name) {
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (strcmp(COMMANDS[i].name, name) == 0) return &COMMANDS[i];
+    return NULL;
+}
+
+static int unknown_command(const char *name) {
+    fprintf(stderr, "joule: unknown command '%s' (run 'joule --help' for the list)\n", name);
+    return EXIT_USAGE;
+}
+
+/* `joule help [COMMAND [SUB]]`: the command list, or the command's own --help. */
+static int cmd_help(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    const command *c = find_command(argv[1]);
+    if (!c) return unknown_command(argv[1]);
+    char *args[4] = {argv[1], NULL, NULL, NULL};
+    int n = 1;
+    if (argc >= 3) args[n++] = argv[2];
+    args[n++] = "--help";
+    return c->fn(n, args);
+}
+
+enum { OPT_THREADS = 256 };
+
+int main(int argc, char **argv) {
+    static const struct option LONG[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {NULL, 0, NULL, 0},
+    };
+    const char *threads = NULL;
+    int c;
+    opterr = 0;
+    optind = 0;
+    /* '+': stop at the command name; the rest belongs to the command. */
+    while ((c = getopt_long(argc, argv, "+:hV", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(USAGE, stdout);
+            return 0;
+        case 'V':
+            printf("joule %s\n", JOULE_VERSION_STRING);
+            return 0;
+        case OPT_THREADS: {
+            int n;
+            if (!cli_parse_int(optarg, 0, 4096, &n))
+                return cli_usage_error("", "--threads: '%s' is not an integer in [0, 4096]", optarg);
+            threads = optarg;
+            break;
+        }
+        default:
+            return cli_bad_option("", c, argv);
+        }
+    }
+    if (optind >= argc) {
+        fputs(USAGE, stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    if (strcmp(name, "help") == 0) {
+        if (threads) return cli_usage_error("help", "--threads is not used by 'help'");
+        return cmd_help(argc - optind, argv + optind);
+    }
+    const command *cmd = find_command(name);
+    if (!cmd) return unknown_command(name);
+    int sub_argc = argc - optind;
+    char **sub_argv = argv + optind;
+    char **with_threads = NULL;
+    if (threads) {
+        if (!cmd->computes) {
+            fprintf(stderr, "joule: --threads applies to train, eval, generate and bench, not '%s'\n", name);
+            return EXIT_USAGE;
+        }
+        /* Pass it on as the command's own option, after its other arguments (subcommand
+         * names such as 'bench train' stay first) but before a "--" that ends options. */
+        with_threads = malloc((size_t)(sub_argc + 3) * sizeof *with_threads);
+        if (!with_threads) {
+            fprintf(stderr, "joule: out of memory\n");
+            return EXIT_RUNTIME;
+        }
+        int at = 1;
+        while (at < sub_argc && strcmp(sub_argv[at], "--") != 0) at++;
+        int k = 0;
+        for (int i = 0; i < at; i++) with_threads[k++] = sub_argv[i];
+        with_threads[k++] = "--threads";
+        with_threads[k++] = (char *)threads;
+        for (int i = at; i < sub_argc; i++) with_threads[k++] = sub_argv[i];
+        with_threads[k] = NULL;
+        sub_argv = with_threads;
+        sub_argc += 2;
+    }
+    optind = 0;
+    int rc = cmd->fn(sub_argc, sub_argv);
+    free(with_threads);
+    fflush(stdout);
+    if (ferror(stdout)) {
+        fprintf(stderr, "joule %s: error writing to standard output\n", name);
+        if (rc == 0) rc = EXIT_RUNTIME;
+    }
+    return rc;
+}

@@ -1,0 +1,568 @@
+/* The `joule` command end to end: help texts, exit codes and one-line errors, and a tiny
+ * real run (prepare -> train -> eval -> generate -> info), exact resume and Ctrl-C.
+ * The binary comes from $JOULE_BIN (set by CMake); everything runs in a temp folder. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "joule/checkpoint.h"
+#include "joule/model.h"
+
+extern char **environ;
+
+static char g_bin[4096];
+static char g_dir[4096];
+
+/* A tiny model that trains in well under a second. */
+#define TINY "--layers 1 --d-model 32 --heads 2 --d-ff 64 --ctx 32 --batch 4"
+
+/* ---- helpers ---- */
+
+static char *slurp(const char *name, size_t *len) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(buf);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    buf[got] = '\0';
+    if (len) *len = got;
+    return buf;
+}
+
+static bool exists(const char *name) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static void write_file(const char *name, const void *data, size_t len) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+/* Runs `joule ARGS` in the temp folder with stdout in out.txt and stderr in err.txt;
+ * returns the exit status (or 1000 + signal). */
+static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int joule(const char *fmt, ...) {
+    char args[4096], cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, g_bin, args);
+    int st = system(cmd);
+    ck_assert_int_ne(st, -1);
+    if (WIFSIGNALED(st)) return 1000 + WTERMSIG(st);
+    return WEXITSTATUS(st);
+}
+
+static char *out_text(void) { return slurp("out.txt", NULL); }
+static char *err_text(void) { return slurp("err.txt", NULL); }
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+/* stderr is exactly one line and mentions `needle`. */
+static void expect_one_line_error(const char *needle) {
+    char *e = err_text();
+    ck_assert_ptr_nonnull(e);
+    ck_assert_msg(count_lines(e) == 1, "expected one line on stderr, got: %s", e);
+    ck_assert_msg(strstr(e, needle) != NULL, "stderr '%s' does not mention '%s'", e, needle);
+    free(e);
+}
+
+static void expect_out_has(const char *needle) {
+    char *o = out_text();
+    ck_assert_ptr_nonnull(o);
+    ck_assert_msg(strstr(o, needle) != NULL, "stdout does not mention '%s':\n%s", needle, o);
+    free(o);
+}
+
+/* A few KB of varied English, in paragraphs. Deterministic. */
+static void write_corpus(const char *name) {
+    static const char *subj[] = {"The old sailor", "A small child", "The committee", "My neighbour", "The river",
+                                 "Every engineer", "The quiet library", "A wandering cat", "The orchestra",
+                                 "Our teacher"};
+    static const char *verb[] = {"remembered", "painted", "carried", "ignored", "described", "discovered",
+                                 "measured", "admired", "questioned", "followed"};
+    static const char *obj[] = {"the northern lights", "a broken compass", "seven green apples",
+                                "the long winter", "an unfinished letter", "the price of bread",
+                                "a distant mountain", "the morning train", "an honest answer", "the stars"};
+    static const char *tail[] = {"before dawn.", "with great care.", "for no reason at all.", "again and again.",
+                                 "without a word.", "in the rain.", "as the bells rang.", "until evening.",
+                                 "quite by accident.", "with a smile."};
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    ck_assert_ptr_nonnull(buf);
+    unsigned x = 12345;
+    for (int para = 0; para < 60; para++) {
+        int sentences = 2 + para % 4;
+        for (int s = 0; s < sentences; s++) {
+            x = x * 1103515245u + 12345u;
+            unsigned r = x >> 8;
+            n += (size_t)snprintf(buf + n, cap - n, "%s %s %s %s ", subj[r % 10], verb[(r / 10) % 10],
+                                  obj[(r / 100) % 10], tail[(r / 1000) % 10]);
+        }
+        n += (size_t)snprintf(buf + n, cap - n, "\n\n");
+    }
+    write_file(name, buf, n);
+    free(buf);
+}
+
+/* Trains a tiny model into `name` unless it is already there. */
+static void ensure_model(const char *name) {
+    if (exists(name)) return;
+    ck_assert_int_eq(joule("train --data d " TINY " --steps 30 --out %s --threads 1", name), 0);
+}
+
+/* ---- fixture: one temp folder with a prepared corpus for the whole suite ---- */
+
+static void suite_setup(void) {
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it for every test)");
+    snprintf(g_bin, sizeof g_bin, "%s", bin);
+    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_cli.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    write_corpus("corpus.txt");
+    ck_assert_int_eq(joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
+}
+
+static void suite_teardown(void) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+}
+
+/* ---- help and usage ---- */
+
+START_TEST(test_help_texts) {
+    struct {
+        const char *args;
+        const char *needles[6];
+    } cases[] = {
+        {"--help", {"data prepare", "train", "eval", "generate", "info", "--threads"}},
+        {"help", {"data prepare", "train", "eval", "generate", "info", "bench"}},
+        {"-h", {"Usage", NULL}},
+        {"help train", {"--steps", "--tokens", "--flops", "--resume", NULL}},
+        {"data --help", {"prepare", "info", NULL}},
+        {"data prepare --help", {"--preset", "--out", "--val-fraction", "--seed", "--split", NULL}},
+        {"data info --help", {"DIR", "--json", NULL}},
+        {"train --help",
+         {"--steps", "--tokens", "--flops", "--layers", "--d-model", "--resume"}},
+        {"train -h", {"--batch", "--lr", "--warmup", "--eval-every", "--stop-after", "--threads"}},
+        {"eval --help", {"--model", "--data", "--windows", "--json", "bits-per-byte = loss / ln 2", NULL}},
+        {"generate --help", {"--model", "--prompt", "--temperature", "--top-k", "--top-p", "--seed"}},
+        {"info --help", {"--model", "--json", "6N", NULL}},
+        {"bench --help", {"train", "decode", NULL}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ck_assert_msg(joule("%s", cases[i].args) == 0, "joule %s did not exit 0", cases[i].args);
+        char *o = out_text();
+        for (int k = 0; k < 6 && cases[i].needles[k]; k++)
+            ck_assert_msg(strstr(o, cases[i].needles[k]) != NULL, "joule %s: help does not mention '%s'",
+                          cases[i].args, cases[i].needles[k]);
+        free(o);
+    }
+    /* The defaults are in the help text. */
+    ck_assert_int_eq(joule("train --help"), 0);
+    expect_out_has("(default 8)");
+    expect_out_has("(default 1e-3)");
+    expect_out_has("default runs/model.safetensors");
+}
+END_TEST
+
+START_TEST(test_version_and_no_args) {
+    ck_assert_int_eq(joule("--version"), 0);
+    expect_out_has("joule 0.");
+    ck_assert_int_eq(joule("%s", ""), 2); /* no command: the list, on stderr */
+    char *e = err_text();
+    ck_assert_ptr_nonnull(strstr(e, "Commands"));
+    free(e);
+}
+END_TEST
+
+START_TEST(test_bad_usage_exits_2) {
+    const char *cases[] = {
+        "frobnicate",                          /* unknown command */
+        "--frobnicate",                        /* unknown global option */
+        "train --bogus",                       /* unknown option */
+        "train --steps",                       /* missing value */
+        "train --steps abc",                   /* bad number */
+        "train --steps 0",                     /* out of range */
+        "train --steps 10 --tokens 1M",        /* two budgets */
+        "train --data d",                      /* no budget */
+        "train --data d --steps 5 --lr -1",    /* bad value */
+        "train --data d --steps 5 extra",      /* stray argument */
+        "train --data d --steps 5 --heads 3 --d-model 32", /* d_model not a multiple of heads */
+        "train --data d --steps 5 " TINY " --seq 64",      /* seq longer than ctx */
+        "eval",                                /* --model required */
+        "eval --model m.safetensors --batch 0",
+        "eval --json=1 --model m.safetensors",
+        "generate --model m.safetensors --temperature -1",
+        "generate --model m.safetensors --top-p 1.5",
+        "generate --model m.safetensors -n x",
+        "info",
+        "info --model a b",
+        "data",
+        "data frob",
+        "data prepare --split nonsense corpus.txt --out x",
+        "data prepare corpus.txt",             /* --out required with paths */
+        "data prepare --preset default corpus.txt --out x",
+        "--threads 2 info --model m.safetensors", /* --threads is for compute commands */
+        "--threads x train --steps 1",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = joule("%s", cases[i]);
+        ck_assert_msg(rc == 2, "joule %s: exit %d, expected 2", cases[i], rc);
+        char *e = err_text();
+        ck_assert_msg(count_lines(e) >= 1 && strncmp(e, "joule", 5) == 0, "joule %s: stderr '%s'", cases[i], e);
+        free(e);
+    }
+    ck_assert_int_eq(joule("train --data d --steps 5 --bogus"), 2);
+    expect_one_line_error("--bogus");
+    ck_assert_int_eq(joule("train --data d"), 2);
+    expect_one_line_error("budget");
+}
+END_TEST
+
+/* ---- bad input files ---- */
+
+START_TEST(test_missing_files_exit_2) {
+    ck_assert_int_eq(joule("info --model /nonexistent/model.safetensors"), 2);
+    expect_one_line_error("/nonexistent/model.safetensors");
+    ck_assert_int_eq(joule("eval --model /nonexistent.safetensors --data d"), 2);
+    expect_one_line_error("/nonexistent.safetensors");
+    ck_assert_int_eq(joule("generate --model /nonexistent.safetensors"), 2);
+    expect_one_line_error("/nonexistent.safetensors");
+    ck_assert_int_eq(joule("train --data nowhere --steps 3"), 2);
+    expect_one_line_error("nowhere/train.bin");
+    ck_assert_int_eq(joule("train --train d/train.bin --val nowhere.bin --steps 3"), 2);
+    expect_one_line_error("nowhere.bin");
+    ck_assert_int_eq(joule("data prepare missing.txt --out x"), 2);
+    expect_one_line_error("missing.txt");
+    ck_assert_int_eq(joule("data info nowhere"), 2);
+    expect_one_line_error("nowhere/train.bin");
+    ck_assert_int_eq(joule("train --data d --steps 3 --resume --out none.safetensors"), 2);
+    expect_one_line_error("none.safetensors");
+    ck_assert_int_eq(joule("train --data d --steps 3 --config none.json"), 2);
+    expect_one_line_error("none.json");
+    ensure_model("m.safetensors");
+    ck_assert_int_eq(joule("eval --model m.safetensors --tokens none.bin"), 2);
+    expect_one_line_error("none.bin");
+    ck_assert_int_eq(joule("generate --model m.safetensors --prompt-file none.txt"), 2);
+    expect_one_line_error("none.txt");
+}
+END_TEST
+
+START_TEST(test_corrupt_files_exit_2) {
+    char garbage[3000];
+    for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)(i * 7919 % 251);
+    write_file("garbage.safetensors", garbage, sizeof garbage);
+    const char *cmds[] = {"info --model garbage.safetensors", "eval --model garbage.safetensors --data d",
+                          "generate --model garbage.safetensors -n 5"};
+    for (int i = 0; i < 3; i++) {
+        int rc = joule("%s", cmds[i]);
+        ck_assert_msg(rc == 2, "joule %s: exit %d, expected 2", cmds[i], rc);
+        expect_one_line_error("garbage.safetensors");
+    }
+    /* A real checkpoint cut in half. */
+    ensure_model("m.safetensors");
+    size_t n = 0;
+    char *good = slurp("m.safetensors", &n);
+    ck_assert_ptr_nonnull(good);
+    write_file("half.safetensors", good, n / 2);
+    free(good);
+    ck_assert_int_eq(joule("info --model half.safetensors"), 2);
+    expect_one_line_error("half.safetensors");
+    ck_assert_int_eq(joule("eval --model half.safetensors --data d"), 2);
+    expect_one_line_error("half.safetensors");
+    /* A token file that is not one. */
+    write_file("bad.bin", garbage, sizeof garbage);
+    write_file("bad.idx", garbage, sizeof garbage);
+    ck_assert_int_eq(joule("eval --model m.safetensors --tokens bad.bin"), 2);
+    expect_one_line_error("bad.bin");
+    /* A config file that is not JSON. */
+    write_file("bad.json", "{not json", 9);
+    ck_assert_int_eq(joule("train --data d --steps 3 --config bad.json --out x.safetensors"), 2);
+    expect_one_line_error("bad.json");
+}
+END_TEST
+
+/* ---- the real thing ---- */
+
+START_TEST(test_data_prepare_and_info) {
+    ck_assert_int_eq(joule("data prepare corpus.txt --out d2 --split blank-line --val-fraction 0.2 --seed 3"), 0);
+    expect_out_has("train:");
+    expect_out_has("val:");
+    expect_out_has("d2/train.bin");
+    ck_assert(exists("d2/train.bin") && exists("d2/val.idx") && exists("d2/meta.json"));
+    ck_assert_int_eq(joule("data info d2 --json"), 0);
+    char *o = out_text();
+    cJSON *j = cJSON_Parse(o);
+    ck_assert_msg(j != NULL, "data info --json is not JSON: %s", o);
+    const cJSON *tr = cJSON_GetObjectItem(j, "train"), *va = cJSON_GetObjectItem(j, "val");
+    ck_assert(cJSON_GetObjectItem(tr, "tokens")->valuedouble > 1000);
+    ck_assert(cJSON_GetObjectItem(va, "documents")->valuedouble >= 1);
+    cJSON_Delete(j);
+    free(o);
+    ck_assert_int_eq(joule("data info d2"), 0);
+    expect_out_has("blank-line");
+}
+END_TEST
+
+START_TEST(test_train_eval_generate_info) {
+    ck_assert_int_eq(joule("train --data d " TINY " --steps 30 --out run/t.safetensors --eval-every 10 --threads 2"),
+                     0);
+    expect_out_has("params");
+    expect_out_has("tokens/step");
+    expect_out_has("counted/analytic");
+    expect_out_has("val bpb");
+    ck_assert(exists("run/t.safetensors"));
+    ck_assert(exists("run/t.optim.safetensors"));
+    ck_assert(exists("run/t.log.jsonl"));
+
+    /* The log: one JSON object per step with the documented fields. */
+    char *log = slurp("run/t.log.jsonl", NULL);
+    ck_assert_int_eq(count_lines(log), 30);
+    int line = 0, with_val = 0;
+    for (char *save = NULL, *s = strtok_r(log, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(s);
+        ck_assert_msg(j != NULL, "log line %d is not JSON: %s", line + 1, s);
+        const char *keys[] = {"step", "tokens", "loss", "lr", "grad_norm", "wall_s", "flops"};
+        for (int k = 0; k < 7; k++)
+            ck_assert_msg(cJSON_IsNumber(cJSON_GetObjectItem(j, keys[k])), "log line %d lacks '%s'", line + 1,
+                          keys[k]);
+        ck_assert_int_eq((int)cJSON_GetObjectItem(j, "step")->valuedouble, line + 1);
+        ck_assert_int_eq((int)cJSON_GetObjectItem(j, "tokens")->valuedouble, (line + 1) * 4 * 32);
+        with_val += cJSON_GetObjectItem(j, "val_bpb") != NULL;
+        cJSON_Delete(j);
+        line++;
+    }
+    ck_assert_int_eq(line, 30);
+    ck_assert_int_eq(with_val, 3); /* steps 10, 20, 30 */
+    free(log);
+
+    /* eval --json */
+    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d --json --threads 1"), 0);
+    char *o = out_text();
+    cJSON *j = cJSON_Parse(o);
+    ck_assert_msg(j != NULL, "eval --json is not JSON: %s", o);
+    const cJSON *bpb = cJSON_GetObjectItem(j, "bpb"), *loss = cJSON_GetObjectItem(j, "loss");
+    ck_assert(cJSON_IsNumber(bpb) && cJSON_IsNumber(loss));
+    ck_assert_double_eq_tol(bpb->valuedouble, loss->valuedouble / 0.69314718055994530942, 1e-9);
+    ck_assert(bpb->valuedouble > 0.5 && bpb->valuedouble < 8.5);
+    ck_assert(cJSON_GetObjectItem(j, "windows")->valuedouble >= 1);
+    ck_assert(cJSON_GetObjectItem(j, "flops")->valuedouble > 0);
+    cJSON_Delete(j);
+    free(o);
+    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d --windows 1 --json"), 0);
+    o = out_text();
+    j = cJSON_Parse(o);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(j, "windows")->valuedouble, 1);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(j, "tokens")->valuedouble, 32);
+    cJSON_Delete(j);
+    free(o);
+    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d"), 0);
+    expect_out_has("bpb:");
+
+    /* generate: greedy is deterministic; output = prompt + up to 20 bytes */
+    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
+    char *g1 = out_text();
+    ck_assert(strncmp(g1, "The old ", 8) == 0);
+    ck_assert(strlen(g1) > 8);
+    char *e = err_text();
+    ck_assert_msg(strstr(e, "tokens") && strstr(e, "tok/s"), "generate stderr: %s", e);
+    free(e);
+    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
+    char *g2 = out_text();
+    ck_assert_str_eq(g1, g2);
+    free(g1);
+    free(g2);
+    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 50 --seed 3 --no-stop"), 0);
+    write_file("prompt.txt", "A small", 7);
+    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 5 --prompt-file prompt.txt --no-echo"), 0);
+
+    /* info */
+    ck_assert_int_eq(joule("info --model run/t.safetensors"), 0);
+    expect_out_has("non-embedding");
+    expect_out_has("6N");
+    expect_out_has("step 30 of 30");
+    ck_assert_int_eq(joule("info --model run/t.safetensors --json"), 0);
+    o = out_text();
+    j = cJSON_Parse(o);
+    ck_assert_msg(j != NULL, "info --json is not JSON: %s", o);
+    const cJSON *cfg = cJSON_GetObjectItem(j, "config");
+    ck_assert_int_eq((int)cJSON_GetObjectItem(cfg, "d_model")->valuedouble, 32);
+    const cJSON *tr = cJSON_GetObjectItem(j, "training");
+    ck_assert_int_eq((int)cJSON_GetObjectItem(tr, "step")->valuedouble, 30);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(tr, "tokens")->valuedouble, 30 * 4 * 32);
+    const cJSON *p = cJSON_GetObjectItem(j, "params");
+    ck_assert(cJSON_GetObjectItem(p, "total")->valuedouble ==
+              cJSON_GetObjectItem(p, "embedding")->valuedouble + cJSON_GetObjectItem(p, "non_embedding")->valuedouble);
+
+    /* The config of `info --json` builds the same model through --config. */
+    char *cj = cJSON_PrintUnformatted(cfg);
+    write_file("cfg.json", cj, strlen(cj));
+    free(cj);
+    cJSON_Delete(j);
+    free(o);
+    ck_assert_int_eq(joule("train --data d --config cfg.json --batch 4 --steps 2 --out run/c.safetensors --no-log"), 0);
+    ck_assert(!exists("run/c.log.jsonl"));
+    ck_assert_int_eq(joule("info --model run/c.safetensors --json"), 0);
+    o = out_text();
+    j = cJSON_Parse(o);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "d_ff")->valuedouble, 64);
+    cJSON_Delete(j);
+    free(o);
+}
+END_TEST
+
+/* Loads two checkpoints and checks their weights are bit-identical. */
+static void expect_same_weights(const char *a, const char *b) {
+    char pa[8192], pb[8192];
+    snprintf(pa, sizeof pa, "%s/%s", g_dir, a);
+    snprintf(pb, sizeof pb, "%s/%s", g_dir, b);
+    joule_model *ma = NULL, *mb = NULL;
+    joule_train_state sa, sb;
+    ck_assert_msg(joule_checkpoint_load(&ma, pa, &sa) == 0, "%s", joule_last_error());
+    ck_assert_msg(joule_checkpoint_load(&mb, pb, &sb) == 0, "%s", joule_last_error());
+    ck_assert_uint_eq(ma->n_params, mb->n_params);
+    ck_assert_msg(memcmp(ma->params, mb->params, ma->n_params * sizeof(float)) == 0, "%s and %s differ", a, b);
+    ck_assert_uint_eq(sa.step, sb.step);
+    ck_assert_uint_eq(sa.tokens, sb.tokens);
+    joule_model_free(ma);
+    joule_model_free(mb);
+}
+
+START_TEST(test_resume_is_exact) {
+    const char *common = "train --data d " TINY " --steps 40 --seed 7 --threads 1 --eval-every 15";
+    ck_assert_int_eq(joule("%s --out r/straight.safetensors", common), 0);
+
+    ck_assert_int_eq(joule("%s --out r/split.safetensors --stop-after 20", common), 0);
+    expect_out_has("--resume");
+    ck_assert_int_eq(joule("info --model r/split.safetensors"), 0);
+    expect_out_has("step 20 of 40");
+    ck_assert_int_eq(joule("%s --out r/split.safetensors --resume", common), 0);
+    expect_same_weights("r/straight.safetensors", "r/split.safetensors");
+    char *log = slurp("r/split.log.jsonl", NULL);
+    ck_assert_int_eq(count_lines(log), 40);
+    free(log);
+
+    /* --resume alone takes the model, budget, seed and schedule from the checkpoint. */
+    ck_assert_int_eq(joule("%s --out r/bare.safetensors --stop-after 13", common), 0);
+    ck_assert_int_eq(joule("train --data d --resume --out r/bare.safetensors --threads 1 --eval-every 15"), 0);
+    expect_same_weights("r/straight.safetensors", "r/bare.safetensors");
+    /* Already finished: nothing to do. */
+    ck_assert_int_eq(joule("train --data d --resume --out r/bare.safetensors --threads 1"), 0);
+    expect_out_has("nothing to do");
+
+    /* Resuming with a different model or schedule is refused. */
+    ck_assert_int_eq(joule("%s --out r/other.safetensors --stop-after 10", common), 0);
+    ck_assert_int_eq(joule("train --data d --layers 2 --resume --out r/other.safetensors --threads 1"), 2);
+    expect_one_line_error("r/other.safetensors");
+    ck_assert_int_eq(joule("%s --out r/other.safetensors --resume --lr 3e-3", common), 2);
+    expect_one_line_error("r/other.safetensors");
+}
+END_TEST
+
+/* Ctrl-C saves and stops after the current step, exit 130; the run resumes. */
+START_TEST(test_interrupt_saves) {
+    char args[16384];
+    snprintf(args, sizeof args, "cd '%s' && exec '%s' train --data d " TINY
+             " --steps 1000000 --eval-every 0 --threads 1 --out i/m.safetensors > i.out 2> i.err",
+             g_dir, g_bin);
+    char *argv[] = {"sh", "-c", args, NULL};
+    pid_t pid;
+    ck_assert_int_eq(posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ), 0);
+    /* Wait until a few steps are logged. */
+    int lines = 0;
+    for (int i = 0; i < 600 && lines < 3; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        char *log = slurp("i/m.log.jsonl", NULL);
+        if (log) lines = count_lines(log);
+        free(log);
+    }
+    ck_assert_int_ge(lines, 3);
+    ck_assert_int_eq(kill(pid, SIGINT), 0);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 130, "status %d", status);
+    char *e = slurp("i.err", NULL);
+    ck_assert_msg(strstr(e, "saving and stopping") != NULL, "stderr: %s", e);
+    free(e);
+    char *log = slurp("i/m.log.jsonl", NULL);
+    int steps = count_lines(log);
+    free(log);
+    ck_assert_int_eq(joule("info --model i/m.safetensors --json"), 0);
+    char *o = out_text();
+    cJSON *j = cJSON_Parse(o);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(cJSON_GetObjectItem(j, "training"), "step")->valuedouble, steps);
+    cJSON_Delete(j);
+    free(o);
+}
+END_TEST
+
+/* Global --threads before the command reaches the command. */
+START_TEST(test_global_threads) {
+    ensure_model("m.safetensors");
+    ck_assert_int_eq(joule("--threads 1 eval --model m.safetensors --data d --json"), 0);
+    char *o = out_text();
+    cJSON *j = cJSON_Parse(o);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(j, "threads")->valuedouble, 1);
+    cJSON_Delete(j);
+    free(o);
+}
+END_TEST
+
+static Suite *cli_suite(void) {
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("cli");
+    tcase_set_timeout(tc, 120);
+    tcase_add_unchecked_fixture(tc, suite_setup, suite_teardown);
+    tcase_add_test(tc, test_help_texts);
+    tcase_add_test(tc, test_version_and_no_args);
+    tcase_add_test(tc, test_bad_usage_exits_2);
+    tcase_add_test(tc, test_missing_files_exit_2);
+    tcase_add_test(tc, test_corrupt_files_exit_2);
+    tcase_add_test(tc, test_data_prepare_and_info);
+    tcase_add_test(tc, test_train_eval_generate_info);
+    tcase_add_test(tc, test_resume_is_exact);
+    tcase_add_test(tc, test_interrupt_saves);
+    tcase_add_test(tc, test_global_threads);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(cli_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
