@@ -41,6 +41,17 @@ enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH,
 
 static const char *CMD = "eval";
 
+typedef struct {
+    cli_progress bar;
+    int seq;
+} eval_progress;
+
+static void on_eval_progress(void *ctx, uint64_t done, uint64_t total) {
+    eval_progress *ep = ctx;
+    (void)total;
+    cli_progress_update(&ep->bar, (double)(done * (uint64_t)ep->seq), NULL);
+}
+
 int cmd_eval(int argc, char **argv) {
     static const struct option LONG[] = {
         {"model", required_argument, NULL, OPT_MODEL},
@@ -140,32 +151,17 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
 
-    /* Evaluate in chunks of windows for a progress display. Chunk k is the same set of
-     * windows as in one pass: a view of the file starting at the chunk's first window. */
-    const uint64_t chunk = (uint64_t)batch * 16;
-    cli_progress bar;
-    cli_progress_start(&bar, "eval", "tok", (double)(nw * (uint64_t)seq));
-    double loss_sum = 0, t0 = joule_now();
-    uint64_t tokens = 0, flops = 0;
-    for (uint64_t w0 = 0; w0 < nw; w0 += chunk) {
-        joule_tokens view = t;
-        view.tok = t.tok + w0 * (uint64_t)seq;
-        view.n_tokens = t.n_tokens - w0 * (uint64_t)seq;
-        uint64_t n = nw - w0 < chunk ? nw - w0 : chunk;
-        joule_eval_result r;
-        if ((st = joule_evaluate(m, &view, seq, batch, n, &r))) {
-            if (bar.tty && bar.printed) fputc('\n', stderr);
-            ret = cli_fail(CMD, st);
-            goto done;
-        }
-        loss_sum += r.loss * (double)r.tokens;
-        tokens += r.tokens;
-        flops += r.flops;
-        cli_progress_update(&bar, (double)tokens, NULL);
+    eval_progress ep = {.seq = seq};
+    cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)seq));
+    joule_eval_result r;
+    if ((st = joule_evaluate(m, &t, seq, batch, nw, &r, on_eval_progress, &ep))) {
+        if (ep.bar.tty && ep.bar.printed) fputc('\n', stderr);
+        ret = cli_fail(CMD, st);
+        goto done;
     }
-    double wall = joule_now() - t0;
-    if (bar.printed) cli_progress_finish(&bar, (double)tokens, NULL);
-    double loss = loss_sum / (double)tokens, bpb = loss / M_LN2;
+    if (ep.bar.printed) cli_progress_finish(&ep.bar, (double)r.tokens, NULL);
+    double wall = r.wall_s, loss = r.loss, bpb = r.bpb;
+    uint64_t tokens = r.tokens, flops = r.flops;
     double tps = wall > 0 ? (double)tokens / wall : 0;
     if (json) {
         cJSON *o = cJSON_CreateObject();

@@ -21,7 +21,8 @@ void joule_train_opts_init(joule_train_opts *o) {
 }
 
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
-                   joule_eval_result *r) {
+                   joule_eval_result *r, void (*progress)(void *ctx, uint64_t done, uint64_t total),
+                   void *ctx) {
     memset(r, 0, sizeof *r);
     if (B > m->max_batch) B = m->max_batch;
     uint64_t nw = joule_eval_windows(t, T);
@@ -44,6 +45,7 @@ int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t
         double loss;
         rc = joule_model_forward(m, in, tg, b, T, &loss);
         sum += loss * (double)b * T; /* every target of an eval window is valid */
+        if (progress && !rc) progress(ctx, w + (uint64_t)b, nw);
     }
     free(in);
     free(tg);
@@ -215,7 +217,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         bool stopping = finished || (o->stop_after && st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
         if (o->val_path && ((o->eval_every && st.step % (uint64_t)o->eval_every == 0) || finished)) {
             joule_eval_result er;
-            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er))) goto done;
+            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er, NULL, NULL))) goto done;
             p.val_loss = er.loss;
         }
         log_step(log, &p);

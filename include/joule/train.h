@@ -69,9 +69,11 @@ typedef struct {
 } joule_eval_result;
 
 /* Mean loss over consecutive non-overlapping windows of T tokens (inputs tok[wT..wT+T-1],
- * targets shifted by one), B windows per forward, at most max_windows (0 = all). */
+ * targets shifted by one), B windows per forward, at most max_windows (0 = all).
+ * progress (may be NULL) is called after every forward with windows done and total. */
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
-                   joule_eval_result *r);
+                   joule_eval_result *r, void (*progress)(void *ctx, uint64_t done, uint64_t total),
+                   void *ctx);
 
 #ifdef __cplusplus
 }
