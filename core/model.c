@@ -391,7 +391,6 @@ uint64_t joule_model_forward_flops(const joule_config *c, int B, int T) {
                          + 2 * N * C * C      /* wo */
                          + 2 * N * C * 2 * F  /* w1, w3 */
                          + 2 * N * F * C;     /* w2 */
-    /* scores Q K^T and P V over the full T x T per sequence */
-    per_layer += 2 * (uint64_t)B * (2 * (uint64_t)T * (uint64_t)T * C);
+    per_layer += joule_attention_forward_flops(B, T, c->d_model);
     return L * per_layer + 2 * N * C * V;
 }

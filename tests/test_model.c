@@ -502,18 +502,23 @@ START_TEST(test_param_counts_and_flops) {
     ck_assert_uint_eq(pc.embedding, 256ull * 384);
     ck_assert_uint_eq(pc.total, pc.embedding + pc.non_embedding);
     joule_model_free(m);
-    /* counted FLOPs of a forward + backward equal the analytic count */
-    joule_config t = tiny_config();
+    /* counted FLOPs of a forward + backward equal the analytic count, for lengths below,
+     * at and between multiples of the attention block */
+    joule_config t = joule_config_default(2, 16, 2, 24, 200);
     joule_model *s = tiny_model(t, 2, 1);
-    int32_t in[32], tg[32];
-    random_tokens(in, 32, 1);
-    random_tokens(tg, 32, 2);
-    double loss;
-    joule_flops_reset();
-    joule_model_forward(s, in, tg, 2, 16, &loss);
-    ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(&t, 2, 16));
-    joule_model_backward(s, 1.0f);
-    ck_assert_uint_eq(joule_flops_counted(), 3 * joule_model_forward_flops(&t, 2, 16));
+    int32_t in[400], tg[400];
+    random_tokens(in, 400, 1);
+    random_tokens(tg, 400, 2);
+    const int lengths[] = {16, 64, 150, 200};
+    for (int i = 0; i < 4; i++) {
+        int T = lengths[i];
+        double loss;
+        joule_flops_reset();
+        joule_model_forward(s, in, tg, 2, T, &loss);
+        ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(&t, 2, T));
+        joule_model_backward(s, 1.0f);
+        ck_assert_uint_eq(joule_flops_counted(), 3 * joule_model_forward_flops(&t, 2, T));
+    }
     joule_model_free(s);
 }
 END_TEST

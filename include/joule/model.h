@@ -136,8 +136,8 @@ int joule_model_backward(joule_model *m, float grad_scale);
 void joule_model_zero_grad(joule_model *m);
 
 /* Matmul FLOPs of one forward pass over B sequences of length T, counted exactly as the
- * implementation performs them (attention scores/values over the full T x T). Backward
- * costs twice this. */
+ * implementation performs them (causal attention skips the blocks above the diagonal:
+ * joule_attention_forward_flops). Backward costs twice this. */
 uint64_t joule_model_forward_flops(const joule_config *c, int B, int T);
 
 /* ---- inference with a KV cache ---- */

@@ -81,6 +81,10 @@ void joule_rope_backward(float *dx, int ld, int B, int T, int nheads, int hs, in
  * (entries above the diagonal are 0). Scale 1/sqrt(hs). */
 void joule_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
                              int H);
+/* FLOPs joule_attention_forward counts for these sizes: the score and value products of
+ * every row block against the keys up to the block's end (the part above the causal
+ * diagonal is skipped). The backward counts exactly twice this. */
+uint64_t joule_attention_forward_flops(int B, int T, int C);
 /* dqkv[N,3C] = gradient w.r.t. qkv (overwritten). datt is scratch of the size of att. */
 void joule_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                               const float *att, int B, int T, int C, int H);
