@@ -46,9 +46,11 @@ static int percentile_cmp(const void *a, const void *b) {
 }
 
 static void bench_header(const char *what) {
-    printf("joule bench %s: BLAS kernels %s (OPENBLAS_CORETYPE=%s), %s threading, threads %d\n", what,
-           joule_blas_corename(), getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "unset",
-           joule_blas_threading(), joule_get_threads());
+    const char *core = getenv("OPENBLAS_CORETYPE"), *wait = getenv("OMP_WAIT_POLICY");
+    printf("joule bench %s: BLAS kernels %s (OPENBLAS_CORETYPE=%s), BLAS threading %s, OMP_WAIT_POLICY=%s, "
+           "threads %d\n",
+           what, joule_blas_corename(), core ? core : "unset", joule_blas_threading(), wait ? wait : "unset",
+           joule_get_threads());
 }
 
 static int make_model(const bench_opts *o, joule_model **m) {

@@ -3,8 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "joule/ops.h"
 
 static const char USAGE[] =
     "Usage: joule [--version] [--threads N] <command> [options]\n"
@@ -71,7 +73,25 @@ static int cmd_help(int argc, char **argv) {
 
 enum { OPT_THREADS = 256 };
 
+/* joule links OpenBLAS's OpenMP build (pinned by rpath) so BLAS and our loops share one
+ * pool. If a pthread build is loaded anyway (LD_LIBRARY_PATH, LD_PRELOAD), two pools
+ * compete: measured here, training ran 5.8x slower with both spinning and 4.5x with
+ * OpenMP waiting passively. Say so, and re-run once with passive waiting (libgomp reads
+ * OMP_WAIT_POLICY only at start-up), the less bad of the two. */
+static void avoid_two_spinning_pools(char **argv) {
+    if (strcmp(joule_blas_threading(), "pthreads") != 0) return;
+    if (getenv("OMP_WAIT_POLICY")) {
+        fprintf(stderr, "joule: warning: the pthread build of OpenBLAS is loaded (LD_LIBRARY_PATH?); joule is "
+                        "built for the OpenMP build and runs several times slower with two thread pools\n");
+        return;
+    }
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on, slower rather than not at all */
+}
+
 int main(int argc, char **argv) {
+    avoid_two_spinning_pools(argv);
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
