@@ -58,6 +58,7 @@ static void attend(joule_decoder *d, int l, int pos) {
         for (int t = 0; t <= pos; t++) {
             const float *k = kc + (size_t)t * C + h * hs;
             float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
             for (int i = 0; i < hs; i++) dot += q[i] * k[i];
             s[t] = dot * scale;
             mx = s[t] > mx ? s[t] : mx;
@@ -73,6 +74,7 @@ static void attend(joule_decoder *d, int l, int pos) {
         for (int t = 0; t <= pos; t++) {
             const float *v = vc + (size_t)t * C + h * hs;
             float p = s[t] * inv;
+#pragma omp simd
             for (int i = 0; i < hs; i++) o[i] += p * v[i];
         }
     }

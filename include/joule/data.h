@@ -42,7 +42,7 @@
  *               "separator":"%" (separator mode only), "seed":S, "val_fraction":F,
  *               "documents":N, "train":{"documents":N,"tokens":N},
  *               "val":{"documents":N,"tokens":N},
- *               "skipped":{"hidden":N,"binary":N}, "created_by":"joule X.Y.Z"}
+ *               "skipped":{"hidden":N,"binary":N,"other":N}, "created_by":"joule X.Y.Z"}
  *   Token counts include the EOD tokens. Every file is written atomically
  *   (temporary name, fsync, rename); meta.json is written last, so its presence
  *   means the other four files are complete.
