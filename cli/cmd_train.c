@@ -196,20 +196,6 @@ static const char *sci(char *buf, size_t n, double v) {
     return buf;
 }
 
-/* Steps a budget buys, exactly as the library plans them (core/train.c). */
-static uint64_t plan_steps(const joule_config *c, int batch, int T, int accum, uint64_t steps, uint64_t tokens,
-                           double flops) {
-    uint64_t per_step = (uint64_t)batch * (uint64_t)T * (uint64_t)accum;
-    if (steps) return steps;
-    if (tokens) return (tokens + per_step - 1) / per_step;
-    if (flops > 0) {
-        double f = 3.0 * (double)joule_model_forward_flops(c, batch, T) * accum;
-        uint64_t s = (uint64_t)floor(flops / f);
-        return s ? s : 1;
-    }
-    return 0;
-}
-
 /* Reads a number field of the saved training options (checkpoint metadata). */
 static bool saved_num(const cJSON *o, const char *key, double *out) {
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
@@ -430,42 +416,11 @@ int cmd_train(int argc, char **argv) {
         ret = cli_usage_error(CMD, "--seq %d is longer than the model's context %d", seq, cfg.ctx);
         goto done;
     }
-    uint64_t total = plan_steps(&cfg, batch, seq, accum, steps, tokens, flops);
-    if (min_lr < 0) min_lr = lr / 10;
-    if (warmup < 0) warmup = (int)(total / 5 < 100 ? total / 5 : 100);
-
-    /* Output paths. */
-    if (!no_log) {
-        log_path = log_opt ? strdup(log_opt) : path_with_suffix(out, ".log.jsonl");
-        if (!log_path) {
-            fprintf(stderr, "joule %s: out of memory\n", CMD);
-            ret = EXIT_RUNTIME;
-            goto done;
-        }
-    }
-    if ((ret = cli_make_parent_dirs(CMD, out))) goto done;
-    if (log_path && (ret = cli_make_parent_dirs(CMD, log_path))) goto done;
-    optim_path = joule_checkpoint_optim_path(out);
-
-    cli_setup_threads(threads);
-    if (!m) {
-        if ((st = joule_model_create(&m, &cfg))) {
-            ret = cli_fail(CMD, st);
-            goto done;
-        }
-        joule_model_init(m, seed);
-    }
-    if ((st = joule_model_alloc_train(m, batch))) {
-        ret = cli_fail(CMD, st);
-        goto done;
-    }
-
     joule_train_opts o;
     joule_train_opts_init(&o);
     o.train_path = train_path;
     o.val_path = val_path;
     o.out_path = out;
-    o.log_path = log_path;
     o.resume = resume;
     o.batch = batch;
     o.accum = accum;
@@ -475,6 +430,9 @@ int cmd_train(int argc, char **argv) {
     o.max_tokens = tokens;
     o.max_flops = flops;
     o.stop_after = stop_after;
+    uint64_t total = joule_train_plan_steps(&o, &cfg);
+    if (min_lr < 0) min_lr = lr / 10;
+    if (warmup < 0) warmup = (int)(total / 5 < 100 ? total / 5 : 100);
     o.adam.lr = (float)lr;
     o.adam.min_lr = (float)min_lr;
     o.adam.weight_decay = (float)wd;
@@ -490,6 +448,34 @@ int cmd_train(int argc, char **argv) {
     o.eval_windows = eval_windows;
     o.save_every = save_every;
     o.interrupt = &g_interrupt;
+
+    /* Output paths. */
+    if (!no_log) {
+        log_path = log_opt ? strdup(log_opt) : path_with_suffix(out, ".log.jsonl");
+        if (!log_path) {
+            fprintf(stderr, "joule %s: out of memory\n", CMD);
+            ret = EXIT_RUNTIME;
+            goto done;
+        }
+    }
+    if ((ret = cli_make_parent_dirs(CMD, out))) goto done;
+    if (log_path && (ret = cli_make_parent_dirs(CMD, log_path))) goto done;
+    optim_path = joule_checkpoint_optim_path(out);
+    o.log_path = log_path;
+
+    cli_setup_threads(threads);
+    if (!m) {
+        if ((st = joule_model_create(&m, &cfg))) {
+            ret = cli_fail(CMD, st);
+            goto done;
+        }
+        joule_model_init(m, seed);
+    }
+    if ((st = joule_model_alloc_train(m, batch))) {
+        ret = cli_fail(CMD, st);
+        goto done;
+    }
+
 
     /* Summary of what is about to run. */
     joule_param_counts pc = joule_model_param_counts(m);

@@ -79,7 +79,8 @@ static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_st
     return s;
 }
 
-static uint64_t plan_steps(const joule_train_opts *o, const joule_config *c, int T) {
+uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c) {
+    const int T = o->seq ? o->seq : c->ctx;
     uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * (uint64_t)o->accum;
     if (o->max_steps) return o->max_steps;
     if (o->max_tokens) return (o->max_tokens + tokens_per_step - 1) / tokens_per_step;
@@ -117,7 +118,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
     if (!m->acts || m->max_batch < o->batch)
         return joule_fail(JOULE_ERR_ARG, "model buffers hold batch %d, training needs %d", m->max_batch, o->batch);
-    uint64_t total = plan_steps(o, c, T);
+    uint64_t total = joule_train_plan_steps(o, c);
     if (total == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
 
     joule_tokens train = {0}, val = {0};

@@ -54,6 +54,10 @@ typedef struct {
 
 void joule_train_opts_init(joule_train_opts *o);
 
+/* Optimizer steps the budget of o buys for a model of config c (the schedule length
+ * joule_train uses); 0 when o gives no budget. */
+uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c);
+
 /* Trains m (already initialised or loaded from out_path when resuming) under o. m must
  * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
  * holds the final progress. */
