@@ -22,9 +22,46 @@ joule_config joule_config_default(int n_layers, int d_model, int n_heads, int d_
     return c;
 }
 
+bool joule_config_has_moe(const joule_config *c) {
+    for (int l = 0; l < c->n_layers && l < JOULE_MAX_LAYERS; l++)
+        if (c->kinds[l].ffn == JOULE_FFN_MOE) return true;
+    return false;
+}
+
+bool joule_config_has_cca(const joule_config *c) {
+    for (int l = 0; l < c->n_layers && l < JOULE_MAX_LAYERS; l++)
+        if (c->kinds[l].cca) return true;
+    return false;
+}
+
+static int validate_moe(const joule_moe_config *e, const char *what) {
+    if (e->n_experts < 1 || e->n_experts > 4096)
+        return joule_fail(JOULE_ERR_ARG, "%s: moe.experts %d outside [1, 4096]", what, e->n_experts);
+    if (e->top_k < 1 || e->top_k > 2 || e->top_k > e->n_experts)
+        return joule_fail(JOULE_ERR_ARG, "%s: moe.top_k %d must be 1 or 2 and <= experts", what, e->top_k);
+    if (e->every < 1) return joule_fail(JOULE_ERR_ARG, "%s: moe.every %d must be >= 1", what, e->every);
+    if (e->d_ff_expert < 1 || e->d_ff_expert > 1 << 20)
+        return joule_fail(JOULE_ERR_ARG, "%s: moe.d_ff_expert %d outside [1, 1048576]", what, e->d_ff_expert);
+    if (!(e->capacity_train >= 0) || !(e->capacity_eval >= 0) || !(e->aux_alpha >= 0) || !(e->z_beta >= 0))
+        return joule_fail(JOULE_ERR_ARG, "%s: moe capacity factors and loss weights must be >= 0", what);
+    return JOULE_OK;
+}
+
+static int validate_retro(const joule_retro_config *r, const joule_config *c, const char *what) {
+    if (r->chunk < 1 || r->chunk > c->ctx)
+        return joule_fail(JOULE_ERR_ARG, "%s: retro.chunk %d outside [1, ctx=%d]", what, r->chunk, c->ctx);
+    if (r->k < 0 || r->k > 64) return joule_fail(JOULE_ERR_ARG, "%s: retro.k %d outside [0, 64]", what, r->k);
+    if (r->enc_layers < 1 || r->enc_layers > JOULE_MAX_LAYERS || r->enc_d_model < 2 || r->enc_heads < 1 ||
+        r->enc_d_model % r->enc_heads != 0 || (r->enc_d_model / r->enc_heads) % 2 != 0 || r->enc_d_ff < 1)
+        return joule_fail(JOULE_ERR_ARG,
+                          "%s: retro encoder sizes invalid (layers %d, d_model %d, heads %d, d_ff %d)", what,
+                          r->enc_layers, r->enc_d_model, r->enc_heads, r->enc_d_ff);
+    return JOULE_OK;
+}
+
 int joule_config_validate(const joule_config *c, const char *what) {
-    if (strcmp(c->arch, "dense") != 0)
-        return joule_fail(JOULE_ERR_ARG, "%s: arch '%s' is not supported by this build", what, c->arch);
+    if (strcmp(c->arch, "dense") != 0 && strcmp(c->arch, "moe") != 0 && strcmp(c->arch, "retro") != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: arch '%s' is not one of dense, moe, retro", what, c->arch);
     if (c->n_layers < 1 || c->n_layers > JOULE_MAX_LAYERS)
         return joule_fail(JOULE_ERR_ARG, "%s: n_layers %d outside [1, %d]", what, c->n_layers,
                           JOULE_MAX_LAYERS);
@@ -45,8 +82,11 @@ int joule_config_validate(const joule_config *c, const char *what) {
     if (!(c->rope_theta > 0) || !(c->norm_eps > 0) || !(c->init_std > 0))
         return joule_fail(JOULE_ERR_ARG, "%s: rope_theta, norm_eps and init_std must be > 0", what);
     for (int l = 0; l < c->n_layers; l++)
-        if (c->kinds[l].ffn != JOULE_FFN_DENSE || c->kinds[l].cca)
-            return joule_fail(JOULE_ERR_ARG, "%s: layer %d kind not supported by this build", what, l);
+        if (c->kinds[l].ffn != JOULE_FFN_DENSE && c->kinds[l].ffn != JOULE_FFN_MOE)
+            return joule_fail(JOULE_ERR_ARG, "%s: layer %d has an unknown FFN kind", what, l);
+    int rc;
+    if (joule_config_has_moe(c) && (rc = validate_moe(&c->moe, what))) return rc;
+    if (joule_config_has_cca(c) && (rc = validate_retro(&c->retro, c, what))) return rc;
     return JOULE_OK;
 }
 
@@ -70,6 +110,33 @@ char *joule_config_to_json(const joule_config *c) {
         cJSON_AddBoolToObject(k, "cca", c->kinds[l].cca);
         cJSON_AddItemToArray(kinds, k);
     }
+    if (joule_config_has_moe(c)) {
+        const joule_moe_config *e = &c->moe;
+        cJSON *mo = cJSON_AddObjectToObject(o, "moe");
+        cJSON_AddNumberToObject(mo, "experts", e->n_experts);
+        cJSON_AddNumberToObject(mo, "top_k", e->top_k);
+        cJSON_AddNumberToObject(mo, "every", e->every);
+        cJSON_AddNumberToObject(mo, "d_ff_expert", e->d_ff_expert);
+        cJSON_AddNumberToObject(mo, "capacity_train", joule_float_for_json(e->capacity_train));
+        cJSON_AddNumberToObject(mo, "capacity_eval", joule_float_for_json(e->capacity_eval));
+        cJSON_AddBoolToObject(mo, "renormalize", e->renormalize);
+        cJSON_AddBoolToObject(mo, "random_second", e->random_second);
+        cJSON_AddNumberToObject(mo, "aux_alpha", joule_float_for_json(e->aux_alpha));
+        cJSON_AddNumberToObject(mo, "z_beta", joule_float_for_json(e->z_beta));
+    }
+    if (joule_config_has_cca(c)) {
+        const joule_retro_config *r = &c->retro;
+        cJSON *ro = cJSON_AddObjectToObject(o, "retro");
+        cJSON_AddNumberToObject(ro, "chunk", r->chunk);
+        cJSON_AddNumberToObject(ro, "k", r->k);
+        cJSON_AddNumberToObject(ro, "cca_start", r->cca_start);
+        cJSON_AddNumberToObject(ro, "cca_every", r->cca_every);
+        cJSON_AddNumberToObject(ro, "enc_layers", r->enc_layers);
+        cJSON_AddNumberToObject(ro, "enc_d_model", r->enc_d_model);
+        cJSON_AddNumberToObject(ro, "enc_heads", r->enc_heads);
+        cJSON_AddNumberToObject(ro, "enc_d_ff", r->enc_d_ff);
+        cJSON_AddStringToObject(ro, "db_id", r->db_id);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -89,6 +156,46 @@ static int get_float(const cJSON *o, const char *key, float *out, const char *wh
     if (!cJSON_IsNumber(v))
         return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' is not a number", what, key);
     *out = (float)v->valuedouble;
+    return JOULE_OK;
+}
+
+static int get_bool(const cJSON *o, const char *key, bool *out, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) return JOULE_OK;
+    if (!cJSON_IsBool(v)) return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' is not a boolean", what, key);
+    *out = cJSON_IsTrue(v);
+    return JOULE_OK;
+}
+
+static int moe_from_json(joule_moe_config *e, const cJSON *mo, const char *what) {
+    if (!cJSON_IsObject(mo)) return joule_fail(JOULE_ERR_FORMAT, "%s: config 'moe' must be an object", what);
+    int rc;
+    if ((rc = get_int(mo, "experts", &e->n_experts, what)) || (rc = get_int(mo, "top_k", &e->top_k, what)) ||
+        (rc = get_int(mo, "every", &e->every, what)) || (rc = get_int(mo, "d_ff_expert", &e->d_ff_expert, what)) ||
+        (rc = get_float(mo, "capacity_train", &e->capacity_train, what)) ||
+        (rc = get_float(mo, "capacity_eval", &e->capacity_eval, what)) ||
+        (rc = get_bool(mo, "renormalize", &e->renormalize, what)) ||
+        (rc = get_bool(mo, "random_second", &e->random_second, what)) ||
+        (rc = get_float(mo, "aux_alpha", &e->aux_alpha, what)) || (rc = get_float(mo, "z_beta", &e->z_beta, what)))
+        return rc;
+    return JOULE_OK;
+}
+
+static int retro_from_json(joule_retro_config *r, const cJSON *ro, const char *what) {
+    if (!cJSON_IsObject(ro)) return joule_fail(JOULE_ERR_FORMAT, "%s: config 'retro' must be an object", what);
+    int rc;
+    if ((rc = get_int(ro, "chunk", &r->chunk, what)) || (rc = get_int(ro, "k", &r->k, what)) ||
+        (rc = get_int(ro, "cca_start", &r->cca_start, what)) || (rc = get_int(ro, "cca_every", &r->cca_every, what)) ||
+        (rc = get_int(ro, "enc_layers", &r->enc_layers, what)) ||
+        (rc = get_int(ro, "enc_d_model", &r->enc_d_model, what)) ||
+        (rc = get_int(ro, "enc_heads", &r->enc_heads, what)) || (rc = get_int(ro, "enc_d_ff", &r->enc_d_ff, what)))
+        return rc;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(ro, "db_id");
+    if (id) {
+        if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof r->db_id)
+            return joule_fail(JOULE_ERR_FORMAT, "%s: config field 'retro.db_id' is invalid", what);
+        strcpy(r->db_id, id->valuestring);
+    }
     return JOULE_OK;
 }
 
@@ -146,6 +253,10 @@ int joule_config_from_json(joule_config *c, const char *json, const char *what) 
             l++;
         }
     }
+    const cJSON *mo = cJSON_GetObjectItemCaseSensitive(o, "moe");
+    if (mo && (rc = moe_from_json(&d.moe, mo, what))) goto done;
+    const cJSON *ro = cJSON_GetObjectItemCaseSensitive(o, "retro");
+    if (ro && (rc = retro_from_json(&d.retro, ro, what))) goto done;
     rc = joule_config_validate(&d, what);
     if (rc == JOULE_ERR_ARG) rc = JOULE_ERR_FORMAT; /* it came from a file */
     if (rc == JOULE_OK) *c = d;

@@ -30,12 +30,21 @@ int joule_decoder_create(joule_decoder **out, const joule_model *m) {
         joule_decoder_free(d);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the KV cache");
     }
+    for (int k = 0; k < JOULE_EXT_COUNT; k++) {
+        int rc = m->ext_ops[k] && m->ext_ops[k]->decoder_create ? m->ext_ops[k]->decoder_create(d) : JOULE_OK;
+        if (rc) {
+            joule_decoder_free(d);
+            return rc;
+        }
+    }
     *out = d;
     return JOULE_OK;
 }
 
 void joule_decoder_free(joule_decoder *d) {
     if (!d) return;
+    for (int k = 0; k < JOULE_EXT_COUNT; k++)
+        if (d->m->ext_ops[k] && d->m->ext_ops[k]->decoder_free && d->ext[k]) d->m->ext_ops[k]->decoder_free(d);
     float *bufs[] = {d->k_cache, d->v_cache, d->x, d->xn, d->qkv, d->att_out, d->h13, d->g, d->scores, d->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) joule_free(bufs[i]);
     free(d);
@@ -101,8 +110,14 @@ int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
         memcpy(d->v_cache + ((size_t)l * T + pos) * C, d->qkv + 2 * C, (size_t)C * sizeof(float));
         attend(d, l, pos);
         joule_sgemv(C, C, 1.0f, w->wo, C, d->att_out, 1.0f, d->x);
+        int rc;
+        if (c->kinds[l].cca && (rc = m->ext_ops[JOULE_EXT_CCA]->decode_step(d, l, NULL, d->x))) return rc;
 
         joule_rmsnorm_forward(d->xn, &rstd, d->x, w->ffn_norm, 1, C, c->norm_eps);
+        if (c->kinds[l].ffn == JOULE_FFN_MOE) {
+            if ((rc = m->ext_ops[JOULE_EXT_MOE]->decode_step(d, l, d->xn, d->x))) return rc;
+            continue;
+        }
         joule_sgemv(2 * F, C, 1.0f, w->w13, C, d->xn, 0.0f, d->h13);
         joule_swiglu_forward(d->g, d->h13, 1, F);
         joule_sgemv(C, F, 1.0f, w->w2, F, d->g, 1.0f, d->x);

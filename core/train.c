@@ -92,7 +92,31 @@ uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c
     return 0;
 }
 
-static void log_step(FILE *log, const joule_train_progress *p) {
+/* Extensions' statistics of the last training forward (MoE routing, ...) as
+ * ,"name":{...} fields; taken before validation runs its own forwards. Caller frees. */
+static char *ext_stats(const joule_model *m) {
+    size_t cap = 1, len = 0;
+    char *out = calloc(1, cap);
+    for (int k = 0; k < JOULE_EXT_COUNT && out; k++) {
+        const joule_ext_ops *ops = m->ext_ops[k];
+        if (!ops || !ops->stats_json) continue;
+        cJSON *o = cJSON_CreateObject();
+        ops->stats_json(m, o);
+        char *s = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        if (!s) continue;
+        size_t need = len + strlen(ops->name) + strlen(s) + 8;
+        char *grown = realloc(out, need);
+        if (grown) {
+            out = grown;
+            len += (size_t)snprintf(out + len, need - len, ",\"%s\":%s", ops->name, s);
+        }
+        free(s);
+    }
+    return out;
+}
+
+static void log_step(FILE *log, const joule_train_progress *p, const char *ext) {
     if (!log) return;
     fprintf(log,
             "{\"step\":%" PRIu64 ",\"tokens\":%" PRIu64 ",\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,"
@@ -101,6 +125,7 @@ static void log_step(FILE *log, const joule_train_progress *p) {
             p->tokens_per_s);
     if (!isnan(p->val_loss))
         fprintf(log, ",\"val_loss\":%.6f,\"val_bpb\":%.6f", p->val_loss, p->val_loss / M_LN2);
+    if (ext) fputs(ext, log);
     fputs("}\n", log);
     fflush(log);
 }
@@ -179,6 +204,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         double t0 = joule_now();
         uint64_t f0 = joule_flops_counted();
         joule_model_zero_grad(m);
+        joule_model_set_training(m, true);
         double loss_sum = 0.0;
         for (int micro = 0; micro < o->accum; micro++) {
             double loss;
@@ -216,12 +242,18 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
 
         bool finished = st.step == total;
         bool stopping = finished || (o->stop_after && st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
+        joule_model_set_training(m, false);
+        char *stats = log ? ext_stats(m) : NULL;
         if (o->val_path && ((o->eval_every && st.step % (uint64_t)o->eval_every == 0) || finished)) {
             joule_eval_result er;
-            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er, NULL, NULL))) goto done;
+            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er, NULL, NULL))) {
+                free(stats);
+                goto done;
+            }
             p.val_loss = er.loss;
         }
-        log_step(log, &p);
+        log_step(log, &p, stats);
+        free(stats);
         if (o->on_step) o->on_step(o->ctx, &p);
         if (stopping || (o->save_every && st.step % (uint64_t)o->save_every == 0))
             if ((rc = joule_checkpoint_save(m, o->out_path, &opt, &st))) goto done;
@@ -229,6 +261,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     }
     if (last) *last = p;
 done:
+    joule_model_set_training(m, false);
     if (log) fclose(log);
     free(in);
     free(tg);

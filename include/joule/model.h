@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define JOULE_MAX_LAYERS 256
-#define JOULE_MAX_PARAMS 4096
+#define JOULE_MAX_PARAMS 65536 /* tensors per model */
 #define JOULE_FORMAT_VERSION "1"
 
 /* What a layer holds besides self-attention. The dense core implements DENSE FFNs; the
@@ -37,8 +37,32 @@ typedef struct {
     bool cca; /* chunked cross-attention sub-layer between attention and FFN (RETRO) */
 } joule_layer_kind;
 
+/* Mixture-of-experts settings (moe/ implements them; docs/MODEL.md §7 states the maths). */
 typedef struct {
-    char arch[16];   /* "dense" (later "moe", "retro") */
+    int n_experts;          /* E */
+    int top_k;              /* 1 or 2 */
+    int every;              /* an MoE FFN in every `every`-th block (GLaM: 2) */
+    int d_ff_expert;        /* hidden size of each expert's SwiGLU */
+    float capacity_train;   /* capacity factor while training; 0 = dropless */
+    float capacity_eval;    /* capacity factor in evaluation/inference; 0 = dropless */
+    bool renormalize;       /* gates of the chosen experts renormalised to sum to 1 */
+    bool random_second;     /* GShard: keep the 2nd expert with probability 2*g2 */
+    float aux_alpha;        /* load-balancing loss weight */
+    float z_beta;           /* router z-loss weight */
+} joule_moe_config;
+
+/* RETRO settings (retro/ implements them; docs/MODEL.md §7). */
+typedef struct {
+    int chunk;              /* m: tokens per chunk */
+    int k;                  /* neighbours per chunk */
+    int cca_start;          /* first CCA layer */
+    int cca_every;          /* then every cca_every-th layer */
+    int enc_layers, enc_d_model, enc_heads, enc_d_ff; /* neighbour encoder */
+    char db_id[72];         /* manifest checksum of the database trained with ("" = any) */
+} joule_retro_config;
+
+typedef struct {
+    char arch[16];   /* "dense", "moe" or "retro" */
     int n_layers;
     int d_model;
     int n_heads;
@@ -50,7 +74,13 @@ typedef struct {
     float norm_eps;
     float init_std;
     joule_layer_kind kinds[JOULE_MAX_LAYERS];
+    joule_moe_config moe;     /* meaningful when some layer has ffn == MOE */
+    joule_retro_config retro; /* meaningful when some layer has cca */
 } joule_config;
+
+/* Does any layer use the MoE FFN / chunked cross-attention? */
+bool joule_config_has_moe(const joule_config *c);
+bool joule_config_has_cca(const joule_config *c);
 
 /* A dense config with the defaults of docs/MODEL.md for the given sizes. */
 joule_config joule_config_default(int n_layers, int d_model, int n_heads, int d_ff, int ctx);
@@ -69,6 +99,7 @@ typedef struct {
     size_t numel;
     bool decay;    /* AdamW weight decay applies (matrices only) */
     bool embedding;
+    float init_mult; /* matrices: N(0, init_std * init_mult); 0 gives zeros. Vectors: ones. */
 } joule_param_info;
 
 /* Per-layer views into the parameter (or gradient) arena. wq|wk|wv are adjacent, so
@@ -78,8 +109,8 @@ typedef struct {
     float *wqkv;      /* [3C, C] */
     float *wo;        /* [C, C] */
     float *ffn_norm;  /* [C] */
-    float *w13;       /* [2F, C] */
-    float *w2;        /* [C, F] */
+    float *w13;       /* [2F, C]; NULL in MoE layers */
+    float *w2;        /* [C, F]; NULL in MoE layers */
 } joule_layer_weights;
 
 typedef struct {
@@ -90,12 +121,64 @@ typedef struct {
 } joule_weights;
 
 typedef struct joule_acts joule_acts; /* activation arena, private to core/model.c */
+typedef struct joule_model joule_model;
+typedef struct joule_decoder joule_decoder;
+
+/* ---- extension sub-layers ----
+ * The core never includes moe/ or retro/. A layer kind other than the dense FFN is an
+ * extension: a table of functions the module registers once (joule_moe_register(),
+ * joule_retro_register()) and core/model.c calls at fixed points.
+ *   JOULE_EXT_MOE  replaces a layer's FFN:   y += FFN(xn), xn = RMSNorm_ffn(x) (norm stays in core)
+ *   JOULE_EXT_CCA  a residual sub-layer between attention and FFN: y = x + CCA(x, ...)
+ * Both are op pairs with explicit buffers; the extension keeps its activations in its own
+ * state (m->ext[kind]), allocated by alloc() for the model's maximum batch. */
+typedef enum { JOULE_EXT_MOE = 0, JOULE_EXT_CCA = 1, JOULE_EXT_COUNT = 2 } joule_ext_kind;
 
 typedef struct {
+    const char *name;
+    /* Appends layer l's tensors with joule_model_add_tensor (called while the layout is
+     * built; the first tensor's index is m->ext_first[l][kind], the count m->ext_count). */
+    void (*layout)(joule_model *m, int l);
+    /* Activation state for batches up to max_batch (training); stores it in m->ext[kind]. */
+    int (*alloc)(joule_model *m, int max_batch);
+    void (*free)(joule_model *m);
+    /* MOE: y[N,C] += FFN_l(xn[N,C]).  CCA: y[N,C] = x[N,C] + CCA_l(x).  `train` selects
+     * training behaviour (capacity factor, random choices). */
+    int (*forward)(joule_model *m, int l, const float *x, float *y, int B, int T, bool train);
+    /* MOE: dx[N,C] = dL/dxn given dy (overwrites).  CCA: dres holds dL/dy on entry and
+     * dL/dx on return. Parameter gradients accumulate into m->grads, auxiliary losses'
+     * gradients scaled by grad_scale. */
+    int (*backward)(joule_model *m, int l, const float *dy, float *dx, int B, int T, float grad_scale);
+    /* Analytic matmul FLOPs of forward for layer l over B x T tokens (no drops). */
+    uint64_t (*forward_flops)(const joule_config *c, int l, int B, int T);
+    /* The same FLOPs by named term (e.g. "router", "experts"; "cca", "encoder"): fills up to
+     * max (name, flops) pairs and returns how many; the terms sum to forward_flops. */
+    int (*flop_terms)(const joule_config *c, int l, int B, int T, const char **names, uint64_t *flops, int max);
+    /* Adds this kind's statistics of the last forward (e.g. routing) to a cJSON object
+     * (passed as void* so this header needs no cJSON); may be NULL. */
+    void (*stats_json)(const joule_model *m, void *cjson_object);
+    /* Sum of auxiliary losses (already weighted) of the last forward, 0 if none. */
+    double (*aux_loss)(const joule_model *m);
+    /* One-token inference: x[C] is the residual stream at layer l (MOE: xn is its
+     * normed input and x receives += FFN(xn)). State per decoder in d->ext[kind]. */
+    int (*decoder_create)(joule_decoder *d);
+    void (*decoder_free)(joule_decoder *d);
+    int (*decode_step)(joule_decoder *d, int l, const float *xn, float *x);
+} joule_ext_ops;
+
+/* Registers (or replaces) the implementation of an extension kind. Not thread-safe:
+ * call before creating models. */
+void joule_ext_register(joule_ext_kind kind, const joule_ext_ops *ops);
+/* NULL when the kind has not been registered. */
+const joule_ext_ops *joule_ext_get(joule_ext_kind kind);
+
+struct joule_model {
     joule_config cfg;
     size_t n_params;                 /* floats in the arena */
     int n_tensors;
-    joule_param_info tensors[JOULE_MAX_PARAMS];
+    joule_param_info *tensors;       /* owned; n_tensors of them */
+    int cap_tensors;
+    bool layout_failed;              /* joule_model_add_tensor ran out of room */
     float *params;                   /* owned */
     float *grads;                    /* owned; NULL until joule_model_alloc_train */
     joule_weights w;                 /* views into params */
@@ -103,11 +186,30 @@ typedef struct {
     float *rope_cos, *rope_sin;      /* [ctx, hs/2] */
     joule_acts *acts;                /* NULL until joule_model_alloc_train */
     int max_batch;
-} joule_model;
+    bool training;                   /* joule_model_set_training */
+    /* extensions: first tensor index and count per layer and kind (-1/0 when absent), and
+     * each kind's private state */
+    int ext_first[JOULE_MAX_LAYERS][JOULE_EXT_COUNT];
+    int ext_count[JOULE_MAX_LAYERS][JOULE_EXT_COUNT];
+    void *ext[JOULE_EXT_COUNT];
+    const joule_ext_ops *ext_ops[JOULE_EXT_COUNT]; /* non-NULL for kinds the config uses */
+};
+
+/* Parameter / gradient pointer of tensor index i (grads NULL before alloc_train). */
+static inline float *joule_model_param(const joule_model *m, int i) { return m->params + m->tensors[i].offset; }
+static inline float *joule_model_grad(const joule_model *m, int i) {
+    return m->grads ? m->grads + m->tensors[i].offset : NULL;
+}
+/* For extension layouts: appends a tensor (d1 = 0 for a vector). Returns its index, or -1
+ * when out of memory or past JOULE_MAX_PARAMS (joule_model_create then fails). */
+int joule_model_add_tensor(joule_model *m, const char *name, int64_t d0, int64_t d1);
 
 /* Builds the parameter table and arena (zeroed). Caller frees with joule_model_free. */
 int joule_model_create(joule_model **out, const joule_config *cfg);
 void joule_model_free(joule_model *m);
+/* The parameter table only (names, shapes, counts): no arena, so any size works (the
+ * accountant describes GPT-3 this way). params is NULL; free with joule_model_free. */
+int joule_model_describe(joule_model **out, const joule_config *cfg);
 /* N(0, init_std) everywhere matrices are, output projections (wo, w2) scaled by
  * 1/sqrt(2L), norm gains 1. Deterministic in seed. */
 void joule_model_init(joule_model *m, uint64_t seed);
@@ -133,6 +235,11 @@ const float *joule_model_logits(const joule_model *m);
  * m->grads scaled by grad_scale (1/accumulation steps): zero them with
  * joule_model_zero_grad at the start of a step. */
 int joule_model_backward(joule_model *m, float grad_scale);
+/* Weighted auxiliary losses of the last forward (MoE load balancing + z-loss; 0 for dense).
+ * Training minimises loss + aux; backward includes the aux gradients. */
+double joule_model_aux_loss(const joule_model *m);
+/* Training behaviour (MoE capacity_train, random choices) in forward; default false. */
+void joule_model_set_training(joule_model *m, bool train);
 void joule_model_zero_grad(joule_model *m);
 
 /* Matmul FLOPs of one forward pass over B sequences of length T, counted exactly as the
@@ -141,13 +248,14 @@ void joule_model_zero_grad(joule_model *m);
 uint64_t joule_model_forward_flops(const joule_config *c, int B, int T);
 
 /* ---- inference with a KV cache ---- */
-typedef struct {
+struct joule_decoder {
     const joule_model *m;
     int pos;            /* tokens in the cache */
     float *k_cache;     /* [L, ctx, C] */
     float *v_cache;     /* [L, ctx, C] */
     float *x, *xn, *qkv, *att_out, *h13, *g, *scores, *logits; /* one-token scratch */
-} joule_decoder;
+    void *ext[JOULE_EXT_COUNT];                                /* extensions' state */
+};
 
 /* Caller frees with joule_decoder_free. */
 int joule_decoder_create(joule_decoder **out, const joule_model *m);
