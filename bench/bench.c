@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "joule/energy.h"
 #include "joule/model.h"
 #include "joule/ops.h"
 
@@ -15,30 +16,6 @@ typedef struct {
     int layers, d_model, heads, d_ff, ctx, batch, steps, warmup, threads, tokens;
     bool json;
 } bench_opts;
-
-/* Best-of-repeats GFLOPS of a square sgemm of size n, repeated for ~seconds. */
-static double sgemm_peak(int n, double seconds) {
-    float *a = joule_alloc((size_t)n * n * sizeof(float));
-    float *b = joule_alloc((size_t)n * n * sizeof(float));
-    float *c = joule_alloc((size_t)n * n * sizeof(float));
-    if (!a || !b || !c) return NAN;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        a[i] = (float)(i % 13) * 0.01f;
-        b[i] = (float)(i % 7) * 0.01f;
-    }
-    double best = 0, t_end = joule_now() + seconds;
-    joule_sgemm(false, false, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
-    do {
-        double t0 = joule_now();
-        joule_sgemm(false, false, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double g = 2.0 * n * (double)n * n / (joule_now() - t0) / 1e9;
-        if (g > best) best = g;
-    } while (joule_now() < t_end);
-    joule_free(a);
-    joule_free(b);
-    joule_free(c);
-    return best;
-}
 
 /* Best-of-repeats GB/s of summing a buffer of `bytes` with all threads: the bandwidth a
  * streaming reader of that working set can get (cache-resident when small, DRAM when big). */
@@ -106,7 +83,7 @@ static int bench_train(const bench_opts *o) {
     if (!rc) rc = joule_model_alloc_train(m, o->batch);
     if (rc) return cli_fail("bench train", rc);
     const int B = o->batch, T = o->ctx, N = B * T;
-    double peak = sgemm_peak(2048, 2.0);
+    double peak = joule_sgemm_peak_gflops(2048, 2.0);
     int32_t *in = malloc((size_t)N * sizeof *in), *tg = malloc((size_t)N * sizeof *tg);
     joule_rng r;
     joule_rng_seed(&r, 1);
