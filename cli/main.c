@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "acct_cli.h"
 #include "cli.h"
 #include "joule/ops.h"
 
@@ -22,6 +23,8 @@ static const char USAGE[] =
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
     "  bench decode    KV-cache decoding speed\n"
+    "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
+    "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"
     "\n"
     "Global options (before the command):\n"
@@ -43,6 +46,7 @@ typedef struct {
 static const command COMMANDS[] = {
     {"data", cmd_data, false},       {"train", cmd_train, true}, {"eval", cmd_eval, true},
     {"generate", cmd_generate, true}, {"info", cmd_info, false},  {"bench", cmd_bench, true},
+    {"account", cmd_account, false}, {"fit", cmd_fit, false},
 };
 
 static const command *find_command(const char *name) {

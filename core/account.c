@@ -189,7 +189,7 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
     a->cfg.vocab = vocab;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
     snprintf(a->name, sizeof a->name, "%s", cJSON_IsString(name) ? name->valuestring : a->cfg.arch);
-    char ffn[16] = "swiglu";
+    char ffn[16] = "swiglu", moe_ffn[16] = "";
     strcpy(a->pos_emb, "rope");
     a->head_dim = a->cfg.d_model / a->cfg.n_heads;
     a->kv_heads = a->cfg.n_heads;
@@ -200,6 +200,7 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
     }
     a->biases = cJSON_IsTrue(biases);
     if ((rc = opt_str(o, "ffn", ffn, sizeof ffn, FFNS, what)) ||
+        (rc = opt_str(o, "moe_ffn", moe_ffn, sizeof moe_ffn, FFNS, what)) ||
         (rc = opt_str(o, "pos_emb", a->pos_emb, sizeof a->pos_emb, POS, what)) ||
         (rc = opt_int(o, "head_dim", &a->head_dim, 1, 1 << 16, what)) ||
         (rc = opt_int(o, "kv_heads", &a->kv_heads, 1, a->cfg.n_heads, what)) ||
@@ -207,7 +208,8 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
         (rc = parse_retrieval(a, o, what)) || (rc = parse_published(a, o, what)))
         goto done;
     a->gelu = strcmp(ffn, "gelu") == 0;
-    a->buildable = vocab == 256 && !a->gelu && !a->biases && strcmp(a->pos_emb, "rope") == 0 &&
+    a->expert_gelu = moe_ffn[0] ? strcmp(moe_ffn, "gelu") == 0 : a->gelu;
+    a->buildable = vocab == 256 && !a->gelu && !a->expert_gelu && !a->biases && strcmp(a->pos_emb, "rope") == 0 &&
                    a->head_dim * a->cfg.n_heads == a->cfg.d_model && a->kv_heads == a->cfg.n_heads &&
                    joule_config_validate(&a->cfg, what) == JOULE_OK;
 done:
@@ -218,11 +220,11 @@ done:
 
 /* ---------------------------------------------------------------- parameters */
 
-static double ffn_matrices(const joule_acct_model *a) { return a->gelu ? 2.0 : 3.0; }
+static double ffn_matrices(bool gelu) { return gelu ? 2.0 : 3.0; }
 
-static double ffn_params(const joule_acct_model *a, double d, double F) {
-    double p = ffn_matrices(a) * d * F;
-    if (a->biases) p += (ffn_matrices(a) - 1) * F + d;
+static double ffn_params(const joule_acct_model *a, bool gelu, double d, double F) {
+    double p = ffn_matrices(gelu) * d * F;
+    if (a->biases) p += (ffn_matrices(gelu) - 1) * F + d;
     return p;
 }
 
@@ -249,7 +251,7 @@ static double cca_params(const joule_acct_model *a) {
 static double encoder_params(const joule_acct_model *a) {
     const joule_retro_config *r = &a->cfg.retro;
     const double d = a->cfg.d_model, de = r->enc_d_model;
-    double layer = 4 * de * de + (2 * de * de + 2 * d * de) + ffn_params(a, de, r->enc_d_ff) + 3 * norm_params(a, de);
+    double layer = 4 * de * de + (2 * de * de + 2 * d * de) + ffn_params(a, a->gelu, de, r->enc_d_ff) + 3 * norm_params(a, de);
     return r->enc_layers * layer + norm_params(a, de) + (de != d ? d * de : 0);
 }
 
@@ -263,11 +265,11 @@ static void analytic_params(const joule_acct_model *a, joule_acct_result *r) {
         body += attn_params(a) + 2 * norm_params(a, d);
         if (c->kinds[l].cca) body += cca_params(a);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
-            double experts = c->moe.n_experts * ffn_params(a, d, c->moe.d_ff_expert);
+            double experts = c->moe.n_experts * ffn_params(a, a->expert_gelu, d, c->moe.d_ff_expert);
             body += d * c->moe.n_experts + experts;
             r->params_experts += experts;
         } else {
-            body += ffn_params(a, d, c->d_ff);
+            body += ffn_params(a, a->gelu, d, c->d_ff);
         }
     }
     if (joule_config_has_cca(c)) body += encoder_params(a);
@@ -337,7 +339,7 @@ static void retro_terms(const joule_acct_model *a, joule_acct_result *r) {
      * decoder token; its cross-attention keys/values come from the chunk's m decoder tokens */
     double enc_tok = 8 * de * de + 4 * (2 * m) * de          /* self-attention, bidirectional over 2m */
                      + 4 * de * de + 4 * m * de              /* cross-attention q, o and products */
-                     + 2 * ffn_matrices(a) * de * rc->enc_d_ff; /* FFN */
+                     + 2 * ffn_matrices(a->gelu) * de * rc->enc_d_ff; /* FFN */
     double enc = 2 * k * (rc->enc_layers * enc_tok + (de != d ? 2 * d * de : 0)) + rc->enc_layers * 4 * d * de;
     add_term(r, "encoder", enc);
     if (a->retr_params > 0) add_term(r, "retriever", 2 * a->retr_params); /* frozen BERT over each chunk */
@@ -361,10 +363,10 @@ static void forward_terms(const joule_acct_model *a, joule_attn_convention conv,
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             if (!(exact && ext_terms(a, JOULE_EXT_MOE, l, T, r))) {
                 add_term(r, "router", 2 * d * c->moe.n_experts);
-                add_term(r, "experts", c->moe.top_k * 2 * ffn_matrices(a) * d * c->moe.d_ff_expert);
+                add_term(r, "experts", c->moe.top_k * 2 * ffn_matrices(a->expert_gelu) * d * c->moe.d_ff_expert);
             }
         } else {
-            add_term(r, "ffn", 2 * ffn_matrices(a) * d * c->d_ff);
+            add_term(r, "ffn", 2 * ffn_matrices(a->gelu) * d * c->d_ff);
         }
         if (c->kinds[l].cca && exact && ext_terms(a, JOULE_EXT_CCA, l, T, r)) cca_done = true;
     }

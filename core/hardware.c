@@ -191,12 +191,14 @@ void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     hw->cores = cpus > 0 ? (int)cpus : 1;
     if (power) {
-        hw->tdp_w = power->tdp_w;
-        hw->idle_w = power->idle_w;
-        hw->mem_bw_gbs = power->mem_bw_gbs;
+        /* this machine may be a slice (VM, container) of the profiled CPU: its share */
+        double share = power->cores > hw->cores ? (double)hw->cores / power->cores : 1.0;
+        hw->tdp_w = power->tdp_w * share;
+        hw->idle_w = power->idle_w * share;
+        hw->mem_bw_gbs = power->mem_bw_gbs * share;
     }
     snprintf(hw->source, sizeof hw->source,
-             "fp32 peak measured here: best sgemm over %.1f s with OpenBLAS kernels %s, %d threads%s%s", seconds,
-             joule_blas_corename(), joule_get_threads(), power ? "; power figures from profile " : "",
-             power ? power->name : "");
+             "fp32 peak measured here: best sgemm over %.1f s with OpenBLAS kernels %s, %d threads%s%s%s", seconds,
+             joule_blas_corename(), joule_get_threads(), power ? "; power: this machine's share of the cores of profile " : "",
+             power ? power->name : "", power ? " (TDP and idle scaled by CPUs / cores)" : "");
 }

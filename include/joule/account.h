@@ -2,7 +2,7 @@
  * model configuration, at any scale (docs/ACCOUNTING.md states every formula and its source).
  *
  * Input: joule's config JSON (the form in checkpoints) plus optional accounting-only fields
- * for models joule does not build (any "vocab", "ffn": "swiglu"|"gelu", "pos_emb":
+ * for models joule does not build (any "vocab", "ffn" and "moe_ffn": "swiglu"|"gelu", "pos_emb":
  * "rope"|"learned"|"relative", "biases", "head_dim", "kv_heads", a "retrieval" block) and a
  * "published" block of the numbers a paper reports. A config joule can build is counted
  * exactly as joule computes it (joule_model_describe, joule_model_forward_flops and the
@@ -38,6 +38,7 @@ typedef struct {
     char name[64];
     joule_config cfg;   /* sizes and layer kinds; cfg.vocab may be any size here */
     bool gelu;          /* FFN with two matrices (GPT-3); otherwise gated, three (SwiGLU/GEGLU) */
+    bool expert_gelu;   /* the same for MoE experts ("moe_ffn"; default: as "ffn") */
     char pos_emb[16];   /* "rope" (no parameters), "learned" (ctx x d), "relative" (Transformer-XL: d x d
                            and 2 d-vectors per layer) */
     bool biases;        /* linear biases and LayerNorm shifts (GPT-3 style) */

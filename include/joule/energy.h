@@ -49,7 +49,7 @@ int joule_hw_from_json(joule_hw_profile *hw, const char *json, const char *what)
 int joule_hw_load(joule_hw_profile *hw, const char *name_or_path, const char *dirs);
 /* The profile "local": fp32 peak = the measured sgemm peak of this process's BLAS
  * (best of repeats over `seconds`), cores = online CPUs; power figures copied from `power`
- * (may be NULL: then 0). */
+ * (may be NULL: then 0), scaled to the share of its cores this machine has. */
 void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile *power);
 
 /* Best-of-repeats GFLOP/s of square n x n sgemms through joule_sgemm for about `seconds`

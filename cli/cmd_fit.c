@@ -1,0 +1,434 @@
+/* joule fit — scaling laws from training runs: L(C) = a C^b + c and Chinchilla's
+ * L(N, D) = E + A/N^alpha + B/D^beta, bootstrap intervals, predictions, compute-optimal
+ * allocation, backtest and effective compute. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "acct_cli.h"
+#include "cli.h"
+#include "fit_cli.h"
+#include "joule/fit.h"
+
+static const char USAGE[] =
+    "Usage: joule fit --runs FILE [options]\n"
+    "\n"
+    "Fits L(C) = a C^b + c (loss against training compute) and, when every run has N and D,\n"
+    "Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Approach 3): Huber\n"
+    "loss (delta 1e-3) on log residuals summed over the runs, a grid over the exponents with\n"
+    "the linear parameters by weighted least squares, then a local polish of all parameters.\n"
+    "Intervals come from a seeded bootstrap over the runs. docs/ACCOUNTING.md states it all.\n"
+    "\n"
+    "FILE: CSV with a header, or JSON lines. Fields: N|params|model size, D|tokens,\n"
+    "C|flops|compute|training flop, loss. Each run needs a loss and C, or N and D (C = 6ND).\n"
+    "\n"
+    "Options:\n"
+    "  --runs FILE         the runs (required)\n"
+    "  --drop-highest K    leave out the K runs of highest loss (default 0)\n"
+    "  --delta X           Huber delta (default 1e-3)\n"
+    "  --bootstrap N       bootstrap resamples for intervals, 0 = none (default 200)\n"
+    "  --seed S            bootstrap seed (default 1)\n"
+    "  --level P           interval level (default 0.95)\n"
+    "  --predict C         predicted loss at compute C, with its interval\n"
+    "  --budget C          compute-optimal N and D for a budget C = 6ND (needs N and D)\n"
+    "  --backtest          fit on all but the largest-compute runs and report the error of the\n"
+    "                      prediction for them\n"
+    "  --effective C:L     another model reaching loss L with compute C: the dense compute that\n"
+    "                      reaches L on the L(C) fit, and the effective compute multiplier\n"
+    "  --out FILE          write the results as JSON to FILE\n"
+    "  --svg FILE          write a log-log plot of loss against compute with the fits\n"
+    "  --json              print the JSON instead of text\n"
+    "  -h, --help          show this help and exit\n";
+
+enum { OPT_RUNS = 256, OPT_DROP, OPT_DELTA, OPT_BOOT, OPT_SEED, OPT_LEVEL, OPT_PREDICT, OPT_BUDGET, OPT_BACKTEST,
+       OPT_EFFECTIVE, OPT_OUT, OPT_SVG, OPT_JSON };
+
+static const char *CMD = "fit";
+
+typedef struct {
+    const char *runs, *out, *svg;
+    int drop, boot;
+    uint64_t seed;
+    double delta, level, predict, budget, eff_c, eff_l;
+    bool backtest, json;
+} fit_args;
+
+/* An interval of a derived quantity over the bootstrap fits. */
+typedef struct {
+    double lo, hi, sd;
+} interval;
+
+static interval over(double *x, int n, double level) {
+    interval iv = {NAN, NAN, NAN};
+    if (n >= 2) joule_interval(x, (size_t)n, level, &iv.lo, &iv.hi, &iv.sd);
+    return iv;
+}
+
+static void add_iv(cJSON *o, const char *key, double value, interval iv) {
+    cJSON *v = cJSON_AddObjectToObject(o, key);
+    cJSON_AddNumberToObject(v, "value", value);
+    if (isfinite(iv.lo)) {
+        cJSON_AddNumberToObject(v, "lo", iv.lo);
+        cJSON_AddNumberToObject(v, "hi", iv.hi);
+        cJSON_AddNumberToObject(v, "se", iv.sd);
+    }
+}
+
+static void print_iv(const char *name, double value, interval iv, double level) {
+    if (isfinite(iv.lo)) printf("  %-10s %.6g  [%.6g, %.6g] %g%%, bootstrap SE %.3g\n", name, value, iv.lo, iv.hi, level * 100, iv.sd);
+    else printf("  %-10s %.6g\n", name, value);
+}
+
+typedef struct {
+    bool have_pow, have_chin;
+    joule_pow_fit pow;
+    joule_chin_fit chin;
+    joule_pow_fit *bpow;
+    joule_chin_fit *bchin;
+    int nb;
+} fits;
+
+static int fit_all(const fit_args *a, const joule_run *runs, size_t n, bool nd, fits *f) {
+    memset(f, 0, sizeof *f);
+    int rc;
+    if ((rc = joule_fit_power(runs, n, a->delta, &f->pow))) return rc;
+    f->have_pow = true;
+    if (nd) {
+        if ((rc = joule_fit_chinchilla(runs, n, a->delta, &f->chin))) return rc;
+        f->have_chin = true;
+    }
+    if (a->boot > 0) {
+        f->nb = a->boot;
+        if ((rc = joule_bootstrap_power(runs, n, a->delta, &f->pow, a->boot, a->seed, &f->bpow))) return rc;
+        if (nd && (rc = joule_bootstrap_chinchilla(runs, n, a->delta, &f->chin, a->boot, a->seed, &f->bchin))) return rc;
+    }
+    return JOULE_OK;
+}
+
+static void free_fits(fits *f) {
+    free(f->bpow);
+    free(f->bchin);
+}
+
+/* Bootstrap distribution of g(fit) for each kind. */
+typedef double (*pow_fn)(const joule_pow_fit *f, const void *ctx);
+typedef double (*chin_fn)(const joule_chin_fit *f, const void *ctx);
+
+static interval pow_iv(const fits *f, pow_fn g, const void *ctx, double level, double *x) {
+    for (int k = 0; k < f->nb; k++) x[k] = g(&f->bpow[k], ctx);
+    return over(x, f->bpow ? f->nb : 0, level);
+}
+
+static interval chin_iv(const fits *f, chin_fn g, const void *ctx, double level, double *x) {
+    for (int k = 0; k < f->nb; k++) x[k] = g(&f->bchin[k], ctx);
+    return over(x, f->bchin ? f->nb : 0, level);
+}
+
+static double p_a(const joule_pow_fit *f, const void *c) { (void)c; return f->a; }
+static double p_b(const joule_pow_fit *f, const void *c) { (void)c; return f->b; }
+static double p_c(const joule_pow_fit *f, const void *c) { (void)c; return f->c; }
+static double p_pred(const joule_pow_fit *f, const void *c) { return joule_pow_loss(f, *(const double *)c); }
+static double p_eff(const joule_pow_fit *f, const void *c) {
+    const double *cl = c;
+    return joule_pow_compute_for(f, cl[1]) / cl[0];
+}
+static double c_E(const joule_chin_fit *f, const void *c) { (void)c; return f->E; }
+static double c_A(const joule_chin_fit *f, const void *c) { (void)c; return f->A; }
+static double c_B(const joule_chin_fit *f, const void *c) { (void)c; return f->B; }
+static double c_al(const joule_chin_fit *f, const void *c) { (void)c; return f->alpha; }
+static double c_be(const joule_chin_fit *f, const void *c) { (void)c; return f->beta; }
+static double c_N(const joule_chin_fit *f, const void *c) {
+    double N, D;
+    joule_chin_optimal(f, *(const double *)c, &N, &D);
+    return N;
+}
+static double c_D(const joule_chin_fit *f, const void *c) {
+    double N, D;
+    joule_chin_optimal(f, *(const double *)c, &N, &D);
+    return D;
+}
+static double c_pred(const joule_chin_fit *f, const void *c) {
+    double N, D;
+    joule_chin_optimal(f, *(const double *)c, &N, &D);
+    return joule_chin_loss(f, N, D);
+}
+
+/* Fit on the runs below the largest compute (within 1%), predict those. */
+static int backtest(const fit_args *a, const joule_run *runs, size_t n, bool nd, cJSON *out, bool *held) {
+    double cmax = 0;
+    for (size_t i = 0; i < n; i++) cmax = fmax(cmax, runs[i].C);
+    joule_run *train = malloc(n * sizeof *train);
+    if (!train) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        held[i] = runs[i].C >= cmax / 1.01;
+        if (!held[i]) train[m++] = runs[i];
+    }
+    joule_pow_fit pf;
+    joule_chin_fit cf;
+    int rc = joule_fit_power(train, m, a->delta, &pf);
+    if (!rc && nd) rc = joule_fit_chinchilla(train, m, a->delta, &cf);
+    free(train);
+    if (rc) return rc;
+    cJSON *bt = cJSON_AddObjectToObject(out, "backtest");
+    cJSON_AddNumberToObject(bt, "train_runs", (double)m);
+    cJSON_AddNumberToObject(bt, "held_out_compute", cmax);
+    cJSON *arr = cJSON_AddArrayToObject(bt, "held_out");
+    double ep = 0, ec = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!held[i]) continue;
+        cJSON *h = cJSON_CreateObject();
+        double lp = joule_pow_loss(&pf, runs[i].C);
+        cJSON_AddNumberToObject(h, "C", runs[i].C);
+        cJSON_AddNumberToObject(h, "loss", runs[i].loss);
+        cJSON_AddNumberToObject(h, "pred_power", lp);
+        ep += fabs(lp - runs[i].loss) / runs[i].loss;
+        if (nd) {
+            double lc = joule_chin_loss(&cf, runs[i].N, runs[i].D);
+            cJSON_AddNumberToObject(h, "N", runs[i].N);
+            cJSON_AddNumberToObject(h, "pred_chinchilla", lc);
+            ec += fabs(lc - runs[i].loss) / runs[i].loss;
+        }
+        cJSON_AddItemToArray(arr, h);
+        k++;
+    }
+    cJSON_AddNumberToObject(bt, "mean_abs_rel_error_power", ep / (double)k);
+    if (nd) cJSON_AddNumberToObject(bt, "mean_abs_rel_error_chinchilla", ec / (double)k);
+    return JOULE_OK;
+}
+
+static int parse_args(int argc, char **argv, fit_args *a) {
+    static const struct option LONG[] = {
+        {"runs", required_argument, NULL, OPT_RUNS},      {"drop-highest", required_argument, NULL, OPT_DROP},
+        {"delta", required_argument, NULL, OPT_DELTA},    {"bootstrap", required_argument, NULL, OPT_BOOT},
+        {"seed", required_argument, NULL, OPT_SEED},      {"level", required_argument, NULL, OPT_LEVEL},
+        {"predict", required_argument, NULL, OPT_PREDICT}, {"budget", required_argument, NULL, OPT_BUDGET},
+        {"backtest", no_argument, NULL, OPT_BACKTEST},    {"effective", required_argument, NULL, OPT_EFFECTIVE},
+        {"out", required_argument, NULL, OPT_OUT},        {"svg", required_argument, NULL, OPT_SVG},
+        {"json", no_argument, NULL, OPT_JSON},            {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h': fputs(USAGE, stdout); return -1;
+        case OPT_RUNS: a->runs = optarg; break;
+        case OPT_DROP:
+            if (!cli_parse_int(optarg, 0, 1 << 30, &a->drop)) return cli_usage_error(CMD, "--drop-highest: '%s' is not a count", optarg);
+            break;
+        case OPT_DELTA:
+            if (!cli_parse_double(optarg, &a->delta) || !(a->delta > 0)) return cli_usage_error(CMD, "--delta: '%s' is not a positive number", optarg);
+            break;
+        case OPT_BOOT:
+            if (!cli_parse_int(optarg, 0, 100000, &a->boot) || a->boot == 1) return cli_usage_error(CMD, "--bootstrap: '%s' is not 0 or in [2, 100000]", optarg);
+            break;
+        case OPT_SEED:
+            if (!cli_parse_u64(optarg, &a->seed)) return cli_usage_error(CMD, "--seed: '%s' is not an unsigned integer", optarg);
+            break;
+        case OPT_LEVEL:
+            if (!cli_parse_double(optarg, &a->level) || !(a->level > 0 && a->level < 1)) return cli_usage_error(CMD, "--level: '%s' is not in (0, 1)", optarg);
+            break;
+        case OPT_PREDICT:
+            if (!cli_parse_double(optarg, &a->predict) || !(a->predict > 0)) return cli_usage_error(CMD, "--predict: '%s' is not a positive compute", optarg);
+            break;
+        case OPT_BUDGET:
+            if (!cli_parse_double(optarg, &a->budget) || !(a->budget > 0)) return cli_usage_error(CMD, "--budget: '%s' is not a positive compute", optarg);
+            break;
+        case OPT_BACKTEST: a->backtest = true; break;
+        case OPT_EFFECTIVE: {
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", optarg);
+            char *colon = strchr(buf, ':');
+            if (colon) *colon = '\0';
+            if (!colon || !cli_parse_double(buf, &a->eff_c) || !cli_parse_double(colon + 1, &a->eff_l) ||
+                !(a->eff_c > 0) || !(a->eff_l > 0))
+                return cli_usage_error(CMD, "--effective: '%s' is not C:L with positive compute and loss", optarg);
+            break;
+        }
+        case OPT_OUT: a->out = optarg; break;
+        case OPT_SVG: a->svg = optarg; break;
+        case OPT_JSON: a->json = true; break;
+        default: return cli_bad_option(CMD, c, argv);
+        }
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!a->runs) return cli_usage_error(CMD, "--runs FILE is required");
+    return 0;
+}
+
+static int write_text(const char *path, const char *text) {
+    int rc = joule_write_file_atomic(path, text, strlen(text));
+    if (rc) return cli_fail(CMD, rc);
+    return 0;
+}
+
+int cmd_fit(int argc, char **argv) {
+    fit_args a = {NULL, NULL, NULL, 0, 200, 1, JOULE_FIT_DELTA, 0.95, 0, 0, 0, 0, false, false};
+    int prc = parse_args(argc, argv, &a);
+    if (prc) return prc < 0 ? 0 : prc;
+    if (cli_check_input(CMD, a.runs, NULL)) return EXIT_USAGE;
+    joule_run *all, *runs;
+    size_t n_all, n;
+    int rc = joule_runs_load(a.runs, &all, &n_all);
+    if (rc) return cli_fail(CMD, rc);
+    rc = joule_runs_drop_highest_loss(all, n_all, (size_t)a.drop, &runs, &n);
+    free(all);
+    if (rc) return cli_usage_error(CMD, "--drop-highest: %s", joule_last_error());
+    bool nd = true;
+    for (size_t i = 0; i < n; i++) nd &= runs[i].N > 0 && runs[i].D > 0;
+    if (a.budget > 0 && !nd) {
+        free(runs);
+        return cli_usage_error(CMD, "--budget needs N and D for every run (%s)", a.runs);
+    }
+    fits f;
+    cli_progress bar;
+    cli_progress_start(&bar, "fitting", "fit", a.boot + 1);
+    rc = fit_all(&a, runs, n, nd, &f);
+    cli_progress_finish(&bar, a.boot + 1, NULL);
+    double *x = malloc((size_t)(a.boot > 0 ? a.boot : 1) * sizeof *x);
+    bool *held = calloc(n, sizeof *held);
+    cJSON *o = cJSON_CreateObject();
+    if (!rc && (!x || !held || !o)) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (rc) {
+        free(runs), free(x), free(held), cJSON_Delete(o), free_fits(&f);
+        return cli_fail(CMD, rc);
+    }
+    const double lv = a.level;
+    cJSON_AddStringToObject(o, "runs_file", a.runs);
+    cJSON_AddNumberToObject(o, "runs", (double)n);
+    cJSON_AddNumberToObject(o, "dropped_highest_loss", a.drop);
+    cJSON_AddNumberToObject(o, "huber_delta", a.delta);
+    cJSON_AddNumberToObject(o, "bootstrap", a.boot);
+    cJSON_AddNumberToObject(o, "seed", (double)a.seed);
+    cJSON_AddNumberToObject(o, "level", lv);
+    cJSON *po = cJSON_AddObjectToObject(o, "power_law");
+    cJSON_AddStringToObject(po, "form", "L = a C^b + c");
+    add_iv(po, "a", f.pow.a, pow_iv(&f, p_a, NULL, lv, x));
+    add_iv(po, "b", f.pow.b, pow_iv(&f, p_b, NULL, lv, x));
+    add_iv(po, "c", f.pow.c, pow_iv(&f, p_c, NULL, lv, x));
+    cJSON_AddNumberToObject(po, "objective", f.pow.objective);
+    if (!a.json) {
+        printf("%zu runs from %s%s; Huber delta %g; %d bootstrap resamples (seed %llu)\n", n, a.runs,
+               a.drop ? " (highest-loss runs dropped)" : "", a.delta, a.boot, (unsigned long long)a.seed);
+        printf("L(C) = a C^b + c   objective %.6g\n", f.pow.objective);
+        print_iv("a", f.pow.a, pow_iv(&f, p_a, NULL, lv, x), lv);
+        print_iv("b", f.pow.b, pow_iv(&f, p_b, NULL, lv, x), lv);
+        print_iv("c", f.pow.c, pow_iv(&f, p_c, NULL, lv, x), lv);
+    }
+    if (f.have_chin) {
+        cJSON *co = cJSON_AddObjectToObject(o, "chinchilla");
+        cJSON_AddStringToObject(co, "form", "L = E + A/N^alpha + B/D^beta");
+        add_iv(co, "E", f.chin.E, chin_iv(&f, c_E, NULL, lv, x));
+        add_iv(co, "A", f.chin.A, chin_iv(&f, c_A, NULL, lv, x));
+        add_iv(co, "B", f.chin.B, chin_iv(&f, c_B, NULL, lv, x));
+        add_iv(co, "alpha", f.chin.alpha, chin_iv(&f, c_al, NULL, lv, x));
+        add_iv(co, "beta", f.chin.beta, chin_iv(&f, c_be, NULL, lv, x));
+        cJSON_AddNumberToObject(co, "objective", f.chin.objective);
+        if (!a.json) {
+            printf("L(N, D) = E + A/N^alpha + B/D^beta   objective %.6g\n", f.chin.objective);
+            print_iv("E", f.chin.E, chin_iv(&f, c_E, NULL, lv, x), lv);
+            print_iv("A", f.chin.A, chin_iv(&f, c_A, NULL, lv, x), lv);
+            print_iv("B", f.chin.B, chin_iv(&f, c_B, NULL, lv, x), lv);
+            print_iv("alpha", f.chin.alpha, chin_iv(&f, c_al, NULL, lv, x), lv);
+            print_iv("beta", f.chin.beta, chin_iv(&f, c_be, NULL, lv, x), lv);
+        }
+    }
+    if (a.predict > 0) {
+        cJSON *pr = cJSON_AddObjectToObject(o, "prediction");
+        cJSON_AddNumberToObject(pr, "C", a.predict);
+        interval ip = pow_iv(&f, p_pred, &a.predict, lv, x);
+        add_iv(pr, "loss_power", joule_pow_loss(&f.pow, a.predict), ip);
+        if (!a.json) printf("prediction at C = %.4g:\n", a.predict), print_iv("L(C)", joule_pow_loss(&f.pow, a.predict), ip, lv);
+        if (f.have_chin) {
+            interval ic = chin_iv(&f, c_pred, &a.predict, lv, x);
+            add_iv(pr, "loss_chinchilla_optimal", c_pred(&f.chin, &a.predict), ic);
+            if (!a.json) print_iv("L*(C)", c_pred(&f.chin, &a.predict), ic, lv);
+        }
+    }
+    if (a.budget > 0) {
+        cJSON *bu = cJSON_AddObjectToObject(o, "compute_optimal");
+        cJSON_AddNumberToObject(bu, "C", a.budget);
+        interval iN = chin_iv(&f, c_N, &a.budget, lv, x);
+        add_iv(bu, "N", c_N(&f.chin, &a.budget), iN);
+        interval iD = chin_iv(&f, c_D, &a.budget, lv, x);
+        add_iv(bu, "D", c_D(&f.chin, &a.budget), iD);
+        interval iL = chin_iv(&f, c_pred, &a.budget, lv, x);
+        add_iv(bu, "loss", c_pred(&f.chin, &a.budget), iL);
+        if (!a.json) {
+            printf("compute-optimal at C = %.4g (C = 6ND):\n", a.budget);
+            print_iv("N", c_N(&f.chin, &a.budget), iN, lv);
+            print_iv("D", c_D(&f.chin, &a.budget), iD, lv);
+            print_iv("loss", c_pred(&f.chin, &a.budget), iL, lv);
+        }
+    }
+    if (a.eff_c > 0) {
+        double cl[2] = {a.eff_c, a.eff_l};
+        double cd = joule_pow_compute_for(&f.pow, a.eff_l);
+        interval im = pow_iv(&f, p_eff, cl, lv, x);
+        cJSON *ef = cJSON_AddObjectToObject(o, "effective_compute");
+        cJSON_AddNumberToObject(ef, "C", a.eff_c);
+        cJSON_AddNumberToObject(ef, "loss", a.eff_l);
+        cJSON_AddNumberToObject(ef, "dense_compute", isfinite(cd) ? cd : -1);
+        add_iv(ef, "multiplier", isfinite(cd) ? cd / a.eff_c : -1, im);
+        if (!a.json) {
+            if (isfinite(cd))
+                printf("effective compute of (C %.4g, loss %.4g): the dense fit needs C = %.4g; multiplier %.4g\n",
+                       a.eff_c, a.eff_l, cd, cd / a.eff_c);
+            else
+                printf("effective compute: loss %.4g is at or below the fit's irreducible loss c = %.4g (unreachable densely)\n",
+                       a.eff_l, f.pow.c);
+            print_iv("multiplier", isfinite(cd) ? cd / a.eff_c : INFINITY, im, lv);
+        }
+    }
+    if (a.backtest) {
+        if ((rc = backtest(&a, runs, n, nd, o, held))) {
+            free(runs), free(x), free(held), cJSON_Delete(o), free_fits(&f);
+            return cli_fail(CMD, rc);
+        }
+        if (!a.json) {
+            cJSON *bt = cJSON_GetObjectItem(o, "backtest");
+            printf("backtest: fitted on %d runs below C = %.4g; mean |relative error| on the held-out runs: L(C) %.4g",
+                   (int)cJSON_GetObjectItem(bt, "train_runs")->valuedouble,
+                   cJSON_GetObjectItem(bt, "held_out_compute")->valuedouble,
+                   cJSON_GetObjectItem(bt, "mean_abs_rel_error_power")->valuedouble);
+            if (nd) printf(", L(N, D) %.4g", cJSON_GetObjectItem(bt, "mean_abs_rel_error_chinchilla")->valuedouble);
+            printf("\n");
+        }
+    }
+    char *js = cJSON_PrintUnformatted(o);
+    int ret = 0;
+    if (!js) ret = cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
+    if (!ret && a.json) printf("%s\n", js);
+    if (!ret && a.out) {
+        size_t len = strlen(js);
+        char *withnl = malloc(len + 2);
+        if (withnl) {
+            memcpy(withnl, js, len);
+            memcpy(withnl + len, "\n", 2);
+            ret = write_text(a.out, withnl);
+            free(withnl);
+        }
+        if (!ret && !a.json) printf("wrote %s\n", a.out);
+    }
+    if (!ret && a.svg) {
+        fit_plot p = {"joule fit: loss against compute", runs, n, a.backtest ? held : NULL, &f.pow,
+                      f.have_chin ? &f.chin : NULL, fmax(a.predict, a.budget)};
+        char *svg = fit_svg(&p);
+        ret = svg ? write_text(a.svg, svg) : cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
+        free(svg);
+        if (!ret && !a.json) printf("wrote %s\n", a.svg);
+    }
+    free(js);
+    free(runs);
+    free(x);
+    free(held);
+    cJSON_Delete(o);
+    free_fits(&f);
+    return ret;
+}
