@@ -1,0 +1,270 @@
+/* Scaling-law fits: exact recovery of noise-free synthetic laws, noisy data inside the
+ * bootstrap intervals, the published Chinchilla data (Epoch's extraction), compute-optimal
+ * allocation, the runs reader, and `joule fit` end to end. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "joule/fit.h"
+
+static const joule_chin_fit TRUTH = {1.69, 406.4, 410.7, 0.34, 0.28, 0};
+
+/* A 6 x 6 grid of model sizes and token counts; noise sigma on log L (0 = exact). */
+static size_t synth_chinchilla(joule_run *runs, double sigma, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    size_t n = 0;
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            joule_run *x = &runs[n++];
+            x->N = 1e7 * pow(10, 0.6 * i);
+            x->D = 1e9 * pow(10, 0.6 * j);
+            x->C = 6 * x->N * x->D;
+            x->loss = joule_chin_loss(&TRUTH, x->N, x->D) * exp(sigma * joule_rng_normal(&r));
+        }
+    return n;
+}
+
+static void rel_close(double got, double want, double tol, const char *what) {
+    ck_assert_msg(fabs(got - want) <= tol * fabs(want), "%s: %.12g vs %.12g (rel tol %g)", what, got, want, tol);
+}
+
+START_TEST(test_chinchilla_noise_free_recovered) {
+    joule_run runs[36];
+    size_t n = synth_chinchilla(runs, 0, 1);
+    joule_chin_fit f;
+    ck_assert_msg(joule_fit_chinchilla(runs, n, 0, &f) == JOULE_OK, "%s", joule_last_error());
+    rel_close(f.E, TRUTH.E, 1e-6, "E");
+    rel_close(f.A, TRUTH.A, 1e-6, "A");
+    rel_close(f.B, TRUTH.B, 1e-6, "B");
+    rel_close(f.alpha, TRUTH.alpha, 1e-6, "alpha");
+    rel_close(f.beta, TRUTH.beta, 1e-6, "beta");
+    ck_assert(f.objective < 1e-12);
+}
+END_TEST
+
+START_TEST(test_power_noise_free_recovered) {
+    joule_run runs[12];
+    const joule_pow_fit t = {2000, -0.155, 1.7, 0};
+    for (int i = 0; i < 12; i++) {
+        runs[i].C = 1e17 * pow(10, 0.5 * i);
+        runs[i].N = runs[i].D = 0;
+        runs[i].loss = joule_pow_loss(&t, runs[i].C);
+    }
+    joule_pow_fit f;
+    ck_assert_msg(joule_fit_power(runs, 12, 0, &f) == JOULE_OK, "%s", joule_last_error());
+    rel_close(f.a, t.a, 1e-6, "a");
+    rel_close(f.b, t.b, 1e-6, "b");
+    rel_close(f.c, t.c, 1e-6, "c");
+    /* effective compute of a point exactly on the curve: multiplier 1 */
+    rel_close(joule_pow_compute_for(&f, joule_pow_loss(&t, 3e20)) / 3e20, 1, 1e-5, "multiplier");
+}
+END_TEST
+
+START_TEST(test_noisy_within_intervals_and_deterministic) {
+    joule_run runs[36];
+    size_t n = synth_chinchilla(runs, 0.01, 7);
+    joule_chin_fit f, *b1, *b2;
+    ck_assert_int_eq(joule_fit_chinchilla(runs, n, 0, &f), JOULE_OK);
+    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, &b1), JOULE_OK);
+    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, &b2), JOULE_OK);
+    ck_assert_int_eq(memcmp(b1, b2, 60 * sizeof *b1), 0); /* same seed, same fits */
+    double x[60], lo, hi, sd;
+    const double truth[3] = {TRUTH.E, TRUTH.alpha, TRUTH.beta};
+    const char *names[3] = {"E", "alpha", "beta"};
+    for (int p = 0; p < 3; p++) {
+        for (int k = 0; k < 60; k++) x[k] = p == 0 ? b1[k].E : p == 1 ? b1[k].alpha : b1[k].beta;
+        joule_interval(x, 60, 0.99, &lo, &hi, &sd);
+        ck_assert_msg(lo <= truth[p] && truth[p] <= hi, "%s: truth %g outside [%g, %g]", names[p], truth[p], lo, hi);
+        ck_assert(sd > 0);
+    }
+    free(b1);
+    free(b2);
+}
+END_TEST
+
+START_TEST(test_compute_optimal_is_the_minimum) {
+    const double C = 1e22;
+    double N, D;
+    joule_chin_optimal(&TRUTH, C, &N, &D);
+    rel_close(6 * N * D, C, 1e-12, "C = 6ND");
+    const double best = joule_chin_loss(&TRUTH, N, D);
+    for (double f = 0.5; f <= 2.0; f *= 1.1) /* any other split of the budget is worse */
+        ck_assert(joule_chin_loss(&TRUTH, N * f, C / (6 * N * f)) >= best - 1e-12);
+}
+END_TEST
+
+/* Epoch AI's extraction of Hoffmann et al.'s Figure 4 (../shared/oracles/README.md). */
+START_TEST(test_chinchilla_published_data) {
+    const char *src = getenv("JOULE_TEST_SRC");
+    ck_assert_msg(src != NULL, "JOULE_TEST_SRC is not set (run through ctest)");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/../shared/oracles/chinchilla_fig4_epoch_extracted.csv", src);
+    ck_assert_msg(access(path, R_OK) == 0, "oracle data missing: %s (see ../shared/oracles/README.md)", path);
+    joule_run *all, *runs;
+    size_t n_all, n;
+    ck_assert_msg(joule_runs_load(path, &all, &n_all) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_uint_eq(n_all, 245);
+    ck_assert_int_eq(joule_runs_drop_highest_loss(all, n_all, 5, &runs, &n), JOULE_OK);
+    ck_assert_uint_eq(n, 240);
+    joule_chin_fit f;
+    ck_assert_int_eq(joule_fit_chinchilla(runs, n, 1e-3, &f), JOULE_OK);
+    ck_assert_msg(fabs(f.E - 1.817) < 0.003, "E %g", f.E);
+    ck_assert_msg(fabs(f.alpha - 0.348) < 0.002, "alpha %g", f.alpha);
+    ck_assert_msg(fabs(f.beta - 0.366) < 0.002, "beta %g", f.beta);
+    ck_assert_msg(fabs(f.objective - 1.0183e-3) < 0.001 * 1.0183e-3, "objective %.8g", f.objective);
+    ck_assert_msg(fabs(f.A - 482) < 125, "A %g outside 482 +- 125", f.A);
+    ck_assert_msg(fabs(f.B - 2085) < 1293, "B %g outside 2085 +- 1293", f.B);
+    /* Hoffmann's own constants fit these points worse (README: 1.2312e-3) */
+    joule_chin_fit h = {1.6934, 406.4, 410.7, 0.33917, 0.28491, 0};
+    double obj = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = log(joule_chin_loss(&h, runs[i].N, runs[i].D)) - log(runs[i].loss);
+        obj += fabs(r) <= 1e-3 ? 0.5 * r * r : 1e-3 * (fabs(r) - 0.5e-3);
+    }
+    ck_assert_msg(fabs(obj - 1.2312e-3) < 2e-6, "Hoffmann objective %.8g", obj);
+    free(all);
+    free(runs);
+}
+END_TEST
+
+static char g_dir[256];
+
+static void write_rel(const char *name, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void drop_dir(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static char *read_rel(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *buf = calloc(1 << 20, 1);
+    size_t n = fread(buf, 1, (1 << 20) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+START_TEST(test_runs_reader) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/joule_fit_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    char path[512];
+    joule_run *r;
+    size_t n;
+    write_rel("a.jsonl", "{\"params\": 1e8, \"tokens\": 2e9, \"loss\": 3.1}\n\n{\"flops\": 5e18, \"loss\": 2.9}\n");
+    snprintf(path, sizeof path, "%s/a.jsonl", g_dir);
+    ck_assert_msg(joule_runs_load(path, &r, &n) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_uint_eq(n, 2);
+    ck_assert_double_eq(r[0].C, 6 * 1e8 * 2e9);
+    ck_assert_double_eq(r[1].C, 5e18);
+    free(r);
+    write_rel("b.csv", "N,D,loss\n1e8,2e9,3.1\n1e8,2e9x,3.0\n");
+    snprintf(path, sizeof path, "%s/b.csv", g_dir);
+    ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
+    ck_assert_msg(strstr(joule_last_error(), "b.csv:3") && strstr(joule_last_error(), "2e9x"), "%s", joule_last_error());
+    write_rel("c.csv", "N,D,quality\n1e8,2e9,3.1\n");
+    snprintf(path, sizeof path, "%s/c.csv", g_dir);
+    ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
+    ck_assert_msg(strstr(joule_last_error(), "no loss column"), "%s", joule_last_error());
+    write_rel("d.csv", "C,loss\n1e18,-2\n");
+    snprintf(path, sizeof path, "%s/d.csv", g_dir);
+    ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
+    drop_dir();
+}
+END_TEST
+
+static int run_joule(const char *args) {
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin != NULL, "JOULE_BIN is not set (run through ctest)");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
+}
+
+START_TEST(test_cli_fit) {
+    snprintf(g_dir, sizeof g_dir, "/tmp/joule_fitcli_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    joule_run runs[36];
+    size_t n = synth_chinchilla(runs, 0.005, 3);
+    char *csv = calloc(1 << 16, 1);
+    size_t len = (size_t)sprintf(csv, "params,tokens,loss\n");
+    for (size_t i = 0; i < n; i++) len += (size_t)sprintf(csv + len, "%.17g,%.17g,%.17g\n", runs[i].N, runs[i].D, runs[i].loss);
+    write_rel("runs.csv", csv);
+    free(csv);
+    ck_assert_int_eq(run_joule("fit --runs runs.csv --bootstrap 20 --predict 1e22 --budget 1e22 --backtest "
+                               "--effective 1e20:2.4 --out fit.json --svg fit.svg"),
+                     0);
+    char *js = read_rel("fit.json"), *svg = read_rel("fit.svg");
+    ck_assert_ptr_nonnull(js);
+    ck_assert_ptr_nonnull(svg);
+    cJSON *o = cJSON_Parse(js);
+    ck_assert_ptr_nonnull(o);
+    cJSON *ch = cJSON_GetObjectItem(o, "chinchilla");
+    ck_assert_ptr_nonnull(ch);
+    double alpha = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "alpha"), "value")->valuedouble;
+    ck_assert_msg(fabs(alpha - TRUTH.alpha) < 0.03, "alpha %g", alpha);
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "alpha"), "lo"));
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "compute_optimal"));
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "backtest"));
+    ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "effective_compute"));
+    ck_assert_ptr_nonnull(strstr(svg, "<svg") ? strstr(svg, "</svg>") : NULL);
+    ck_assert_ptr_nonnull(strstr(svg, "<polyline"));
+    cJSON_Delete(o);
+    free(js);
+    free(svg);
+    ck_assert_int_eq(run_joule("fit --runs nosuch.csv"), 2);
+    write_rel("bad.csv", "C,loss\n1e18,abc\n");
+    ck_assert_int_eq(run_joule("fit --runs bad.csv"), 2);
+    char *err = read_rel("err.txt");
+    ck_assert_msg(strstr(err, "bad.csv:2"), "%s", err);
+    free(err);
+    ck_assert_int_eq(run_joule("fit --runs runs.csv --level 2"), 2);
+    ck_assert_int_eq(run_joule("fit --help"), 0);
+    drop_dir();
+}
+END_TEST
+
+static Suite *fit_suite(void) {
+    Suite *s = suite_create("fit");
+    TCase *f = tcase_create("fits");
+    tcase_set_timeout(f, 120);
+    tcase_add_test(f, test_chinchilla_noise_free_recovered);
+    tcase_add_test(f, test_power_noise_free_recovered);
+    tcase_add_test(f, test_noisy_within_intervals_and_deterministic);
+    tcase_add_test(f, test_compute_optimal_is_the_minimum);
+    tcase_add_test(f, test_chinchilla_published_data);
+    suite_add_tcase(s, f);
+    TCase *c = tcase_create("io");
+    tcase_set_timeout(c, 120);
+    tcase_add_test(c, test_runs_reader);
+    tcase_add_test(c, test_cli_fit);
+    suite_add_tcase(s, c);
+    return s;
+}
+
+int main(void) {
+    SRunner *r = srunner_create(fit_suite());
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
