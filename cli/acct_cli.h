@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "joule/energy.h"
 
@@ -34,6 +35,13 @@ void cli_energy_end(cli_energy *ce, uint64_t tokens, uint64_t queries, bool to_s
 /* Opens meters from explicit choices (the account/bench commands' flags). */
 int cli_energy_open(joule_energy *e, const char *hardware, double power_watts, const char *meter, char *profile,
                     size_t profile_n);
+
+/* The peak MFU is measured against: $JOULE_PEAK_GFLOPS when set, else a quick sgemm
+ * measurement (about 0.3 s) with the current threads. In FLOP/s; prints nothing. Call it
+ * outside any FLOP-counting window. */
+double cli_peak_flops(void);
+/* "MFU: ..." line: model (analytic) FLOPs/s over the peak, and the counted ones (HFU). */
+void cli_print_mfu(FILE *f, double analytic, double counted, double seconds, double peak);
 
 int cmd_account(int argc, char **argv);
 int cmd_fit(int argc, char **argv);

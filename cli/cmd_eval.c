@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acct_cli.h"
 #include "cli.h"
 #include "joule/checkpoint.h"
 #include "joule/data.h"
@@ -34,8 +35,11 @@ static const char USAGE[] =
     "  -h, --help       show this help and exit\n"
     "\n"
     "Prints loss (nats), bits-per-byte, tokens scored, windows, counted FLOPs, wall time\n"
-    "and tokens/s. JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch,\n"
-    "flops, wall_s, tokens_per_s, threads.\n";
+    "and tokens/s, MFU against the sgemm peak (measured at start, or $JOULE_PEAK_GFLOPS) and\n"
+    "the energy with its method (docs/ACCOUNTING.md; $JOULE_HARDWARE, $JOULE_POWER_WATTS).\n"
+    "JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch, flops,\n"
+    "flops_analytic, peak_gflops, mfu, energy_j, energy_method, J_per_token, wall_s,\n"
+    "tokens_per_s, threads.\n";
 
 enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS };
 
@@ -151,11 +155,15 @@ int cmd_eval(int argc, char **argv) {
         goto done;
     }
 
+    const double peak = cli_peak_flops();
+    cli_energy energy;
+    cli_energy_begin(&energy);
     eval_progress ep = {.seq = seq};
     cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)seq));
     joule_eval_result r;
     if ((st = joule_evaluate(m, &t, seq, batch, nw, &r, on_eval_progress, &ep))) {
         if (ep.bar.tty && ep.bar.printed) fputc('\n', stderr);
+        joule_energy_close(&energy.meters);
         ret = cli_fail(CMD, st);
         goto done;
     }
@@ -163,7 +171,11 @@ int cmd_eval(int argc, char **argv) {
     double wall = r.wall_s, loss = r.loss, bpb = r.bpb;
     uint64_t tokens = r.tokens, flops = r.flops;
     double tps = wall > 0 ? (double)tokens / wall : 0;
+    const double analytic = (double)nw * (double)joule_model_forward_flops(&m->cfg, 1, seq);
+    joule_energy_report er;
+    memset(&er, 0, sizeof er);
     if (json) {
+        cli_energy_end(&energy, tokens, 0, true, &er);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", model_path);
         cJSON_AddStringToObject(o, "tokens_file", tokens_path);
@@ -174,6 +186,12 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "seq", seq);
         cJSON_AddNumberToObject(o, "batch", batch);
         cJSON_AddNumberToObject(o, "flops", (double)flops);
+        cJSON_AddNumberToObject(o, "flops_analytic", analytic);
+        cJSON_AddNumberToObject(o, "peak_gflops", peak / 1e9);
+        cJSON_AddNumberToObject(o, "mfu", wall > 0 && peak > 0 ? analytic / wall / peak : 0);
+        cJSON_AddNumberToObject(o, "energy_j", er.joules);
+        cJSON_AddStringToObject(o, "energy_method", er.method[0] ? er.method : "none");
+        cJSON_AddNumberToObject(o, "J_per_token", tokens ? er.joules / (double)tokens : 0);
         cJSON_AddNumberToObject(o, "wall_s", wall);
         cJSON_AddNumberToObject(o, "tokens_per_s", tps);
         cJSON_AddNumberToObject(o, "threads", joule_get_threads());
@@ -189,8 +207,10 @@ int cmd_eval(int argc, char **argv) {
         printf("loss:   %.4f nats/token\n", loss);
         printf("bpb:    %.4f bits/byte\n", bpb);
         printf("tokens: %" PRIu64 "\n", tokens);
-        printf("FLOPs:  %.3g counted\n", (double)flops);
+        printf("FLOPs:  %.3g counted, %.3g analytic (forward)\n", (double)flops, analytic);
         printf("time:   %.2fs (%s tok/s, %d threads)\n", wall, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
+        cli_print_mfu(stdout, analytic, (double)flops, wall, peak);
+        cli_energy_end(&energy, tokens, 0, false, &er);
     }
 done:
     if (t_open) joule_tokens_close(&t);

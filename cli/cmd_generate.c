@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acct_cli.h"
 #include "cli.h"
 #include "joule/checkpoint.h"
 #include "joule/common.h"
@@ -159,6 +160,8 @@ int cmd_generate(int argc, char **argv) {
     }
     gen_state g = {.stop_at_eod = !no_stop, .n = 0, .last = n_prompt ? (unsigned char)prompt[n_prompt - 1] : '\n'};
     if (!echo) g.last = '\n';
+    cli_energy energy;
+    cli_energy_begin(&energy);
     double t0 = joule_now();
     st = joule_generate(m, (const uint8_t *)prompt, (int)n_prompt, n_gen, &s, seed, on_token, &g);
     double dt = joule_now() - t0;
@@ -168,9 +171,11 @@ int cmd_generate(int argc, char **argv) {
         fflush(stdout);
     }
     if (st) {
+        joule_energy_close(&energy.meters);
         ret = cli_fail(CMD, st);
     } else {
         fprintf(stderr, "(%" PRIu64 " tokens, %.1f tok/s)\n", g.n, dt > 0 ? (double)g.n / dt : 0.0);
+        cli_energy_end(&energy, g.n, 1, true, NULL);
     }
     joule_model_free(m);
     free(file_text);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "acct_cli.h"
 #include "cli.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
@@ -514,6 +515,9 @@ int cmd_train(int argc, char **argv) {
     g_interrupt = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    o.peak_flops = cli_peak_flops();
+    cli_energy energy;
+    cli_energy_begin(&energy);
     double t0 = joule_now();
     joule_train_progress last;
     memset(&last, 0, sizeof last);
@@ -523,6 +527,7 @@ int cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &old_term, NULL);
     if (st) {
         if (ui.bar.tty && ui.bar.printed) fputc('\n', stderr);
+        joule_energy_close(&energy.meters);
         ret = cli_fail(CMD, st);
         goto done;
     }
@@ -538,6 +543,9 @@ int cmd_train(int argc, char **argv) {
     printf("FLOPs (whole run): counted %s, analytic %s, counted/analytic %.4f\n",
            sci(b1, sizeof b1, (double)last.flops), sci(b2, sizeof b2, (double)last.flops_analytic),
            last.flops_analytic ? (double)last.flops / (double)last.flops_analytic : 0.0);
+    cli_print_mfu(stdout, (double)run_steps * flops_step, (double)(last.flops - saved.flops), step_wall,
+                  o.peak_flops);
+    cli_energy_end(&energy, run_tokens, 0, false, NULL);
     if (!val_path) snprintf(b3, sizeof b3, "n/a (no validation file)");
     else if (isnan(ui.val_bpb)) snprintf(b3, sizeof b3, "n/a (not evaluated)");
     else if (ui.val_step == last.step) snprintf(b3, sizeof b3, "%.4f", ui.val_bpb);

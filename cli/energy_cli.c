@@ -1,5 +1,6 @@
 /* Energy for the CLI: data folders, meters from flags or environment, the energy line. */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "acct_cli.h"
 #include "cli.h"
 #include "joule/account.h"
+#include "joule/ops.h"
 
 void cli_data_dirs(const char *kind, char *buf, size_t n) {
     char exe[PATH_MAX];
@@ -83,4 +85,20 @@ void cli_energy_end(cli_energy *ce, uint64_t tokens, uint64_t queries, bool to_s
             strstr(r.method, "tdp") ? ce->profile : "", r.duration_s, r.cpu_s, extra,
             joule_energy_kg_co2e(&r) * 1000, r.grid_g_per_kwh, r.pue);
     if (out) *out = r;
+}
+
+double cli_peak_flops(void) {
+    const char *env = getenv("JOULE_PEAK_GFLOPS");
+    double g;
+    if (env && *env && cli_parse_double(env, &g) && g > 0) return g * 1e9;
+    g = joule_sgemm_peak_gflops(1024, 0.3);
+    return isfinite(g) && g > 0 ? g * 1e9 : 0;
+}
+
+void cli_print_mfu(FILE *f, double analytic, double counted, double seconds, double peak) {
+    if (!(seconds > 0) || !(peak > 0)) return;
+    fprintf(f, "MFU: %.1f%% (analytic %.4g GFLOP/s) and HFU %.1f%% (counted %.4g GFLOP/s) of the sgemm peak %.4g GFLOP/s (%s, %s)\n",
+            100 * analytic / seconds / peak, analytic / seconds / 1e9, 100 * counted / seconds / peak,
+            counted / seconds / 1e9, peak / 1e9, joule_blas_corename(),
+            getenv("JOULE_PEAK_GFLOPS") ? "from JOULE_PEAK_GFLOPS" : "measured at start");
 }

@@ -123,6 +123,7 @@ static void log_step(FILE *log, const joule_train_progress *p, const char *ext) 
             "\"wall_s\":%.3f,\"flops\":%" PRIu64 ",\"flops_analytic\":%" PRIu64 ",\"tokens_per_s\":%.1f",
             p->step, p->tokens, p->loss, p->lr, p->grad_norm, p->wall_s, p->flops, p->flops_analytic,
             p->tokens_per_s);
+    if (p->mfu > 0) fprintf(log, ",\"mfu\":%.4f", p->mfu);
     if (!isnan(p->val_loss))
         fprintf(log, ",\"val_loss\":%.6f,\"val_bpb\":%.6f", p->val_loss, p->val_loss / M_LN2);
     if (ext) fputs(ext, log);
@@ -238,6 +239,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         p.grad_norm = norm;
         p.wall_s = st.wall_s;
         p.tokens_per_s = (double)o->batch * T * o->accum / dt;
+        p.mfu = o->peak_flops > 0 ? (double)analytic_step / dt / o->peak_flops : 0;
         p.val_loss = NAN;
 
         bool finished = st.step == total;

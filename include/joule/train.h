@@ -28,6 +28,7 @@ typedef struct {
     double wall_s;
     double tokens_per_s;     /* of the last step */
     double val_loss;         /* NaN when not evaluated at this step */
+    double mfu;              /* analytic FLOPs/s of the last step over opts.peak_flops; 0 without a peak */
 } joule_train_progress;
 
 typedef struct {
@@ -48,6 +49,7 @@ typedef struct {
     uint64_t eval_windows;  /* validation windows per evaluation; 0 = all */
     int save_every;         /* steps; 0 = only at the end */
     volatile int *interrupt; /* when set non-zero, save and stop after the current step */
+    double peak_flops;      /* FLOP/s the step log's "mfu" is measured against; 0 = no mfu */
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *ctx;
 } joule_train_opts;
