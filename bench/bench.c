@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acct_cli.h"
 #include "cli.h"
 #include "joule/energy.h"
 #include "joule/model.h"
@@ -93,6 +94,8 @@ static int bench_train(const bench_opts *o) {
     }
     double *times = calloc((size_t)o->steps, sizeof *times);
     uint64_t counted = 0;
+    cli_energy energy; /* over warm-up and timed steps */
+    cli_energy_begin(&energy);
     for (int s = 0; s < o->warmup + o->steps; s++) {
         double loss, t0 = joule_now();
         uint64_t f0 = joule_flops_counted();
@@ -104,6 +107,9 @@ static int bench_train(const bench_opts *o) {
             counted = joule_flops_counted() - f0;
         }
     }
+    joule_energy_report er;
+    memset(&er, 0, sizeof er);
+    cli_energy_end(&energy, (uint64_t)N * (uint64_t)(o->warmup + o->steps), 0, false, &er);
     qsort(times, (size_t)o->steps, sizeof *times, percentile_cmp);
     double med = times[o->steps / 2];
     double fpt = model_flops_per_token(m, T), tps = N / med;
@@ -121,8 +127,9 @@ static int bench_train(const bench_opts *o) {
     if (o->json)
         printf("{\"bench\":\"train\",\"core\":\"%s\",\"threads\":%d,\"peak_gflops\":%.2f,\"step_ms\":%.3f,"
                "\"tokens_per_s\":%.1f,\"model_flops_per_token\":%.6g,\"counted_flops_per_token\":%.6g,\"mfu\":%.4f,"
-               "\"hfu\":%.4f}\n",
-               joule_blas_corename(), joule_get_threads(), peak, med * 1e3, tps, fpt, (double)counted / N, mfu, hfu);
+               "\"hfu\":%.4f,\"energy_j_per_token\":%.6g,\"energy_method\":\"%s\"}\n",
+               joule_blas_corename(), joule_get_threads(), peak, med * 1e3, tps, fpt, (double)counted / N, mfu, hfu,
+               er.tokens ? er.joules / (double)er.tokens : 0.0, er.method[0] ? er.method : "none");
     free(in);
     free(tg);
     free(times);
