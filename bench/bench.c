@@ -95,7 +95,7 @@ static int bench_train(const bench_opts *o) {
     double *times = calloc((size_t)o->steps, sizeof *times);
     uint64_t counted = 0;
     cli_energy energy; /* over warm-up and timed steps */
-    cli_energy_begin(&energy);
+    cli_energy_begin(&energy, "bench train");
     for (int s = 0; s < o->warmup + o->steps; s++) {
         double loss, t0 = joule_now();
         uint64_t f0 = joule_flops_counted();

@@ -19,15 +19,18 @@ void cli_data_dirs(const char *kind, char *buf, size_t n);
 
 /* Measurement around a command's work: meters chosen automatically (RAPL, perf, NVML, else
  * modeled:tdp with the profile named by $JOULE_HARDWARE or the default), or a constant power
- * from $JOULE_POWER_WATTS. Never fails the command: without meters `ok` stays false. */
+ * from $JOULE_POWER_WATTS. Never fails the command: without meters `ok` stays false.
+ * With $JOULE_ENERGY_CSV set, each measurement is also appended there as a CSV row
+ * (header first when the file is new), labelled with `label`. */
 typedef struct {
     bool ok;
     joule_energy meters;
     joule_energy_window window;
     char profile[64];
+    const char *label;
 } cli_energy;
 
-void cli_energy_begin(cli_energy *ce);
+void cli_energy_begin(cli_energy *ce, const char *label);
 /* Stops the window and prints "energy: ..." (to stderr when to_stderr, e.g. under --json);
  * fills *out when not NULL. Closes the meters. */
 void cli_energy_end(cli_energy *ce, uint64_t tokens, uint64_t queries, bool to_stderr, joule_energy_report *out);

@@ -10,10 +10,11 @@
 #include "acct_cli.h"
 #include "cli.h"
 #include "joule/account.h"
+#include "joule/checkpoint.h"
 #include "joule/ops.h"
 
 static const char USAGE[] =
-    "Usage: joule account (--config FILE | --preset NAME) [options]\n"
+    "Usage: joule account (--config FILE | --preset NAME | --model CHECKPOINT) [options]\n"
     "       joule account --meters [--power-watts W] [--hardware NAME]\n"
     "\n"
     "Parameters (total, embedding, non-embedding, active per token), forward FLOPs per token\n"
@@ -26,6 +27,7 @@ static const char USAGE[] =
     "  --config FILE       joule config JSON (a checkpoint's config, or the accounting form with\n"
     "                      vocab, ffn, pos_emb, biases, head_dim, kv_heads, moe, retro, retrieval)\n"
     "  --preset NAME       a published model: gpt3, chinchilla, palm, glam, retro (docs/presets)\n"
+    "  --model PATH        a joule checkpoint (.safetensors): its config, counted exactly\n"
     "  --tokens D          training tokens (default: the preset's published tokens)\n"
     "  --ctx T             context for the attention terms (default: the config's ctx)\n"
     "  --attention CONV    joule (blocked causal, as joule runs it; default), kaplan (2 n_ctx d_attn\n"
@@ -47,14 +49,14 @@ static const char USAGE[] =
     "  -h, --help          show this help and exit\n";
 
 enum {
-    OPT_CONFIG = 256, OPT_PRESET, OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_PROMPT, OPT_GEN, OPT_BYTES, OPT_HW,
+    OPT_CONFIG = 256, OPT_PRESET, OPT_MODEL, OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_PROMPT, OPT_GEN, OPT_BYTES, OPT_HW,
     OPT_PREC, OPT_UTIL, OPT_DEV, OPT_PUE, OPT_GRID, OPT_PEAK, OPT_METERS, OPT_WATTS, OPT_JSON
 };
 
 static const char *CMD = "account";
 
 typedef struct {
-    const char *config, *preset, *hardware, *precision;
+    const char *config, *preset, *model, *hardware, *precision;
     joule_acct_opts ao;
     int prompt, generate, devices;
     double util, pue, grid, peak_gflops, watts;
@@ -91,6 +93,14 @@ static int load_model(const account_args *a, joule_acct_model *m) {
     char path[4096], dirs[8192];
     const char *p = a->config;
     int rc;
+    if (a->model) {
+        joule_model *jm;
+        if ((rc = joule_checkpoint_load(&jm, a->model, NULL))) return rc;
+        joule_acct_from_config(m, &jm->cfg);
+        snprintf(m->name, sizeof m->name, "%s", a->model);
+        joule_model_free(jm);
+        return JOULE_OK;
+    }
     if (a->preset) {
         cli_data_dirs("presets", dirs, sizeof dirs);
         if ((rc = joule_find_data_file(a->preset, dirs, path, sizeof path))) return rc;
@@ -292,6 +302,7 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
 int cmd_account(int argc, char **argv) {
     static const struct option LONG[] = {
         {"config", required_argument, NULL, OPT_CONFIG}, {"preset", required_argument, NULL, OPT_PRESET},
+        {"model", required_argument, NULL, OPT_MODEL},
         {"tokens", required_argument, NULL, OPT_TOKENS}, {"ctx", required_argument, NULL, OPT_CTX},
         {"attention", required_argument, NULL, OPT_ATTN}, {"prompt", required_argument, NULL, OPT_PROMPT},
         {"generate", required_argument, NULL, OPT_GEN},  {"bytes", required_argument, NULL, OPT_BYTES},
@@ -319,6 +330,7 @@ int cmd_account(int argc, char **argv) {
         case 'h': fputs(USAGE, stdout); return 0;
         case OPT_CONFIG: a.config = optarg; break;
         case OPT_PRESET: a.preset = optarg; break;
+        case OPT_MODEL: a.model = optarg; break;
         case OPT_TOKENS:
             if (!cli_parse_double(optarg, &a.ao.tokens) || !(a.ao.tokens > 0))
                 return cli_usage_error(CMD, "--tokens: '%s' is not a positive number", optarg);
@@ -368,8 +380,10 @@ int cmd_account(int argc, char **argv) {
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (a.meters) return print_meters(&a);
-    if (!a.config == !a.preset) return cli_usage_error(CMD, "give exactly one of --config FILE or --preset NAME");
+    if (!!a.config + !!a.preset + !!a.model != 1)
+        return cli_usage_error(CMD, "give exactly one of --config FILE, --preset NAME or --model CHECKPOINT");
     if (a.config && cli_check_input(CMD, a.config, NULL)) return EXIT_USAGE;
+    if (a.model && cli_check_input(CMD, a.model, NULL)) return EXIT_USAGE;
     joule_acct_model m;
     joule_acct_result r;
     joule_acct_query q;

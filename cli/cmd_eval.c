@@ -157,7 +157,7 @@ int cmd_eval(int argc, char **argv) {
 
     const double peak = cli_peak_flops();
     cli_energy energy;
-    cli_energy_begin(&energy);
+    cli_energy_begin(&energy, "eval");
     eval_progress ep = {.seq = seq};
     cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)seq));
     joule_eval_result r;

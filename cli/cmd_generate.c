@@ -161,7 +161,7 @@ int cmd_generate(int argc, char **argv) {
     gen_state g = {.stop_at_eod = !no_stop, .n = 0, .last = n_prompt ? (unsigned char)prompt[n_prompt - 1] : '\n'};
     if (!echo) g.last = '\n';
     cli_energy energy;
-    cli_energy_begin(&energy);
+    cli_energy_begin(&energy, "generate");
     double t0 = joule_now();
     st = joule_generate(m, (const uint8_t *)prompt, (int)n_prompt, n_gen, &s, seed, on_token, &g);
     double dt = joule_now() - t0;

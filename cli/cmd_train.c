@@ -517,7 +517,7 @@ int cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &sa, &old_term);
     o.peak_flops = cli_peak_flops();
     cli_energy energy;
-    cli_energy_begin(&energy);
+    cli_energy_begin(&energy, "train");
     double t0 = joule_now();
     joule_train_progress last;
     memset(&last, 0, sizeof last);

@@ -49,8 +49,9 @@ int cli_energy_open(joule_energy *e, const char *hardware, double power_watts, c
     return joule_energy_open(e, &o);
 }
 
-void cli_energy_begin(cli_energy *ce) {
+void cli_energy_begin(cli_energy *ce, const char *label) {
     memset(ce, 0, sizeof *ce);
+    ce->label = label;
     const char *w = getenv("JOULE_POWER_WATTS");
     double watts = 0;
     if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
@@ -84,6 +85,23 @@ void cli_energy_end(cli_energy *ce, uint64_t tokens, uint64_t queries, bool to_s
             r.joules, r.joules / 3600, r.method, strstr(r.method, "tdp") ? ", profile " : "",
             strstr(r.method, "tdp") ? ce->profile : "", r.duration_s, r.cpu_s, extra,
             joule_energy_kg_co2e(&r) * 1000, r.grid_g_per_kwh, r.pue);
+    const char *csv = getenv("JOULE_ENERGY_CSV");
+    if (csv && *csv) {
+        bool fresh = access(csv, F_OK) != 0;
+        FILE *log = fopen(csv, "a");
+        char line[1024];
+        if (!log) {
+            fprintf(stderr, "joule: %s: cannot append the energy row ($JOULE_ENERGY_CSV)\n", csv);
+        } else {
+            if (fresh) {
+                joule_energy_csv_header(line, sizeof line);
+                fprintf(log, "%s\n", line);
+            }
+            joule_energy_csv_row(&r, ce->label, line, sizeof line);
+            fprintf(log, "%s\n", line);
+            if (fclose(log)) fprintf(stderr, "joule: %s: write error\n", csv);
+        }
+    }
     if (out) *out = r;
 }
 

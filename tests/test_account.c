@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "joule/account.h"
+#include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/ops.h"
 
@@ -355,6 +356,27 @@ START_TEST(test_cli_account) {
     free(out);
     ck_assert_int_eq(run_joule("account --preset gpt3 --utilization 2", &out), 2);
     free(out);
+    /* a checkpoint: exact counting, the same parameters as the model itself */
+    joule_config cfg = joule_config_default(2, 32, 2, 64, 16);
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, &cfg), JOULE_OK);
+    char ckpt[] = "/tmp/joule_acct_ckpt_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(ckpt));
+    char path[256];
+    snprintf(path, sizeof path, "%s/m.safetensors", ckpt);
+    ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
+    joule_param_counts pc = joule_model_param_counts(m);
+    joule_model_free(m);
+    snprintf(args, sizeof args, "account --model %s --json", path);
+    ck_assert_int_eq(run_joule(args, &out), 0);
+    o = cJSON_Parse(out);
+    ck_assert_msg(o != NULL, "not JSON: %s", out);
+    ck_assert_str_eq(cJSON_GetObjectItem(o, "counting")->valuestring, "exact");
+    ck_assert_double_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "params"), "total")->valuedouble, (double)pc.total);
+    cJSON_Delete(o);
+    free(out);
+    unlink(path);
+    rmdir(ckpt);
     ck_assert_int_eq(run_joule("account --help", &out), 0);
     ck_assert_msg(strstr(out, "--attention"), "%s", out);
     free(out);
