@@ -148,6 +148,8 @@ static int bench_decode(const bench_opts *o) {
     const float *lg;
     for (int i = 0; i < 16; i++) joule_decoder_step(d, i, &lg); /* warm-up */
     joule_decoder_reset(d);
+    cli_energy energy;
+    cli_energy_begin(&energy, "bench decode");
     double t0 = joule_now();
     int32_t tok = 'a';
     for (int i = 0; i < n; i++) {
@@ -155,6 +157,9 @@ static int bench_decode(const bench_opts *o) {
         tok = (int32_t)(i % 200) + 32;
     }
     double dt = joule_now() - t0;
+    joule_energy_report er;
+    memset(&er, 0, sizeof er);
+    cli_energy_end(&energy, (uint64_t)n, 0, false, &er);
     double tps = n / dt;
     /* Every weight matrix is read once per token; the embedding only one row. */
     double bytes = 0;
@@ -169,8 +174,10 @@ static int bench_decode(const bench_opts *o) {
            bw_ws, bytes / 1e6, 100 * bytes * tps / 1e9 / bw_ws, bw_dram);
     if (o->json)
         printf("{\"bench\":\"decode\",\"core\":\"%s\",\"threads\":%d,\"tokens_per_s\":%.1f,\"weight_gb_per_s\":%.3f,"
-               "\"read_gb_per_s_working_set\":%.3f,\"read_gb_per_s_1gib\":%.3f}\n",
-               joule_blas_corename(), joule_get_threads(), tps, bytes * tps / 1e9, bw_ws, bw_dram);
+               "\"read_gb_per_s_working_set\":%.3f,\"read_gb_per_s_1gib\":%.3f,\"energy_j_per_token\":%.6g,"
+               "\"energy_method\":\"%s\"}\n",
+               joule_blas_corename(), joule_get_threads(), tps, bytes * tps / 1e9, bw_ws, bw_dram,
+               er.tokens ? er.joules / (double)er.tokens : 0.0, er.method[0] ? er.method : "none");
     joule_decoder_free(d);
     joule_model_free(m);
     return 0;

@@ -91,7 +91,18 @@ typedef struct {
     int nb;
 } fits;
 
-static int fit_all(const fit_args *a, const joule_run *runs, size_t n, bool nd, fits *f) {
+typedef struct {
+    cli_progress *bar;
+    int offset; /* resamples done by earlier bootstraps */
+} fit_progress;
+
+static void on_resample(void *ctx, int done, int total) {
+    fit_progress *fp = ctx;
+    (void)total;
+    cli_progress_update(fp->bar, fp->offset + done, NULL);
+}
+
+static int fit_all(const fit_args *a, const joule_run *runs, size_t n, bool nd, fits *f, cli_progress *bar) {
     memset(f, 0, sizeof *f);
     int rc;
     if ((rc = joule_fit_power(runs, n, a->delta, &f->pow))) return rc;
@@ -102,8 +113,13 @@ static int fit_all(const fit_args *a, const joule_run *runs, size_t n, bool nd, 
     }
     if (a->boot > 0) {
         f->nb = a->boot;
-        if ((rc = joule_bootstrap_power(runs, n, a->delta, &f->pow, a->boot, a->seed, &f->bpow))) return rc;
-        if (nd && (rc = joule_bootstrap_chinchilla(runs, n, a->delta, &f->chin, a->boot, a->seed, &f->bchin))) return rc;
+        fit_progress fp = {bar, 0};
+        if ((rc = joule_bootstrap_power(runs, n, a->delta, &f->pow, a->boot, a->seed, on_resample, &fp, &f->bpow)))
+            return rc;
+        fp.offset = a->boot;
+        if (nd && (rc = joule_bootstrap_chinchilla(runs, n, a->delta, &f->chin, a->boot, a->seed, on_resample, &fp,
+                                                   &f->bchin)))
+            return rc;
     }
     return JOULE_OK;
 }
@@ -288,9 +304,10 @@ int cmd_fit(int argc, char **argv) {
     }
     fits f;
     cli_progress bar;
-    cli_progress_start(&bar, "fitting", "fit", a.boot + 1);
-    rc = fit_all(&a, runs, n, nd, &f);
-    cli_progress_finish(&bar, a.boot + 1, NULL);
+    const double total_fits = (nd ? 2.0 : 1.0) * a.boot;
+    cli_progress_start(&bar, "bootstrap", "fit", total_fits);
+    rc = fit_all(&a, runs, n, nd, &f, &bar);
+    if (bar.printed) cli_progress_finish(&bar, total_fits, NULL);
     double *x = malloc((size_t)(a.boot > 0 ? a.boot : 1) * sizeof *x);
     bool *held = calloc(n, sizeof *held);
     cJSON *o = cJSON_CreateObject();

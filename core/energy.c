@@ -21,19 +21,23 @@ static bool any_wanted(const joule_energy_opts *o) {
     return false;
 }
 
-static void set_method(joule_energy *e) {
+void joule_energy_method(const bool on[JOULE_METER_COUNT], char *buf, size_t n) {
     static const char *const LABEL[JOULE_METER_COUNT] = {"measured:rapl", "measured:perf", "measured:nvml",
                                                          "measured:constant", "modeled:tdp"};
-    bool all_measured = !e->on[JOULE_METER_MODELED];
+    bool all_measured = !on[JOULE_METER_MODELED];
     char parts[96] = "";
-    for (int k = 0; k < JOULE_METER_COUNT; k++) {
-        if (!e->on[k]) continue;
-        size_t n = strlen(parts);
+    /* a modelled part comes first, so no partly modelled sum reads "measured:..." */
+    static const int ORDER[JOULE_METER_COUNT] = {JOULE_METER_MODELED, JOULE_METER_RAPL, JOULE_METER_PERF,
+                                                 JOULE_METER_NVML, JOULE_METER_CONSTANT};
+    for (int i = 0; i < JOULE_METER_COUNT; i++) {
+        const int k = ORDER[i];
+        if (!on[k]) continue;
+        size_t len = strlen(parts);
         /* all measured: "measured:rapl+nvml"; otherwise each part keeps its own label */
-        snprintf(parts + n, sizeof parts - n, "%s%s", n ? "+" : "",
+        snprintf(parts + len, sizeof parts - len, "%s%s", len ? "+" : "",
                  all_measured ? LABEL[k] + strlen("measured:") : LABEL[k]);
     }
-    snprintf(e->method, sizeof e->method, "%s%s", all_measured ? "measured:" : "", parts);
+    snprintf(buf, n, "%s%s", all_measured && parts[0] ? "measured:" : "", parts[0] ? parts : "none");
 }
 
 int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
@@ -119,7 +123,7 @@ int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
                      e->why[k]);
         return joule_fail(JOULE_ERR_ARG, "no energy meter can be used (%s)", msg);
     }
-    set_method(e);
+    joule_energy_method(e->on, e->method, sizeof e->method);
     return JOULE_OK;
 }
 
@@ -187,7 +191,7 @@ int joule_energy_window_stop(const joule_energy_window *w, joule_energy_report *
     if (e->on[JOULE_METER_NVML]) r->gpu_j = end.nvml_j - s->nvml_j;
     r->joules = r->cpu_j + r->dram_j + r->gpu_j;
     snprintf(r->method, sizeof r->method, "%s", e->method);
-    r->measured = strncmp(e->method, "measured:", 9) == 0;
+    r->measured = !e->on[JOULE_METER_MODELED];
     return JOULE_OK;
 }
 

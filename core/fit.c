@@ -376,7 +376,8 @@ double joule_pow_compute_for(const joule_pow_fit *f, double loss) {
 /* Refits `reps` resamples of the runs with replacement (rep k draws from the stream
  * (seed, k), so results do not depend on order or threads); refit(ctx, buf, n, k) stores fit k. */
 static int bootstrap(const joule_run *runs, size_t n, int reps, uint64_t seed,
-                     int (*refit)(void *ctx, const joule_run *buf, size_t n, int k), void *ctx) {
+                     int (*refit)(void *ctx, const joule_run *buf, size_t n, int k), void *ctx,
+                     joule_fit_progress progress, void *pctx) {
     if (reps < 2) return joule_fail(JOULE_ERR_ARG, "bootstrap needs >= 2 resamples");
     joule_run *buf = malloc((n ? n : 1) * sizeof *buf);
     if (!buf) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
@@ -386,6 +387,7 @@ static int bootstrap(const joule_run *runs, size_t n, int reps, uint64_t seed,
         joule_rng_seed(&r, joule_mix64(seed, (uint64_t)k));
         for (size_t i = 0; i < n; i++) buf[i] = runs[joule_rng_below(&r, n)];
         rc = refit(ctx, buf, n, k);
+        if (progress) progress(pctx, k + 1, reps);
     }
     free(buf);
     return rc;
@@ -408,18 +410,18 @@ static int refit_pow(void *ctx, const joule_run *buf, size_t n, int k) {
 }
 
 int joule_bootstrap_chinchilla(const joule_run *runs, size_t n, double delta, const joule_chin_fit *full, int reps,
-                               uint64_t seed, joule_chin_fit **out) {
+                               uint64_t seed, joule_fit_progress progress, void *pctx, joule_chin_fit **out) {
     boot_ctx b = {delta, full, calloc(reps > 0 ? (size_t)reps : 1, sizeof **out)};
-    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_chin, &b) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_chin, &b, progress, pctx) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
     if (rc) free(b.fits);
     *out = rc ? NULL : b.fits;
     return rc;
 }
 
 int joule_bootstrap_power(const joule_run *runs, size_t n, double delta, const joule_pow_fit *full, int reps,
-                          uint64_t seed, joule_pow_fit **out) {
+                          uint64_t seed, joule_fit_progress progress, void *pctx, joule_pow_fit **out) {
     boot_ctx b = {delta, full, calloc(reps > 0 ? (size_t)reps : 1, sizeof **out)};
-    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_pow, &b) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_pow, &b, progress, pctx) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
     if (rc) free(b.fits);
     *out = rc ? NULL : b.fits;
     return rc;

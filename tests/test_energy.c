@@ -283,6 +283,25 @@ START_TEST(test_hardware_profiles) {
 }
 END_TEST
 
+START_TEST(test_sum_is_measured_only_if_all_parts_are) {
+    bool on[JOULE_METER_COUNT] = {false};
+    char m[96];
+    on[JOULE_METER_RAPL] = on[JOULE_METER_NVML] = true;
+    joule_energy_method(on, m, sizeof m);
+    ck_assert_str_eq(m, "measured:rapl+nvml");
+    on[JOULE_METER_RAPL] = false;
+    on[JOULE_METER_MODELED] = true;
+    joule_energy_method(on, m, sizeof m);
+    ck_assert_str_eq(m, "modeled:tdp+measured:nvml");
+    on[JOULE_METER_NVML] = false;
+    joule_energy_method(on, m, sizeof m);
+    ck_assert_str_eq(m, "modeled:tdp");
+    memset(on, 0, sizeof on);
+    joule_energy_method(on, m, sizeof m);
+    ck_assert_str_eq(m, "none");
+}
+END_TEST
+
 static Suite *energy_suite(void) {
     Suite *s = suite_create("energy");
     TCase *r = tcase_create("rapl");
@@ -297,6 +316,7 @@ static Suite *energy_suite(void) {
     tcase_add_test(m, test_modeled_energy_is_labelled);
     tcase_add_test(m, test_constant_and_nothing);
     tcase_add_test(m, test_hardware_profiles);
+    tcase_add_test(m, test_sum_is_measured_only_if_all_parts_are);
     suite_add_tcase(s, m);
     return s;
 }

@@ -72,8 +72,8 @@ START_TEST(test_noisy_within_intervals_and_deterministic) {
     size_t n = synth_chinchilla(runs, 0.01, 7);
     joule_chin_fit f, *b1, *b2;
     ck_assert_int_eq(joule_fit_chinchilla(runs, n, 0, &f), JOULE_OK);
-    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, &b1), JOULE_OK);
-    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, &b2), JOULE_OK);
+    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, NULL, NULL, &b1), JOULE_OK);
+    ck_assert_int_eq(joule_bootstrap_chinchilla(runs, n, 0, &f, 60, 42, NULL, NULL, &b2), JOULE_OK);
     ck_assert_int_eq(memcmp(b1, b2, 60 * sizeof *b1), 0); /* same seed, same fits */
     double x[60], lo, hi, sd;
     const double truth[3] = {TRUTH.E, TRUTH.alpha, TRUTH.beta};

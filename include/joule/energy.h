@@ -100,6 +100,10 @@ typedef struct {
 
 void joule_energy_opts_init(joule_energy_opts *o);
 
+/* The method label of a set of open meters: "measured:rapl+nvml" when every part is
+ * measured, else each part with its own label ("modeled:tdp+measured:nvml"); "none". */
+void joule_energy_method(const bool on[JOULE_METER_COUNT], char *buf, size_t n);
+
 typedef struct joule_nvml joule_nvml; /* private to core/meter_nvml.c */
 
 typedef struct {

@@ -61,11 +61,13 @@ void joule_chin_optimal(const joule_chin_fit *f, double C, double *N, double *D)
 double joule_pow_compute_for(const joule_pow_fit *f, double loss);
 
 /* Seeded bootstrap: `reps` resamples of the runs with replacement (the same seed gives the
- * same draws), each refitted from the full-data fit. Arrays of reps fits, caller frees. */
+ * same draws), each refitted from the full-data fit. Arrays of reps fits, caller frees.
+ * progress (may be NULL) is called after each resample with (done, reps). */
+typedef void (*joule_fit_progress)(void *ctx, int done, int total);
 int joule_bootstrap_chinchilla(const joule_run *runs, size_t n, double delta, const joule_chin_fit *full, int reps,
-                               uint64_t seed, joule_chin_fit **out);
+                               uint64_t seed, joule_fit_progress progress, void *ctx, joule_chin_fit **out);
 int joule_bootstrap_power(const joule_run *runs, size_t n, double delta, const joule_pow_fit *full, int reps,
-                          uint64_t seed, joule_pow_fit **out);
+                          uint64_t seed, joule_fit_progress progress, void *ctx, joule_pow_fit **out);
 
 /* Percentile interval [lo, hi] (e.g. level 0.95 -> 2.5% and 97.5%) and standard deviation of
  * x[n] (x is sorted in place). */
