@@ -49,8 +49,25 @@ static const char USAGE[] =
     "  -h, --help          show this help and exit\n";
 
 enum {
-    OPT_CONFIG = 256, OPT_PRESET, OPT_MODEL, OPT_TOKENS, OPT_CTX, OPT_ATTN, OPT_PROMPT, OPT_GEN, OPT_BYTES, OPT_HW,
-    OPT_PREC, OPT_UTIL, OPT_DEV, OPT_PUE, OPT_GRID, OPT_PEAK, OPT_METERS, OPT_WATTS, OPT_JSON
+    OPT_CONFIG = 256,
+    OPT_PRESET,
+    OPT_MODEL,
+    OPT_TOKENS,
+    OPT_CTX,
+    OPT_ATTN,
+    OPT_PROMPT,
+    OPT_GEN,
+    OPT_BYTES,
+    OPT_HW,
+    OPT_PREC,
+    OPT_UTIL,
+    OPT_DEV,
+    OPT_PUE,
+    OPT_GRID,
+    OPT_PEAK,
+    OPT_METERS,
+    OPT_WATTS,
+    OPT_JSON
 };
 
 static const char *CMD = "account";
@@ -114,9 +131,12 @@ static int load_model(const account_args *a, joule_acct_model *m) {
 }
 
 static const char *eng(char *buf, size_t n, double v) {
-    if (v == 0) snprintf(buf, n, "0");
-    else if (fabs(v) >= 1e4 || fabs(v) < 1e-2) snprintf(buf, n, "%.4g", v);
-    else snprintf(buf, n, "%.4g", v);
+    if (v == 0)
+        snprintf(buf, n, "0");
+    else if (fabs(v) >= 1e4 || fabs(v) < 1e-2)
+        snprintf(buf, n, "%.4g", v);
+    else
+        snprintf(buf, n, "%.4g", v);
     return buf;
 }
 
@@ -174,7 +194,8 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
     cJSON_AddNumberToObject(p, "active_per_token", r->params_active);
     if (r->params_experts > 0) cJSON_AddNumberToObject(p, "experts", r->params_experts);
     cJSON *f = cJSON_AddObjectToObject(o, "forward_flops_per_token");
-    for (int i = 0; i < r->n_terms; i++) cJSON_AddNumberToObject(f, r->terms[i].name, r->terms[i].flops);
+    for (int i = 0; i < r->n_terms; i++)
+        cJSON_AddNumberToObject(f, r->terms[i].name, r->terms[i].flops);
     cJSON_AddNumberToObject(f, "total", r->fwd_per_token);
     if (r->exact) cJSON_AddNumberToObject(o, "forward_flops_sequence", (double)r->fwd_sequence);
     if (r->search_per_query > 0) {
@@ -246,15 +267,17 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
 static void print_text(const account_args *a, const joule_acct_model *m, const joule_acct_result *r,
                        const joule_acct_query *q, const cost_part *c) {
     char b1[32], b2[32], b3[32], b4[32];
-    printf("%s: %s counting (%s), attention convention %s at context %d\n", m->name,
-           r->exact ? "exact" : "analytic",
-           r->exact ? "joule's own model tables" : m->buildable ? "extension not registered" : "formulas of docs/ACCOUNTING.md",
+    printf("%s: %s counting (%s), attention convention %s at context %d\n", m->name, r->exact ? "exact" : "analytic",
+           r->exact       ? "joule's own model tables"
+           : m->buildable ? "extension not registered"
+                          : "formulas of docs/ACCOUNTING.md",
            joule_attn_convention_name(r->conv), r->ctx);
-    printf("parameters: total %s, embedding %s, non-embedding %s, active per token %s\n",
-           eng(b1, sizeof b1, r->params), eng(b2, sizeof b2, r->params_embedding),
-           eng(b3, sizeof b3, r->params_non_embedding), eng(b4, sizeof b4, r->params_active));
+    printf("parameters: total %s, embedding %s, non-embedding %s, active per token %s\n", eng(b1, sizeof b1, r->params),
+           eng(b2, sizeof b2, r->params_embedding), eng(b3, sizeof b3, r->params_non_embedding),
+           eng(b4, sizeof b4, r->params_active));
     if (m->pub_params > 0)
-        printf("  published %s (%s): %+.2f%%\n", eng(b1, sizeof b1, m->pub_params), "total", pct(r->params, m->pub_params));
+        printf("  published %s (%s): %+.2f%%\n", eng(b1, sizeof b1, m->pub_params), "total",
+               pct(r->params, m->pub_params));
     if (m->pub_active_params > 0)
         printf("  published active %s: %+.2f%%\n", eng(b1, sizeof b1, m->pub_active_params),
                pct(r->params_active, m->pub_active_params));
@@ -263,7 +286,9 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
         printf("  %-14s %12s  %5.1f%%\n", r->terms[i].name, eng(b1, sizeof b1, r->terms[i].flops),
                100 * r->terms[i].flops / r->fwd_per_token);
     printf("  %-14s %12s\n", "total", eng(b1, sizeof b1, r->fwd_per_token));
-    if (r->exact) printf("  (= joule_model_forward_flops(1 x %d) / %d = %s)\n", r->ctx, r->ctx, eng(b1, sizeof b1, (double)r->fwd_sequence / r->ctx));
+    if (r->exact)
+        printf("  (= joule_model_forward_flops(1 x %d) / %d = %s)\n", r->ctx, r->ctx,
+               eng(b1, sizeof b1, (double)r->fwd_sequence / r->ctx));
     if (r->search_per_query > 0)
         printf("retrieval search (%s, separate from the model): %s FLOPs per search, one search per %g tokens\n",
                m->index, eng(b1, sizeof b1, r->search_per_query), 1 / r->retrievals_per_token);
@@ -301,17 +326,27 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
 
 int cmd_account(int argc, char **argv) {
     static const struct option LONG[] = {
-        {"config", required_argument, NULL, OPT_CONFIG}, {"preset", required_argument, NULL, OPT_PRESET},
+        {"config", required_argument, NULL, OPT_CONFIG},
+        {"preset", required_argument, NULL, OPT_PRESET},
         {"model", required_argument, NULL, OPT_MODEL},
-        {"tokens", required_argument, NULL, OPT_TOKENS}, {"ctx", required_argument, NULL, OPT_CTX},
-        {"attention", required_argument, NULL, OPT_ATTN}, {"prompt", required_argument, NULL, OPT_PROMPT},
-        {"generate", required_argument, NULL, OPT_GEN},  {"bytes", required_argument, NULL, OPT_BYTES},
-        {"hardware", required_argument, NULL, OPT_HW},   {"precision", required_argument, NULL, OPT_PREC},
-        {"utilization", required_argument, NULL, OPT_UTIL}, {"devices", required_argument, NULL, OPT_DEV},
-        {"pue", required_argument, NULL, OPT_PUE},       {"grid", required_argument, NULL, OPT_GRID},
-        {"peak-gflops", required_argument, NULL, OPT_PEAK}, {"meters", no_argument, NULL, OPT_METERS},
-        {"power-watts", required_argument, NULL, OPT_WATTS}, {"json", no_argument, NULL, OPT_JSON},
-        {"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
+        {"tokens", required_argument, NULL, OPT_TOKENS},
+        {"ctx", required_argument, NULL, OPT_CTX},
+        {"attention", required_argument, NULL, OPT_ATTN},
+        {"prompt", required_argument, NULL, OPT_PROMPT},
+        {"generate", required_argument, NULL, OPT_GEN},
+        {"bytes", required_argument, NULL, OPT_BYTES},
+        {"hardware", required_argument, NULL, OPT_HW},
+        {"precision", required_argument, NULL, OPT_PREC},
+        {"utilization", required_argument, NULL, OPT_UTIL},
+        {"devices", required_argument, NULL, OPT_DEV},
+        {"pue", required_argument, NULL, OPT_PUE},
+        {"grid", required_argument, NULL, OPT_GRID},
+        {"peak-gflops", required_argument, NULL, OPT_PEAK},
+        {"meters", no_argument, NULL, OPT_METERS},
+        {"power-watts", required_argument, NULL, OPT_WATTS},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     account_args a;
     memset(&a, 0, sizeof a);
@@ -336,43 +371,55 @@ int cmd_account(int argc, char **argv) {
                 return cli_usage_error(CMD, "--tokens: '%s' is not a positive number", optarg);
             break;
         case OPT_CTX:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.ao.ctx)) return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
+            if (!cli_parse_int(optarg, 1, 1 << 24, &a.ao.ctx))
+                return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
             break;
         case OPT_ATTN:
-            if (joule_attn_convention_parse(optarg, &a.ao.conv)) return cli_usage_error(CMD, "--attention: %s", joule_last_error());
+            if (joule_attn_convention_parse(optarg, &a.ao.conv))
+                return cli_usage_error(CMD, "--attention: %s", joule_last_error());
             break;
         case OPT_PROMPT:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.prompt)) return cli_usage_error(CMD, "--prompt: '%s' is not in [1, 16777216]", optarg);
+            if (!cli_parse_int(optarg, 1, 1 << 24, &a.prompt))
+                return cli_usage_error(CMD, "--prompt: '%s' is not in [1, 16777216]", optarg);
             break;
         case OPT_GEN:
-            if (!cli_parse_int(optarg, 0, 1 << 24, &a.generate)) return cli_usage_error(CMD, "--generate: '%s' is not in [0, 16777216]", optarg);
+            if (!cli_parse_int(optarg, 0, 1 << 24, &a.generate))
+                return cli_usage_error(CMD, "--generate: '%s' is not in [0, 16777216]", optarg);
             break;
         case OPT_BYTES:
-            if (!cli_parse_int(optarg, 1, 8, &a.ao.bytes_per_param)) return cli_usage_error(CMD, "--bytes: '%s' is not in [1, 8]", optarg);
+            if (!cli_parse_int(optarg, 1, 8, &a.ao.bytes_per_param))
+                return cli_usage_error(CMD, "--bytes: '%s' is not in [1, 8]", optarg);
             break;
         case OPT_HW: a.hardware = optarg; break;
         case OPT_PREC:
-            if (joule_hw_precision_index(optarg) < 0) return cli_usage_error(CMD, "--precision: '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", optarg);
+            if (joule_hw_precision_index(optarg) < 0)
+                return cli_usage_error(CMD, "--precision: '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", optarg);
             a.precision = optarg;
             break;
         case OPT_UTIL:
-            if (!cli_parse_double(optarg, &a.util) || !(a.util > 0 && a.util <= 1)) return cli_usage_error(CMD, "--utilization: '%s' is not in (0, 1]", optarg);
+            if (!cli_parse_double(optarg, &a.util) || !(a.util > 0 && a.util <= 1))
+                return cli_usage_error(CMD, "--utilization: '%s' is not in (0, 1]", optarg);
             break;
         case OPT_DEV:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.devices)) return cli_usage_error(CMD, "--devices: '%s' is not a positive integer", optarg);
+            if (!cli_parse_int(optarg, 1, 1 << 24, &a.devices))
+                return cli_usage_error(CMD, "--devices: '%s' is not a positive integer", optarg);
             break;
         case OPT_PUE:
-            if (!cli_parse_double(optarg, &a.pue) || !(a.pue >= 1 && a.pue < 10)) return cli_usage_error(CMD, "--pue: '%s' is not in [1, 10)", optarg);
+            if (!cli_parse_double(optarg, &a.pue) || !(a.pue >= 1 && a.pue < 10))
+                return cli_usage_error(CMD, "--pue: '%s' is not in [1, 10)", optarg);
             break;
         case OPT_GRID:
-            if (!cli_parse_double(optarg, &a.grid) || !(a.grid >= 0 && a.grid < 1e4)) return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
+            if (!cli_parse_double(optarg, &a.grid) || !(a.grid >= 0 && a.grid < 1e4))
+                return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
             break;
         case OPT_PEAK:
-            if (!cli_parse_double(optarg, &a.peak_gflops) || !(a.peak_gflops > 0)) return cli_usage_error(CMD, "--peak-gflops: '%s' is not a positive number", optarg);
+            if (!cli_parse_double(optarg, &a.peak_gflops) || !(a.peak_gflops > 0))
+                return cli_usage_error(CMD, "--peak-gflops: '%s' is not a positive number", optarg);
             break;
         case OPT_METERS: a.meters = true; break;
         case OPT_WATTS:
-            if (!cli_parse_double(optarg, &a.watts) || !(a.watts > 0 && a.watts < 1e7)) return cli_usage_error(CMD, "--power-watts: '%s' is not a positive power", optarg);
+            if (!cli_parse_double(optarg, &a.watts) || !(a.watts > 0 && a.watts < 1e7))
+                return cli_usage_error(CMD, "--power-watts: '%s' is not a positive power", optarg);
             break;
         case OPT_JSON: a.json = true; break;
         default: return cli_bad_option(CMD, c, argv);
@@ -393,7 +440,9 @@ int cmd_account(int argc, char **argv) {
     if ((rc = joule_account(&m, &a.ao, &r)) || (rc = joule_account_query(&m, &a.ao, a.prompt, a.generate, &q)) ||
         (rc = costs(&a, &r, &q, &cost)))
         return cli_fail(CMD, rc);
-    if (a.json) print_json(&a, &m, &r, &q, &cost);
-    else print_text(&a, &m, &r, &q, &cost);
+    if (a.json)
+        print_json(&a, &m, &r, &q, &cost);
+    else
+        print_text(&a, &m, &r, &q, &cost);
     return 0;
 }

@@ -43,8 +43,21 @@ static const char USAGE[] =
     "  --json              print the JSON instead of text\n"
     "  -h, --help          show this help and exit\n";
 
-enum { OPT_RUNS = 256, OPT_DROP, OPT_DELTA, OPT_BOOT, OPT_SEED, OPT_LEVEL, OPT_PREDICT, OPT_BUDGET, OPT_BACKTEST,
-       OPT_EFFECTIVE, OPT_OUT, OPT_SVG, OPT_JSON };
+enum {
+    OPT_RUNS = 256,
+    OPT_DROP,
+    OPT_DELTA,
+    OPT_BOOT,
+    OPT_SEED,
+    OPT_LEVEL,
+    OPT_PREDICT,
+    OPT_BUDGET,
+    OPT_BACKTEST,
+    OPT_EFFECTIVE,
+    OPT_OUT,
+    OPT_SVG,
+    OPT_JSON
+};
 
 static const char *CMD = "fit";
 
@@ -78,8 +91,10 @@ static void add_iv(cJSON *o, const char *key, double value, interval iv) {
 }
 
 static void print_iv(const char *name, double value, interval iv, double level) {
-    if (isfinite(iv.lo)) printf("  %-10s %.6g  [%.6g, %.6g] %g%%, bootstrap SE %.3g\n", name, value, iv.lo, iv.hi, level * 100, iv.sd);
-    else printf("  %-10s %.6g\n", name, value);
+    if (isfinite(iv.lo))
+        printf("  %-10s %.6g  [%.6g, %.6g] %g%%, bootstrap SE %.3g\n", name, value, iv.lo, iv.hi, level * 100, iv.sd);
+    else
+        printf("  %-10s %.6g\n", name, value);
 }
 
 typedef struct {
@@ -134,28 +149,54 @@ typedef double (*pow_fn)(const joule_pow_fit *f, const void *ctx);
 typedef double (*chin_fn)(const joule_chin_fit *f, const void *ctx);
 
 static interval pow_iv(const fits *f, pow_fn g, const void *ctx, double level, double *x) {
-    for (int k = 0; k < f->nb; k++) x[k] = g(&f->bpow[k], ctx);
+    for (int k = 0; k < f->nb; k++)
+        x[k] = g(&f->bpow[k], ctx);
     return over(x, f->bpow ? f->nb : 0, level);
 }
 
 static interval chin_iv(const fits *f, chin_fn g, const void *ctx, double level, double *x) {
-    for (int k = 0; k < f->nb; k++) x[k] = g(&f->bchin[k], ctx);
+    for (int k = 0; k < f->nb; k++)
+        x[k] = g(&f->bchin[k], ctx);
     return over(x, f->bchin ? f->nb : 0, level);
 }
 
-static double p_a(const joule_pow_fit *f, const void *c) { (void)c; return f->a; }
-static double p_b(const joule_pow_fit *f, const void *c) { (void)c; return f->b; }
-static double p_c(const joule_pow_fit *f, const void *c) { (void)c; return f->c; }
+static double p_a(const joule_pow_fit *f, const void *c) {
+    (void)c;
+    return f->a;
+}
+static double p_b(const joule_pow_fit *f, const void *c) {
+    (void)c;
+    return f->b;
+}
+static double p_c(const joule_pow_fit *f, const void *c) {
+    (void)c;
+    return f->c;
+}
 static double p_pred(const joule_pow_fit *f, const void *c) { return joule_pow_loss(f, *(const double *)c); }
 static double p_eff(const joule_pow_fit *f, const void *c) {
     const double *cl = c;
     return joule_pow_compute_for(f, cl[1]) / cl[0];
 }
-static double c_E(const joule_chin_fit *f, const void *c) { (void)c; return f->E; }
-static double c_A(const joule_chin_fit *f, const void *c) { (void)c; return f->A; }
-static double c_B(const joule_chin_fit *f, const void *c) { (void)c; return f->B; }
-static double c_al(const joule_chin_fit *f, const void *c) { (void)c; return f->alpha; }
-static double c_be(const joule_chin_fit *f, const void *c) { (void)c; return f->beta; }
+static double c_E(const joule_chin_fit *f, const void *c) {
+    (void)c;
+    return f->E;
+}
+static double c_A(const joule_chin_fit *f, const void *c) {
+    (void)c;
+    return f->A;
+}
+static double c_B(const joule_chin_fit *f, const void *c) {
+    (void)c;
+    return f->B;
+}
+static double c_al(const joule_chin_fit *f, const void *c) {
+    (void)c;
+    return f->alpha;
+}
+static double c_be(const joule_chin_fit *f, const void *c) {
+    (void)c;
+    return f->beta;
+}
 static double c_N(const joule_chin_fit *f, const void *c) {
     double N, D;
     joule_chin_optimal(f, *(const double *)c, &N, &D);
@@ -175,7 +216,8 @@ static double c_pred(const joule_chin_fit *f, const void *c) {
 /* Fit on the runs below the largest compute (within 1%), predict those. */
 static int backtest(const fit_args *a, const joule_run *runs, size_t n, bool nd, cJSON *out, bool *held) {
     double cmax = 0;
-    for (size_t i = 0; i < n; i++) cmax = fmax(cmax, runs[i].C);
+    for (size_t i = 0; i < n; i++)
+        cmax = fmax(cmax, runs[i].C);
     joule_run *train = malloc(n * sizeof *train);
     if (!train) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     size_t m = 0;
@@ -219,13 +261,20 @@ static int backtest(const fit_args *a, const joule_run *runs, size_t n, bool nd,
 
 static int parse_args(int argc, char **argv, fit_args *a) {
     static const struct option LONG[] = {
-        {"runs", required_argument, NULL, OPT_RUNS},      {"drop-highest", required_argument, NULL, OPT_DROP},
-        {"delta", required_argument, NULL, OPT_DELTA},    {"bootstrap", required_argument, NULL, OPT_BOOT},
-        {"seed", required_argument, NULL, OPT_SEED},      {"level", required_argument, NULL, OPT_LEVEL},
-        {"predict", required_argument, NULL, OPT_PREDICT}, {"budget", required_argument, NULL, OPT_BUDGET},
-        {"backtest", no_argument, NULL, OPT_BACKTEST},    {"effective", required_argument, NULL, OPT_EFFECTIVE},
-        {"out", required_argument, NULL, OPT_OUT},        {"svg", required_argument, NULL, OPT_SVG},
-        {"json", no_argument, NULL, OPT_JSON},            {"help", no_argument, NULL, 'h'},
+        {"runs", required_argument, NULL, OPT_RUNS},
+        {"drop-highest", required_argument, NULL, OPT_DROP},
+        {"delta", required_argument, NULL, OPT_DELTA},
+        {"bootstrap", required_argument, NULL, OPT_BOOT},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"level", required_argument, NULL, OPT_LEVEL},
+        {"predict", required_argument, NULL, OPT_PREDICT},
+        {"budget", required_argument, NULL, OPT_BUDGET},
+        {"backtest", no_argument, NULL, OPT_BACKTEST},
+        {"effective", required_argument, NULL, OPT_EFFECTIVE},
+        {"out", required_argument, NULL, OPT_OUT},
+        {"svg", required_argument, NULL, OPT_SVG},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -236,25 +285,32 @@ static int parse_args(int argc, char **argv, fit_args *a) {
         case 'h': fputs(USAGE, stdout); return -1;
         case OPT_RUNS: a->runs = optarg; break;
         case OPT_DROP:
-            if (!cli_parse_int(optarg, 0, 1 << 30, &a->drop)) return cli_usage_error(CMD, "--drop-highest: '%s' is not a count", optarg);
+            if (!cli_parse_int(optarg, 0, 1 << 30, &a->drop))
+                return cli_usage_error(CMD, "--drop-highest: '%s' is not a count", optarg);
             break;
         case OPT_DELTA:
-            if (!cli_parse_double(optarg, &a->delta) || !(a->delta > 0)) return cli_usage_error(CMD, "--delta: '%s' is not a positive number", optarg);
+            if (!cli_parse_double(optarg, &a->delta) || !(a->delta > 0))
+                return cli_usage_error(CMD, "--delta: '%s' is not a positive number", optarg);
             break;
         case OPT_BOOT:
-            if (!cli_parse_int(optarg, 0, 100000, &a->boot) || a->boot == 1) return cli_usage_error(CMD, "--bootstrap: '%s' is not 0 or in [2, 100000]", optarg);
+            if (!cli_parse_int(optarg, 0, 100000, &a->boot) || a->boot == 1)
+                return cli_usage_error(CMD, "--bootstrap: '%s' is not 0 or in [2, 100000]", optarg);
             break;
         case OPT_SEED:
-            if (!cli_parse_u64(optarg, &a->seed)) return cli_usage_error(CMD, "--seed: '%s' is not an unsigned integer", optarg);
+            if (!cli_parse_u64(optarg, &a->seed))
+                return cli_usage_error(CMD, "--seed: '%s' is not an unsigned integer", optarg);
             break;
         case OPT_LEVEL:
-            if (!cli_parse_double(optarg, &a->level) || !(a->level > 0 && a->level < 1)) return cli_usage_error(CMD, "--level: '%s' is not in (0, 1)", optarg);
+            if (!cli_parse_double(optarg, &a->level) || !(a->level > 0 && a->level < 1))
+                return cli_usage_error(CMD, "--level: '%s' is not in (0, 1)", optarg);
             break;
         case OPT_PREDICT:
-            if (!cli_parse_double(optarg, &a->predict) || !(a->predict > 0)) return cli_usage_error(CMD, "--predict: '%s' is not a positive compute", optarg);
+            if (!cli_parse_double(optarg, &a->predict) || !(a->predict > 0))
+                return cli_usage_error(CMD, "--predict: '%s' is not a positive compute", optarg);
             break;
         case OPT_BUDGET:
-            if (!cli_parse_double(optarg, &a->budget) || !(a->budget > 0)) return cli_usage_error(CMD, "--budget: '%s' is not a positive compute", optarg);
+            if (!cli_parse_double(optarg, &a->budget) || !(a->budget > 0))
+                return cli_usage_error(CMD, "--budget: '%s' is not a positive compute", optarg);
             break;
         case OPT_BACKTEST: a->backtest = true; break;
         case OPT_EFFECTIVE: {
@@ -297,7 +353,8 @@ int cmd_fit(int argc, char **argv) {
     free(all);
     if (rc) return cli_usage_error(CMD, "--drop-highest: %s", joule_last_error());
     bool nd = true;
-    for (size_t i = 0; i < n; i++) nd &= runs[i].N > 0 && runs[i].D > 0;
+    for (size_t i = 0; i < n; i++)
+        nd &= runs[i].N > 0 && runs[i].D > 0;
     if (a.budget > 0 && !nd) {
         free(runs);
         return cli_usage_error(CMD, "--budget needs N and D for every run (%s)", a.runs);
@@ -361,7 +418,8 @@ int cmd_fit(int argc, char **argv) {
         cJSON_AddNumberToObject(pr, "C", a.predict);
         interval ip = pow_iv(&f, p_pred, &a.predict, lv, x);
         add_iv(pr, "loss_power", joule_pow_loss(&f.pow, a.predict), ip);
-        if (!a.json) printf("prediction at C = %.4g:\n", a.predict), print_iv("L(C)", joule_pow_loss(&f.pow, a.predict), ip, lv);
+        if (!a.json)
+            printf("prediction at C = %.4g:\n", a.predict), print_iv("L(C)", joule_pow_loss(&f.pow, a.predict), ip, lv);
         if (f.have_chin) {
             interval ic = chin_iv(&f, c_pred, &a.predict, lv, x);
             add_iv(pr, "loss_chinchilla_optimal", c_pred(&f.chin, &a.predict), ic);
@@ -398,7 +456,8 @@ int cmd_fit(int argc, char **argv) {
                 printf("effective compute of (C %.4g, loss %.4g): the dense fit needs C = %.4g; multiplier %.4g\n",
                        a.eff_c, a.eff_l, cd, cd / a.eff_c);
             else
-                printf("effective compute: loss %.4g is at or below the fit's irreducible loss c = %.4g (unreachable densely)\n",
+                printf("effective compute: loss %.4g is at or below the fit's irreducible loss c = %.4g (unreachable "
+                       "densely)\n",
                        a.eff_l, f.pow.c);
             print_iv("multiplier", isfinite(cd) ? cd / a.eff_c : INFINITY, im, lv);
         }
@@ -434,8 +493,9 @@ int cmd_fit(int argc, char **argv) {
         if (!ret && !a.json) printf("wrote %s\n", a.out);
     }
     if (!ret && a.svg) {
-        fit_plot p = {"joule fit: loss against compute", runs, n, a.backtest ? held : NULL, &f.pow,
-                      f.have_chin ? &f.chin : NULL, fmax(a.predict, a.budget)};
+        fit_plot p = {"joule fit: loss against compute", runs,   n,
+                      a.backtest ? held : NULL,          &f.pow, f.have_chin ? &f.chin : NULL,
+                      fmax(a.predict, a.budget)};
         char *svg = fit_svg(&p);
         ret = svg ? write_text(a.svg, svg) : cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
         free(svg);

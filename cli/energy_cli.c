@@ -31,7 +31,8 @@ int cli_energy_open(joule_energy *e, const char *hardware, double power_watts, c
     o.constant_watts = power_watts;
     if (meter && strcmp(meter, "auto") != 0) {
         int k = 0;
-        while (k < JOULE_METER_COUNT && strcmp(joule_meter_names[k], meter) != 0) k++;
+        while (k < JOULE_METER_COUNT && strcmp(joule_meter_names[k], meter) != 0)
+            k++;
         if (k == JOULE_METER_COUNT)
             return joule_fail(JOULE_ERR_ARG, "meter '%s' is not one of auto, rapl, perf, nvml, constant, tdp", meter);
         o.want[k] = true;
@@ -43,8 +44,10 @@ int cli_energy_open(joule_energy *e, const char *hardware, double power_watts, c
     if (rc == JOULE_OK && strcmp(o.cpu.kind, "cpu") != 0)
         rc = joule_fail(JOULE_ERR_ARG, "hardware profile '%s' is a %s; the modeled meter needs a CPU profile", name,
                         o.cpu.kind);
-    if (rc == JOULE_OK) o.have_cpu_profile = true;
-    else if (meter && strcmp(meter, "tdp") == 0) return rc;
+    if (rc == JOULE_OK)
+        o.have_cpu_profile = true;
+    else if (meter && strcmp(meter, "tdp") == 0)
+        return rc;
     if (profile) snprintf(profile, profile_n, "%s", o.have_cpu_profile ? o.cpu.name : "none");
     return joule_energy_open(e, &o);
 }
@@ -55,8 +58,7 @@ void cli_energy_begin(cli_energy *ce, const char *label) {
     const char *w = getenv("JOULE_POWER_WATTS");
     double watts = 0;
     if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
-    if (cli_energy_open(&ce->meters, getenv("JOULE_HARDWARE"), watts, NULL, ce->profile, sizeof ce->profile))
-        return;
+    if (cli_energy_open(&ce->meters, getenv("JOULE_HARDWARE"), watts, NULL, ce->profile, sizeof ce->profile)) return;
     ce->ok = joule_energy_window_start(&ce->window, &ce->meters) == JOULE_OK;
     if (!ce->ok) joule_energy_close(&ce->meters);
 }
@@ -83,8 +85,8 @@ void cli_energy_end(cli_energy *ce, uint64_t tokens, uint64_t queries, bool to_s
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", %.4g J/query", r.joules / (double)queries);
     fprintf(f, "energy: %.4g J = %.4g Wh [%s%s%s] over %.2f s wall, %.2f s CPU%s; %.3g gCO2e at %g gCO2e/kWh, PUE %g\n",
             r.joules, r.joules / 3600, r.method, strstr(r.method, "tdp") ? ", profile " : "",
-            strstr(r.method, "tdp") ? ce->profile : "", r.duration_s, r.cpu_s, extra,
-            joule_energy_kg_co2e(&r) * 1000, r.grid_g_per_kwh, r.pue);
+            strstr(r.method, "tdp") ? ce->profile : "", r.duration_s, r.cpu_s, extra, joule_energy_kg_co2e(&r) * 1000,
+            r.grid_g_per_kwh, r.pue);
     const char *csv = getenv("JOULE_ENERGY_CSV");
     if (csv && *csv) {
         bool fresh = access(csv, F_OK) != 0;
@@ -115,7 +117,9 @@ double cli_peak_flops(void) {
 
 void cli_print_mfu(FILE *f, double analytic, double counted, double seconds, double peak) {
     if (!(seconds > 0) || !(peak > 0)) return;
-    fprintf(f, "MFU: %.1f%% (analytic %.4g GFLOP/s) and HFU %.1f%% (counted %.4g GFLOP/s) of the sgemm peak %.4g GFLOP/s (%s, %s)\n",
+    fprintf(f,
+            "MFU: %.1f%% (analytic %.4g GFLOP/s) and HFU %.1f%% (counted %.4g GFLOP/s) of the sgemm peak %.4g GFLOP/s "
+            "(%s, %s)\n",
             100 * analytic / seconds / peak, analytic / seconds / 1e9, 100 * counted / seconds / peak,
             counted / seconds / 1e9, peak / 1e9, joule_blas_corename(),
             getenv("JOULE_PEAK_GFLOPS") ? "from JOULE_PEAK_GFLOPS" : "measured at start");

@@ -67,8 +67,10 @@ char *fit_svg(const fit_plot *p) {
     a.y0 -= pad;
     a.y1 += pad;
     sbuf s = {0};
-    put(&s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
-            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H);
+    put(&s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
+        "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+        W, H);
     put(&s, "<text x=\"%d\" y=\"22\" font-size=\"15\">%s</text>\n", ML, p->title);
     put(&s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", ML, MT,
         W - ML - MR, H - MT - MB);
@@ -114,7 +116,8 @@ char *fit_svg(const fit_plot *p) {
     }
     if (p->chin) {
         put(&s,
-            "<text x=\"%d\" y=\"%d\" fill=\"#d62728\">compute-optimal L: E=%.4g A=%.4g B=%.4g alpha=%.4f beta=%.4f</text>\n",
+            "<text x=\"%d\" y=\"%d\" fill=\"#d62728\">compute-optimal L: E=%.4g A=%.4g B=%.4g alpha=%.4f "
+            "beta=%.4f</text>\n",
             W - MR - 460, ly, p->chin->E, p->chin->A, p->chin->B, p->chin->alpha, p->chin->beta);
     }
     put(&s, "</svg>\n");

@@ -21,9 +21,7 @@ int joule_attn_convention_parse(const char *s, joule_attn_convention *out) {
     return joule_fail(JOULE_ERR_ARG, "attention convention '%s' is not one of joule, kaplan, palm", s);
 }
 
-const char *joule_attn_convention_name(joule_attn_convention c) {
-    return (unsigned)c < 3 ? CONV_NAMES[c] : "?";
-}
+const char *joule_attn_convention_name(joule_attn_convention c) { return (unsigned)c < 3 ? CONV_NAMES[c] : "?"; }
 
 void joule_acct_opts_init(joule_acct_opts *o) {
     memset(o, 0, sizeof *o);
@@ -62,8 +60,7 @@ static int opt_int(const cJSON *o, const char *key, int *out, int lo, int hi, co
     return JOULE_OK;
 }
 
-static int opt_str(const cJSON *o, const char *key, char *out, size_t n, const char *const *allowed,
-                   const char *what) {
+static int opt_str(const cJSON *o, const char *key, char *out, size_t n, const char *const *allowed, const char *what) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) return JOULE_OK;
     if (!cJSON_IsString(v) || strlen(v->valuestring) >= n)
@@ -96,7 +93,8 @@ static int default_kinds(joule_config *c, const cJSON *o, const char *what) {
     if (cJSON_GetObjectItemCaseSensitive(o, "retro")) {
         if (c->retro.cca_every < 1 || c->retro.cca_start < 0)
             return joule_fail(JOULE_ERR_FORMAT, "%s: retro.cca_start must be >= 0 and cca_every >= 1", what);
-        for (int l = c->retro.cca_start; l < c->n_layers; l += c->retro.cca_every) c->kinds[l].cca = true;
+        for (int l = c->retro.cca_start; l < c->n_layers; l += c->retro.cca_every)
+            c->kinds[l].cca = true;
     }
     return JOULE_OK;
 }
@@ -111,8 +109,7 @@ static int check_blocks(const joule_acct_model *a, const char *what) {
     }
     if (joule_config_has_cca(c)) {
         const joule_retro_config *r = &c->retro;
-        if (r->chunk < 1 || r->k < 0 || r->enc_layers < 1 || r->enc_d_model < 1 || r->enc_heads < 1 ||
-            r->enc_d_ff < 1)
+        if (r->chunk < 1 || r->k < 0 || r->enc_layers < 1 || r->enc_d_model < 1 || r->enc_heads < 1 || r->enc_d_ff < 1)
             return joule_fail(JOULE_ERR_FORMAT,
                               "%s: retro needs chunk >= 1, k >= 0 and positive encoder sizes (enc_layers, enc_d_model, "
                               "enc_heads, enc_d_ff)",
@@ -178,8 +175,10 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
     int vocab = 256;
     if ((rc = opt_int(o, "vocab", &vocab, 1, 1 << 30, what))) goto done;
     cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "vocab");
-    if (v) cJSON_SetNumberValue(v, 256);
-    else cJSON_AddNumberToObject(o, "vocab", 256);
+    if (v)
+        cJSON_SetNumberValue(v, 256);
+    else
+        cJSON_AddNumberToObject(o, "vocab", 256);
     rest = cJSON_PrintUnformatted(o);
     if (!rest) {
         rc = joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", what);
@@ -204,8 +203,8 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
         (rc = opt_str(o, "pos_emb", a->pos_emb, sizeof a->pos_emb, POS, what)) ||
         (rc = opt_int(o, "head_dim", &a->head_dim, 1, 1 << 16, what)) ||
         (rc = opt_int(o, "kv_heads", &a->kv_heads, 1, a->cfg.n_heads, what)) ||
-        (rc = default_kinds(&a->cfg, o, what)) || (rc = check_blocks(a, what)) ||
-        (rc = parse_retrieval(a, o, what)) || (rc = parse_published(a, o, what)))
+        (rc = default_kinds(&a->cfg, o, what)) || (rc = check_blocks(a, what)) || (rc = parse_retrieval(a, o, what)) ||
+        (rc = parse_published(a, o, what)))
         goto done;
     a->gelu = strcmp(ffn, "gelu") == 0;
     a->expert_gelu = moe_ffn[0] ? strcmp(moe_ffn, "gelu") == 0 : a->gelu;
@@ -251,7 +250,8 @@ static double cca_params(const joule_acct_model *a) {
 static double encoder_params(const joule_acct_model *a) {
     const joule_retro_config *r = &a->cfg.retro;
     const double d = a->cfg.d_model, de = r->enc_d_model;
-    double layer = 4 * de * de + (2 * de * de + 2 * d * de) + ffn_params(a, a->gelu, de, r->enc_d_ff) + 3 * norm_params(a, de);
+    double layer =
+        4 * de * de + (2 * de * de + 2 * d * de) + ffn_params(a, a->gelu, de, r->enc_d_ff) + 3 * norm_params(a, de);
     return r->enc_layers * layer + norm_params(a, de) + (de != d ? d * de : 0);
 }
 
@@ -322,7 +322,8 @@ static bool ext_terms(const joule_acct_model *a, joule_ext_kind kind, int l, int
     const char *names[16];
     uint64_t fl[16];
     int n = ops->flop_terms(&a->cfg, l, 1, T, names, fl, 16);
-    for (int i = 0; i < n && i < 16; i++) add_term(r, names[i], (double)fl[i] / T);
+    for (int i = 0; i < n && i < 16; i++)
+        add_term(r, names[i], (double)fl[i] / T);
     return true;
 }
 
@@ -331,14 +332,15 @@ static void retro_terms(const joule_acct_model *a, joule_acct_result *r) {
     const joule_retro_config *rc = &c->retro;
     const double d = c->d_model, de = rc->enc_d_model, m = rc->chunk, k = rc->k;
     int n_cca = 0;
-    for (int l = 0; l < c->n_layers; l++) n_cca += c->kinds[l].cca;
+    for (int l = 0; l < c->n_layers; l++)
+        n_cca += c->kinds[l].cca;
     /* per decoder token, per CCA layer: q and o (2d^2 each), keys/values of the k neighbours'
      * 2m encoded tokens amortised over the chunk's m tokens, attention over k x 2m positions */
     add_term(r, "cca", n_cca * (4 * d * d + (k * 2 * m / m) * 4 * de * d + 4 * k * 2 * m * d));
     /* the encoder runs once per chunk over k neighbours of 2m tokens: 2k encoder tokens per
      * decoder token; its cross-attention keys/values come from the chunk's m decoder tokens */
-    double enc_tok = 8 * de * de + 4 * (2 * m) * de          /* self-attention, bidirectional over 2m */
-                     + 4 * de * de + 4 * m * de              /* cross-attention q, o and products */
+    double enc_tok = 8 * de * de + 4 * (2 * m) * de                   /* self-attention, bidirectional over 2m */
+                     + 4 * de * de + 4 * m * de                       /* cross-attention q, o and products */
                      + 2 * ffn_matrices(a->gelu) * de * rc->enc_d_ff; /* FFN */
     double enc = 2 * k * (rc->enc_layers * enc_tok + (de != d ? 2 * d * de : 0)) + rc->enc_layers * 4 * d * de;
     add_term(r, "encoder", enc);
@@ -416,7 +418,8 @@ int joule_account(const joule_acct_model *a, const joule_acct_opts *o, joule_acc
     if (joule_config_has_moe(c))
         r->params_active = r->params - (1.0 - (double)c->moe.top_k / c->moe.n_experts) * r->params_experts;
     forward_terms(a, o->conv, T, exact, r);
-    for (int i = 0; i < r->n_terms; i++) r->fwd_per_token += r->terms[i].flops;
+    for (int i = 0; i < r->n_terms; i++)
+        r->fwd_per_token += r->terms[i].flops;
     if (exact) r->fwd_sequence = joule_model_forward_flops(c, 1, T);
     r->tokens = o->tokens > 0 ? o->tokens : a->pub_tokens;
     r->train_6nd = 6 * r->params_active * r->tokens;
@@ -447,7 +450,8 @@ static double term_flops(const joule_acct_result *r, const char *name) {
 int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int prompt, int generate,
                         joule_acct_query *q) {
     memset(q, 0, sizeof *q);
-    if (prompt < 1 || generate < 0) return joule_fail(JOULE_ERR_ARG, "a query needs >= 1 prompt token and >= 0 generated");
+    if (prompt < 1 || generate < 0)
+        return joule_fail(JOULE_ERR_ARG, "a query needs >= 1 prompt token and >= 0 generated");
     joule_acct_opts po = *o;
     po.ctx = prompt;
     joule_acct_result r;
@@ -457,7 +461,8 @@ int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int
     double attn = term_flops(&r, "attention"), rest = r.fwd_per_token - attn;
     q->prefill = r.fwd_per_token * prompt;
     /* each generated token attends to every cached position and itself */
-    for (int i = 0; i < generate; i++) q->decode += rest + L * 4.0 * da * (prompt + i + 1);
+    for (int i = 0; i < generate; i++)
+        q->decode += rest + L * 4.0 * da * (prompt + i + 1);
     q->total = q->prefill + q->decode;
     q->search = ceil((prompt + generate) * r.retrievals_per_token) * r.search_per_query;
     q->kv_cache_bytes = L * (prompt + generate) * 2.0 * a->kv_heads * a->head_dim * r.bytes_per_param;
@@ -468,7 +473,8 @@ int joule_account_cost(double flops, const joule_hw_profile *hw, const char *pre
                        double pue, double grid_g_per_kwh, joule_acct_cost *out) {
     memset(out, 0, sizeof *out);
     int p = joule_hw_precision_index(precision);
-    if (p < 0) return joule_fail(JOULE_ERR_ARG, "precision '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", precision);
+    if (p < 0)
+        return joule_fail(JOULE_ERR_ARG, "precision '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", precision);
     if (!(hw->peak_flops[p] > 0))
         return joule_fail(JOULE_ERR_ARG, "hardware profile '%s' gives no %s peak", hw->name, precision);
     if (!(util > 0 && util <= 1)) return joule_fail(JOULE_ERR_ARG, "utilisation %g outside (0, 1]", util);

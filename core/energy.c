@@ -44,7 +44,8 @@ int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
     memset(e, 0, sizeof *e);
     const bool automatic = !any_wanted(o);
     bool want[JOULE_METER_COUNT];
-    for (int k = 0; k < JOULE_METER_COUNT; k++) want[k] = automatic || o->want[k];
+    for (int k = 0; k < JOULE_METER_COUNT; k++)
+        want[k] = automatic || o->want[k];
     if (automatic) want[JOULE_METER_CONSTANT] = o->constant_watts > 0;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     e->cpus = o->cpus > 0 ? o->cpus : online > 0 ? (int)online : 1;
@@ -72,8 +73,8 @@ int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
             snprintf(e->why[JOULE_METER_RAPL], sizeof e->why[0], "%s", joule_last_error());
         }
     } else if (!want[JOULE_METER_RAPL] || cpu_side) {
-        snprintf(e->why[JOULE_METER_RAPL], sizeof e->why[0], "%s", cpu_side ? "not tried: a CPU meter is already open"
-                                                                            : "not asked for");
+        snprintf(e->why[JOULE_METER_RAPL], sizeof e->why[0], "%s",
+                 cpu_side ? "not tried: a CPU meter is already open" : "not asked for");
     }
     if (want[JOULE_METER_PERF] && !cpu_side) {
         if (joule_perf_open(e, o->perf_root) == JOULE_OK) {
@@ -115,7 +116,8 @@ int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
                  cpu_side ? "not needed: a CPU meter is open" : "not asked for");
     }
     bool any = false;
-    for (int k = 0; k < JOULE_METER_COUNT; k++) any |= e->on[k];
+    for (int k = 0; k < JOULE_METER_COUNT; k++)
+        any |= e->on[k];
     if (!any) {
         char msg[1200] = "";
         for (int k = 0; k < JOULE_METER_COUNT; k++)
@@ -172,14 +174,18 @@ int joule_energy_window_stop(const joule_energy_window *w, joule_energy_report *
     if (e->on[JOULE_METER_RAPL])
         for (int i = 0; i < e->rapl.n; i++) {
             double j = joule_rapl_delta_j(s->rapl_uj[i], end.rapl_uj[i], e->rapl.max_uj[i]);
-            if (e->rapl.dram[i]) r->dram_j += j;
-            else r->cpu_j += j;
+            if (e->rapl.dram[i])
+                r->dram_j += j;
+            else
+                r->cpu_j += j;
         }
     if (e->on[JOULE_METER_PERF])
         for (int i = 0; i < e->perf_n; i++) {
             double j = (double)(end.perf_count[i] - s->perf_count[i]) * e->perf_scale[i];
-            if (strcmp(e->perf_name[i], "energy-ram") == 0) r->dram_j += j;
-            else r->cpu_j += j;
+            if (strcmp(e->perf_name[i], "energy-ram") == 0)
+                r->dram_j += j;
+            else
+                r->cpu_j += j;
         }
     if (e->on[JOULE_METER_CONSTANT]) r->cpu_j += e->watts * r->duration_s;
     if (e->on[JOULE_METER_MODELED]) {
@@ -246,8 +252,8 @@ void joule_energy_csv_row(const joule_energy_report *r, const char *label, char 
     const double kg = joule_energy_kg_co2e(r);
     snprintf(buf, n, "%s,%.6f,%.6g,%.6g,%.6g,%.6g,%.6g,%.3g,%s,%s,%.6g,%.6g,%llu,%llu,%llu,%.6g,%.6g,%.6g,%.6g",
              label ? label : "", r->duration_s, kg, rate(r->cpu_j, r->duration_s), rate(r->gpu_j, r->duration_s),
-             rate(r->dram_j, r->duration_s), joule_energy_kwh(r), r->pue, r->method,
-             r->measured ? "true" : "false", r->joules, r->joules / 3600.0, (unsigned long long)r->flops,
-             (unsigned long long)r->tokens, (unsigned long long)r->queries, per(r->joules, r->tokens),
-             per(r->joules, r->queries), kg * 1000.0, r->grid_g_per_kwh);
+             rate(r->dram_j, r->duration_s), joule_energy_kwh(r), r->pue, r->method, r->measured ? "true" : "false",
+             r->joules, r->joules / 3600.0, (unsigned long long)r->flops, (unsigned long long)r->tokens,
+             (unsigned long long)r->queries, per(r->joules, r->tokens), per(r->joules, r->queries), kg * 1000.0,
+             r->grid_g_per_kwh);
 }

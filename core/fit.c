@@ -59,16 +59,20 @@ static double nelder_mead(const fit_problem *p, double *th, const double *step, 
         if (fabs(f[np] - f[0]) <= 1e-13 * (fabs(f[0]) + 1e-300)) {
             double spread = 0;
             for (int i = 1; i <= np; i++)
-                for (int k = 0; k < np; k++) spread = fmax(spread, fabs(x[i][k] - x[0][k]));
+                for (int k = 0; k < np; k++)
+                    spread = fmax(spread, fabs(x[i][k] - x[0][k]));
             if (spread < 1e-9) break;
         }
         double c[MAXP] = {0}, xr[MAXP], xe[MAXP], xc[MAXP];
         for (int i = 0; i < np; i++)
-            for (int k = 0; k < np; k++) c[k] += x[i][k] / np;
-        for (int k = 0; k < np; k++) xr[k] = c[k] + (c[k] - x[np][k]);
+            for (int k = 0; k < np; k++)
+                c[k] += x[i][k] / np;
+        for (int k = 0; k < np; k++)
+            xr[k] = c[k] + (c[k] - x[np][k]);
         double fr = objective(p, xr);
         if (fr < f[0]) {
-            for (int k = 0; k < np; k++) xe[k] = c[k] + 2 * (c[k] - x[np][k]);
+            for (int k = 0; k < np; k++)
+                xe[k] = c[k] + 2 * (c[k] - x[np][k]);
             double fe = objective(p, xe);
             if (fe < fr) {
                 memcpy(x[np], xe, sizeof xe);
@@ -85,7 +89,8 @@ static double nelder_mead(const fit_problem *p, double *th, const double *step, 
             continue;
         }
         bool outside = fr < f[np];
-        for (int k = 0; k < np; k++) xc[k] = outside ? c[k] + 0.5 * (xr[k] - c[k]) : c[k] + 0.5 * (x[np][k] - c[k]);
+        for (int k = 0; k < np; k++)
+            xc[k] = outside ? c[k] + 0.5 * (xr[k] - c[k]) : c[k] + 0.5 * (x[np][k] - c[k]);
         double fc = objective(p, xc);
         if (fc < (outside ? fr : f[np])) {
             memcpy(x[np], xc, sizeof xc);
@@ -93,7 +98,8 @@ static double nelder_mead(const fit_problem *p, double *th, const double *step, 
             continue;
         }
         for (int i = 1; i <= np; i++) { /* shrink towards the best */
-            for (int k = 0; k < np; k++) x[i][k] = x[0][k] + 0.5 * (x[i][k] - x[0][k]);
+            for (int k = 0; k < np; k++)
+                x[i][k] = x[0][k] + 0.5 * (x[i][k] - x[0][k]);
             f[i] = objective(p, x[i]);
         }
     }
@@ -123,13 +129,15 @@ static bool solve(int n, double A[MAXP][MAXP], double *b, double *x) {
         }
         for (int r = c + 1; r < n; r++) {
             double m = A[r][c] / A[c][c];
-            for (int k = c; k < n; k++) A[r][k] -= m * A[c][k];
+            for (int k = c; k < n; k++)
+                A[r][k] -= m * A[c][k];
             b[r] -= m * b[c];
         }
     }
     for (int r = n - 1; r >= 0; r--) {
         double s = b[r];
-        for (int k = r + 1; k < n; k++) s -= A[r][k] * x[k];
+        for (int k = r + 1; k < n; k++)
+            s -= A[r][k] * x[k];
         x[r] = s / A[r][r];
     }
     return true;
@@ -147,14 +155,16 @@ static double lm_polish(const fit_problem *p, double *th, double f0, int max_ite
             double w = fabs(r) <= p->delta ? 1.0 : p->delta / fabs(r);
             for (int a = 0; a < np; a++) {
                 g[a] += w * grad[a] * r;
-                for (int b = 0; b < np; b++) JtJ[a][b] += w * grad[a] * grad[b];
+                for (int b = 0; b < np; b++)
+                    JtJ[a][b] += w * grad[a] * grad[b];
             }
         }
         bool improved = false;
         for (int tries = 0; tries < 12 && !improved; tries++) {
             double A[MAXP][MAXP], rhs[MAXP], step[MAXP], cand[MAXP];
             for (int a = 0; a < np; a++) {
-                for (int b = 0; b < np; b++) A[a][b] = JtJ[a][b];
+                for (int b = 0; b < np; b++)
+                    A[a][b] = JtJ[a][b];
                 A[a][a] += lambda * (JtJ[a][a] + 1e-30);
                 rhs[a] = -g[a];
             }
@@ -162,7 +172,8 @@ static double lm_polish(const fit_problem *p, double *th, double f0, int max_ite
                 lambda *= 10;
                 continue;
             }
-            for (int a = 0; a < np; a++) cand[a] = th[a] + step[a];
+            for (int a = 0; a < np; a++)
+                cand[a] = th[a] + step[a];
             double fc = objective(p, cand);
             if (fc < f) {
                 double rel = (f - fc) / (f + 1e-300);
@@ -253,7 +264,8 @@ int joule_fit_chinchilla(const joule_run *runs, size_t n, double delta, joule_ch
      * divided by L is the log residual to first order) */
     for (int ia = 0; ia <= 100; ia++) {
         const double alpha = 0.01 * ia;
-        for (size_t i = 0; i < n; i++) xa[i] = exp(-alpha * log(runs[i].N));
+        for (size_t i = 0; i < n; i++)
+            xa[i] = exp(-alpha * log(runs[i].N));
         for (int ib = 0; ib <= 100; ib++) {
             const double beta = 0.01 * ib;
             double M[MAXP][MAXP] = {{0}}, v[MAXP] = {0}, s[3] = {1, 0, 0}, sol[3];
@@ -266,7 +278,8 @@ int joule_fit_chinchilla(const joule_run *runs, size_t n, double delta, joule_ch
                 const double f[3] = {1, xa[i] / s[1], xb[i] / s[2]}, w = 1 / (runs[i].loss * runs[i].loss);
                 for (int a = 0; a < 3; a++) {
                     v[a] += w * f[a] * runs[i].loss;
-                    for (int b = 0; b < 3; b++) M[a][b] += w * f[a] * f[b];
+                    for (int b = 0; b < 3; b++)
+                        M[a][b] += w * f[a] * f[b];
                 }
             }
             if (!solve(3, M, v, sol)) continue;
@@ -340,12 +353,14 @@ int joule_fit_power(const joule_run *runs, size_t n, double delta, joule_pow_fit
     for (int ib = 1; ib <= 400; ib++) {
         const double b = -0.0025 * ib;
         double M[MAXP][MAXP] = {{0}}, v[MAXP] = {0}, s = 0, sol[2];
-        for (size_t i = 0; i < n; i++) s = fmax(s, exp(b * log(runs[i].C)));
+        for (size_t i = 0; i < n; i++)
+            s = fmax(s, exp(b * log(runs[i].C)));
         for (size_t i = 0; i < n; i++) {
             const double f[2] = {exp(b * log(runs[i].C)) / s, 1}, w = 1 / (runs[i].loss * runs[i].loss);
             for (int a = 0; a < 2; a++) {
                 v[a] += w * f[a] * runs[i].loss;
-                for (int k = 0; k < 2; k++) M[a][k] += w * f[a] * f[k];
+                for (int k = 0; k < 2; k++)
+                    M[a][k] += w * f[a] * f[k];
             }
         }
         if (!solve(2, M, v, sol)) continue;
@@ -385,7 +400,8 @@ static int bootstrap(const joule_run *runs, size_t n, int reps, uint64_t seed,
     for (int k = 0; k < reps && !rc; k++) {
         joule_rng r;
         joule_rng_seed(&r, joule_mix64(seed, (uint64_t)k));
-        for (size_t i = 0; i < n; i++) buf[i] = runs[joule_rng_below(&r, n)];
+        for (size_t i = 0; i < n; i++)
+            buf[i] = runs[joule_rng_below(&r, n)];
         rc = refit(ctx, buf, n, k);
         if (progress) progress(pctx, k + 1, reps);
     }
@@ -412,7 +428,8 @@ static int refit_pow(void *ctx, const joule_run *buf, size_t n, int k) {
 int joule_bootstrap_chinchilla(const joule_run *runs, size_t n, double delta, const joule_chin_fit *full, int reps,
                                uint64_t seed, joule_fit_progress progress, void *pctx, joule_chin_fit **out) {
     boot_ctx b = {delta, full, calloc(reps > 0 ? (size_t)reps : 1, sizeof **out)};
-    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_chin, &b, progress, pctx) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_chin, &b, progress, pctx)
+                    : joule_fail(JOULE_ERR_NOMEM, "out of memory");
     if (rc) free(b.fits);
     *out = rc ? NULL : b.fits;
     return rc;
@@ -421,7 +438,8 @@ int joule_bootstrap_chinchilla(const joule_run *runs, size_t n, double delta, co
 int joule_bootstrap_power(const joule_run *runs, size_t n, double delta, const joule_pow_fit *full, int reps,
                           uint64_t seed, joule_fit_progress progress, void *pctx, joule_pow_fit **out) {
     boot_ctx b = {delta, full, calloc(reps > 0 ? (size_t)reps : 1, sizeof **out)};
-    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_pow, &b, progress, pctx) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = b.fits ? bootstrap(runs, n, reps, seed, refit_pow, &b, progress, pctx)
+                    : joule_fail(JOULE_ERR_NOMEM, "out of memory");
     if (rc) free(b.fits);
     *out = rc ? NULL : b.fits;
     return rc;
@@ -442,8 +460,10 @@ void joule_interval(double *x, size_t n, double level, double *lo, double *hi, d
     size_t il = (size_t)pl, ih = (size_t)ph;
     *lo = x[il] + (il + 1 < n ? (pl - (double)il) * (x[il + 1] - x[il]) : 0);
     *hi = x[ih] + (ih + 1 < n ? (ph - (double)ih) * (x[ih + 1] - x[ih]) : 0);
-    for (size_t i = 0; i < n; i++) mean += x[i] / (double)n;
-    for (size_t i = 0; i < n; i++) ss += (x[i] - mean) * (x[i] - mean);
+    for (size_t i = 0; i < n; i++)
+        mean += x[i] / (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (x[i] - mean) * (x[i] - mean);
     *sd = n > 1 ? sqrt(ss / (double)(n - 1)) : 0;
 }
 
@@ -458,12 +478,14 @@ int joule_runs_drop_highest_loss(const joule_run *runs, size_t n, size_t k, joul
         free(dst);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n; i++) l[i] = runs[i].loss;
+    for (size_t i = 0; i < n; i++)
+        l[i] = runs[i].loss;
     qsort(l, n, sizeof *l, cmp_double);
     /* drop the k largest; ties at the threshold are dropped in input order until k are gone */
     double thr = k ? l[n - k] : INFINITY;
     size_t above = 0, m = 0;
-    for (size_t i = 0; i < n; i++) above += runs[i].loss > thr;
+    for (size_t i = 0; i < n; i++)
+        above += runs[i].loss > thr;
     size_t ties_to_drop = k - above;
     for (size_t i = 0; i < n; i++) {
         if (runs[i].loss > thr) continue;

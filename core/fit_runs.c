@@ -29,9 +29,11 @@ static int field_of(const char *name) {
 }
 
 static char *trim(char *s) {
-    while (isspace((unsigned char)*s) || *s == '"') s++;
+    while (isspace((unsigned char)*s) || *s == '"')
+        s++;
     size_t n = strlen(s);
-    while (n && (isspace((unsigned char)s[n - 1]) || s[n - 1] == '"')) s[--n] = '\0';
+    while (n && (isspace((unsigned char)s[n - 1]) || s[n - 1] == '"'))
+        s[--n] = '\0';
     return s;
 }
 
@@ -112,7 +114,8 @@ static int load_csv(char *text, const char *path, joule_run **runs, size_t *n, s
         if (!*trim(l) || l[0] == '#') continue;
         char *cells[64];
         int nc = 0;
-        for (char *s2 = NULL, *c = strtok_r(l, ",", &s2); c && nc < 64; c = strtok_r(NULL, ",", &s2)) cells[nc++] = c;
+        for (char *s2 = NULL, *c = strtok_r(l, ",", &s2); c && nc < 64; c = strtok_r(NULL, ",", &s2))
+            cells[nc++] = c;
         if (!header) {
             bool seen[COL_COUNT] = {false};
             for (int i = 0; i < nc; i++) {
@@ -162,7 +165,8 @@ int joule_runs_load(const char *path, joule_run **runs, size_t *n) {
     if (rc) return rc;
     size_t cap = 0;
     const char *p = text;
-    while (isspace((unsigned char)*p)) p++;
+    while (isspace((unsigned char)*p))
+        p++;
     rc = *p == '{' ? load_jsonl(text, path, runs, n, &cap) : load_csv(text, path, runs, n, &cap);
     free(text);
     if (!rc && *n == 0) rc = joule_fail(JOULE_ERR_FORMAT, "%s: no runs", path);

@@ -107,7 +107,8 @@ int joule_hw_from_json(joule_hw_profile *hw, const char *json, const char *what)
         goto done;
     }
     double cores = 0;
-    if ((rc = num_field(o, "tdp_w", &hw->tdp_w, true, what)) || (rc = num_field(o, "idle_w", &hw->idle_w, true, what)) ||
+    if ((rc = num_field(o, "tdp_w", &hw->tdp_w, true, what)) ||
+        (rc = num_field(o, "idle_w", &hw->idle_w, true, what)) ||
         (rc = num_field(o, "mem_bw_gbs", &hw->mem_bw_gbs, false, what)) ||
         (rc = num_field(o, "cores", &cores, false, what)))
         goto done;
@@ -199,6 +200,7 @@ void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile
     }
     snprintf(hw->source, sizeof hw->source,
              "fp32 peak measured here: best sgemm over %.1f s with OpenBLAS kernels %s, %d threads%s%s%s", seconds,
-             joule_blas_corename(), joule_get_threads(), power ? "; power: this machine's share of the cores of profile " : "",
-             power ? power->name : "", power ? " (TDP and idle scaled by CPUs / cores)" : "");
+             joule_blas_corename(), joule_get_threads(),
+             power ? "; power: this machine's share of the cores of profile " : "", power ? power->name : "",
+             power ? " (TDP and idle scaled by CPUs / cores)" : "");
 }

@@ -72,7 +72,7 @@ static void *sampler(void *arg) {
     do {                                                                                                               \
         *(void **)(&var) = dlsym(g->lib, name);                                                                        \
         if (!var) {                                                                                                    \
-            rc = joule_fail(JOULE_ERR_IO, "%s: symbol %s missing (driver too old?)", path, name);                     \
+            rc = joule_fail(JOULE_ERR_IO, "%s: symbol %s missing (driver too old?)", path, name);                      \
             goto fail;                                                                                                 \
         }                                                                                                              \
     } while (0)

@@ -53,7 +53,8 @@ int joule_perf_open(joule_energy *e, const char *root) {
         int fd = (int)syscall(SYS_perf_event_open, &attr, -1, 0, -1, 0);
         if (fd < 0) {
             int err = errno;
-            for (int k = 0; k < e->perf_n; k++) close(e->perf_fd[k]);
+            for (int k = 0; k < e->perf_n; k++)
+                close(e->perf_fd[k]);
             e->perf_n = 0;
             char hint[160];
             paranoid_hint(hint, sizeof hint);
@@ -76,6 +77,7 @@ int joule_perf_read(const joule_energy *e, uint64_t *counts) {
 }
 
 void joule_perf_close(joule_energy *e) {
-    for (int i = 0; i < e->perf_n; i++) close(e->perf_fd[i]);
+    for (int i = 0; i < e->perf_n; i++)
+        close(e->perf_fd[i]);
     e->perf_n = 0;
 }

@@ -93,7 +93,8 @@ int joule_rapl_open(joule_rapl *r, const char *root) {
             rc = add_domain(r, dir, true);
         }
     }
-    for (int i = 0; i < n; i++) free(ents[i]);
+    for (int i = 0; i < n; i++)
+        free(ents[i]);
     free(ents);
     if (!rc && r->n == 0) rc = joule_fail(JOULE_ERR_IO, "%s: no intel-rapl:N package domain", root);
     return rc;

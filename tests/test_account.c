@@ -38,7 +38,8 @@ static double term(const joule_acct_result *r, const char *name) {
     return -1;
 }
 
-#define DENSE_TINY "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,\"d_ff\":64,\"ctx\":16,\"vocab\":256}"
+#define DENSE_TINY                                                                                                     \
+    "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,\"d_ff\":64,\"ctx\":16,\"vocab\":256}"
 
 /* V d + L (4 d^2 + 3 d F + 2 d) + d = 8192 + 2 (4096 + 6144 + 64) + 32 */
 START_TEST(test_dense_params_exact_and_analytic) {
@@ -153,8 +154,8 @@ static uint64_t fake_flops(const joule_config *c, int l, int B, int T) {
 }
 
 START_TEST(test_exact_uses_registered_extension) {
-    static const joule_ext_ops fake = {.name = "fake_moe", .layout = fake_layout, .forward_flops = fake_flops,
-                                       .flop_terms = fake_terms};
+    static const joule_ext_ops fake = {
+        .name = "fake_moe", .layout = fake_layout, .forward_flops = fake_flops, .flop_terms = fake_terms};
     const joule_ext_ops *saved = joule_ext_get(JOULE_EXT_MOE);
     joule_ext_register(JOULE_EXT_MOE, &fake);
     joule_acct_model a;
@@ -219,17 +220,20 @@ END_TEST
 START_TEST(test_bad_accounting_configs) {
     joule_acct_model a;
     ck_assert_int_ne(joule_acct_from_json(&a, "[1]", "x.json"), JOULE_OK);
-    ck_assert_int_ne(joule_acct_from_json(&a, "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,"
-                                              "\"d_ff\":64,\"ctx\":16,\"vocab\":256,\"ffn\":\"relu\"}",
+    ck_assert_int_ne(joule_acct_from_json(&a,
+                                          "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,"
+                                          "\"d_ff\":64,\"ctx\":16,\"vocab\":256,\"ffn\":\"relu\"}",
                                           "x.json"),
                      JOULE_OK);
     ck_assert_msg(strstr(joule_last_error(), "x.json") && strstr(joule_last_error(), "ffn"), "%s", joule_last_error());
-    ck_assert_int_ne(joule_acct_from_json(&a, "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,"
-                                              "\"d_ff\":64,\"ctx\":16,\"vocab\":-3}",
+    ck_assert_int_ne(joule_acct_from_json(&a,
+                                          "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,"
+                                          "\"d_ff\":64,\"ctx\":16,\"vocab\":-3}",
                                           "x.json"),
                      JOULE_OK);
     /* joule's own validation is unchanged: vocab 300 is not buildable */
-    load_json(&a, "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,\"d_ff\":64,\"ctx\":16,\"vocab\":300}");
+    load_json(&a,
+              "{\"arch\":\"dense\",\"n_layers\":2,\"d_model\":32,\"n_heads\":2,\"d_ff\":64,\"ctx\":16,\"vocab\":300}");
     ck_assert(!a.buildable);
     ck_assert_int_ne(joule_config_validate(&a.cfg, "x"), JOULE_OK);
 }

@@ -72,7 +72,8 @@ START_TEST(test_rapl_domains_and_wrap) {
     ck_assert_msg(joule_rapl_open(&r, g_root) == JOULE_OK, "%s", joule_last_error());
     ck_assert_int_eq(r.n, 3); /* two packages and one dram; core is inside its package */
     int dram = 0;
-    for (int i = 0; i < r.n; i++) dram += r.dram[i];
+    for (int i = 0; i < r.n; i++)
+        dram += r.dram[i];
     ck_assert_int_eq(dram, 1);
     ck_assert_uint_eq(r.max_uj[0], MAX_UJ);
     ck_assert_double_eq_tol(joule_rapl_delta_j(1000000, 3500000, MAX_UJ), 2.5, 1e-12);
@@ -98,13 +99,13 @@ START_TEST(test_rapl_window_measured_and_nested) {
     ck_assert_str_eq(e.method, "measured:rapl");
     joule_energy_window outer, inner;
     ck_assert_int_eq(joule_energy_window_start(&outer, &e), JOULE_OK);
-    put_u64("intel-rapl:0/energy_uj", 3000000);      /* +2 J */
+    put_u64("intel-rapl:0/energy_uj", 3000000); /* +2 J */
     ck_assert_int_eq(joule_energy_window_start(&inner, &e), JOULE_OK);
     put_u64("intel-rapl:1/energy_uj", MAX_UJ - 100); /* wraps below */
     put_u64("intel-rapl:0:1/energy_uj", 1500000);    /* dram +0.5 J */
     joule_energy_report ri, ro;
     ck_assert_int_eq(joule_energy_window_stop(&inner, &ri), JOULE_OK);
-    put_u64("intel-rapl:1/energy_uj", 400);           /* wrapped: +500 uJ from MAX-100 */
+    put_u64("intel-rapl:1/energy_uj", 400); /* wrapped: +500 uJ from MAX-100 */
     ck_assert_int_eq(joule_energy_window_stop(&outer, &ro), JOULE_OK);
     ck_assert(ri.measured && ro.measured);
     ck_assert_str_eq(ro.method, "measured:rapl");
@@ -171,7 +172,8 @@ static void burn_cpu(double seconds) {
     volatile double x = 0;
     double t_end = joule_now() + seconds;
     while (joule_now() < t_end)
-        for (int i = 0; i < 10000; i++) x += sqrt((double)i);
+        for (int i = 0; i < 10000; i++)
+            x += sqrt((double)i);
 }
 
 START_TEST(test_modeled_energy_is_labelled) {
@@ -217,8 +219,10 @@ START_TEST(test_modeled_energy_is_labelled) {
     joule_energy_csv_row(&r, "unit", row, sizeof row);
     ck_assert(strstr(head, "method") && strstr(head, "energy_consumed") && strstr(row, ",modeled:tdp,false,"));
     int commas_h = 0, commas_r = 0;
-    for (char *p = head; *p; p++) commas_h += *p == ',';
-    for (char *p = row; *p; p++) commas_r += *p == ',';
+    for (char *p = head; *p; p++)
+        commas_h += *p == ',';
+    for (char *p = row; *p; p++)
+        commas_r += *p == ',';
     ck_assert_int_eq(commas_h, commas_r);
     joule_energy_close(&e);
 }
@@ -250,17 +254,19 @@ END_TEST
 
 START_TEST(test_hardware_profiles) {
     joule_hw_profile p;
-    ck_assert_int_eq(joule_hw_from_json(&p, "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp32\":1e12}}",
-                                        "x.json"),
-                     JOULE_ERR_FORMAT);
+    ck_assert_int_eq(
+        joule_hw_from_json(&p, "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp32\":1e12}}", "x.json"),
+        JOULE_ERR_FORMAT);
     ck_assert_msg(strstr(joule_last_error(), "x.json") && strstr(joule_last_error(), "tdp_w"), "%s",
                   joule_last_error());
-    ck_assert_int_eq(joule_hw_from_json(&p, "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp33\":1},"
-                                            "\"tdp_w\":1,\"idle_w\":0}",
+    ck_assert_int_eq(joule_hw_from_json(&p,
+                                        "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp33\":1},"
+                                        "\"tdp_w\":1,\"idle_w\":0}",
                                         "x.json"),
                      JOULE_ERR_FORMAT);
-    ck_assert_int_eq(joule_hw_from_json(&p, "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp32\":1},"
-                                            "\"tdp_w\":1,\"idle_w\":5}",
+    ck_assert_int_eq(joule_hw_from_json(&p,
+                                        "{\"name\":\"x\",\"kind\":\"cpu\",\"peak_flops\":{\"fp32\":1},"
+                                        "\"tdp_w\":1,\"idle_w\":5}",
                                         "x.json"),
                      JOULE_ERR_FORMAT);
     /* every profile in the repository loads */

@@ -79,7 +79,8 @@ START_TEST(test_noisy_within_intervals_and_deterministic) {
     const double truth[3] = {TRUTH.E, TRUTH.alpha, TRUTH.beta};
     const char *names[3] = {"E", "alpha", "beta"};
     for (int p = 0; p < 3; p++) {
-        for (int k = 0; k < 60; k++) x[k] = p == 0 ? b1[k].E : p == 1 ? b1[k].alpha : b1[k].beta;
+        for (int k = 0; k < 60; k++)
+            x[k] = p == 0 ? b1[k].E : p == 1 ? b1[k].alpha : b1[k].beta;
         joule_interval(x, 60, 0.99, &lo, &hi, &sd);
         ck_assert_msg(lo <= truth[p] && truth[p] <= hi, "%s: truth %g outside [%g, %g]", names[p], truth[p], lo, hi);
         ck_assert(sd > 0);
@@ -179,7 +180,8 @@ START_TEST(test_runs_reader) {
     write_rel("b.csv", "N,D,loss\n1e8,2e9,3.1\n1e8,2e9x,3.0\n");
     snprintf(path, sizeof path, "%s/b.csv", g_dir);
     ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
-    ck_assert_msg(strstr(joule_last_error(), "b.csv:3") && strstr(joule_last_error(), "2e9x"), "%s", joule_last_error());
+    ck_assert_msg(strstr(joule_last_error(), "b.csv:3") && strstr(joule_last_error(), "2e9x"), "%s",
+                  joule_last_error());
     write_rel("c.csv", "N,D,quality\n1e8,2e9,3.1\n");
     snprintf(path, sizeof path, "%s/c.csv", g_dir);
     ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
@@ -207,7 +209,8 @@ START_TEST(test_cli_fit) {
     size_t n = synth_chinchilla(runs, 0.005, 3);
     char *csv = calloc(1 << 16, 1);
     size_t len = (size_t)sprintf(csv, "params,tokens,loss\n");
-    for (size_t i = 0; i < n; i++) len += (size_t)sprintf(csv + len, "%.17g,%.17g,%.17g\n", runs[i].N, runs[i].D, runs[i].loss);
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)sprintf(csv + len, "%.17g,%.17g,%.17g\n", runs[i].N, runs[i].D, runs[i].loss);
     write_rel("runs.csv", csv);
     free(csv);
     ck_assert_int_eq(run_joule("fit --runs runs.csv --bootstrap 20 --predict 1e22 --budget 1e22 --backtest "

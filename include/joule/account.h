@@ -36,15 +36,15 @@ const char *joule_attn_convention_name(joule_attn_convention c);
 
 typedef struct {
     char name[64];
-    joule_config cfg;   /* sizes and layer kinds; cfg.vocab may be any size here */
-    bool gelu;          /* FFN with two matrices (GPT-3); otherwise gated, three (SwiGLU/GEGLU) */
-    bool expert_gelu;   /* the same for MoE experts ("moe_ffn"; default: as "ffn") */
-    char pos_emb[16];   /* "rope" (no parameters), "learned" (ctx x d), "relative" (Transformer-XL: d x d
-                           and 2 d-vectors per layer) */
-    bool biases;        /* linear biases and LayerNorm shifts (GPT-3 style) */
-    int head_dim;       /* per head (PaLM: 256 with d_model/heads = 384) */
-    int kv_heads;       /* key/value heads (1 = multi-query) */
-    bool buildable;     /* joule builds this config: counts come from the model itself */
+    joule_config cfg; /* sizes and layer kinds; cfg.vocab may be any size here */
+    bool gelu;        /* FFN with two matrices (GPT-3); otherwise gated, three (SwiGLU/GEGLU) */
+    bool expert_gelu; /* the same for MoE experts ("moe_ffn"; default: as "ffn") */
+    char pos_emb[16]; /* "rope" (no parameters), "learned" (ctx x d), "relative" (Transformer-XL: d x d
+                         and 2 d-vectors per layer) */
+    bool biases;      /* linear biases and LayerNorm shifts (GPT-3 style) */
+    int head_dim;     /* per head (PaLM: 256 with d_model/heads = 384) */
+    int kv_heads;     /* key/value heads (1 = multi-query) */
+    bool buildable;   /* joule builds this config: counts come from the model itself */
     /* retrieval (RETRO): database and index for the search-cost line */
     char index[16];     /* "flat", "ivf", "ivfpq", "hnsw"; "" = none */
     double db_tokens;   /* tokens in the database (chunks = db_tokens / chunk) */
@@ -78,25 +78,25 @@ typedef struct {
     joule_attn_convention conv;
     joule_acct_term terms[JOULE_ACCT_MAX_TERMS];
     int n_terms;
-    double fwd_per_token;      /* sum of the terms */
-    uint64_t fwd_sequence;     /* joule_model_forward_flops(cfg, 1, ctx) when exact; else 0 */
-    double search_per_query;   /* retrieval search FLOPs per retrieval (per chunk), not in the terms */
+    double fwd_per_token;    /* sum of the terms */
+    uint64_t fwd_sequence;   /* joule_model_forward_flops(cfg, 1, ctx) when exact; else 0 */
+    double search_per_query; /* retrieval search FLOPs per retrieval (per chunk), not in the terms */
     double retrievals_per_token;
     /* training over `tokens` */
     double tokens;
-    double train_6nd;          /* 6 x active params x tokens */
-    double train_exact;        /* 3 x forward per token x tokens (+ retrieval search, stated apart) */
-    double train_search;       /* retrieval searches for the training tokens */
+    double train_6nd;    /* 6 x active params x tokens */
+    double train_exact;  /* 3 x forward per token x tokens (+ retrieval search, stated apart) */
+    double train_search; /* retrieval searches for the training tokens */
     /* memory, bytes */
     double mem_weights, mem_grads, mem_optimizer, mem_activations_per_token;
     int bytes_per_param;
 } joule_acct_result;
 
 typedef struct {
-    int ctx;                     /* 0 = the config's ctx */
-    double tokens;               /* training tokens; 0 = published tokens or none */
+    int ctx;       /* 0 = the config's ctx */
+    double tokens; /* training tokens; 0 = published tokens or none */
     joule_attn_convention conv;
-    int bytes_per_param;         /* 4 (fp32, default) or 2 */
+    int bytes_per_param; /* 4 (fp32, default) or 2 */
 } joule_acct_opts;
 
 void joule_acct_opts_init(joule_acct_opts *o);
@@ -106,8 +106,8 @@ int joule_account(const joule_acct_model *a, const joule_acct_opts *o, joule_acc
  * tokens one at a time with a KV cache (each attends to every cached position). */
 typedef struct {
     double prefill, decode, total;
-    double search;        /* retrieval searches (RETRO: one per chunk of m tokens) */
-    double kv_cache_bytes;/* at the end of the query */
+    double search;         /* retrieval searches (RETRO: one per chunk of m tokens) */
+    double kv_cache_bytes; /* at the end of the query */
 } joule_acct_query;
 int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int prompt, int generate,
                         joule_acct_query *q);

@@ -28,14 +28,14 @@ extern "C" {
 #define JOULE_HW_PRECISIONS 6
 typedef struct {
     char name[64];
-    char kind[8];          /* "cpu" or "gpu" */
+    char kind[8]; /* "cpu" or "gpu" */
     /* peak FLOP/s by precision: "fp64", "fp32", "tf32", "bf16", "fp16", "int8"; 0 = unknown */
     double peak_flops[JOULE_HW_PRECISIONS];
-    double tdp_w;          /* whole device (CPU package or GPU board) */
-    double idle_w;         /* whole device at idle */
-    double mem_bw_gbs;     /* peak memory bandwidth, GB/s */
-    int cores;             /* physical cores (CPU) or SMs (GPU) */
-    char source[512];      /* where the numbers come from */
+    double tdp_w;      /* whole device (CPU package or GPU board) */
+    double idle_w;     /* whole device at idle */
+    double mem_bw_gbs; /* peak memory bandwidth, GB/s */
+    int cores;         /* physical cores (CPU) or SMs (GPU) */
+    char source[512];  /* where the numbers come from */
 } joule_hw_profile;
 
 /* Index of a precision name in peak_flops, or -1. */
@@ -72,9 +72,9 @@ extern const char *const joule_meter_names[JOULE_METER_COUNT]; /* "rapl", "perf"
 #define JOULE_RAPL_MAX_DOMAINS 16
 typedef struct {
     int n;
-    char name[JOULE_RAPL_MAX_DOMAINS][64];    /* "package-0", "dram", ... */
-    char path[JOULE_RAPL_MAX_DOMAINS][768];   /* .../energy_uj */
-    uint64_t max_uj[JOULE_RAPL_MAX_DOMAINS];  /* max_energy_range_uj: the counter wraps here */
+    char name[JOULE_RAPL_MAX_DOMAINS][64];   /* "package-0", "dram", ... */
+    char path[JOULE_RAPL_MAX_DOMAINS][768];  /* .../energy_uj */
+    uint64_t max_uj[JOULE_RAPL_MAX_DOMAINS]; /* max_energy_range_uj: the counter wraps here */
     bool dram[JOULE_RAPL_MAX_DOMAINS];
 } joule_rapl;
 
@@ -95,7 +95,7 @@ typedef struct {
     double constant_watts;        /* > 0: the "constant" meter with this power */
     joule_hw_profile cpu;         /* profile of the CPU for modeled:tdp */
     bool have_cpu_profile;
-    int cpus;                     /* CPUs this process may use (0 = online CPUs) */
+    int cpus; /* CPUs this process may use (0 = online CPUs) */
 } joule_energy_opts;
 
 void joule_energy_opts_init(joule_energy_opts *o);
@@ -111,13 +111,13 @@ typedef struct {
     char why[JOULE_METER_COUNT][320]; /* for each meter: what was found, or why not */
     joule_rapl rapl;
     int perf_fd[4], perf_n;
-    double perf_scale[4];             /* joules per count */
+    double perf_scale[4]; /* joules per count */
     char perf_name[4][32];
     joule_nvml *nvml;
-    double watts;                     /* constant */
-    joule_hw_profile cpu;             /* modeled */
+    double watts;         /* constant */
+    joule_hw_profile cpu; /* modeled */
     int cpus;
-    char method[96];                  /* of the whole set, e.g. "measured:rapl" */
+    char method[96]; /* of the whole set, e.g. "measured:rapl" */
 } joule_energy;
 
 /* Opens the meters o asks for (automatic: every CPU-side meter in order until one works,
@@ -132,8 +132,8 @@ typedef struct {
     double wall_s, cpu_s;
     uint64_t rapl_uj[JOULE_RAPL_MAX_DOMAINS];
     uint64_t perf_count[4];
-    double nvml_j;          /* cumulative GPU energy (all devices) */
-    uint64_t flops;         /* joule_flops_counted() */
+    double nvml_j;  /* cumulative GPU energy (all devices) */
+    uint64_t flops; /* joule_flops_counted() */
 } joule_energy_sample;
 
 int joule_energy_sample_now(const joule_energy *e, joule_energy_sample *s);
@@ -158,12 +158,12 @@ typedef struct {
     char method[96];
     bool measured;
     double duration_s, cpu_s;
-    double joules;                /* device energy, all parts */
-    double cpu_j, dram_j, gpu_j;  /* parts (0 when absent) */
-    uint64_t flops;               /* counted in the window */
-    uint64_t tokens, queries;     /* set by the caller before writing */
-    double pue;                   /* facility overhead, >= 1 */
-    double grid_g_per_kwh;        /* carbon intensity of the grid */
+    double joules;               /* device energy, all parts */
+    double cpu_j, dram_j, gpu_j; /* parts (0 when absent) */
+    uint64_t flops;              /* counted in the window */
+    uint64_t tokens, queries;    /* set by the caller before writing */
+    double pue;                  /* facility overhead, >= 1 */
+    double grid_g_per_kwh;       /* carbon intensity of the grid */
 } joule_energy_report;
 
 /* Defaults stated in docs/ACCOUNTING.md. */

@@ -21,9 +21,9 @@ extern "C" {
 #endif
 
 typedef struct {
-    double N;    /* parameters (0 when unknown) */
-    double D;    /* training tokens (0 when unknown) */
-    double C;    /* training FLOPs; 6 N D when not given */
+    double N; /* parameters (0 when unknown) */
+    double D; /* training tokens (0 when unknown) */
+    double C; /* training FLOPs; 6 N D when not given */
     double loss;
 } joule_run;
 
@@ -40,7 +40,7 @@ typedef struct {
 } joule_chin_fit;
 
 typedef struct {
-    double a, b, c;   /* L = a C^b + c, a > 0, b < 0, c >= 0 */
+    double a, b, c; /* L = a C^b + c, a > 0, b < 0, c >= 0 */
     double objective;
 } joule_pow_fit;
 
@@ -50,8 +50,7 @@ int joule_fit_power(const joule_run *runs, size_t n, double delta, joule_pow_fit
 /* Polishes from a start (the bootstrap refits every resample this way). */
 int joule_fit_chinchilla_from(const joule_run *runs, size_t n, double delta, const joule_chin_fit *start,
                               joule_chin_fit *out);
-int joule_fit_power_from(const joule_run *runs, size_t n, double delta, const joule_pow_fit *start,
-                         joule_pow_fit *out);
+int joule_fit_power_from(const joule_run *runs, size_t n, double delta, const joule_pow_fit *start, joule_pow_fit *out);
 
 double joule_chin_loss(const joule_chin_fit *f, double N, double D);
 double joule_pow_loss(const joule_pow_fit *f, double C);
