@@ -147,6 +147,7 @@ typedef struct {
     joule_hw_profile hw;
     const char *precision;
     joule_acct_cost train, query;
+    double query_memory_s; /* decode steps re-read the weights and the KV cache: a bandwidth floor */
 } cost_part;
 
 static int costs(const account_args *a, const joule_acct_result *r, const joule_acct_query *q, cost_part *c) {
@@ -158,14 +159,11 @@ static int costs(const account_args *a, const joule_acct_result *r, const joule_
     if (strcmp(a->hardware, "local") == 0) {
         joule_hw_profile power;
         if ((rc = joule_hw_load(&power, CLI_DEFAULT_CPU_PROFILE, dirs))) return rc;
+        joule_hw_local(&c->hw, a->peak_gflops > 0 ? 0 : 1.0, &power);
         if (a->peak_gflops > 0) {
-            c->hw = power;
-            snprintf(c->hw.name, sizeof c->hw.name, "local");
-            memset(c->hw.peak_flops, 0, sizeof c->hw.peak_flops);
             c->hw.peak_flops[joule_hw_precision_index("fp32")] = a->peak_gflops * 1e9;
-            snprintf(c->hw.source, sizeof c->hw.source, "fp32 peak given (--peak-gflops); power from %s", power.name);
-        } else {
-            joule_hw_local(&c->hw, 1.0, &power);
+            snprintf(c->hw.source, sizeof c->hw.source,
+                     "fp32 peak given (--peak-gflops); power: this machine's share of the cores of %s", power.name);
         }
     } else if ((rc = joule_hw_load(&c->hw, a->hardware, dirs))) {
         return rc;
@@ -176,6 +174,18 @@ static int costs(const account_args *a, const joule_acct_result *r, const joule_
                                  &c->train)) ||
         (rc = joule_account_cost(q->total + q->search, &c->hw, c->precision, a->util, 1, a->pue, a->grid, &c->query)))
         return rc;
+    static const double BYTES[JOULE_HW_PRECISIONS] = {8, 4, 4, 2, 2, 1}; /* fp64 fp32 tf32 bf16 fp16 int8 */
+    const double bytes = BYTES[joule_hw_precision_index(c->precision)];
+    if (c->hw.mem_bw_gbs > 0) /* each decode step reads every weight and, on average, half the final KV cache */
+        c->query_memory_s = a->generate * (r->params * bytes + q->kv_cache_bytes / r->bytes_per_param * bytes / 2) /
+                            (c->hw.mem_bw_gbs * 1e9);
+    if (c->query_memory_s > c->query.seconds) { /* memory-bound: the device is busy for longer */
+        double f = c->query_memory_s / c->query.seconds;
+        c->query.seconds *= f;
+        c->query.device_j *= f;
+        c->query.facility_kwh *= f;
+        c->query.kg_co2e *= f;
+    }
     c->have = true;
     return JOULE_OK;
 }
@@ -253,6 +263,7 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
         cJSON_AddNumberToObject(h, "train_energy_kwh", c->train.facility_kwh);
         cJSON_AddNumberToObject(h, "train_kg_co2e", c->train.kg_co2e);
         cJSON_AddNumberToObject(h, "query_seconds", c->query.seconds);
+        cJSON_AddNumberToObject(h, "query_memory_seconds", c->query_memory_s);
         cJSON_AddNumberToObject(h, "query_joules", c->query.device_j * a->pue);
         cJSON_AddNumberToObject(h, "query_g_co2e", c->query.kg_co2e * 1000);
         cJSON_AddStringToObject(h, "source", c->hw.source);
@@ -317,7 +328,10 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
         if (r->tokens > 0)
             printf("  training: %.4g days, %.4g kWh, %.4g t CO2e [modeled:tdp]\n", c->train.seconds / 86400,
                    c->train.facility_kwh, c->train.kg_co2e / 1000);
-        printf("  query: %.4g s, %.4g J, %.4g gCO2e [modeled:tdp]\n", c->query.seconds, c->query.device_j * a->pue,
+        printf("  query: %.4g s (%s), %.4g J, %.4g gCO2e [modeled:tdp]\n", c->query.seconds,
+               c->query_memory_s >= c->query.seconds ? "memory-bound: decode re-reads the weights and KV cache"
+                                                     : "compute-bound",
+               c->query.device_j * a->pue,
                c->query.kg_co2e * 1000);
         printf("  (TDP %g W per device while busy; PUE %g; grid %g gCO2e/kWh; profile source: %s)\n", c->hw.tdp_w,
                a->pue, a->grid, c->hw.source);

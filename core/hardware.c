@@ -187,7 +187,7 @@ void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile
     memset(hw, 0, sizeof *hw);
     snprintf(hw->name, sizeof hw->name, "local");
     snprintf(hw->kind, sizeof hw->kind, "cpu");
-    double g = joule_sgemm_peak_gflops(seconds < 0.5 ? 1024 : 2048, seconds);
+    double g = seconds > 0 ? joule_sgemm_peak_gflops(seconds < 0.5 ? 1024 : 2048, seconds) : 0;
     hw->peak_flops[joule_hw_precision_index("fp32")] = isfinite(g) ? g * 1e9 : 0;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     hw->cores = cpus > 0 ? (int)cpus : 1;

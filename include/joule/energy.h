@@ -48,7 +48,7 @@ int joule_hw_from_json(joule_hw_profile *hw, const char *json, const char *what)
  * <dir>/<name>.json in each of the ':'-separated `dirs`. */
 int joule_hw_load(joule_hw_profile *hw, const char *name_or_path, const char *dirs);
 /* The profile "local": fp32 peak = the measured sgemm peak of this process's BLAS
- * (best of repeats over `seconds`), cores = online CPUs; power figures copied from `power`
+ * (best of repeats over `seconds`; none and 0 when seconds <= 0), cores = online CPUs; power figures copied from `power`
  * (may be NULL: then 0), scaled to the share of its cores this machine has. */
 void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile *power);
 
