@@ -308,6 +308,38 @@ START_TEST(test_sum_is_measured_only_if_all_parts_are) {
 }
 END_TEST
 
+/* The perf PMU and NVML back ends fail with their reason: a power PMU the kernel does not
+ * know (a fake sysfs entry), and a library that is not NVML. */
+START_TEST(test_perf_and_nvml_explain_failures) {
+    fake_tree(); /* reuse the temp folder for a fake event_source/devices/power */
+    mkdir_rel("power");
+    mkdir_rel("power/events");
+    put("power/type", "4000\n");
+    put("power/events/energy-pkg", "event=0x02\n");
+    put("power/events/energy-pkg.scale", "2.3283064365386962890625e-10\n");
+    char root[512];
+    snprintf(root, sizeof root, "%s/power", g_root);
+    joule_energy e;
+    memset(&e, 0, sizeof e);
+    ck_assert_int_eq(joule_perf_open(&e, root), JOULE_ERR_IO);
+    ck_assert_msg(strstr(joule_last_error(), "power/energy-pkg") && strstr(joule_last_error(), "perf_event_paranoid"),
+                  "%s", joule_last_error());
+    ck_assert_int_eq(e.perf_n, 0);
+    ck_assert_int_eq(joule_perf_open(&e, "/nonexistent/power"), JOULE_ERR_IO);
+    ck_assert_msg(strstr(joule_last_error(), "no perf power PMU"), "%s", joule_last_error());
+    drop_tree();
+    joule_nvml *g = NULL;
+    char detail[200];
+    ck_assert_int_eq(joule_nvml_open(&g, "libm.so.6", detail, sizeof detail), JOULE_ERR_IO);
+    ck_assert_msg(strstr(joule_last_error(), "nvmlInit_v2"), "%s", joule_last_error());
+    ck_assert_ptr_null(g);
+    setenv("JOULE_NVML_LIB", "/nonexistent/libnvidia-ml.so.1", 1);
+    ck_assert_int_eq(joule_nvml_open(&g, NULL, detail, sizeof detail), JOULE_ERR_IO);
+    ck_assert_msg(strstr(joule_last_error(), "/nonexistent/libnvidia-ml.so.1"), "%s", joule_last_error());
+    unsetenv("JOULE_NVML_LIB");
+}
+END_TEST
+
 static Suite *energy_suite(void) {
     Suite *s = suite_create("energy");
     TCase *r = tcase_create("rapl");
@@ -323,6 +355,7 @@ static Suite *energy_suite(void) {
     tcase_add_test(m, test_constant_and_nothing);
     tcase_add_test(m, test_hardware_profiles);
     tcase_add_test(m, test_sum_is_measured_only_if_all_parts_are);
+    tcase_add_test(m, test_perf_and_nvml_explain_failures);
     suite_add_tcase(s, m);
     return s;
 }
