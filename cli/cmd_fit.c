@@ -177,6 +177,10 @@ static double p_eff(const joule_pow_fit *f, const void *c) {
     const double *cl = c;
     return joule_pow_compute_for(f, cl[1]) / cl[0];
 }
+static double c_eff(const joule_chin_fit *f, const void *c) {
+    const double *cl = c;
+    return joule_chin_compute_for(f, cl[1]) / cl[0];
+}
 static double c_E(const joule_chin_fit *f, const void *c) {
     (void)c;
     return f->E;
@@ -451,15 +455,25 @@ int cmd_fit(int argc, char **argv) {
         cJSON_AddNumberToObject(ef, "loss", a.eff_l);
         cJSON_AddNumberToObject(ef, "dense_compute", isfinite(cd) ? cd : -1);
         add_iv(ef, "multiplier", isfinite(cd) ? cd / a.eff_c : -1, im);
+        double cc = f.have_chin ? joule_chin_compute_for(&f.chin, a.eff_l) : NAN;
+        interval ic = f.have_chin ? chin_iv(&f, c_eff, cl, lv, x) : (interval){NAN, NAN, NAN};
+        if (f.have_chin) {
+            cJSON_AddNumberToObject(ef, "dense_compute_chinchilla_optimal", isfinite(cc) ? cc : -1);
+            add_iv(ef, "multiplier_chinchilla_optimal", isfinite(cc) ? cc / a.eff_c : -1, ic);
+        }
         if (!a.json) {
             if (isfinite(cd))
-                printf("effective compute of (C %.4g, loss %.4g): the dense fit needs C = %.4g; multiplier %.4g\n",
-                       a.eff_c, a.eff_l, cd, cd / a.eff_c);
+                printf("effective compute of (C %.4g, loss %.4g): L(C) needs C = %.4g; multiplier %.4g\n", a.eff_c,
+                       a.eff_l, cd, cd / a.eff_c);
             else
-                printf("effective compute: loss %.4g is at or below the fit's irreducible loss c = %.4g (unreachable "
-                       "densely)\n",
+                printf("effective compute: loss %.4g is at or below the L(C) fit's irreducible loss c = %.4g "
+                       "(unreachable densely)\n",
                        a.eff_l, f.pow.c);
             print_iv("multiplier", isfinite(cd) ? cd / a.eff_c : INFINITY, im, lv);
+            if (f.have_chin) {
+                printf("  on the compute-optimal L*(C) of the Chinchilla fit: C = %.4g\n", cc);
+                print_iv("multiplier", isfinite(cc) ? cc / a.eff_c : INFINITY, ic, lv);
+            }
         }
     }
     if (a.backtest) {

@@ -313,6 +313,25 @@ void joule_chin_optimal(const joule_chin_fit *f, double C, double *N, double *D)
     *D = C / (6 * *N);
 }
 
+static double chin_frontier(const joule_chin_fit *f, double C) {
+    double N, D;
+    joule_chin_optimal(f, C, &N, &D);
+    return joule_chin_loss(f, N, D);
+}
+
+double joule_chin_compute_for(const joule_chin_fit *f, double loss) {
+    if (!(loss > f->E)) return INFINITY;
+    double lo = 0, hi = 60; /* log10 C; L*(C) decreases with C */
+    if (chin_frontier(f, 1) <= loss) return 0;
+    if (chin_frontier(f, pow(10, hi)) > loss) return INFINITY;
+    for (int i = 0; i < 200 && hi - lo > 1e-13; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (chin_frontier(f, pow(10, mid)) > loss) lo = mid;
+        else hi = mid;
+    }
+    return pow(10, 0.5 * (lo + hi));
+}
+
 /* ---------------------------------------------------------------- power law in C */
 
 /* th = (log a, b, log c) */

@@ -98,6 +98,9 @@ START_TEST(test_compute_optimal_is_the_minimum) {
     const double best = joule_chin_loss(&TRUTH, N, D);
     for (double f = 0.5; f <= 2.0; f *= 1.1) /* any other split of the budget is worse */
         ck_assert(joule_chin_loss(&TRUTH, N * f, C / (6 * N * f)) >= best - 1e-12);
+    /* and the frontier inverts: the compute reaching that loss is C */
+    rel_close(joule_chin_compute_for(&TRUTH, best), C, 1e-9, "compute for L*(C)");
+    ck_assert(isinf(joule_chin_compute_for(&TRUTH, TRUTH.E)));
 }
 END_TEST
 
@@ -229,6 +232,8 @@ START_TEST(test_cli_fit) {
     ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "compute_optimal"));
     ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "backtest"));
     ck_assert_ptr_nonnull(cJSON_GetObjectItem(o, "effective_compute"));
+    ck_assert_ptr_nonnull(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(o, "effective_compute"), "multiplier_chinchilla_optimal"));
     ck_assert_ptr_nonnull(strstr(svg, "<svg") ? strstr(svg, "</svg>") : NULL);
     ck_assert_ptr_nonnull(strstr(svg, "<polyline"));
     cJSON_Delete(o);

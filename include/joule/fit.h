@@ -58,6 +58,9 @@ double joule_pow_loss(const joule_pow_fit *f, double C);
 void joule_chin_optimal(const joule_chin_fit *f, double C, double *N, double *D);
 /* Dense compute reaching `loss` on the power-law fit (infinite when loss <= c). */
 double joule_pow_compute_for(const joule_pow_fit *f, double loss);
+/* Compute C at which the compute-optimal loss L*(C) (N, D from joule_chin_optimal) equals
+ * `loss` (bisection in log C; infinite when loss <= E, 0 when above L*(1 FLOP)). */
+double joule_chin_compute_for(const joule_chin_fit *f, double loss);
 
 /* Seeded bootstrap: `reps` resamples of the runs with replacement (the same seed gives the
  * same draws), each refitted from the full-data fit. Arrays of reps fits, caller frees.
