@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "joule/moe.h"
 #include "joule/ops.h"
 
 static const char USAGE[] =
@@ -91,6 +92,7 @@ static void avoid_two_spinning_pools(char **argv) {
 }
 
 int main(int argc, char **argv) {
+    joule_moe_register();
     avoid_two_spinning_pools(argv);
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},
