@@ -12,6 +12,7 @@
 #include "joule/data.h"
 #include "joule/ops.h"
 #include "joule/train.h"
+#include "moe_cli.h"
 
 static const char USAGE[] =
     "Usage: joule eval --model PATH [--data DIR | --tokens FILE] [options]\n"
@@ -35,7 +36,9 @@ static const char USAGE[] =
     "\n"
     "Prints loss (nats), bits-per-byte, tokens scored, windows, counted FLOPs, wall time\n"
     "and tokens/s. JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch,\n"
-    "flops, wall_s, tokens_per_s, threads.\n";
+    "flops, wall_s, tokens_per_s, threads; for an MoE model also moe: per-layer routing\n"
+    "statistics over the whole evaluation (tokens per expert min/max and max/mean, fractions\n"
+    "of first and second choices dropped, router entropy, lb and z losses).\n";
 
 enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS };
 
@@ -177,6 +180,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "wall_s", wall);
         cJSON_AddNumberToObject(o, "tokens_per_s", tps);
         cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+        cli_moe_eval_report(m, o);
         char *s = cJSON_PrintUnformatted(o);
         if (s) puts(s);
         free(s);
@@ -191,6 +195,7 @@ int cmd_eval(int argc, char **argv) {
         printf("tokens: %" PRIu64 "\n", tokens);
         printf("FLOPs:  %.3g counted\n", (double)flops);
         printf("time:   %.2fs (%s tok/s, %d threads)\n", wall, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
+        cli_moe_eval_report(m, NULL);
     }
 done:
     if (t_open) joule_tokens_close(&t);
