@@ -23,6 +23,7 @@ static const char USAGE[] =
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
     "  bench decode    KV-cache decoding speed\n"
+    "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"
     "\n"
     "Global options (before the command):\n"

@@ -1,0 +1,269 @@
+/* `joule bench moe`: training and decode tokens/s of an MoE model over a dense model with
+ * the same active FLOPs per token, measured in one run with the steps interleaved (dense,
+ * MoE, dense, ...) so that the machine's noise hits both alike. Only the ratios are the
+ * result; absolute rates on a shared machine are context. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "joule/model.h"
+#include "joule/moe.h"
+#include "joule/ops.h"
+
+typedef struct {
+    int layers, d_model, heads, d_ff, ctx, batch, steps, warmup, threads, tokens;
+    int experts, top_k, every, d_ff_expert;
+    float capacity;
+    bool json;
+} moe_bench_opts;
+
+static const char USAGE[] =
+    "usage: joule bench moe [options]\n"
+    "\n"
+    "Training-step and batch-1 decode tokens/s of an MoE model over the dense model with the\n"
+    "same active FLOPs per token: the dense reference's FFN in every --moe-every-th layer is\n"
+    "replaced by E experts of d_ff/top_k each, top-k routed, so a token's expert FLOPs equal\n"
+    "the dense FFN's (plus the router's 2*d*E). Steps alternate dense/MoE in one process; the\n"
+    "medians' ratio is reported (target >= 0.85), with the time of the MoE layers' own parts.\n"
+    "\n"
+    "options (defaults: the dense reference L6 d384 and E=8, top-2, every other layer):\n"
+    "  --layers N --d-model N --heads N --d-ff N --ctx N   dense reference (6, 384, 6, 1024, 256)\n"
+    "  --experts N          experts per MoE layer (8)\n"
+    "  --top-k N            1 or 2 (2)\n"
+    "  --moe-every N        MoE FFN where l % N == N-1 (2)\n"
+    "  --d-ff-expert N      expert hidden size (d_ff / top_k)\n"
+    "  --capacity-factor F  training capacity factor; 0 = dropless (1.25)\n"
+    "  --batch N            sequences per training step (8)\n"
+    "  --steps N            timed training steps per model (10; medians)\n"
+    "  --warmup N           untimed steps first (2)\n"
+    "  --tokens N           tokens decoded per model and round, 3 rounds (256, at most ctx)\n"
+    "  --threads N          OpenMP/BLAS threads (all cores)\n"
+    "  --json               also print one JSON line of results\n";
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+static int build(const moe_bench_opts *o, bool moe, int batch, joule_model **m) {
+    joule_config c = joule_config_default(o->layers, o->d_model, o->heads, o->d_ff, o->ctx);
+    if (moe) {
+        joule_moe_config e = joule_moe_config_default(o->d_ff);
+        e.n_experts = o->experts;
+        e.top_k = o->top_k;
+        e.every = o->every;
+        e.d_ff_expert = o->d_ff_expert;
+        e.capacity_train = o->capacity;
+        joule_moe_apply(&c, &e);
+    }
+    int rc = joule_model_create(m, &c);
+    if (rc) return rc;
+    joule_model_init(*m, 1);
+    if (batch > 0 && (rc = joule_model_alloc_train(*m, batch))) {
+        joule_model_free(*m);
+        *m = NULL;
+    }
+    return rc;
+}
+
+static double train_step(joule_model *m, const int32_t *in, const int32_t *tg, int B, int T) {
+    double loss, t0 = joule_now();
+    joule_model_zero_grad(m);
+    joule_model_forward(m, in, tg, B, T, &loss);
+    joule_model_backward(m, 1.0f);
+    return joule_now() - t0;
+}
+
+static double decode_run(joule_decoder *d, int n) {
+    const float *lg;
+    joule_decoder_reset(d);
+    double t0 = joule_now();
+    int32_t tok = 'a';
+    for (int i = 0; i < n; i++) {
+        joule_decoder_step(d, tok, &lg);
+        tok = (int32_t)(i % 200) + 32;
+    }
+    return joule_now() - t0;
+}
+
+/* Where an MoE layer's time goes: its forward and backward timed directly on one batch. */
+static void moe_layer_split(joule_model *m, int B, int T, double *fwd, double *bwd) {
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_MOE);
+    int l = m->cfg.moe.every - 1;
+    const size_t N = (size_t)B * T, C = (size_t)m->cfg.d_model;
+    float *x = joule_alloc(N * C * sizeof(float)), *y = joule_alloc(N * C * sizeof(float));
+    float *dx = joule_alloc(N * C * sizeof(float));
+    joule_rng r; /* unit-variance inputs, like the RMSNorm output the layer sees */
+    joule_rng_seed(&r, 5);
+    for (size_t i = 0; i < N * C; i++) x[i] = joule_rng_normal(&r);
+    double f[5], b[5];
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = joule_now();
+        ops->forward(m, l, x, y, B, T, true);
+        double t1 = joule_now();
+        ops->backward(m, l, y, dx, B, T, 1.0f);
+        f[rep] = t1 - t0;
+        b[rep] = joule_now() - t1;
+    }
+    *fwd = median(f, 5);
+    *bwd = median(b, 5);
+    joule_free(x);
+    joule_free(y);
+    joule_free(dx);
+}
+
+static int run(const moe_bench_opts *o) {
+    const char *cmd = "bench moe";
+    printf("joule bench moe: BLAS kernels %s, BLAS threading %s, threads %d\n", joule_blas_corename(),
+           joule_blas_threading(), joule_get_threads());
+    joule_model *dense = NULL, *moe = NULL;
+    int rc = build(o, false, o->batch, &dense);
+    if (!rc) rc = build(o, true, o->batch, &moe);
+    if (rc) {
+        joule_model_free(dense);
+        return cli_fail(cmd, rc);
+    }
+    joule_model_set_training(moe, true);
+    const int B = o->batch, T = o->ctx, N = B * T;
+    int32_t *in = malloc((size_t)N * sizeof *in), *tg = malloc((size_t)N * sizeof *tg);
+    double *td = calloc((size_t)o->steps, sizeof *td), *tm = calloc((size_t)o->steps, sizeof *tm);
+    if (!in || !tg || !td || !tm) {
+        fprintf(stderr, "joule %s: out of memory\n", cmd);
+        return EXIT_RUNTIME;
+    }
+    joule_rng r;
+    joule_rng_seed(&r, 1);
+    for (int i = 0; i < N; i++) {
+        in[i] = (int32_t)joule_rng_below(&r, 256);
+        tg[i] = (int32_t)joule_rng_below(&r, 256);
+    }
+    const double fd = (double)joule_model_forward_flops(&dense->cfg, B, T) / N;
+    const double fm = (double)joule_model_forward_flops(&moe->cfg, B, T) / N;
+    joule_param_counts pd = joule_model_param_counts(dense), pm = joule_model_param_counts(moe);
+    printf("dense: layers %d, d_model %d, d_ff %d, seq %d, batch %d: %.2fM params, %.4g forward FLOPs/token\n",
+           o->layers, o->d_model, o->d_ff, T, B, pd.total / 1e6, fd);
+    printf("moe:   E %d, top-%d, every %d, d_ff_expert %d, capacity factor %g: %.2fM params (%.2fM active), %.4g "
+           "forward FLOPs/token (x%.4f dense)\n",
+           o->experts, o->top_k, o->every, o->d_ff_expert, o->capacity, pm.total / 1e6,
+           joule_moe_active_params(moe, false) / 1e6, fm, fm / fd);
+
+    uint64_t counted_moe = 0;
+    for (int s = 0; s < o->warmup + o->steps; s++) {
+        double a = train_step(dense, in, tg, B, T);
+        uint64_t f0 = joule_flops_counted();
+        double b = train_step(moe, in, tg, B, T);
+        if (s < o->warmup) continue;
+        td[s - o->warmup] = a;
+        tm[s - o->warmup] = b;
+        counted_moe = joule_flops_counted() - f0;
+    }
+    const double md = median(td, o->steps), mm = median(tm, o->steps);
+    int dropped = 0, assignments = 0;
+    for (int l = 0; l < moe->cfg.n_layers; l++) {
+        const joule_moe_route *rt = joule_moe_last_route(moe, l);
+        if (!rt) continue;
+        dropped += rt->dropped[0] + rt->dropped[1];
+        assignments += rt->N * o->top_k;
+    }
+    printf("training step (fwd+bwd), medians of %d interleaved: dense %.1f ms (%.0f tok/s), moe %.1f ms (%.0f tok/s)\n",
+           o->steps, md * 1e3, N / md, mm * 1e3, N / mm);
+    printf("  moe/dense training tokens/s = %.3f (target >= 0.85); moe counted FLOPs/token %.4g (%.2f%% of "
+           "assignments dropped)\n",
+           md / mm, (double)counted_moe / 3 / N, assignments ? 100.0 * dropped / assignments : 0.0);
+    double lf, lb;
+    moe_layer_split(moe, B, T, &lf, &lb);
+    const int n_moe = o->layers / o->every;
+    printf("  one MoE layer: forward %.2f ms, backward %.2f ms; %d MoE layers = %.0f%% of the moe step\n", lf * 1e3,
+           lb * 1e3, n_moe, 100 * n_moe * (lf + lb) / mm);
+    free(in);
+    free(tg);
+
+    joule_decoder *dd = NULL, *dm = NULL;
+    if ((rc = joule_decoder_create(&dd, dense)) || (rc = joule_decoder_create(&dm, moe))) {
+        joule_decoder_free(dd);
+        return cli_fail(cmd, rc);
+    }
+    const int n = o->tokens < T ? o->tokens : T;
+    decode_run(dd, 16);
+    decode_run(dm, 16);
+    double rd[3], rm[3];
+    for (int i = 0; i < 3; i++) {
+        rd[i] = decode_run(dd, n);
+        rm[i] = decode_run(dm, n);
+    }
+    const double dd_s = median(rd, 3), dm_s = median(rm, 3);
+    printf("decode (batch 1, %d tokens, medians of 3 interleaved rounds): dense %.0f tok/s, moe %.0f tok/s\n", n,
+           n / dd_s, n / dm_s);
+    printf("  moe/dense decode tokens/s = %.3f (target >= 0.85)\n", dd_s / dm_s);
+    if (o->json)
+        printf("{\"bench\":\"moe\",\"threads\":%d,\"dense_train_tokens_per_s\":%.1f,\"moe_train_tokens_per_s\":%.1f,"
+               "\"train_ratio\":%.4f,\"dense_decode_tokens_per_s\":%.1f,\"moe_decode_tokens_per_s\":%.1f,"
+               "\"decode_ratio\":%.4f,\"flops_ratio\":%.4f,\"moe_layer_fwd_ms\":%.3f,\"moe_layer_bwd_ms\":%.3f}\n",
+               joule_get_threads(), N / md, N / mm, md / mm, n / dd_s, n / dm_s, dd_s / dm_s, fm / fd, lf * 1e3,
+               lb * 1e3);
+    joule_decoder_free(dd);
+    joule_decoder_free(dm);
+    free(td);
+    free(tm);
+    joule_model_free(dense);
+    joule_model_free(moe);
+    return 0;
+}
+
+int cmd_bench_moe(int argc, char **argv) {
+    moe_bench_opts o = {6, 384, 6, 1024, 256, 8, 10, 2, 0, 256, 8, 2, 2, 0, 1.25f, false};
+    static const struct option opts[] = {
+        {"layers", 1, 0, 'L'},   {"d-model", 1, 0, 'd'},         {"heads", 1, 0, 'H'},   {"d-ff", 1, 0, 'f'},
+        {"ctx", 1, 0, 'c'},      {"batch", 1, 0, 'b'},           {"steps", 1, 0, 's'},   {"warmup", 1, 0, 'w'},
+        {"threads", 1, 0, 't'},  {"tokens", 1, 0, 'n'},          {"experts", 1, 0, 'E'}, {"top-k", 1, 0, 'k'},
+        {"moe-every", 1, 0, 'e'}, {"d-ff-expert", 1, 0, 'F'},    {"capacity-factor", 1, 0, 'C'},
+        {"json", 0, 0, 'j'},     {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc - 1, argv + 1, ":h", opts, NULL)) != -1) {
+        int *dst = NULL, lo = 1, hi = 1 << 20;
+        switch (ch) {
+        case 'L': dst = &o.layers; break;
+        case 'd': dst = &o.d_model; break;
+        case 'H': dst = &o.heads; break;
+        case 'f': dst = &o.d_ff; break;
+        case 'c': dst = &o.ctx; break;
+        case 'b': dst = &o.batch; break;
+        case 's': dst = &o.steps; break;
+        case 'w': dst = &o.warmup; lo = 0; break;
+        case 't': dst = &o.threads; lo = 0; hi = 4096; break;
+        case 'n': dst = &o.tokens; break;
+        case 'E': dst = &o.experts; hi = 4096; break;
+        case 'k': dst = &o.top_k; hi = 2; break;
+        case 'e': dst = &o.every; hi = JOULE_MAX_LAYERS; break;
+        case 'F': dst = &o.d_ff_expert; break;
+        case 'C':
+            if (!cli_parse_float(optarg, &o.capacity) || !(o.capacity >= 0))
+                return cli_usage_error("bench moe", "--capacity-factor: '%s' is not a non-negative number", optarg);
+            continue;
+        case 'j': o.json = true; continue;
+        case 'h': fputs(USAGE, stdout); return 0;
+        default: return cli_bad_option("bench moe", ch, argv + 1);
+        }
+        if (!cli_parse_int(optarg, lo, hi, dst)) {
+            const char *name = "?";
+            for (const struct option *op = opts; op->name; op++)
+                if (op->val == ch) name = op->name;
+            return cli_usage_error("bench moe", "--%s: '%s' is not an integer in [%d, %d]", name, optarg, lo, hi);
+        }
+    }
+    if (optind < argc - 1) return cli_usage_error("bench moe", "unexpected argument '%s'", argv[optind + 1]);
+    if (!o.d_ff_expert) o.d_ff_expert = o.d_ff / o.top_k > 0 ? o.d_ff / o.top_k : 1;
+    if (o.top_k > o.experts) return cli_usage_error("bench moe", "--top-k %d exceeds --experts %d", o.top_k, o.experts);
+    if (o.every > o.layers) return cli_usage_error("bench moe", "--moe-every %d leaves no MoE layer", o.every);
+    cli_setup_threads(o.threads);
+    return run(&o);
+}
