@@ -81,15 +81,12 @@ static double train_step(joule_model *m, const int32_t *in, const int32_t *tg, i
     return joule_now() - t0;
 }
 
-static double decode_run(joule_decoder *d, int n) {
+/* Decodes the first n tokens of `tokens` from an empty cache; seconds. */
+static double decode_run(joule_decoder *d, const int32_t *tokens, int n) {
     const float *lg;
     joule_decoder_reset(d);
     double t0 = joule_now();
-    int32_t tok = 'a';
-    for (int i = 0; i < n; i++) {
-        joule_decoder_step(d, tok, &lg);
-        tok = (int32_t)(i % 200) + 32;
-    }
+    for (int i = 0; i < n; i++) joule_decoder_step(d, tokens[i], &lg);
     return joule_now() - t0;
 }
 
@@ -182,8 +179,6 @@ static int run(const moe_bench_opts *o) {
     const int n_moe = o->layers / o->every;
     printf("  one MoE layer: forward %.2f ms, backward %.2f ms; %d MoE layers = %.0f%% of the moe step\n", lf * 1e3,
            lb * 1e3, n_moe, 100 * n_moe * (lf + lb) / mm);
-    free(in);
-    free(tg);
 
     joule_decoder *dd = NULL, *dm = NULL;
     if ((rc = joule_decoder_create(&dd, dense)) || (rc = joule_decoder_create(&dm, moe))) {
@@ -191,12 +186,12 @@ static int run(const moe_bench_opts *o) {
         return cli_fail(cmd, rc);
     }
     const int n = o->tokens < T ? o->tokens : T;
-    decode_run(dd, 16);
-    decode_run(dm, 16);
+    decode_run(dd, in, 16);
+    decode_run(dm, in, 16);
     double rd[3], rm[3];
     for (int i = 0; i < 3; i++) {
-        rd[i] = decode_run(dd, n);
-        rm[i] = decode_run(dm, n);
+        rd[i] = decode_run(dd, in, n);
+        rm[i] = decode_run(dm, in, n);
     }
     const double dd_s = median(rd, 3), dm_s = median(rm, 3);
     printf("decode (batch 1, %d tokens, medians of 3 interleaved rounds): dense %.0f tok/s, moe %.0f tok/s\n", n,
@@ -210,6 +205,8 @@ static int run(const moe_bench_opts *o) {
                lb * 1e3);
     joule_decoder_free(dd);
     joule_decoder_free(dm);
+    free(in);
+    free(tg);
     free(td);
     free(tm);
     joule_model_free(dense);
@@ -219,51 +216,49 @@ static int run(const moe_bench_opts *o) {
 
 int cmd_bench_moe(int argc, char **argv) {
     moe_bench_opts o = {6, 384, 6, 1024, 256, 8, 10, 2, 0, 256, 8, 2, 2, 0, 1.25f, false};
-    static const struct option opts[] = {
-        {"layers", 1, 0, 'L'},   {"d-model", 1, 0, 'd'},         {"heads", 1, 0, 'H'},   {"d-ff", 1, 0, 'f'},
-        {"ctx", 1, 0, 'c'},      {"batch", 1, 0, 'b'},           {"steps", 1, 0, 's'},   {"warmup", 1, 0, 'w'},
-        {"threads", 1, 0, 't'},  {"tokens", 1, 0, 'n'},          {"experts", 1, 0, 'E'}, {"top-k", 1, 0, 'k'},
-        {"moe-every", 1, 0, 'e'}, {"d-ff-expert", 1, 0, 'F'},    {"capacity-factor", 1, 0, 'C'},
-        {"json", 0, 0, 'j'},     {"help", 0, 0, 'h'},            {0, 0, 0, 0}};
+    /* Integer options by table: option i of getopt_long returns i. */
+    const struct {
+        const char *name;
+        int *dst, lo, hi;
+    } ints[] = {{"layers", &o.layers, 1, 1 << 20},      {"d-model", &o.d_model, 2, 1 << 16},
+                {"heads", &o.heads, 1, 1 << 16},        {"d-ff", &o.d_ff, 1, 1 << 20},
+                {"ctx", &o.ctx, 1, 1 << 16},            {"batch", &o.batch, 1, 1 << 16},
+                {"steps", &o.steps, 1, 1 << 20},        {"warmup", &o.warmup, 0, 1 << 20},
+                {"threads", &o.threads, 0, 4096},       {"tokens", &o.tokens, 1, 1 << 16},
+                {"experts", &o.experts, 1, 4096},       {"top-k", &o.top_k, 1, 2},
+                {"moe-every", &o.every, 1, JOULE_MAX_LAYERS}, {"d-ff-expert", &o.d_ff_expert, 1, 1 << 20}};
+    enum { N_INTS = sizeof ints / sizeof ints[0], OPT_CF = 100, OPT_JSON, OPT_HELP };
+    struct option opts[N_INTS + 4];
+    for (int i = 0; i < N_INTS; i++) opts[i] = (struct option){ints[i].name, required_argument, NULL, i};
+    opts[N_INTS] = (struct option){"capacity-factor", required_argument, NULL, OPT_CF};
+    opts[N_INTS + 1] = (struct option){"json", no_argument, NULL, OPT_JSON};
+    opts[N_INTS + 2] = (struct option){"help", no_argument, NULL, OPT_HELP};
+    opts[N_INTS + 3] = (struct option){NULL, 0, NULL, 0};
+    const char *cmd = "bench moe";
     optind = 0;
     opterr = 0;
     int ch;
     while ((ch = getopt_long(argc - 1, argv + 1, ":h", opts, NULL)) != -1) {
-        int *dst = NULL, lo = 1, hi = 1 << 20;
-        switch (ch) {
-        case 'L': dst = &o.layers; break;
-        case 'd': dst = &o.d_model; break;
-        case 'H': dst = &o.heads; break;
-        case 'f': dst = &o.d_ff; break;
-        case 'c': dst = &o.ctx; break;
-        case 'b': dst = &o.batch; break;
-        case 's': dst = &o.steps; break;
-        case 'w': dst = &o.warmup; lo = 0; break;
-        case 't': dst = &o.threads; lo = 0; hi = 4096; break;
-        case 'n': dst = &o.tokens; break;
-        case 'E': dst = &o.experts; hi = 4096; break;
-        case 'k': dst = &o.top_k; hi = 2; break;
-        case 'e': dst = &o.every; hi = JOULE_MAX_LAYERS; break;
-        case 'F': dst = &o.d_ff_expert; break;
-        case 'C':
+        if (ch >= 0 && ch < N_INTS) {
+            if (!cli_parse_int(optarg, ints[ch].lo, ints[ch].hi, ints[ch].dst))
+                return cli_usage_error(cmd, "--%s: '%s' is not an integer in [%d, %d]", ints[ch].name, optarg,
+                                       ints[ch].lo, ints[ch].hi);
+        } else if (ch == OPT_CF) {
             if (!cli_parse_float(optarg, &o.capacity) || !(o.capacity >= 0))
-                return cli_usage_error("bench moe", "--capacity-factor: '%s' is not a non-negative number", optarg);
-            continue;
-        case 'j': o.json = true; continue;
-        case 'h': fputs(USAGE, stdout); return 0;
-        default: return cli_bad_option("bench moe", ch, argv + 1);
-        }
-        if (!cli_parse_int(optarg, lo, hi, dst)) {
-            const char *name = "?";
-            for (const struct option *op = opts; op->name; op++)
-                if (op->val == ch) name = op->name;
-            return cli_usage_error("bench moe", "--%s: '%s' is not an integer in [%d, %d]", name, optarg, lo, hi);
+                return cli_usage_error(cmd, "--capacity-factor: '%s' is not a non-negative number", optarg);
+        } else if (ch == OPT_JSON) {
+            o.json = true;
+        } else if (ch == OPT_HELP || ch == 'h') {
+            fputs(USAGE, stdout);
+            return 0;
+        } else {
+            return cli_bad_option(cmd, ch, argv + 1);
         }
     }
-    if (optind < argc - 1) return cli_usage_error("bench moe", "unexpected argument '%s'", argv[optind + 1]);
+    if (optind < argc - 1) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
     if (!o.d_ff_expert) o.d_ff_expert = o.d_ff / o.top_k > 0 ? o.d_ff / o.top_k : 1;
-    if (o.top_k > o.experts) return cli_usage_error("bench moe", "--top-k %d exceeds --experts %d", o.top_k, o.experts);
-    if (o.every > o.layers) return cli_usage_error("bench moe", "--moe-every %d leaves no MoE layer", o.every);
+    if (o.top_k > o.experts) return cli_usage_error(cmd, "--top-k %d exceeds --experts %d", o.top_k, o.experts);
+    if (o.every > o.layers) return cli_usage_error(cmd, "--moe-every %d leaves no MoE layer", o.every);
     cli_setup_threads(o.threads);
     return run(&o);
 }

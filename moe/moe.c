@@ -208,14 +208,12 @@ static uint64_t moe_forward_flops(const joule_config *c, int l, int B, int T) {
 
 static int moe_flop_terms(const joule_config *c, int l, int B, int T, const char **names, uint64_t *flops, int max) {
     const uint64_t N = (uint64_t)B * (uint64_t)T;
-    int n = 0;
-    if (n < max) {
-        names[n] = "router";
-        flops[n++] = router_flops(c, N);
-    }
-    if (n < max) {
-        names[n] = "experts";
-        flops[n++] = (uint64_t)c->moe.top_k * N * expert_flops_per_row(c);
+    const char *term[2] = {"router", "experts"};
+    const uint64_t value[2] = {router_flops(c, N), (uint64_t)c->moe.top_k * N * expert_flops_per_row(c)};
+    int n = max < 2 ? max : 2;
+    for (int i = 0; i < n; i++) {
+        names[i] = term[i];
+        flops[i] = value[i];
     }
     return n;
 }

@@ -530,53 +530,47 @@ END_TEST
 
 /* ---------------------------------------------------------------- training */
 
+/* One document of repeated sentences is plenty for a dozen steps. */
 static void write_corpus(const char *bin) {
+    const char *text = "the rain in spain stays mainly in the plain. a stitch in time saves nine. many hands "
+                       "make light work, said the miller. ";
     joule_token_writer *w;
     ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
-    const char *lines[] = {"the rain in spain stays mainly in the plain. ", "a stitch in time saves nine. ",
-                           "many hands make light work, said the miller. "};
-    for (int d = 0; d < 24; d++) {
-        ck_assert_int_eq(joule_token_writer_begin_doc(w, (uint64_t)d), JOULE_OK);
-        for (int r = 0; r <= d % 3; r++)
-            ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)lines[d % 3], strlen(lines[d % 3])),
-                             JOULE_OK);
-        ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
-    }
+    ck_assert_int_eq(joule_token_writer_begin_doc(w, 0), JOULE_OK);
+    for (int r = 0; r < 40; r++)
+        ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)text, strlen(text)), JOULE_OK);
+    ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
     ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
 }
 
+/* 12 steps of 2 micro-batches with random second choices (the per-step noise), split or
+ * not by stop_after / resume. */
 static void train_run(const char *dir, const char *name, uint64_t stop_after, int resume, const char *bin) {
     char out[512], log[512];
     snprintf(out, sizeof out, "%s/%s.safetensors", dir, name);
     snprintf(log, sizeof log, "%s/%s.jsonl", dir, name);
     joule_config c = moe_config(2, 1, 4, 2);
-    c.moe.random_second = true; /* exercises the per-(step, micro) noise */
+    c.moe.random_second = true;
     c.moe.capacity_train = 1.0f;
-    joule_model *m;
-    if (resume) {
-        ck_assert_int_eq(joule_checkpoint_load(&m, out, NULL), JOULE_OK);
-    } else {
-        ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-        joule_model_init(m, 77);
-    }
+    joule_model *m = NULL;
+    if (resume) ck_assert_int_eq(joule_checkpoint_load(&m, out, NULL), JOULE_OK);
+    else ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
+    if (!resume) joule_model_init(m, 77);
     ck_assert_int_eq(joule_model_alloc_train(m, 2), JOULE_OK);
     joule_train_opts o;
     joule_train_opts_init(&o);
-    o.train_path = bin;
-    o.val_path = bin;
+    o.train_path = o.val_path = bin;
     o.out_path = out;
     o.log_path = log;
     o.resume = resume;
-    o.batch = 2;
-    o.accum = 2;
+    o.batch = o.accum = 2;
     o.seed = 77;
     o.max_steps = 12;
     o.stop_after = stop_after;
     o.eval_every = 4;
     o.eval_windows = 2;
     o.adam.warmup_steps = 3;
-    int rc = joule_train(m, &o, NULL);
-    ck_assert_msg(rc == JOULE_OK, "train failed: %s", joule_last_error());
+    ck_assert_msg(joule_train(m, &o, NULL) == JOULE_OK, "train failed: %s", joule_last_error());
     joule_model_free(m);
 }
 
