@@ -51,6 +51,14 @@ void joule_moe_dispatch_build(joule_moe_dispatch *d, const joule_moe_route *r, i
     off[0] = 0;
 }
 
+/* Adds the time since *t0 to *slot (when timing) and restarts the clock. */
+static void lap(joule_moe_timing *tm, double *slot, double *t0) {
+    if (!tm) return;
+    double now = joule_now();
+    *slot += now - *t0;
+    *t0 = now;
+}
+
 static void gather(float *xperm, const float *x, const joule_moe_dispatch *d, int C, int k) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < d->rows; r++)
@@ -59,10 +67,12 @@ static void gather(float *xperm, const float *x, const joule_moe_dispatch *d, in
 
 void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, float *out, const float *x,
                                const float *W, const joule_moe_dispatch *d, const float *gate,
-                               const joule_moe_dims *dm) {
+                               const joule_moe_dims *dm, joule_moe_timing *tm) {
     const int C = dm->C, Fe = dm->Fe, k = dm->k;
     const size_t stride = 3 * (size_t)Fe * C;
+    double t0 = tm ? joule_now() : 0;
     gather(xperm, x, d, C, k);
+    lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
     for (int e = 0; e < dm->E; e++) {
         const int o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue; /* an idle expert costs nothing */
@@ -77,6 +87,7 @@ void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, flo
         const float *w2 = W + e * stride + 2 * (size_t)Fe * C;
         joule_sgemm(false, true, R, C, Fe, 1.0f, g + (size_t)o * Fe, Fe, w2, Fe, 0.0f, out + (size_t)o * C, C);
     }
+    lap(tm, tm ? &tm->experts_fwd : NULL, &t0);
     /* Scatter-add per token (each token owns its row of y): deterministic, no atomics. */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < d->N; n++) {
@@ -90,14 +101,17 @@ void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, flo
             for (int c = 0; c < C; c++) yn[c] += gv * on[c];
         }
     }
+    lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
 }
 
 void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm, float *dout, float *dg,
                                 float *dh13, const float *dy, const float *x, const float *W,
                                 const float *h13, const float *g, const float *out,
-                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm) {
+                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm,
+                                joule_moe_timing *tm) {
     const int C = dm->C, Fe = dm->Fe, k = dm->k;
     const size_t stride = 3 * (size_t)Fe * C;
+    double t0 = tm ? joule_now() : 0;
     gather(xperm, x, d, C, k);
     memset(dgate, 0, (size_t)d->N * k * sizeof(float));
     /* Row r carries gate * dy of its token; its gate's gradient is dy . (ungated output). */
@@ -115,6 +129,7 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
         }
         dgate[a] = dot;
     }
+    lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
     for (int e = 0; e < dm->E; e++) {
         const int o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue;
@@ -133,6 +148,7 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
         joule_linear_backward(xperm + (size_t)o * C, NULL, dh13 + (size_t)o * 2 * Fe, NULL, W + w13, R, C, 2 * Fe,
                               false);
     }
+    lap(tm, tm ? &tm->experts_bwd : NULL, &t0);
     /* xperm now holds d(gathered input); sum each token's rows in slot order. */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < d->N; n++) {
@@ -146,4 +162,5 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
             for (int c = 0; c < C; c++) dxn[c] += src[c];
         }
     }
+    lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
 }

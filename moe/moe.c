@@ -52,6 +52,7 @@ typedef struct {
     int n;
     moe_layer *layers;
     float *xperm, *dout, *dg, *dh13, *dlogits, *dgate; /* backward scratch shared by layers */
+    joule_moe_timing timing;
 } moe_state;
 
 static moe_layer *layer_of(const joule_model *m, int l) {
@@ -154,10 +155,13 @@ static int moe_forward(joule_model *m, int l, const float *x, float *y, int B, i
                                e->z_beta};
     ly->opts = o;
     moe_state *st = m->ext[JOULE_EXT_MOE];
+    const double t0 = joule_now();
     joule_linear_forward(ly->logits, x, Wr, N, dm.C, dm.E);
     joule_moe_route_forward(&ly->route, ly->logits, N, &o);
     joule_moe_dispatch_build(&ly->disp, &ly->route, dm.E, dm.k);
-    joule_moe_experts_forward(y, st->xperm, ly->h13, ly->g, ly->out, x, W, &ly->disp, ly->route.gate, &dm);
+    st->timing.route_fwd += joule_now() - t0;
+    joule_moe_experts_forward(y, st->xperm, ly->h13, ly->g, ly->out, x, W, &ly->disp, ly->route.gate, &dm,
+                              &st->timing);
     ly->x = x;
     const joule_moe_route *r = &ly->route;
     ly->acc_forwards++;
@@ -183,10 +187,12 @@ static int moe_backward(joule_model *m, int l, const float *dy, float *dx, int B
     const float *Wr = joule_model_param(m, first), *W = joule_model_param(m, first + 1);
     float *dWr = joule_model_grad(m, first), *dW = joule_model_grad(m, first + 1);
     joule_moe_experts_backward(dx, st->dgate, dW, st->xperm, st->dout, st->dg, st->dh13, dy, ly->x, W, ly->h13, ly->g,
-                               ly->out, &ly->disp, ly->route.gate, &dm);
+                               ly->out, &ly->disp, ly->route.gate, &dm, &st->timing);
+    const double t0 = joule_now();
     /* The aux losses are means already: they take grad_scale (1/accum) but not 1/n_valid. */
     joule_moe_route_backward(st->dlogits, &ly->route, st->dgate, &ly->opts, grad_scale);
     joule_linear_backward(dx, dWr, st->dlogits, ly->x, Wr, N, dm.C, dm.E, true);
+    st->timing.route_bwd += joule_now() - t0;
     return JOULE_OK;
 }
 
@@ -311,6 +317,11 @@ void joule_moe_stats_reset(joule_model *m) {
         memset(ly->acc_routed, 0, (size_t)m->cfg.moe.n_experts * sizeof *ly->acc_routed);
         ly->acc_entropy = ly->acc_lb = ly->acc_z = 0.0;
     }
+}
+
+joule_moe_timing *joule_moe_timing_of(const joule_model *m) {
+    moe_state *st = m->ext[JOULE_EXT_MOE];
+    return st ? &st->timing : NULL;
 }
 
 /* ---------------------------------------------------------------- registration */

@@ -181,7 +181,7 @@ START_TEST(test_hand_worked_example) {
     float W[4 * 18], x[12], y[12] = {0}, xperm[24], h13[32], g[16], out[24];
     for (int i = 0; i < 4 * 18; i++) W[i] = 0.1f * (float)((i * 7) % 11) - 0.5f;
     for (int i = 0; i < 12; i++) x[i] = 0.3f * (float)(i % 5) - 0.4f;
-    joule_moe_experts_forward(y, xperm, h13, g, out, x, W, &d, r.gate, &dm);
+    joule_moe_experts_forward(y, xperm, h13, g, out, x, W, &d, r.gate, &dm, NULL);
     for (int n = 0; n < 4; n++) {
         double ref[3] = {0, 0, 0};
         for (int s = 0; s < 2; s++) {

@@ -91,6 +91,16 @@ int joule_moe_dispatch_alloc(joule_moe_dispatch *d, int max_tokens, int n_expert
 void joule_moe_dispatch_free(joule_moe_dispatch *d);
 void joule_moe_dispatch_build(joule_moe_dispatch *d, const joule_moe_route *r, int n_experts, int top_k);
 
+/* Wall time of the MoE layers by part, summed over forwards and backwards (seconds):
+ * route = router matmul, softmax/top-k/capacity, grouping; permute = gathering token rows
+ * into expert order and scattering/summing them back; experts = the expert matmuls and
+ * SwiGLU. Filled when a non-NULL pointer is passed (the model keeps one; see
+ * joule_moe_timing_of). */
+typedef struct {
+    double route_fwd, permute_fwd, experts_fwd;
+    double route_bwd, permute_bwd, experts_bwd;
+} joule_moe_timing;
+
 /* Expert weights W: E blocks of [w1 (Fe x C) | w3 (Fe x C) | w2 (C x Fe)], contiguous,
  * so each expert's w1|w3 is one [2Fe, C] matrix. */
 typedef struct {
@@ -102,13 +112,14 @@ typedef struct {
  * scratch for the gathered inputs. One sgemm pair per non-empty expert. */
 void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, float *out, const float *x,
                                const float *W, const joule_moe_dispatch *d, const float *gate,
-                               const joule_moe_dims *dm);
+                               const joule_moe_dims *dm, joule_moe_timing *tm);
 /* dx[N,C] = d/dx (overwritten), dgate[N,k] (overwritten; 0 where dropped), dW += .
  * Scratch: xperm, dout [rows,C], dg [rows,Fe], dh13 [rows,2Fe]. */
 void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm, float *dout, float *dg,
                                 float *dh13, const float *dy, const float *x, const float *W,
                                 const float *h13, const float *g, const float *out,
-                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm);
+                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm,
+                                joule_moe_timing *tm);
 
 /* ---- model-level helpers (moe/moe.c) ---- */
 
@@ -124,6 +135,8 @@ uint64_t joule_moe_active_params(const joule_model *m, bool non_embedding);
  * last forward, or summed over every forward since joule_moe_stats_reset / alloc. */
 void joule_moe_stats_json(const joule_model *m, void *cjson_object, bool cumulative);
 void joule_moe_stats_reset(joule_model *m);
+/* The model's MoE time split since alloc or the last reset (NULL for a dense model). */
+joule_moe_timing *joule_moe_timing_of(const joule_model *m);
 
 /* ---- one-token decoding (moe/decode.c): route, run the chosen experts with sgemv,
  * dropless. The core calls these through the registered ops. ---- */
