@@ -720,10 +720,40 @@ START_TEST(test_cli_end_to_end) {
     const double total = cJSON_GetObjectItem(p, "total")->valuedouble;
     const double active = cJSON_GetObjectItem(p, "active")->valuedouble;
     ck_assert_double_eq(total - active, 2.0 * 3 * 32 * 32); /* E - k = 2 idle experts, one MoE layer */
-    ck_assert_int_eq((int)cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "moe"),
-                                              "experts")->valuedouble,
-                     4);
+    const cJSON *mc = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "moe");
+    ck_assert_int_eq((int)cJSON_GetObjectItem(mc, "experts")->valuedouble, 4);
+    ck_assert_int_eq((int)cJSON_GetObjectItem(mc, "d_ff_expert")->valuedouble, 32);
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(mc, "renormalize")));
     cJSON_Delete(j);
+
+    /* The routing options reach the config; --config of an MoE model keeps its layers. */
+    ck_assert_int_eq(run("train --train train.bin %s --steps 2 --arch moe --experts 3 --moe-every 1 --top-k 1 "
+                         "--router-no-renorm --router-random-second --aux-alpha 0.02 --z-beta 0 "
+                         "--eval-capacity-factor 2 --out o.safetensors --no-log",
+                         tiny),
+                     0);
+    ck_assert_int_eq(run("info --model o.safetensors --json"), 0);
+    j = out_json();
+    mc = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "moe");
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(mc, "renormalize")) && cJSON_IsTrue(cJSON_GetObjectItem(mc, "random_second")));
+    ck_assert_double_eq_tol(cJSON_GetObjectItem(mc, "aux_alpha")->valuedouble, 0.02, 1e-9);
+    ck_assert_double_eq(cJSON_GetObjectItem(mc, "z_beta")->valuedouble, 0.0);
+    ck_assert_double_eq(cJSON_GetObjectItem(mc, "capacity_eval")->valuedouble, 2.0);
+    ck_assert_double_eq(cJSON_GetObjectItem(mc, "capacity_train")->valuedouble, 1.25); /* the default */
+    const cJSON *layers = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "layers");
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 0), "ffn")->valuestring, "moe");
+    char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "config"));
+    char cfg_path[512];
+    snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", g_dir);
+    FILE *f = fopen(cfg_path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(cj, f);
+    fclose(f);
+    free(cj);
+    cJSON_Delete(j);
+    ck_assert_int_eq(run("train --train train.bin --config cfg.json --batch 2 --steps 1 --out c.safetensors --no-log"),
+                     0);
+    ck_assert(out_has("MoE FFN in layers 0,1"));
     ck_assert_int_eq(run("info --model m.safetensors"), 0);
     ck_assert(out_has("active"));
 
