@@ -42,7 +42,7 @@ typedef struct {
     float *h13, *g, *out;       /* [N*k, 2Fe], [N*k, Fe], [N*k, C] */
     const float *x; /* the forward's input (the core keeps it until the next forward) */
     /* sums over forwards since the last reset (joule eval reports them) */
-    uint64_t acc_forwards, acc_tokens, acc_rows, acc_dropped[2], acc_skipped;
+    uint64_t acc_tokens, acc_dropped[2], acc_skipped;
     uint64_t *acc_routed; /* [E] */
     double acc_entropy, acc_lb, acc_z; /* token-weighted sums */
 } moe_layer;
@@ -142,6 +142,19 @@ static void moe_layout(joule_model *m, int l) {
 
 /* ---------------------------------------------------------------- forward / backward */
 
+/* Adds the last forward's routing to the layer's running sums. */
+static void accumulate(moe_layer *ly, int E) {
+    const joule_moe_route *r = &ly->route;
+    ly->acc_tokens += (uint64_t)r->N;
+    ly->acc_dropped[0] += (uint64_t)r->dropped[0];
+    ly->acc_dropped[1] += (uint64_t)r->dropped[1];
+    ly->acc_skipped += (uint64_t)r->skipped;
+    for (int i = 0; i < E; i++) ly->acc_routed[i] += (uint64_t)r->routed[i];
+    ly->acc_entropy += r->entropy * r->N;
+    ly->acc_lb += r->lb * r->N;
+    ly->acc_z += r->z * r->N;
+}
+
 static int moe_forward(joule_model *m, int l, const float *x, float *y, int B, int T, bool train) {
     moe_layer *ly = layer_of(m, l);
     const joule_config *c = &m->cfg;
@@ -163,17 +176,7 @@ static int moe_forward(joule_model *m, int l, const float *x, float *y, int B, i
     joule_moe_experts_forward(y, st->xperm, ly->h13, ly->g, ly->out, x, W, &ly->disp, ly->route.gate, &dm,
                               &st->timing);
     ly->x = x;
-    const joule_moe_route *r = &ly->route;
-    ly->acc_forwards++;
-    ly->acc_tokens += (uint64_t)N;
-    ly->acc_rows += (uint64_t)ly->disp.rows;
-    ly->acc_dropped[0] += (uint64_t)r->dropped[0];
-    ly->acc_dropped[1] += (uint64_t)r->dropped[1];
-    ly->acc_skipped += (uint64_t)r->skipped;
-    for (int i = 0; i < dm.E; i++) ly->acc_routed[i] += (uint64_t)r->routed[i];
-    ly->acc_entropy += r->entropy * N;
-    ly->acc_lb += r->lb * N;
-    ly->acc_z += r->z * N;
+    accumulate(ly, dm.E);
     return JOULE_OK;
 }
 
@@ -312,7 +315,7 @@ void joule_moe_stats_reset(joule_model *m) {
     if (!st) return;
     for (int i = 0; i < st->n; i++) {
         moe_layer *ly = &st->layers[i];
-        ly->acc_forwards = ly->acc_tokens = ly->acc_rows = ly->acc_skipped = 0;
+        ly->acc_tokens = ly->acc_skipped = 0;
         ly->acc_dropped[0] = ly->acc_dropped[1] = 0;
         memset(ly->acc_routed, 0, (size_t)m->cfg.moe.n_experts * sizeof *ly->acc_routed);
         ly->acc_entropy = ly->acc_lb = ly->acc_z = 0.0;
