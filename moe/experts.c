@@ -1,18 +1,32 @@
 /* MoE experts: group the kept assignments by expert (a stable permutation), run one
  * SwiGLU FFN per non-empty expert on its contiguous rows (two sgemms), and scatter-add the
  * gated outputs back to their tokens; the backward retraces the same permutation. */
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "joule/moe.h"
 #include "joule/ops.h"
 
+/* Experts run side by side, each on one thread with single-threaded BLAS (OpenBLAS runs
+ * single-threaded inside a parallel region), when there are enough of them to keep every
+ * thread busy: one synchronisation per phase instead of one per expert sgemm, which is
+ * what costs most on a loaded machine. Otherwise each expert's sgemms use all threads.
+ * Either way an expert's result does not depend on which thread computes it. */
+static bool side_by_side(int E) {
+    const int t = omp_get_max_threads();
+    return t > 1 && E >= 2 * t;
+}
+
 int joule_moe_dispatch_alloc(joule_moe_dispatch *d, int max_tokens, int n_experts, int top_k) {
     memset(d, 0, sizeof *d);
     const size_t A = (size_t)max_tokens * (size_t)top_k;
     d->offset = joule_alloc(((size_t)n_experts + 1) * sizeof(int32_t));
+    d->order = joule_alloc((size_t)n_experts * sizeof(int32_t));
+    d->keys = joule_alloc((size_t)n_experts * sizeof(uint64_t));
     d->assign = joule_alloc(A * sizeof(int32_t));
     d->row_of = joule_alloc(A * sizeof(int32_t));
-    if (!d->offset || !d->assign || !d->row_of) {
+    if (!d->offset || !d->order || !d->keys || !d->assign || !d->row_of) {
         joule_moe_dispatch_free(d);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the MoE dispatch for %d tokens", max_tokens);
     }
@@ -21,9 +35,16 @@ int joule_moe_dispatch_alloc(joule_moe_dispatch *d, int max_tokens, int n_expert
 
 void joule_moe_dispatch_free(joule_moe_dispatch *d) {
     joule_free(d->offset);
+    joule_free(d->order);
+    joule_free(d->keys);
     joule_free(d->assign);
     joule_free(d->row_of);
     memset(d, 0, sizeof *d);
+}
+
+static int descending(const void *a, const void *b) {
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x < y) - (x > y);
 }
 
 void joule_moe_dispatch_build(joule_moe_dispatch *d, const joule_moe_route *r, int n_experts, int top_k) {
@@ -49,6 +70,10 @@ void joule_moe_dispatch_build(joule_moe_dispatch *d, const joule_moe_route *r, i
     }
     for (int e = E; e > 0; e--) off[e] = off[e - 1];
     off[0] = 0;
+    /* Largest experts first (ties: lower index), so side-by-side threads finish together. */
+    for (int e = 0; e < E; e++) d->keys[e] = (uint64_t)(off[e + 1] - off[e]) << 12 | (uint64_t)(4095 - e);
+    qsort(d->keys, (size_t)E, sizeof *d->keys, descending);
+    for (int i = 0; i < E; i++) d->order[i] = 4095 - (int32_t)(d->keys[i] & 4095);
 }
 
 /* Adds the time since *t0 to *slot (when timing) and restarts the clock. */
@@ -73,16 +98,19 @@ void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, flo
     double t0 = tm ? joule_now() : 0;
     gather(xperm, x, d, C, k);
     lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
-    for (int e = 0; e < dm->E; e++) {
-        const int o = d->offset[e], R = d->offset[e + 1] - o;
+    const bool side = side_by_side(dm->E);
+#pragma omp parallel for schedule(dynamic, 1) if (side)
+    for (int i = 0; i < dm->E; i++) {
+        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue; /* an idle expert costs nothing */
         const float *w13 = W + e * stride;
         joule_sgemm(false, true, R, 2 * Fe, C, 1.0f, xperm + (size_t)o * C, C, w13, C, 0.0f, h13 + (size_t)o * 2 * Fe,
                     2 * Fe);
     }
     joule_swiglu_forward(g, h13, d->rows, Fe);
-    for (int e = 0; e < dm->E; e++) {
-        const int o = d->offset[e], R = d->offset[e + 1] - o;
+#pragma omp parallel for schedule(dynamic, 1) if (side)
+    for (int i = 0; i < dm->E; i++) {
+        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue;
         const float *w2 = W + e * stride + 2 * (size_t)Fe * C;
         joule_sgemm(false, true, R, C, Fe, 1.0f, g + (size_t)o * Fe, Fe, w2, Fe, 0.0f, out + (size_t)o * C, C);
@@ -130,16 +158,19 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
         dgate[a] = dot;
     }
     lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
-    for (int e = 0; e < dm->E; e++) {
-        const int o = d->offset[e], R = d->offset[e + 1] - o;
+    const bool side = side_by_side(dm->E);
+#pragma omp parallel for schedule(dynamic, 1) if (side)
+    for (int i = 0; i < dm->E; i++) {
+        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue;
         const size_t w2 = e * stride + 2 * (size_t)Fe * C;
         joule_linear_backward(dg + (size_t)o * Fe, dW + w2, dout + (size_t)o * C, g + (size_t)o * Fe, W + w2, R, Fe,
                               C, false);
     }
     joule_swiglu_backward(dh13, dg, h13, d->rows, Fe);
-    for (int e = 0; e < dm->E; e++) {
-        const int o = d->offset[e], R = d->offset[e + 1] - o;
+#pragma omp parallel for schedule(dynamic, 1) if (side)
+    for (int i = 0; i < dm->E; i++) {
+        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
         if (R == 0) continue;
         const size_t w13 = e * stride;
         /* dW first: it reads the gathered inputs, which the input gradient then overwrites. */

@@ -82,6 +82,8 @@ void joule_moe_route_backward(float *dlogits, const joule_moe_route *r, const fl
  * permutation): rows [offset[e], offset[e+1]) belong to expert e. */
 typedef struct {
     int32_t *offset; /* [E+1] */
+    int32_t *order;  /* [E] experts by rows, largest first (the order they are scheduled in) */
+    uint64_t *keys;  /* [E] scratch for sorting them */
     int32_t *assign; /* [rows] assignment index n*k + s of each row */
     int32_t *row_of; /* [N,k] row of each assignment, -1 when dropped */
     int rows, N;
