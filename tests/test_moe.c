@@ -474,9 +474,13 @@ START_TEST(test_kv_cache_matches_forward) {
     const float *full = joule_model_logits(m);
     joule_decoder *d;
     ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    const uint64_t C = 16, L = 2, moe_layer = 2 * C * 4 + 2 * 6 * C * 12; /* router + top-2 experts */
     for (int t = 0; t < T; t++) {
         const float *lg;
+        joule_flops_reset();
         ck_assert_int_eq(joule_decoder_step(d, in[t], &lg), JOULE_OK);
+        /* docs/MODEL.md §10 with the FFN replaced by the MoE layer's 2CE + k 6CFe */
+        ck_assert_uint_eq(joule_flops_counted(), L * (8 * C * C + 4 * (uint64_t)(t + 1) * C + moe_layer) + 2 * 256 * C);
         for (int v = 0; v < V; v++)
             ck_assert_msg(fabsf(lg[v] - full[(size_t)t * V + v]) < 1e-4f, "pos %d token %d: %g vs %g", t, v, lg[v],
                           full[(size_t)t * V + v]);
