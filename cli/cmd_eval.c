@@ -13,6 +13,7 @@
 #include "joule/data.h"
 #include "joule/ops.h"
 #include "joule/train.h"
+#include "moe_cli.h"
 
 static const char USAGE[] =
     "Usage: joule eval --model PATH [--data DIR | --tokens FILE] [options]\n"
@@ -39,7 +40,9 @@ static const char USAGE[] =
     "the energy with its method (docs/ACCOUNTING.md; $JOULE_HARDWARE, $JOULE_POWER_WATTS).\n"
     "JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch, flops,\n"
     "flops_analytic, peak_gflops, mfu, energy_j, energy_method, J_per_token, wall_s,\n"
-    "tokens_per_s, threads.\n";
+    "tokens_per_s, threads; for an MoE model also moe: per-layer routing statistics over the\n"
+    "whole evaluation (tokens per expert min/max and max/mean, fractions of first and second\n"
+    "choices dropped, router entropy, lb and z losses).\n";
 
 enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS };
 
@@ -195,6 +198,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "wall_s", wall);
         cJSON_AddNumberToObject(o, "tokens_per_s", tps);
         cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+        cli_moe_eval_report(m, o);
         char *s = cJSON_PrintUnformatted(o);
         if (s) puts(s);
         free(s);
@@ -211,6 +215,7 @@ int cmd_eval(int argc, char **argv) {
         printf("time:   %.2fs (%s tok/s, %d threads)\n", wall, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
         cli_print_mfu(stdout, analytic, (double)flops, wall, peak);
         cli_energy_end(&energy, tokens, 0, false, &er);
+        cli_moe_eval_report(m, NULL);
     }
 done:
     if (t_open) joule_tokens_close(&t);

@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
+#include "joule/moe.h"
 
 static const char USAGE[] =
     "Usage: joule info --model PATH [--json]\n"
@@ -19,7 +20,8 @@ static const char USAGE[] =
     "state saved with it (step, tokens, counted FLOPs, wall time, run id; none if the file\n"
     "was not written by training), and FLOPs per token: analytic forward FLOPs at full\n"
     "context (all matmuls, attention over the whole window), training FLOPs (3x forward)\n"
-    "and 6N (N = non-embedding parameters) for comparison.\n"
+    "and 6N (N = non-embedding parameters) for comparison. For an MoE model, also the\n"
+    "active parameters per token (all but the E - k experts a token skips in each MoE layer).\n"
     "\n"
     "Options:\n"
     "  --model PATH   checkpoint (.safetensors) to describe (required)\n"
@@ -106,6 +108,8 @@ int cmd_info(int argc, char **argv) {
         cJSON_AddNumberToObject(p, "total", (double)pc.total);
         cJSON_AddNumberToObject(p, "embedding", (double)pc.embedding);
         cJSON_AddNumberToObject(p, "non_embedding", (double)pc.non_embedding);
+        cJSON_AddNumberToObject(p, "active", (double)joule_moe_active_params(m, false));
+        cJSON_AddNumberToObject(p, "active_non_embedding", (double)joule_moe_active_params(m, true));
         cJSON_AddNumberToObject(o, "tensors", m->n_tensors);
         cJSON *f = cJSON_AddObjectToObject(o, "flops_per_token");
         cJSON_AddNumberToObject(f, "forward", fwd_tok);
@@ -146,6 +150,12 @@ int cmd_info(int argc, char **argv) {
                pc.total, cli_fmt_count(a, sizeof a, (double)pc.total), pc.embedding,
                cli_fmt_count(b, sizeof b, (double)pc.embedding), pc.non_embedding,
                cli_fmt_count(d, sizeof d, (double)pc.non_embedding));
+        if (joule_config_has_moe(cfg))
+            printf("active:     %" PRIu64 " params per token (%s; non-embedding %s): top-%d of %d experts in each "
+                   "MoE layer\n",
+                   joule_moe_active_params(m, false), cli_fmt_count(a, sizeof a, (double)joule_moe_active_params(m, false)),
+                   cli_fmt_count(b, sizeof b, (double)joule_moe_active_params(m, true)), cfg->moe.top_k,
+                   cfg->moe.n_experts);
         printf("FLOPs/token at ctx %d: forward %s, training %s (3x forward); 6N = %s\n", cfg->ctx,
                cli_fmt_count(a, sizeof a, fwd_tok), cli_fmt_count(b, sizeof b, 3 * fwd_tok),
                cli_fmt_count(d, sizeof d, six_n));

@@ -16,6 +16,7 @@
 #include "joule/model.h"
 #include "joule/ops.h"
 #include "joule/train.h"
+#include "moe_cli.h"
 
 #define DEF_LAYERS 4
 #define DEF_D_MODEL 256
@@ -45,6 +46,7 @@ static const char USAGE[] =
     "  --d-ff N           SwiGLU hidden width (default 768)\n"
     "  --ctx N            context length in bytes (default 256)\n"
     "  --untied           separate output matrix instead of reusing the embedding (default tied)\n"
+    CLI_MOE_USAGE
     "\n"
     "Data:\n"
     "  --data DIR         prepared corpus: DIR/train.bin and DIR/val.bin (default data/default)\n"
@@ -122,6 +124,7 @@ static const struct option LONG[] = {
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
     {"threads", required_argument, NULL, OPT_THREADS},
+    CLI_MOE_LONG_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -241,6 +244,8 @@ int cmd_train(int argc, char **argv) {
     double lr = 1e-3, min_lr = -1, wd = 0.1, clip = 1.0;
     bool lr_set = false, wd_set = false, clip_set = false;
     uint64_t seed = 1, eval_windows = 64;
+    cli_moe_opts moe_opts;
+    memset(&moe_opts, 0, sizeof moe_opts);
 
     int c;
     optind = 0;
@@ -320,6 +325,11 @@ int cmd_train(int argc, char **argv) {
             break;
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
         default:
+            if (c >= OPT_MOE_FIRST && c < OPT_MOE_LAST) {
+                int bad = cli_moe_parse(CMD, &moe_opts, c, optarg);
+                if (bad) return bad;
+                break;
+            }
             return cli_bad_option(CMD, c, argv);
         }
     }
@@ -330,7 +340,8 @@ int cmd_train(int argc, char **argv) {
     if (data_dir && (train_path || val_path)) return cli_usage_error(CMD, "give either --data or --train/--val");
     if (val_path && !train_path) return cli_usage_error(CMD, "--val needs --train");
     if (no_log && log_opt) return cli_usage_error(CMD, "give either --log or --no-log");
-    bool model_flags = config_path || layers_set || d_model_set || heads_set || d_ff_set || ctx_set || untied;
+    bool model_flags = config_path || layers_set || d_model_set || heads_set || d_ff_set || ctx_set || untied ||
+                       cli_moe_any(&moe_opts);
 
     /* Data files. */
     char train_buf[4096], val_buf[4096];
@@ -367,6 +378,7 @@ int cmd_train(int argc, char **argv) {
         if (ctx_set) cfg.ctx = ctx;
     }
     if (untied) cfg.tied = false;
+    if ((rc = cli_moe_finish(CMD, &moe_opts, &cfg))) return rc;
     int st = joule_config_validate(&cfg, config_path ? config_path : "model options");
     if (st) return cli_fail(CMD, st);
 
@@ -484,6 +496,7 @@ int cmd_train(int argc, char **argv) {
     double flops_step = 3.0 * (double)joule_model_forward_flops(&cfg, batch, seq) * accum;
     char b1[32], b2[32], b3[32], b4[32];
     printf("model: %s\n", layer_summary(&cfg));
+    cli_moe_print_summary(m);
     printf("plan: %s params (%s non-embedding), %" PRIu64 " tokens/step (batch %d x seq %d x accum %d), "
            "%" PRIu64 " steps, %s FLOPs/step analytic, %d threads, OpenBLAS %s\n",
            cli_fmt_count(b1, sizeof b1, (double)pc.total), cli_fmt_count(b2, sizeof b2, (double)pc.non_embedding),

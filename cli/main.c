@@ -7,6 +7,7 @@
 
 #include "acct_cli.h"
 #include "cli.h"
+#include "joule/moe.h"
 #include "joule/ops.h"
 
 static const char USAGE[] =
@@ -23,6 +24,7 @@ static const char USAGE[] =
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
     "  bench decode    KV-cache decoding speed\n"
+    "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"
@@ -95,6 +97,7 @@ static void avoid_two_spinning_pools(char **argv) {
 }
 
 int main(int argc, char **argv) {
+    joule_moe_register();
     avoid_two_spinning_pools(argv);
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},

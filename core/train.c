@@ -209,6 +209,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         double loss_sum = 0.0;
         for (int micro = 0; micro < o->accum; micro++) {
             double loss;
+            /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
+            m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, st.step), (uint64_t)micro), 0x6d6f65);
             if ((rc = joule_batch_sample(&train, o->seed, st.step, micro, o->batch, T, in, tg)) ||
                 (rc = joule_model_forward(m, in, tg, o->batch, T, &loss)) ||
                 (rc = joule_model_backward(m, 1.0f / (float)o->accum)))

@@ -187,6 +187,8 @@ struct joule_model {
     joule_acts *acts;                /* NULL until joule_model_alloc_train */
     int max_batch;
     bool training;                   /* joule_model_set_training */
+    uint64_t noise_seed;             /* random choices of a training forward (MoE random second
+                                      * expert); core/train.c sets it per (seed, step, micro) */
     /* extensions: first tensor index and count per layer and kind (-1/0 when absent), and
      * each kind's private state */
     int ext_first[JOULE_MAX_LAYERS][JOULE_EXT_COUNT];
