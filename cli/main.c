@@ -32,7 +32,7 @@ static const char USAGE[] =
     "Global options (before the command):\n"
     "  -h, --help      show this help and exit\n"
     "  -V, --version   print the version and exit\n"
-    "  --threads N     threads for the compute commands (train, eval, generate, bench);\n"
+    "  --threads N     threads for the compute commands (train, eval, generate, bench, compare);\n"
     "                  the same as giving --threads N to the command (default 0 = all cores)\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad input (bad option or value,\n"
@@ -45,10 +45,13 @@ typedef struct {
     bool computes; /* accepts --threads */
 } command;
 
+int cmd_compare(int argc, char **argv); /* cli/cmd_compare.c */
+
 static const command COMMANDS[] = {
     {"data", cmd_data, false},       {"train", cmd_train, true}, {"eval", cmd_eval, true},
     {"generate", cmd_generate, true}, {"info", cmd_info, false},  {"bench", cmd_bench, true},
     {"account", cmd_account, false}, {"fit", cmd_fit, false},
+    {"compare", cmd_compare, true},
 };
 
 static const command *find_command(const char *name) {

@@ -1,0 +1,230 @@
+/* The equal-compute comparison: the sizing rule and one run (train to the budget,
+ * evaluate, measure). docs/COMPARE.md states the rule; compare_loop.c drives the runs. */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compare_run.h"
+#include "joule/checkpoint.h"
+#include "joule/moe.h"
+#include "joule/ops.h"
+#include "joule/train.h"
+
+const char *const joule_arch_names[JOULE_ARCH_COUNT] = {"dense", "moe", "retro"};
+
+void joule_compare_settings_init(joule_compare_settings *s) {
+    memset(s, 0, sizeof *s);
+    s->tokens_per_param = 20;
+    s->aspect = 32;
+    s->head_dim = 16;
+    s->ffn_mult = 3;
+    s->width_step = 16;
+    s->ctx = 64;
+    s->min_steps = 50;
+    s->experts = 8;
+    s->top_k = 2;
+    s->moe_every = 2;
+    s->batch = 8;
+    s->lr = 3e-3;
+    s->seed = 1;
+    s->eval_windows = 256;
+    s->em_windows = 128;
+}
+
+char *joule_compare_settings_json(const joule_compare_settings *s) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return NULL;
+    cJSON_AddNumberToObject(j, "tokens_per_param", s->tokens_per_param);
+    cJSON_AddNumberToObject(j, "aspect", s->aspect);
+    cJSON_AddNumberToObject(j, "head_dim", s->head_dim);
+    cJSON_AddNumberToObject(j, "ffn_mult", s->ffn_mult);
+    cJSON_AddNumberToObject(j, "width_step", s->width_step);
+    cJSON_AddNumberToObject(j, "ctx", s->ctx);
+    cJSON_AddNumberToObject(j, "min_steps", s->min_steps);
+    cJSON_AddNumberToObject(j, "experts", s->experts);
+    cJSON_AddNumberToObject(j, "top_k", s->top_k);
+    cJSON_AddNumberToObject(j, "moe_every", s->moe_every);
+    cJSON_AddNumberToObject(j, "batch", s->batch);
+    cJSON_AddNumberToObject(j, "lr", s->lr);
+    cJSON_AddNumberToObject(j, "seed", (double)s->seed);
+    cJSON_AddNumberToObject(j, "eval_windows", (double)s->eval_windows);
+    cJSON_AddNumberToObject(j, "em_windows", s->em_windows);
+    char *out = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return out;
+}
+
+/* Member i >= 1 of the fixed-aspect family: d_model = i x width_step, n_layers =
+ * round(d_model / aspect) (at least 1), heads of head_dim, d_ff = ffn_mult x d_model. */
+static joule_config family_member(const joule_compare_settings *s, int i) {
+    int d = i * s->width_step;
+    int layers = (int)lround((double)d / s->aspect);
+    if (layers < 1) layers = 1;
+    if (layers > JOULE_MAX_LAYERS) layers = JOULE_MAX_LAYERS;
+    int heads = d / s->head_dim > 0 ? d / s->head_dim : 1;
+    return joule_config_default(layers, d, heads, s->ffn_mult * d, s->ctx);
+}
+
+/* The arch's model built on the dense backbone c. */
+static void make_arch(const joule_compare_settings *s, joule_arch arch, joule_config *c) {
+    if (arch != JOULE_ARCH_MOE) return;
+    joule_moe_config e = joule_moe_config_default(c->d_ff);
+    e.n_experts = s->experts;
+    e.top_k = s->top_k;
+    /* a one-layer backbone still gets its MoE layer */
+    e.every = c->n_layers < s->moe_every ? 1 : s->moe_every;
+    e.d_ff_expert = c->d_ff / s->top_k > 0 ? c->d_ff / s->top_k : 1;
+    /* dropless training: every routed token is computed, so the counted FLOPs spend the
+     * budget the trainer plans with (capacity drops would leave up to ~10% unspent) */
+    e.capacity_train = 0;
+    joule_moe_apply(c, &e);
+}
+
+static double step_flops(const joule_compare_settings *s, const joule_config *c) {
+    return 3.0 * (double)joule_model_forward_flops(c, s->batch, s->ctx);
+}
+
+static int total_params(const joule_config *c, uint64_t *n) {
+    joule_model *m = NULL;
+    int rc = joule_model_describe(&m, c);
+    if (rc) return rc;
+    *n = joule_model_param_counts(m).total;
+    joule_model_free(m);
+    return JOULE_OK;
+}
+
+int joule_compare_size(const joule_compare_settings *s, joule_arch arch, double budget, joule_config *out,
+                       uint64_t *steps) {
+    if (arch == JOULE_ARCH_RETRO)
+        return joule_fail(JOULE_ERR_ARG, "arch retro is not available in this build (the RETRO model is not merged)");
+    if (!(budget > 0)) return joule_fail(JOULE_ERR_ARG, "budget %g FLOPs is not positive", budget);
+    const double target = sqrt(budget / (6.0 * s->tokens_per_param));
+    const int max_i = 4096 / s->width_step;
+    int best = 1;
+    double best_dist = INFINITY;
+    for (int i = 1; i <= max_i; i++) {
+        joule_config c = family_member(s, i);
+        uint64_t n;
+        int rc = total_params(&c, &n);
+        if (rc) return rc;
+        double dist = fabs(log((double)n / target));
+        if (dist < best_dist) {
+            best_dist = dist;
+            best = i;
+        }
+        if ((double)n > 4 * target) break;
+    }
+    /* the dense backbone is chosen for every arch, so equal budgets mean equal models
+     * except for what the arch adds */
+    for (int i = best; i >= 1; i--) {
+        joule_config c = family_member(s, i);
+        make_arch(s, arch, &c);
+        double n_steps = floor(budget / step_flops(s, &c));
+        if (n_steps >= s->min_steps || i == 1) {
+            if (n_steps < s->min_steps)
+                return joule_fail(JOULE_ERR_ARG,
+                                  "budget %.3g FLOPs buys %.0f steps of the smallest %s model (%.3g FLOPs per step of "
+                                  "batch %d x %d tokens); at least %d are needed to spend it within 2%%",
+                                  budget, n_steps, joule_arch_names[arch], step_flops(s, &c), s->batch, s->ctx,
+                                  s->min_steps);
+            int rc = joule_config_validate(&c, "compare sizing");
+            if (rc) return rc;
+            *out = c;
+            *steps = (uint64_t)n_steps;
+            return JOULE_OK;
+        }
+    }
+    return joule_fail(JOULE_ERR_RUNTIME, "sizing found no model");
+}
+
+static void fill_sizes(joule_compare_row *r, const joule_config *c) {
+    r->n_layers = c->n_layers;
+    r->d_model = c->d_model;
+    r->n_heads = c->n_heads;
+    r->d_ff = c->d_ff;
+    r->ctx = c->ctx;
+    if (joule_config_has_moe(c)) {
+        r->experts = c->moe.n_experts;
+        r->top_k = c->moe.top_k;
+        r->d_ff_expert = c->moe.d_ff_expert;
+    }
+}
+
+int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r) {
+    const joule_compare_settings *s = x->settings;
+    joule_config c;
+    uint64_t steps = 0;
+    joule_model *m = NULL;
+    joule_tokens val = {0};
+    bool val_open = false;
+    double t0 = joule_now();
+    int rc = joule_compare_size(s, arch, budget, &c, &steps);
+    if (rc) goto done;
+    fill_sizes(r, &c);
+    if ((rc = joule_model_create(&m, &c))) goto done;
+    joule_model_init(m, s->seed);
+    if ((rc = joule_model_alloc_train(m, s->batch))) goto done;
+    joule_param_counts pc = joule_model_param_counts(m);
+    r->params_total = pc.total;
+    r->params_non_embedding = pc.non_embedding;
+    r->params_active = joule_config_has_moe(&c) ? joule_moe_active_params(m, false) : pc.total;
+
+    joule_train_opts o;
+    joule_train_opts_init(&o);
+    o.train_path = x->train_path;
+    o.out_path = r->checkpoint;
+    o.log_path = x->log_path;
+    o.batch = s->batch;
+    o.seq = s->ctx;
+    o.seed = s->seed;
+    o.max_flops = budget;
+    o.adam.lr = (float)s->lr;
+    o.adam.min_lr = (float)(s->lr / 10);
+    o.adam.warmup_steps = (int)(steps / 5 < 100 ? steps / 5 : 100);
+    o.interrupt = x->interrupt;
+    o.on_step = x->on_step;
+    o.ctx = x->step_ctx;
+    joule_energy_window w;
+    bool metered = x->meters && joule_energy_window_start(&w, x->meters) == JOULE_OK;
+    joule_train_progress last;
+    memset(&last, 0, sizeof last);
+    double tt = joule_now();
+    if ((rc = joule_train(m, &o, &last))) goto done;
+    r->train_s = joule_now() - tt;
+    if (metered) {
+        joule_energy_report er;
+        if (joule_energy_window_stop(&w, &er) == JOULE_OK) {
+            r->energy_j = er.joules;
+            snprintf(r->energy_method, sizeof r->energy_method, "%s", er.method);
+        }
+    }
+    if (last.step < steps) {
+        rc = COMPARE_INTERRUPTED;
+        goto done;
+    }
+    r->steps = last.step;
+    r->tokens = last.tokens;
+    r->flops_counted = last.flops;
+    r->flops_analytic = last.flops_analytic;
+    r->spent = (double)last.flops / budget;
+
+    if ((rc = joule_tokens_open(&val, x->val_path))) goto done;
+    val_open = true;
+    joule_eval_result ev;
+    if ((rc = joule_evaluate(m, &val, s->ctx, s->batch, s->eval_windows, &ev, NULL, NULL))) goto done;
+    r->val_bpb = ev.bpb;
+    uint64_t hits;
+    rc = joule_exact_match(m, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES, s->em_windows, &r->exact_match, &hits);
+    if (rc) goto done;
+    r->em_windows = (uint64_t)s->em_windows;
+    r->ok = true;
+done:
+    r->wall_s = joule_now() - t0;
+    if (rc && rc != COMPARE_INTERRUPTED) snprintf(r->error, sizeof r->error, "%s", joule_last_error());
+    if (val_open) joule_tokens_close(&val);
+    joule_model_free(m);
+    return rc;
+}

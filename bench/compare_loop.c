@@ -1,0 +1,157 @@
+/* The comparison's grid of runs, resumable: the folder's compare.json pins the settings,
+ * results.jsonl records every finished (or failed) run, and a rerun does only what is
+ * missing or failed. Rows are saved after each run, so Ctrl-C loses at most one run. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "compare_run.h"
+
+#define COMPARE_FORMAT_VERSION 1
+
+/* compare.json: written on the first run, compared on every later one. */
+static int pin_settings(const char *dir, const joule_compare_settings *s) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/compare.json", dir);
+    char *mine = joule_compare_settings_json(s);
+    if (!mine) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    FILE *f = fopen(path, "r");
+    int rc = JOULE_OK;
+    if (!f && errno == ENOENT) {
+        char doc[8192];
+        int len = snprintf(doc, sizeof doc, "{\"format_version\":%d,\"settings\":%s}\n", COMPARE_FORMAT_VERSION, mine);
+        rc = len > 0 && (size_t)len < sizeof doc ? joule_write_file_atomic(path, doc, (size_t)len)
+                                                 : joule_fail(JOULE_ERR_RUNTIME, "settings too long");
+    } else if (!f) {
+        rc = joule_fail(JOULE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    } else {
+        char doc[8192];
+        size_t got = fread(doc, 1, sizeof doc - 1, f);
+        doc[got] = '\0';
+        fclose(f);
+        cJSON *j = cJSON_Parse(doc);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "format_version");
+        const cJSON *saved = cJSON_GetObjectItemCaseSensitive(j, "settings");
+        char *theirs = cJSON_IsObject(saved) ? cJSON_PrintUnformatted(saved) : NULL;
+        if (!cJSON_IsNumber(v) || v->valueint != COMPARE_FORMAT_VERSION || !theirs)
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: not a joule compare file of format version %d", path,
+                            COMPARE_FORMAT_VERSION);
+        else if (strcmp(theirs, mine) != 0)
+            rc = joule_fail(JOULE_ERR_ARG,
+                            "%s: this folder holds runs made with other settings (%s, now %s); use another --out or "
+                            "the same options",
+                            path, theirs, mine);
+        free(theirs);
+        cJSON_Delete(j);
+    }
+    free(mine);
+    return rc;
+}
+
+static bool same_budget(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
+
+static int find_row(const joule_compare_row *rows, int n, const char *arch, double budget) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(rows[i].arch, arch) == 0 && same_budget(rows[i].budget, budget)) return i;
+    return -1;
+}
+
+/* runs/<arch>-<budget>: "dense-2e12", "moe-1.5e13" */
+static void run_stem(char *buf, size_t n, const char *dir, const char *arch, double budget) {
+    char b[32], *o = b;
+    snprintf(b, sizeof b, "%.4g", budget);
+    for (const char *p = b; *p; p++)
+        if (*p != '+') *o++ = *p;
+    *o = '\0';
+    snprintf(buf, n, "%s/runs/%s-%s", dir, arch, b);
+}
+
+static int add_row(compare_outcome *out, const joule_compare_row *r) {
+    joule_compare_row *g = realloc(out->rows, (size_t)(out->n_rows + 1) * sizeof *g);
+    if (!g) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    out->rows = g;
+    out->rows[out->n_rows++] = *r;
+    return JOULE_OK;
+}
+
+int compare_loop(const compare_plan *p, compare_outcome *out) {
+    memset(out, 0, sizeof *out);
+    char path[4096], train_path[4096], val_path[4096], log_path[4200];
+    snprintf(path, sizeof path, "%s/runs", p->out_dir);
+    if (mkdir(p->out_dir, 0777) && errno != EEXIST)
+        return joule_fail(JOULE_ERR_IO, "%s: cannot create: %s", p->out_dir, strerror(errno));
+    if (mkdir(path, 0777) && errno != EEXIST)
+        return joule_fail(JOULE_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (strlen(p->out_dir) > 400) return joule_fail(JOULE_ERR_ARG, "%s: folder name too long", p->out_dir);
+    int rc = pin_settings(p->out_dir, p->settings);
+    if (rc) return rc;
+    snprintf(path, sizeof path, "%s/results.jsonl", p->out_dir);
+    if ((rc = joule_compare_rows_load(path, &out->rows, &out->n_rows))) return rc;
+    snprintf(train_path, sizeof train_path, "%s/train.bin", p->data_dir);
+    snprintf(val_path, sizeof val_path, "%s/val.bin", p->data_dir);
+
+    /* what is left to do */
+    int todo = 0;
+    for (int b = 0; b < p->n_budgets; b++)
+        for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+            if (!p->archs[a]) continue;
+            int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
+            if (i >= 0 && out->rows[i].ok) out->skipped++;
+            else todo++;
+        }
+
+    compare_run_ctx x = {p->settings, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx};
+    double flops_done = 0, secs_done = 0, flops_left = 0;
+    for (int b = 0; b < p->n_budgets; b++)
+        for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+            int i = p->archs[a] ? find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]) : 0;
+            if (p->archs[a] && !(i >= 0 && out->rows[i].ok)) flops_left += p->budgets[b];
+        }
+    int k = 0;
+    for (int b = 0; b < p->n_budgets && !rc && !out->interrupted; b++) {
+        for (int a = 0; a < JOULE_ARCH_COUNT && !rc && !out->interrupted; a++) {
+            if (!p->archs[a]) continue;
+            const char *arch = joule_arch_names[a];
+            const double budget = p->budgets[b];
+            int i = find_row(out->rows, out->n_rows, arch, budget);
+            if (i >= 0 && out->rows[i].ok) continue;
+            joule_compare_row r;
+            memset(&r, 0, sizeof r);
+            snprintf(r.arch, sizeof r.arch, "%s", arch);
+            r.budget = budget;
+            r.val_bpb = r.exact_match = r.query_j = r.query_s = NAN;
+            char stem[sizeof r.checkpoint - 16];
+            run_stem(stem, sizeof stem, p->out_dir, arch, budget);
+            snprintf(r.checkpoint, sizeof r.checkpoint, "%s.safetensors", stem);
+            snprintf(log_path, sizeof log_path, "%s.log.jsonl", stem);
+            joule_config c;
+            uint64_t steps = 0;
+            if (p->on_run_start) {
+                bool sized = joule_compare_size(p->settings, (joule_arch)a, budget, &c, &steps) == JOULE_OK;
+                double eta = secs_done > 0 ? secs_done / flops_done * flops_left : NAN;
+                p->on_run_start(p->ctx, ++k, todo, arch, budget, sized ? &c : NULL, steps, eta);
+            }
+            int st = compare_run_one(&x, (joule_arch)a, budget, &r);
+            if (st == COMPARE_INTERRUPTED) {
+                out->interrupted = true;
+                break;
+            }
+            flops_done += budget;
+            flops_left -= budget;
+            secs_done += r.wall_s;
+            out->ran++;
+            if (i >= 0) out->rows[i] = r;
+            else if ((rc = add_row(out, &r))) break;
+            if (p->on_run_end) p->on_run_end(p->ctx, &r);
+            rc = joule_compare_rows_save(p->out_dir, out->rows, out->n_rows);
+            if (p->interrupt && *p->interrupt) out->interrupted = true;
+        }
+    }
+    for (int i = 0; i < out->n_rows; i++)
+        if (!out->rows[i].ok) out->failed++;
+    return rc;
+}

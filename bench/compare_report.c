@@ -1,0 +1,374 @@
+/* The comparison's report from its rows: the dense L(C) fit with bootstrap intervals, the
+ * effective compute multiplier of every other run, the predictable-scaling backtests of the
+ * loss and of the exact-match metric, fit.json, report.md and the two SVG plots.
+ * docs/COMPARE.md states each procedure. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compare_svg.h"
+#include "joule/compare.h"
+#include "joule/fit.h"
+
+#define MAX_ROWS 512
+
+/* The finished runs of one arch as fit points (C = counted training FLOPs, loss = val bpb),
+ * ascending in budget, and their rows. */
+typedef struct {
+    joule_run pts[MAX_ROWS];
+    const joule_compare_row *rows[MAX_ROWS];
+    int n;
+} arch_runs;
+
+static int by_budget(const void *a, const void *b) {
+    const joule_compare_row *x = *(const joule_compare_row *const *)a, *y = *(const joule_compare_row *const *)b;
+    return (x->budget > y->budget) - (x->budget < y->budget);
+}
+
+static void collect(const joule_compare_row *rows, int n, const char *arch, arch_runs *out) {
+    out->n = 0;
+    for (int i = 0; i < n && out->n < MAX_ROWS; i++)
+        if (rows[i].ok && strcmp(rows[i].arch, arch) == 0 && rows[i].val_bpb > 0 && rows[i].flops_counted > 0)
+            out->rows[out->n++] = &rows[i];
+    qsort(out->rows, (size_t)out->n, sizeof out->rows[0], by_budget);
+    for (int i = 0; i < out->n; i++) {
+        const joule_compare_row *r = out->rows[i];
+        out->pts[i] = (joule_run){(double)r->params_total, (double)r->tokens, (double)r->flops_counted, r->val_bpb};
+    }
+}
+
+static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
+static cJSON *pow_json(const joule_pow_fit *f, int n) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "a", f->a);
+    cJSON_AddNumberToObject(o, "b", f->b);
+    cJSON_AddNumberToObject(o, "c", f->c);
+    cJSON_AddNumberToObject(o, "objective", f->objective);
+    cJSON_AddNumberToObject(o, "runs", n);
+    return o;
+}
+
+/* ---- predictable scaling ---- */
+
+/* L(C) on the runs below the largest budget, predicting the largest. */
+static cJSON *loss_backtest(const arch_runs *r, char *md, size_t md_n, const char *arch) {
+    if (r->n < 4) {
+        snprintf(md, md_n, "| %s | needs 4 budgets, has %d | | | |\n", arch, r->n);
+        return NULL;
+    }
+    joule_pow_fit f;
+    if (joule_fit_power(r->pts, (size_t)r->n - 1, 0, &f)) {
+        snprintf(md, md_n, "| %s | fit failed: %s | | | |\n", arch, joule_last_error());
+        return NULL;
+    }
+    const joule_run *last = &r->pts[r->n - 1];
+    double pred = joule_pow_loss(&f, last->C), err = (pred - last->loss) / last->loss;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "fit", pow_json(&f, r->n - 1));
+    cJSON_AddNumberToObject(o, "held_out_budget", r->rows[r->n - 1]->budget);
+    cJSON_AddNumberToObject(o, "held_out_flops", last->C);
+    cJSON_AddNumberToObject(o, "predicted_bpb", pred);
+    cJSON_AddNumberToObject(o, "actual_bpb", last->loss);
+    cJSON_AddNumberToObject(o, "relative_error", err);
+    snprintf(md, md_n, "| %s | %d runs below %.3g | %.4f | %.4f | %+.2f%% |\n", arch, r->n - 1,
+             r->rows[r->n - 1]->budget, pred, last->loss, 100 * err);
+    return o;
+}
+
+/* -log(metric) = alpha C^-k, i.e. log(-log m) = log alpha - k log C, least squares over the
+ * smaller budgets' runs with 0 < m < 1 (the others carry no information on this scale). */
+static cJSON *metric_backtest(const arch_runs *r, char *md, size_t md_n, const char *arch) {
+    if (r->n < 3) {
+        snprintf(md, md_n, "| %s | needs 3 budgets, has %d | | | |\n", arch, r->n);
+        return NULL;
+    }
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int m = 0;
+    for (int i = 0; i < r->n - 1; i++) {
+        double em = r->rows[i]->exact_match;
+        if (!(em > 0 && em < 1)) continue;
+        double x = log(r->pts[i].C), y = log(-log(em));
+        sx += x, sy += y, sxx += x * x, sxy += x * y;
+        m++;
+    }
+    double den = m * sxx - sx * sx;
+    if (m < 2 || !(fabs(den) > 0)) {
+        snprintf(md, md_n, "| %s | %d smaller-budget runs with 0 < exact match < 1; needs 2 | | | |\n", arch, m);
+        return NULL;
+    }
+    double slope = (m * sxy - sx * sy) / den, icpt = (sy - slope * sx) / m;
+    double alpha = exp(icpt), k = -slope;
+    const joule_compare_row *last = r->rows[r->n - 1];
+    double pred = exp(-alpha * pow(r->pts[r->n - 1].C, -k)), act = last->exact_match;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "alpha", alpha);
+    cJSON_AddNumberToObject(o, "k", k);
+    cJSON_AddNumberToObject(o, "runs", m);
+    cJSON_AddNumberToObject(o, "held_out_budget", last->budget);
+    cJSON_AddNumberToObject(o, "predicted", pred);
+    cJSON_AddNumberToObject(o, "actual", act);
+    cJSON_AddNumberToObject(o, "error", pred - act);
+    snprintf(md, md_n, "| %s | %d runs below %.3g: alpha %.4g, k %.4g | %.4f | %.4f | %+.4f |\n", arch, m,
+             last->budget, alpha, k, pred, act, pred - act);
+    return o;
+}
+
+/* ---- effective compute ---- */
+
+typedef struct {
+    double mult, lo, hi;
+    bool have;
+} multiplier;
+
+static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
+                            const joule_compare_row *r) {
+    multiplier m = {NAN, NAN, NAN, false};
+    double C = (double)r->flops_counted;
+    m.mult = joule_pow_compute_for(full, r->val_bpb) / C;
+    m.have = true;
+    if (!boot || reps < 2) return m;
+    double *v = malloc((size_t)reps * sizeof *v);
+    if (!v) return m;
+    for (int i = 0; i < reps; i++) v[i] = joule_pow_compute_for(&boot[i], r->val_bpb) / C;
+    double sd;
+    joule_interval(v, (size_t)reps, level, &m.lo, &m.hi, &sd);
+    free(v);
+    return m;
+}
+
+static const char *fmt_mult(char *buf, size_t n, double v) {
+    if (isinf(v)) snprintf(buf, n, "inf");
+    else if (isnan(v)) snprintf(buf, n, "-");
+    else snprintf(buf, n, "%.3g", v);
+    return buf;
+}
+
+/* ---- files ---- */
+
+static int write_text(const char *dir, const char *name, const char *text) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (!text) return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", path);
+    return joule_write_file_atomic(path, text, strlen(text));
+}
+
+static double fit_curve(const void *ctx, double C) { return joule_pow_loss(ctx, C); }
+
+static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_fit *dense) {
+    compare_series s[JOULE_ARCH_COUNT];
+    double xs[JOULE_ARCH_COUNT][MAX_ROWS], ys[JOULE_ARCH_COUNT][MAX_ROWS];
+    double ex[JOULE_ARCH_COUNT][MAX_ROWS], ey[JOULE_ARCH_COUNT][MAX_ROWS];
+    compare_series es[JOULE_ARCH_COUNT];
+    int ns = 0, nq = 0;
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+        if (runs[a].n == 0) continue;
+        int q = 0;
+        for (int i = 0; i < runs[a].n; i++) {
+            xs[ns][i] = runs[a].pts[i].C;
+            ys[ns][i] = runs[a].pts[i].loss;
+            if (isfinite(runs[a].rows[i]->query_j)) {
+                ex[ns][q] = runs[a].rows[i]->val_bpb;
+                ey[ns][q++] = runs[a].rows[i]->query_j;
+            }
+        }
+        s[ns] = (compare_series){joule_arch_names[a], xs[ns], ys[ns], runs[a].n};
+        es[ns] = (compare_series){joule_arch_names[a], ex[ns], ey[ns], q};
+        nq += q;
+        ns++;
+    }
+    char label[128];
+    if (dense) snprintf(label, sizeof label, "dense fit %.3g C^%.3f + %.3g", dense->a, dense->b, dense->c);
+    compare_plot lp = {"Validation bits per byte vs training compute", "training FLOPs (counted)", "val bits per byte",
+                       true, true, s, ns, dense ? fit_curve : NULL, dense, label, NULL};
+    char *svg = compare_svg(&lp);
+    int rc = write_text(dir, "loss_vs_compute.svg", svg);
+    free(svg);
+    if (rc) return rc;
+    compare_plot ep = {"Energy per query vs validation bits per byte", "val bits per byte", "joules per query",
+                       false, true, es, ns, NULL, NULL, NULL,
+                       nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)"};
+    svg = compare_svg(&ep);
+    rc = write_text(dir, "energy_vs_bpb.svg", svg);
+    free(svg);
+    return rc;
+}
+
+int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, const joule_compare_report_opts *o,
+                         char **summary) {
+    if (summary) *summary = NULL;
+    arch_runs *runs = calloc(JOULE_ARCH_COUNT, sizeof *runs);
+    char *md = NULL, *sum = NULL;
+    size_t md_len = 0, sum_len = 0;
+    FILE *f = open_memstream(&md, &md_len), *fs = open_memstream(&sum, &sum_len);
+    cJSON *fit = cJSON_CreateObject();
+    joule_pow_fit dense, *boot = NULL;
+    bool have_dense = false;
+    int rc = JOULE_OK;
+    if (!runs || !f || !fs || !fit) {
+        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) collect(rows, n, joule_arch_names[a], &runs[a]);
+    cJSON_AddNumberToObject(fit, "format_version", 1);
+    cJSON_AddStringToObject(fit, "loss", "validation bits per byte");
+    cJSON_AddStringToObject(fit, "compute", "counted training FLOPs");
+
+    /* the dense fit and its bootstrap */
+    const arch_runs *d = &runs[JOULE_ARCH_DENSE];
+    char note[256] = "";
+    if (d->n >= 3 && joule_fit_power(d->pts, (size_t)d->n, 0, &dense) == JOULE_OK) {
+        have_dense = true;
+        cJSON *df = pow_json(&dense, d->n);
+        if (o->bootstrap >= 2 &&
+            joule_bootstrap_power(d->pts, (size_t)d->n, 0, &dense, o->bootstrap, o->seed, NULL, NULL, &boot) == JOULE_OK) {
+            cJSON *iv = cJSON_AddObjectToObject(df, "interval");
+            cJSON_AddNumberToObject(iv, "level", o->level);
+            cJSON_AddNumberToObject(iv, "resamples", o->bootstrap);
+            for (int p = 0; p < 3; p++) {
+                double *v = malloc((size_t)o->bootstrap * sizeof *v), lo, hi, sd;
+                if (!v) break;
+                for (int i = 0; i < o->bootstrap; i++) v[i] = p == 0 ? boot[i].a : p == 1 ? boot[i].b : boot[i].c;
+                joule_interval(v, (size_t)o->bootstrap, o->level, &lo, &hi, &sd);
+                free(v);
+                cJSON *pair = cJSON_AddArrayToObject(iv, p == 0 ? "a" : p == 1 ? "b" : "c");
+                cJSON_AddItemToArray(pair, num_or_null(lo));
+                cJSON_AddItemToArray(pair, num_or_null(hi));
+            }
+        }
+        cJSON_AddItemToObject(fit, "dense_fit", df);
+    } else {
+        snprintf(note, sizeof note, "no dense fit: %s", d->n < 3 ? "it needs 3 finished dense budgets" : joule_last_error());
+        cJSON_AddStringToObject(fit, "dense_fit_missing", note);
+    }
+
+    /* report.md: the runs */
+    fprintf(f, "# joule compare: equal-compute comparison\n\n");
+    fprintf(f, "Loss is validation bits per byte; compute is the counted training FLOPs (every matmul, router and "
+               "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
+               "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
+            JOULE_COMPARE_EM_BYTES);
+    fprintf(f, "## Runs\n\n| arch | budget | layers x d_model | experts | params total | params active | tokens | "
+               "counted FLOPs | spent/budget | val bpb | exact match | train s | train energy | J/query |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        const joule_compare_row *r = &rows[i];
+        if (!r->ok) {
+            failed++;
+            continue;
+        }
+        char ex[32] = "-", q[32] = "-";
+        if (r->experts) snprintf(ex, sizeof ex, "%d x top-%d", r->experts, r->top_k);
+        if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
+        fprintf(f, "| %s | %.3g | %d x %d | %s | %llu | %llu | %llu | %.4g | %.4f | %.4f | %.4f | %.1f | %.4g J [%s] | %s |\n",
+                r->arch, r->budget, r->n_layers, r->d_model, ex, (unsigned long long)r->params_total,
+                (unsigned long long)r->params_active, (unsigned long long)r->tokens, (double)r->flops_counted,
+                r->spent, r->val_bpb, r->exact_match, r->train_s, r->energy_j,
+                r->energy_method[0] ? r->energy_method : "not measured", q);
+    }
+    if (failed) {
+        fprintf(f, "\n## Failed runs\n\n| arch | budget | error |\n|---|---|---|\n");
+        cJSON *fa = cJSON_AddArrayToObject(fit, "failed");
+        for (int i = 0; i < n; i++) {
+            if (rows[i].ok) continue;
+            fprintf(f, "| %s | %.3g | %s |\n", rows[i].arch, rows[i].budget, rows[i].error);
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "arch", rows[i].arch);
+            cJSON_AddNumberToObject(e, "budget", rows[i].budget);
+            cJSON_AddStringToObject(e, "error", rows[i].error);
+            cJSON_AddItemToArray(fa, e);
+        }
+    }
+
+    /* the dense fit and the effective compute multipliers */
+    fprintf(f, "\n## Dense scaling law L(C) = a C^b + c\n\n");
+    if (have_dense)
+        fprintf(f, "a = %.5g, b = %.5f, c = %.5g (%d dense runs; Huber objective %.3g)%s\n", dense.a, dense.b, dense.c,
+                d->n, dense.objective, boot ? "" : "; no bootstrap");
+    else
+        fprintf(f, "%s\n", note);
+    fprintf(f, "\n## Effective compute multiplier\n\nDense compute that reaches the run's loss on the dense fit, over "
+               "the compute the run spent (> 1: the architecture buys more than its FLOPs); interval: %.0f%% "
+               "bootstrap percentiles over %d resamples of the dense runs.\n\n| arch | budget | val bpb | multiplier | "
+               "interval |\n|---|---|---|---|---|\n",
+            100 * o->level, boot ? o->bootstrap : 0);
+    fprintf(fs, "| arch | budget | params active | val bpb | exact match | eff. compute x [%.0f%%] | J/query |\n"
+                "|---|---|---|---|---|---|---|\n", 100 * o->level);
+    cJSON *eff = cJSON_AddArrayToObject(fit, "effective_compute");
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+        for (int i = 0; i < runs[a].n; i++) {
+            const joule_compare_row *r = runs[a].rows[i];
+            char m1[32], m2[32], m3[32], q[32] = "-", cell[128] = "-";
+            if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
+            if (have_dense && a != JOULE_ARCH_DENSE) {
+                multiplier m = effective(&dense, boot, boot ? o->bootstrap : 0, o->level, r);
+                fmt_mult(m1, sizeof m1, m.mult);
+                fmt_mult(m2, sizeof m2, m.lo);
+                fmt_mult(m3, sizeof m3, m.hi);
+                fprintf(f, "| %s | %.3g | %.4f | %s | [%s, %s] |\n", r->arch, r->budget, r->val_bpb, m1, m2, m3);
+                snprintf(cell, sizeof cell, "%s [%s, %s]", m1, m2, m3);
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddStringToObject(e, "arch", r->arch);
+                cJSON_AddNumberToObject(e, "budget", r->budget);
+                cJSON_AddNumberToObject(e, "flops", (double)r->flops_counted);
+                cJSON_AddNumberToObject(e, "val_bpb", r->val_bpb);
+                cJSON_AddItemToObject(e, "dense_compute", num_or_null(m.mult * (double)r->flops_counted));
+                cJSON_AddItemToObject(e, "multiplier", num_or_null(m.mult));
+                cJSON_AddItemToObject(e, "lo", num_or_null(m.lo));
+                cJSON_AddItemToObject(e, "hi", num_or_null(m.hi));
+                cJSON_AddItemToArray(eff, e);
+            } else if (a == JOULE_ARCH_DENSE) {
+                snprintf(cell, sizeof cell, "1 (reference)");
+            }
+            fprintf(fs, "| %s | %.3g | %llu | %.4f | %.4f | %s | %s |\n", r->arch, r->budget,
+                    (unsigned long long)r->params_active, r->val_bpb, r->exact_match, cell, q);
+        }
+
+    /* predictable scaling */
+    fprintf(f, "\n## Predictable scaling: loss\n\nL(C) fitted on the smaller budgets only, predicting the largest.\n\n"
+               "| arch | fitted on | predicted bpb | actual bpb | error |\n|---|---|---|---|---|\n");
+    cJSON *bt = cJSON_AddObjectToObject(fit, "backtest_loss");
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+        if (runs[a].n == 0) continue;
+        char line[512];
+        cJSON *o1 = loss_backtest(&runs[a], line, sizeof line, joule_arch_names[a]);
+        fputs(line, f);
+        if (o1) cJSON_AddItemToObject(bt, joule_arch_names[a], o1);
+    }
+    fprintf(f, "\n## Predictable scaling: exact match\n\n-log(exact match) = alpha C^-k fitted on the smaller "
+               "budgets, predicting the largest (the GPT-4 report's HumanEval procedure).\n\n"
+               "| arch | fitted on | predicted | actual | error |\n|---|---|---|---|---|\n");
+    cJSON *mb = cJSON_AddObjectToObject(fit, "backtest_exact_match");
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+        if (runs[a].n == 0) continue;
+        char line[512];
+        cJSON *o1 = metric_backtest(&runs[a], line, sizeof line, joule_arch_names[a]);
+        fputs(line, f);
+        if (o1) cJSON_AddItemToObject(mb, joule_arch_names[a], o1);
+    }
+    fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n");
+    fclose(f);
+    f = NULL;
+    fclose(fs);
+    fs = NULL;
+    char *json = cJSON_Print(fit);
+    if ((rc = write_text(dir, "fit.json", json)) == JOULE_OK && (rc = write_text(dir, "report.md", md)) == JOULE_OK)
+        rc = write_plots(dir, runs, have_dense ? &dense : NULL);
+    free(json);
+    if (!rc && summary) {
+        *summary = sum;
+        sum = NULL;
+    }
+done:
+    if (f) fclose(f);
+    if (fs) fclose(fs);
+    free(md);
+    free(sum);
+    free(boot);
+    free(runs);
+    cJSON_Delete(fit);
+    return rc;
+}

@@ -1,0 +1,356 @@
+/* joule compare — dense vs MoE (vs RETRO) at equal training compute, resumable. */
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "acct_cli.h"
+#include "cli.h"
+#include "compare_run.h"
+#include "joule/compare.h"
+
+static const char USAGE[] =
+    "Usage: joule compare --budgets LIST [options]\n"
+    "\n"
+    "Equal-compute comparison (docs/COMPARE.md). For every budget (training FLOPs) and\n"
+    "architecture: size a model by the rule below, train it until the counted budget is spent,\n"
+    "evaluate validation bits-per-byte and exact match of the next 8 bytes under greedy\n"
+    "decoding, and measure the training energy. Then fit the dense L(C) = a C^b + c, give each\n"
+    "other run's effective compute multiplier with bootstrap intervals, and backtest the loss\n"
+    "and the exact-match metric on the largest budget from the smaller ones.\n"
+    "\n"
+    "Resumable: every finished run is a checkpoint in DIR/runs/ and a row of DIR/results.jsonl;\n"
+    "running the command again skips finished runs and retries failed ones. Ctrl-C stops the\n"
+    "run in progress (it is redone next time) and keeps the rest; twice exits at once.\n"
+    "A failed run is recorded with its error and the command exits 1 at the end.\n"
+    "\n"
+    "What to run:\n"
+    "  --budgets LIST        training FLOPs per run, comma-separated, e.g. 1e12,2e12,4e12,8e12\n"
+    "  --archs LIST          architectures among dense, moe (default dense,moe)\n"
+    "  --data DIR            prepared corpus: DIR/train.bin and DIR/val.bin (default data/default)\n"
+    "  --out DIR             comparison folder (default runs/compare): results.csv, results.jsonl,\n"
+    "                        fit.json, report.md, loss_vs_compute.svg, energy_vs_bpb.svg, runs/\n"
+    "\n"
+    "Sizing rule (a model of the fixed-aspect family d_model = i x 16, layers = d_model / aspect,\n"
+    "heads of 16, d_ff = ffn-mult x d_model, whose total parameters are nearest N = sqrt(C / 6r);\n"
+    "smaller when the budget buys fewer than --min-steps steps):\n"
+    "  --tokens-per-param R  r, training tokens per parameter (default 20, Chinchilla's D ~ 20 N)\n"
+    "  --aspect A            d_model / layers (default 32)\n"
+    "  --ffn-mult M          d_ff / d_model (default 3)\n"
+    "  --ctx N               context = training sequence length in bytes (default 64)\n"
+    "  --min-steps N         fewest optimizer steps a run may have (default 50: the last step then\n"
+    "                        leaves at most 2%% of the budget unspent)\n"
+    "  --experts N           MoE: experts per MoE layer (default 8); each of d_ff / top-k, so a\n"
+    "  --top-k N             token costs the dense model's FLOPs plus the router (default 2)\n"
+    "  --moe-every N         MoE FFN in every N-th layer (default 2)\n"
+    "\n"
+    "Training and evaluation:\n"
+    "  --batch N             sequences per step (default 8)\n"
+    "  --lr F                peak learning rate, cosine to lr/10 (default 3e-3)\n"
+    "  --seed N              initialisation and batches (default 1)\n"
+    "  --eval-windows N      validation windows of ctx bytes for bits-per-byte; 0 = all (default 256)\n"
+    "  --em-windows N        exact-match prompts of ctx-8 bytes, evenly spaced (default 128)\n"
+    "\n"
+    "Report:\n"
+    "  --bootstrap N         resamples for the intervals (default 200)\n"
+    "  --level F             interval level (default 0.9)\n"
+    "  --report-only         rebuild the report from DIR/results.jsonl without running anything\n"
+    "\n"
+    "Other:\n"
+    "  --threads N           threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
+    "  -h, --help            show this help and exit\n"
+    "\n"
+    "Energy comes from the automatic meters (RAPL, perf, NVML, else modeled:tdp with the profile\n"
+    "$JOULE_HARDWARE or " CLI_DEFAULT_CPU_PROFILE "; $JOULE_POWER_WATTS for a constant power); the method is in\n"
+    "every row.\n";
+
+enum {
+    OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,
+    OPT_EXPERTS, OPT_TOP_K, OPT_MOE_EVERY, OPT_BATCH, OPT_LR, OPT_SEED, OPT_EVAL_WINDOWS, OPT_EM_WINDOWS,
+    OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS,
+};
+
+static const char *CMD = "compare";
+
+static volatile int g_interrupt;
+
+static void on_signal(int sig) {
+    (void)sig;
+    if (g_interrupt) _exit(EXIT_INTERRUPTED);
+    g_interrupt = 1;
+    static const char msg[] = "\njoule compare: interrupt: stopping the run in progress (Ctrl-C again to exit "
+                              "at once); finished runs are kept\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+}
+
+/* "1e12,2e12" -> ascending, duplicates dropped. */
+static int parse_budgets(const char *s, double *out, int *n) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", s);
+    *n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        double v;
+        if (!cli_parse_double(t, &v) || !(v > 0) || !isfinite(v))
+            return cli_usage_error(CMD, "--budgets: '%s' is not a positive number of FLOPs", t);
+        if (*n == JOULE_COMPARE_MAX_BUDGETS)
+            return cli_usage_error(CMD, "--budgets: at most %d budgets", JOULE_COMPARE_MAX_BUDGETS);
+        bool dup = false;
+        for (int i = 0; i < *n; i++) dup |= fabs(out[i] - v) <= 1e-9 * v;
+        if (!dup) out[(*n)++] = v;
+    }
+    if (*n == 0) return cli_usage_error(CMD, "--budgets: no budget given");
+    for (int i = 1; i < *n; i++)
+        for (int j = i; j > 0 && out[j - 1] > out[j]; j--) {
+            double t = out[j];
+            out[j] = out[j - 1];
+            out[j - 1] = t;
+        }
+    return 0;
+}
+
+static int parse_archs(const char *s, bool *archs) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    memset(archs, 0, JOULE_ARCH_COUNT * sizeof *archs);
+    int any = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int a = 0;
+        while (a < JOULE_ARCH_COUNT && strcmp(joule_arch_names[a], t) != 0) a++;
+        if (a == JOULE_ARCH_COUNT) return cli_usage_error(CMD, "--archs: '%s' is not one of dense, moe", t);
+        if (a == JOULE_ARCH_RETRO)
+            return cli_usage_error(CMD, "--archs: retro is not available in this build (the RETRO model is not merged)");
+        archs[a] = true;
+        any = 1;
+    }
+    if (!any) return cli_usage_error(CMD, "--archs: no architecture given");
+    return 0;
+}
+
+/* ---- progress ---- */
+
+typedef struct {
+    cli_progress bar;
+    bool bar_on;
+} compare_ui;
+
+static void on_run_start(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
+                         uint64_t steps, double eta_s) {
+    compare_ui *ui = ctx;
+    char eta[32] = "ETA ?";
+    if (isfinite(eta_s)) {
+        char d[32];
+        snprintf(eta, sizeof eta, "ETA %s", cli_fmt_duration(d, sizeof d, eta_s));
+    }
+    if (c)
+        printf("run %d of %d: %s, budget %.3g FLOPs: %d layers x d_model %d%s, %llu steps; %s\n", k, n, arch, budget,
+               c->n_layers, c->d_model, joule_config_has_moe(c) ? " + experts" : "", (unsigned long long)steps, eta);
+    else
+        printf("run %d of %d: %s, budget %.3g FLOPs; %s\n", k, n, arch, budget, eta);
+    fflush(stdout);
+    cli_progress_start(&ui->bar, arch, "step", (double)steps);
+    ui->bar_on = c != NULL;
+}
+
+static void on_step(void *ctx, const joule_train_progress *p) {
+    compare_ui *ui = ctx;
+    char extra[64];
+    snprintf(extra, sizeof extra, "loss %.3f", p->loss);
+    if (ui->bar_on && p->step < p->total_steps) cli_progress_update(&ui->bar, (double)p->step, extra);
+}
+
+static void on_run_end(void *ctx, const joule_compare_row *r) {
+    compare_ui *ui = ctx;
+    if (ui->bar.tty && ui->bar.printed) fputc('\n', stderr);
+    if (!r->ok) {
+        printf("  FAILED: %s\n", r->error);
+    } else {
+        char w[32];
+        printf("  val bpb %.4f, exact match %.4f, counted FLOPs %.4g (%.2f%% of the budget), %s, energy %.4g J [%s]\n",
+               r->val_bpb, r->exact_match, (double)r->flops_counted, 100 * r->spent,
+               cli_fmt_duration(w, sizeof w, r->wall_s), r->energy_j,
+               r->energy_method[0] ? r->energy_method : "not measured");
+    }
+    fflush(stdout);
+}
+
+#define INT_OPT(var, lo, hi, name)                                                                   \
+    do {                                                                                             \
+        if (!cli_parse_int(optarg, lo, hi, &(var)))                                                  \
+            return cli_usage_error(CMD, "%s: '%s' is not an integer in [%d, %d]", name, optarg, lo, hi); \
+    } while (0)
+
+int cmd_compare(int argc, char **argv) {
+    static const struct option LONG[] = {
+        {"budgets", required_argument, NULL, OPT_BUDGETS},
+        {"archs", required_argument, NULL, OPT_ARCHS},
+        {"data", required_argument, NULL, OPT_DATA},
+        {"out", required_argument, NULL, OPT_OUT},
+        {"tokens-per-param", required_argument, NULL, OPT_TPP},
+        {"aspect", required_argument, NULL, OPT_ASPECT},
+        {"ffn-mult", required_argument, NULL, OPT_FFN_MULT},
+        {"ctx", required_argument, NULL, OPT_CTX},
+        {"min-steps", required_argument, NULL, OPT_MIN_STEPS},
+        {"experts", required_argument, NULL, OPT_EXPERTS},
+        {"top-k", required_argument, NULL, OPT_TOP_K},
+        {"moe-every", required_argument, NULL, OPT_MOE_EVERY},
+        {"batch", required_argument, NULL, OPT_BATCH},
+        {"lr", required_argument, NULL, OPT_LR},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
+        {"em-windows", required_argument, NULL, OPT_EM_WINDOWS},
+        {"bootstrap", required_argument, NULL, OPT_BOOTSTRAP},
+        {"level", required_argument, NULL, OPT_LEVEL},
+        {"report-only", no_argument, NULL, OPT_REPORT_ONLY},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    joule_compare_settings s;
+    joule_compare_settings_init(&s);
+    compare_plan p;
+    memset(&p, 0, sizeof p);
+    double budgets[JOULE_COMPARE_MAX_BUDGETS];
+    p.archs[JOULE_ARCH_DENSE] = p.archs[JOULE_ARCH_MOE] = true;
+    const char *data = "data/default", *out = "runs/compare";
+    joule_compare_report_opts ro = {200, 0.9, 1};
+    bool report_only = false;
+    int threads = 0, rc;
+    int c;
+    optind = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'h': fputs(USAGE, stdout); return 0;
+        case OPT_BUDGETS:
+            if ((rc = parse_budgets(optarg, budgets, &p.n_budgets))) return rc;
+            break;
+        case OPT_ARCHS:
+            if ((rc = parse_archs(optarg, p.archs))) return rc;
+            break;
+        case OPT_DATA: data = optarg; break;
+        case OPT_OUT: out = optarg; break;
+        case OPT_TPP:
+            if (!cli_parse_double(optarg, &s.tokens_per_param) || !(s.tokens_per_param > 0))
+                return cli_usage_error(CMD, "--tokens-per-param: '%s' is not a positive number", optarg);
+            break;
+        case OPT_ASPECT: INT_OPT(s.aspect, 1, 4096, "--aspect"); break;
+        case OPT_FFN_MULT: INT_OPT(s.ffn_mult, 1, 64, "--ffn-mult"); break;
+        case OPT_CTX: INT_OPT(s.ctx, JOULE_COMPARE_EM_BYTES + 1, 1 << 16, "--ctx"); break;
+        case OPT_MIN_STEPS: INT_OPT(s.min_steps, 1, 1 << 30, "--min-steps"); break;
+        case OPT_EXPERTS: INT_OPT(s.experts, 2, 4096, "--experts"); break;
+        case OPT_TOP_K: INT_OPT(s.top_k, 1, 2, "--top-k"); break;
+        case OPT_MOE_EVERY: INT_OPT(s.moe_every, 1, JOULE_MAX_LAYERS, "--moe-every"); break;
+        case OPT_BATCH: INT_OPT(s.batch, 1, 1 << 16, "--batch"); break;
+        case OPT_LR:
+            if (!cli_parse_double(optarg, &s.lr) || !(s.lr > 0))
+                return cli_usage_error(CMD, "--lr: '%s' is not a positive number", optarg);
+            break;
+        case OPT_SEED:
+            if (!cli_parse_u64(optarg, &s.seed)) return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
+            break;
+        case OPT_EVAL_WINDOWS:
+            if (!cli_parse_u64(optarg, &s.eval_windows))
+                return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
+            break;
+        case OPT_EM_WINDOWS: INT_OPT(s.em_windows, 1, 1 << 24, "--em-windows"); break;
+        case OPT_BOOTSTRAP: INT_OPT(ro.bootstrap, 0, 100000, "--bootstrap"); break;
+        case OPT_LEVEL:
+            if (!cli_parse_double(optarg, &ro.level) || !(ro.level > 0 && ro.level < 1))
+                return cli_usage_error(CMD, "--level: '%s' is not a number in (0, 1)", optarg);
+            break;
+        case OPT_REPORT_ONLY: report_only = true; break;
+        case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
+        default: return cli_bad_option(CMD, c, argv);
+        }
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (s.top_k > s.experts) return cli_usage_error(CMD, "--top-k %d is more than --experts %d", s.top_k, s.experts);
+    if (ro.bootstrap == 1) return cli_usage_error(CMD, "--bootstrap: give 0 (none) or at least 2 resamples");
+
+    joule_compare_row *rows = NULL;
+    int n_rows = 0;
+    compare_outcome oc;
+    memset(&oc, 0, sizeof oc);
+    int ret = 0;
+    if (report_only) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/results.jsonl", out);
+        if ((rc = cli_check_input(CMD, path, "nothing to report (check --out)"))) return rc;
+        if ((rc = joule_compare_rows_load(path, &rows, &n_rows))) return cli_fail(CMD, rc);
+    } else {
+        if (p.n_budgets == 0) return cli_usage_error(CMD, "no budgets: give --budgets LIST, e.g. 1e12,2e12,4e12,8e12");
+        char train[4096], val[4096];
+        snprintf(train, sizeof train, "%s/train.bin", data);
+        snprintf(val, sizeof val, "%s/val.bin", data);
+        const char *hint = "prepare it with 'joule data prepare --preset default' or give --data DIR";
+        if ((rc = cli_check_input(CMD, train, hint)) || (rc = cli_check_input(CMD, val, hint))) return rc;
+        cli_setup_threads(threads);
+        /* every run's energy comes from one set of meters, so the methods agree */
+        joule_energy meters;
+        const char *w = getenv("JOULE_POWER_WATTS");
+        double watts = 0;
+        if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
+        char profile[64];
+        bool metered = cli_energy_open(&meters, getenv("JOULE_HARDWARE"), watts, NULL, profile, sizeof profile) == 0;
+        if (!metered) fprintf(stderr, "joule %s: energy not measured: %s\n", CMD, joule_last_error());
+        else printf("energy: %s%s%s\n", meters.method, strstr(meters.method, "tdp") ? ", profile " : "",
+                    strstr(meters.method, "tdp") ? profile : "");
+        compare_ui ui;
+        memset(&ui, 0, sizeof ui);
+        p.settings = &s;
+        p.data_dir = data;
+        p.out_dir = out;
+        p.budgets = budgets;
+        p.meters = metered ? &meters : NULL;
+        p.interrupt = &g_interrupt;
+        p.on_run_start = on_run_start;
+        p.on_run_end = on_run_end;
+        p.on_step = on_step;
+        p.ctx = &ui;
+        if ((rc = cli_make_parent_dirs(CMD, out))) return rc;
+        static const int SIGNALS[2] = {SIGINT, SIGTERM};
+        struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART}, old[2];
+        sigemptyset(&sa.sa_mask);
+        g_interrupt = 0;
+        for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &sa, &old[i]);
+        rc = compare_loop(&p, &oc);
+        for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
+        if (metered) joule_energy_close(&meters);
+        if (rc) {
+            free(oc.rows);
+            return cli_fail(CMD, rc);
+        }
+        rows = oc.rows;
+        n_rows = oc.n_rows;
+        printf("%d run%s done, %d already finished, %d failed in %s\n", oc.ran, oc.ran == 1 ? "" : "s", oc.skipped,
+               oc.failed, out);
+    }
+    char *summary = NULL;
+    if ((rc = joule_compare_report(out, rows, n_rows, &ro, &summary))) {
+        ret = cli_fail(CMD, rc);
+    } else {
+        printf("\n%s\nreport: %s/report.md, fit.json, results.csv, loss_vs_compute.svg, energy_vs_bpb.svg\n",
+               summary ? summary : "", out);
+    }
+    free(summary);
+    int failed = 0;
+    for (int i = 0; i < n_rows; i++) failed += !rows[i].ok;
+    free(rows);
+    fflush(stdout);
+    if (ret) return ret;
+    if (oc.interrupted) {
+        fprintf(stderr, "joule %s: interrupted; finished runs are kept in %s: run the same command to continue\n", CMD,
+                out);
+        return EXIT_INTERRUPTED;
+    }
+    if (failed) {
+        fprintf(stderr, "joule %s: %d run%s failed (see %s/report.md); fix the cause and rerun to retry them\n", CMD,
+                failed, failed == 1 ? " has" : "s have", out);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}

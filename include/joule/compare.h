@@ -1,0 +1,124 @@
+/* joule/compare.h — the equal-compute comparison behind `joule compare` (docs/COMPARE.md).
+ *
+ * For every budget C (training FLOPs) and architecture the driver sizes a model by the
+ * documented rule (joule_compare_size), trains it until the trainer's counted budget
+ * (3 x joule_model_forward_flops per micro-batch, router and every other extension term
+ * included) is spent, evaluates validation bits-per-byte and the exact-match metric, and
+ * measures the training energy in an accountant window. Each finished run is a checkpoint
+ * plus a row of DIR/results.jsonl; a rerun skips finished rows. The report (fit.json,
+ * report.md, SVGs) is rebuilt from the rows.
+ *
+ * The implementation lives in bench/ (it drives the library like a user would); the CLI
+ * (cli/cmd_compare.c) parses flags and prints. Ownership: rows are plain values; arrays
+ * returned through pointers are malloc'd and freed by the caller with free().
+ */
+#ifndef JOULE_COMPARE_H
+#define JOULE_COMPARE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "joule/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define JOULE_COMPARE_MAX_BUDGETS 32
+#define JOULE_COMPARE_EM_BYTES 8 /* exact match of the next 8 bytes */
+
+typedef enum { JOULE_ARCH_DENSE = 0, JOULE_ARCH_MOE = 1, JOULE_ARCH_RETRO = 2, JOULE_ARCH_COUNT = 3 } joule_arch;
+extern const char *const joule_arch_names[JOULE_ARCH_COUNT]; /* "dense", "moe", "retro" */
+
+/* Everything that shapes a run; a comparison folder records it (compare.json) and refuses
+ * to mix runs made with different settings. */
+typedef struct {
+    /* sizing rule (docs/COMPARE.md §1) */
+    double tokens_per_param; /* D = r N for the compute-optimal size (Chinchilla: ~20) */
+    int aspect;              /* d_model / n_layers of the family */
+    int head_dim;            /* heads = d_model / head_dim */
+    int ffn_mult;            /* d_ff = ffn_mult x d_model */
+    int width_step;          /* d_model is a multiple of this */
+    int ctx;                 /* context = training sequence length */
+    int min_steps;           /* a model must get at least this many steps of the budget */
+    /* MoE: the dense model of the same budget with E experts of d_ff / top_k, so a token
+     * costs the same matmul FLOPs plus the router */
+    int experts, top_k, moe_every;
+    /* training */
+    int batch;
+    double lr;
+    uint64_t seed;
+    /* evaluation */
+    uint64_t eval_windows; /* validation windows of ctx bytes for bpb; 0 = all */
+    int em_windows;        /* exact-match prompts */
+} joule_compare_settings;
+
+void joule_compare_settings_init(joule_compare_settings *s);
+/* Compact JSON of s (caller frees); equal settings give equal strings. */
+char *joule_compare_settings_json(const joule_compare_settings *s);
+
+/* The model of `arch` for budget C under the sizing rule: the family member whose total
+ * parameter count is nearest (in log) to N* = sqrt(C / (6 r)), moved down the family until
+ * the budget buys at least min_steps steps. Fails (JOULE_ERR_ARG, message says why) when
+ * even the smallest member does not. *steps receives the planned steps. */
+int joule_compare_size(const joule_compare_settings *s, joule_arch arch, double budget, joule_config *out,
+                       uint64_t *steps);
+
+/* One run: one line of results.jsonl / results.csv. */
+typedef struct {
+    char arch[16];
+    double budget;       /* FLOPs asked for */
+    bool ok;
+    char error[512];     /* why it failed ("" when ok) */
+    int n_layers, d_model, n_heads, d_ff, ctx;
+    int experts, top_k, d_ff_expert; /* 0 for dense */
+    uint64_t params_total, params_active, params_non_embedding;
+    uint64_t steps, tokens;
+    uint64_t flops_counted, flops_analytic; /* training, counted by joule_sgemm and analytic */
+    double spent;        /* flops_counted / budget */
+    double val_bpb;
+    double exact_match;  /* fraction of em_windows prompts whose next 8 bytes are matched */
+    uint64_t em_windows;
+    double wall_s;       /* whole run: training, evaluation, metric */
+    double train_s;
+    double energy_j;     /* training window */
+    char energy_method[96];
+    /* energy per query from the energy benchmark (NaN when not run) */
+    double query_j, query_s;
+    char query_method[96];
+    char checkpoint[512];
+} joule_compare_row;
+
+/* Rows <-> JSON lines. Reading checks every field it needs and names path:line. */
+char *joule_compare_row_json(const joule_compare_row *r);
+int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n);
+/* results.jsonl and results.csv in dir, both written atomically. */
+int joule_compare_rows_save(const char *dir, const joule_compare_row *rows, int n);
+
+/* ---- the discontinuous metric (bench/compare_metric.c) ---- */
+
+/* Greedy decoding: for `windows` prompts of `prompt` bytes evenly spaced over the token
+ * file, decode JOULE_COMPARE_EM_BYTES bytes with the KV cache and count a hit when all of
+ * them equal the file's next bytes. *rate = hits / windows. */
+int joule_exact_match(const joule_model *m, const char *val_path, int prompt, int windows, double *rate,
+                      uint64_t *hits);
+
+/* ---- the report (bench/compare_report.c) ---- */
+
+typedef struct {
+    int bootstrap;    /* resamples for the intervals */
+    double level;     /* interval level, e.g. 0.9 */
+    uint64_t seed;
+} joule_compare_report_opts;
+
+/* fit.json, report.md, loss_vs_compute.svg and energy_vs_bpb.svg in dir from the rows
+ * (failed rows are listed, not fitted). Writes what the rows allow: the dense fit needs
+ * three dense budgets, the backtests four. `summary` (may be NULL) receives the markdown
+ * summary table (caller frees). */
+int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, const joule_compare_report_opts *o,
+                         char **summary);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
