@@ -140,9 +140,11 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
                 out->interrupted = true;
                 break;
             }
-            flops_done += budget;
             flops_left -= budget;
-            secs_done += r.wall_s;
+            if (r.ok) { /* a failed run says nothing about the time a budget takes */
+                flops_done += budget;
+                secs_done += r.wall_s;
+            }
             out->ran++;
             if (i >= 0) out->rows[i] = r;
             else if ((rc = add_row(out, &r))) break;

@@ -1,0 +1,291 @@
+/* `joule compare` end to end on a tiny corpus: every run of every arch spends its budget
+ * within 2% (counted FLOPs), a budget too small to train is a failed row with its error
+ * and exit 1, a rerun skips the finished runs, and the report files parse.
+ * The binary comes from $JOULE_BIN; everything happens in a temp folder. One comparison is
+ * run by the fixture and inspected by the tests. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_bin[4096], g_dir[4096];
+static int g_first_rc = -1;
+
+/* Three budgets (the fewest a dense fit takes) plus one too small for any model. */
+#define BUDGETS "1e3,2e8,4e8,8e8"
+#define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --bootstrap 20 --threads 1"
+#define COMPARE "compare --data d --out c --budgets " BUDGETS " " SETTINGS
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...) {
+    char args[4096], cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > stdout.txt 2> stderr.txt", g_dir, g_bin, args);
+    int st = system(cmd);
+    ck_assert_int_ne(st, -1);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
+}
+
+/* Contents of g_dir/name (caller frees), NULL when it cannot be read. */
+static char *read_text(const char *name) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, len = 0, got;
+    do {
+        char *g = realloc(buf, cap += 1 << 16);
+        ck_assert_ptr_nonnull(g);
+        buf = g;
+        got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+    } while (got > 0);
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Asserts that g_dir/name mentions needle. */
+static void expect_in(const char *name, const char *needle) {
+    char *text = read_text(name);
+    ck_assert_msg(text != NULL, "%s is missing", name);
+    ck_assert_msg(strstr(text, needle) != NULL, "%s does not mention '%s':\n%s", name, needle, text);
+    free(text);
+}
+
+static double mtime_of(const char *name) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    struct stat st;
+    ck_assert_msg(stat(path, &st) == 0, "%s is missing", path);
+    return (double)st.st_mtim.tv_sec + 1e-9 * (double)st.st_mtim.tv_nsec;
+}
+
+/* Short made-up words in lines: enough bytes for random training windows and a validation
+ * split with several exact-match prompts. */
+static void make_corpus(void) {
+    static const char *const syll[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "qu", "ba", "do"};
+    char path[8192];
+    snprintf(path, sizeof path, "%s/corpus.txt", g_dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    unsigned x = 7;
+    for (int line = 0; line < 400; line++) {
+        for (int w = 0; w < 8; w++) {
+            x = x * 1664525u + 1013904223u;
+            int n = 1 + (int)((x >> 24) % 3);
+            for (int k = 0; k < n; k++) fputs(syll[(x >> (4 * k)) % 12], f);
+            fputc(w == 7 ? '.' : ' ', f);
+        }
+        fputs(line % 5 == 4 ? "\n\n" : "\n", f);
+    }
+    fclose(f);
+}
+
+static void setup(void) {
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it)");
+    snprintf(g_bin, sizeof g_bin, "%s", bin);
+    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_compare.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    make_corpus();
+    ck_assert_int_eq(run("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
+    g_first_rc = run(COMPARE);
+}
+
+static void teardown(void) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+}
+
+/* results.jsonl as a cJSON array of its rows. */
+static cJSON *load_rows(void) {
+    char *text = read_text("c/results.jsonl");
+    ck_assert_ptr_nonnull(text);
+    cJSON *rows = cJSON_CreateArray();
+    for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *r = cJSON_Parse(line);
+        ck_assert_msg(cJSON_IsObject(r), "results.jsonl: not an object: %s", line);
+        cJSON_AddItemToArray(rows, r);
+    }
+    free(text);
+    return rows;
+}
+
+static double num(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsNumber(v), "field '%s' is not a number", key);
+    return v->valuedouble;
+}
+
+static const char *str(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(cJSON_IsString(v), "field '%s' is not a string", key);
+    return v->valuestring;
+}
+
+START_TEST(test_every_arch_spends_its_budget) {
+    cJSON *rows = load_rows();
+    int ok[2] = {0, 0};
+    const cJSON *r;
+    cJSON_ArrayForEach(r, rows) {
+        if (strcmp(str(r, "status"), "ok") != 0) continue;
+        const char *arch = str(r, "arch");
+        ck_assert_msg(strcmp(arch, "dense") == 0 || strcmp(arch, "moe") == 0, "arch %s", arch);
+        ok[strcmp(arch, "moe") == 0]++;
+        double budget = num(r, "budget"), counted = num(r, "flops_counted");
+        ck_assert_msg(counted <= budget * 1.0001 && counted >= 0.98 * budget,
+                      "%s at %g FLOPs spent %g (%.2f%%)", arch, budget, counted, 100 * counted / budget);
+        ck_assert_double_eq_tol(num(r, "spent"), counted / budget, 1e-9);
+        /* the steps really ran: tokens = steps x batch 4 x ctx 16 */
+        ck_assert_double_eq(num(r, "tokens"), num(r, "steps") * 4 * 16);
+        ck_assert(num(r, "steps") >= 50);
+        double bpb = num(r, "val_bpb"), em = num(r, "exact_match");
+        ck_assert_msg(bpb > 0 && bpb < 9, "val bpb %g", bpb);
+        ck_assert(em >= 0 && em <= 1);
+        ck_assert(num(r, "params_active") <= num(r, "params_total"));
+        if (strcmp(arch, "moe") == 0) {
+            ck_assert_int_eq((int)num(r, "experts"), 8);
+            ck_assert(num(r, "params_active") < num(r, "params_total"));
+        }
+        ck_assert_msg(str(r, "energy_method")[0] != '\0', "no energy method");
+    }
+    ck_assert_int_eq(ok[0], 3);
+    ck_assert_int_eq(ok[1], 3);
+    cJSON_Delete(rows);
+}
+END_TEST
+
+START_TEST(test_failed_run_is_a_row) {
+    ck_assert_int_eq(g_first_rc, 1);
+    cJSON *rows = load_rows();
+    int failed = 0;
+    const cJSON *r;
+    cJSON_ArrayForEach(r, rows) {
+        if (strcmp(str(r, "status"), "failed") != 0) continue;
+        failed++;
+        ck_assert_double_eq(num(r, "budget"), 1e3);
+        ck_assert_msg(strstr(str(r, "error"), "buys 0 steps") != NULL, "error: %s", str(r, "error"));
+    }
+    ck_assert_int_eq(failed, 2);
+    cJSON_Delete(rows);
+    expect_in("c/report.md", "## Failed runs");
+}
+END_TEST
+
+START_TEST(test_rerun_skips_finished_runs) {
+    const char *ckpt = "c/runs/dense-2e08.safetensors";
+    double before = mtime_of(ckpt);
+    char *rows_before = read_text("c/results.jsonl");
+    ck_assert_int_eq(run(COMPARE), 1); /* the failed budget is retried and fails again */
+    expect_in("stdout.txt", "2 runs done, 6 already finished, 2 failed");
+    char *out = read_text("stdout.txt");
+    ck_assert_ptr_null(strstr(out, "run 3 of"));
+    free(out);
+    ck_assert_double_eq(mtime_of(ckpt), before);
+    char *rows_after = read_text("c/results.jsonl");
+    ck_assert_ptr_nonnull(rows_after);
+    /* finished rows are kept byte for byte (failed ones are rewritten by their retry) */
+    int kept = 0;
+    for (char *save = NULL, *line = strtok_r(rows_before, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!strstr(line, "\"status\":\"ok\"")) continue;
+        ck_assert_msg(strstr(rows_after, line) != NULL, "row changed: %s", line);
+        kept++;
+    }
+    ck_assert_int_eq(kept, 6);
+    free(rows_before);
+    free(rows_after);
+    /* other settings in the same folder are refused */
+    ck_assert_int_eq(run("compare --data d --out c --budgets 2e8 --ctx 32 --threads 1"), 2);
+    expect_in("stderr.txt", "c/compare.json");
+}
+END_TEST
+
+START_TEST(test_report_files_parse) {
+    char *text = read_text("c/fit.json");
+    ck_assert_ptr_nonnull(text);
+    cJSON *fit = cJSON_Parse(text);
+    free(text);
+    ck_assert_msg(cJSON_IsObject(fit), "fit.json does not parse");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(fit, "dense_fit");
+    ck_assert_msg(cJSON_IsObject(d), "no dense fit");
+    ck_assert(num(d, "a") > 0 && num(d, "b") < 0 && num(d, "c") >= 0);
+    ck_assert_int_eq((int)num(d, "runs"), 3);
+    const cJSON *iv = cJSON_GetObjectItemCaseSensitive(d, "interval");
+    ck_assert(cJSON_IsObject(iv) && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(iv, "b")) == 2);
+    const cJSON *eff = cJSON_GetObjectItemCaseSensitive(fit, "effective_compute");
+    ck_assert_int_eq(cJSON_GetArraySize(eff), 3);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, eff) {
+        ck_assert_str_eq(str(e, "arch"), "moe");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "multiplier");
+        ck_assert(cJSON_IsNull(m) || (cJSON_IsNumber(m) && m->valuedouble > 0));
+    }
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 2);
+    cJSON_Delete(fit);
+
+    char *csv = read_text("c/results.csv");
+    ck_assert_ptr_nonnull(csv);
+    ck_assert_int_eq(strncmp(csv, "arch,status,budget,", 19), 0);
+    int lines = 0;
+    for (const char *p = csv; *p; p++) lines += *p == '\n';
+    ck_assert_int_eq(lines, 1 + 8);
+    free(csv);
+    const char *svgs[] = {"c/loss_vs_compute.svg", "c/energy_vs_bpb.svg"};
+    for (int i = 0; i < 2; i++) {
+        char *svg = read_text(svgs[i]);
+        ck_assert_msg(svg && strncmp(svg, "<svg", 4) == 0 && strstr(svg, "</svg>"), "%s", svgs[i]);
+        ck_assert_ptr_nonnull(strstr(svg, "<circle"));
+        free(svg);
+    }
+    expect_in("c/report.md", "## Effective compute multiplier");
+    expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
+    /* --report-only rebuilds the same report from the rows */
+    ck_assert_int_eq(run("compare --out c --report-only --bootstrap 20"), 1);
+    expect_in("stdout.txt", "| moe | 8e+08 |");
+}
+END_TEST
+
+START_TEST(test_usage_errors) {
+    ck_assert_int_eq(run("compare --help"), 0);
+    expect_in("stdout.txt", "--budgets");
+    ck_assert_int_eq(run("compare --data d --out u"), 2);             /* no budgets */
+    ck_assert_int_eq(run("compare --data d --out u --budgets 0"), 2); /* not positive */
+    ck_assert_int_eq(run("compare --data d --out u --budgets 1e9 --archs dense,gpt"), 2);
+    ck_assert_int_eq(run("compare --data nowhere --out u --budgets 1e9"), 2);
+    ck_assert_int_eq(run("compare --out nowhere --report-only"), 2);
+    char *err = read_text("stderr.txt");
+    ck_assert_msg(strchr(err, '\n') == err + strlen(err) - 1, "not one line: %s", err);
+    free(err);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("compare");
+    TCase *tc = tcase_create("compare");
+    tcase_set_timeout(tc, 180); /* the fixture's comparison takes ~1 s here, ~10 s under ASan */
+    tcase_add_unchecked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_every_arch_spends_its_budget);
+    tcase_add_test(tc, test_failed_run_is_a_row);
+    tcase_add_test(tc, test_report_files_parse);
+    tcase_add_test(tc, test_rerun_skips_finished_runs);
+    tcase_add_test(tc, test_usage_errors);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
