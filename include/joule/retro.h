@@ -1,0 +1,73 @@
+/* joule/retro.h — the RETRO model: chunked cross-attention (CCA) sub-layers and the
+ * neighbour encoder, plugged into the core as the JOULE_EXT_CCA extension
+ * (docs/MODEL.md §7 states the maths, the m-1 shift and the encoder).
+ *
+ * Use: joule_retro_register() once at start-up, then a config with some kinds[l].cca
+ * (joule_retro_config_apply sets the defaults) builds like any other model. Before each
+ * joule_model_forward hand the neighbours with joule_retro_set_neighbours (or NULL for
+ * retrieval off: every CCA sub-layer is then the identity and the logits are the base
+ * model's exactly). One-token decoding gets each completed chunk's neighbours through
+ * joule_retro_decoder_set_neighbours.
+ *
+ * Neighbour tokens: for B sequences of T tokens, nch = T / m chunks each; chunk u of
+ * sequence b has k neighbours of 2m tokens (the retrieved chunk and its continuation),
+ * laid out [B][nch][k][2m]; JOULE_RETRO_PAD marks padding (masked out).
+ */
+#ifndef JOULE_RETRO_H
+#define JOULE_RETRO_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "joule/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define JOULE_RETRO_PAD (-1) /* equals JOULE_DB_PAD of joule/retro_db.h */
+
+/* Registers the JOULE_EXT_CCA implementation (idempotent). */
+void joule_retro_register(void);
+
+/* Turns c into a RETRO config: arch "retro", the retro block filled with the defaults of
+ * docs/MODEL.md §7 for fields that are 0 (chunk 16 for ctx <= 128 else 32, k 2,
+ * cca_start n_layers/3, cca_every 3, encoder 2 layers, d_model/2, heads n_heads/2 (>= 1),
+ * d_ff d_ff/2), and kinds[l].cca for l = cca_start, cca_start + cca_every, ... */
+void joule_retro_config_apply(joule_config *c);
+
+/* Hands the neighbours of the next joule_model_forward: tokens [B][nch][k][2m] (copied),
+ * nch must equal T / m of that forward. tokens == NULL turns retrieval off. */
+int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int nch);
+
+/* Decoding: the k neighbours [k][2m] of chunk `chunk` (tokens [chunk*m, (chunk+1)*m)),
+ * used from position (chunk+1)*m - 1 on; hand them before the step that feeds that
+ * position. NULL: no retrieval for that chunk. */
+int joule_retro_decoder_set_neighbours(joule_decoder *d, int chunk, const int32_t *tokens);
+
+/* ---- grouped attention: the one kernel behind CCA and the encoder's attentions ----
+ * Group g: queries q rows [qrow[g], qrow[g] + nq[g]) attend (no causal mask) to the nk
+ * keys/values at rows [krow[g], krow[g] + nk), keys with kmask[g*nk + j] == 0 excluded
+ * (kmask NULL: all valid); a query with no valid key gets 0. Heads: H of size hs in
+ * consecutive columns. P [G][H][max_q][nk] keeps the probabilities for backward. */
+typedef struct {
+    int G, H, hs, max_q, nk;
+    const int *qrow, *nq, *krow;
+    const uint8_t *kmask;
+    bool shared_keys; /* groups share key rows: backward accumulates per head in order */
+} joule_gattn_plan;
+
+/* out rows of every group are overwritten; other rows are left alone. */
+void joule_gattn_forward(float *out, int ldo, float *P, const float *q, int ldq, const float *k,
+                         int ldk, const float *v, int ldv, const joule_gattn_plan *p);
+/* dq, dk, dv accumulate (+=). dS is scratch of the size of P. */
+void joule_gattn_backward(float *dq, int ldq, float *dk, int ldk, float *dv, int ldv, float *dS,
+                          const float *dout, int ldo, const float *q, const float *k, const float *v,
+                          const float *P, const joule_gattn_plan *p);
+/* FLOPs joule_gattn_forward counts: 4 * hs * H * nk * sum nq; the backward counts twice. */
+uint64_t joule_gattn_forward_flops(const joule_gattn_plan *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
