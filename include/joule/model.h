@@ -100,6 +100,7 @@ typedef struct {
     bool decay;    /* AdamW weight decay applies (matrices only) */
     bool embedding;
     float init_mult; /* matrices: N(0, init_std * init_mult); 0 gives zeros. Vectors: ones. */
+    bool frozen;     /* training leaves it bit-identical (RETRO-fitting's --freeze-base) */
 } joule_param_info;
 
 /* Per-layer views into the parameter (or gradient) arena. wq|wk|wv are adjacent, so
