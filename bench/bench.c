@@ -198,6 +198,7 @@ static void usage(void) {
            "  train    sgemm peak and training-step throughput of a dense model; prints MFU\n"
            "           = (6*N_mm + 12*L*T*d) * tokens/s / measured sgemm peak\n"
            "  decode   batch-1 KV-cache decoding: tokens/s and GB/s of weights read\n"
+           "  db       retrieval databases: build, query latency, recall, overhead over FAISS (bench db --help)\n"
            "\n"
            "options (defaults: the reference model of the foundation issue):\n"
            "  --layers N      layers (6)\n"
@@ -221,6 +222,7 @@ int cmd_bench(int argc, char **argv) {
         return argc < 2 ? EXIT_USAGE : 0;
     }
     const char *what = argv[1];
+    if (!strcmp(what, "db")) return bench_db(argc - 1, argv + 1); /* its own options */
     static const struct option opts[] = {
         {"layers", 1, 0, 'L'}, {"d-model", 1, 0, 'd'}, {"heads", 1, 0, 'H'}, {"d-ff", 1, 0, 'f'},
         {"ctx", 1, 0, 'c'},    {"batch", 1, 0, 'b'},   {"steps", 1, 0, 's'}, {"warmup", 1, 0, 'w'},

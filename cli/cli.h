@@ -73,5 +73,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv); /* bench/ */
+int cmd_db(int argc, char **argv);
+int bench_db(int argc, char **argv); /* bench/bench_db.c: `joule bench db` */
 
 #endif

@@ -20,8 +20,10 @@ static const char USAGE[] =
     "  eval            validation loss and bits-per-byte of a checkpoint\n"
     "  generate        sample text from a checkpoint\n"
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
+    "  db              RETRO retrieval databases: build, info, query, verify, recall, neighbours\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
     "  bench decode    KV-cache decoding speed\n"
+    "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"
     "\n"
     "Global options (before the command):\n"
@@ -43,6 +45,7 @@ typedef struct {
 static const command COMMANDS[] = {
     {"data", cmd_data, false},       {"train", cmd_train, true}, {"eval", cmd_eval, true},
     {"generate", cmd_generate, true}, {"info", cmd_info, false},  {"bench", cmd_bench, true},
+    {"db", cmd_db, true},
 };
 
 static const command *find_command(const char *name) {
