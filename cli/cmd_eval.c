@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "retro_cli.h"
 #include "joule/checkpoint.h"
 #include "joule/data.h"
 #include "joule/ops.h"
@@ -29,6 +30,10 @@ static const char USAGE[] =
     "  --windows N      evaluate at most the first N windows; 0 = all (default 0)\n"
     "  --batch N        windows per forward pass (default 8)\n"
     "  --seq N          window length T, at most the model's context (default: the model's ctx)\n"
+    "  --db DIR         RETRO models: bits-per-byte with retrieval from DIR on and off (a\n"
+    "                   database of the training split only, or one that also holds the\n"
+    "                   validation split: the 'leaky' setting, are two runs)\n"
+    "  --allow-db-mismatch  accept a database other than the model's training one\n"
     "  --json           print one JSON object instead of text\n"
     "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help       show this help and exit\n"
@@ -64,12 +69,15 @@ int cmd_eval(int argc, char **argv) {
         {"json", no_argument, NULL, OPT_JSON},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, 'h'},
+        RETRO_DB_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     const char *model_path = NULL, *data_dir = NULL, *split = NULL, *tokens_path = NULL;
     uint64_t max_windows = 0;
     int batch = 8, seq = 0, threads = 0;
     bool json = false;
+    const char *db_dir = NULL;
+    bool allow_db_mismatch = false;
     int c;
     optind = 0;
     opterr = 0;
@@ -103,6 +111,8 @@ int cmd_eval(int argc, char **argv) {
             if (!cli_parse_int(optarg, 0, 4096, &threads))
                 return cli_usage_error(CMD, "--threads: '%s' is not an integer in [0, 4096]", optarg);
             break;
+        case OPT_RETRO_DB: db_dir = optarg; break;
+        case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
         default:
             return cli_bad_option(CMD, c, argv);
         }
@@ -148,6 +158,10 @@ int cmd_eval(int argc, char **argv) {
     cli_setup_threads(threads);
     if ((st = joule_model_alloc_train(m, batch))) {
         ret = cli_fail(CMD, st);
+        goto done;
+    }
+    if (db_dir) {
+        ret = retro_cli_eval(CMD, m, &t, db_dir, allow_db_mismatch, seq, batch, nw, json, model_path);
         goto done;
     }
 

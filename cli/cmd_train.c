@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "retro_cli.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/ops.h"
@@ -80,7 +81,8 @@ static const char USAGE[] =
     "\n"
     "Other:\n"
     "  --threads N        threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
-    "  -h, --help         show this help and exit\n";
+    "  -h, --help         show this help and exit\n"
+    RETRO_TRAIN_USAGE;
 
 enum {
     OPT_STEPS = 256, OPT_TOKENS, OPT_FLOPS, OPT_CONFIG, OPT_LAYERS, OPT_D_MODEL, OPT_HEADS, OPT_D_FF, OPT_CTX,
@@ -122,6 +124,7 @@ static const struct option LONG[] = {
     {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"help", no_argument, NULL, 'h'},
+    RETRO_TRAIN_LONG_OPTIONS,
     {NULL, 0, NULL, 0},
 };
 
@@ -240,6 +243,8 @@ int cmd_train(int argc, char **argv) {
     double lr = 1e-3, min_lr = -1, wd = 0.1, clip = 1.0;
     bool lr_set = false, wd_set = false, clip_set = false;
     uint64_t seed = 1, eval_windows = 64;
+    retro_train_cli rt;
+    retro_train_cli_init(&rt);
 
     int c;
     optind = 0;
@@ -318,8 +323,11 @@ int cmd_train(int argc, char **argv) {
                 return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
             break;
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
-        default:
-            return cli_bad_option(CMD, c, argv);
+        default: {
+            int r = retro_train_cli_option(&rt, CMD, c, optarg);
+            if (r < 0) return cli_bad_option(CMD, c, argv);
+            if (r > 0) return r;
+        }
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
@@ -366,8 +374,15 @@ int cmd_train(int argc, char **argv) {
         if (ctx_set) cfg.ctx = ctx;
     }
     if (untied) cfg.tied = false;
+    if ((rc = retro_train_cli_config(&rt, CMD, &cfg, resume, model_flags))) {
+        retro_train_cli_free(&rt);
+        return rc;
+    }
     int st = joule_config_validate(&cfg, config_path ? config_path : "model options");
-    if (st) return cli_fail(CMD, st);
+    if (st) {
+        retro_train_cli_free(&rt);
+        return cli_fail(CMD, st);
+    }
 
     joule_model *m = NULL;
     joule_train_state saved;
@@ -475,6 +490,7 @@ int cmd_train(int argc, char **argv) {
         ret = cli_fail(CMD, st);
         goto done;
     }
+    if ((ret = retro_train_cli_attach(&rt, CMD, m, &o, resume, train_path, val_path))) goto done;
 
 
     /* Summary of what is about to run. */
@@ -554,6 +570,7 @@ int cmd_train(int argc, char **argv) {
                last.step, total);
     }
 done:
+    retro_train_cli_free(&rt);
     cJSON_Delete(saved_opts);
     free(log_path);
     free(optim_path);

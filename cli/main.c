@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "joule/ops.h"
+#include "joule/retro.h"
 
 static const char USAGE[] =
     "Usage: joule [--version] [--threads N] <command> [options]\n"
@@ -95,6 +96,7 @@ static void avoid_two_spinning_pools(char **argv) {
 
 int main(int argc, char **argv) {
     avoid_two_spinning_pools(argv);
+    joule_retro_register();
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},

@@ -19,7 +19,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "joule/data.h"
 #include "joule/model.h"
+#include "joule/sample.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +46,55 @@ int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int
  * used from position (chunk+1)*m - 1 on; hand them before the step that feeds that
  * position. NULL: no retrieval for that chunk. */
 int joule_retro_decoder_set_neighbours(joule_decoder *d, int chunk, const int32_t *tokens);
+
+/* ---- training and evaluation with a database (retro_train.c) ----
+ * A joule_retro_data holds the database and the neighbour files of some token files:
+ * <tokens without .bin>.<database id>.nbr next to each, computed on first use (k of the
+ * model's config, same-document neighbours excluded). joule_retro_prepare is the
+ * joule_batch_prepare_fn of joule/train.h: it hands the model the neighbours of the
+ * chunk-aligned windows of a batch (or none when retrieval is off). */
+typedef struct joule_retro_data joule_retro_data;
+typedef void (*joule_retro_progress_fn)(void *ctx, const char *what, uint64_t done, uint64_t total);
+
+/* Refuses a database whose chunk size differs from the model's, or whose id differs from
+ * c->retro.db_id (when set) unless allow_db_mismatch. */
+int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const char *db_dir,
+                          const char *const *tokens_paths, int n, bool allow_db_mismatch,
+                          joule_retro_progress_fn progress, void *ctx);
+void joule_retro_data_close(joule_retro_data *rd);
+void joule_retro_data_set_retrieval(joule_retro_data *rd, bool on);
+const char *joule_retro_data_db_id(const joule_retro_data *rd);
+struct joule_retro_db *joule_retro_data_db(joule_retro_data *rd);
+/* Neighbours dropped because they came from a document of the chunk (0 with files built
+ * by joule_neighbours_build, which excludes them). */
+uint64_t joule_retro_data_same_doc_dropped(const joule_retro_data *rd);
+/* The neighbour file path for a token file and database id. Caller frees. */
+char *joule_retro_neighbours_path(const char *tokens_path, const char *db_id);
+int joule_retro_prepare(void *rd, joule_model *m, const joule_tokens *t, const uint64_t *starts, int B, int T);
+/* What prepare hands the model: out[B][T/m][k][2m] for windows at starts (multiples of m)
+ * of t (one of the token files rd was opened with). */
+int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
+                                 int32_t *out);
+
+/* RETRO-fitting: copies every tensor of a dense model into m by name (shapes must match;
+ * `what` names the source in errors), and marks every tensor outside the CCA layers and
+ * the encoder frozen. */
+int joule_retro_init_from(joule_model *m, const joule_model *base, const char *what);
+void joule_retro_freeze_base(joule_model *m);
+
+/* ---- generation with live retrieval (retro_generate.c) ----
+ * joule_generate's loop (prompt, sampling, sliding window) where each chunk completed in
+ * the cache is searched in db (no document excluded) and its k neighbours are encoded
+ * before the position that completes it is decoded. db NULL: retrieval off. */
+typedef struct {
+    uint64_t tokens;     /* generated */
+    uint64_t retrievals; /* searches (one per completed chunk, prompt included) */
+    double retrieval_s;  /* embedding + search + fetching entries */
+    double total_s;      /* the whole call */
+} joule_retro_gen_stats;
+int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
+                         int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
+                         void *ctx, joule_retro_gen_stats *stats);
 
 /* ---- grouped attention: the one kernel behind CCA and the encoder's attentions ----
  * Group g: queries q rows [qrow[g], qrow[g] + nq[g]) attend (no causal mask) to the nk
