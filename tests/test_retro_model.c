@@ -272,6 +272,28 @@ START_TEST(test_model_causality) {
 }
 END_TEST
 
+/* Padding is masked, not read as some token (it is stored as token 0 internally): a
+ * neighbour whose continuation is padding differs from the same neighbour with byte 0 there. */
+START_TEST(test_padding_is_masked) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, 1, 13);
+    randomise_cca_out(m, 0.5f, 14);
+    const int V = c.vocab, nbk = TNCH * TK * 2 * TM;
+    int32_t in[TT], nb[TNCH * TK * 2 * TM];
+    random_tokens(in, TT, 15);
+    random_neighbours(nb, nbk, false, 16);
+    float *pad = malloc(sizeof(float) * TT * V);
+    for (int i = 5; i < 2 * TM; i++) nb[i] = JOULE_RETRO_PAD; /* chunk 0, neighbour 0 ends early */
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    memcpy(pad, joule_model_logits(m), sizeof(float) * TT * V);
+    for (int i = 5; i < 2 * TM; i++) nb[i] = 0;
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    ck_assert_int_ne(memcmp(pad + (TM - 1) * V, joule_model_logits(m) + (TM - 1) * V, sizeof(float) * V), 0);
+    free(pad);
+    joule_model_free(m);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- equal to dense */
 
 static void assert_logits_equal_dense(joule_model *r, const int32_t *nb) {
@@ -467,6 +489,7 @@ static Suite *retro_suite(void) {
     tcase_set_timeout(c, 60);
     tcase_add_test(c, test_cca_layer_causality);
     tcase_add_test(c, test_model_causality);
+    tcase_add_test(c, test_padding_is_masked);
     tcase_add_test(c, test_untrained_equals_dense);
     tcase_add_test(c, test_k0_equals_dense);
     tcase_add_test(c, test_retrieval_off_equals_dense);
