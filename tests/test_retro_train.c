@@ -95,6 +95,14 @@ static joule_model *new_model(const joule_config *c, int batch, uint64_t seed) {
     return m;
 }
 
+/* The CCA output projection starts at 0; random values make retrieval matter. */
+static void randomise_cca_out(joule_model *m, float std, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
+    for (size_t i = 0; i < wo->numel; i++) m->params[wo->offset + i] = std * joule_rng_normal(&r);
+}
+
 static joule_retro_data *open_data(const joule_config *c) {
     const char *paths[2] = {g_train, g_val};
     joule_retro_data *rd;
@@ -275,10 +283,7 @@ END_TEST
 START_TEST(test_eval_retrieval_on_off) {
     joule_config c = retro_config();
     joule_model *m = new_model(&c, 2, 11);
-    joule_rng r;
-    joule_rng_seed(&r, 12);
-    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
-    for (size_t i = 0; i < wo->numel; i++) m->params[wo->offset + i] = 0.2f * joule_rng_normal(&r);
+    randomise_cca_out(m, 0.2f, 12);
     joule_retro_data *rd = open_data(&c);
     joule_tokens t;
     ck_assert_int_eq(joule_tokens_open(&t, g_val), JOULE_OK);
@@ -313,10 +318,7 @@ static int collect(void *ctx, int32_t tok) {
 START_TEST(test_generate_live_retrieval) {
     joule_config c = retro_config();
     joule_model *m = new_model(&c, 1, 21);
-    joule_rng r;
-    joule_rng_seed(&r, 22);
-    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
-    for (size_t i = 0; i < wo->numel; i++) m->params[wo->offset + i] = 0.5f * joule_rng_normal(&r);
+    randomise_cca_out(m, 0.5f, 22);
     joule_retro_db *db;
     ck_assert_int_eq(joule_db_open(&db, g_db), JOULE_OK);
     const char *prompt = "alpha beta gamma river";
