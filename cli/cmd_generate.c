@@ -192,8 +192,8 @@ int cmd_generate(int argc, char **argv) {
     } else {
         fprintf(stderr, "(%" PRIu64 " tokens, %.1f tok/s)\n", g.n, dt > 0 ? (double)g.n / dt : 0.0);
         if (db)
-            fprintf(stderr, "(retrieval: %" PRIu64 " searches, %.3fs, %.1f%% of generation time)\n", rs.retrievals,
-                    rs.retrieval_s, rs.total_s > 0 ? 100.0 * rs.retrieval_s / rs.total_s : 0.0);
+            fprintf(stderr, "(retrieval: %" PRIu64 " searches, %.2f ms, %.1f%% of generation time)\n", rs.retrievals,
+                    1e3 * rs.retrieval_s, rs.total_s > 0 ? 100.0 * rs.retrieval_s / rs.total_s : 0.0);
     }
     joule_db_close(db);
     joule_model_free(m);

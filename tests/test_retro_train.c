@@ -7,10 +7,12 @@
 #include <check.h>
 #include <ftw.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/checkpoint.h"
@@ -341,6 +343,80 @@ START_TEST(test_generate_live_retrieval) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- the CLI */
+
+/* Runs `$JOULE_BIN ARGS` in the temp dir, stdout/stderr to out.txt/err.txt; exit status. */
+static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int joule(const char *fmt, ...) {
+    char args[4096], cmd[12288];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin != NULL, "JOULE_BIN is not set");
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
+    int st = system(cmd);
+    ck_assert_int_ne(st, -1);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
+}
+
+static bool output_has(const char *file, const char *needle) {
+    char path[4400], buf[16384];
+    snprintf(path, sizeof path, "%s/%s", g_dir, file);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+#define RTINY "--train train.bin --val val.bin --layers 2 --d-model 16 --heads 2 --d-ff 32 --ctx 32 --batch 2 " \
+              "--eval-windows 2 --no-log"
+
+/* train --arch retro, eval --db (on/off), generate --db, RETRO-fitting, and the refusals. */
+START_TEST(test_cli_end_to_end) {
+    ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --out r.safetensors " RTINY), 0);
+    ck_assert(output_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
+    ck_assert(output_has("out.txt", "\"bpb_retrieval\":") && output_has("out.txt", "\"bpb_no_retrieval\":"));
+    ck_assert_int_eq(joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
+    ck_assert(output_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
+    /* RETRO-fitting a dense checkpoint */
+    ck_assert_int_eq(joule("train --steps 2 --out d.safetensors " RTINY), 0);
+    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
+                           "--train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
+    ck_assert(output_has("out.txt", "base parameters frozen"));
+    /* usage errors: exit 2 with one line naming the problem */
+    ck_assert_int_eq(joule("train --arch retro --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert(output_has("err.txt", "--db"));
+    ck_assert_int_eq(joule("train --freeze-base --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert_int_eq(joule("eval --model d.safetensors --tokens val.bin --db db"), 2);
+    ck_assert(output_has("err.txt", "RETRO model"));
+    /* another database (same chunk length, other embedder): refused unless allowed */
+    joule_db_build_opts o;
+    joule_db_build_opts_init(&o);
+    const char *src = g_train;
+    char db2[4400];
+    snprintf(db2, sizeof db2, "%s/db2", g_dir);
+    o.sources = &src;
+    o.n_sources = 1;
+    o.out_dir = db2;
+    o.chunk = M;
+    o.embedder = "ngram:64";
+    o.index = "Flat";
+    ck_assert_int_eq(joule_db_build(&o, NULL, NULL), JOULE_OK);
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2"), 2);
+    ck_assert(output_has("err.txt", "--allow-db-mismatch"));
+    ck_assert_int_eq(joule("generate --model r.safetensors -n 4 --db db2"), 2);
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2 --allow-db-mismatch"), 0);
+    ck_assert(output_has("out.txt", "with retrieval"));
+    ck_assert_int_eq(joule("train --help"), 0);
+    ck_assert(output_has("out.txt", "--freeze-base"));
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("retro_train");
     TCase *tc = tcase_create("with_database");
@@ -352,6 +428,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_database_mismatch_refused);
     tcase_add_test(tc, test_eval_retrieval_on_off);
     tcase_add_test(tc, test_generate_live_retrieval);
+    tcase_add_test(tc, test_cli_end_to_end);
     suite_add_tcase(s, tc);
     return s;
 }
