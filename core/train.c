@@ -73,7 +73,7 @@ int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B,
 }
 
 /* Options that shape the trajectory; a resume must use the same ones. */
-static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps) {
+static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps, int frozen) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "batch", o->batch);
     cJSON_AddNumberToObject(j, "accum", o->accum);
@@ -88,6 +88,7 @@ static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_st
     cJSON_AddNumberToObject(j, "grad_clip", joule_float_for_json(o->adam.grad_clip));
     cJSON_AddNumberToObject(j, "warmup_steps", o->adam.warmup_steps);
     if (o->align > 1) cJSON_AddNumberToObject(j, "align", o->align);
+    if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
@@ -167,7 +168,9 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     FILE *log = NULL;
     int32_t *in = NULL, *tg = NULL;
     uint64_t *starts = NULL;
-    char *traj = trajectory_json(o, T, total);
+    int frozen = 0;
+    for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
+    char *traj = trajectory_json(o, T, total, frozen);
     int rc = joule_tokens_open(&train, o->train_path);
     if (rc) goto done;
     if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;

@@ -388,6 +388,13 @@ START_TEST(test_cli_end_to_end) {
     ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
                            "--train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
     ck_assert(output_has("out.txt", "base parameters frozen"));
+    /* a RETRO-fit resumes only with the base still frozen */
+    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 3 --stop-after 1 "
+                           "--out g.safetensors --train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
+    ck_assert_int_eq(joule("train --resume --db db --out g.safetensors --train train.bin --val val.bin --no-log"), 2);
+    ck_assert(output_has("err.txt", "frozen_tensors"));
+    ck_assert_int_eq(joule("train --resume --db db --freeze-base --out g.safetensors --train train.bin --val val.bin "
+                           "--no-log"), 0);
     /* usage errors: exit 2 with one line naming the problem */
     ck_assert_int_eq(joule("train --arch retro --steps 1 --out x.safetensors " RTINY), 2);
     ck_assert(output_has("err.txt", "--db"));
