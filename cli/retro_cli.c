@@ -165,6 +165,29 @@ void retro_train_cli_free(retro_train_cli *r) {
     r->rd = NULL;
 }
 
+/* ---- info ---- */
+
+void retro_cli_print_terms(const joule_config *cfg) {
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
+    if (!joule_config_has_cca(cfg) || !ops) return;
+    double cca = 0, enc = 0;
+    int n_cca = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        if (!cfg->kinds[l].cca) continue;
+        const char *names[4];
+        uint64_t fl[4];
+        int n = ops->flop_terms(cfg, l, 1, cfg->ctx, names, fl, 4);
+        for (int i = 0; i < n; i++) *(strcmp(names[i], "cca") == 0 ? &cca : &enc) += (double)fl[i];
+        n_cca++;
+    }
+    char a[32], b[32];
+    printf("retro:      chunk %d, %d neighbours, encoder %d x d_model %d; of the forward FLOPs/token: cca %s (%d "
+           "layers), encoder %s; one database search per %d tokens (done by FAISS, not counted)\n",
+           cfg->retro.chunk, cfg->retro.k, cfg->retro.enc_layers, cfg->retro.enc_d_model,
+           cli_fmt_count(a, sizeof a, cca / cfg->ctx), n_cca, cli_fmt_count(b, sizeof b, enc / cfg->ctx),
+           cfg->retro.chunk);
+}
+
 /* ---- eval ---- */
 
 int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch, int seq,

@@ -77,4 +77,10 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
 int retro_cli_open_db(const char *cmd, const joule_model *m, const char *db_dir, bool allow_mismatch,
                       struct joule_retro_db **db);
 
+/* `joule info`: RETRO's FLOP terms per token (text), nothing for other models. */
+void retro_cli_print_terms(const joule_config *cfg);
+
+/* `joule bench retro` (bench/bench_retro.c). */
+int bench_retro(int argc, char **argv);
+
 #endif

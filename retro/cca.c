@@ -27,6 +27,10 @@ static void masked_softmax_row(float *s, const uint8_t *mask, int n) {
     for (int j = 0; j < n; j++) s[j] *= inv;
 }
 
+static inline bool gattn_parallel(const joule_gattn_plan *p) {
+    return (size_t)p->G * p->H * p->max_q * p->nk >= 4096;
+}
+
 static inline float *slab(float *P, const joule_gattn_plan *p, int g, int h) {
     return P + ((size_t)g * p->H + (size_t)h) * (size_t)p->max_q * (size_t)p->nk;
 }
@@ -35,8 +39,9 @@ void joule_gattn_forward(float *out, int ldo, float *P, const float *q, int ldq,
                          int ldk, const float *v, int ldv, const joule_gattn_plan *p) {
     const int H = p->H, hs = p->hs, nk = p->nk;
     const float scale = 1.0f / sqrtf((float)hs);
-    /* One (group, head) per iteration; OpenBLAS runs single-threaded inside the region. */
-#pragma omp parallel for schedule(static)
+    /* One (group, head) per iteration; OpenBLAS runs single-threaded inside the region.
+     * Decoding's single query stays on one thread: a parallel region costs more there. */
+#pragma omp parallel for schedule(static) if (gattn_parallel(p))
     for (int gh = 0; gh < p->G * H; gh++) {
         const int g = gh / H, h = gh % H, nq = p->nq[g];
         const uint8_t *mask = p->kmask ? p->kmask + (size_t)g * nk : NULL;
@@ -80,12 +85,12 @@ void joule_gattn_backward(float *dq, int ldq, float *dk, int ldk, float *dv, int
                           const float *P, const joule_gattn_plan *p) {
     if (p->shared_keys) {
         /* Groups share key rows: one head per thread, groups in order (deterministic). */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (gattn_parallel(p))
         for (int h = 0; h < p->H; h++)
             for (int g = 0; g < p->G; g++)
                 gattn_backward_one(dq, ldq, dk, ldk, dv, ldv, dS, dout, ldo, q, k, v, P, p, g, h);
     } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (gattn_parallel(p))
         for (int gh = 0; gh < p->G * p->H; gh++)
             gattn_backward_one(dq, ldq, dk, ldk, dv, ldv, dS, dout, ldo, q, k, v, P, p, gh / p->H, gh % p->H);
     }
