@@ -18,16 +18,6 @@
 
 static const char *CMD = "bench retro";
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* One training step's work on random tokens and neighbours (retrieval off: nb NULL). */
 static int timed_step(joule_model *m, const int32_t *in, const int32_t *tg, const int32_t *nb, int B, int T,
                       double *secs, uint64_t *flops) {
@@ -144,12 +134,12 @@ int bench_retro(int argc, char **argv) {
         rc = cli_fail(CMD, st);
         goto done;
     }
-    double mon = median(t_on, steps), moff = median(t_off, steps), gon = median(g_on, steps), goff = median(g_off, steps);
+    double mon = cli_median(t_on, steps), moff = cli_median(t_off, steps), gon = cli_median(g_on, steps), goff = cli_median(g_off, steps);
     printf("train step (batch %d x %d): retrieval %.1f ms (%.3g FLOPs), off %.1f ms (%.3g FLOPs): time x%.2f, FLOPs x%.2f\n",
            batch, T, 1e3 * mon, (double)f_on, 1e3 * moff, (double)f_off, mon / moff, (double)f_on / (double)f_off);
     printf("generate %d tokens: live retrieval %.1f tok/s, off %.1f tok/s: time x%.2f; retrieval (embed+search+fetch) "
            "%.1f%% of generation time (median)\n",
-           n_gen, n_gen / gon, n_gen / goff, gon / goff, 100.0 * median(share, steps));
+           n_gen, n_gen / gon, n_gen / goff, gon / goff, 100.0 * cli_median(share, steps));
 done:
     free(in);
     free(tg);
