@@ -110,7 +110,7 @@ typedef struct {
     int maxB, nch_max, Rmax, Nmax;
     int32_t *tok;     /* [Rmax] neighbour tokens, PAD mapped to 0 */
     uint8_t *valid;   /* [Rmax] */
-    bool have_nbr;    /* neighbours handed for the next forward */
+    bool have_nbr;    /* neighbours handed for the next forward (consumed by it) */
     int nbr_B, nbr_nch;
     bool active;      /* the last forward ran CCA */
     int cur_B, cur_T;
@@ -216,6 +216,7 @@ static int forward(joule_model *m, int l, const float *x, float *y, int B, int T
     const int c = d->ord[l], C = d->C, N = B * T, nch = T / d->m, R = B * nch * d->k * 2 * d->m;
     if (l == d->l0) {
         s->active = s->have_nbr && d->k > 0 && nch > 0;
+        s->have_nbr = false; /* neighbours belong to one forward: a later one without them runs retrieval-off */
         if (s->active && (s->nbr_B != B || s->nbr_nch != nch))
             return joule_fail(JOULE_ERR_ARG, "RETRO forward: neighbours given for %d x %d chunks, batch has %d x %d",
                               s->nbr_B, s->nbr_nch, B, nch);

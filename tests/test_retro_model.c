@@ -223,10 +223,10 @@ START_TEST(test_cca_layer_causality) {
         ck_assert_int_eq(memcmp(y0, y1, sizeof(float) * first * C), 0);
         ck_assert_int_ne(memcmp(y0 + first * C, y1 + first * C, sizeof(float) * C), 0);
     }
-    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
     for (int p = 0; p < TT; p++) {
         const float saved = x[p * C];
         x[p * C] += 0.5f;
+        ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
         ck_assert_int_eq(ops->forward(m, l0, x, y1, 1, TT, false), JOULE_OK);
         x[p * C] = saved;
         ck_assert_int_eq(memcmp(y0, y1, sizeof(float) * p * C), 0);
@@ -473,6 +473,18 @@ START_TEST(test_bad_neighbours_refused) {
     int32_t in[TT] = {0};
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_ERR_ARG); /* wrong chunk count */
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "neighbours"));
+    /* neighbours serve one forward: the next one, without any handed, is retrieval-off */
+    randomise_cca_out(m, 0.5f, 72);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, NULL, 1, TNCH), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    float *off = malloc(sizeof(float) * TT * 256);
+    memcpy(off, joule_model_logits(m), sizeof(float) * TT * 256);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    ck_assert_int_ne(memcmp(off, joule_model_logits(m), sizeof(float) * TT * 256), 0);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    ck_assert_int_eq(memcmp(off, joule_model_logits(m), sizeof(float) * TT * 256), 0);
+    free(off);
     joule_model_free(m);
 }
 END_TEST

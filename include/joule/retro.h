@@ -39,7 +39,8 @@ void joule_retro_register(void);
 void joule_retro_config_apply(joule_config *c);
 
 /* Hands the neighbours of the next joule_model_forward: tokens [B][nch][k][2m] (copied),
- * nch must equal T / m of that forward. tokens == NULL turns retrieval off. */
+ * nch must equal T / m of that forward, which consumes them (a forward with none handed
+ * runs with retrieval off). tokens == NULL turns retrieval off. */
 int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int nch);
 
 /* Decoding: the k neighbours [k][2m] of chunk `chunk` (tokens [chunk*m, (chunk+1)*m)),
