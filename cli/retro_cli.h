@@ -14,7 +14,7 @@
 /* Option values above every command's own enum. */
 enum {
     OPT_RETRO_ARCH = 1024, OPT_RETRO_DB, OPT_RETRO_CCA_START, OPT_RETRO_CCA_EVERY, OPT_RETRO_K, OPT_RETRO_CHUNK,
-    OPT_RETRO_ENC_LAYERS, OPT_RETRO_ENC_D_MODEL, OPT_RETRO_INIT, OPT_RETRO_FREEZE, OPT_RETRO_ALLOW,
+    OPT_RETRO_ENC_LAYERS, OPT_RETRO_ENC_D_MODEL, OPT_RETRO_INIT, OPT_RETRO_FREEZE, OPT_RETRO_ALLOW, OPT_RETRO_OWN_DOC,
 };
 
 /* Entries for a command's getopt_long table. */
@@ -70,8 +70,8 @@ void retro_train_cli_free(retro_train_cli *r);
 
 /* `joule eval --db`: bits-per-byte with retrieval on and off over the same windows;
  * prints text or JSON. Returns an exit code. */
-int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch, int seq,
-                   int batch, uint64_t windows, bool json, const char *model_path);
+int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch,
+                   bool own_doc, int seq, int batch, uint64_t windows, bool json, const char *model_path);
 
 /* `joule generate --db`: opens the database for the model (0 or an exit code). */
 int retro_cli_open_db(const char *cmd, const joule_model *m, const char *db_dir, bool allow_mismatch,

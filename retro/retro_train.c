@@ -24,6 +24,10 @@ struct joule_retro_data {
     joule_neighbours *nb[MAX_SOURCES];
     int32_t *buf; /* [cap] neighbour tokens of one batch */
     size_t cap;
+    bool own_doc;     /* live search, the chunk's own document allowed (leaky upper bound) */
+    int32_t *qbuf;    /* [qcap] query chunks of one batch (own_doc) */
+    int64_t *qids;    /* [qcap / m * k] */
+    size_t qcap;
     uint64_t same_doc_dropped;
 };
 
@@ -45,6 +49,8 @@ void joule_retro_data_close(joule_retro_data *rd) {
     }
     joule_db_close(rd->db);
     free(rd->buf);
+    free(rd->qbuf);
+    free(rd->qids);
     free(rd);
 }
 
@@ -110,6 +116,7 @@ int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const c
 }
 
 void joule_retro_data_set_retrieval(joule_retro_data *rd, bool on) { rd->retrieval = on; }
+void joule_retro_data_set_own_document(joule_retro_data *rd, bool allowed) { rd->own_doc = allowed; }
 const char *joule_retro_data_db_id(const joule_retro_data *rd) { return joule_db_id(rd->db); }
 joule_retro_db *joule_retro_data_db(joule_retro_data *rd) { return rd->db; }
 uint64_t joule_retro_data_same_doc_dropped(const joule_retro_data *rd) { return rd->same_doc_dropped; }
@@ -136,9 +143,46 @@ int joule_retro_prepare(void *ctx, joule_model *m, const joule_tokens *t, const 
     return rc ? rc : joule_retro_set_neighbours(m, rd->buf, B, nch);
 }
 
+/* Writes entry id's 2m tokens to dst, or padding for a missing neighbour (id < 0). */
+static int fetch_entry(joule_retro_data *rd, int64_t id, int32_t *dst, uint64_t *doc, const char *what) {
+    if (id < 0) {
+        for (int i = 0; i < 2 * rd->m; i++) dst[i] = JOULE_RETRO_PAD;
+        return JOULE_OK;
+    }
+    if ((uint64_t)id >= joule_db_size(rd->db))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: neighbour id %" PRId64 " past the database's %" PRIu64 " entries",
+                          what, id, joule_db_size(rd->db));
+    return joule_db_entry(rd->db, id, dst, doc);
+}
+
+/* Own-document mode: the batch's chunks searched now, nothing excluded. */
+static int live_neighbours(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
+                           int32_t *out) {
+    const int mm = rd->m, k = rd->k, nch = T / mm, n = B * nch;
+    const size_t need = (size_t)n * mm;
+    if (need > rd->qcap) {
+        int32_t *q = realloc(rd->qbuf, need * sizeof *q);
+        int64_t *ids = q ? realloc(rd->qids, (size_t)n * k * sizeof *ids) : NULL;
+        if (q) rd->qbuf = q;
+        if (!q || !ids) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        rd->qids = ids;
+        rd->qcap = need;
+    }
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < (size_t)nch * mm; i++) rd->qbuf[(size_t)b * nch * mm + i] = t->tok[starts[b] + i];
+    int rc = joule_db_search(rd->db, rd->qbuf, n, k, NULL, rd->qids, NULL);
+    for (size_t i = 0; i < (size_t)n * k && !rc; i++) rc = fetch_entry(rd, rd->qids[i], out + i * 2 * mm, NULL, t->path);
+    return rc;
+}
+
 int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
                                  int32_t *out) {
     const int mm = rd->m, k = rd->k, nch = T / mm, per = 2 * mm;
+    for (int b = 0; b < B; b++)
+        if (starts[b] % (uint64_t)mm || starts[b] + (uint64_t)T > t->n_tokens)
+            return joule_fail(JOULE_ERR_ARG, "%s: window at %" PRIu64 " is not a whole window aligned to chunks of %d",
+                              t->path, starts[b], mm);
+    if (rd->own_doc) return live_neighbours(rd, t, starts, B, T, out);
     int src = -1;
     for (int i = 0; i < rd->n; i++)
         if (strcmp(rd->tokens_path[i], t->path) == 0) src = i;
@@ -146,9 +190,6 @@ int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, co
     const joule_neighbours *nb = rd->nb[src];
     const int nbk = joule_neighbours_k(nb);
     for (int b = 0; b < B; b++) {
-        if (starts[b] % (uint64_t)mm)
-            return joule_fail(JOULE_ERR_ARG, "%s: window at %" PRIu64 " is not aligned to chunks of %d", t->path,
-                              starts[b], mm);
         for (int u = 0; u < nch; u++) {
             const uint64_t chunk = starts[b] / (uint64_t)mm + (uint64_t)u, s = chunk * (uint64_t)mm;
             const int64_t *ids = joule_neighbours_of(nb, chunk);
@@ -157,19 +198,14 @@ int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, co
                 int32_t *dst = out + (((size_t)b * nch + u) * k + j) * per;
                 uint64_t doc = 0;
                 int64_t id = j < nbk ? ids[j] : -1;
-                if (id >= 0 && (uint64_t)id >= joule_db_size(rd->db))
-                    return joule_fail(JOULE_ERR_FORMAT, "%s: neighbour id %" PRId64 " past the database's %" PRIu64
-                                      " entries", rd->nbr_path[src], id, joule_db_size(rd->db));
-                int rc = id >= 0 ? joule_db_entry(rd->db, id, dst, &doc) : JOULE_OK;
+                int rc = fetch_entry(rd, id, dst, &doc, rd->nbr_path[src]);
                 if (rc) return rc;
                 /* Training never sees its own document (the file excludes it; this guards
                  * against a file computed with another rule). */
-                if (id >= 0 && same_document(t, s, s + (uint64_t)mm < t->n_tokens ? s + mm : t->n_tokens, doc)) {
+                if (id >= 0 && same_document(t, s, s + (uint64_t)mm, doc)) {
                     rd->same_doc_dropped++;
-                    id = -1;
+                    fetch_entry(rd, -1, dst, NULL, NULL);
                 }
-                if (id < 0)
-                    for (int i = 0; i < per; i++) dst[i] = JOULE_RETRO_PAD;
             }
         }
     }

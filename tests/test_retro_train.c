@@ -165,6 +165,39 @@ START_TEST(test_training_neighbours) {
 }
 END_TEST
 
+/* The leaky upper bound for evaluation: chunks searched live with nothing excluded hand
+ * exactly the search's entries, and some come from the chunk's own document. */
+START_TEST(test_own_document_mode) {
+    joule_config c = retro_config();
+    joule_retro_data *rd = open_data(&c);
+    joule_retro_data_set_own_document(rd, true);
+    joule_retro_db *db = joule_retro_data_db(rd);
+    joule_tokens t;
+    ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
+    int32_t out[NCH * K * 2 * M], entry[2 * M];
+    int64_t ids[NCH * K];
+    uint64_t own = 0;
+    for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += T) {
+        ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &s, 1, T, out), JOULE_OK);
+        int32_t q[T];
+        for (int i = 0; i < T; i++) q[i] = t.tok[s + i];
+        ck_assert_int_eq(joule_db_search(db, q, NCH, K, NULL, ids, NULL), JOULE_OK);
+        for (int i = 0; i < NCH * K; i++) {
+            uint64_t doc;
+            ck_assert_int_ge(ids[i], 0);
+            ck_assert_int_eq(joule_db_entry(db, ids[i], entry, &doc), JOULE_OK);
+            ck_assert_int_eq(memcmp(out + (size_t)i * 2 * M, entry, sizeof entry), 0);
+            const uint64_t cs = s + (uint64_t)(i / K) * M;
+            for (uint64_t d = joule_tokens_doc_at(&t, cs); d <= joule_tokens_doc_at(&t, cs + M - 1); d++)
+                own += doc == t.doc_ids[d];
+        }
+    }
+    ck_assert_uint_gt(own, 0);
+    joule_tokens_close(&t);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
 static void train_opts(joule_train_opts *o, const char *out, joule_retro_data *rd, uint64_t steps) {
     joule_train_opts_init(o);
     o->train_path = g_train;
@@ -381,6 +414,9 @@ START_TEST(test_cli_end_to_end) {
     ck_assert(output_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
     ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
     ck_assert(output_has("out.txt", "\"bpb_retrieval\":") && output_has("out.txt", "\"bpb_no_retrieval\":"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --include-own-doc"), 0);
+    ck_assert(output_has("out.txt", "own document allowed"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
     ck_assert_int_eq(joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
     ck_assert(output_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
     /* RETRO-fitting a dense checkpoint */
@@ -430,6 +466,7 @@ static Suite *suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_training_neighbours);
+    tcase_add_test(tc, test_own_document_mode);
     tcase_add_test(tc, test_resume_equals_straight_run);
     tcase_add_test(tc, test_retrofit_frozen_base);
     tcase_add_test(tc, test_database_mismatch_refused);

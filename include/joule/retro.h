@@ -64,6 +64,9 @@ int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const c
                           joule_retro_progress_fn progress, void *ctx);
 void joule_retro_data_close(joule_retro_data *rd);
 void joule_retro_data_set_retrieval(joule_retro_data *rd, bool on);
+/* Evaluation's leaky upper bound: search each batch's chunks live with nothing excluded, so
+ * a chunk may retrieve its own document (never for training). Default false. */
+void joule_retro_data_set_own_document(joule_retro_data *rd, bool allowed);
 const char *joule_retro_data_db_id(const joule_retro_data *rd);
 struct joule_retro_db *joule_retro_data_db(joule_retro_data *rd);
 /* Neighbours dropped because they came from a document of the chunk (0 with files built
