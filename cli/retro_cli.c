@@ -132,14 +132,14 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
         r->base = NULL;
     }
     if (r->freeze) joule_retro_freeze_base(m);
+    const int T = o->seq ? o->seq : c->ctx;
+    if (T % c->retro.chunk)
+        return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", T, c->retro.chunk);
     const char *paths[2] = {train_path, val_path};
     int ret = open_data(cmd, c, r->db, paths, val_path ? 2 : 1, r->allow_mismatch, &r->rd);
     if (ret) return ret;
     if (!resume || !c->retro.db_id[0])
         snprintf(m->cfg.retro.db_id, sizeof m->cfg.retro.db_id, "%s", joule_retro_data_db_id(r->rd));
-    const int T = o->seq ? o->seq : c->ctx;
-    if (T % c->retro.chunk)
-        return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", T, c->retro.chunk);
     o->align = c->retro.chunk;
     o->prepare = joule_retro_prepare;
     o->prepare_ctx = r->rd;
