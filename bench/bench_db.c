@@ -44,7 +44,7 @@ static void usage(void) {
          "  --queries N       query chunks (1000)\n"
          "  -k N              neighbours (10)\n"
          "  --reps N          repetitions of each timed search (5)\n"
-         "  --ivf STRING      IVF factory (default: joule's default for the size)\n"
+         "  --ivf STRING      IVF factory (default IVF<nlist>,Flat, nlist the power of two nearest 4 sqrt(N))\n"
          "  --hnsw STRING     HNSW factory (HNSW32)\n"
          "  --work DIR        where the databases are built (a fresh folder under /tmp)\n"
          "  --keep            keep the databases\n"
@@ -233,10 +233,15 @@ int bench_db(int argc, char **argv) {
     if (!q) return EXIT_RUNTIME;
     if ((rc = joule_db_sample_queries(val, o.chunk, o.queries, 1, q))) return fail(rc);
     rc = build_one(&o, "Flat", flat, train);
-    if (!rc) rc = build_one(&o, o.ivf, ivf, train);
-    if (!rc) rc = build_one(&o, o.hnsw, hnsw, train);
     joule_retro_db *fdb = NULL;
     if (!rc && (rc = joule_db_open(&fdb, flat))) rc = fail(rc);
+    char ivf_factory[64];
+    if (!rc && !o.ivf) {
+        joule_db_ivf_index(joule_db_size(fdb), ivf_factory, sizeof ivf_factory);
+        o.ivf = ivf_factory;
+    }
+    if (!rc) rc = build_one(&o, o.ivf, ivf, train);
+    if (!rc) rc = build_one(&o, o.hnsw, hnsw, train);
     if (!rc) rc = query_one(&o, flat, "", NULL, q);
     static const char *ivf_params[] = {"nprobe=1", "nprobe=8", "nprobe=32"};
     static const char *hnsw_params[] = {"efSearch=16", "efSearch=64", "efSearch=256"};

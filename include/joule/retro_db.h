@@ -102,6 +102,8 @@ void joule_db_build_opts_init(joule_db_build_opts *o);
 /* Default factory string for n entries: "Flat" below 50000, else "IVF<nlist>,Flat" with
  * nlist = the power of two nearest 4*sqrt(n). buf gets at most n_buf bytes. */
 void joule_db_default_index(uint64_t n, char *buf, size_t n_buf);
+/* The IVF part of that rule alone: "IVF<nlist>,Flat" for n entries. */
+void joule_db_ivf_index(uint64_t n, char *buf, size_t n_buf);
 /* Builds into <out_dir>.partial/ and renames it to out_dir at the end. Stopped by
  * progress: returns JOULE_ERR_RUNTIME with an "interrupted" message and leaves the
  * partial directory for resume. Timings (seconds) go to *embed_s / *index_s when non-NULL. */
