@@ -82,6 +82,7 @@ static int build_one(const dbb_opts *o, const char *factory, const char *dir, co
     joule_retro_db *db;
     if ((rc = joule_db_open(&db, dir))) return fail(rc);
     double n = (double)joule_db_size(db);
+    fflush(stdout);
     printf("build %-14s %8.0f entries  wall %6.1fs  embedding %6.2fs (%8.0f chunks/s)  indexing %6.2fs (%8.0f "
            "chunks/s, train+add+write)\n",
            joule_db_factory(db), n, wall, emb, n / emb, idx, n / idx);
