@@ -125,8 +125,9 @@ int joule_db_verify(joule_retro_db *db, double *self_recall);
 int joule_db_set_params(joule_retro_db *db, const char *params);
 /* Searches already embedded queries (n x dim) — what joule_db_search does after
  * embedding. excl[i] (sorted doc ids, n_excl[i] of them) are skipped for query i when
- * excl != NULL. The exclusion rule: fetch k' = 2k + 16 results; if a query keeps fewer than k and the index returned k'
- * valid ids, fetch again with k' *= 4 (at most the database size). */
+ * excl != NULL. The exclusion rule: fetch k' = 2k + 16 results; a query left with fewer
+ * than k whose k' results were all valid ids is fetched again with k' *= 4 (at most the
+ * database size). Searches use scratch buffers kept in the handle: one handle per thread. */
 int joule_db_search_vectors(joule_retro_db *db, const float *q, int n, int k, const uint64_t *const *excl,
                             const int *n_excl, int64_t *ids, float *dist);
 /* joule_db_search with several excluded documents per query: excl[i] lists n_excl[i]
