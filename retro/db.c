@@ -59,9 +59,7 @@ const joule_embedder *joule_db_embedder(const joule_retro_db *db) { return db->e
 
 static const char *faiss_msg(void) {
     const char *e = faiss_get_last_error();
-    if (!e || !*e) return "unknown FAISS error";
-    /* FAISS messages span lines; the first one that says what went wrong is enough */
-    return e;
+    return e && *e ? e : "unknown FAISS error";
 }
 
 static void one_line(char *s) {

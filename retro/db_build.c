@@ -41,15 +41,16 @@ void joule_db_build_opts_init(joule_db_build_opts *o) {
     o->batch = 4096;
 }
 
-void joule_db_default_index(uint64_t n, char *buf, size_t n_buf) {
-    if (n < FLAT_BELOW) {
-        snprintf(buf, n_buf, "Flat");
-        return;
-    }
+void joule_db_ivf_index(uint64_t n, char *buf, size_t n_buf) {
     double want = 4.0 * sqrt((double)n);
     uint64_t nlist = 1;
     while ((double)nlist * 1.5 < want) nlist *= 2; /* power of two nearest want (geometrically) */
     snprintf(buf, n_buf, "IVF%llu,Flat", (unsigned long long)nlist);
+}
+
+void joule_db_default_index(uint64_t n, char *buf, size_t n_buf) {
+    if (n < FLAT_BELOW) snprintf(buf, n_buf, "Flat");
+    else joule_db_ivf_index(n, buf, n_buf);
 }
 
 typedef struct {

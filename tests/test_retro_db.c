@@ -666,6 +666,95 @@ START_TEST(test_model_embedder) {
 }
 END_TEST
 
+
+/* ---- the CLI, end to end ---- */
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...) {
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it for every test)");
+    char args[4096], cmd[16384];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
+    int st = system(cmd);
+    ck_assert_int_ne(st, -1);
+    return WIFSIGNALED(st) ? 1000 + WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+static void expect_output(const char *file, const char *needle, bool one_line) {
+    size_t len;
+    char *t = (char *)slurp(tpath("%s", file), &len);
+    ck_assert_msg(strstr(t, needle) != NULL, "%s does not mention '%s':\n%s", file, needle, t);
+    if (one_line) ck_assert_msg(strchr(t, '\n') == t + len - 1, "%s is not one line:\n%s", file, t);
+    free(t);
+}
+
+START_TEST(test_cli) {
+    ck_assert_int_eq(mkdir(tpath("corpus"), 0777), 0);
+    write_random_tokens(tpath("corpus/train.bin"), 300, 150, 0, 12, 0);
+    write_random_tokens(tpath("corpus/val.bin"), 30, 150, 1, 13, 0);
+    ck_assert_int_eq(run("db build --data corpus --out flat --chunk 16 --embedder ngram:32 --threads 1"), 0);
+    expect_output("out.txt", "built flat:", false);
+    ck_assert_int_eq(run("db build --data corpus --with-val --out ivf --chunk 16 --embedder ngram:32 --index "
+                         "IVF8,Flat --batch 50"), 0);
+    ck_assert_int_eq(run("db info flat"), 0);
+    expect_output("out.txt", "chunks.bin", false);
+    ck_assert_int_eq(run("db info flat --json"), 0);
+    expect_output("out.txt", "\"factory\":\"Flat\"", true);
+    ck_assert_int_eq(run("db query flat --text 'alpha beta gamma delta river' -k 2"), 0);
+    expect_output("out.txt", "  2. id ", false);
+    ck_assert_int_eq(run("db query ivf --text 'alpha beta' -k 3 --nprobe 8 --exclude-doc 4"), 0);
+    expect_output("out.txt", "nprobe=8", false);
+    ck_assert_int_eq(run("db verify flat"), 0);
+    expect_output("out.txt", "ok:", false);
+    ck_assert_int_eq(run("db recall ivf --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 2);
+    expect_output("err.txt", "do not hold the same entries", true); /* ivf also holds val */
+    ck_assert_int_eq(run("db build --data corpus --out ivf2 --chunk 16 --embedder ngram:32 --index IVF8,Flat"), 0);
+    ck_assert_int_eq(run("db recall ivf2 --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 0);
+    expect_output("out.txt", "recall@5", false);
+    ck_assert_int_eq(run("db neighbours flat --tokens corpus/train.bin -k 2"), 0);
+    ck_assert(exists(tpath("corpus/train.nbr")));
+    /* help for every subcommand */
+    const char *subs[] = {"build", "info", "query", "verify", "recall", "neighbours"};
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(run("db %s --help", subs[i]), 0);
+        expect_output("out.txt", "Usage: joule db", false);
+    }
+    /* bad usage and bad input: one line, exit 2 */
+    ck_assert_int_eq(run("db build --out x"), 2);
+    expect_output("err.txt", "--data", true);
+    ck_assert_int_eq(run("db build --data nowhere --out x"), 2);
+    expect_output("err.txt", "nowhere", true);
+    ck_assert_int_eq(run("db build --data corpus --out flat"), 2);
+    expect_output("err.txt", "already exists", true);
+    ck_assert_int_eq(run("db build --data corpus --out y --resume"), 2);
+    expect_output("err.txt", "no unfinished build", true);
+    ck_assert_int_eq(run("db query flat --text hi --nprobe 4"), 2);
+    expect_output("err.txt", "nprobe=4", true);
+    ck_assert_int_eq(run("db query flat --text hi --out z"), 2);
+    expect_output("err.txt", "does not apply", true);
+    ck_assert_int_eq(run("db query flat -k 0 --text hi"), 2);
+    ck_assert_int_eq(run("db frobnicate"), 2);
+    ck_assert_int_eq(run("db info nowhere"), 2);
+    expect_output("err.txt", "nowhere", true);
+    /* a damaged store: open still works, verify names the file */
+    size_t len;
+    unsigned char *b = slurp(tpath("flat/chunks.bin"), &len);
+    b[len / 2] ^= 0x11;
+    spit(tpath("flat/chunks.bin"), b, len);
+    free(b);
+    ck_assert_int_eq(run("db verify flat"), 2);
+    expect_output("err.txt", "chunks.bin", true);
+    ck_assert_int_eq(run("db neighbours flat --tokens corpus/train.bin"), 0); /* open checks only the header */
+    unlink(tpath("flat/index.faiss"));
+    ck_assert_int_eq(run("db query flat --text hi"), 1);
+    expect_output("err.txt", "index.faiss", true);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("retro_db");
     TCase *tc = tcase_create("db");
@@ -682,6 +771,11 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_neighbours);
     tcase_add_test(tc, test_model_embedder);
     suite_add_tcase(s, tc);
+    TCase *cli = tcase_create("cli");
+    tcase_add_checked_fixture(cli, setup, teardown);
+    tcase_set_timeout(cli, 180);
+    tcase_add_test(cli, test_cli);
+    suite_add_tcase(s, cli);
     return s;
 }
 

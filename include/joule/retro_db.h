@@ -102,6 +102,8 @@ void joule_db_build_opts_init(joule_db_build_opts *o);
 /* Default factory string for n entries: "Flat" below 50000, else "IVF<nlist>,Flat" with
  * nlist = the power of two nearest 4*sqrt(n). buf gets at most n_buf bytes. */
 void joule_db_default_index(uint64_t n, char *buf, size_t n_buf);
+/* The IVF part of that rule alone: "IVF<nlist>,Flat" for n entries. */
+void joule_db_ivf_index(uint64_t n, char *buf, size_t n_buf);
 /* Builds into <out_dir>.partial/ and renames it to out_dir at the end. Stopped by
  * progress: returns JOULE_ERR_RUNTIME with an "interrupted" message and leaves the
  * partial directory for resume. Timings (seconds) go to *embed_s / *index_s when non-NULL. */
@@ -123,8 +125,9 @@ int joule_db_verify(joule_retro_db *db, double *self_recall);
 int joule_db_set_params(joule_retro_db *db, const char *params);
 /* Searches already embedded queries (n x dim) — what joule_db_search does after
  * embedding. excl[i] (sorted doc ids, n_excl[i] of them) are skipped for query i when
- * excl != NULL. The exclusion rule: fetch k' = 2k + 16 results; if a query keeps fewer than k and the index returned k'
- * valid ids, fetch again with k' *= 4 (at most the database size). */
+ * excl != NULL. The exclusion rule: fetch k' = 2k + 16 results; a query left with fewer
+ * than k whose k' results were all valid ids is fetched again with k' *= 4 (at most the
+ * database size). Searches use scratch buffers kept in the handle: one handle per thread. */
 int joule_db_search_vectors(joule_retro_db *db, const float *q, int n, int k, const uint64_t *const *excl,
                             const int *n_excl, int64_t *ids, float *dist);
 /* joule_db_search with several excluded documents per query: excl[i] lists n_excl[i]
