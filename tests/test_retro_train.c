@@ -419,6 +419,10 @@ START_TEST(test_cli_end_to_end) {
     ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
     ck_assert_int_eq(joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
     ck_assert(output_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
+    ck_assert_int_eq(joule("info --model r.safetensors"), 0);
+    ck_assert(output_has("out.txt", "retro:      chunk 8, 2 neighbours"));
+    ck_assert_int_eq(joule("bench retro --model r.safetensors --db db --steps 1 --batch 1 --tokens 16"), 0);
+    ck_assert(output_has("out.txt", "train step (batch 1 x 32)") && output_has("out.txt", "of generation time"));
     /* RETRO-fitting a dense checkpoint */
     ck_assert_int_eq(joule("train --steps 2 --out d.safetensors " RTINY), 0);
     ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
