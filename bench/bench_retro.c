@@ -140,6 +140,7 @@ int bench_retro(int argc, char **argv) {
     printf("generate %d tokens: live retrieval %.1f tok/s, off %.1f tok/s: time x%.2f; retrieval (embed+search+fetch) "
            "%.1f%% of generation time (median)\n",
            n_gen, n_gen / gon, n_gen / goff, gon / goff, 100.0 * cli_median(share, steps));
+    retro_cli_retrieval_cost(db, cfg->retro.chunk, NULL);
 done:
     free(in);
     free(tg);

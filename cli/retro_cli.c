@@ -188,6 +188,31 @@ void retro_cli_print_terms(const joule_config *cfg) {
            cfg->retro.chunk);
 }
 
+void retro_cli_retrieval_cost(joule_retro_db *db, int m, void *json) {
+    joule_search_cost sc;
+    const char *spec = joule_embedder_spec(joule_db_embedder(db));
+    const bool ngram = strncmp(spec, "ngram", 5) == 0;
+    const char *emb = ngram ? "hashed byte n-grams (no matmul FLOPs)" : "a forward pass of that model over the chunk";
+    const bool known = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), 0, 0, &sc) == 0;
+    if (json) {
+        cJSON *o = cJSON_AddObjectToObject(json, "retrieval_cost");
+        cJSON_AddNumberToObject(o, "tokens_per_search", m);
+        if (known) cJSON_AddNumberToObject(o, "search_flops_per_query", sc.flops);
+        else cJSON_AddNullToObject(o, "search_flops_per_query");
+        cJSON_AddStringToObject(o, "search_method", known ? sc.method : joule_last_error());
+        cJSON_AddStringToObject(o, "index", joule_db_factory(db));
+        cJSON_AddStringToObject(o, "embedder", spec);
+        return;
+    }
+    if (known)
+        printf("search: one per %d tokens, ~%.3g FLOPs per query (%s, d %d, N %" PRIu64 "; done by FAISS, not "
+               "counted); query embedding: %s, %s\n",
+               m, sc.flops, sc.method, joule_db_dim(db), joule_db_size(db), spec, emb);
+    else
+        printf("search: one per %d tokens, cost unknown (%s); query embedding: %s, %s\n", m, joule_last_error(), spec,
+               emb);
+}
+
 /* ---- eval ---- */
 
 int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch,
@@ -224,6 +249,7 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
         cJSON_AddNumberToObject(o, "flops_no_retrieval", (double)res[0].flops);
         cJSON_AddNumberToObject(o, "wall_s_retrieval", res[1].wall_s);
         cJSON_AddNumberToObject(o, "wall_s_no_retrieval", res[0].wall_s);
+        retro_cli_retrieval_cost(joule_retro_data_db(rd), m->cfg.retro.chunk, o);
         char *s = cJSON_PrintUnformatted(o);
         if (s) puts(s);
         free(s);
@@ -237,6 +263,7 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
         printf("bpb:    %.4f with retrieval, %.4f without (%+.4f)\n", res[1].bpb, res[0].bpb, res[1].bpb - res[0].bpb);
         printf("FLOPs:  %.3g with retrieval, %.3g without (counted)\n", (double)res[1].flops, (double)res[0].flops);
         printf("time:   %.2fs with retrieval, %.2fs without\n", res[1].wall_s, res[0].wall_s);
+        retro_cli_retrieval_cost(joule_retro_data_db(rd), m->cfg.retro.chunk, NULL);
     }
     joule_retro_data_close(rd);
     return ret;

@@ -80,6 +80,11 @@ int retro_cli_open_db(const char *cmd, const joule_model *m, const char *db_dir,
 /* `joule info`: RETRO's FLOP terms per token (text), nothing for other models. */
 void retro_cli_print_terms(const joule_config *cfg);
 
+/* The accountant's retrieval lines for a database: analytic search FLOPs per query (FAISS's
+ * work, not counted) and the query embedder; into o (a cJSON object) when non-NULL, else
+ * printed. m: tokens per query chunk. */
+void retro_cli_retrieval_cost(struct joule_retro_db *db, int m, void *o);
+
 /* `joule bench retro` (bench/bench_retro.c). */
 int bench_retro(int argc, char **argv);
 

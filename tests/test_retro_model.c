@@ -375,6 +375,22 @@ START_TEST(test_flops_counted_equal_analytic) {
 }
 END_TEST
 
+/* The accountant's search estimates by index type (FAISS does the work, nothing counts it). */
+START_TEST(test_search_cost_formulas) {
+    joule_search_cost sc;
+    ck_assert_int_eq(joule_retro_search_cost("Flat", 128, 1000, 0, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 1000);
+    ck_assert_int_eq(joule_retro_search_cost("IVF16,Flat", 128, 1000, 2, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 16 + 2.0 * 128 * 2 * 1000 / 16);
+    ck_assert_int_eq(joule_retro_search_cost("IVF16,PQ8", 128, 1600, 0, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 16 + 2.0 * 128 * 256 + 1600.0 / 16 * 8); /* nprobe 1 */
+    ck_assert_int_eq(joule_retro_search_cost("HNSW32", 64, 1000000, 0, 40, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 64 * 40 * 64);
+    ck_assert_ptr_nonnull(strstr(sc.method, "HNSW"));
+    ck_assert_int_eq(joule_retro_search_cost("LSH", 64, 10, 0, 0, &sc), JOULE_ERR_ARG);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- decoding, checkpoints */
 
 /* Token-at-a-time decoding, handed each chunk's neighbours as it completes, gives the
@@ -506,6 +522,7 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_k0_equals_dense);
     tcase_add_test(c, test_retrieval_off_equals_dense);
     tcase_add_test(c, test_flops_counted_equal_analytic);
+    tcase_add_test(c, test_search_cost_formulas);
     tcase_add_test(c, test_decoder_matches_forward);
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_determinism);

@@ -100,6 +100,16 @@ int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const 
                          int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
                          void *ctx, joule_retro_gen_stats *stats);
 
+/* ---- accounting (retro_cost.c) ----
+ * Analytic FLOPs of one search of a FAISS index built with `factory` ("Flat", "IVF<nlist>[,
+ * Flat|PQ<M>|...]", "HNSW<M>") over n vectors of dim d, at nprobe / efSearch (<= 0: FAISS's
+ * defaults 1 / 16). FAISS does this work, so joule reports it apart from counted FLOPs. */
+typedef struct {
+    double flops;
+    char method[96]; /* the formula used, e.g. "Flat: 2*d*N" */
+} joule_search_cost;
+int joule_retro_search_cost(const char *factory, int dim, uint64_t n, int nprobe, int ef_search, joule_search_cost *out);
+
 /* ---- grouped attention: the one kernel behind CCA and the encoder's attentions ----
  * Group g: queries q rows [qrow[g], qrow[g] + nq[g]) attend (no causal mask) to the nk
  * keys/values at rows [krow[g], krow[g] + nk), keys with kmask[g*nk + j] == 0 excluded
