@@ -11,6 +11,7 @@
 #include "joule/checkpoint.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
+#include "joule/retro.h"
 #include "joule/train.h"
 
 const char *const joule_arch_names[JOULE_ARCH_COUNT] = {"dense", "moe", "retro"};
@@ -27,6 +28,8 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     s->experts = 8;
     s->top_k = 2;
     s->moe_every = 2;
+    s->retro_chunk = 16;
+    s->db_chunks = 100000;
     s->batch = 8;
     s->lr = 3e-3;
     s->seed = 1;
@@ -47,6 +50,8 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "experts", s->experts);
     cJSON_AddNumberToObject(j, "top_k", s->top_k);
     cJSON_AddNumberToObject(j, "moe_every", s->moe_every);
+    cJSON_AddNumberToObject(j, "retro_chunk", s->retro_chunk);
+    cJSON_AddNumberToObject(j, "db_chunks", (double)s->db_chunks);
     cJSON_AddNumberToObject(j, "batch", s->batch);
     cJSON_AddNumberToObject(j, "lr", s->lr);
     cJSON_AddNumberToObject(j, "seed", (double)s->seed);
@@ -70,6 +75,11 @@ static joule_config family_member(const joule_compare_settings *s, int i) {
 
 /* The arch's model built on the dense backbone c. */
 static void make_arch(const joule_compare_settings *s, joule_arch arch, joule_config *c) {
+    if (arch == JOULE_ARCH_RETRO) {
+        c->retro.chunk = s->retro_chunk;
+        joule_retro_config_apply(c);
+        return;
+    }
     if (arch != JOULE_ARCH_MOE) return;
     joule_moe_config e = joule_moe_config_default(c->d_ff);
     e.n_experts = s->experts;
@@ -98,8 +108,9 @@ static int total_params(const joule_config *c, uint64_t *n) {
 
 int joule_compare_size(const joule_compare_settings *s, joule_arch arch, double budget, joule_config *out,
                        uint64_t *steps) {
-    if (arch == JOULE_ARCH_RETRO)
-        return joule_fail(JOULE_ERR_ARG, "arch retro is not available in this build (the RETRO model is not merged)");
+    if (arch == JOULE_ARCH_RETRO && s->ctx % s->retro_chunk)
+        return joule_fail(JOULE_ERR_ARG, "retro: the context %d is not a multiple of the chunk length %d", s->ctx,
+                          s->retro_chunk);
     if (!(budget > 0)) return joule_fail(JOULE_ERR_ARG, "budget %g FLOPs is not positive", budget);
     const double target = sqrt(budget / (6.0 * s->tokens_per_param));
     const int max_i = 4096 / s->width_step;
@@ -159,11 +170,21 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     uint64_t steps = 0;
     joule_model *m = NULL;
     joule_tokens val = {0};
+    joule_retro_data *rd = NULL;
     bool val_open = false;
     double t0 = joule_now();
     int rc = joule_compare_size(s, arch, budget, &c, &steps);
     if (rc) goto done;
     fill_sizes(r, &c);
+    if (arch == JOULE_ARCH_RETRO) {
+        if (!x->db_dir) {
+            rc = joule_fail(JOULE_ERR_RUNTIME, "retro: no database (%s)", x->retro_error);
+            goto done;
+        }
+        const char *paths[2] = {x->train_path, x->val_path};
+        if ((rc = joule_retro_data_open(&rd, &c, x->db_dir, paths, 2, false, NULL, NULL))) goto done;
+        snprintf(c.retro.db_id, sizeof c.retro.db_id, "%s", joule_retro_data_db_id(rd));
+    }
     if ((rc = joule_model_create(&m, &c))) goto done;
     joule_model_init(m, s->seed);
     if ((rc = joule_model_alloc_train(m, s->batch))) goto done;
@@ -187,6 +208,11 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     o.interrupt = x->interrupt;
     o.on_step = x->on_step;
     o.ctx = x->step_ctx;
+    if (rd) {
+        o.align = c.retro.chunk;
+        o.prepare = joule_retro_prepare;
+        o.prepare_ctx = rd;
+    }
     joule_energy_window w;
     bool metered = x->meters && joule_energy_window_start(&w, x->meters) == JOULE_OK;
     joule_train_progress last;
@@ -210,14 +236,18 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     r->flops_counted = last.flops;
     r->flops_analytic = last.flops_analytic;
     r->spent = (double)last.flops / budget;
+    if (rd) r->retrieval_flops = (double)(last.tokens / (uint64_t)c.retro.chunk) * x->search_flops;
 
     if ((rc = joule_tokens_open(&val, x->val_path))) goto done;
     val_open = true;
     joule_eval_result ev;
-    if ((rc = joule_evaluate(m, &val, s->ctx, s->batch, s->eval_windows, &ev, NULL, NULL))) goto done;
+    rc = joule_evaluate_prepared(m, &val, s->ctx, s->batch, s->eval_windows, rd ? joule_retro_prepare : NULL, rd, &ev,
+                                 NULL, NULL);
+    if (rc) goto done;
     r->val_bpb = ev.bpb;
     uint64_t hits;
-    rc = joule_exact_match(m, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES, s->em_windows, &r->exact_match, &hits);
+    rc = joule_exact_match(m, rd ? joule_retro_data_db(rd) : NULL, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES,
+                           s->em_windows, &r->exact_match, &hits);
     if (rc) goto done;
     r->em_windows = (uint64_t)s->em_windows;
     r->ok = true;
@@ -225,6 +255,7 @@ done:
     r->wall_s = joule_now() - t0;
     if (rc && rc != COMPARE_INTERRUPTED) snprintf(r->error, sizeof r->error, "%s", joule_last_error());
     if (val_open) joule_tokens_close(&val);
+    joule_retro_data_close(rd);
     joule_model_free(m);
     return rc;
 }

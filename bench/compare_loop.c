@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 
 #include "compare_run.h"
+#include "joule/retro.h"
+#include "joule/retro_db.h"
 
 #define COMPARE_FORMAT_VERSION 1
 
@@ -52,6 +54,99 @@ static int pin_settings(const char *dir, const joule_compare_settings *s) {
     return rc;
 }
 
+/* ---- RETRO's database: built once per folder from the train split ---- */
+
+typedef struct {
+    const compare_plan *p;
+    const char *what;
+} retrieval_progress;
+
+static bool on_build(void *ctx, const char *phase, uint64_t done, uint64_t total) {
+    const retrieval_progress *rp = ctx;
+    (void)phase;
+    if (rp->p->on_retrieval) rp->p->on_retrieval(rp->p->ctx, "database", done, total);
+    return !(rp->p->interrupt && *rp->p->interrupt);
+}
+
+static void on_neighbours(void *ctx, const char *what, uint64_t done, uint64_t total) {
+    const retrieval_progress *rp = ctx;
+    if (rp->p->on_retrieval) rp->p->on_retrieval(rp->p->ctx, what, done, total);
+}
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Builds DIR/db (resuming an interrupted build), computes the neighbour files of the train
+ * and validation splits (next to them, shared by every RETRO run), records what it cost in
+ * DIR/retrieval.json, and gives the analytic FLOPs of one search. */
+static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
+                           double *search_flops) {
+    const joule_compare_settings *s = p->settings;
+    retrieval_progress rp = {p, "database"};
+    double build_s = NAN, t0 = joule_now();
+    char partial[4300];
+    snprintf(partial, sizeof partial, "%s.partial", db_dir);
+    int rc = JOULE_OK;
+    if (!is_dir(db_dir)) {
+        joule_db_build_opts o;
+        joule_db_build_opts_init(&o);
+        const char *src[1] = {train_path};
+        o.sources = src;
+        o.n_sources = 1;
+        o.out_dir = db_dir;
+        o.chunk = s->retro_chunk;
+        o.max_chunks = s->db_chunks;
+        o.seed = s->seed;
+        o.resume = is_dir(partial);
+        o.progress = on_build;
+        o.ctx = &rp;
+        if ((rc = joule_db_build(&o, NULL, NULL))) return rc;
+        build_s = joule_now() - t0;
+    }
+    /* any RETRO config of these settings: the neighbour files depend on chunk and k only */
+    joule_config c = joule_config_default(1, 2 * s->head_dim, 2, 2 * s->head_dim * s->ffn_mult, s->ctx);
+    c.retro.chunk = s->retro_chunk;
+    joule_retro_config_apply(&c);
+    joule_retro_data *rd = NULL;
+    const char *paths[2] = {train_path, val_path};
+    double t1 = joule_now();
+    if ((rc = joule_retro_data_open(&rd, &c, db_dir, paths, 2, false, on_neighbours, &rp))) return rc;
+    double nbr_s = joule_now() - t1;
+    joule_retro_db *db = joule_retro_data_db(rd);
+    joule_search_cost cost;
+    rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), 0, 0, &cost);
+    if (!rc) {
+        *search_flops = cost.flops;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/retrieval.json", p->out_dir);
+        struct stat st;
+        /* a later invocation that finds the database keeps the record of its build */
+        if (!isnan(build_s) || stat(path, &st) != 0) {
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "database", db_dir);
+            cJSON_AddStringToObject(j, "id", joule_db_id(db));
+            cJSON_AddNumberToObject(j, "entries", (double)joule_db_size(db));
+            cJSON_AddNumberToObject(j, "chunk", c.retro.chunk);
+            cJSON_AddNumberToObject(j, "k", c.retro.k);
+            cJSON_AddStringToObject(j, "index", joule_db_factory(db));
+            cJSON_AddNumberToObject(j, "dim", joule_db_dim(db));
+            cJSON_AddNumberToObject(j, "search_flops", cost.flops);
+            cJSON_AddStringToObject(j, "search_method", cost.method);
+            if (isnan(build_s)) cJSON_AddNullToObject(j, "build_s");
+            else cJSON_AddNumberToObject(j, "build_s", build_s);
+            cJSON_AddNumberToObject(j, "neighbours_s", nbr_s);
+            char *doc = cJSON_Print(j);
+            cJSON_Delete(j);
+            rc = doc ? joule_write_file_atomic(path, doc, strlen(doc)) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+            free(doc);
+        }
+    }
+    joule_retro_data_close(rd);
+    return rc;
+}
+
 static bool same_budget(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
 
 static int find_row(const joule_compare_row *rows, int n, const char *arch, double budget) {
@@ -76,6 +171,15 @@ static int add_row(compare_outcome *out, const joule_compare_row *r) {
     out->rows = g;
     out->rows[out->n_rows++] = *r;
     return JOULE_OK;
+}
+
+/* Does any RETRO run remain to be done? */
+static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
+    for (int b = 0; b < p->n_budgets; b++) {
+        int i = find_row(out->rows, out->n_rows, "retro", p->budgets[b]);
+        if (!(i >= 0 && out->rows[i].ok)) return true;
+    }
+    return false;
 }
 
 int compare_loop(const compare_plan *p, compare_outcome *out) {
@@ -104,7 +208,22 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
             else todo++;
         }
 
-    compare_run_ctx x = {p->settings, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx};
+    compare_run_ctx x = {p->settings, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
+                         NULL, NULL, 0};
+    char db_dir[600], retro_error[512] = "";
+    if (p->archs[JOULE_ARCH_RETRO] && todo_retro(p, out)) {
+        snprintf(db_dir, sizeof db_dir, "%s/db", p->out_dir);
+        if (setup_retrieval(p, train_path, val_path, db_dir, &x.search_flops) == JOULE_OK) {
+            x.db_dir = db_dir;
+        } else {
+            snprintf(retro_error, sizeof retro_error, "%s", joule_last_error());
+            if (p->interrupt && *p->interrupt) {
+                out->interrupted = true;
+                return JOULE_OK;
+            }
+        }
+        x.retro_error = retro_error;
+    }
     double flops_done = 0, secs_done = 0, flops_left = 0;
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = 0; a < JOULE_ARCH_COUNT; a++) {

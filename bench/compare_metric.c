@@ -6,39 +6,24 @@
 
 #include "joule/compare.h"
 #include "joule/data.h"
+#include "joule/retro.h"
+#include "joule/sample.h"
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i; /* ties: the lower byte, deterministically */
-    return best;
+typedef struct {
+    const uint8_t *want;
+    int matched;
+} em_state;
+
+/* Stops generation at the first wrong byte: the metric gives no partial credit. */
+static int on_token(void *ctx, int32_t token) {
+    em_state *s = ctx;
+    if (token != s->want[s->matched]) return 1;
+    s->matched++;
+    return 0;
 }
 
-/* Greedy continuation of prompt p[0..P-1]: true when it reproduces want[0..K-1]. Stops at
- * the first wrong byte: the metric gives no partial credit, so the rest would be wasted. */
-static int continues(joule_decoder *d, const uint8_t *p, int P, const uint8_t *want, bool *hit) {
-    joule_decoder_reset(d);
-    const float *logits = NULL;
-    int V = d->m->cfg.vocab;
-    for (int i = 0; i < P; i++) {
-        int rc = joule_decoder_step(d, p[i], &logits);
-        if (rc) return rc;
-    }
-    *hit = false;
-    for (int k = 0; k < JOULE_COMPARE_EM_BYTES; k++) {
-        int next = argmax(logits, V);
-        if (next != want[k]) return JOULE_OK;
-        if (k + 1 < JOULE_COMPARE_EM_BYTES) {
-            int rc = joule_decoder_step(d, next, &logits);
-            if (rc) return rc;
-        }
-    }
-    *hit = true;
-    return JOULE_OK;
-}
-
-int joule_exact_match(const joule_model *m, const char *val_path, int prompt, int windows, double *rate,
-                      uint64_t *hits) {
+int joule_exact_match(const joule_model *m, struct joule_retro_db *db, const char *val_path, int prompt, int windows,
+                      double *rate, uint64_t *hits) {
     *rate = 0;
     *hits = 0;
     if (prompt < 1 || windows < 1)
@@ -57,20 +42,21 @@ int joule_exact_match(const joule_model *m, const char *val_path, int prompt, in
         joule_tokens_close(&t);
         return rc;
     }
-    joule_decoder *d = NULL;
-    if ((rc = joule_decoder_create(&d, m))) {
-        joule_tokens_close(&t);
-        return rc;
-    }
+    const joule_sampler greedy = {0.0f, 0, 1.0f};
     /* windows evenly spaced over the file: the same prompts for every model */
     const uint64_t room = t.n_tokens - span;
     for (int w = 0; w < windows && !rc; w++) {
         uint64_t start = windows > 1 ? room * (uint64_t)w / (uint64_t)(windows - 1) : 0;
-        bool hit = false;
-        rc = continues(d, t.tok + start, prompt, t.tok + start + prompt, &hit);
-        if (hit) (*hits)++;
+        em_state s = {t.tok + start + prompt, 0};
+        if (joule_config_has_cca(&m->cfg)) {
+            joule_retro_gen_stats st;
+            rc = joule_retro_generate(m, db, t.tok + start, prompt, JOULE_COMPARE_EM_BYTES, &greedy, 1, on_token, &s,
+                                      &st);
+        } else {
+            rc = joule_generate(m, t.tok + start, prompt, JOULE_COMPARE_EM_BYTES, &greedy, 1, on_token, &s);
+        }
+        if (s.matched == JOULE_COMPARE_EM_BYTES) (*hits)++;
     }
-    joule_decoder_free(d);
     joule_tokens_close(&t);
     if (rc) return rc;
     *rate = (double)*hits / windows;

@@ -18,6 +18,11 @@ typedef struct {
     volatile int *interrupt;
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *step_ctx;
+    /* RETRO: the folder's database (NULL when it could not be built: retro_error says why)
+     * and the analytic FLOPs of one search in it */
+    const char *db_dir;
+    const char *retro_error;
+    double search_flops;
 } compare_run_ctx;
 
 /* Sizes, trains (checkpoint at r->checkpoint, set by the caller), evaluates and measures
@@ -39,6 +44,8 @@ typedef struct {
     void (*on_run_start)(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
                          uint64_t steps, double eta_s);
     void (*on_run_end)(void *ctx, const joule_compare_row *r);
+    /* RETRO's one-off set-up (database build, neighbour files): a phase and its progress */
+    void (*on_retrieval)(void *ctx, const char *what, uint64_t done, uint64_t total);
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *ctx;
 } compare_plan;

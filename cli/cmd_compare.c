@@ -1,4 +1,4 @@
-/* joule compare — dense vs MoE (vs RETRO) at equal training compute, resumable. */
+/* joule compare — dense vs MoE vs RETRO at equal training compute, resumable. */
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -29,7 +29,7 @@ static const char USAGE[] =
     "\n"
     "What to run:\n"
     "  --budgets LIST        training FLOPs per run, comma-separated, e.g. 1e12,2e12,4e12,8e12\n"
-    "  --archs LIST          architectures among dense, moe (default dense,moe)\n"
+    "  --archs LIST          architectures among dense, moe, retro (default dense,moe,retro)\n"
     "  --data DIR            prepared corpus: DIR/train.bin and DIR/val.bin (default data/default)\n"
     "  --out DIR             comparison folder (default runs/compare): results.csv, results.jsonl,\n"
     "                        fit.json, report.md, loss_vs_compute.svg, energy_vs_bpb.svg, runs/\n"
@@ -46,6 +46,12 @@ static const char USAGE[] =
     "  --experts N           MoE: experts per MoE layer (default 8); each of d_ff / top-k, so a\n"
     "  --top-k N             token costs the dense model's FLOPs plus the router (default 2)\n"
     "  --moe-every N         MoE FFN in every N-th layer (default 2)\n"
+    "  --retro-chunk M       RETRO: chunk length; ctx must be a multiple (default 16). The RETRO\n"
+    "                        model is the dense one plus CCA every 3rd layer and a 2-layer encoder\n"
+    "  --db-chunks N         RETRO: the database holds the first N chunks of the train split,\n"
+    "                        built once in DIR/db; 0 = all (default 100000). Neighbours of the\n"
+    "                        train and val splits are computed once, next to them; the search\n"
+    "                        FLOPs (FAISS's, analytic) are reported apart from the budget\n"
     "\n"
     "Training and evaluation:\n"
     "  --batch N             sequences per step (default 8)\n"
@@ -70,7 +76,7 @@ static const char USAGE[] =
 enum {
     OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,
     OPT_EXPERTS, OPT_TOP_K, OPT_MOE_EVERY, OPT_BATCH, OPT_LR, OPT_SEED, OPT_EVAL_WINDOWS, OPT_EM_WINDOWS,
-    OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS,
+    OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS, OPT_RETRO_CHUNK, OPT_DB_CHUNKS,
 };
 
 static const char *CMD = "compare";
@@ -120,9 +126,7 @@ static int parse_archs(const char *s, bool *archs) {
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         int a = 0;
         while (a < JOULE_ARCH_COUNT && strcmp(joule_arch_names[a], t) != 0) a++;
-        if (a == JOULE_ARCH_COUNT) return cli_usage_error(CMD, "--archs: '%s' is not one of dense, moe", t);
-        if (a == JOULE_ARCH_RETRO)
-            return cli_usage_error(CMD, "--archs: retro is not available in this build (the RETRO model is not merged)");
+        if (a == JOULE_ARCH_COUNT) return cli_usage_error(CMD, "--archs: '%s' is not one of dense, moe, retro", t);
         archs[a] = true;
         any = 1;
     }
@@ -135,6 +139,7 @@ static int parse_archs(const char *s, bool *archs) {
 typedef struct {
     cli_progress bar;
     bool bar_on;
+    const char *retrieval; /* the set-up phase being shown */
 } compare_ui;
 
 static void on_run_start(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
@@ -177,6 +182,24 @@ static void on_run_end(void *ctx, const joule_compare_row *r) {
     fflush(stdout);
 }
 
+/* RETRO's set-up: the database build, then the neighbour files. */
+static void on_retrieval(void *ctx, const char *what, uint64_t done, uint64_t total) {
+    compare_ui *ui = ctx;
+    if (!ui->retrieval || strcmp(ui->retrieval, what) != 0) {
+        if (ui->retrieval) cli_progress_finish(&ui->bar, ui->bar.total, NULL);
+        ui->retrieval = what;
+        printf("retro set-up: %s\n", what);
+        fflush(stdout);
+        cli_progress_start(&ui->bar, what, "chunk", (double)total);
+    }
+    if (done >= total) {
+        cli_progress_finish(&ui->bar, (double)done, NULL);
+        ui->retrieval = NULL;
+    } else {
+        cli_progress_update(&ui->bar, (double)done, NULL);
+    }
+}
+
 #define INT_OPT(var, lo, hi, name)                                                                   \
     do {                                                                                             \
         if (!cli_parse_int(optarg, lo, hi, &(var)))                                                  \
@@ -206,6 +229,8 @@ int cmd_compare(int argc, char **argv) {
         {"level", required_argument, NULL, OPT_LEVEL},
         {"report-only", no_argument, NULL, OPT_REPORT_ONLY},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"retro-chunk", required_argument, NULL, OPT_RETRO_CHUNK},
+        {"db-chunks", required_argument, NULL, OPT_DB_CHUNKS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -214,7 +239,7 @@ int cmd_compare(int argc, char **argv) {
     compare_plan p;
     memset(&p, 0, sizeof p);
     double budgets[JOULE_COMPARE_MAX_BUDGETS];
-    p.archs[JOULE_ARCH_DENSE] = p.archs[JOULE_ARCH_MOE] = true;
+    p.archs[JOULE_ARCH_DENSE] = p.archs[JOULE_ARCH_MOE] = p.archs[JOULE_ARCH_RETRO] = true;
     const char *data = "data/default", *out = "runs/compare";
     joule_compare_report_opts ro = {200, 0.9, 1};
     bool report_only = false;
@@ -264,11 +289,18 @@ int cmd_compare(int argc, char **argv) {
             break;
         case OPT_REPORT_ONLY: report_only = true; break;
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
+        case OPT_RETRO_CHUNK: INT_OPT(s.retro_chunk, 1, 4096, "--retro-chunk"); break;
+        case OPT_DB_CHUNKS:
+            if (!cli_parse_u64(optarg, &s.db_chunks))
+                return cli_usage_error(CMD, "--db-chunks: '%s' is not a non-negative integer", optarg);
+            break;
         default: return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (s.top_k > s.experts) return cli_usage_error(CMD, "--top-k %d is more than --experts %d", s.top_k, s.experts);
+    if (p.archs[JOULE_ARCH_RETRO] && s.ctx % s.retro_chunk)
+        return cli_usage_error(CMD, "--ctx %d must be a multiple of --retro-chunk %d for retro", s.ctx, s.retro_chunk);
     if (ro.bootstrap == 1) return cli_usage_error(CMD, "--bootstrap: give 0 (none) or at least 2 resamples");
 
     joule_compare_row *rows = NULL;
@@ -310,6 +342,7 @@ int cmd_compare(int argc, char **argv) {
         p.on_run_start = on_run_start;
         p.on_run_end = on_run_end;
         p.on_step = on_step;
+        p.on_retrieval = on_retrieval;
         p.ctx = &ui;
         if ((rc = cli_make_parent_dirs(CMD, out))) return rc;
         static const int SIGNALS[2] = {SIGINT, SIGTERM};

@@ -44,6 +44,11 @@ typedef struct {
     /* MoE: the dense model of the same budget with E experts of d_ff / top_k, so a token
      * costs the same matmul FLOPs plus the router */
     int experts, top_k, moe_every;
+    /* RETRO: the dense backbone plus CCA and encoder (joule_retro_config_apply's defaults),
+     * chunks of retro_chunk tokens; the database holds the first db_chunks chunks of the
+     * train split (0 = all) and is built once per comparison folder */
+    int retro_chunk;
+    uint64_t db_chunks;
     /* training */
     int batch;
     double lr;
@@ -86,6 +91,9 @@ typedef struct {
     /* energy per query from the energy benchmark (NaN when not run) */
     double query_j, query_s;
     char query_method[96];
+    /* RETRO: analytic FAISS search FLOPs of the chunks the training consumed (one search per
+     * chunk; FAISS's work, outside the counted budget) */
+    double retrieval_flops;
     char checkpoint[512];
 } joule_compare_row;
 
@@ -99,9 +107,11 @@ int joule_compare_rows_save(const char *dir, const joule_compare_row *rows, int 
 
 /* Greedy decoding: for `windows` prompts of `prompt` bytes evenly spaced over the token
  * file, decode JOULE_COMPARE_EM_BYTES bytes with the KV cache and count a hit when all of
- * them equal the file's next bytes. *rate = hits / windows. */
-int joule_exact_match(const joule_model *m, const char *val_path, int prompt, int windows, double *rate,
-                      uint64_t *hits);
+ * them equal the file's next bytes. *rate = hits / windows. A RETRO model retrieves from
+ * db (its database) for every completed chunk, as in generation; db is NULL otherwise. */
+struct joule_retro_db;
+int joule_exact_match(const joule_model *m, struct joule_retro_db *db, const char *val_path, int prompt, int windows,
+                      double *rate, uint64_t *hits);
 
 /* ---- the report (bench/compare_report.c) ---- */
 
