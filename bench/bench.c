@@ -43,6 +43,7 @@ static double read_bandwidth(size_t bytes, double seconds) {
 }
 
 int cmd_bench_moe(int argc, char **argv);
+int cmd_bench_energy(int argc, char **argv); /* bench/bench_energy.c */
 
 static int percentile_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -186,13 +187,15 @@ static int bench_decode(const bench_opts *o) {
 }
 
 static void usage(void) {
-    printf("usage: joule bench train|decode|moe [options]\n"
+    printf("usage: joule bench train|decode|moe|energy [options]\n"
            "\n"
            "  train    sgemm peak and training-step throughput of a dense model; prints MFU\n"
            "           = (6*N_mm + 12*L*T*d) * tokens/s / measured sgemm peak\n"
            "  decode   batch-1 KV-cache decoding: tokens/s and GB/s of weights read\n"
            "  moe      MoE over dense tokens/s at equal active FLOPs, training and decode\n"
            "           (its own options: joule bench moe --help)\n"
+           "  energy   energy per query of checkpoints: latency, tokens/s, FLOPs, J/query\n"
+           "           (its own options: joule bench energy --help)\n"
            "\n"
            "options (defaults: the reference model of the foundation issue):\n"
            "  --layers N      layers (6)\n"
@@ -216,6 +219,7 @@ int cmd_bench(int argc, char **argv) {
         return argc < 2 ? EXIT_USAGE : 0;
     }
     if (!strcmp(argv[1], "moe")) return cmd_bench_moe(argc, argv); /* bench/bench_moe.c */
+    if (!strcmp(argv[1], "energy")) return cmd_bench_energy(argc, argv);
     const char *what = argv[1];
     static const struct option opts[] = {
         {"layers", 1, 0, 'L'}, {"d-model", 1, 0, 'd'}, {"heads", 1, 0, 'H'}, {"d-ff", 1, 0, 'f'},
@@ -253,5 +257,5 @@ int cmd_bench(int argc, char **argv) {
     cli_setup_threads(o.threads);
     if (!strcmp(what, "train")) return bench_train(&o);
     if (!strcmp(what, "decode")) return bench_decode(&o);
-    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe)", what);
+    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe, energy)", what);
 }

@@ -55,6 +55,8 @@ typedef struct {
     double params, params_active;
     int prompt, generate, batch, queries, warmup, threads;
     uint64_t seed;
+    uint64_t tokens_digest; /* hash of every measured prompt and generated token, in order:
+                               equal digests, equal work (same seed, model and threads) */
     char blas_core[32]; /* joule_blas_corename() */
     /* latency, seconds: per query (its batch's wall time), time to first token (prefill),
      * and per generated token (each decode step of a batch, all its sequences) */
@@ -78,7 +80,7 @@ typedef struct {
     /* memory: peak resident set (VmHWM); reset before the model was loaded when the kernel
      * allows it (/proc/self/clear_refs), else the process's high-water mark so far */
     uint64_t peak_rss_bytes;
-    bool peak_rss_reset;
+    bool peak_rss_reset; /* set by the caller that called joule_bench_energy_reset_peak_rss */
 } joule_bench_energy_result;
 
 /* Resets the process's peak-RSS mark (Linux /proc/self/clear_refs "5"); true when done.
