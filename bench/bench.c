@@ -12,6 +12,7 @@
 #include "joule/energy.h"
 #include "joule/model.h"
 #include "joule/ops.h"
+#include "retro_cli.h"
 
 typedef struct {
     int layers, d_model, heads, d_ff, ctx, batch, steps, warmup, threads, tokens;
@@ -194,6 +195,8 @@ static void usage(void) {
            "  decode   batch-1 KV-cache decoding: tokens/s and GB/s of weights read\n"
            "  moe      MoE over dense tokens/s at equal active FLOPs, training and decode\n"
            "           (its own options: joule bench moe --help)\n"
+           "  db       retrieval databases: build, query latency, recall, overhead over FAISS (bench db --help)\n"
+           "  retro    RETRO model: train step and generation with retrieval vs without (bench retro --help)\n"
            "  energy   energy per query of checkpoints: latency, tokens/s, FLOPs, J/query\n"
            "           (its own options: joule bench energy --help)\n"
            "\n"
@@ -221,6 +224,8 @@ int cmd_bench(int argc, char **argv) {
     if (!strcmp(argv[1], "moe")) return cmd_bench_moe(argc, argv); /* bench/bench_moe.c */
     if (!strcmp(argv[1], "energy")) return cmd_bench_energy(argc, argv);
     const char *what = argv[1];
+    if (!strcmp(what, "db")) return bench_db(argc - 1, argv + 1); /* its own options */
+    if (!strcmp(what, "retro")) return bench_retro(argc - 1, argv + 1); /* its own options */
     static const struct option opts[] = {
         {"layers", 1, 0, 'L'}, {"d-model", 1, 0, 'd'}, {"heads", 1, 0, 'H'}, {"d-ff", 1, 0, 'f'},
         {"ctx", 1, 0, 'c'},    {"batch", 1, 0, 'b'},   {"steps", 1, 0, 's'}, {"warmup", 1, 0, 'w'},

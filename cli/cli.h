@@ -65,6 +65,8 @@ void cli_progress_finish(cli_progress *p, double done, const char *extra);
 /* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
 const char *cli_fmt_count(char *buf, size_t n, double v);
 const char *cli_fmt_duration(char *buf, size_t n, double seconds);
+/* Median of v[0..n) (n >= 1); sorts v in place. For benchmarks' repeated timings. */
+double cli_median(double *v, int n);
 
 /* Subcommands (argv[0] is the subcommand name). */
 int cmd_data(int argc, char **argv);
@@ -73,5 +75,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv); /* bench/ */
+int cmd_db(int argc, char **argv);
+int bench_db(int argc, char **argv); /* bench/bench_db.c: `joule bench db` */
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "acct_cli.h"
 #include "cli.h"
+#include "retro_cli.h"
 #include "joule/checkpoint.h"
 #include "joule/data.h"
 #include "joule/ops.h"
@@ -31,6 +32,12 @@ static const char USAGE[] =
     "  --windows N      evaluate at most the first N windows; 0 = all (default 0)\n"
     "  --batch N        windows per forward pass (default 8)\n"
     "  --seq N          window length T, at most the model's context (default: the model's ctx)\n"
+    "  --db DIR         RETRO models: bits-per-byte with retrieval from DIR on and off (a\n"
+    "                   database of the training split only, or one that also holds the\n"
+    "                   validation split: the 'leaky' setting, are two runs)\n"
+    "  --allow-db-mismatch  accept a database other than the model's training one\n"
+    "  --include-own-doc  with --db: search live with nothing excluded, so a chunk may retrieve\n"
+    "                   its own document (the leaky upper bound; default: excluded, as in training)\n"
     "  --json           print one JSON object instead of text\n"
     "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help       show this help and exit\n"
@@ -71,12 +78,16 @@ int cmd_eval(int argc, char **argv) {
         {"json", no_argument, NULL, OPT_JSON},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, 'h'},
+        RETRO_DB_LONG_OPTIONS,
+        {"include-own-doc", no_argument, NULL, OPT_RETRO_OWN_DOC},
         {NULL, 0, NULL, 0},
     };
     const char *model_path = NULL, *data_dir = NULL, *split = NULL, *tokens_path = NULL;
     uint64_t max_windows = 0;
     int batch = 8, seq = 0, threads = 0;
     bool json = false;
+    const char *db_dir = NULL;
+    bool allow_db_mismatch = false, own_doc = false;
     int c;
     optind = 0;
     opterr = 0;
@@ -110,12 +121,16 @@ int cmd_eval(int argc, char **argv) {
             if (!cli_parse_int(optarg, 0, 4096, &threads))
                 return cli_usage_error(CMD, "--threads: '%s' is not an integer in [0, 4096]", optarg);
             break;
+        case OPT_RETRO_DB: db_dir = optarg; break;
+        case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
+        case OPT_RETRO_OWN_DOC: own_doc = true; break;
         default:
             return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
+    if (own_doc && !db_dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
     if (tokens_path && (data_dir || split)) return cli_usage_error(CMD, "give either --data/--split or --tokens");
     char buf[4096];
     if (!tokens_path) {
@@ -155,6 +170,10 @@ int cmd_eval(int argc, char **argv) {
     cli_setup_threads(threads);
     if ((st = joule_model_alloc_train(m, batch))) {
         ret = cli_fail(CMD, st);
+        goto done;
+    }
+    if (db_dir) {
+        ret = retro_cli_eval(CMD, m, &t, db_dir, allow_db_mismatch, own_doc, seq, batch, nw, json, model_path);
         goto done;
     }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "retro_cli.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/moe.h"
@@ -159,6 +160,7 @@ int cmd_info(int argc, char **argv) {
         printf("FLOPs/token at ctx %d: forward %s, training %s (3x forward); 6N = %s\n", cfg->ctx,
                cli_fmt_count(a, sizeof a, fwd_tok), cli_fmt_count(b, sizeof b, 3 * fwd_tok),
                cli_fmt_count(d, sizeof d, six_n));
+        retro_cli_print_terms(cfg);
         if (trained) {
             printf("training:   step %" PRIu64 " of %" PRIu64 ", %s tokens, %.3g FLOPs counted, %s, seed %" PRIu64
                    ", run %s\n",

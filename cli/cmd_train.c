@@ -12,6 +12,7 @@
 
 #include "acct_cli.h"
 #include "cli.h"
+#include "retro_cli.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/ops.h"
@@ -83,13 +84,14 @@ static const char USAGE[] =
     "\n"
     "Other:\n"
     "  --threads N        threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
-    "  -h, --help         show this help and exit\n";
+    "  -h, --help         show this help and exit\n"
+    RETRO_TRAIN_USAGE;
 
 enum {
     OPT_STEPS = 256, OPT_TOKENS, OPT_FLOPS, OPT_CONFIG, OPT_LAYERS, OPT_D_MODEL, OPT_HEADS, OPT_D_FF, OPT_CTX,
     OPT_UNTIED, OPT_DATA, OPT_TRAIN, OPT_VAL, OPT_OUT, OPT_LOG, OPT_NO_LOG, OPT_SAVE_EVERY, OPT_RESUME,
     OPT_STOP_AFTER, OPT_BATCH, OPT_ACCUM, OPT_SEQ, OPT_LR, OPT_MIN_LR, OPT_WARMUP, OPT_WD, OPT_CLIP, OPT_SEED,
-    OPT_EVAL_EVERY, OPT_EVAL_WINDOWS, OPT_THREADS,
+    OPT_EVAL_EVERY, OPT_EVAL_WINDOWS, OPT_THREADS, OPT_ARCH,
 };
 
 static const struct option LONG[] = {
@@ -124,8 +126,10 @@ static const struct option LONG[] = {
     {"eval-every", required_argument, NULL, OPT_EVAL_EVERY},
     {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"arch", required_argument, NULL, OPT_ARCH},
     CLI_MOE_LONG_OPTIONS,
     {"help", no_argument, NULL, 'h'},
+    RETRO_TRAIN_LONG_OPTIONS,
     {NULL, 0, NULL, 0},
 };
 
@@ -246,6 +250,9 @@ int cmd_train(int argc, char **argv) {
     uint64_t seed = 1, eval_windows = 64;
     cli_moe_opts moe_opts;
     memset(&moe_opts, 0, sizeof moe_opts);
+    retro_train_cli rt;
+    retro_train_cli_init(&rt);
+    bool arch_given = false;
 
     int c;
     optind = 0;
@@ -324,13 +331,25 @@ int cmd_train(int argc, char **argv) {
                 return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
             break;
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
+        case OPT_ARCH:
+            if (strcmp(optarg, "dense") && strcmp(optarg, "moe") && strcmp(optarg, "retro"))
+                return cli_usage_error(CMD, "--arch: '%s' is not dense, moe or retro", optarg);
+            /* The kinds compose: --arch retro with MoE options gives a RETRO model whose
+             * FFNs are MoE. */
+            rt.retro = strcmp(optarg, "retro") == 0;
+            moe_opts.arch = rt.retro ? NULL : strcmp(optarg, "moe") == 0 ? "moe" : "dense";
+            arch_given = true;
+            break;
         default:
             if (c >= OPT_MOE_FIRST && c < OPT_MOE_LAST) {
                 int bad = cli_moe_parse(CMD, &moe_opts, c, optarg);
                 if (bad) return bad;
                 break;
+            } else {
+                int r = retro_train_cli_option(&rt, CMD, c, optarg);
+                if (r < 0) return cli_bad_option(CMD, c, argv);
+                if (r > 0) return r;
             }
-            return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
@@ -378,9 +397,17 @@ int cmd_train(int argc, char **argv) {
         if (ctx_set) cfg.ctx = ctx;
     }
     if (untied) cfg.tied = false;
+    if (arch_given && rt.retro && moe_opts.given) moe_opts.arch = "moe";
     if ((rc = cli_moe_finish(CMD, &moe_opts, &cfg))) return rc;
+    if ((rc = retro_train_cli_config(&rt, CMD, &cfg, resume, model_flags))) {
+        retro_train_cli_free(&rt);
+        return rc;
+    }
     int st = joule_config_validate(&cfg, config_path ? config_path : "model options");
-    if (st) return cli_fail(CMD, st);
+    if (st) {
+        retro_train_cli_free(&rt);
+        return cli_fail(CMD, st);
+    }
 
     joule_model *m = NULL;
     joule_train_state saved;
@@ -488,6 +515,7 @@ int cmd_train(int argc, char **argv) {
         ret = cli_fail(CMD, st);
         goto done;
     }
+    if ((ret = retro_train_cli_attach(&rt, CMD, m, &o, resume, train_path, val_path))) goto done;
 
 
     /* Summary of what is about to run. */
@@ -575,6 +603,7 @@ int cmd_train(int argc, char **argv) {
                last.step, total);
     }
 done:
+    retro_train_cli_free(&rt);
     cJSON_Delete(saved_opts);
     free(log_path);
     free(optim_path);

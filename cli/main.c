@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
+#include "joule/retro.h"
 
 static const char USAGE[] =
     "Usage: joule [--version] [--threads N] <command> [options]\n"
@@ -22,9 +23,11 @@ static const char USAGE[] =
     "  eval            validation loss and bits-per-byte of a checkpoint\n"
     "  generate        sample text from a checkpoint\n"
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
+    "  db              RETRO retrieval databases: build, info, query, verify, recall, neighbours\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
     "  bench decode    KV-cache decoding speed\n"
     "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
+    "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
     "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
@@ -50,6 +53,7 @@ static const command COMMANDS[] = {
     {"data", cmd_data, false},       {"train", cmd_train, true}, {"eval", cmd_eval, true},
     {"generate", cmd_generate, true}, {"info", cmd_info, false},  {"bench", cmd_bench, true},
     {"account", cmd_account, false}, {"fit", cmd_fit, false},
+    {"db", cmd_db, true},
 };
 
 static const command *find_command(const char *name) {
@@ -100,6 +104,7 @@ static void avoid_two_spinning_pools(char **argv) {
 int main(int argc, char **argv) {
     joule_moe_register();
     avoid_two_spinning_pools(argv);
+    joule_retro_register();
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},

@@ -17,7 +17,7 @@ enum {
 };
 
 #define CLI_MOE_LONG_OPTIONS                                                                            \
-    {"arch", required_argument, NULL, OPT_MOE_ARCH}, {"experts", required_argument, NULL, OPT_MOE_EXPERTS}, \
+    {"experts", required_argument, NULL, OPT_MOE_EXPERTS},                                               \
     {"top-k", required_argument, NULL, OPT_MOE_TOP_K}, {"moe-every", required_argument, NULL, OPT_MOE_EVERY}, \
     {"capacity-factor", required_argument, NULL, OPT_MOE_CF},                                            \
     {"eval-capacity-factor", required_argument, NULL, OPT_MOE_EVAL_CF},                                  \
@@ -27,7 +27,8 @@ enum {
     {"router-random-second", no_argument, NULL, OPT_MOE_RANDOM_SECOND}
 
 #define CLI_MOE_USAGE                                                                                   \
-    "  --arch NAME        dense or moe (default dense, or the --config file's)\n"                       \
+    "  --arch NAME        dense, moe or retro (default dense, or the --config file's); retro\n"          \
+    "                     with MoE options gives a RETRO model whose FFNs are MoE\n"                   \
     "\n"                                                                                                \
     "Mixture of experts (with --arch moe; docs/MODEL.md section 7):\n"                                  \
     "  --experts N        experts per MoE layer (default 8)\n"                                          \

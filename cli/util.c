@@ -259,3 +259,13 @@ void cli_progress_update(cli_progress *p, double done, const char *extra) {
 }
 
 void cli_progress_finish(cli_progress *p, double done, const char *extra) { progress_print(p, done, extra, true); }
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cli_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}

@@ -379,6 +379,12 @@ static void copy_window(const uint8_t *w, int T, int32_t *inputs, int32_t *targe
 
 int joule_batch_sample(const joule_tokens *t, uint64_t seed, uint64_t step, int micro, int B, int T,
                        int32_t *inputs, int32_t *targets) {
+    return joule_batch_sample_aligned(t, seed, step, micro, B, T, 1, inputs, targets, NULL);
+}
+
+int joule_batch_sample_aligned(const joule_tokens *t, uint64_t seed, uint64_t step, int micro, int B, int T,
+                               int align, int32_t *inputs, int32_t *targets, uint64_t *starts) {
+    if (align < 1) return joule_fail(JOULE_ERR_ARG, "window alignment %d must be >= 1", align);
     if (B < 1 || T < 1)
         return joule_fail(JOULE_ERR_ARG, "batch size %d and context %d must be positive", B, T);
     if (t->n_tokens < (uint64_t)T + 1)
@@ -386,9 +392,10 @@ int joule_batch_sample(const joule_tokens *t, uint64_t seed, uint64_t step, int 
                           (unsigned long long)t->n_tokens, T + 1);
     joule_rng rng;
     joule_rng_seed(&rng, joule_mix64(joule_mix64(seed, step), (uint64_t)(int64_t)micro));
-    uint64_t n_starts = t->n_tokens - (uint64_t)T; /* starts 0 .. n_tokens - T - 1 */
+    uint64_t n_starts = (t->n_tokens - (uint64_t)T - 1) / (uint64_t)align + 1; /* starts 0 .. n_tokens - T - 1 */
     for (int b = 0; b < B; b++) {
-        uint64_t start = joule_rng_below(&rng, n_starts);
+        uint64_t start = joule_rng_below(&rng, n_starts) * (uint64_t)align;
+        if (starts) starts[b] = start;
         copy_window(t->tok + start, T, inputs + (size_t)b * T, targets + (size_t)b * T);
     }
     return JOULE_OK;

@@ -434,6 +434,7 @@ int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *ta
 }
 
 const float *joule_model_logits(const joule_model *m) { return m->acts ? m->acts->logits : NULL; }
+const float *joule_model_hidden(const joule_model *m) { return m->acts ? m->acts->xf : NULL; }
 
 /* ---------------------------------------------------------------- backward */
 

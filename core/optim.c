@@ -76,6 +76,7 @@ void joule_adamw_update(joule_adamw *o, joule_model *m, const joule_adamw_opts *
     const float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const joule_param_info *t = &m->tensors[ti];
+        if (t->frozen) continue;
         const float wd = t->decay ? p->weight_decay : 0.0f;
         float *w = m->params + t->offset, *g = m->grads + t->offset;
         float *mm = o->m + t->offset, *vv = o->v + t->offset;

@@ -23,6 +23,12 @@ void joule_train_opts_init(joule_train_opts *o) {
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
                    joule_eval_result *r, void (*progress)(void *ctx, uint64_t done, uint64_t total),
                    void *ctx) {
+    return joule_evaluate_prepared(m, t, T, B, max_windows, NULL, NULL, r, progress, ctx);
+}
+
+int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                            joule_batch_prepare_fn prepare, void *prepare_ctx, joule_eval_result *r,
+                            void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
     memset(r, 0, sizeof *r);
     if (B > m->max_batch) B = m->max_batch;
     uint64_t nw = joule_eval_windows(t, T);
@@ -31,9 +37,11 @@ int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t
         return joule_fail(JOULE_ERR_ARG, "%s: %" PRIu64 " tokens is too short for one window of %d",
                           t->path, t->n_tokens, T);
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
-    if (!in || !tg) {
+    uint64_t *starts = malloc((size_t)B * sizeof *starts);
+    if (!in || !tg || !starts) {
         free(in);
         free(tg);
+        free(starts);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     }
     double t0 = joule_now(), sum = 0.0;
@@ -41,14 +49,19 @@ int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t
     int rc = JOULE_OK;
     for (uint64_t w = 0; w < nw && !rc; w += (uint64_t)B) {
         int b = (int)((nw - w) < (uint64_t)B ? (nw - w) : (uint64_t)B);
-        for (int i = 0; i < b; i++) joule_eval_window(t, T, w + (uint64_t)i, in + (size_t)i * T, tg + (size_t)i * T);
-        double loss;
+        for (int i = 0; i < b; i++) {
+            joule_eval_window(t, T, w + (uint64_t)i, in + (size_t)i * T, tg + (size_t)i * T);
+            starts[i] = (w + (uint64_t)i) * (uint64_t)T;
+        }
+        double loss = 0.0;
+        if (prepare && (rc = prepare(prepare_ctx, m, t, starts, b, T))) break;
         rc = joule_model_forward(m, in, tg, b, T, &loss);
         sum += loss * (double)b * T; /* every target of an eval window is valid */
         if (progress && !rc) progress(ctx, w + (uint64_t)b, nw);
     }
     free(in);
     free(tg);
+    free(starts);
     if (rc) return rc;
     r->windows = nw;
     r->tokens = nw * (uint64_t)T;
@@ -60,7 +73,7 @@ int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t
 }
 
 /* Options that shape the trajectory; a resume must use the same ones. */
-static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps) {
+static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps, int frozen) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "batch", o->batch);
     cJSON_AddNumberToObject(j, "accum", o->accum);
@@ -74,6 +87,8 @@ static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_st
     cJSON_AddNumberToObject(j, "weight_decay", joule_float_for_json(o->adam.weight_decay));
     cJSON_AddNumberToObject(j, "grad_clip", joule_float_for_json(o->adam.grad_clip));
     cJSON_AddNumberToObject(j, "warmup_steps", o->adam.warmup_steps);
+    if (o->align > 1) cJSON_AddNumberToObject(j, "align", o->align);
+    if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
@@ -153,7 +168,10 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     memset(&st, 0, sizeof st);
     FILE *log = NULL;
     int32_t *in = NULL, *tg = NULL;
-    char *traj = trajectory_json(o, T, total);
+    uint64_t *starts = NULL;
+    int frozen = 0;
+    for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
+    char *traj = trajectory_json(o, T, total, frozen);
     int rc = joule_tokens_open(&train, o->train_path);
     if (rc) goto done;
     if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
@@ -186,7 +204,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     }
     in = malloc((size_t)o->batch * T * sizeof *in);
     tg = malloc((size_t)o->batch * T * sizeof *tg);
-    if (!in || !tg) {
+    starts = malloc((size_t)o->batch * sizeof *starts);
+    if (!in || !tg || !starts) {
         rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
         goto done;
     }
@@ -211,13 +230,17 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
             double loss;
             /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
             m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, st.step), (uint64_t)micro), 0x6d6f65);
-            if ((rc = joule_batch_sample(&train, o->seed, st.step, micro, o->batch, T, in, tg)) ||
+            if ((rc = joule_batch_sample_aligned(&train, o->seed, st.step, micro, o->batch, T,
+                                                 o->align > 1 ? o->align : 1, in, tg, starts)) ||
+                (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &train, starts, o->batch, T))) ||
                 (rc = joule_model_forward(m, in, tg, o->batch, T, &loss)) ||
                 (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
                 goto done;
             loss_sum += loss;
         }
         /* (distributed training: all-reduce m->grads here) */
+        for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
+            if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
         double norm = joule_grad_norm(m);
         if (!isfinite(norm)) {
             rc = joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": gradient norm is %g (diverged)", st.step, norm);
@@ -250,7 +273,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         char *stats = log ? ext_stats(m) : NULL;
         if (o->val_path && ((o->eval_every && st.step % (uint64_t)o->eval_every == 0) || finished)) {
             joule_eval_result er;
-            if ((rc = joule_evaluate(m, &val, T, o->batch, o->eval_windows, &er, NULL, NULL))) {
+            if ((rc = joule_evaluate_prepared(m, &val, T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx,
+                                              &er, NULL, NULL))) {
                 free(stats);
                 goto done;
             }
@@ -269,6 +293,7 @@ done:
     if (log) fclose(log);
     free(in);
     free(tg);
+    free(starts);
     free(traj);
     joule_adamw_free(&opt);
     joule_tokens_close(&train);

@@ -100,6 +100,7 @@ typedef struct {
     bool decay;    /* AdamW weight decay applies (matrices only) */
     bool embedding;
     float init_mult; /* matrices: N(0, init_std * init_mult); 0 gives zeros. Vectors: ones. */
+    bool frozen;     /* training leaves it bit-identical (RETRO-fitting's --freeze-base) */
 } joule_param_info;
 
 /* Per-layer views into the parameter (or gradient) arena. wq|wk|wv are adjacent, so
@@ -233,6 +234,9 @@ joule_param_counts joule_model_param_counts(const joule_model *m);
 int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *targets, int B,
                         int T, double *loss);
 const float *joule_model_logits(const joule_model *m);
+/* The final-norm output of the last forward ([B*T, C], the lm_head's input; same validity).
+ * RETRO's model embedder averages it over a chunk. */
+const float *joule_model_hidden(const joule_model *m);
 /* Backward of the last forward (which must have had targets). Gradients ACCUMULATE into
  * m->grads scaled by grad_scale (1/accumulation steps): zero them with
  * joule_model_zero_grad at the start of a step. */

@@ -31,6 +31,12 @@ typedef struct {
     double mfu;              /* analytic FLOPs/s of the last step over opts.peak_flops; 0 without a peak */
 } joule_train_progress;
 
+/* Per-batch preparation (RETRO hands the windows' neighbours to the model here): called
+ * before each training and validation forward with the token file and the B window start
+ * offsets of the batch, each window T tokens. */
+typedef int (*joule_batch_prepare_fn)(void *ctx, joule_model *m, const joule_tokens *t, const uint64_t *starts,
+                                      int B, int T);
+
 typedef struct {
     const char *train_path; /* token file (.bin) */
     const char *val_path;   /* may be NULL: no validation */
@@ -52,6 +58,9 @@ typedef struct {
     double peak_flops;      /* FLOP/s the step log's "mfu" is measured against; 0 = no mfu */
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *ctx;
+    int align;              /* training windows start at multiples of align (0/1: anywhere) */
+    joule_batch_prepare_fn prepare; /* may be NULL */
+    void *prepare_ctx;
 } joule_train_opts;
 
 void joule_train_opts_init(joule_train_opts *o);
@@ -80,6 +89,10 @@ typedef struct {
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
                    joule_eval_result *r, void (*progress)(void *ctx, uint64_t done, uint64_t total),
                    void *ctx);
+/* The same, calling prepare (when non-NULL) before every forward. */
+int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                            joule_batch_prepare_fn prepare, void *prepare_ctx, joule_eval_result *r,
+                            void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,512 @@
+/* retro/db_build.c — building a retrieval database: count and cut the corpus into entries,
+ * train the index on a seeded sample when it needs training, then stream batches (write the
+ * records, embed, add), with resume points, into <out>.partial/ renamed to <out> at the end.
+ *
+ * Resume: <out>.partial/state.json records the build's parameters and how many entries the
+ * snapshot index.ckpt.faiss and the first bytes of chunks.bin hold; --resume truncates
+ * chunks.bin to that length, reads the snapshot and carries on. Entries are added in the
+ * same order either way, so for Flat and IVF indexes the result is byte-identical to an
+ * uninterrupted build (HNSW's graph depends on insertion batches and threads). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/index_factory_c.h>
+#include <faiss/c_api/index_io_c.h>
+
+#include "joule/retro_db.h"
+#include "retro_internal.h"
+
+#define STATE "state.json"
+#define SNAPSHOT "index.ckpt.faiss"
+#define SNAPSHOT_TMP "index.ckpt.faiss.tmp"
+#define FLAT_BELOW 50000
+#define MAX_TRAIN 262144 /* training vectors at most (FAISS uses at most 256 per centroid) */
+#define CHECKPOINT_SECONDS 60.0
+
+void joule_db_build_opts_init(joule_db_build_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->chunk = 64;
+    o->embedder = "ngram";
+    o->seed = 1;
+    o->batch = 4096;
+}
+
+void joule_db_ivf_index(uint64_t n, char *buf, size_t n_buf) {
+    double want = 4.0 * sqrt((double)n);
+    uint64_t nlist = 1;
+    while ((double)nlist * 1.5 < want) nlist *= 2; /* power of two nearest want (geometrically) */
+    snprintf(buf, n_buf, "IVF%llu,Flat", (unsigned long long)nlist);
+}
+
+void joule_db_default_index(uint64_t n, char *buf, size_t n_buf) {
+    if (n < FLAT_BELOW) snprintf(buf, n_buf, "Flat");
+    else joule_db_ivf_index(n, buf, n_buf);
+}
+
+typedef struct {
+    const joule_db_build_opts *o;
+    char *partial, *chunks_path, *index_path, *state_path, *snap_path, *snap_tmp, *manifest_path;
+    char factory[256];
+    char *params;       /* canonical JSON of what determines the result */
+    cJSON *sources;     /* [{path, tokens, documents, crc32}] */
+    uint64_t n, docs, done, trained_on;
+    joule_chunker ck;
+    joule_embedder *emb;
+    FaissIndex *index;
+    int fd;             /* chunks.bin */
+    size_t rec;
+    uint8_t *recs;      /* batch records */
+    int32_t *toks;      /* batch chunk tokens [batch, m] */
+    float *vecs;        /* batch vectors [batch, dim] */
+    double embed_s, index_s;
+} build;
+
+static int fail_errno(const char *path, const char *what) {
+    return joule_fail(JOULE_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
+}
+
+static int fsync_path(const char *path, bool dir) {
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) return fail_errno(path, "open");
+    int rc = fsync(fd) != 0 ? fail_errno(path, "fsync") : JOULE_OK;
+    close(fd);
+    return rc;
+}
+
+static int fsync_parent(const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    char *slash = strrchr(copy, '/');
+    const char *dir = ".";
+    if (slash == copy) dir = "/";
+    else if (slash) {
+        *slash = 0;
+        dir = copy;
+    }
+    int rc = fsync_path(dir, true);
+    free(copy);
+    return rc;
+}
+
+/* A stale partial directory holds only files joule writes there; anything else stops us. */
+static int remove_partial(build *b) {
+    const char *names[] = {JOULE_DB_CHUNKS, JOULE_DB_INDEX, JOULE_DB_MANIFEST, STATE, SNAPSHOT, SNAPSHOT_TMP};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *p = joule_path_join(b->partial, names[i]);
+        if (!p) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        if (unlink(p) != 0 && errno != ENOENT) {
+            int rc = fail_errno(p, "unlink");
+            free(p);
+            return rc;
+        }
+        free(p);
+    }
+    if (rmdir(b->partial) != 0 && errno != ENOENT)
+        return joule_fail(JOULE_ERR_IO, "%s: cannot remove the unfinished build (%s); remove it yourself", b->partial,
+                          strerror(errno));
+    return JOULE_OK;
+}
+
+static int describe_sources(build *b) {
+    b->sources = cJSON_CreateArray();
+    if (!b->sources) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < b->o->n_sources; i++) {
+        char abs[PATH_MAX];
+        const char *p = b->o->sources[i];
+        if (!realpath(p, abs)) return joule_fail(JOULE_ERR_IO, "%s: %s", p, strerror(errno));
+        uint32_t crc;
+        int rc = joule_file_crc32(p, &crc, NULL);
+        if (rc) return rc;
+        char hex[9];
+        snprintf(hex, sizeof hex, "%08x", crc);
+        cJSON *s = cJSON_CreateObject();
+        if (!s) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        cJSON_AddItemToArray(b->sources, s);
+        cJSON_AddStringToObject(s, "path", abs);
+        cJSON_AddNumberToObject(s, "tokens", (double)b->ck.files[i].n_tokens);
+        cJSON_AddNumberToObject(s, "documents", (double)b->ck.files[i].n_docs);
+        cJSON_AddStringToObject(s, "crc32", hex);
+    }
+    return JOULE_OK;
+}
+
+/* Entries (capped by max_chunks) and the documents they come from. */
+static void count_entries(build *b) {
+    uint64_t cap = b->o->max_chunks ? b->o->max_chunks : UINT64_MAX, n = 0, docs = 0;
+    const uint64_t m = (uint64_t)b->o->chunk;
+    for (int i = 0; i < b->ck.n_files && n < cap; i++) {
+        const joule_tokens *t = &b->ck.files[i];
+        for (uint64_t d = 0; d < t->n_docs && n < cap; d++) {
+            uint64_t c = (t->doc_offsets[d + 1] - t->doc_offsets[d] + m - 1) / m;
+            n += c < cap - n ? c : cap - n;
+            docs++;
+        }
+    }
+    b->n = n;
+    b->docs = docs;
+}
+
+static int make_params(build *b) {
+    cJSON *p = cJSON_CreateObject();
+    if (!p) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    cJSON_AddNumberToObject(p, "chunk", b->o->chunk);
+    cJSON_AddStringToObject(p, "embedder", joule_embedder_spec(b->emb));
+    cJSON_AddStringToObject(p, "factory", b->factory);
+    cJSON_AddNumberToObject(p, "seed", (double)b->o->seed);
+    cJSON_AddNumberToObject(p, "entries", (double)b->n);
+    cJSON_AddItemReferenceToObject(p, "sources", b->sources);
+    b->params = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    return b->params ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+}
+
+static bool report(build *b, const char *phase, uint64_t done, uint64_t total) {
+    return b->o->progress ? b->o->progress(b->o->ctx, phase, done, total) : true;
+}
+
+/* Chunk tokens of the records in b->recs (m each, PAD past the chunk). */
+static void records_to_tokens(build *b, int count) {
+    const int m = b->o->chunk;
+    for (int i = 0; i < count; i++) {
+        const joule_chunk_record *r = (const joule_chunk_record *)(b->recs + (size_t)i * b->rec);
+        for (int j = 0; j < m; j++) b->toks[(size_t)i * m + j] = (uint32_t)j < r->chunk_len ? r->tokens[j] : JOULE_DB_PAD;
+    }
+}
+
+static int embed_batch(build *b, int count, float *out) {
+    double t0 = joule_now();
+    records_to_tokens(b, count);
+    int rc = joule_embedder_embed(b->emb, b->toks, count, b->o->chunk, out);
+    b->embed_s += joule_now() - t0;
+    return rc;
+}
+
+/* Trains the index on a seeded uniform sample of the entries (selection sampling: one pass,
+ * exactly `want` entries, in order). */
+static int train_index(build *b) {
+    uint64_t want = b->n;
+    FaissIndexIVF *ivf = faiss_IndexIVF_cast(b->index);
+    uint64_t need = ivf ? 64 * (uint64_t)faiss_IndexIVF_nlist(ivf) : 0;
+    if (need < 16384) need = 16384; /* PQ and SQ codebooks: 256 centroids each */
+    if (want > need) want = need;
+    if (want > MAX_TRAIN) want = MAX_TRAIN;
+    const int dim = joule_embedder_dim(b->emb), B = b->o->batch;
+    float *x = malloc((size_t)want * dim * sizeof *x);
+    if (!x) return joule_fail(JOULE_ERR_NOMEM, "out of memory (training sample of %llu vectors)", (unsigned long long)want);
+    joule_rng r;
+    joule_rng_seed(&r, b->o->seed);
+    uint64_t got = 0;
+    int in_batch = 0, rc = JOULE_OK;
+    joule_chunk_record *rec = (joule_chunk_record *)(b->recs + (size_t)B * b->rec); /* spare slot */
+    for (uint64_t i = 0; i < b->n && got < want && !rc; i++) {
+        if (!joule_chunker_next(&b->ck, rec)) break;
+        if (joule_rng_below(&r, b->n - i) >= want - got - (uint64_t)in_batch) continue;
+        memcpy(b->recs + (size_t)in_batch * b->rec, rec, b->rec);
+        if (++in_batch == B || got + (uint64_t)in_batch == want) {
+            rc = embed_batch(b, in_batch, x + got * dim);
+            got += (uint64_t)in_batch;
+            in_batch = 0;
+            if (!report(b, "train", got, want)) rc = joule_fail(JOULE_ERR_RUNTIME, "%s: interrupted while sampling", b->partial);
+        }
+    }
+    if (!rc) {
+        double t0 = joule_now();
+        if (faiss_Index_train(b->index, (int64_t)got, x) != 0) rc = joule_faiss_fail(JOULE_ERR_RUNTIME, "training the index");
+        b->index_s += joule_now() - t0;
+        b->trained_on = got;
+    }
+    free(x);
+    joule_chunker_close(&b->ck);
+    if (!rc) rc = joule_chunker_open(&b->ck, b->o->sources, b->o->n_sources, b->o->chunk);
+    return rc;
+}
+
+static int write_state(build *b) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON *p = cJSON_Parse(b->params);
+    if (!s || !p) {
+        cJSON_Delete(s);
+        cJSON_Delete(p);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    }
+    cJSON_AddItemToObject(s, "params", p);
+    cJSON_AddNumberToObject(s, "done", (double)b->done);
+    cJSON_AddNumberToObject(s, "trained_on", (double)b->trained_on);
+    cJSON_AddNumberToObject(s, "chunks_bytes", (double)(JOULE_CHUNKS_HEADER + b->done * b->rec));
+    char *text = cJSON_Print(s);
+    cJSON_Delete(s);
+    if (!text) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = joule_write_file_atomic(b->state_path, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+/* A resume point: chunks.bin on disk up to `done`, the index snapshot, then the state
+ * that names them (written last, so a crash in between resumes from the previous one). */
+static int checkpoint(build *b) {
+    if (fsync(b->fd) != 0) return fail_errno(b->chunks_path, "fsync");
+    double t0 = joule_now();
+    if (faiss_write_index_fname(b->index, b->snap_tmp) != 0) return joule_faiss_fail(JOULE_ERR_IO, b->snap_tmp);
+    int rc = fsync_path(b->snap_tmp, false);
+    if (!rc && rename(b->snap_tmp, b->snap_path) != 0) rc = fail_errno(b->snap_path, "rename");
+    if (!rc) rc = write_state(b);
+    b->index_s += joule_now() - t0;
+    return rc;
+}
+
+static int start_fresh(build *b) {
+    int rc = remove_partial(b);
+    if (rc) return rc;
+    if (mkdir(b->partial, 0777) != 0) return fail_errno(b->partial, "mkdir");
+    if (faiss_index_factory(&b->index, joule_embedder_dim(b->emb), b->factory, METRIC_L2) != 0) {
+        char what[300];
+        snprintf(what, sizeof what, "index '%s'", b->factory);
+        return joule_faiss_fail(JOULE_ERR_ARG, what);
+    }
+    if (!faiss_Index_is_trained(b->index) && (rc = train_index(b))) return rc;
+    b->fd = open(b->chunks_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (b->fd < 0) return fail_errno(b->chunks_path, "open");
+    uint8_t hdr[JOULE_CHUNKS_HEADER];
+    joule_chunk_store_header(hdr, b->o->chunk, b->n);
+    if (write(b->fd, hdr, sizeof hdr) != (ssize_t)sizeof hdr) return fail_errno(b->chunks_path, "write");
+    b->done = 0;
+    return checkpoint(b);
+}
+
+static int resume(build *b) {
+    char *text = NULL;
+    struct stat st;
+    if (stat(b->partial, &st) != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: no unfinished build to resume (run without --resume)", b->partial);
+    int rc = joule_retro_read_text(b->state_path, 1u << 20, &text);
+    if (rc) {
+        char why[1024]; /* joule_last_error() is the buffer joule_fail writes */
+        snprintf(why, sizeof why, "%s", joule_last_error());
+        return joule_fail(JOULE_ERR_FORMAT, "cannot resume: %s (run without --resume to start again)", why);
+    }
+    cJSON *s = cJSON_Parse(text);
+    free(text);
+    cJSON *p = s ? cJSON_GetObjectItemCaseSensitive(s, "params") : NULL;
+    char *have = p ? cJSON_PrintUnformatted(p) : NULL;
+    const cJSON *done = s ? cJSON_GetObjectItemCaseSensitive(s, "done") : NULL;
+    const cJSON *tr = s ? cJSON_GetObjectItemCaseSensitive(s, "trained_on") : NULL;
+    const cJSON *cb = s ? cJSON_GetObjectItemCaseSensitive(s, "chunks_bytes") : NULL;
+    if (!have || !cJSON_IsNumber(done) || !cJSON_IsNumber(cb) || !cJSON_IsNumber(tr) || done->valuedouble < 0 ||
+        done->valuedouble > (double)b->n)
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the state file is invalid", b->state_path);
+    else if (strcmp(have, b->params) != 0)
+        rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume: it was started with other data or options (%s)", b->partial, have);
+    else {
+        b->done = (uint64_t)done->valuedouble;
+        b->trained_on = (uint64_t)tr->valuedouble;
+        if ((uint64_t)cb->valuedouble != JOULE_CHUNKS_HEADER + b->done * b->rec)
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the state file is inconsistent", b->state_path);
+    }
+    free(have);
+    cJSON_Delete(s);
+    if (rc) return rc;
+    b->fd = open(b->chunks_path, O_WRONLY | O_CLOEXEC);
+    if (b->fd < 0) return fail_errno(b->chunks_path, "open");
+    if (fstat(b->fd, &st) != 0) return fail_errno(b->chunks_path, "stat");
+    uint64_t keep = JOULE_CHUNKS_HEADER + b->done * b->rec;
+    if ((uint64_t)st.st_size < keep)
+        return joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: shorter than the resume point", b->chunks_path);
+    if (ftruncate(b->fd, (off_t)keep) != 0) return fail_errno(b->chunks_path, "ftruncate");
+    if (lseek(b->fd, (off_t)keep, SEEK_SET) < 0) return fail_errno(b->chunks_path, "lseek");
+    if (faiss_read_index_fname(b->snap_path, 0, &b->index) != 0) return joule_faiss_fail(JOULE_ERR_FORMAT, b->snap_path);
+    if ((uint64_t)faiss_Index_ntotal(b->index) != b->done || faiss_Index_d(b->index) != joule_embedder_dim(b->emb))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the snapshot does not match the state", b->snap_path);
+    joule_chunker_skip(&b->ck, b->done);
+    return JOULE_OK;
+}
+
+static int add_all(build *b) {
+    const int B = b->o->batch;
+    int batches = 0;
+    double last = joule_now();
+    while (b->done < b->n) {
+        int count = 0;
+        while (count < B && b->done + (uint64_t)count < b->n &&
+               joule_chunker_next(&b->ck, (joule_chunk_record *)(b->recs + (size_t)count * b->rec)))
+            count++;
+        if (count == 0) return joule_fail(JOULE_ERR_RUNTIME, "%s: the corpus changed while building", b->partial);
+        size_t bytes = (size_t)count * b->rec;
+        if (write(b->fd, b->recs, bytes) != (ssize_t)bytes) return fail_errno(b->chunks_path, "write");
+        int rc = embed_batch(b, count, b->vecs);
+        if (rc) return rc;
+        double t0 = joule_now();
+        if (faiss_Index_add(b->index, count, b->vecs) != 0) return joule_faiss_fail(JOULE_ERR_RUNTIME, "adding to the index");
+        b->index_s += joule_now() - t0;
+        b->done += (uint64_t)count;
+        batches++;
+        bool go_on = report(b, "add", b->done, b->n);
+        bool due = b->o->checkpoint_every > 0 ? batches % b->o->checkpoint_every == 0
+                                             : joule_now() - last >= CHECKPOINT_SECONDS;
+        if (b->done < b->n && (due || !go_on)) {
+            if ((rc = checkpoint(b))) return rc;
+            last = joule_now();
+        }
+        if (!go_on && b->done < b->n)
+            return joule_fail(JOULE_ERR_RUNTIME, "%s: interrupted after %llu of %llu entries; run again with --resume "
+                              "to continue", b->partial, (unsigned long long)b->done, (unsigned long long)b->n);
+    }
+    return JOULE_OK;
+}
+
+static int add_file_entry(cJSON *files, const char *name, const char *path) {
+    uint32_t crc;
+    uint64_t size;
+    int rc = joule_file_crc32(path, &crc, &size);
+    if (rc) return rc;
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08x", crc);
+    cJSON *f = cJSON_AddObjectToObject(files, name);
+    if (!f) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    cJSON_AddNumberToObject(f, "bytes", (double)size);
+    cJSON_AddStringToObject(f, "crc32", hex);
+    return JOULE_OK;
+}
+
+static int write_manifest(build *b) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    cJSON_AddStringToObject(j, "format", "joule-retro-db");
+    cJSON_AddNumberToObject(j, "format_version", JOULE_DB_FORMAT_VERSION);
+    cJSON_AddNumberToObject(j, "chunk", b->o->chunk);
+    cJSON_AddStringToObject(j, "tokenizer", "bytes");
+    cJSON_AddNumberToObject(j, "vocab_size", 256);
+    cJSON_AddNumberToObject(j, "pad_token", JOULE_DB_PAD);
+    cJSON *e = cJSON_AddObjectToObject(j, "embedder");
+    const char *spec = joule_embedder_spec(b->emb);
+    cJSON_AddStringToObject(e, "spec", spec);
+    cJSON_AddNumberToObject(e, "dim", joule_embedder_dim(b->emb));
+    int rc = JOULE_OK;
+    if (strncmp(spec, "model:", 6) == 0) {
+        uint32_t crc;
+        uint64_t size;
+        rc = joule_file_crc32(spec + 6, &crc, &size);
+        char hex[9];
+        snprintf(hex, sizeof hex, "%08x", crc);
+        cJSON_AddNumberToObject(e, "checkpoint_bytes", (double)size);
+        cJSON_AddStringToObject(e, "checkpoint_crc32", hex);
+    } else {
+        cJSON_AddStringToObject(e, "kind", "signed hashed byte n-grams, n=1..4, L2-normalised");
+    }
+    cJSON *ix = cJSON_AddObjectToObject(j, "index");
+    cJSON_AddStringToObject(ix, "factory", b->factory);
+    cJSON_AddStringToObject(ix, "metric", "L2");
+    cJSON_AddNumberToObject(ix, "trained_on", (double)b->trained_on);
+    cJSON_AddNumberToObject(ix, "seed", (double)b->o->seed);
+    cJSON_AddNumberToObject(j, "entries", (double)b->n);
+    cJSON_AddNumberToObject(j, "documents", (double)b->docs);
+    cJSON_AddItemReferenceToObject(j, "sources", b->sources);
+    cJSON *files = cJSON_AddObjectToObject(j, "files");
+    if (!rc) rc = add_file_entry(files, JOULE_DB_INDEX, b->index_path);
+    if (!rc) rc = add_file_entry(files, JOULE_DB_CHUNKS, b->chunks_path);
+    cJSON_AddStringToObject(j, "created_by", "joule " JOULE_VERSION_STRING);
+    char *text = rc ? NULL : cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!rc && !text) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = joule_write_file_atomic(b->manifest_path, text, strlen(text));
+    free(text);
+    return rc;
+}
+
+static int finish(build *b) {
+    if (fsync(b->fd) != 0) return fail_errno(b->chunks_path, "fsync");
+    if (close(b->fd) != 0) {
+        b->fd = -1;
+        return fail_errno(b->chunks_path, "close");
+    }
+    b->fd = -1;
+    double t0 = joule_now();
+    if (faiss_write_index_fname(b->index, b->index_path) != 0) return joule_faiss_fail(JOULE_ERR_IO, b->index_path);
+    b->index_s += joule_now() - t0;
+    int rc = fsync_path(b->index_path, false);
+    if (!rc) rc = write_manifest(b);
+    if (!rc && (unlink(b->state_path) != 0 || unlink(b->snap_path) != 0)) rc = fail_errno(b->partial, "cleaning up");
+    if (!rc) rc = fsync_path(b->partial, true);
+    if (!rc && rename(b->partial, b->o->out_dir) != 0) rc = fail_errno(b->o->out_dir, "rename");
+    if (!rc) rc = fsync_parent(b->o->out_dir);
+    return rc;
+}
+
+static int check_opts(const joule_db_build_opts *o) {
+    if (!o->out_dir || !*o->out_dir) return joule_fail(JOULE_ERR_ARG, "no output directory");
+    if (o->n_sources < 1) return joule_fail(JOULE_ERR_ARG, "no token files to build from");
+    if (o->chunk < 1 || o->chunk > JOULE_DB_MAX_CHUNK)
+        return joule_fail(JOULE_ERR_ARG, "chunk size %d not in [1, %d]", o->chunk, JOULE_DB_MAX_CHUNK);
+    if (o->batch < 1 || o->batch > (1 << 20)) return joule_fail(JOULE_ERR_ARG, "batch %d not in [1, 2^20]", o->batch);
+    if (o->checkpoint_every < 0) return joule_fail(JOULE_ERR_ARG, "checkpoint_every must be >= 0");
+    struct stat st;
+    if (stat(o->out_dir, &st) == 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: already exists; remove it or choose another output", o->out_dir);
+    return JOULE_OK;
+}
+
+int joule_db_build(const joule_db_build_opts *o, double *embed_s, double *index_s) {
+    int rc = check_opts(o);
+    if (rc) return rc;
+    build b = {.o = o, .fd = -1};
+    size_t plen = strlen(o->out_dir) + 16;
+    b.partial = malloc(plen);
+    if (!b.partial) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    snprintf(b.partial, plen, "%s.partial", o->out_dir);
+    b.chunks_path = joule_path_join(b.partial, JOULE_DB_CHUNKS);
+    b.index_path = joule_path_join(b.partial, JOULE_DB_INDEX);
+    b.state_path = joule_path_join(b.partial, STATE);
+    b.snap_path = joule_path_join(b.partial, SNAPSHOT);
+    b.snap_tmp = joule_path_join(b.partial, SNAPSHOT_TMP);
+    b.manifest_path = joule_path_join(b.partial, JOULE_DB_MANIFEST);
+    if (!b.chunks_path || !b.index_path || !b.state_path || !b.snap_path || !b.snap_tmp || !b.manifest_path)
+        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = joule_chunker_open(&b.ck, o->sources, o->n_sources, o->chunk);
+    if (!rc) {
+        count_entries(&b);
+        if (b.n == 0) rc = joule_fail(JOULE_ERR_ARG, "%s: no tokens to build from", o->sources[0]);
+    }
+    if (!rc) rc = joule_embedder_create(&b.emb, o->embedder);
+    if (!rc) {
+        if (o->index && *o->index) snprintf(b.factory, sizeof b.factory, "%s", o->index);
+        else joule_db_default_index(b.n, b.factory, sizeof b.factory);
+        b.rec = joule_chunk_record_bytes(o->chunk);
+        b.recs = calloc((size_t)o->batch + 1, b.rec);
+        b.toks = malloc((size_t)o->batch * o->chunk * sizeof *b.toks);
+        b.vecs = malloc((size_t)o->batch * joule_embedder_dim(b.emb) * sizeof *b.vecs);
+        if (!b.recs || !b.toks || !b.vecs) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) rc = describe_sources(&b);
+    if (!rc) rc = make_params(&b);
+    if (!rc) rc = o->resume ? resume(&b) : start_fresh(&b);
+    if (!rc) rc = add_all(&b);
+    if (!rc) rc = finish(&b);
+    if (b.fd >= 0) close(b.fd);
+    if (b.index) faiss_Index_free(b.index);
+    joule_chunker_close(&b.ck);
+    joule_embedder_free(b.emb);
+    cJSON_Delete(b.sources);
+    free(b.params);
+    free(b.recs);
+    free(b.toks);
+    free(b.vecs);
+    free(b.partial);
+    free(b.chunks_path);
+    free(b.index_path);
+    free(b.state_path);
+    free(b.snap_path);
+    free(b.snap_tmp);
+    free(b.manifest_path);
+    if (embed_s) *embed_s = b.embed_s;
+    if (index_s) *index_s = b.index_s;
+    return rc;
+}

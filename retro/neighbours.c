@@ -1,0 +1,173 @@
+/* retro/neighbours.c — precomputed neighbours of every chunk of a token file (training and
+ * validation sets), excluding every document the chunk's tokens belong to; format in
+ * docs/FORMATS.md (*.nbr). */
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "joule/data.h"
+#include "joule/retro_db.h"
+#include "retro_internal.h"
+
+#define NBR_MAGIC "JOULENBR"
+#define NBR_VERSION 1u
+#define NBR_HEADER 128u
+#define NBR_BATCH 1024
+#define NBR_MAX_K 1024
+
+struct joule_neighbours {
+    joule_mmap map;
+    int m, k;
+    uint64_t n_chunks;
+    const int64_t *ids;
+};
+
+int joule_neighbours_k(const joule_neighbours *nb) { return nb->k; }
+uint64_t joule_neighbours_count(const joule_neighbours *nb) { return nb->n_chunks; }
+const int64_t *joule_neighbours_of(const joule_neighbours *nb, uint64_t chunk) {
+    return chunk < nb->n_chunks ? nb->ids + chunk * (uint64_t)nb->k : NULL;
+}
+
+static const char *base_name(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+static void make_header(uint8_t *h, int m, int k, uint32_t tok_crc, uint64_t n_chunks, uint64_t n_tokens,
+                        const char *db_id, const char *tokens_path) {
+    memset(h, 0, NBR_HEADER);
+    memcpy(h, NBR_MAGIC, 8);
+    uint32_t v = NBR_VERSION, mm = (uint32_t)m, kk = (uint32_t)k;
+    memcpy(h + 8, &v, 4);
+    memcpy(h + 12, &mm, 4);
+    memcpy(h + 16, &kk, 4);
+    memcpy(h + 20, &tok_crc, 4);
+    memcpy(h + 24, &n_chunks, 8);
+    memcpy(h + 32, &n_tokens, 8);
+    snprintf((char *)h + 40, 24, "%s", db_id);
+    snprintf((char *)h + 64, 64, "%s", base_name(tokens_path));
+}
+
+int joule_neighbours_build(joule_retro_db *db, const char *tokens_path, const char *out_path, int k,
+                           void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
+    if (k < 1 || k > NBR_MAX_K) return joule_fail(JOULE_ERR_ARG, "neighbours: k = %d not in [1, %d]", k, NBR_MAX_K);
+    if (strlen(base_name(tokens_path)) >= 64)
+        return joule_fail(JOULE_ERR_ARG, "%s: file name longer than 63 bytes", tokens_path);
+    uint32_t tok_crc;
+    int rc = joule_file_crc32(tokens_path, &tok_crc, NULL);
+    if (rc) return rc;
+    joule_tokens t;
+    if ((rc = joule_tokens_open(&t, tokens_path))) return rc;
+    const int m = joule_db_chunk(db);
+    const uint64_t nc = (t.n_tokens + (uint64_t)m - 1) / (uint64_t)m;
+    int32_t *chunks = malloc((size_t)NBR_BATCH * m * sizeof *chunks);
+    int64_t *ids = malloc((size_t)NBR_BATCH * k * sizeof *ids);
+    const uint64_t **excl = malloc(NBR_BATCH * sizeof *excl);
+    int *n_excl = malloc(NBR_BATCH * sizeof *n_excl);
+    joule_atomic_file f = {.fd = -1};
+    if (!chunks || !ids || !excl || !n_excl) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = joule_atomic_open(&f, out_path);
+    if (!rc) {
+        uint8_t h[NBR_HEADER];
+        make_header(h, m, k, tok_crc, nc, t.n_tokens, joule_db_id(db), tokens_path);
+        rc = joule_atomic_write(&f, h, sizeof h);
+    }
+    for (uint64_t c0 = 0; c0 < nc && !rc; c0 += NBR_BATCH) {
+        int n = nc - c0 < NBR_BATCH ? (int)(nc - c0) : NBR_BATCH;
+        for (int i = 0; i < n; i++) {
+            uint64_t s = (c0 + (uint64_t)i) * (uint64_t)m, e = s + (uint64_t)m;
+            if (e > t.n_tokens) e = t.n_tokens;
+            for (uint64_t p = s; p < s + (uint64_t)m; p++) chunks[(size_t)i * m + (p - s)] = p < e ? t.tok[p] : JOULE_DB_PAD;
+            /* documents [d0, d1] hold the chunk; their ids are increasing in the file */
+            uint64_t d0 = joule_tokens_doc_at(&t, s), d1 = joule_tokens_doc_at(&t, e - 1);
+            excl[i] = t.doc_ids + d0;
+            n_excl[i] = (int)(d1 - d0 + 1);
+        }
+        rc = joule_db_search_ex(db, chunks, n, k, excl, n_excl, ids, NULL);
+        if (!rc) rc = joule_atomic_write(&f, ids, (size_t)n * k * sizeof *ids);
+        if (progress) progress(ctx, c0 + (uint64_t)n, nc);
+    }
+    if (!rc) rc = joule_atomic_commit(&f);
+    else if (f.fd >= 0) joule_atomic_abort(&f);
+    free(chunks);
+    free(ids);
+    free(excl);
+    free(n_excl);
+    joule_tokens_close(&t);
+    return rc;
+}
+
+int joule_neighbours_open(joule_neighbours **out, const char *path, const joule_retro_db *db) {
+    *out = NULL;
+    joule_neighbours *nb = calloc(1, sizeof *nb);
+    if (!nb) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = joule_mmap_open(&nb->map, path);
+    const uint8_t *h = nb->map.data;
+    uint32_t ver = 0, m = 0, k = 0, tok_crc = 0;
+    uint64_t n_chunks = 0, n_tokens = 0;
+    char id[25] = {0}, tok_name[65] = {0};
+    if (!rc && nb->map.size >= NBR_HEADER) {
+        memcpy(&ver, h + 8, 4);
+        memcpy(&m, h + 12, 4);
+        memcpy(&k, h + 16, 4);
+        memcpy(&tok_crc, h + 20, 4);
+        memcpy(&n_chunks, h + 24, 8);
+        memcpy(&n_tokens, h + 32, 8);
+        memcpy(id, h + 40, 24);
+        memcpy(tok_name, h + 64, 64);
+    }
+    if (rc) {
+    } else if (nb->map.size < NBR_HEADER) rc = joule_fail(JOULE_ERR_FORMAT, "%s: truncated header", path);
+    else if (memcmp(h, NBR_MAGIC, 8) != 0) rc = joule_fail(JOULE_ERR_FORMAT, "%s: bad magic (not a joule neighbour file)", path);
+    else if (ver != NBR_VERSION) rc = joule_fail(JOULE_ERR_FORMAT, "%s: unsupported format version %u", path, ver);
+    else if (k < 1 || k > NBR_MAX_K || m < 1 || m > JOULE_DB_MAX_CHUNK || id[23] || tok_name[63])
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: invalid header", path);
+    else if (n_chunks != (n_tokens + m - 1) / m || n_chunks > (SIZE_MAX - NBR_HEADER) / 8 / k ||
+             nb->map.size != NBR_HEADER + n_chunks * k * 8)
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: size does not match its header (truncated?)", path);
+    else if ((int)m != joule_db_chunk(db))
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: chunk size %u, the database's is %d", path, m, joule_db_chunk(db));
+    else if (strcmp(id, joule_db_id(db)) != 0)
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: computed with database %s, not this one (%s)", path, id, joule_db_id(db));
+    if (!rc) {
+        /* the token file it was computed for lies beside it */
+        char *copy = strdup(path);
+        char *tpath = copy ? joule_path_join(dirname(copy), tok_name) : NULL;
+        uint32_t crc = 0;
+        uint64_t size = 0;
+        if (!tpath) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        else if ((rc = joule_file_crc32(tpath, &crc, &size)))
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: its token file %s cannot be read", path, tpath);
+        else if (crc != tok_crc || size != JOULE_DATA_HEADER_BYTES + n_tokens)
+            rc = joule_fail(JOULE_ERR_FORMAT, "%s: computed for another version of %s (token file changed)", path, tpath);
+        free(tpath);
+        free(copy);
+    }
+    if (!rc) {
+        const int64_t *ids = (const int64_t *)(h + NBR_HEADER);
+        int64_t N = (int64_t)joule_db_size(db);
+        for (uint64_t i = 0; i < n_chunks * k; i++)
+            if (ids[i] < -1 || ids[i] >= N) {
+                rc = joule_fail(JOULE_ERR_FORMAT, "%s: neighbour id %lld out of the database's range", path, (long long)ids[i]);
+                break;
+            }
+        nb->m = (int)m;
+        nb->k = (int)k;
+        nb->n_chunks = n_chunks;
+        nb->ids = ids;
+    }
+    if (rc) {
+        joule_neighbours_close(nb);
+        return rc;
+    }
+    *out = nb;
+    return JOULE_OK;
+}
+
+void joule_neighbours_close(joule_neighbours *nb) {
+    if (!nb) return;
+    joule_mmap_close(&nb->map);
+    free(nb);
+}

@@ -1,0 +1,89 @@
+/* retro/retro_internal.h — what the retrieval database's files share inside retro/:
+ * the chunk store (chunks.bin), the chunker that cuts token files into entries, and a
+ * file checksum. Not installed; cli/ and the model use include/joule/retro_db.h. */
+#ifndef JOULE_RETRO_INTERNAL_H
+#define JOULE_RETRO_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "joule/common.h"
+#include "joule/data.h"
+
+#define JOULE_CHUNKS_MAGIC "JOULECHK"
+#define JOULE_CHUNKS_VERSION 1u
+#define JOULE_CHUNKS_HEADER 64u
+#define JOULE_DB_MAX_CHUNK 4096
+
+/* One entry as stored: chunk tokens [0, chunk_len), continuation [m, m + cont_len). */
+typedef struct {
+    uint64_t doc_id;
+    uint32_t chunk_len; /* 1..m */
+    uint32_t cont_len;  /* 0..m */
+    uint8_t tokens[];   /* 2m bytes, then zero padding to the record size */
+} joule_chunk_record;
+
+/* Bytes per record for chunk size m: 16 + 2m rounded up to 8. */
+static inline size_t joule_chunk_record_bytes(int m) { return 16 + (((size_t)2 * (size_t)m + 7) & ~(size_t)7); }
+
+/* The memory-mapped chunk store. */
+typedef struct {
+    int m;
+    uint64_t n;
+    size_t rec;
+    const uint8_t *base; /* first record */
+    joule_mmap map;
+} joule_chunk_store;
+
+int joule_chunk_store_open(joule_chunk_store *s, const char *path, int m, uint64_t n);
+void joule_chunk_store_close(joule_chunk_store *s);
+static inline const joule_chunk_record *joule_chunk_store_get(const joule_chunk_store *s, uint64_t i) {
+    return (const joule_chunk_record *)(s->base + i * s->rec);
+}
+/* Checks every record's lengths and padding; message names path. */
+int joule_chunk_store_check(const joule_chunk_store *s, const char *path);
+/* 2m tokens of record r: the chunk, then the continuation, JOULE_DB_PAD past the document. */
+void joule_chunk_record_tokens(const joule_chunk_record *r, int m, int32_t *out);
+
+/* Header of chunks.bin for m and n entries (JOULE_CHUNKS_HEADER bytes). */
+void joule_chunk_store_header(uint8_t *hdr, int m, uint64_t n);
+
+/* Walks the entries of a list of token files in order: every document cut into chunks
+ * of m tokens (the last one shorter), each with its continuation. */
+typedef struct {
+    joule_tokens *files;
+    int n_files;
+    int m;
+    int f;          /* current file */
+    uint64_t d;     /* current document in it */
+    uint64_t pos;   /* token position of the next chunk */
+} joule_chunker;
+
+int joule_chunker_open(joule_chunker *c, const char *const *paths, int n, int m);
+void joule_chunker_close(joule_chunker *c);
+/* Total entries of the files (one pass over the document indexes). */
+uint64_t joule_chunker_count(const joule_chunker *c);
+/* Fills the next record (record size joule_chunk_record_bytes(m)); false at the end. */
+bool joule_chunker_next(joule_chunker *c, joule_chunk_record *r);
+/* Skips n entries (resume). */
+void joule_chunker_skip(joule_chunker *c, uint64_t n);
+
+/* crc32 (zlib) and size of a whole file; message names path on failure. */
+int joule_file_crc32(const char *path, uint32_t *crc, uint64_t *size);
+
+
+/* Reads a whole small file (at most max_bytes) into a NUL-terminated malloc'd string. */
+int joule_retro_read_text(const char *path, size_t max_bytes, char **out);
+/* 64-bit FNV-1a of bytes, as 16 lowercase hex digits into hex[17]. */
+void joule_hash_hex(const void *data, size_t len, char hex[17]);
+/* "<dir>/<name>" into a malloc'd string (NULL when out of memory). */
+char *joule_path_join(const char *dir, const char *name);
+
+#define JOULE_DB_FORMAT_VERSION 1
+#define JOULE_DB_MANIFEST "manifest.json"
+#define JOULE_DB_INDEX "index.faiss"
+#define JOULE_DB_CHUNKS "chunks.bin"
+
+/* Sets the message to "<what>: <FAISS's last error, one line>" and returns code. */
+int joule_faiss_fail(int code, const char *what);
+#endif

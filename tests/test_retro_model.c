@@ -1,0 +1,541 @@
+/* The RETRO model: grouped attention and whole-model gradients (CCA + neighbour encoder),
+ * the m-1 shift causality at the layer and model level, equality with the dense model when
+ * retrieval contributes nothing, counted vs analytic FLOPs, KV-cache decoding with live
+ * neighbours, checkpoints. Check forks each test; nothing threaded runs in main(). */
+#define _GNU_SOURCE
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gradcheck.h"
+#include "joule/checkpoint.h"
+#include "joule/model.h"
+#include "joule/ops.h"
+#include "joule/retro.h"
+
+enum { TM = 4, TK = 2, TB = 2, TT = 16, TNCH = TT / TM, TNB = TB * TNCH * TK * 2 * TM };
+
+/* 3 layers, CCA in layers 1 and 2 (the encoder runs in layer 1), chunk 4, ctx 16. */
+static joule_config retro_config(int k) {
+    joule_config c = joule_config_default(3, 16, 2, 24, TT);
+    c.retro.chunk = TM;
+    c.retro.k = TK;
+    c.retro.cca_start = 1;
+    c.retro.cca_every = 1;
+    c.retro.enc_layers = 2;
+    c.retro.enc_d_model = 8;
+    c.retro.enc_heads = 2;
+    c.retro.enc_d_ff = 12;
+    joule_retro_config_apply(&c);
+    c.retro.k = k;
+    return c;
+}
+
+static joule_model *make_model(joule_config c, int batch, uint64_t seed) {
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
+    joule_model_init(m, seed);
+    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
+    return m;
+}
+
+/* The zero-initialised CCA output projections get random values so CCA contributes. */
+static void randomise_cca_out(joule_model *m, float std, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strstr(m->tensors[i].name, "cca.wo"))
+            gc_fill_normal(joule_model_param(m, i), m->tensors[i].numel, std, &r);
+}
+
+static void random_tokens(int32_t *t, int n, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)joule_rng_below(&r, 256);
+}
+
+/* Neighbours [B][nch][k][2m]; with pads, the continuation of some neighbours ends early
+ * (a document's end) and one neighbour is missing entirely. */
+static void random_neighbours(int32_t *nb, int n, bool pads, uint64_t seed) {
+    random_tokens(nb, n, seed);
+    if (!pads) return;
+    const int len = 2 * TM;
+    for (int i = 0; i < n; i += 3 * len)
+        for (int j = len - 3; j < len; j++) nb[i + j] = JOULE_RETRO_PAD;
+    for (int j = 0; j < len; j++) nb[len + j] = JOULE_RETRO_PAD;
+}
+
+static void forward_ok(joule_model *m, const int32_t *nb, const int32_t *in, const int32_t *tg, int B, double *loss) {
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, B, nb ? TNCH : 0), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, tg, B, TT, loss), JOULE_OK);
+}
+
+/* ---------------------------------------------------------------- grouped attention */
+
+typedef struct {
+    joule_gattn_plan p;
+    int ldq, ldk;
+    float *q, *k, *v, *out, *P, *R;
+    size_t nq_rows, nk_rows;
+} gattn_case;
+
+static double gattn_loss(gattn_case *g) {
+    memset(g->out, 0, g->nq_rows * g->ldq * sizeof(float));
+    joule_gattn_forward(g->out, g->ldq, g->P, g->q, g->ldq, g->k, g->ldk, g->v, g->ldk, &g->p);
+    double s = 0;
+    for (size_t i = 0; i < g->nq_rows * g->ldq; i++) s += (double)g->out[i] * g->R[i];
+    return s;
+}
+
+static double fd(gattn_case *g, float *x, float eps) {
+    float saved = *x;
+    *x = saved + eps;
+    double lp = gattn_loss(g);
+    *x = saved - eps;
+    double lm = gattn_loss(g);
+    *x = saved;
+    return (lp - lm) / (2.0 * eps);
+}
+
+static void check_gattn(bool shared) {
+    enum { G = 3, H = 2, HS = 4, MQ = 3, NK = 5, LD = H * HS };
+    int qrow[G] = {0, 3, 6}, nq[G] = {3, 2, 3};
+    int krow[G] = {0, 5, 10};
+    if (shared) krow[1] = 0, krow[2] = 3; /* overlapping key rows */
+    uint8_t mask[G * NK] = {1, 1, 0, 1, 1, /* group 1 reads nothing */ 0, 0, 0, 0, 0, 1, 1, 1, 1, 0};
+    gattn_case g = {.p = {.G = G, .H = H, .hs = HS, .max_q = MQ, .nk = NK, .qrow = qrow, .nq = nq, .krow = krow,
+                          .kmask = mask, .shared_keys = shared},
+                    .ldq = LD, .ldk = LD, .nq_rows = 9, .nk_rows = 15};
+    float q[9 * LD], k[15 * LD], v[15 * LD], out[9 * LD], P[G * H * MQ * NK], R[9 * LD];
+    float dq[9 * LD] = {0}, dk[15 * LD] = {0}, dv[15 * LD] = {0}, dS[G * H * MQ * NK];
+    g.q = q, g.k = k, g.v = v, g.out = out, g.P = P, g.R = R;
+    joule_rng r;
+    joule_rng_seed(&r, 3);
+    gc_fill_normal(q, 9 * LD, 1.0f, &r);
+    gc_fill_normal(k, 15 * LD, 1.0f, &r);
+    gc_fill_normal(v, 15 * LD, 1.0f, &r);
+    gc_fill_normal(R, 9 * LD, 1.0f, &r);
+    for (int i = 8 * LD; i < 9 * LD; i++) R[i] = 0.0f; /* row 8 belongs to no group */
+    gattn_loss(&g);
+    for (int j = 0; j < LD; j++) ck_assert_float_eq(out[3 * LD + j], 0.0f); /* fully masked group */
+    joule_gattn_backward(dq, LD, dk, LD, dv, LD, dS, R, LD, q, k, v, P, &g.p);
+    float *xs[3] = {q, k, v}, *ds[3] = {dq, dk, dv};
+    size_t ns[3] = {9 * LD, 15 * LD, 15 * LD};
+    for (int t = 0; t < 3; t++) {
+        double maxg = 0, maxd = 0;
+        for (size_t i = 0; i < ns[t]; i++) {
+            double num = fd(&g, &xs[t][i], 1e-2f);
+            maxg = fmax(maxg, fabs(num));
+            maxd = fmax(maxd, fabs(num - ds[t][i]));
+        }
+        ck_assert_msg(maxd / (maxg + 1e-6) < 5e-3, "gattn %s grad %d: err %.3g of %.3g", shared ? "shared" : "", t,
+                      maxd, maxg);
+    }
+    ck_assert_uint_eq(joule_gattn_forward_flops(&g.p), 4ull * HS * H * NK * 8);
+}
+
+START_TEST(test_gattn_gradient) { check_gattn(false); }
+END_TEST
+
+START_TEST(test_gattn_gradient_shared_keys) { check_gattn(true); }
+END_TEST
+
+/* ---------------------------------------------------------------- whole-model gradient */
+
+/* Every tensor (decoder, CCA, encoder) against central differences of the float forward,
+ * with padded and missing neighbours in the batch. */
+START_TEST(test_retro_model_gradient) {
+    joule_config c = retro_config(TK);
+    c.init_std = 0.3f;
+    joule_model *m = make_model(c, TB, 7);
+    randomise_cca_out(m, 0.3f, 8);
+    int32_t in[TB * TT], tg[TB * TT], nb[TNB];
+    random_tokens(in, TB * TT, 1);
+    random_tokens(tg, TB * TT, 2);
+    random_neighbours(nb, TNB, true, 3);
+    double loss;
+    joule_model_zero_grad(m);
+    forward_ok(m, nb, in, tg, TB, &loss);
+    ck_assert_int_eq(joule_model_backward(m, 1.0f), JOULE_OK);
+    const float eps = 1e-2f;
+    double worst = 0;
+    int checked = 0;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const joule_param_info *t = &m->tensors[ti];
+        double num[5], ana[5];
+        int n = 0;
+        for (size_t j = 0; j < t->numel && n < 5; j += t->numel / 5 + 1, n++) {
+            float *p = m->params + t->offset + j, saved = *p;
+            double lp, lm;
+            *p = saved + eps;
+            forward_ok(m, nb, in, tg, TB, &lp);
+            *p = saved - eps;
+            forward_ok(m, nb, in, tg, TB, &lm);
+            *p = saved;
+            num[n] = (lp - lm) / (2.0 * eps);
+            ana[n] = m->grads[t->offset + j];
+        }
+        double maxg = 0, maxd = 0;
+        for (int i = 0; i < n; i++) {
+            maxg = fmax(maxg, fabs(num[i]));
+            maxd = fmax(maxd, fabs(num[i] - ana[i]));
+        }
+        double rel = maxd / (maxg + 1e-4);
+        worst = fmax(worst, rel);
+        ck_assert_msg(rel < 3e-2, "tensor %s: max |numeric - analytic| %.3g vs max |g| %.3g", t->name, maxd, maxg);
+        checked += strncmp(t->name, "retro.", 6) == 0 || strstr(t->name, "cca") != NULL;
+    }
+    ck_assert_int_ge(checked, 2 * 5 + 1 + 2 * 14 + 1);
+    fprintf(stderr, "RETRO model gradient: worst relative error %.2e over %d tensors\n", worst, m->n_tensors);
+    joule_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- causality */
+
+/* The first CCA layer (encoder included) called directly: neighbours of chunk j change no
+ * output row before (j+1)m - 1, and an input row p changes no output row before p. */
+START_TEST(test_cca_layer_causality) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, 1, 5);
+    randomise_cca_out(m, 0.5f, 6);
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
+    const int C = c.d_model, N = TT, l0 = c.retro.cca_start, nbk = TNCH * TK * 2 * TM;
+    float *x = malloc(sizeof(float) * N * C), *y0 = malloc(sizeof(float) * N * C), *y1 = malloc(sizeof(float) * N * C);
+    joule_rng r;
+    joule_rng_seed(&r, 1);
+    gc_fill_normal(x, (size_t)N * C, 1.0f, &r);
+    int32_t nb[TNCH * TK * 2 * TM], nb2[TNCH * TK * 2 * TM];
+    random_neighbours(nb, nbk, false, 2);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
+    ck_assert_int_eq(ops->forward(m, l0, x, y0, 1, TT, false), JOULE_OK);
+    for (int p = 0; p < TM - 1; p++)
+        for (int i = 0; i < C; i++) ck_assert_float_eq(y0[p * C + i], x[p * C + i]); /* no retrieval yet */
+    for (int j = 0; j < TNCH; j++) {
+        memcpy(nb2, nb, sizeof nb);
+        for (int i = 0; i < TK * 2 * TM; i++) nb2[j * TK * 2 * TM + i] = (nb2[j * TK * 2 * TM + i] + 17) % 256;
+        ck_assert_int_eq(joule_retro_set_neighbours(m, nb2, 1, TNCH), JOULE_OK);
+        ck_assert_int_eq(ops->forward(m, l0, x, y1, 1, TT, false), JOULE_OK);
+        const int first = (j + 1) * TM - 1;
+        ck_assert_int_eq(memcmp(y0, y1, sizeof(float) * first * C), 0);
+        ck_assert_int_ne(memcmp(y0 + first * C, y1 + first * C, sizeof(float) * C), 0);
+    }
+    for (int p = 0; p < TT; p++) {
+        const float saved = x[p * C];
+        x[p * C] += 0.5f;
+        ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
+        ck_assert_int_eq(ops->forward(m, l0, x, y1, 1, TT, false), JOULE_OK);
+        x[p * C] = saved;
+        ck_assert_int_eq(memcmp(y0, y1, sizeof(float) * p * C), 0);
+    }
+    free(x);
+    free(y0);
+    free(y1);
+    joule_model_free(m);
+}
+END_TEST
+
+/* The whole model: neighbours of chunk j leave every logit before (j+1)m - 1 bit-identical
+ * and change the one at (j+1)m - 1; a token change at p leaves logits before p alone. */
+START_TEST(test_model_causality) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, 1, 9);
+    randomise_cca_out(m, 0.5f, 10);
+    const int V = c.vocab, nbk = TNCH * TK * 2 * TM;
+    int32_t in[TT], nb[TNCH * TK * 2 * TM], nb2[TNCH * TK * 2 * TM];
+    random_tokens(in, TT, 11);
+    random_neighbours(nb, nbk, false, 12);
+    float *ref = malloc(sizeof(float) * TT * V);
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    memcpy(ref, joule_model_logits(m), sizeof(float) * TT * V);
+    for (int j = 0; j < TNCH; j++) {
+        memcpy(nb2, nb, sizeof nb);
+        for (int i = 0; i < TK * 2 * TM; i++) nb2[j * TK * 2 * TM + i] ^= 0x55;
+        forward_ok(m, nb2, in, NULL, 1, NULL);
+        const float *lg = joule_model_logits(m);
+        const int first = (j + 1) * TM - 1;
+        ck_assert_int_eq(memcmp(ref, lg, sizeof(float) * first * V), 0);
+        ck_assert_int_ne(memcmp(ref + first * V, lg + first * V, sizeof(float) * V), 0);
+    }
+    for (int p = 0; p < TT; p++) {
+        int32_t in2[TT];
+        memcpy(in2, in, sizeof in);
+        in2[p] = (in2[p] + 1) % V;
+        forward_ok(m, nb, in2, NULL, 1, NULL);
+        ck_assert_int_eq(memcmp(ref, joule_model_logits(m), sizeof(float) * p * V), 0);
+    }
+    free(ref);
+    joule_model_free(m);
+}
+END_TEST
+
+/* Padding is masked, not read as some token (it is stored as token 0 internally): a
+ * neighbour whose continuation is padding differs from the same neighbour with byte 0 there. */
+START_TEST(test_padding_is_masked) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, 1, 13);
+    randomise_cca_out(m, 0.5f, 14);
+    const int V = c.vocab, nbk = TNCH * TK * 2 * TM;
+    int32_t in[TT], nb[TNCH * TK * 2 * TM];
+    random_tokens(in, TT, 15);
+    random_neighbours(nb, nbk, false, 16);
+    float *pad = malloc(sizeof(float) * TT * V);
+    for (int i = 5; i < 2 * TM; i++) nb[i] = JOULE_RETRO_PAD; /* chunk 0, neighbour 0 ends early */
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    memcpy(pad, joule_model_logits(m), sizeof(float) * TT * V);
+    for (int i = 5; i < 2 * TM; i++) nb[i] = 0;
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    ck_assert_int_ne(memcmp(pad + (TM - 1) * V, joule_model_logits(m) + (TM - 1) * V, sizeof(float) * V), 0);
+    free(pad);
+    joule_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- equal to dense */
+
+static void assert_logits_equal_dense(joule_model *r, const int32_t *nb) {
+    joule_config dc = joule_config_default(3, 16, 2, 24, TT);
+    joule_model *d = make_model(dc, TB, 21); /* name-keyed init: the shared tensors match */
+    for (int i = 0; i < d->n_tensors; i++) {
+        const joule_param_info *t = joule_model_find(r, d->tensors[i].name);
+        ck_assert_ptr_nonnull(t);
+        ck_assert_int_eq(memcmp(joule_model_param(d, i), r->params + t->offset, t->numel * sizeof(float)), 0);
+    }
+    int32_t in[TB * TT];
+    random_tokens(in, TB * TT, 22);
+    forward_ok(r, nb, in, NULL, TB, NULL);
+    ck_assert_int_eq(joule_model_forward(d, in, NULL, TB, TT, NULL), JOULE_OK);
+    ck_assert_int_eq(memcmp(joule_model_logits(r), joule_model_logits(d), sizeof(float) * TB * TT * dc.vocab), 0);
+    joule_model_free(d);
+}
+
+START_TEST(test_untrained_equals_dense) {
+    joule_model *r = make_model(retro_config(TK), TB, 21); /* CCA output projections start at 0 */
+    int32_t nb[TNB];
+    random_neighbours(nb, TNB, true, 23);
+    assert_logits_equal_dense(r, nb);
+    joule_model_free(r);
+}
+END_TEST
+
+START_TEST(test_k0_equals_dense) {
+    joule_model *r = make_model(retro_config(0), TB, 21);
+    randomise_cca_out(r, 0.5f, 24);
+    ck_assert_int_eq(joule_retro_set_neighbours(r, NULL, TB, TNCH), JOULE_OK);
+    int32_t in[TB * TT];
+    random_tokens(in, TB * TT, 22);
+    ck_assert_int_eq(joule_model_forward(r, in, NULL, TB, TT, NULL), JOULE_OK);
+    assert_logits_equal_dense(r, NULL);
+    joule_model_free(r);
+}
+END_TEST
+
+START_TEST(test_retrieval_off_equals_dense) {
+    joule_model *r = make_model(retro_config(TK), TB, 21);
+    randomise_cca_out(r, 0.5f, 25);
+    assert_logits_equal_dense(r, NULL);
+    joule_model_free(r);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- FLOPs */
+
+START_TEST(test_flops_counted_equal_analytic) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, TB, 31);
+    randomise_cca_out(m, 0.1f, 32);
+    int32_t in[TB * TT], tg[TB * TT], nb[TNB];
+    random_tokens(in, TB * TT, 33);
+    random_tokens(tg, TB * TT, 34);
+    random_neighbours(nb, TNB, true, 35);
+    const uint64_t analytic = joule_model_forward_flops(&c, TB, TT);
+    joule_flops_reset();
+    forward_ok(m, nb, in, tg, TB, NULL);
+    ck_assert_uint_eq(joule_flops_counted(), analytic);
+    ck_assert_int_eq(joule_model_backward(m, 1.0f), JOULE_OK);
+    ck_assert_uint_eq(joule_flops_counted(), 3 * analytic);
+    /* the named terms add up, the encoder reported at the first CCA layer only */
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
+    const char *names[4];
+    uint64_t fl[4], sum = 0;
+    for (int l = 0; l < c.n_layers; l++) {
+        if (!c.kinds[l].cca) continue;
+        int n = ops->flop_terms(&c, l, TB, TT, names, fl, 4);
+        ck_assert_int_eq(n, l == c.retro.cca_start ? 2 : 1);
+        ck_assert_str_eq(names[0], "cca");
+        for (int i = 0; i < n; i++) sum += fl[i];
+        ck_assert_uint_eq(ops->forward_flops(&c, l, TB, TT), l == c.retro.cca_start ? fl[0] + fl[1] : fl[0]);
+    }
+    joule_config dc = joule_config_default(3, 16, 2, 24, TT);
+    ck_assert_uint_eq(analytic, joule_model_forward_flops(&dc, TB, TT) + sum);
+    joule_model_free(m);
+}
+END_TEST
+
+/* The accountant's search estimates by index type (FAISS does the work, nothing counts it). */
+START_TEST(test_search_cost_formulas) {
+    joule_search_cost sc;
+    ck_assert_int_eq(joule_retro_search_cost("Flat", 128, 1000, 0, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 1000);
+    ck_assert_int_eq(joule_retro_search_cost("IVF16,Flat", 128, 1000, 2, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 16 + 2.0 * 128 * 2 * 1000 / 16);
+    ck_assert_int_eq(joule_retro_search_cost("IVF16,PQ8", 128, 1600, 0, 0, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 128 * 16 + 2.0 * 128 * 256 + 1600.0 / 16 * 8); /* nprobe 1 */
+    ck_assert_int_eq(joule_retro_search_cost("HNSW32", 64, 1000000, 0, 40, &sc), JOULE_OK);
+    ck_assert(sc.flops == 2.0 * 64 * 40 * 64);
+    ck_assert_ptr_nonnull(strstr(sc.method, "HNSW"));
+    ck_assert_int_eq(joule_retro_search_cost("LSH", 64, 10, 0, 0, &sc), JOULE_ERR_ARG);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- decoding, checkpoints */
+
+/* Token-at-a-time decoding, handed each chunk's neighbours as it completes, gives the
+ * batched forward's logits at every position. */
+START_TEST(test_decoder_matches_forward) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, 1, 41);
+    randomise_cca_out(m, 0.5f, 42);
+    const int V = c.vocab, per = TK * 2 * TM;
+    int32_t in[TT], nb[TNCH * TK * 2 * TM];
+    random_tokens(in, TT, 43);
+    random_neighbours(nb, TNCH * per, true, 44);
+    forward_ok(m, nb, in, NULL, 1, NULL);
+    const float *ref = joule_model_logits(m);
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    for (int round = 0; round < 2; round++) { /* a reset decoder must not reuse old encodings */
+        joule_decoder_reset(d);
+        double worst = 0;
+        for (int p = 0; p < TT; p++) {
+            if ((p + 1) % TM == 0)
+                ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, (p + 1) / TM - 1, nb + ((p + 1) / TM - 1) * per),
+                                 JOULE_OK);
+            const float *lg;
+            ck_assert_int_eq(joule_decoder_step(d, in[p], &lg), JOULE_OK);
+            for (int v = 0; v < V; v++) worst = fmax(worst, fabs(lg[v] - ref[p * V + v]));
+        }
+        ck_assert_msg(worst < 1e-4, "decoder vs forward: max |diff| %.3g", worst);
+    }
+    joule_decoder_free(d);
+    joule_model_free(m);
+}
+END_TEST
+
+START_TEST(test_checkpoint_round_trip) {
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, TB, 51);
+    randomise_cca_out(m, 0.5f, 52);
+    char dir[] = "/tmp/joule_retro_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
+    joule_model *l;
+    ck_assert_int_eq(joule_checkpoint_load(&l, path, NULL), JOULE_OK);
+    ck_assert_int_eq(joule_model_alloc_train(l, TB), JOULE_OK);
+    ck_assert_int_eq(l->cfg.retro.chunk, TM);
+    ck_assert_int_eq(l->cfg.retro.enc_layers, 2);
+    ck_assert(l->cfg.kinds[1].cca && l->cfg.kinds[2].cca && !l->cfg.kinds[0].cca);
+    ck_assert_uint_eq(l->n_params, m->n_params);
+    ck_assert_int_eq(memcmp(l->params, m->params, m->n_params * sizeof(float)), 0);
+    int32_t in[TB * TT], nb[TNB];
+    random_tokens(in, TB * TT, 53);
+    random_neighbours(nb, TNB, true, 54);
+    forward_ok(m, nb, in, NULL, TB, NULL);
+    forward_ok(l, nb, in, NULL, TB, NULL);
+    ck_assert_int_eq(memcmp(joule_model_logits(m), joule_model_logits(l), sizeof(float) * TB * TT * c.vocab), 0);
+    unlink(path);
+    rmdir(dir);
+    joule_model_free(l);
+    joule_model_free(m);
+}
+END_TEST
+
+/* Same inputs and two threads: bit-identical gradients run to run. */
+START_TEST(test_determinism) {
+    joule_set_threads(2);
+    joule_config c = retro_config(TK);
+    joule_model *m = make_model(c, TB, 61);
+    randomise_cca_out(m, 0.5f, 62);
+    int32_t in[TB * TT], tg[TB * TT], nb[TNB];
+    random_tokens(in, TB * TT, 63);
+    random_tokens(tg, TB * TT, 64);
+    random_neighbours(nb, TNB, true, 65);
+    float *g0 = malloc(m->n_params * sizeof(float));
+    for (int run = 0; run < 2; run++) {
+        joule_model_zero_grad(m);
+        forward_ok(m, nb, in, tg, TB, NULL);
+        ck_assert_int_eq(joule_model_backward(m, 1.0f), JOULE_OK);
+        if (run == 0) memcpy(g0, m->grads, m->n_params * sizeof(float));
+    }
+    ck_assert_int_eq(memcmp(g0, m->grads, m->n_params * sizeof(float)), 0);
+    free(g0);
+    joule_model_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_neighbours_refused) {
+    joule_model *m = make_model(retro_config(TK), 1, 71);
+    int32_t nb[TNCH * TK * 2 * TM] = {0};
+    nb[5] = 256;
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_ERR_ARG);
+    nb[5] = 1;
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 2, TNCH), JOULE_ERR_ARG); /* batch > capacity */
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH - 1), JOULE_OK);
+    int32_t in[TT] = {0};
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_ERR_ARG); /* wrong chunk count */
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "neighbours"));
+    /* neighbours serve one forward: the next one, without any handed, is retrieval-off */
+    randomise_cca_out(m, 0.5f, 72);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, NULL, 1, TNCH), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    float *off = malloc(sizeof(float) * TT * 256);
+    memcpy(off, joule_model_logits(m), sizeof(float) * TT * 256);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    ck_assert_int_ne(memcmp(off, joule_model_logits(m), sizeof(float) * TT * 256), 0);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    ck_assert_int_eq(memcmp(off, joule_model_logits(m), sizeof(float) * TT * 256), 0);
+    free(off);
+    joule_model_free(m);
+}
+END_TEST
+
+static Suite *retro_suite(void) {
+    Suite *s = suite_create("retro_model");
+    TCase *g = tcase_create("gradients");
+    tcase_set_timeout(g, 120);
+    tcase_add_test(g, test_gattn_gradient);
+    tcase_add_test(g, test_gattn_gradient_shared_keys);
+    tcase_add_test(g, test_retro_model_gradient);
+    suite_add_tcase(s, g);
+    TCase *c = tcase_create("causality_and_equality");
+    tcase_set_timeout(c, 60);
+    tcase_add_test(c, test_cca_layer_causality);
+    tcase_add_test(c, test_model_causality);
+    tcase_add_test(c, test_padding_is_masked);
+    tcase_add_test(c, test_untrained_equals_dense);
+    tcase_add_test(c, test_k0_equals_dense);
+    tcase_add_test(c, test_retrieval_off_equals_dense);
+    tcase_add_test(c, test_flops_counted_equal_analytic);
+    tcase_add_test(c, test_search_cost_formulas);
+    tcase_add_test(c, test_decoder_matches_forward);
+    tcase_add_test(c, test_checkpoint_round_trip);
+    tcase_add_test(c, test_determinism);
+    tcase_add_test(c, test_bad_neighbours_refused);
+    suite_add_tcase(s, c);
+    return s;
+}
+
+int main(void) {
+    joule_retro_register();
+    SRunner *r = srunner_create(retro_suite());
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,491 @@
+/* RETRO with a real database: the neighbours training reads (same-document exclusion,
+ * padded continuations), exact resume, RETRO-fitting with a frozen base, database
+ * mismatch refusal, evaluation with retrieval on/off and generation with live retrieval.
+ * Each test builds a tiny corpus and Flat database in its own temp dir; FAISS and OpenMP
+ * run only in Check's forked children. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "joule/checkpoint.h"
+#include "joule/data.h"
+#include "joule/model.h"
+#include "joule/ops.h"
+#include "joule/retro.h"
+#include "joule/retro_db.h"
+#include "joule/train.h"
+
+enum { M = 8, T = 32, NCH = T / M, K = 2 };
+
+static char g_dir[4096], g_train[4200], g_val[4200], g_db[4200];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
+
+/* A corpus of word-salad documents; documents 2i and 2i+1 (i < 4) have the same text, so
+ * each has an exact duplicate in another document but must never retrieve itself. */
+static void write_corpus(const char *bin, int n_docs, uint64_t first_id, uint64_t seed) {
+    static const char *words[] = {"alpha ", "beta ", "gamma ", "delta ", "river ", "stone ", "light ", "north ",
+                                  "apple ", "table ", "cloud ", "seven ", "green ", "quiet ", "ocean ", "paper "};
+    joule_token_writer *w;
+    ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
+    joule_rng r;
+    for (int d = 0; d < n_docs; d++) {
+        joule_rng_seed(&r, seed * 1000 + (uint64_t)(d < 8 ? d / 2 : d));
+        const int len = 40 + (int)joule_rng_below(&r, 120);
+        char buf[256];
+        int n = 0;
+        while (n < len) {
+            const char *wd = words[joule_rng_below(&r, 16)];
+            for (const char *c = wd; *c && n < len; c++) buf[n++] = *c;
+        }
+        ck_assert_int_eq(joule_token_writer_begin_doc(w, first_id + 3 * (uint64_t)d), JOULE_OK);
+        ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)buf, (size_t)len), JOULE_OK);
+        ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
+    }
+    ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
+}
+
+static void setup(void) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_dir, sizeof g_dir, "%s/joule_retrotrain_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    snprintf(g_train, sizeof g_train, "%s/train.bin", g_dir);
+    snprintf(g_val, sizeof g_val, "%s/val.bin", g_dir);
+    snprintf(g_db, sizeof g_db, "%s/db", g_dir);
+    write_corpus(g_train, 40, 0, 1);
+    write_corpus(g_val, 8, 1, 2);
+    joule_db_build_opts o;
+    joule_db_build_opts_init(&o);
+    const char *src = g_train;
+    o.sources = &src;
+    o.n_sources = 1;
+    o.out_dir = g_db;
+    o.chunk = M;
+    o.index = "Flat";
+    ck_assert_int_eq(joule_db_build(&o, NULL, NULL), JOULE_OK);
+}
+
+static void teardown(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static joule_config retro_config(void) {
+    joule_config c = joule_config_default(2, 16, 2, 32, T);
+    c.retro.chunk = M;
+    c.retro.k = K;
+    c.retro.cca_start = 1;
+    c.retro.cca_every = 1;
+    c.retro.enc_layers = 1;
+    c.retro.enc_d_model = 8;
+    c.retro.enc_heads = 2;
+    c.retro.enc_d_ff = 16;
+    joule_retro_config_apply(&c);
+    return c;
+}
+
+static joule_model *new_model(const joule_config *c, int batch, uint64_t seed) {
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, c), JOULE_OK);
+    joule_model_init(m, seed);
+    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
+    return m;
+}
+
+/* The CCA output projection starts at 0; random values make retrieval matter. */
+static void randomise_cca_out(joule_model *m, float std, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
+    for (size_t i = 0; i < wo->numel; i++) m->params[wo->offset + i] = std * joule_rng_normal(&r);
+}
+
+static joule_retro_data *open_data(const joule_config *c) {
+    const char *paths[2] = {g_train, g_val};
+    joule_retro_data *rd;
+    ck_assert_msg(joule_retro_data_open(&rd, c, g_db, paths, 2, false, NULL, NULL) == JOULE_OK, "%s",
+                  joule_last_error());
+    return rd;
+}
+
+/* Every chunk of the training file: each neighbour handed to the model is the database
+ * entry the neighbour file names, never from a document of the chunk itself, and missing
+ * neighbours and continuations past a document's end are padding. */
+START_TEST(test_training_neighbours) {
+    joule_config c = retro_config();
+    joule_retro_data *rd = open_data(&c);
+    joule_retro_db *db = joule_retro_data_db(rd);
+    joule_tokens t;
+    ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
+    char *nbr_path = joule_retro_neighbours_path(g_train, joule_db_id(db));
+    joule_neighbours *nb;
+    ck_assert_int_eq(joule_neighbours_open(&nb, nbr_path, db), JOULE_OK);
+    const int per = 2 * M;
+    int32_t out[NCH * K * 2 * M], entry[2 * M];
+    uint64_t checked = 0, padded = 0, dup_hits = 0;
+    for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += T) {
+        ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &s, 1, T, out), JOULE_OK);
+        for (int u = 0; u < NCH; u++) {
+            const uint64_t chunk = s / M + (uint64_t)u, cs = chunk * M;
+            const uint64_t d0 = joule_tokens_doc_at(&t, cs), d1 = joule_tokens_doc_at(&t, cs + M - 1);
+            const int64_t *ids = joule_neighbours_of(nb, chunk);
+            for (int j = 0; j < K; j++) {
+                const int32_t *got = out + ((size_t)u * K + j) * per;
+                if (ids[j] < 0) {
+                    for (int i = 0; i < per; i++) ck_assert_int_eq(got[i], JOULE_RETRO_PAD);
+                    continue;
+                }
+                uint64_t doc;
+                ck_assert_int_eq(joule_db_entry(db, ids[j], entry, &doc), JOULE_OK);
+                ck_assert_int_eq(memcmp(got, entry, sizeof entry), 0);
+                for (uint64_t d = d0; d <= d1; d++) ck_assert_uint_ne(doc, t.doc_ids[d]);
+                /* the duplicated documents' twins are the nearest other documents */
+                dup_hits += d0 == d1 && d0 < 8 && doc == t.doc_ids[d0 ^ 1];
+                padded += got[per - 1] == JOULE_RETRO_PAD;
+                checked++;
+            }
+        }
+    }
+    ck_assert_uint_gt(checked, 100);
+    ck_assert_uint_gt(padded, 0);
+    ck_assert_uint_gt(dup_hits, 0);
+    ck_assert_uint_eq(joule_retro_data_same_doc_dropped(rd), 0);
+    /* a window not aligned to chunks is refused */
+    uint64_t bad = 3;
+    ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &bad, 1, T, out), JOULE_ERR_ARG);
+    joule_neighbours_close(nb);
+    free(nbr_path);
+    joule_tokens_close(&t);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
+/* The leaky upper bound for evaluation: chunks searched live with nothing excluded hand
+ * exactly the search's entries, and some come from the chunk's own document. */
+START_TEST(test_own_document_mode) {
+    joule_config c = retro_config();
+    joule_retro_data *rd = open_data(&c);
+    joule_retro_data_set_own_document(rd, true);
+    joule_retro_db *db = joule_retro_data_db(rd);
+    joule_tokens t;
+    ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
+    int32_t out[NCH * K * 2 * M], entry[2 * M];
+    int64_t ids[NCH * K];
+    uint64_t own = 0;
+    for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += T) {
+        ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &s, 1, T, out), JOULE_OK);
+        int32_t q[T];
+        for (int i = 0; i < T; i++) q[i] = t.tok[s + i];
+        ck_assert_int_eq(joule_db_search(db, q, NCH, K, NULL, ids, NULL), JOULE_OK);
+        for (int i = 0; i < NCH * K; i++) {
+            uint64_t doc;
+            ck_assert_int_ge(ids[i], 0);
+            ck_assert_int_eq(joule_db_entry(db, ids[i], entry, &doc), JOULE_OK);
+            ck_assert_int_eq(memcmp(out + (size_t)i * 2 * M, entry, sizeof entry), 0);
+            const uint64_t cs = s + (uint64_t)(i / K) * M;
+            for (uint64_t d = joule_tokens_doc_at(&t, cs); d <= joule_tokens_doc_at(&t, cs + M - 1); d++)
+                own += doc == t.doc_ids[d];
+        }
+    }
+    ck_assert_uint_gt(own, 0);
+    joule_tokens_close(&t);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
+static void train_opts(joule_train_opts *o, const char *out, joule_retro_data *rd, uint64_t steps) {
+    joule_train_opts_init(o);
+    o->train_path = g_train;
+    o->val_path = g_val;
+    o->out_path = out;
+    o->batch = 2;
+    o->seq = T;
+    o->max_steps = steps;
+    o->eval_windows = 2;
+    o->adam.warmup_steps = 1;
+    o->align = M;
+    o->prepare = joule_retro_prepare;
+    o->prepare_ctx = rd;
+}
+
+/* Training split by a checkpoint and resumed equals one straight run, bit for bit. */
+START_TEST(test_resume_equals_straight_run) {
+    joule_set_threads(2);
+    joule_config c = retro_config();
+    joule_retro_data *rd = open_data(&c);
+    char a[4400], b[4400];
+    snprintf(a, sizeof a, "%s/a.safetensors", g_dir);
+    snprintf(b, sizeof b, "%s/b.safetensors", g_dir);
+    joule_train_opts o;
+    joule_train_progress p;
+    joule_model *m = new_model(&c, 2, 5);
+    train_opts(&o, a, rd, 4);
+    ck_assert_int_eq(joule_train(m, &o, &p), JOULE_OK);
+    ck_assert_uint_eq(p.flops, p.flops_analytic); /* counted == analytic (validation not included) */
+    joule_model *m2 = new_model(&c, 2, 5);
+    train_opts(&o, b, rd, 4);
+    o.stop_after = 2;
+    ck_assert_int_eq(joule_train(m2, &o, &p), JOULE_OK);
+    joule_model_free(m2);
+    ck_assert_int_eq(joule_checkpoint_load(&m2, b, NULL), JOULE_OK);
+    ck_assert_int_eq(joule_model_alloc_train(m2, 2), JOULE_OK);
+    o.stop_after = 0;
+    o.resume = 1;
+    ck_assert_int_eq(joule_train(m2, &o, &p), JOULE_OK);
+    ck_assert_uint_eq(p.step, 4);
+    ck_assert_int_eq(memcmp(m->params, m2->params, m->n_params * sizeof(float)), 0);
+    /* and it learned something through the CCA path: the output projections moved off 0 */
+    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
+    double s = 0;
+    for (size_t i = 0; i < wo->numel; i++) s += fabs(m->params[wo->offset + i]);
+    ck_assert(s > 0);
+    joule_model_free(m);
+    joule_model_free(m2);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
+/* RETRO-fitting: only the encoder and CCA move; the base stays bit-identical and, with
+ * retrieval off, the logits are the dense model's exactly. */
+START_TEST(test_retrofit_frozen_base) {
+    joule_config c = retro_config();
+    joule_config dc = joule_config_default(2, 16, 2, 32, T);
+    joule_model *dense = new_model(&dc, 2, 77);
+    joule_model *m = new_model(&c, 2, 3); /* another seed: the copy must set every base tensor */
+    ck_assert_int_eq(joule_retro_init_from(m, dense, "dense"), JOULE_OK);
+    joule_retro_freeze_base(m);
+    joule_retro_data *rd = open_data(&c);
+    char out[4400];
+    snprintf(out, sizeof out, "%s/fit.safetensors", g_dir);
+    joule_train_opts o;
+    train_opts(&o, out, rd, 3);
+    o.adam.lr = 1e-2f;
+    joule_train_progress p;
+    float *before = malloc(m->n_params * sizeof(float));
+    memcpy(before, m->params, m->n_params * sizeof(float));
+    ck_assert_int_eq(joule_train(m, &o, &p), JOULE_OK);
+    int moved = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const joule_param_info *t = &m->tensors[i];
+        const bool same = memcmp(before + t->offset, m->params + t->offset, t->numel * sizeof(float)) == 0;
+        const joule_param_info *dt = joule_model_find(dense, t->name);
+        if (dt) {
+            ck_assert_msg(t->frozen && same, "%s changed", t->name);
+            ck_assert_int_eq(memcmp(dense->params + dt->offset, m->params + t->offset, t->numel * sizeof(float)), 0);
+        } else {
+            ck_assert(!t->frozen);
+            moved += !same;
+        }
+    }
+    ck_assert_int_gt(moved, 5);
+    int32_t in[2 * T];
+    joule_rng r;
+    joule_rng_seed(&r, 9);
+    for (int i = 0; i < 2 * T; i++) in[i] = (int32_t)joule_rng_below(&r, 256);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, NULL, 2, NCH), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 2, T, NULL), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(dense, in, NULL, 2, T, NULL), JOULE_OK);
+    ck_assert_int_eq(memcmp(joule_model_logits(m), joule_model_logits(dense), sizeof(float) * 2 * T * 256), 0);
+    free(before);
+    joule_model_free(m);
+    joule_model_free(dense);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
+START_TEST(test_database_mismatch_refused) {
+    joule_config c = retro_config();
+    const char *paths[1] = {g_val};
+    joule_retro_data *rd;
+    snprintf(c.retro.db_id, sizeof c.retro.db_id, "0123456789abcdef");
+    ck_assert_int_eq(joule_retro_data_open(&rd, &c, g_db, paths, 1, false, NULL, NULL), JOULE_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "--allow-db-mismatch"));
+    ck_assert_int_eq(joule_retro_data_open(&rd, &c, g_db, paths, 1, true, NULL, NULL), JOULE_OK);
+    joule_retro_data_close(rd);
+    c.retro.db_id[0] = '\0';
+    c.retro.chunk = 2 * M;
+    ck_assert_int_eq(joule_retro_data_open(&rd, &c, g_db, paths, 1, false, NULL, NULL), JOULE_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "chunks"));
+}
+END_TEST
+
+/* Retrieval off gives exactly the plain evaluation; on, the neighbours change the loss. */
+START_TEST(test_eval_retrieval_on_off) {
+    joule_config c = retro_config();
+    joule_model *m = new_model(&c, 2, 11);
+    randomise_cca_out(m, 0.2f, 12);
+    joule_retro_data *rd = open_data(&c);
+    joule_tokens t;
+    ck_assert_int_eq(joule_tokens_open(&t, g_val), JOULE_OK);
+    joule_eval_result on, off, plain;
+    ck_assert_int_eq(joule_evaluate_prepared(m, &t, T, 2, 0, joule_retro_prepare, rd, &on, NULL, NULL), JOULE_OK);
+    joule_retro_data_set_retrieval(rd, false);
+    ck_assert_int_eq(joule_evaluate_prepared(m, &t, T, 2, 0, joule_retro_prepare, rd, &off, NULL, NULL), JOULE_OK);
+    ck_assert_int_eq(joule_retro_set_neighbours(m, NULL, 1, 0), JOULE_OK);
+    ck_assert_int_eq(joule_evaluate(m, &t, T, 2, 0, &plain, NULL, NULL), JOULE_OK);
+    ck_assert(off.loss == plain.loss);
+    ck_assert(on.loss != off.loss);
+    ck_assert_uint_gt(on.flops, off.flops);
+    joule_tokens_close(&t);
+    joule_model_free(m);
+    joule_retro_data_close(rd);
+}
+END_TEST
+
+typedef struct {
+    int32_t tok[64];
+    int n;
+} collected;
+
+static int collect(void *ctx, int32_t tok) {
+    collected *c = ctx;
+    c->tok[c->n++] = tok;
+    return 0;
+}
+
+/* Live retrieval searches once per completed chunk; without a database the text is
+ * exactly joule_generate's. */
+START_TEST(test_generate_live_retrieval) {
+    joule_config c = retro_config();
+    joule_model *m = new_model(&c, 1, 21);
+    randomise_cca_out(m, 0.5f, 22);
+    joule_retro_db *db;
+    ck_assert_int_eq(joule_db_open(&db, g_db), JOULE_OK);
+    const char *prompt = "alpha beta gamma river";
+    const int np = (int)strlen(prompt), ng = 10; /* np + ng - 1 <= ctx: no sliding window */
+    joule_sampler s = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f};
+    collected with = {0}, without = {0}, plain = {0};
+    joule_retro_gen_stats st;
+    ck_assert_int_eq(joule_retro_generate(m, db, (const uint8_t *)prompt, np, ng, &s, 1, collect, &with, &st), JOULE_OK);
+    ck_assert_uint_eq(st.tokens, ng);
+    ck_assert_uint_eq(st.retrievals, (uint64_t)(np + ng - 1) / M); /* the last token is not fed */
+    ck_assert(st.retrieval_s > 0 && st.retrieval_s < st.total_s);
+    ck_assert_int_eq(joule_retro_generate(m, NULL, (const uint8_t *)prompt, np, ng, &s, 1, collect, &without, &st),
+                     JOULE_OK);
+    ck_assert_uint_eq(st.retrievals, 0);
+    ck_assert_int_eq(joule_generate(m, (const uint8_t *)prompt, np, ng, &s, 1, collect, &plain), JOULE_OK);
+    ck_assert_int_eq(memcmp(without.tok, plain.tok, sizeof plain.tok), 0);
+    ck_assert_int_ne(memcmp(with.tok, plain.tok, sizeof plain.tok), 0);
+    joule_db_close(db);
+    joule_model_free(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- the CLI */
+
+/* Runs `$JOULE_BIN ARGS` in the temp dir, stdout/stderr to out.txt/err.txt; exit status. */
+static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int joule(const char *fmt, ...) {
+    char args[4096], cmd[12288];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    const char *bin = getenv("JOULE_BIN");
+    ck_assert_msg(bin != NULL, "JOULE_BIN is not set");
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
+    int st = system(cmd);
+    ck_assert_int_ne(st, -1);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
+}
+
+static bool output_has(const char *file, const char *needle) {
+    char path[4400], buf[16384];
+    snprintf(path, sizeof path, "%s/%s", g_dir, file);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, needle) != NULL;
+}
+
+#define RTINY "--train train.bin --val val.bin --layers 2 --d-model 16 --heads 2 --d-ff 32 --ctx 32 --batch 2 " \
+              "--eval-windows 2 --no-log"
+
+/* train --arch retro, eval --db (on/off), generate --db, RETRO-fitting, and the refusals. */
+START_TEST(test_cli_end_to_end) {
+    ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --out r.safetensors " RTINY), 0);
+    ck_assert(output_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
+    ck_assert(output_has("out.txt", "\"bpb_retrieval\":") && output_has("out.txt", "\"bpb_no_retrieval\":"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --include-own-doc"), 0);
+    ck_assert(output_has("out.txt", "own document allowed"));
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
+    ck_assert_int_eq(joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
+    ck_assert(output_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
+    ck_assert_int_eq(joule("info --model r.safetensors"), 0);
+    ck_assert(output_has("out.txt", "retro:      chunk 8, 2 neighbours"));
+    ck_assert_int_eq(joule("bench retro --model r.safetensors --db db --steps 1 --batch 1 --tokens 16"), 0);
+    ck_assert(output_has("out.txt", "train step (batch 1 x 32)") && output_has("out.txt", "of generation time"));
+    /* RETRO-fitting a dense checkpoint */
+    ck_assert_int_eq(joule("train --steps 2 --out d.safetensors " RTINY), 0);
+    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
+                           "--train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
+    ck_assert(output_has("out.txt", "base parameters frozen"));
+    /* a RETRO-fit resumes only with the base still frozen */
+    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 3 --stop-after 1 "
+                           "--out g.safetensors --train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
+    ck_assert_int_eq(joule("train --resume --db db --out g.safetensors --train train.bin --val val.bin --no-log"), 2);
+    ck_assert(output_has("err.txt", "frozen_tensors"));
+    ck_assert_int_eq(joule("train --resume --db db --freeze-base --out g.safetensors --train train.bin --val val.bin "
+                           "--no-log"), 0);
+    /* usage errors: exit 2 with one line naming the problem */
+    ck_assert_int_eq(joule("train --arch retro --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert(output_has("err.txt", "--db"));
+    ck_assert_int_eq(joule("train --freeze-base --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert_int_eq(joule("eval --model d.safetensors --tokens val.bin --db db"), 2);
+    ck_assert(output_has("err.txt", "RETRO model"));
+    /* another database (same chunk length, other embedder): refused unless allowed */
+    joule_db_build_opts o;
+    joule_db_build_opts_init(&o);
+    const char *src = g_train;
+    char db2[4400];
+    snprintf(db2, sizeof db2, "%s/db2", g_dir);
+    o.sources = &src;
+    o.n_sources = 1;
+    o.out_dir = db2;
+    o.chunk = M;
+    o.embedder = "ngram:64";
+    o.index = "Flat";
+    ck_assert_int_eq(joule_db_build(&o, NULL, NULL), JOULE_OK);
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2"), 2);
+    ck_assert(output_has("err.txt", "--allow-db-mismatch"));
+    ck_assert_int_eq(joule("generate --model r.safetensors -n 4 --db db2"), 2);
+    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2 --allow-db-mismatch"), 0);
+    ck_assert(output_has("out.txt", "with retrieval"));
+    ck_assert_int_eq(joule("train --help"), 0);
+    ck_assert(output_has("out.txt", "--freeze-base"));
+}
+END_TEST
+
+static Suite *suite(void) {
+    Suite *s = suite_create("retro_train");
+    TCase *tc = tcase_create("with_database");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_training_neighbours);
+    tcase_add_test(tc, test_own_document_mode);
+    tcase_add_test(tc, test_resume_equals_straight_run);
+    tcase_add_test(tc, test_retrofit_frozen_base);
+    tcase_add_test(tc, test_database_mismatch_refused);
+    tcase_add_test(tc, test_eval_retrieval_on_off);
+    tcase_add_test(tc, test_generate_live_retrieval);
+    tcase_add_test(tc, test_cli_end_to_end);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    joule_retro_register();
+    SRunner *r = srunner_create(suite());
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
