@@ -44,6 +44,7 @@ static double read_bandwidth(size_t bytes, double seconds) {
 }
 
 int cmd_bench_moe(int argc, char **argv);
+int cmd_bench_energy(int argc, char **argv); /* bench/bench_energy.c */
 
 static int percentile_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -187,7 +188,7 @@ static int bench_decode(const bench_opts *o) {
 }
 
 static void usage(void) {
-    printf("usage: joule bench train|decode|moe [options]\n"
+    printf("usage: joule bench train|decode|moe|energy [options]\n"
            "\n"
            "  train    sgemm peak and training-step throughput of a dense model; prints MFU\n"
            "           = (6*N_mm + 12*L*T*d) * tokens/s / measured sgemm peak\n"
@@ -196,6 +197,8 @@ static void usage(void) {
            "           (its own options: joule bench moe --help)\n"
            "  db       retrieval databases: build, query latency, recall, overhead over FAISS (bench db --help)\n"
            "  retro    RETRO model: train step and generation with retrieval vs without (bench retro --help)\n"
+           "  energy   energy per query of checkpoints: latency, tokens/s, FLOPs, J/query\n"
+           "           (its own options: joule bench energy --help)\n"
            "\n"
            "options (defaults: the reference model of the foundation issue):\n"
            "  --layers N      layers (6)\n"
@@ -219,6 +222,7 @@ int cmd_bench(int argc, char **argv) {
         return argc < 2 ? EXIT_USAGE : 0;
     }
     if (!strcmp(argv[1], "moe")) return cmd_bench_moe(argc, argv); /* bench/bench_moe.c */
+    if (!strcmp(argv[1], "energy")) return cmd_bench_energy(argc, argv);
     const char *what = argv[1];
     if (!strcmp(what, "db")) return bench_db(argc - 1, argv + 1); /* its own options */
     if (!strcmp(what, "retro")) return bench_retro(argc - 1, argv + 1); /* its own options */
@@ -258,5 +262,5 @@ int cmd_bench(int argc, char **argv) {
     cli_setup_threads(o.threads);
     if (!strcmp(what, "train")) return bench_train(&o);
     if (!strcmp(what, "decode")) return bench_decode(&o);
-    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe)", what);
+    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe, energy)", what);
 }

@@ -28,6 +28,7 @@ static const char USAGE[] =
     "  bench decode    KV-cache decoding speed\n"
     "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
     "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
+    "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"

@@ -261,6 +261,7 @@ struct joule_decoder {
     float *v_cache;     /* [L, ctx, C] */
     float *x, *xn, *qkv, *att_out, *h13, *g, *scores, *logits; /* one-token scratch */
     void *ext[JOULE_EXT_COUNT];                                /* extensions' state */
+    float *pf; /* joule_decoder_prefill's scratch for ctx rows, allocated at its first call */
 };
 
 /* Caller frees with joule_decoder_free. */
@@ -270,6 +271,12 @@ void joule_decoder_reset(joule_decoder *d);
 /* Appends one token at position d->pos and returns its next-token logits [V] (owned by the
  * decoder, valid until the next call). Fails when the cache is full (pos == ctx). */
 int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits);
+/* Appends n tokens like n joule_decoder_step calls (the same cache and logits, to float
+ * rounding) but as one batched pass over an empty cache: matrix products over the n rows,
+ * the blocked causal attention, MoE FFNs through their one-token op row by row, logits for
+ * the last token only. A non-empty cache or a model with chunked cross-attention goes
+ * token by token. Returns the last token's next-token logits. */
+int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits);
 
 #ifdef __cplusplus
 }

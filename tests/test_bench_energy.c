@@ -1,0 +1,423 @@
+/* Energy per query: the batched prefill against token-at-a-time decoding, the runner on a
+ * tiny dense and a tiny MoE checkpoint (trained 2 steps here), its outputs, its refusals,
+ * and `joule bench energy` end to end ($JOULE_BIN). Everything runs in a temp folder. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "joule/bench_energy.h"
+#include "joule/checkpoint.h"
+#include "joule/model.h"
+#include "joule/moe.h"
+#include "joule/ops.h"
+
+static char g_dir[256];
+
+#define TINY "--layers 2 --d-model 32 --heads 2 --d-ff 64 --ctx 64 --batch 2 --steps 2 --threads 1"
+
+static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int joule(const char *fmt, ...) {
+    char args[2048], cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, getenv("JOULE_BIN"), args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
+}
+
+static char *slurp(const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(buf);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    buf[got] = '\0';
+    return buf;
+}
+
+static void path_in(char *out, size_t n, const char *name) { snprintf(out, n, "%s/%s", g_dir, name); }
+
+/* One-line error on stderr containing needle. */
+static void expect_error(const char *needle) {
+    char *e = slurp("err.txt");
+    ck_assert_ptr_nonnull(e);
+    ck_assert_msg(strstr(e, needle) != NULL, "stderr lacks '%s': %s", needle, e);
+    const char *nl = strchr(e, '\n');
+    ck_assert_msg((nl && nl[1] == '\0') || strstr(e, "--help"), "not one line: %s", e);
+    free(e);
+}
+
+/* A corpus of varied sentences in paragraphs, prepared into d/, and two checkpoints. */
+static void suite_setup(void) {
+    ck_assert_ptr_nonnull(getenv("JOULE_BIN"));
+    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_bench_energy.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    char path[512];
+    path_in(path, sizeof path, "corpus.txt");
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    static const char *w[] = {"river", "lamp", "quietly", "seven", "ordinary", "glass", "north", "painted"};
+    for (int p = 0; p < 120; p++) {
+        for (int s = 0; s < 6; s++) fprintf(f, "The %s %s the %s. ", w[(p + s) % 8], w[(p * 3 + s) % 8], w[(s * 5 + p) % 8]);
+        fputs("\n\n", f);
+    }
+    fclose(f);
+    ck_assert_int_eq(joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
+    ck_assert_int_eq(joule("train --data d " TINY " --out dense.safetensors"), 0);
+    ck_assert_int_eq(joule("train --data d " TINY " --arch moe --experts 4 --d-ff-expert 32 --out moe.safetensors"), 0);
+}
+
+static void suite_teardown(void) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+}
+
+/* ---------------------------------------------------------------- batched prefill */
+
+static joule_model *random_model(bool moe) {
+    joule_config c = joule_config_default(2, 32, 4, 64, 48);
+    if (moe) {
+        joule_moe_config e = joule_moe_config_default(64);
+        e.n_experts = 4;
+        e.top_k = 2;
+        e.every = 1; /* both layers MoE */
+        e.d_ff_expert = 32;
+        joule_moe_apply(&c, &e);
+    }
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
+    joule_model_init(m, 7);
+    /* larger weights than the init so that errors would show */
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 4.0f;
+    return m;
+}
+
+static void expect_close(const float *a, const float *b, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabsf(a[i] - b[i]) <= 1e-5f * (1.0f + fabsf(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i],
+                      b[i]);
+}
+
+static void check_prefill(bool moe) {
+    joule_model *m = random_model(moe);
+    const joule_config *c = &m->cfg;
+    const int n = 37, C = c->d_model, V = c->vocab, L = c->n_layers;
+    int32_t tok[37];
+    joule_rng r;
+    joule_rng_seed(&r, 3);
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)joule_rng_below(&r, 256);
+    joule_decoder *a, *b;
+    ck_assert_int_eq(joule_decoder_create(&a, m), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_create(&b, m), JOULE_OK);
+    const float *la = NULL, *lb = NULL;
+    for (int i = 0; i < n; i++) ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
+    joule_flops_reset();
+    ck_assert_int_eq(joule_decoder_prefill(b, tok, n, &lb), JOULE_OK);
+    /* one forward over n tokens, less the n-1 logits rows a prefill does not need */
+    ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(c, 1, n) - 2ull * C * V * (n - 1));
+    ck_assert_int_eq(b->pos, n);
+    expect_close(lb, la, (size_t)V, "logits");
+    const size_t T = (size_t)c->ctx;
+    for (int l = 0; l < L; l++) {
+        expect_close(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, "k cache");
+        expect_close(b->v_cache + l * T * C, a->v_cache + l * T * C, (size_t)n * C, "v cache");
+    }
+    /* decoding on from either cache gives the same next logits */
+    ck_assert_int_eq(joule_decoder_step(a, 65, &la), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_step(b, 65, &lb), JOULE_OK);
+    expect_close(lb, la, (size_t)V, "logits after prefill");
+    /* a non-empty cache continues token by token; too many tokens are refused */
+    joule_decoder_reset(a);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_prefill(a, tok + 3, n - 3, &la), JOULE_OK);
+    joule_decoder_reset(b);
+    ck_assert_int_eq(joule_decoder_prefill(b, tok, n, &lb), JOULE_OK);
+    expect_close(lb, la, (size_t)V, "logits, cache continued");
+    joule_decoder_reset(b);
+    int32_t many[49] = {0};
+    ck_assert_int_eq(joule_decoder_prefill(b, many, 49, &lb), JOULE_ERR_ARG);
+    many[5] = 300;
+    ck_assert_int_eq(joule_decoder_prefill(b, many, 10, &lb), JOULE_ERR_ARG);
+    joule_decoder_free(a);
+    joule_decoder_free(b);
+    joule_model_free(m);
+}
+
+START_TEST(test_prefill_equals_steps_dense) { check_prefill(false); }
+END_TEST
+
+START_TEST(test_prefill_equals_steps_moe) { check_prefill(true); }
+END_TEST
+
+/* ---------------------------------------------------------------- the runner */
+
+static void open_meters(joule_energy *e) {
+    joule_energy_opts o;
+    joule_energy_opts_init(&o);
+    o.want[JOULE_METER_MODELED] = true;
+    char dirs[1024];
+    const char *src = getenv("JOULE_TEST_SRC");
+    ck_assert_ptr_nonnull(src);
+    snprintf(dirs, sizeof dirs, "%s/docs/hardware", src);
+    ck_assert_int_eq(joule_hw_load(&o.cpu, "amd-epyc-7763", dirs), JOULE_OK);
+    o.have_cpu_profile = true;
+    ck_assert_int_eq(joule_energy_open(e, &o), JOULE_OK);
+}
+
+static joule_model *load(const char *name) {
+    char path[512];
+    path_in(path, sizeof path, name);
+    joule_model *m;
+    ck_assert_msg(joule_checkpoint_load(&m, path, NULL) == JOULE_OK, "%s", joule_last_error());
+    return m;
+}
+
+static void small_opts(joule_bench_energy_opts *o, const joule_energy *e, char *data, size_t n) {
+    joule_bench_energy_opts_init(o);
+    path_in(data, n, "d");
+    o->data_dir = data;
+    o->meters = e;
+    o->queries = 5;
+    o->prompt = 16;
+    o->generate = 8;
+    o->batch = 2;
+    o->warmup = 3;
+}
+
+static void check_runner(const char *name, const char *arch) {
+    joule_energy e;
+    open_meters(&e);
+    joule_model *m = load(name);
+    joule_bench_energy_opts o;
+    char data[512];
+    small_opts(&o, &e, data, sizeof data);
+    joule_bench_energy_result r;
+    ck_assert_msg(joule_bench_energy_run(m, name, &o, &r) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_str_eq(r.arch, arch);
+    ck_assert_int_eq(r.queries, 5);
+    /* counted FLOPs per query (prefill + decode) against the accountant's */
+    ck_assert_msg(fabs(r.flops_counted - r.flops_analytic) <= 0.01 * r.flops_analytic, "counted %g analytic %g",
+                  r.flops_counted, r.flops_analytic);
+    ck_assert(r.flops_prefill_analytic > 0 && r.flops_decode_analytic > 0);
+    /* the window holds the 5 measured queries only, not the 3 warm-up ones */
+    ck_assert_uint_eq(r.energy.queries, 5);
+    ck_assert_uint_eq(r.energy.tokens, 5 * 8);
+    ck_assert_msg(fabs((double)r.energy.flops - 5 * r.flops_analytic) <= 0.01 * 5 * r.flops_analytic,
+                  "window FLOPs %g for 5 queries of %g", (double)r.energy.flops, r.flops_analytic);
+    ck_assert_str_eq(r.energy.method, "modeled:tdp");
+    ck_assert(r.j_per_query > 0 && r.j_per_token > 0);
+    ck_assert(fabs(r.j_per_query - 8 * r.j_per_token) <= 1e-9 * r.j_per_query);
+    ck_assert(r.wh_per_1k_queries > 0 && r.g_co2e_per_1k_queries > 0);
+    ck_assert(r.query_p50 > 0 && r.query_p50 <= r.query_p95 && r.query_p95 <= r.query_p99);
+    ck_assert(r.ttft_p50 > 0 && r.ttft_p50 <= r.query_p99);
+    ck_assert(r.token_p50 > 0 && r.token_p50 <= r.token_p99);
+    ck_assert(r.tokens_per_s > 0 && r.peak_rss_bytes > 0);
+    ck_assert(!r.retrieval);
+    ck_assert_int_eq(r.threads, joule_get_threads());
+    ck_assert_str_eq(r.blas_core, joule_blas_corename());
+    if (!strcmp(arch, "moe")) ck_assert(r.params_active < r.params);
+    joule_model_free(m);
+    joule_energy_close(&e);
+}
+
+START_TEST(test_runner_dense) { check_runner("dense.safetensors", "dense"); }
+END_TEST
+
+START_TEST(test_runner_moe) { check_runner("moe.safetensors", "moe"); }
+END_TEST
+
+START_TEST(test_same_seed_same_prompts) {
+    joule_energy e;
+    open_meters(&e);
+    joule_model *m = load("dense.safetensors");
+    joule_bench_energy_opts o;
+    char data[512];
+    small_opts(&o, &e, data, sizeof data);
+    joule_bench_energy_result a, b, c, d;
+    ck_assert_int_eq(joule_bench_energy_run(m, "x", &o, &a), JOULE_OK);
+    ck_assert_int_eq(joule_bench_energy_run(m, "x", &o, &b), JOULE_OK);
+    ck_assert_uint_eq(a.tokens_digest, b.tokens_digest);
+    o.warmup = 0; /* measured prompts do not depend on the warm-up */
+    ck_assert_int_eq(joule_bench_energy_run(m, "x", &o, &c), JOULE_OK);
+    ck_assert_uint_eq(a.tokens_digest, c.tokens_digest);
+    o.seed = 2;
+    ck_assert_int_eq(joule_bench_energy_run(m, "x", &o, &d), JOULE_OK);
+    ck_assert_uint_ne(a.tokens_digest, d.tokens_digest);
+    joule_model_free(m);
+    joule_energy_close(&e);
+}
+END_TEST
+
+START_TEST(test_bad_input_refused) {
+    joule_energy e;
+    open_meters(&e);
+    joule_model *m = load("dense.safetensors");
+    joule_bench_energy_opts o;
+    char data[512];
+    joule_bench_energy_result r;
+    small_opts(&o, &e, data, sizeof data);
+    o.prompt = 60; /* 60 + 8 - 1 > ctx 64 */
+    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "context 64"));
+    small_opts(&o, &e, data, sizeof data);
+    o.meters = NULL;
+    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_ARG);
+    small_opts(&o, &e, data, sizeof data);
+    o.queries = 0;
+    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_ARG);
+    small_opts(&o, &e, data, sizeof data);
+    o.data_dir = "/nonexistent/corpus";
+    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "/nonexistent/corpus/val.bin"));
+    joule_model_free(m);
+    joule_energy_close(&e);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- outputs */
+
+START_TEST(test_outputs_parse) {
+    joule_energy e;
+    open_meters(&e);
+    joule_bench_energy_opts o;
+    char data[512], path[512];
+    small_opts(&o, &e, data, sizeof data);
+    joule_bench_energy_result r[2];
+    const char *names[2] = {"dense.safetensors", "moe.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        joule_model *m = load(names[i]);
+        path_in(path, sizeof path, names[i]);
+        ck_assert_int_eq(joule_bench_energy_run(m, path, &o, &r[i]), JOULE_OK);
+        joule_model_free(m);
+    }
+    ck_assert_str_eq(r[0].label, "dense");
+    path_in(path, sizeof path, "e.json");
+    ck_assert_int_eq(joule_bench_energy_write_json(path, r, 2), JOULE_OK);
+    path_in(path, sizeof path, "e.csv");
+    ck_assert_int_eq(joule_bench_energy_write_csv(path, r, 2), JOULE_OK);
+    path_in(path, sizeof path, "e.svg");
+    ck_assert_int_eq(joule_bench_energy_write_svg(path, r, 2), JOULE_OK);
+
+    char *s = slurp("e.json");
+    cJSON *j = cJSON_Parse(s);
+    ck_assert_msg(j != NULL, "not JSON: %s", s);
+    cJSON *models = cJSON_GetObjectItem(j, "models");
+    ck_assert_int_eq(cJSON_GetArraySize(models), 2);
+    cJSON *moe = cJSON_GetArrayItem(models, 1);
+    ck_assert_str_eq(cJSON_GetObjectItem(moe, "label")->valuestring, "moe");
+    ck_assert_str_eq(cJSON_GetObjectItem(moe, "energy_method")->valuestring, "modeled:tdp");
+    cJSON *fl = cJSON_GetObjectItem(moe, "flops_per_query");
+    ck_assert_double_eq(cJSON_GetObjectItem(fl, "counted")->valuedouble, r[1].flops_counted);
+    cJSON *lat = cJSON_GetObjectItem(cJSON_GetObjectItem(moe, "latency_s"), "query");
+    ck_assert_double_eq_tol(cJSON_GetObjectItem(lat, "p99")->valuedouble, r[1].query_p99, 1e-12);
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(moe, "retrieval")));
+    ck_assert_double_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(moe, "energy"), "queries")->valuedouble, 5);
+    cJSON_Delete(j);
+    free(s);
+
+    s = slurp("e.csv");
+    ck_assert_ptr_nonnull(s);
+    ck_assert_msg(!strncmp(s, "label,arch,params,", 18), "CSV header: %.60s", s);
+    int lines = 0, commas_header = 0, commas_row = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == ',') *(lines == 0 ? &commas_header : &commas_row) += 1;
+        lines += *p == '\n';
+    }
+    ck_assert_int_eq(lines, 3);
+    ck_assert_int_eq(commas_row, 2 * commas_header);
+    ck_assert_ptr_nonnull(strstr(s, "\nmoe,moe,"));
+    free(s);
+
+    s = slurp("e.svg");
+    ck_assert(!strncmp(s, "<svg", 4) && strstr(s, "</svg>\n") && strstr(s, "Energy per query"));
+    free(s);
+    joule_energy_close(&e);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- CLI */
+
+START_TEST(test_cli_end_to_end) {
+    ck_assert_int_eq(joule("bench energy --help"), 0);
+    ck_assert_int_eq(joule("bench energy --model dense.safetensors --model moe.safetensors --data d --queries 3 "
+                           "--prompt 12 --generate 6 --warmup 1 --batch 2 --out res --compare --threads 1"),
+                     0);
+    char *out = slurp("out.txt");
+    ck_assert_msg(strstr(out, "FLOPs/query analytic / counted") && strstr(out, "modeled:tdp") &&
+                      strstr(out, "| moe"),
+                  "%s", out);
+    free(out);
+    char *j = slurp("res/energy.json"), *csv = slurp("res/energy.csv"), *svg = slurp("res/energy.svg");
+    ck_assert(j && csv && svg);
+    cJSON *p = cJSON_Parse(j);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(p, "models")), 2);
+    cJSON_Delete(p);
+    free(j);
+    free(csv);
+    free(svg);
+}
+END_TEST
+
+START_TEST(test_cli_bad_input) {
+    ck_assert_int_eq(joule("bench energy --model missing.safetensors --data d"), 2);
+    expect_error("missing.safetensors");
+    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data nowhere"), 2);
+    expect_error("nowhere/val.bin");
+    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --prompt 100 --threads 1"), 2);
+    expect_error("exceed the model's context 64");
+    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --queries 0"), 2);
+    expect_error("--queries");
+    ck_assert_int_eq(joule("bench energy --data d"), 2);
+    expect_error("--model");
+    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --pue 0.5"), 2);
+    expect_error("--pue");
+    ck_assert_int_eq(joule("bench energy --model corpus.txt --data d --threads 1"), 2);
+    expect_error("corpus.txt");
+}
+END_TEST
+
+static Suite *bench_energy_suite(void) {
+    Suite *s = suite_create("bench_energy");
+    TCase *p = tcase_create("prefill");
+    tcase_set_timeout(p, 60);
+    tcase_add_test(p, test_prefill_equals_steps_dense);
+    tcase_add_test(p, test_prefill_equals_steps_moe);
+    suite_add_tcase(s, p);
+    TCase *r = tcase_create("runner");
+    tcase_set_timeout(r, 120);
+    tcase_add_unchecked_fixture(r, suite_setup, suite_teardown);
+    tcase_add_test(r, test_runner_dense);
+    tcase_add_test(r, test_runner_moe);
+    tcase_add_test(r, test_same_seed_same_prompts);
+    tcase_add_test(r, test_bad_input_refused);
+    tcase_add_test(r, test_outputs_parse);
+    tcase_add_test(r, test_cli_end_to_end);
+    tcase_add_test(r, test_cli_bad_input);
+    suite_add_tcase(s, r);
+    return s;
+}
+
+int main(void) {
+    joule_moe_register();
+    SRunner *sr = srunner_create(bench_energy_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
