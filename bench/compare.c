@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "compare_run.h"
+#include "joule/bench_energy.h"
 #include "joule/checkpoint.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
@@ -35,6 +36,7 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     s->seed = 1;
     s->eval_windows = 256;
     s->em_windows = 128;
+    s->queries = 16;
 }
 
 char *joule_compare_settings_json(const joule_compare_settings *s) {
@@ -57,6 +59,7 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "seed", (double)s->seed);
     cJSON_AddNumberToObject(j, "eval_windows", (double)s->eval_windows);
     cJSON_AddNumberToObject(j, "em_windows", s->em_windows);
+    cJSON_AddNumberToObject(j, "queries", s->queries);
     char *out = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return out;
@@ -164,6 +167,33 @@ static void fill_sizes(joule_compare_row *r, const joule_config *c) {
     }
 }
 
+/* Energy per query of the trained model with the energy benchmark's steady-state window. */
+static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_compare_row *r) {
+    joule_bench_energy_opts o;
+    joule_bench_energy_opts_init(&o);
+    o.data_dir = x->data_dir;
+    o.db_dir = x->db_dir;
+    o.queries = x->settings->queries;
+    o.warmup = 2;
+    o.prompt = m->cfg.ctx / 2;
+    o.generate = m->cfg.ctx - o.prompt;
+    o.seed = x->settings->seed;
+    o.meters = x->meters;
+    if (joule_config_has_cca(&m->cfg)) {
+        /* the energy benchmark does not decode with retrieval yet, and decoding without the
+         * neighbours is not the RETRO model's cost: report none, and say why */
+        snprintf(r->query_method, sizeof r->query_method, "not measured: bench energy has no RETRO support yet");
+        return JOULE_OK;
+    }
+    joule_bench_energy_result b;
+    int rc = joule_bench_energy_run(m, r->arch, &o, &b);
+    if (rc) return rc;
+    r->query_j = b.j_per_query;
+    r->query_s = b.query_p50;
+    snprintf(r->query_method, sizeof r->query_method, "%s", b.energy.method);
+    return JOULE_OK;
+}
+
 int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r) {
     const joule_compare_settings *s = x->settings;
     joule_config c;
@@ -250,6 +280,7 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
                            s->em_windows, &r->exact_match, &hits);
     if (rc) goto done;
     r->em_windows = (uint64_t)s->em_windows;
+    if (s->queries > 0 && x->meters && (rc = query_energy(x, m, r))) goto done;
     r->ok = true;
 done:
     r->wall_s = joule_now() - t0;

@@ -208,7 +208,7 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
             else todo++;
         }
 
-    compare_run_ctx x = {p->settings, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
+    compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
                          NULL, NULL, 0};
     char db_dir[600], retro_error[512] = "";
     if (p->archs[JOULE_ARCH_RETRO] && todo_retro(p, out)) {

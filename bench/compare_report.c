@@ -123,6 +123,11 @@ typedef struct {
     bool have;
 } multiplier;
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
                             const joule_compare_row *r) {
     multiplier m = {NAN, NAN, NAN, false};
@@ -133,8 +138,12 @@ static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot
     double *v = malloc((size_t)reps * sizeof *v);
     if (!v) return m;
     for (int i = 0; i < reps; i++) v[i] = joule_pow_compute_for(&boot[i], r->val_bpb) / C;
-    double sd;
-    joule_interval(v, (size_t)reps, level, &m.lo, &m.hi, &sd);
+    /* nearest-rank percentiles: a resample whose floor c lies above the loss gives an
+     * infinite multiplier, which interpolation would turn into NaN */
+    qsort(v, (size_t)reps, sizeof *v, cmp_double);
+    double q = (1 - level) / 2;
+    m.lo = v[(size_t)floor(q * (reps - 1))];
+    m.hi = v[(size_t)ceil((1 - q) * (reps - 1))];
     free(v);
     return m;
 }
@@ -153,6 +162,44 @@ static int write_text(const char *dir, const char *name, const char *text) {
     snprintf(path, sizeof path, "%s/%s", dir, name);
     if (!text) return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", path);
     return joule_write_file_atomic(path, text, strlen(text));
+}
+
+/* RETRO's retrieval: the database's one-off cost (DIR/retrieval.json) and each run's search
+ * FLOPs, which FAISS spends outside the counted budget. */
+static void add_retrieval(const char *dir, FILE *f, cJSON *fit, const joule_compare_row *rows, int n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/retrieval.json", dir);
+    FILE *in = fopen(path, "r");
+    if (!in) return;
+    char buf[4096];
+    size_t got = fread(buf, 1, sizeof buf - 1, in);
+    fclose(in);
+    buf[got] = '\0';
+    cJSON *j = cJSON_Parse(buf);
+    const cJSON *sf = cJSON_GetObjectItemCaseSensitive(j, "search_flops");
+    const cJSON *idx = cJSON_GetObjectItemCaseSensitive(j, "index");
+    const cJSON *ent = cJSON_GetObjectItemCaseSensitive(j, "entries");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "build_s");
+    const cJSON *ns = cJSON_GetObjectItemCaseSensitive(j, "neighbours_s");
+    if (!cJSON_IsNumber(sf) || !cJSON_IsString(idx) || !cJSON_IsNumber(ent) || !cJSON_IsNumber(ns)) {
+        fprintf(f, "\n## Retrieval (RETRO)\n\n%s is not a valid record; not reported.\n", path);
+        cJSON_Delete(j);
+        return;
+    }
+    char built[64] = "by an earlier invocation";
+    if (cJSON_IsNumber(bs)) snprintf(built, sizeof built, "in %.1f s", bs->valuedouble);
+    fprintf(f, "\n## Retrieval (RETRO)\n\nDatabase: %.0f chunks of the train split, FAISS index %s; built %s, "
+               "neighbour files (train and validation, same-document neighbours excluded) in %.1f s. One search "
+               "costs %.4g FLOPs (analytic, FAISS's work: not in the counted budget).\n\n"
+               "| budget | training chunks searched | search FLOPs | share of the budget |\n|---|---|---|---|\n",
+            ent->valuedouble, idx->valuestring, built, ns->valuedouble, sf->valuedouble);
+    for (int i = 0; i < n; i++) {
+        const joule_compare_row *r = &rows[i];
+        if (!r->ok || strcmp(r->arch, "retro") != 0) continue;
+        fprintf(f, "| %.3g | %.0f | %.4g | %.3g%% |\n", r->budget, r->retrieval_flops / sf->valuedouble,
+                r->retrieval_flops, 100 * r->retrieval_flops / r->budget);
+    }
+    cJSON_AddItemToObject(fit, "retrieval", j);
 }
 
 static double fit_curve(const void *ctx, double C) { return joule_pow_loss(ctx, C); }
@@ -349,6 +396,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
         fputs(line, f);
         if (o1) cJSON_AddItemToObject(mb, joule_arch_names[a], o1);
     }
+    add_retrieval(dir, f, fit, rows, n);
     fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n");
     fclose(f);
     f = NULL;

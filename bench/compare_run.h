@@ -12,7 +12,7 @@
 
 typedef struct {
     const joule_compare_settings *settings;
-    const char *train_path, *val_path;
+    const char *data_dir, *train_path, *val_path;
     const char *log_path;    /* the run's step log */
     const joule_energy *meters; /* NULL: energy not measured */
     volatile int *interrupt;

@@ -1,5 +1,5 @@
-/* `joule compare` end to end on a tiny corpus: every run of every arch spends its budget
- * within 2% (counted FLOPs), a budget too small to train is a failed row with its error
+/* `joule compare` end to end on a tiny corpus: every run of every arch (dense, MoE, RETRO)
+ * spends its budget within 2% (counted FLOPs), a budget too small to train is a failed row with its error
  * and exit 1, a rerun skips the finished runs, and the report files parse.
  * The binary comes from $JOULE_BIN; everything happens in a temp folder. One comparison is
  * run by the fixture and inspected by the tests. */
@@ -18,9 +18,10 @@
 static char g_bin[4096], g_dir[4096];
 static int g_first_rc = -1;
 
-/* Three budgets (the fewest a dense fit takes) plus one too small for any model. */
-#define BUDGETS "1e3,2e8,4e8,8e8"
-#define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --bootstrap 20 --threads 1"
+/* Three budgets (the fewest a dense fit takes; RETRO's smallest model needs ~5e8 for its 50
+ * steps) plus one too small for any model. */
+#define BUDGETS "1e3,6e8,1.2e9,2.4e9"
+#define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 2 --bootstrap 20 --threads 1"
 #define COMPARE "compare --data d --out c --budgets " BUDGETS " " SETTINGS
 
 static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -138,13 +139,14 @@ static const char *str(const cJSON *o, const char *key) {
 
 START_TEST(test_every_arch_spends_its_budget) {
     cJSON *rows = load_rows();
-    int ok[2] = {0, 0};
+    int ok[3] = {0, 0, 0};
     const cJSON *r;
     cJSON_ArrayForEach(r, rows) {
         if (strcmp(str(r, "status"), "ok") != 0) continue;
         const char *arch = str(r, "arch");
-        ck_assert_msg(strcmp(arch, "dense") == 0 || strcmp(arch, "moe") == 0, "arch %s", arch);
-        ok[strcmp(arch, "moe") == 0]++;
+        int a = strcmp(arch, "dense") == 0 ? 0 : strcmp(arch, "moe") == 0 ? 1 : strcmp(arch, "retro") == 0 ? 2 : -1;
+        ck_assert_msg(a >= 0, "arch %s", arch);
+        ok[a]++;
         double budget = num(r, "budget"), counted = num(r, "flops_counted");
         ck_assert_msg(counted <= budget * 1.0001 && counted >= 0.98 * budget,
                       "%s at %g FLOPs spent %g (%.2f%%)", arch, budget, counted, 100 * counted / budget);
@@ -161,9 +163,19 @@ START_TEST(test_every_arch_spends_its_budget) {
             ck_assert(num(r, "params_active") < num(r, "params_total"));
         }
         ck_assert_msg(str(r, "energy_method")[0] != '\0', "no energy method");
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(r, "query_j");
+        if (a == 2) {
+            /* searches happen outside the counted budget and are reported apart */
+            ck_assert(num(r, "retrieval_flops") > 0);
+            ck_assert(cJSON_IsNull(q));
+            ck_assert_ptr_nonnull(strstr(str(r, "query_method"), "not measured"));
+        } else {
+            ck_assert_msg(cJSON_IsNumber(q) && q->valuedouble > 0, "%s: no energy per query", arch);
+        }
     }
     ck_assert_int_eq(ok[0], 3);
     ck_assert_int_eq(ok[1], 3);
+    ck_assert_int_eq(ok[2], 3);
     cJSON_Delete(rows);
 }
 END_TEST
@@ -179,20 +191,20 @@ START_TEST(test_failed_run_is_a_row) {
         ck_assert_double_eq(num(r, "budget"), 1e3);
         ck_assert_msg(strstr(str(r, "error"), "buys 0 steps") != NULL, "error: %s", str(r, "error"));
     }
-    ck_assert_int_eq(failed, 2);
+    ck_assert_int_eq(failed, 3);
     cJSON_Delete(rows);
     expect_in("c/report.md", "## Failed runs");
 }
 END_TEST
 
 START_TEST(test_rerun_skips_finished_runs) {
-    const char *ckpt = "c/runs/dense-2e08.safetensors";
+    const char *ckpt = "c/runs/dense-6e08.safetensors";
     double before = mtime_of(ckpt);
     char *rows_before = read_text("c/results.jsonl");
     ck_assert_int_eq(run(COMPARE), 1); /* the failed budget is retried and fails again */
-    expect_in("stdout.txt", "2 runs done, 6 already finished, 2 failed");
+    expect_in("stdout.txt", "3 runs done, 9 already finished, 3 failed");
     char *out = read_text("stdout.txt");
-    ck_assert_ptr_null(strstr(out, "run 3 of"));
+    ck_assert_ptr_null(strstr(out, "run 4 of")); /* only the three failed ones were redone */
     free(out);
     ck_assert_double_eq(mtime_of(ckpt), before);
     char *rows_after = read_text("c/results.jsonl");
@@ -204,11 +216,11 @@ START_TEST(test_rerun_skips_finished_runs) {
         ck_assert_msg(strstr(rows_after, line) != NULL, "row changed: %s", line);
         kept++;
     }
-    ck_assert_int_eq(kept, 6);
+    ck_assert_int_eq(kept, 9);
     free(rows_before);
     free(rows_after);
     /* other settings in the same folder are refused */
-    ck_assert_int_eq(run("compare --data d --out c --budgets 2e8 --ctx 32 --threads 1"), 2);
+    ck_assert_int_eq(run("compare --data d --out c --budgets 6e8 --ctx 32 --threads 1"), 2);
     expect_in("stderr.txt", "c/compare.json");
 }
 END_TEST
@@ -226,14 +238,16 @@ START_TEST(test_report_files_parse) {
     const cJSON *iv = cJSON_GetObjectItemCaseSensitive(d, "interval");
     ck_assert(cJSON_IsObject(iv) && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(iv, "b")) == 2);
     const cJSON *eff = cJSON_GetObjectItemCaseSensitive(fit, "effective_compute");
-    ck_assert_int_eq(cJSON_GetArraySize(eff), 3);
+    ck_assert_int_eq(cJSON_GetArraySize(eff), 6);
     const cJSON *e;
     cJSON_ArrayForEach(e, eff) {
-        ck_assert_str_eq(str(e, "arch"), "moe");
+        ck_assert(strcmp(str(e, "arch"), "moe") == 0 || strcmp(str(e, "arch"), "retro") == 0);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "multiplier");
         ck_assert(cJSON_IsNull(m) || (cJSON_IsNumber(m) && m->valuedouble > 0));
     }
-    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 2);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 3);
+    const cJSON *ret = cJSON_GetObjectItemCaseSensitive(fit, "retrieval");
+    ck_assert_msg(cJSON_IsObject(ret) && num(ret, "search_flops") > 0, "no retrieval record");
     cJSON_Delete(fit);
 
     char *csv = read_text("c/results.csv");
@@ -241,7 +255,7 @@ START_TEST(test_report_files_parse) {
     ck_assert_int_eq(strncmp(csv, "arch,status,budget,", 19), 0);
     int lines = 0;
     for (const char *p = csv; *p; p++) lines += *p == '\n';
-    ck_assert_int_eq(lines, 1 + 8);
+    ck_assert_int_eq(lines, 1 + 12);
     free(csv);
     const char *svgs[] = {"c/loss_vs_compute.svg", "c/energy_vs_bpb.svg"};
     for (int i = 0; i < 2; i++) {
@@ -254,7 +268,7 @@ START_TEST(test_report_files_parse) {
     expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
     /* --report-only rebuilds the same report from the rows */
     ck_assert_int_eq(run("compare --out c --report-only --bootstrap 20"), 1);
-    expect_in("stdout.txt", "| moe | 8e+08 |");
+    expect_in("stdout.txt", "| retro | 2.4e+09 |");
 }
 END_TEST
 

@@ -56,6 +56,9 @@ typedef struct {
     /* evaluation */
     uint64_t eval_windows; /* validation windows of ctx bytes for bpb; 0 = all */
     int em_windows;        /* exact-match prompts */
+    /* energy per query (joule/bench_energy.h): queries of ctx/2 prompt and ctx/2 generated
+     * tokens after 2 warm-up ones; 0 = not measured */
+    int queries;
 } joule_compare_settings;
 
 void joule_compare_settings_init(joule_compare_settings *s);
