@@ -58,13 +58,12 @@ static int pin_settings(const char *dir, const joule_compare_settings *s) {
 
 typedef struct {
     const compare_plan *p;
-    const char *what;
 } retrieval_progress;
 
 static bool on_build(void *ctx, const char *phase, uint64_t done, uint64_t total) {
     const retrieval_progress *rp = ctx;
-    (void)phase;
-    if (rp->p->on_retrieval) rp->p->on_retrieval(rp->p->ctx, "database", done, total);
+    const char *what = strcmp(phase, "train") == 0 ? "database: index training sample" : "database: adding chunks";
+    if (rp->p->on_retrieval) rp->p->on_retrieval(rp->p->ctx, what, done, total);
     return !(rp->p->interrupt && *rp->p->interrupt);
 }
 
@@ -84,7 +83,7 @@ static bool is_dir(const char *path) {
 static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
                            double *search_flops) {
     const joule_compare_settings *s = p->settings;
-    retrieval_progress rp = {p, "database"};
+    retrieval_progress rp = {p};
     double build_s = NAN, t0 = joule_now();
     char partial[4300];
     snprintf(partial, sizeof partial, "%s.partial", db_dir);

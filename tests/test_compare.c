@@ -8,10 +8,12 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -286,6 +288,37 @@ START_TEST(test_usage_errors) {
 }
 END_TEST
 
+/* Ctrl-C during the second run: the first run's row stays, the second leaves none, exit 130. */
+START_TEST(test_interrupt_keeps_finished_runs) {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        if (chdir(g_dir) != 0 || !freopen("int.out", "w", stdout) || !freopen("int.err", "w", stderr)) _exit(99);
+        execl(g_bin, g_bin, "compare", "--data", "d", "--out", "i", "--budgets", "6e8,1e12", "--archs", "dense",
+              "--ctx", "16", "--batch", "4", "--queries", "0", "--threads", "1", (char *)NULL);
+        _exit(98);
+    }
+    /* wait until the second run has logged a few training steps */
+    bool training = false;
+    for (int i = 0; i < 1200 && !training; i++) {
+        usleep(50 * 1000);
+        char *log = read_text("i/runs/dense-1e12.log.jsonl");
+        training = log && strchr(log, '\n') && strchr(strchr(log, '\n') + 1, '\n');
+        free(log);
+    }
+    ck_assert_msg(training, "the second run never started");
+    ck_assert_int_eq(kill(pid, SIGINT), 0);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 130, "status %d", status);
+    expect_in("int.err", "interrupted; finished runs are kept");
+    char *text = read_text("i/results.jsonl");
+    ck_assert_ptr_nonnull(text);
+    ck_assert_msg(strstr(text, "\"budget\":600000000") && !strstr(text, "\"budget\":1000000000000"), "%s", text);
+    free(text);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("compare");
     TCase *tc = tcase_create("compare");
@@ -296,6 +329,7 @@ int main(void) {
     tcase_add_test(tc, test_report_files_parse);
     tcase_add_test(tc, test_rerun_skips_finished_runs);
     tcase_add_test(tc, test_usage_errors);
+    tcase_add_test(tc, test_interrupt_keeps_finished_runs);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
