@@ -2,7 +2,8 @@
  *
  * A query is P prompt tokens drawn from a corpus's validation split, one batched prefill
  * (joule_decoder_prefill) whose last logits give the first generated token, then G-1
- * greedy KV-cache decode steps: G generated tokens. Queries run `batch` at a time (the
+ * greedy KV-cache decode steps: G generated tokens. RETRO models (with db_dir) feed the
+ * prompt token by token and search each chunk as it completes, like `joule generate --db`. Queries run `batch` at a time (the
  * batch's sequences step in lock-step, one decoder each; a query's latency is its batch's).
  * `warmup` queries run first and are excluded; the measurement window (energy, counted
  * FLOPs, wall time, latencies) spans the measured queries only, in the spirit of
