@@ -335,8 +335,11 @@ static int cmd_build(int argc, char **argv) {
     printf("built %s: %" PRIu64 " entries of %d tokens, embedder %s (%d dims), index %s, id %s\n", o.out, N,
            joule_db_chunk(db), joule_embedder_spec(joule_db_embedder(db)), joule_db_dim(db), joule_db_factory(db),
            joule_db_id(db));
-    printf("  %.1fs: embedding %.1fs (%.0f chunks/s), index train+add+write %.1fs%s\n", wall, emb_s,
-           emb_s > 0 ? (double)N / emb_s : 0.0, idx_s, o.resume ? " (this run only; resumed)" : "");
+    if (o.resume) /* only part of the entries went through this run */
+        printf("  resumed: %.1fs in this run: embedding %.1fs, index add+write %.1fs\n", wall, emb_s, idx_s);
+    else
+        printf("  %.1fs: embedding %.1fs (%.0f chunks/s), index train+add+write %.1fs (%.0f chunks/s)\n", wall,
+               emb_s, emb_s > 0 ? (double)N / emb_s : 0.0, idx_s, idx_s > 0 ? (double)N / idx_s : 0.0);
     joule_db_close(db);
     return 0;
 }
