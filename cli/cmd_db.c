@@ -381,7 +381,9 @@ static int cmd_info_db(int argc, char **argv) {
         printf("  chunk         %d tokens (+ continuation), tokenizer %s\n", joule_db_chunk(db),
                cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer")));
         printf("  embedder      %s, %d dims\n", cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec")), joule_db_dim(db));
-        printf("  index         %s (L2), trained on %.0f vectors, seed %.0f\n", joule_db_factory(db),
+        const char *dp = cJSON_GetStringValue(cJSON_GetObjectItem(ix, "default_params"));
+        printf("  index         %s (L2), default search %s, trained on %.0f vectors, seed %.0f\n",
+               joule_db_factory(db), dp && *dp ? dp : "FAISS's",
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "trained_on")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "seed")));
         const cJSON *s;
