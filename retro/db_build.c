@@ -296,7 +296,7 @@ static int resume(build *b) {
     struct stat st;
     if (stat(b->partial, &st) != 0)
         return joule_fail(JOULE_ERR_ARG, "%s: no unfinished build to resume (run without --resume)", b->partial);
-    int rc = joule_retro_read_text(b->state_path, 1u << 20, &text);
+    int rc = joule_read_text(b->state_path, 1u << 20, &text);
     if (rc) {
         char why[1024]; /* joule_last_error() is the buffer joule_fail writes */
         snprintf(why, sizeof why, "%s", joule_last_error());
