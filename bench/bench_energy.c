@@ -22,11 +22,14 @@ static const char USAGE[] =
     "window. Per model: latency p50/p95/p99 per query, to first token and per token,\n"
     "tokens/s, FLOPs per query (analytic from the accountant and counted), energy per query\n"
     "and per generated token with its method (modeled:tdp when the machine has no meter),\n"
-    "Wh and gCO2e per 1,000 queries, peak memory, BLAS kernels and threads.\n"
+    "Wh and gCO2e per 1,000 queries, peak memory, BLAS kernels and threads; for RETRO models\n"
+    "the share of time and FLOPs that retrieval takes (docs/BENCH.md).\n"
     "\n"
     "options:\n"
     "  --model FILE        a checkpoint (.safetensors); repeat for several models\n"
     "  --data DIR          prepared corpus; prompts come from DIR/val.bin (data/default)\n"
+    "  --db DIR            retrieval database of the RETRO models (searched live, one search\n"
+    "                      per completed chunk; other models ignore it)\n"
     "  --queries N         measured queries per model (32)\n"
     "  --prompt P          prompt tokens (64)\n"
     "  --generate G        generated tokens per query (32); P + G - 1 <= the model's ctx\n"
@@ -75,7 +78,7 @@ static int parse(int argc, char **argv, energy_cli_opts *o) {
         {"generate", 1, 0, 'g'}, {"batch", 1, 0, 'b'},  {"warmup", 1, 0, 'w'},  {"seed", 1, 0, 's'},
         {"out", 1, 0, 'o'},    {"compare", 0, 0, 'c'},  {"pue", 1, 0, 'P'},     {"grid", 1, 0, 'G'},
         {"hardware", 1, 0, 'H'}, {"meter", 1, 0, 'M'},  {"power-watts", 1, 0, 'W'}, {"threads", 1, 0, 't'},
-        {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"db", 1, 0, 'd'},     {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
     const char *cmd = "bench energy";
     opterr = 0;
     optind = 0;
@@ -88,6 +91,7 @@ static int parse(int argc, char **argv, energy_cli_opts *o) {
             o->models[o->n_models++] = optarg;
             continue;
         case 'D': o->data = optarg; continue;
+        case 'd': o->run.db_dir = optarg; continue;
         case 'o': o->out = optarg; continue;
         case 'c': o->compare = true; continue;
         case 'H': o->hardware = optarg; continue;

@@ -14,6 +14,8 @@
 #include "joule/bench_energy.h"
 #include "joule/data.h"
 #include "joule/ops.h"
+#include "joule/retro.h"
+#include "joule/retro_db.h"
 #include "joule/sample.h"
 
 /* Prompt streams: measured query q uses (seed, 0, q), warm-up query q (seed, 1, q), so the
@@ -103,7 +105,7 @@ static int analytic_flops(const joule_model *m, int P, int G, joule_bench_energy
     r->params_active = ar.params_active;
     r->flops_prefill_analytic = ar.fwd_per_token * P - logits * (P - 1);
     r->flops_decode_analytic = q.decode;
-    r->flops_analytic = r->flops_prefill_analytic + r->flops_decode_analytic + q.search;
+    r->flops_analytic = r->flops_prefill_analytic + r->flops_decode_analytic;
     return JOULE_OK;
 }
 
@@ -120,9 +122,8 @@ static int check_opts(const joule_model *m, const char *label, const joule_bench
     if (!(o->pue >= 1) || !(o->grid_g_per_kwh >= 0))
         return joule_fail(JOULE_ERR_ARG, "bench energy: PUE must be >= 1 and grid intensity >= 0");
     if (!o->data_dir) return joule_fail(JOULE_ERR_ARG, "bench energy: no corpus folder given");
-    if (joule_config_has_cca(&m->cfg))
-        return joule_fail(JOULE_ERR_ARG, "%s: RETRO checkpoints are not supported by this build of bench energy",
-                          label);
+    if (joule_config_has_cca(&m->cfg) && !o->db_dir)
+        return joule_fail(JOULE_ERR_ARG, "%s: a RETRO model needs its retrieval database (--db DIR)", label);
     return JOULE_OK;
 }
 
@@ -135,6 +136,14 @@ typedef struct {
     uint64_t digest;  /* of the measured queries' tokens */
     float *scratch;   /* joule_sample's 2V */
     double *lat_query, *lat_ttft, *lat_token;
+    /* RETRO: the database, the tokens of each sequence by position [batch][ctx], one
+     * chunk's neighbours [k][2m], and what retrieval cost in the window */
+    joule_retro_db *db;
+    int chunk, k, ctx;
+    int32_t *win, *nbr;
+    int64_t *ids;
+    double retr_s;
+    uint64_t retr_flops, searches;
 } run_bufs;
 
 static void free_bufs(run_bufs *b, int batch) {
@@ -147,6 +156,10 @@ static void free_bufs(run_bufs *b, int batch) {
     free(b->lat_query);
     free(b->lat_ttft);
     free(b->lat_token);
+    free(b->win);
+    free(b->nbr);
+    free(b->ids);
+    joule_db_close(b->db);
 }
 
 static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energy_opts *o, int n_steps) {
@@ -167,7 +180,68 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
         int rc = joule_decoder_create(&b->dec[i], m);
         if (rc) return rc;
     }
+    if (!joule_config_has_cca(&m->cfg)) return JOULE_OK;
+    const joule_retro_config *rc = &m->cfg.retro;
+    b->chunk = rc->chunk;
+    b->k = rc->k;
+    b->ctx = m->cfg.ctx;
+    b->win = malloc(B * (size_t)b->ctx * sizeof *b->win);
+    b->nbr = malloc(((size_t)b->k * 2 * b->chunk + 1) * sizeof *b->nbr);
+    b->ids = malloc(((size_t)b->k + 1) * sizeof *b->ids);
+    if (!b->win || !b->nbr || !b->ids) return joule_fail(JOULE_ERR_NOMEM, "bench energy: out of memory");
+    int st = joule_db_open(&b->db, o->db_dir);
+    if (st) return st;
+    if (joule_db_chunk(b->db) != rc->chunk)
+        return joule_fail(JOULE_ERR_ARG, "%s: database chunks are %d tokens, the model's are %d", o->db_dir,
+                          joule_db_chunk(b->db), rc->chunk);
+    if (rc->db_id[0] && strcmp(rc->db_id, joule_db_id(b->db)) != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: not the database the model was trained with (id %s, model's %s)",
+                          o->db_dir, joule_db_id(b->db), rc->db_id);
     return JOULE_OK;
+}
+
+/* RETRO: chunk u of sequence `win` is complete; search it and hand the decoder its k
+ * neighbours (chunk + continuation), as live generation does (retro/retro_generate.c).
+ * Time and counted FLOPs (the query embedding) are retrieval's. */
+static int retrieve(run_bufs *b, joule_decoder *d, const int32_t *win, int u) {
+    const int per = 2 * b->chunk;
+    const double t0 = joule_now();
+    const uint64_t f0 = joule_flops_counted();
+    int rc = joule_db_search(b->db, win + (size_t)u * b->chunk, 1, b->k, NULL, b->ids, NULL);
+    for (int j = 0; j < b->k && !rc; j++) {
+        int32_t *dst = b->nbr + (size_t)j * per;
+        if (b->ids[j] >= 0)
+            rc = joule_db_entry(b->db, b->ids[j], dst, NULL);
+        else
+            for (int t = 0; t < per; t++) dst[t] = JOULE_RETRO_PAD;
+    }
+    if (!rc) rc = joule_retro_decoder_set_neighbours(d, u, b->nbr);
+    b->retr_s += joule_now() - t0;
+    b->retr_flops += joule_flops_counted() - f0;
+    b->searches++;
+    return rc;
+}
+
+/* Token `tok` into sequence i at its next position (RETRO: retrieving first when that
+ * position completes a chunk). */
+static int feed(run_bufs *b, int i, int32_t tok) {
+    joule_decoder *d = b->dec[i];
+    if (b->db) {
+        int32_t *win = b->win + (size_t)i * b->ctx;
+        win[d->pos] = tok;
+        int rc = (d->pos + 1) % b->chunk == 0 ? retrieve(b, d, win, (d->pos + 1) / b->chunk - 1) : JOULE_OK;
+        if (rc) return rc;
+    }
+    return joule_decoder_step(d, tok, &b->logits[i]);
+}
+
+/* Sequence i's prompt: one batched prefill, or token by token through feed() for RETRO. */
+static int prefill(run_bufs *b, int i, const int32_t *prompt, int P) {
+    joule_decoder_reset(b->dec[i]);
+    if (!b->db) return joule_decoder_prefill(b->dec[i], prompt, P, &b->logits[i]);
+    int rc = joule_retro_decoder_set_neighbours(b->dec[i], -1, NULL);
+    for (int t = 0; t < P && !rc; t++) rc = feed(b, i, prompt[t]);
+    return rc;
 }
 
 /* One batch of n queries (first query index q0 of `stream`): prefill each, then G-1 greedy
@@ -181,9 +255,7 @@ static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_ene
     int rc;
     double t0 = joule_now();
     for (int i = 0; i < n; i++) {
-        joule_decoder_reset(b->dec[i]);
-        if ((rc = joule_decoder_prefill(b->dec[i], b->prompts + (size_t)i * o->prompt, o->prompt, &b->logits[i])))
-            return rc;
+        if ((rc = prefill(b, i, b->prompts + (size_t)i * o->prompt, o->prompt))) return rc;
         if (lat) b->lat_ttft[q0 + i] = joule_now() - t0;
     }
     for (int i = 0; lat && i < n * o->prompt; i++) b->digest = joule_mix64(b->digest, (uint64_t)b->prompts[i]);
@@ -191,7 +263,7 @@ static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_ene
         double ts = joule_now();
         for (int i = 0; i < n; i++) {
             b->next[i] = joule_sample(b->logits[i], V, &greedy, &unused, b->scratch);
-            if ((rc = joule_decoder_step(b->dec[i], b->next[i], &b->logits[i]))) return rc;
+            if ((rc = feed(b, i, b->next[i]))) return rc;
         }
         for (int i = 0; lat && i < n; i++) b->digest = joule_mix64(b->digest, (uint64_t)b->next[i]);
         if (lat) b->lat_token[(*step_at)++] = joule_now() - ts;
@@ -201,6 +273,22 @@ static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_ene
     double dt = joule_now() - t0;
     for (int i = 0; lat && i < n; i++) b->lat_query[q0 + i] = dt;
     return JOULE_OK;
+}
+
+/* Retrieval's share of the window: time, and FLOPs counting FAISS's search at its analytic
+ * cost (it is not a joule_sgemm, so not counted) beside joule's counted FLOPs. */
+static void retrieval_figures(const run_bufs *b, joule_bench_energy_result *r) {
+    const double Q = r->queries;
+    joule_search_cost sc;
+    bool known = joule_retro_search_cost(joule_db_factory(b->db), joule_db_dim(b->db), joule_db_size(b->db), 0, 0,
+                                         &sc) == JOULE_OK;
+    snprintf(r->search_method, sizeof r->search_method, "%s", known ? sc.method : joule_last_error());
+    r->retrieval = true;
+    r->searches_per_query = (double)b->searches / Q;
+    r->flops_search = known ? r->searches_per_query * sc.flops : 0;
+    r->retrieval_time_share = r->wall_s > 0 ? b->retr_s / r->wall_s : 0;
+    const double retr = r->flops_search + (double)b->retr_flops / Q, all = r->flops_counted + r->flops_search;
+    r->retrieval_flops_share = all > 0 ? retr / all : 0;
 }
 
 static void label_of(const char *label, char *out, size_t n) {
@@ -248,6 +336,8 @@ int joule_bench_energy_run(const joule_model *m, const char *label, const joule_
         done += n;
         if (o->progress) o->progress(o->ctx, done, total);
     }
+    b.retr_s = 0;
+    b.retr_flops = b.searches = 0;
     joule_energy_window win;
     if ((rc = joule_energy_window_start(&win, o->meters))) goto done;
     double t0 = joule_now();
@@ -273,6 +363,7 @@ int joule_bench_energy_run(const joule_model *m, const char *label, const joule_
     r->j_per_token = r->energy.joules / tokens;
     r->wh_per_1k_queries = joule_energy_kwh(&r->energy) * 1e6 / Q;
     r->g_co2e_per_1k_queries = joule_energy_kg_co2e(&r->energy) * 1e6 / Q;
+    if (b.db) retrieval_figures(&b, r);
     percentiles(b.lat_query, o->queries, &r->query_p50, &r->query_p95, &r->query_p99);
     percentiles(b.lat_ttft, o->queries, &r->ttft_p50, &r->ttft_p95, &r->ttft_p99);
     percentiles(b.lat_token, steps, &r->token_p50, &r->token_p95, &r->token_p99);

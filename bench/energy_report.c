@@ -51,6 +51,7 @@ static cJSON *result_json(const joule_bench_energy_result *r) {
         cJSON_AddNumberToObject(fl, "counted", r->flops_counted);
         cJSON_AddNumberToObject(fl, "prefill_analytic", r->flops_prefill_analytic);
         cJSON_AddNumberToObject(fl, "decode_analytic", r->flops_decode_analytic);
+        cJSON_AddNumberToObject(fl, "search_analytic", r->flops_search);
     }
     cJSON_AddStringToObject(o, "energy_method", r->energy.method);
     cJSON_AddNumberToObject(o, "J_per_query", r->j_per_query);
@@ -62,6 +63,8 @@ static cJSON *result_json(const joule_bench_energy_result *r) {
     if (r->retrieval) {
         cJSON *rt = cJSON_AddObjectToObject(o, "retrieval");
         if (rt) {
+            cJSON_AddNumberToObject(rt, "searches_per_query", r->searches_per_query);
+            cJSON_AddStringToObject(rt, "search_method", r->search_method);
             cJSON_AddNumberToObject(rt, "time_share", r->retrieval_time_share);
             cJSON_AddNumberToObject(rt, "flops_share", r->retrieval_flops_share);
         }
@@ -129,7 +132,7 @@ int joule_bench_energy_write_csv(const char *path, const joule_bench_energy_resu
     if (!f) return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", path);
     fputs("label,arch,params,params_active,prompt,generate,batch,queries,warmup,seed,threads,blas_core,"
           "query_p50_s,query_p95_s,query_p99_s,first_token_p50_s,first_token_p95_s,first_token_p99_s,"
-          "token_p50_s,token_p95_s,token_p99_s,tokens_per_s,window_s,flops_analytic,flops_counted,"
+          "token_p50_s,token_p95_s,token_p99_s,tokens_per_s,window_s,flops_analytic,flops_counted,flops_search,"
           "energy_method,J_per_query,J_per_token,Wh_per_1k_queries,gCO2e_per_1k_queries,pue,grid_gCO2e_per_kWh,"
           "retrieval_time_share,retrieval_flops_share,peak_rss_bytes\n",
           f);
@@ -139,10 +142,10 @@ int joule_bench_energy_write_csv(const char *path, const joule_bench_energy_resu
         fprintf(f, ",%s,%.0f,%.0f,%d,%d,%d,%d,%d,%llu,%d,", x->arch, x->params, x->params_active, x->prompt,
                 x->generate, x->batch, x->queries, x->warmup, (unsigned long long)x->seed, x->threads);
         csv_text(f, x->blas_core);
-        fprintf(f, ",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.8g,%.8g,%s,%.6g,%.6g,%.6g,%.6g,%g,%g,",
+        fprintf(f, ",%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.8g,%.8g,%.8g,%s,%.6g,%.6g,%.6g,%.6g,%g,%g,",
                 x->query_p50, x->query_p95, x->query_p99, x->ttft_p50, x->ttft_p95, x->ttft_p99, x->token_p50,
                 x->token_p95, x->token_p99, x->tokens_per_s, x->wall_s, x->flops_analytic, x->flops_counted,
-                x->energy.method, x->j_per_query, x->j_per_token, x->wh_per_1k_queries, x->g_co2e_per_1k_queries,
+                x->flops_search, x->energy.method, x->j_per_query, x->j_per_token, x->wh_per_1k_queries, x->g_co2e_per_1k_queries,
                 x->energy.pue, x->energy.grid_g_per_kwh);
         if (x->retrieval)
             fprintf(f, "%.6g,%.6g,", x->retrieval_time_share, x->retrieval_flops_share);
@@ -249,6 +252,10 @@ static const char *table_cell(int row, const joule_bench_energy_result *r, char 
         snprintf(b, n, "%s / %s", x, y);
         return "FLOPs/query analytic / counted";
     case 7: snprintf(b, n, "%.4g", r->j_per_query); return "energy J/query";
+    case 15:
+        fmt_si(x, sizeof x, r->flops_search);
+        snprintf(b, n, "%.2f / %s", r->searches_per_query, r->retrieval ? x : "-");
+        return "searches/query / search FLOPs";
     case 8: snprintf(b, n, "%.4g", r->j_per_token); return "energy J/generated token";
     case 9: snprintf(b, n, "%.4g", r->wh_per_1k_queries); return "Wh / 1k queries (x PUE)";
     case 10: snprintf(b, n, "%.4g", r->g_co2e_per_1k_queries); return "gCO2e / 1k queries";

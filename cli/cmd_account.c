@@ -124,7 +124,7 @@ static int load_model(const account_args *a, joule_acct_model *m) {
         p = path;
     }
     char *text;
-    if ((rc = joule_read_text_file(p, &text))) return rc == JOULE_ERR_IO ? JOULE_ERR_ARG : rc;
+    if ((rc = joule_read_text(p, (size_t)64 << 20, &text))) return rc == JOULE_ERR_IO ? JOULE_ERR_ARG : rc;
     rc = joule_acct_from_json(m, text, p);
     free(text);
     return rc;

@@ -335,8 +335,11 @@ static int cmd_build(int argc, char **argv) {
     printf("built %s: %" PRIu64 " entries of %d tokens, embedder %s (%d dims), index %s, id %s\n", o.out, N,
            joule_db_chunk(db), joule_embedder_spec(joule_db_embedder(db)), joule_db_dim(db), joule_db_factory(db),
            joule_db_id(db));
-    printf("  %.1fs: embedding %.1fs (%.0f chunks/s), index train+add+write %.1fs%s\n", wall, emb_s,
-           emb_s > 0 ? (double)N / emb_s : 0.0, idx_s, o.resume ? " (this run only; resumed)" : "");
+    if (o.resume) /* only part of the entries went through this run */
+        printf("  resumed: %.1fs in this run: embedding %.1fs, index add+write %.1fs\n", wall, emb_s, idx_s);
+    else
+        printf("  %.1fs: embedding %.1fs (%.0f chunks/s), index train+add+write %.1fs (%.0f chunks/s)\n", wall,
+               emb_s, emb_s > 0 ? (double)N / emb_s : 0.0, idx_s, idx_s > 0 ? (double)N / idx_s : 0.0);
     joule_db_close(db);
     return 0;
 }
@@ -378,7 +381,9 @@ static int cmd_info_db(int argc, char **argv) {
         printf("  chunk         %d tokens (+ continuation), tokenizer %s\n", joule_db_chunk(db),
                cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer")));
         printf("  embedder      %s, %d dims\n", cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec")), joule_db_dim(db));
-        printf("  index         %s (L2), trained on %.0f vectors, seed %.0f\n", joule_db_factory(db),
+        const char *dp = cJSON_GetStringValue(cJSON_GetObjectItem(ix, "default_params"));
+        printf("  index         %s (L2), default search %s, trained on %.0f vectors, seed %.0f\n",
+               joule_db_factory(db), dp && *dp ? dp : "FAISS's",
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "trained_on")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "seed")));
         const cJSON *s;

@@ -233,3 +233,41 @@ void joule_mmap_close(joule_mmap *m) {
     m->data = NULL;
     m->size = 0;
 }
+
+int joule_read_text(const char *path, size_t max_bytes, char **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return joule_fail(JOULE_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory reading", path);
+        }
+        n += fread(buf + n, 1, cap - n - 1, f);
+        if (n + 1 < cap) break;
+        if (cap > max_bytes) {
+            free(buf);
+            fclose(f);
+            return joule_fail(JOULE_ERR_FORMAT, "%s: larger than %zu bytes", path, max_bytes);
+        }
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) free(buf);
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return joule_fail(JOULE_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    if (strlen(buf) != n) {
+        free(buf);
+        return joule_fail(JOULE_ERR_FORMAT, "%s: contains NUL bytes, not text", path);
+    }
+    *out = buf;
+    return JOULE_OK;
+}

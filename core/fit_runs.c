@@ -161,7 +161,7 @@ int joule_runs_load(const char *path, joule_run **runs, size_t *n) {
     *runs = NULL;
     *n = 0;
     char *text;
-    int rc = joule_read_text_file(path, &text);
+    int rc = joule_read_text(path, (size_t)64 << 20, &text);
     if (rc) return rc;
     size_t cap = 0;
     const char *p = text;

@@ -19,40 +19,6 @@ int joule_hw_precision_index(const char *precision) {
     return -1;
 }
 
-int joule_read_text_file(const char *path, char **out) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return joule_fail(JOULE_ERR_IO, "%s: %s", path, strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory reading", path);
-        }
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (n + 1 < cap) break;
-        if (cap >= (size_t)64 << 20) {
-            free(buf);
-            fclose(f);
-            return joule_fail(JOULE_ERR_FORMAT, "%s: larger than 64 MiB, not a config", path);
-        }
-        char *nb = realloc(buf, cap * 2);
-        if (!nb) free(buf);
-        buf = nb;
-        cap *= 2;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        return joule_fail(JOULE_ERR_IO, "%s: read error", path);
-    }
-    buf[n] = '\0';
-    *out = buf;
-    return JOULE_OK;
-}
-
 static int num_field(const cJSON *o, const char *key, double *out, bool required, const char *what) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) return required ? joule_fail(JOULE_ERR_FORMAT, "%s: field '%s' is missing", what, key) : JOULE_OK;
@@ -151,7 +117,7 @@ int joule_hw_load(joule_hw_profile *hw, const char *name_or_path, const char *di
     char path[4096];
     char *text;
     int rc = joule_find_data_file(name_or_path, dirs, path, sizeof path);
-    if (rc || (rc = joule_read_text_file(path, &text))) return rc;
+    if (rc || (rc = joule_read_text(path, (size_t)64 << 20, &text))) return rc;
     rc = joule_hw_from_json(hw, text, path);
     free(text);
     return rc;

@@ -183,7 +183,7 @@ int joule_db_open(joule_retro_db **out, const char *dir) {
     struct stat st;
     if (!rc && (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)))
         rc = joule_fail(JOULE_ERR_IO, "%s: not a database directory (missing)", dir);
-    if (!rc) rc = joule_retro_read_text(mpath, MANIFEST_MAX, &db->manifest);
+    if (!rc) rc = joule_read_text(mpath, MANIFEST_MAX, &db->manifest);
     if (!rc) rc = parse_manifest(db, mpath, &spec, &ckpt_bytes, &ckpt_crc);
     if (!rc) joule_hash_hex(db->manifest, strlen(db->manifest), db->id);
     /* the index is read whole anyway, so its checksum costs little; chunks.bin is mapped
@@ -504,32 +504,6 @@ int joule_db_sample_queries(const char *tokens_path, int m, int n, uint64_t seed
 }
 
 /* ---- small helpers shared inside retro/ ---- */
-
-int joule_retro_read_text(const char *path, size_t max_bytes, char **out) {
-    *out = NULL;
-    joule_mmap mm;
-    int rc = joule_mmap_open(&mm, path);
-    if (rc) return rc;
-    if (mm.size > max_bytes) {
-        joule_mmap_close(&mm);
-        return joule_fail(JOULE_ERR_FORMAT, "%s: larger than %zu bytes", path, max_bytes);
-    }
-    char *s = malloc(mm.size + 1);
-    if (!s) {
-        joule_mmap_close(&mm);
-        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    }
-    size_t n = mm.size;
-    if (n) memcpy(s, mm.data, n);
-    s[n] = 0;
-    joule_mmap_close(&mm);
-    if (strlen(s) != n) {
-        free(s);
-        return joule_fail(JOULE_ERR_FORMAT, "%s: contains NUL bytes", path);
-    }
-    *out = s;
-    return JOULE_OK;
-}
 
 void joule_hash_hex(const void *data, size_t len, char hex[17]) {
     uint64_t h = 0xcbf29ce484222325ull;

@@ -72,8 +72,6 @@ void joule_chunker_skip(joule_chunker *c, uint64_t n);
 int joule_file_crc32(const char *path, uint32_t *crc, uint64_t *size);
 
 
-/* Reads a whole small file (at most max_bytes) into a NUL-terminated malloc'd string. */
-int joule_retro_read_text(const char *path, size_t max_bytes, char **out);
 /* 64-bit FNV-1a of bytes, as 16 lowercase hex digits into hex[17]. */
 void joule_hash_hex(const void *data, size_t len, char hex[17]);
 /* "<dir>/<name>" into a malloc'd string (NULL when out of memory). */

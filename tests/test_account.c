@@ -276,7 +276,7 @@ static void preset(joule_acct_model *a, const char *name) {
     snprintf(dirs, sizeof dirs, "%s/docs/presets", src);
     ck_assert_msg(joule_find_data_file(name, dirs, path, sizeof path) == JOULE_OK, "%s", joule_last_error());
     char *text;
-    ck_assert_msg(joule_read_text_file(path, &text) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_msg(joule_read_text(path, (size_t)64 << 20, &text) == JOULE_OK, "%s", joule_last_error());
     int rc = joule_acct_from_json(a, text, path);
     free(text);
     ck_assert_msg(rc == JOULE_OK, "%s", joule_last_error());

@@ -17,6 +17,7 @@
 #include "joule/model.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
+#include "joule/retro.h"
 
 static char g_dir[256];
 
@@ -80,6 +81,8 @@ static void suite_setup(void) {
     ck_assert_int_eq(joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
     ck_assert_int_eq(joule("train --data d " TINY " --out dense.safetensors"), 0);
     ck_assert_int_eq(joule("train --data d " TINY " --arch moe --experts 4 --d-ff-expert 32 --out moe.safetensors"), 0);
+    ck_assert_int_eq(joule("db build --data d --out db --chunk 8 --threads 1"), 0);
+    ck_assert_int_eq(joule("train --data d " TINY " --arch retro --db db --out retro.safetensors"), 0);
 }
 
 static void suite_teardown(void) {
@@ -240,6 +243,38 @@ START_TEST(test_runner_dense) { check_runner("dense.safetensors", "dense"); }
 END_TEST
 
 START_TEST(test_runner_moe) { check_runner("moe.safetensors", "moe"); }
+END_TEST
+
+/* RETRO with its database: one search per chunk completed in the cache (positions 0 to
+ * P+G-2), retrieval's shares in (0, 1), FAISS's search FLOPs apart from the counted ones. */
+START_TEST(test_runner_retro) {
+    joule_energy e;
+    open_meters(&e);
+    joule_model *m = load("retro.safetensors");
+    joule_bench_energy_opts o;
+    char data[512], db[512];
+    small_opts(&o, &e, data, sizeof data);
+    joule_bench_energy_result r;
+    ck_assert_int_eq(joule_bench_energy_run(m, "retro", &o, &r), JOULE_ERR_ARG); /* no database */
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "--db"));
+    path_in(db, sizeof db, "db");
+    o.db_dir = db;
+    ck_assert_msg(joule_bench_energy_run(m, "retro", &o, &r) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_str_eq(r.arch, "retro");
+    ck_assert(r.retrieval);
+    ck_assert_double_eq(r.searches_per_query, (16 + 8 - 1) / m->cfg.retro.chunk);
+    ck_assert(r.retrieval_time_share > 0 && r.retrieval_time_share < 1);
+    ck_assert(r.retrieval_flops_share > 0 && r.retrieval_flops_share < 1);
+    ck_assert(r.flops_search > 0 && r.search_method[0]);
+    ck_assert_uint_eq(r.energy.queries, 5);
+    ck_assert_str_eq(r.energy.method, "modeled:tdp");
+    /* the accountant's per-token terms are those of a batched forward (every chunk's
+     * encoder and CCA amortised over all positions); one-token decoding runs the encoder only
+     * for completed chunks, so it counts less, never more */
+    ck_assert(r.flops_counted > 0 && r.flops_counted <= r.flops_analytic);
+    joule_model_free(m);
+    joule_energy_close(&e);
+}
 END_TEST
 
 START_TEST(test_same_seed_same_prompts) {
@@ -404,6 +439,7 @@ static Suite *bench_energy_suite(void) {
     tcase_add_unchecked_fixture(r, suite_setup, suite_teardown);
     tcase_add_test(r, test_runner_dense);
     tcase_add_test(r, test_runner_moe);
+    tcase_add_test(r, test_runner_retro);
     tcase_add_test(r, test_same_seed_same_prompts);
     tcase_add_test(r, test_bad_input_refused);
     tcase_add_test(r, test_outputs_parse);
@@ -415,6 +451,7 @@ static Suite *bench_energy_suite(void) {
 
 int main(void) {
     joule_moe_register();
+    joule_retro_register();
     SRunner *sr = srunner_create(bench_energy_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -129,7 +129,6 @@ int joule_account_cost(double flops, const joule_hw_profile *hw, const char *pre
                        double pue, double grid_g_per_kwh, joule_acct_cost *out);
 
 /* Whole-file helpers shared by the accountant's loaders (core/hardware.c). */
-int joule_read_text_file(const char *path, char **out);
 /* `name` with '/' or ending ".json" is a path; else <dir>/<name>.json in ':'-separated dirs. */
 int joule_find_data_file(const char *name, const char *dirs, char *path, size_t n);
 

@@ -2,7 +2,8 @@
  *
  * A query is P prompt tokens drawn from a corpus's validation split, one batched prefill
  * (joule_decoder_prefill) whose last logits give the first generated token, then G-1
- * greedy KV-cache decode steps: G generated tokens. Queries run `batch` at a time (the
+ * greedy KV-cache decode steps: G generated tokens. RETRO models (with db_dir) feed the
+ * prompt token by token and search each chunk as it completes, like `joule generate --db`. Queries run `batch` at a time (the
  * batch's sequences step in lock-step, one decoder each; a query's latency is its batch's).
  * `warmup` queries run first and are excluded; the measurement window (energy, counted
  * FLOPs, wall time, latencies) spans the measured queries only, in the spirit of
@@ -65,18 +66,25 @@ typedef struct {
     double token_p50, token_p95, token_p99;
     double tokens_per_s; /* generated tokens / window wall time */
     double wall_s;       /* the window */
-    /* FLOPs per query: analytic (the accountant, docs/ACCOUNTING.md) and counted
-     * (joule_flops_counted over the window / queries); retrieval search FLOPs are in both */
+    /* FLOPs per query: analytic (the accountant, docs/ACCOUNTING.md: the model's prefill +
+     * decode) and counted (joule_flops_counted over the window / queries: the model, and
+     * RETRO's query embedding when it uses matmuls). FAISS's search is neither: flops_search
+     * is its analytic cost (searches per query x joule_retro_search_cost). */
     double flops_analytic, flops_counted;
     double flops_prefill_analytic, flops_decode_analytic;
+    double flops_search;
     /* energy over the window */
     joule_energy_report energy; /* method, joules, duration, cpu_s, tokens, queries, pue, grid */
     double j_per_query, j_per_token; /* device energy / measured queries, / generated tokens */
     double wh_per_1k_queries;        /* facility energy (x PUE) */
     double g_co2e_per_1k_queries;
-    /* retrieval (RETRO; false and 0 otherwise) */
+    /* retrieval (RETRO; false and 0 otherwise): searches per query; the share of the
+     * window's time spent embedding, searching and fetching neighbours; the share of
+     * (counted + search) FLOPs that is search + embedding */
     bool retrieval;
+    double searches_per_query;
     double retrieval_time_share, retrieval_flops_share;
+    char search_method[96]; /* joule_retro_search_cost's formula, or why it is unknown */
     /* memory: peak resident set (VmHWM); reset before the model was loaded when the kernel
      * allows it (/proc/self/clear_refs), else the process's high-water mark so far */
     uint64_t peak_rss_bytes;

@@ -63,6 +63,10 @@ void joule_free(void *p);
  * fsync of the directory. */
 int joule_write_file_atomic(const char *path, const void *data, size_t len);
 
+/* Reads a whole text file (at most max_bytes; no NUL bytes) into a NUL-terminated string
+ * the caller frees with free(). */
+int joule_read_text(const char *path, size_t max_bytes, char **out);
+
 /* Helpers for atomic multi-part writes: open "<path>.tmp.<pid>" for writing; commit
  * fsyncs, closes and renames it to path; abort closes and unlinks. */
 typedef struct { int fd; char *tmp_path; char *path; } joule_atomic_file;
