@@ -77,6 +77,19 @@ static bool is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* The search parameters the index stores (manifest index.default_params, e.g. "nprobe=16"),
+ * which every search uses; 0 where none is stored (FAISS's defaults then). */
+static void stored_search_params(const joule_retro_db *db, int *nprobe, int *ef) {
+    cJSON *j = cJSON_Parse(joule_db_manifest_json(db));
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "index"), "default_params");
+    if (cJSON_IsString(p)) {
+        const char *np = strstr(p->valuestring, "nprobe="), *es = strstr(p->valuestring, "efSearch=");
+        if (np) *nprobe = atoi(np + 7);
+        if (es) *ef = atoi(es + 9);
+    }
+    cJSON_Delete(j);
+}
+
 /* Builds DIR/db (resuming an interrupted build), computes the neighbour files of the train
  * and validation splits (next to them, shared by every RETRO run), records what it cost in
  * DIR/retrieval.json, and gives the analytic FLOPs of one search. */
@@ -115,7 +128,9 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
     double nbr_s = joule_now() - t1;
     joule_retro_db *db = joule_retro_data_db(rd);
     joule_search_cost cost;
-    rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), 0, 0, &cost);
+    int nprobe = 0, ef = 0;
+    stored_search_params(db, &nprobe, &ef);
+    rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &cost);
     if (!rc) {
         *search_flops = cost.flops;
         char path[4200];
