@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/demo.sh <path-to-joule> — the main job in about ten minutes on 2 cores:
+# scripts/demo.sh <path-to-joule> — the main job in about 12 minutes on 2 cores (6 of them
+# computing RETRO's neighbour files once; a rerun reuses them and the finished runs):
 #   1. prepare the default corpus (GCIDE dictionary + fortunes) into data/default
 #   2. joule compare: dense, MoE and RETRO models at 4 training budgets (equal counted
 #      FLOPs), val bits-per-byte and 8-byte exact match, the dense scaling law, effective
