@@ -39,6 +39,9 @@ char *cli_read_file(const char *path, size_t *len);
 /* Strict parsers: the whole string must parse and fit. Accept 1e9, 3.2e18 for doubles and
  * for u64 (when integral), and k/M/G/T suffixes for u64 (powers of 1000). */
 bool cli_parse_int(const char *s, int lo, int hi, int *out);
+/* An integer option in [lo, hi]: 0, or EXIT_USAGE after printing "NAME: 'ARG' is not an
+ * integer in [lo, hi]". */
+int cli_int_option(const char *cmd, const char *name, const char *arg, int lo, int hi, int *out);
 bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_double(const char *s, double *out);
 bool cli_parse_float(const char *s, float *out);

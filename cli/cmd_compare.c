@@ -204,10 +204,10 @@ static void on_retrieval(void *ctx, const char *what, uint64_t done, uint64_t to
     }
 }
 
-#define INT_OPT(var, lo, hi, name)                                                                   \
-    do {                                                                                             \
-        if (!cli_parse_int(optarg, lo, hi, &(var)))                                                  \
-            return cli_usage_error(CMD, "%s: '%s' is not an integer in [%d, %d]", name, optarg, lo, hi); \
+#define INT_OPT(var, lo, hi, name)                                          \
+    do {                                                                    \
+        int bad_ = cli_int_option(CMD, name, optarg, lo, hi, &(var));       \
+        if (bad_) return bad_;                                              \
     } while (0)
 
 int cmd_compare(int argc, char **argv) {

@@ -117,10 +117,11 @@ int cmd_eval(int argc, char **argv) {
                 return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
             break;
         case OPT_JSON: json = true; break;
-        case OPT_THREADS:
-            if (!cli_parse_int(optarg, 0, 4096, &threads))
-                return cli_usage_error(CMD, "--threads: '%s' is not an integer in [0, 4096]", optarg);
+        case OPT_THREADS: {
+            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
+            if (bad) return bad;
             break;
+        }
         case OPT_RETRO_DB: db_dir = optarg; break;
         case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
         case OPT_RETRO_OWN_DOC: own_doc = true; break;

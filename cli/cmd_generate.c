@@ -126,10 +126,11 @@ int cmd_generate(int argc, char **argv) {
             break;
         case OPT_NO_STOP: no_stop = true; break;
         case OPT_NO_ECHO: echo = false; break;
-        case OPT_THREADS:
-            if (!cli_parse_int(optarg, 0, 4096, &threads))
-                return cli_usage_error(CMD, "--threads: '%s' is not an integer in [0, 4096]", optarg);
+        case OPT_THREADS: {
+            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
+            if (bad) return bad;
             break;
+        }
         case OPT_RETRO_DB: db_dir = optarg; break;
         case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
         default:

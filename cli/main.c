@@ -129,8 +129,8 @@ int main(int argc, char **argv) {
             return 0;
         case OPT_THREADS: {
             int n;
-            if (!cli_parse_int(optarg, 0, 4096, &n))
-                return cli_usage_error("", "--threads: '%s' is not an integer in [0, 4096]", optarg);
+            int bad = cli_int_option("", "--threads", optarg, 0, 4096, &n);
+            if (bad) return bad;
             threads = optarg;
             break;
         }

@@ -16,12 +16,6 @@ static int bad_float(const char *cmd, const char *name, const char *arg, float *
     return 0;
 }
 
-static int bad_int(const char *cmd, const char *name, const char *arg, int lo, int hi, int *out) {
-    if (!cli_parse_int(arg, lo, hi, out))
-        return cli_usage_error(cmd, "%s: '%s' is not an integer in [%d, %d]", name, arg, lo, hi);
-    return 0;
-}
-
 int cli_moe_parse(const char *cmd, cli_moe_opts *o, int opt, const char *arg) {
     joule_moe_config *e = &o->e;
     int rc = 0;
@@ -31,10 +25,10 @@ int cli_moe_parse(const char *cmd, cli_moe_opts *o, int opt, const char *arg) {
             return cli_usage_error(cmd, "--arch: '%s' is not dense or moe", arg);
         o->arch = arg;
         return 0;
-    case OPT_MOE_EXPERTS: rc = bad_int(cmd, "--experts", arg, 1, 4096, &e->n_experts); break;
-    case OPT_MOE_TOP_K: rc = bad_int(cmd, "--top-k", arg, 1, 2, &e->top_k); break;
-    case OPT_MOE_EVERY: rc = bad_int(cmd, "--moe-every", arg, 1, JOULE_MAX_LAYERS, &e->every); break;
-    case OPT_MOE_D_FF_EXPERT: rc = bad_int(cmd, "--d-ff-expert", arg, 1, 1 << 20, &e->d_ff_expert); break;
+    case OPT_MOE_EXPERTS: rc = cli_int_option(cmd, "--experts", arg, 1, 4096, &e->n_experts); break;
+    case OPT_MOE_TOP_K: rc = cli_int_option(cmd, "--top-k", arg, 1, 2, &e->top_k); break;
+    case OPT_MOE_EVERY: rc = cli_int_option(cmd, "--moe-every", arg, 1, JOULE_MAX_LAYERS, &e->every); break;
+    case OPT_MOE_D_FF_EXPERT: rc = cli_int_option(cmd, "--d-ff-expert", arg, 1, 1 << 20, &e->d_ff_expert); break;
     case OPT_MOE_CF: rc = bad_float(cmd, "--capacity-factor", arg, &e->capacity_train); break;
     case OPT_MOE_EVAL_CF: rc = bad_float(cmd, "--eval-capacity-factor", arg, &e->capacity_eval); break;
     case OPT_MOE_ALPHA: rc = bad_float(cmd, "--aux-alpha", arg, &e->aux_alpha); break;

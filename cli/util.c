@@ -156,6 +156,12 @@ bool cli_parse_int(const char *s, int lo, int hi, int *out) {
     return true;
 }
 
+int cli_int_option(const char *cmd, const char *name, const char *arg, int lo, int hi, int *out) {
+    if (!cli_parse_int(arg, lo, hi, out))
+        return cli_usage_error(cmd, "%s: '%s' is not an integer in [%d, %d]", name, arg, lo, hi);
+    return 0;
+}
+
 bool cli_parse_u64(const char *s, uint64_t *out) {
     if (!s || !*s || *s == '-') return false;
     size_t n = strlen(s);
