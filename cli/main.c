@@ -28,9 +28,11 @@ static const char USAGE[] =
     "  bench decode    KV-cache decoding speed\n"
     "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
     "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
+    "  bench retro     RETRO train step and generation with retrieval on vs off\n"
     "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
+    "  compare         dense vs MoE vs RETRO at equal training compute: fits, multipliers, energy\n"
     "  help [COMMAND]  this list, or the options of COMMAND\n"
     "\n"
     "Global options (before the command):\n"
@@ -40,7 +42,7 @@ static const char USAGE[] =
     "                  the same as giving --threads N to the command (default 0 = all cores)\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad input (bad option or value,\n"
-    "missing or invalid input file), 130 'joule train' stopped by Ctrl-C after saving.\n"
+    "missing or invalid input file), 130 stopped by Ctrl-C after saving (train, db build, compare).\n"
     "Run 'joule <command> --help' for the options of a command.\n";
 
 typedef struct {
