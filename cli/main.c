@@ -42,7 +42,8 @@ static const char USAGE[] =
     "                  the same as giving --threads N to the command (default 0 = all cores)\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad input (bad option or value,\n"
-    "missing or invalid input file), 130 stopped by Ctrl-C after saving (train, db build, compare).\n"
+    "missing or invalid input file), 130 stopped by Ctrl-C after saving (train, db build,\n"
+    "compare).\n"
     "Run 'joule <command> --help' for the options of a command.\n";
 
 typedef struct {
