@@ -53,43 +53,60 @@ void joule_decoder_free(joule_decoder *d) {
 
 void joule_decoder_reset(joule_decoder *d) { d->pos = 0; }
 
-/* Attention of one query over the cached positions [0, pos], one head per iteration. */
-static void attend(joule_decoder *d, int l, int pos) {
+/* Head h of one query q (a qkv row) over the cached positions [0, pos] of layer l; s holds
+ * ctx scores, o the head's slice of the output row. */
+static void attend_head(const joule_decoder *d, int l, int pos, int h, const float *q, float *s, float *o) {
     const joule_config *c = &d->m->cfg;
-    const int C = c->d_model, H = c->n_heads, hs = C / H, T = c->ctx;
+    const int C = c->d_model, hs = C / c->n_heads, T = c->ctx;
     const float *kc = d->k_cache + (size_t)l * T * C;
     const float *vc = d->v_cache + (size_t)l * T * C;
     const float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for schedule(static) if (pos > 64)
-    for (int h = 0; h < H; h++) {
-        const float *q = d->qkv + h * hs;
-        float *s = d->scores + (size_t)h * T;
-        float mx = -INFINITY;
-        for (int t = 0; t <= pos; t++) {
-            const float *k = kc + (size_t)t * C + h * hs;
-            float dot = 0.0f;
+    q += h * hs;
+    o += h * hs;
+    float mx = -INFINITY;
+    for (int t = 0; t <= pos; t++) {
+        const float *k = kc + (size_t)t * C + h * hs;
+        float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-            s[t] = dot * scale;
-            mx = s[t] > mx ? s[t] : mx;
-        }
-        float sum = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            s[t] = expf(s[t] - mx);
-            sum += s[t];
-        }
-        float inv = 1.0f / sum;
-        float *o = d->att_out + h * hs;
-        for (int i = 0; i < hs; i++) o[i] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float *v = vc + (size_t)t * C + h * hs;
-            float p = s[t] * inv;
-#pragma omp simd
-            for (int i = 0; i < hs; i++) o[i] += p * v[i];
-        }
+        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+        s[t] = dot * scale;
+        mx = s[t] > mx ? s[t] : mx;
     }
+    float sum = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const float *v = vc + (size_t)t * C + h * hs;
+        float p = s[t] * inv;
+#pragma omp simd
+        for (int i = 0; i < hs; i++) o[i] += p * v[i];
+    }
+}
+
+/* Attention of one query over the cached positions [0, pos], one head per iteration. */
+static void attend(joule_decoder *d, int l, int pos) {
+    const joule_config *c = &d->m->cfg;
+    const int H = c->n_heads, T = c->ctx;
+#pragma omp parallel for schedule(static) if (pos > 64)
+    for (int h = 0; h < H; h++) attend_head(d, l, pos, h, d->qkv, d->scores + (size_t)h * T, d->att_out);
     /* Same FLOPs as the batched path's two T x T products restricted to this row. */
-    joule_flops_add(4ull * (uint64_t)(pos + 1) * (uint64_t)C);
+    joule_flops_add(4ull * (uint64_t)(pos + 1) * (uint64_t)c->d_model);
+}
+
+/* x[n,C] += MoE_l(xn[n,C]) through the rows op when the module has one. */
+static int moe_rows(joule_decoder *d, int l, const float *xn, float *x, int n) {
+    const joule_ext_ops *ops = d->m->ext_ops[JOULE_EXT_MOE];
+    const int C = d->m->cfg.d_model;
+    if (ops->decode_rows) return ops->decode_rows(d, l, xn, x, n);
+    for (int t = 0; t < n; t++) {
+        int rc = ops->decode_step(d, l, xn + (size_t)t * C, x + (size_t)t * C);
+        if (rc) return rc;
+    }
+    return JOULE_OK;
 }
 
 int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
@@ -190,10 +207,7 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
         joule_sgemm(false, true, n, C, C, 1.0f, b.ao, C, w->wo, C, 1.0f, b.x, C);
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
-            /* The one-token op, whose routing is the dropless inference routing. */
-            for (int t = 0; t < n; t++)
-                if ((rc = m->ext_ops[JOULE_EXT_MOE]->decode_step(d, l, b.xn + (size_t)t * C, b.x + (size_t)t * C)))
-                    return rc;
+            if ((rc = moe_rows(d, l, b.xn, b.x, n))) return rc;
             continue;
         }
         joule_linear_forward(b.h13, b.xn, w->w13, n, C, 2 * F);
@@ -208,3 +222,4 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
     *logits = d->logits;
     return JOULE_OK;
 }
+

@@ -343,6 +343,7 @@ static const joule_ext_ops MOE_OPS = {
     .decoder_create = joule_moe_decoder_create,
     .decoder_free = joule_moe_decoder_free,
     .decode_step = joule_moe_decode_step,
+    .decode_rows = joule_moe_decode_rows,
 };
 
 void joule_moe_register(void) { joule_ext_register(JOULE_EXT_MOE, &MOE_OPS); }

@@ -168,6 +168,46 @@ END_TEST
 START_TEST(test_prefill_equals_steps_moe) { check_prefill(true); }
 END_TEST
 
+/* The MoE rows op against the one-token op row by row: same sums, same counted FLOPs; rows
+ * wider than the context grow its buffers. */
+START_TEST(test_moe_rows_equal_one_token) {
+    joule_model *m = random_model(true);
+    const int C = m->cfg.d_model, n = 60;
+    const joule_ext_ops *ops = m->ext_ops[JOULE_EXT_MOE];
+    ck_assert_ptr_nonnull(ops->decode_rows);
+    float *xn = malloc((size_t)n * C * sizeof(float)), *xa = malloc((size_t)n * C * sizeof(float));
+    float *xb = malloc((size_t)n * C * sizeof(float));
+    ck_assert(xn && xa && xb);
+    joule_rng r;
+    joule_rng_seed(&r, 5);
+    for (int i = 0; i < n * C; i++) {
+        xn[i] = 2.0f * joule_rng_float(&r) - 1.0f;
+        xa[i] = xb[i] = joule_rng_float(&r);
+    }
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        joule_flops_reset();
+        for (int t = 0; t < n; t++)
+            ck_assert_int_eq(ops->decode_step(d, l, xn + (size_t)t * C, xa + (size_t)t * C), JOULE_OK);
+        const uint64_t one = joule_flops_counted();
+        joule_flops_reset();
+        for (int part = 0; part < 2; part++) /* 5 rows (buffers for ctx = 48 rows), then 55 */
+            ck_assert_int_eq(ops->decode_rows(d, l, xn + (size_t)part * 5 * C, xb + (size_t)part * 5 * C,
+                                              part ? n - 5 : 5),
+                             JOULE_OK);
+        ck_assert_uint_eq(joule_flops_counted(), one);
+        ck_assert_uint_eq(one, ops->forward_flops(&m->cfg, l, 1, n));
+        expect_close(xb, xa, (size_t)n * C, "rows op");
+    }
+    joule_decoder_free(d);
+    joule_model_free(m);
+    free(xn);
+    free(xa);
+    free(xb);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- the runner */
 
 static void open_meters(joule_energy *e) {
@@ -433,6 +473,7 @@ static Suite *bench_energy_suite(void) {
     tcase_set_timeout(p, 60);
     tcase_add_test(p, test_prefill_equals_steps_dense);
     tcase_add_test(p, test_prefill_equals_steps_moe);
+    tcase_add_test(p, test_moe_rows_equal_one_token);
     suite_add_tcase(s, p);
     TCase *r = tcase_create("runner");
     tcase_set_timeout(r, 120);

@@ -165,6 +165,10 @@ typedef struct {
     int (*decoder_create)(joule_decoder *d);
     void (*decoder_free)(joule_decoder *d);
     int (*decode_step)(joule_decoder *d, int l, const float *xn, float *x);
+    /* MOE only: n rows at once, x[n,C] += FFN_l(xn[n,C]), each row as decode_step would
+     * (to float rounding); the rows may be one prompt's or one token of each of n sequences.
+     * May be NULL (the core then calls decode_step row by row). */
+    int (*decode_rows)(joule_decoder *d, int l, const float *xn, float *x, int n);
 } joule_ext_ops;
 
 /* Registers (or replaces) the implementation of an extension kind. Not thread-safe:
@@ -273,8 +277,8 @@ void joule_decoder_reset(joule_decoder *d);
 int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits);
 /* Appends n tokens like n joule_decoder_step calls (the same cache and logits, to float
  * rounding) but as one batched pass over an empty cache: matrix products over the n rows,
- * the blocked causal attention, MoE FFNs through their one-token op row by row, logits for
- * the last token only. A non-empty cache or a model with chunked cross-attention goes
+ * the blocked causal attention, MoE FFNs through the extension's rows op (decode_rows), logits
+ * for the last token only. A non-empty cache or a model with chunked cross-attention goes
  * token by token. Returns the last token's next-token logits. */
 int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits);
 

@@ -140,12 +140,16 @@ void joule_moe_stats_reset(joule_model *m);
 /* The model's MoE time split since alloc or the last reset (NULL for a dense model). */
 joule_moe_timing *joule_moe_timing_of(const joule_model *m);
 
-/* ---- one-token decoding (moe/decode.c): route, run the chosen experts with sgemv,
- * dropless. The core calls these through the registered ops. ---- */
+/* ---- decoding (moe/decode.c): route, run the chosen experts (sgemv for one token,
+ * grouped sgemms for rows), dropless. The core calls these through the registered ops. ---- */
 int joule_moe_decoder_create(joule_decoder *d);
 void joule_moe_decoder_free(joule_decoder *d);
 /* x[C] += MoE_l(xn[C]). */
 int joule_moe_decode_step(joule_decoder *d, int l, const float *xn, float *x);
+/* x[n,C] += MoE_l(xn[n,C]), each row as joule_moe_decode_step would (to float rounding),
+ * as one routed, grouped pass: one sgemm pair per expert that has rows. Its buffers are the
+ * decoder's, allocated at the first call for max(ctx, n) rows. */
+int joule_moe_decode_rows(joule_decoder *d, int l, const float *xn, float *x, int n);
 
 #ifdef __cplusplus
 }
