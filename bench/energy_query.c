@@ -130,6 +130,7 @@ static int check_opts(const joule_model *m, const char *label, const joule_bench
 /* Buffers of a run, allocated before the window opens. */
 typedef struct {
     joule_decoder **dec;
+    joule_decoder_batch *batch; /* batch > 1 without CCA: the sequences step as one batch */
     const float **logits;
     int32_t *prompts; /* [batch, P] */
     int32_t *next;    /* [batch] */
@@ -148,6 +149,7 @@ typedef struct {
 
 static void free_bufs(run_bufs *b, int batch) {
     for (int i = 0; b->dec && i < batch; i++) joule_decoder_free(b->dec[i]);
+    joule_decoder_batch_free(b->batch);
     free(b->dec);
     free(b->logits);
     free(b->prompts);
@@ -180,7 +182,7 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
         int rc = joule_decoder_create(&b->dec[i], m);
         if (rc) return rc;
     }
-    if (!joule_config_has_cca(&m->cfg)) return JOULE_OK;
+    if (!joule_config_has_cca(&m->cfg)) return o->batch > 1 ? joule_decoder_batch_create(&b->batch, m, o->batch) : JOULE_OK;
     const joule_retro_config *rc = &m->cfg.retro;
     b->chunk = rc->chunk;
     b->k = rc->k;
@@ -244,6 +246,22 @@ static int prefill(run_bufs *b, int i, const int32_t *prompt, int P) {
     return rc;
 }
 
+/* Step t of all n sequences: one batched step (each weight matrix read once for the n
+ * rows), or sequence by sequence (batch 1, and RETRO, which retrieves per sequence). */
+static int step_all(run_bufs *b, int n, int V) {
+    if (!b->batch) {
+        for (int i = 0; i < n; i++) {
+            int rc = feed(b, i, b->next[i]);
+            if (rc) return rc;
+        }
+        return JOULE_OK;
+    }
+    const float *rows;
+    int rc = joule_decoder_step_batch(b->batch, b->dec, n, b->next, &rows);
+    for (int i = 0; i < n && !rc; i++) b->logits[i] = rows + (size_t)i * V;
+    return rc;
+}
+
 /* One batch of n queries (first query index q0 of `stream`): prefill each, then G-1 greedy
  * steps in lock-step. Records latencies when `lat` (measured batches). */
 static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_energy_opts *o, int V, int stream,
@@ -261,10 +279,8 @@ static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_ene
     for (int i = 0; lat && i < n * o->prompt; i++) b->digest = joule_mix64(b->digest, (uint64_t)b->prompts[i]);
     for (int s = 1; s < o->generate; s++) {
         double ts = joule_now();
-        for (int i = 0; i < n; i++) {
-            b->next[i] = joule_sample(b->logits[i], V, &greedy, &unused, b->scratch);
-            if ((rc = feed(b, i, b->next[i]))) return rc;
-        }
+        for (int i = 0; i < n; i++) b->next[i] = joule_sample(b->logits[i], V, &greedy, &unused, b->scratch);
+        if ((rc = step_all(b, n, V))) return rc;
         for (int i = 0; lat && i < n; i++) b->digest = joule_mix64(b->digest, (uint64_t)b->next[i]);
         if (lat) b->lat_token[(*step_at)++] = joule_now() - ts;
     }

@@ -223,3 +223,121 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
     return JOULE_OK;
 }
 
+/* ---- batched step over n sequences ---- */
+
+struct joule_decoder_batch {
+    const joule_model *m;
+    int max_n;
+    float *x, *xn, *qkv, *ao, *h13, *g, *rstd, *scores, *logits; /* max_n rows each */
+};
+
+void joule_decoder_batch_free(joule_decoder_batch *b) {
+    if (!b) return;
+    float *bufs[] = {b->x, b->xn, b->qkv, b->ao, b->h13, b->g, b->rstd, b->scores, b->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) joule_free(bufs[i]);
+    free(b);
+}
+
+int joule_decoder_batch_create(joule_decoder_batch **out, const joule_model *m, int max_n) {
+    *out = NULL;
+    if (max_n < 1) return joule_fail(JOULE_ERR_ARG, "a decoder batch needs room for >= 1 sequence, not %d", max_n);
+    const joule_config *c = &m->cfg;
+    joule_decoder_batch *b = calloc(1, sizeof *b);
+    if (!b) return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the decoder batch");
+    const size_t n = (size_t)max_n, C = (size_t)c->d_model, F = (size_t)c->d_ff, f = sizeof(float);
+    b->m = m;
+    b->max_n = max_n;
+    b->x = joule_alloc(n * C * f);
+    b->xn = joule_alloc(n * C * f);
+    b->qkv = joule_alloc(n * 3 * C * f);
+    b->ao = joule_alloc(n * C * f);
+    b->h13 = joule_alloc(n * 2 * F * f);
+    b->g = joule_alloc(n * F * f);
+    b->rstd = joule_alloc(n * f);
+    b->scores = joule_alloc(n * (size_t)c->n_heads * (size_t)c->ctx * f);
+    b->logits = joule_alloc(n * (size_t)c->vocab * f);
+    if (!b->x || !b->xn || !b->qkv || !b->ao || !b->h13 || !b->g || !b->rstd || !b->scores || !b->logits) {
+        joule_decoder_batch_free(b);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating a decoder batch of %d sequences", max_n);
+    }
+    *out = b;
+    return JOULE_OK;
+}
+
+static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens) {
+    const joule_config *c = &b->m->cfg;
+    if (n < 1 || n > b->max_n)
+        return joule_fail(JOULE_ERR_ARG, "batched step of %d sequences (this batch holds 1 to %d)", n, b->max_n);
+    for (int i = 0; i < n; i++) {
+        if (ds[i]->m != b->m) return joule_fail(JOULE_ERR_ARG, "sequence %d: a decoder of another model", i);
+        if (ds[i]->pos >= c->ctx) return joule_fail(JOULE_ERR_ARG, "sequence %d: KV cache full (%d tokens)", i, c->ctx);
+        if (tokens[i] < 0 || tokens[i] >= c->vocab)
+            return joule_fail(JOULE_ERR_ARG, "sequence %d: token %d out of range [0, %d)", i, tokens[i], c->vocab);
+        for (int j = 0; j < i; j++)
+            if (ds[j] == ds[i]) return joule_fail(JOULE_ERR_ARG, "sequences %d and %d share one decoder", j, i);
+    }
+    return JOULE_OK;
+}
+
+/* Each sequence's query row over its own cache; (sequence, head) pairs share the threads. */
+static void attend_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, int l) {
+    const joule_config *c = &b->m->cfg;
+    const int C = c->d_model, H = c->n_heads, T = c->ctx;
+    uint64_t work = 0;
+    for (int i = 0; i < n; i++) work += (uint64_t)ds[i]->pos + 1;
+#pragma omp parallel for schedule(static) if (work > 64)
+    for (int ih = 0; ih < n * H; ih++) {
+        const int i = ih / H;
+        attend_head(ds[i], l, ds[i]->pos, ih % H, b->qkv + (size_t)i * 3 * C, b->scores + (size_t)ih * T,
+                    b->ao + (size_t)i * C);
+    }
+    joule_flops_add(4ull * work * (uint64_t)C);
+}
+
+int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens,
+                             const float **logits) {
+    const joule_model *m = b->m;
+    const joule_config *c = &m->cfg;
+    const int C = c->d_model, F = c->d_ff, V = c->vocab, H = c->n_heads, hs = C / H, T = c->ctx;
+    int rc = check_batch(b, ds, n, tokens);
+    if (rc) return rc;
+    if (joule_config_has_cca(c)) {
+        for (int i = 0; i < n; i++) {
+            const float *li;
+            if ((rc = joule_decoder_step(ds[i], tokens[i], &li))) return rc;
+            memcpy(b->logits + (size_t)i * V, li, (size_t)V * sizeof(float));
+        }
+        *logits = b->logits;
+        return JOULE_OK;
+    }
+    joule_embedding_forward(b->x, tokens, m->w.tok_emb, n, C);
+    for (int l = 0; l < c->n_layers; l++) {
+        const joule_layer_weights *w = &m->w.layers[l];
+        joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->attn_norm, n, C, c->norm_eps);
+        joule_linear_forward(b->qkv, b->xn, w->wqkv, n, C, 3 * C);
+        for (int i = 0; i < n; i++) {
+            float *q = b->qkv + (size_t)i * 3 * C;
+            const int pos = ds[i]->pos;
+            joule_rope_forward(q, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
+            joule_rope_forward(q + C, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
+            memcpy(ds[i]->k_cache + ((size_t)l * T + pos) * C, q + C, (size_t)C * sizeof(float));
+            memcpy(ds[i]->v_cache + ((size_t)l * T + pos) * C, q + 2 * C, (size_t)C * sizeof(float));
+        }
+        attend_batch(b, ds, n, l);
+        joule_sgemm(false, true, n, C, C, 1.0f, b->ao, C, w->wo, C, 1.0f, b->x, C);
+        joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->ffn_norm, n, C, c->norm_eps);
+        if (c->kinds[l].ffn == JOULE_FFN_MOE) {
+            /* Rows of different sequences: the routing is per token, so they mix freely. */
+            if ((rc = moe_rows(ds[0], l, b->xn, b->x, n))) return rc;
+            continue;
+        }
+        joule_linear_forward(b->h13, b->xn, w->w13, n, C, 2 * F);
+        joule_swiglu_forward(b->g, b->h13, n, F);
+        joule_sgemm(false, true, n, C, F, 1.0f, b->g, F, w->w2, F, 1.0f, b->x, C);
+    }
+    joule_rmsnorm_forward(b->xn, b->rstd, b->x, m->w.norm, n, C, c->norm_eps);
+    joule_linear_forward(b->logits, b->xn, m->w.lm_head, n, C, V);
+    for (int i = 0; i < n; i++) ds[i]->pos++;
+    *logits = b->logits;
+    return JOULE_OK;
+}

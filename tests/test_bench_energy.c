@@ -208,6 +208,150 @@ START_TEST(test_moe_rows_equal_one_token) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- batched step */
+
+/* FLOPs of one-token steps at positions pos[0..n): the projections, attention over p+1
+ * keys, the FFN (MoE: the extension's analytic figure for one token) and the logits. */
+static uint64_t step_flops(const joule_model *m, const int *pos, int n) {
+    const joule_config *c = &m->cfg;
+    const uint64_t C = (uint64_t)c->d_model, F = (uint64_t)c->d_ff, V = (uint64_t)c->vocab;
+    uint64_t f = 0;
+    for (int i = 0; i < n; i++) {
+        f += 2 * V * C;
+        for (int l = 0; l < c->n_layers; l++)
+            f += 8 * C * C + 4 * (uint64_t)(pos[i] + 1) * C +
+                 (c->kinds[l].ffn == JOULE_FFN_MOE ? m->ext_ops[JOULE_EXT_MOE]->forward_flops(c, l, 1, 1) : 6 * C * F);
+    }
+    return f;
+}
+
+/* Decoders ds (batched) and ref (single steps) hold the same sequences: feed tokens tok[i]
+ * to sequences idx[0..n) both ways and compare logits, positions, caches and FLOPs. */
+static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_decoder **ref, const int *idx, int n,
+                            const int32_t *tok) {
+    const joule_model *m = ds[0]->m;
+    const int V = m->cfg.vocab, C = m->cfg.d_model, T = m->cfg.ctx;
+    joule_decoder *sel[8];
+    int pos[8];
+    for (int i = 0; i < n; i++) {
+        sel[i] = ds[idx[i]];
+        pos[i] = sel[i]->pos;
+    }
+    const float *lb;
+    joule_flops_reset();
+    ck_assert_msg(joule_decoder_step_batch(bt, sel, n, tok, &lb) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_uint_eq(joule_flops_counted(), step_flops(m, pos, n));
+    for (int i = 0; i < n; i++) {
+        const float *la;
+        joule_decoder *a = ref[idx[i]];
+        ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
+        ck_assert_int_eq(sel[i]->pos, pos[i] + 1);
+        expect_close(lb + (size_t)i * V, la, (size_t)V, "batched logits");
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            const size_t at = ((size_t)l * T + (size_t)pos[i]) * C;
+            expect_close(sel[i]->k_cache + at, a->k_cache + at, (size_t)C, "batched k cache");
+            expect_close(sel[i]->v_cache + at, a->v_cache + at, (size_t)C, "batched v cache");
+        }
+    }
+}
+
+static void check_batch(joule_model *m) {
+    enum { N = 4 };
+    const int plen[N] = {1, 9, 20, 33}; /* every sequence at its own position */
+    joule_decoder *ds[N], *ref[N];
+    joule_rng r;
+    joule_rng_seed(&r, 11);
+    int32_t prompt[33], tok[N];
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(joule_decoder_create(&ds[i], m), JOULE_OK);
+        ck_assert_int_eq(joule_decoder_create(&ref[i], m), JOULE_OK);
+        for (int t = 0; t < plen[i]; t++) prompt[t] = (int32_t)joule_rng_below(&r, 256);
+        const float *lg;
+        ck_assert_int_eq(joule_decoder_prefill(ds[i], prompt, plen[i], &lg), JOULE_OK);
+        ck_assert_int_eq(joule_decoder_prefill(ref[i], prompt, plen[i], &lg), JOULE_OK);
+    }
+    joule_decoder_batch *bt;
+    ck_assert_int_eq(joule_decoder_batch_create(&bt, m, N), JOULE_OK);
+    const int all[N] = {0, 1, 2, 3}, some[2] = {3, 1};
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < N; i++) tok[i] = (int32_t)joule_rng_below(&r, 256);
+        batch_vs_single(bt, ds, ref, all, N, tok);
+    }
+    batch_vs_single(bt, ds, ref, some, 2, tok); /* a subset, in another order */
+    /* refusals touch no decoder */
+    const float *lg;
+    joule_decoder *dup[2] = {ds[0], ds[0]};
+    ck_assert_int_eq(joule_decoder_step_batch(bt, ds, 0, tok, &lg), JOULE_ERR_ARG);
+    ck_assert_int_eq(joule_decoder_step_batch(bt, ds, N + 1, tok, &lg), JOULE_ERR_ARG);
+    ck_assert_int_eq(joule_decoder_step_batch(bt, dup, 2, tok, &lg), JOULE_ERR_ARG);
+    tok[2] = 256;
+    ck_assert_int_eq(joule_decoder_step_batch(bt, ds, N, tok, &lg), JOULE_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "sequence 2"));
+    tok[2] = 1;
+    const int full = ds[1]->pos;
+    ds[1]->pos = m->cfg.ctx;
+    ck_assert_int_eq(joule_decoder_step_batch(bt, ds, N, tok, &lg), JOULE_ERR_ARG);
+    ds[1]->pos = full;
+    for (int i = 0; i < N; i++) ck_assert_int_eq(ds[i]->pos, ref[i]->pos);
+    joule_decoder_batch *none;
+    ck_assert_int_eq(joule_decoder_batch_create(&none, m, 0), JOULE_ERR_ARG);
+    joule_decoder_batch_free(bt);
+    for (int i = 0; i < N; i++) {
+        joule_decoder_free(ds[i]);
+        joule_decoder_free(ref[i]);
+    }
+}
+
+START_TEST(test_batch_step_dense) {
+    joule_model *m = random_model(false);
+    check_batch(m);
+    joule_model_free(m);
+}
+END_TEST
+
+START_TEST(test_batch_step_moe) {
+    joule_model *m = random_model(true);
+    check_batch(m);
+    joule_model_free(m);
+}
+END_TEST
+
+/* Chunked cross-attention goes decoder by decoder, with the same results. */
+START_TEST(test_batch_step_retro) {
+    joule_config c = joule_config_default(3, 16, 2, 24, 48);
+    snprintf(c.arch, sizeof c.arch, "retro");
+    c.retro.chunk = 4;
+    c.retro.cca_start = 1;
+    c.retro.cca_every = 1;
+    joule_retro_config_apply(&c);
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
+    joule_model_init(m, 3);
+    joule_decoder *ds[2], *ref[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(joule_decoder_create(&ds[i], m), JOULE_OK);
+        ck_assert_int_eq(joule_decoder_create(&ref[i], m), JOULE_OK);
+    }
+    joule_decoder_batch *bt;
+    ck_assert_int_eq(joule_decoder_batch_create(&bt, m, 2), JOULE_OK);
+    for (int step = 0; step < 6; step++) {
+        const int32_t tok[2] = {(int32_t)(7 * step + 1), (int32_t)(200 - step)};
+        const float *lb, *la;
+        ck_assert_int_eq(joule_decoder_step_batch(bt, ds, 2, tok, &lb), JOULE_OK);
+        for (int i = 0; i < 2; i++) {
+            ck_assert_int_eq(joule_decoder_step(ref[i], tok[i], &la), JOULE_OK);
+            expect_close(lb + (size_t)i * c.vocab, la, (size_t)c.vocab, "retro batched logits");
+        }
+    }
+    joule_decoder_batch_free(bt);
+    for (int i = 0; i < 2; i++) {
+        joule_decoder_free(ds[i]);
+        joule_decoder_free(ref[i]);
+    }
+    joule_model_free(m);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- the runner */
 
 static void open_meters(joule_energy *e) {
@@ -475,6 +619,12 @@ static Suite *bench_energy_suite(void) {
     tcase_add_test(p, test_prefill_equals_steps_moe);
     tcase_add_test(p, test_moe_rows_equal_one_token);
     suite_add_tcase(s, p);
+    TCase *bt = tcase_create("batch");
+    tcase_set_timeout(bt, 60);
+    tcase_add_test(bt, test_batch_step_dense);
+    tcase_add_test(bt, test_batch_step_moe);
+    tcase_add_test(bt, test_batch_step_retro);
+    suite_add_tcase(s, bt);
     TCase *r = tcase_create("runner");
     tcase_set_timeout(r, 120);
     tcase_add_unchecked_fixture(r, suite_setup, suite_teardown);

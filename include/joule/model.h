@@ -282,6 +282,27 @@ int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits);
  * token by token. Returns the last token's next-token logits. */
 int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits);
 
+/* ---- batched decoding: one token for each of n sequences ----
+ * Each sequence keeps its own joule_decoder (KV cache, position); a joule_decoder_batch
+ * holds the scratch of a step over up to max_n of them, allocated once at creation.
+ * Ownership: the caller frees the batch with joule_decoder_batch_free; it never owns the
+ * decoders passed to it. */
+typedef struct joule_decoder_batch joule_decoder_batch;
+int joule_decoder_batch_create(joule_decoder_batch **out, const joule_model *m, int max_n);
+void joule_decoder_batch_free(joule_decoder_batch *b);
+/* Appends tokens[i] to ds[i] at its own position ds[i]->pos, for i < n (n <= max_n; n
+ * distinct decoders of the batch's model, positions may differ), with the same caches and
+ * logits as n joule_decoder_step calls (to float rounding) but each weight matrix applied
+ * to the n rows as one sgemm: attention per sequence over its own cache, MoE FFNs through
+ * the rows op over the n rows, the logits [n, V] by one sgemm. The logits are owned by the
+ * batch, valid until its next step (ds[i]->logits are not updated). Models with chunked
+ * cross-attention (RETRO) step decoder by decoder (their CCA op is one-token and per
+ * sequence) and copy each row into the batch's logits. Checks every decoder and token
+ * before touching any; a later failure (out of memory) advances no position, except in
+ * the decoder-by-decoder path. */
+int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens,
+                             const float **logits);
+
 #ifdef __cplusplus
 }
 #endif
