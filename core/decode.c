@@ -97,11 +97,12 @@ static void attend(joule_decoder *d, int l, int pos) {
     joule_flops_add(4ull * (uint64_t)(pos + 1) * (uint64_t)c->d_model);
 }
 
-/* x[n,C] += MoE_l(xn[n,C]) through the rows op when the module has one. */
-static int moe_rows(joule_decoder *d, int l, const float *xn, float *x, int n) {
+/* x[n,C] += MoE_l(xn[n,C]): grouped through the rows op when asked and the module has
+ * one, else row by row through the one-token op. */
+static int moe_rows(joule_decoder *d, int l, const float *xn, float *x, int n, bool grouped) {
     const joule_ext_ops *ops = d->m->ext_ops[JOULE_EXT_MOE];
     const int C = d->m->cfg.d_model;
-    if (ops->decode_rows) return ops->decode_rows(d, l, xn, x, n);
+    if (grouped && ops->decode_rows) return ops->decode_rows(d, l, xn, x, n);
     for (int t = 0; t < n; t++) {
         int rc = ops->decode_step(d, l, xn + (size_t)t * C, x + (size_t)t * C);
         if (rc) return rc;
@@ -207,7 +208,7 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
         joule_sgemm(false, true, n, C, C, 1.0f, b.ao, C, w->wo, C, 1.0f, b.x, C);
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
-            if ((rc = moe_rows(d, l, b.xn, b.x, n))) return rc;
+            if ((rc = moe_rows(d, l, b.xn, b.x, n, true))) return rc;
             continue;
         }
         joule_linear_forward(b.h13, b.xn, w->w13, n, C, 2 * F);
@@ -279,6 +280,20 @@ static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, i
     return JOULE_OK;
 }
 
+/* OpenBLAS packs the weight matrix at every sgemm call (about three passes over it) where
+ * a gemv streams it once, so a few rows go faster as gemvs: measured on the reference
+ * model's weights, sgemm wins from about 4 rows per thread (docs/BENCH.md). */
+static bool rows_as_gemm(int n) { return n >= 4 * joule_get_threads(); }
+
+/* out[n,OC] = in[n,IC] W[OC,IC]^T + beta out: one sgemm, or n gemvs for few rows. */
+static void rows_matmul(float *out, const float *in, const float *W, int n, int IC, int OC, float beta) {
+    if (rows_as_gemm(n)) {
+        joule_sgemm(false, true, n, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+        return;
+    }
+    for (int i = 0; i < n; i++) joule_sgemv(OC, IC, 1.0f, W, IC, in + (size_t)i * IC, beta, out + (size_t)i * OC);
+}
+
 /* Each sequence's query row over its own cache; (sequence, head) pairs share the threads. */
 static void attend_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, int l) {
     const joule_config *c = &b->m->cfg;
@@ -314,7 +329,7 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->attn_norm, n, C, c->norm_eps);
-        joule_linear_forward(b->qkv, b->xn, w->wqkv, n, C, 3 * C);
+        rows_matmul(b->qkv, b->xn, w->wqkv, n, C, 3 * C, 0.0f);
         for (int i = 0; i < n; i++) {
             float *q = b->qkv + (size_t)i * 3 * C;
             const int pos = ds[i]->pos;
@@ -324,19 +339,19 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
             memcpy(ds[i]->v_cache + ((size_t)l * T + pos) * C, q + 2 * C, (size_t)C * sizeof(float));
         }
         attend_batch(b, ds, n, l);
-        joule_sgemm(false, true, n, C, C, 1.0f, b->ao, C, w->wo, C, 1.0f, b->x, C);
+        rows_matmul(b->x, b->ao, w->wo, n, C, C, 1.0f);
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             /* Rows of different sequences: the routing is per token, so they mix freely. */
-            if ((rc = moe_rows(ds[0], l, b->xn, b->x, n))) return rc;
+            if ((rc = moe_rows(ds[0], l, b->xn, b->x, n, rows_as_gemm(n)))) return rc;
             continue;
         }
-        joule_linear_forward(b->h13, b->xn, w->w13, n, C, 2 * F);
+        rows_matmul(b->h13, b->xn, w->w13, n, C, 2 * F, 0.0f);
         joule_swiglu_forward(b->g, b->h13, n, F);
-        joule_sgemm(false, true, n, C, F, 1.0f, b->g, F, w->w2, F, 1.0f, b->x, C);
+        rows_matmul(b->x, b->g, w->w2, n, F, C, 1.0f);
     }
     joule_rmsnorm_forward(b->xn, b->rstd, b->x, m->w.norm, n, C, c->norm_eps);
-    joule_linear_forward(b->logits, b->xn, m->w.lm_head, n, C, V);
+    rows_matmul(b->logits, b->xn, m->w.lm_head, n, C, V, 0.0f);
     for (int i = 0; i < n; i++) ds[i]->pos++;
     *logits = b->logits;
     return JOULE_OK;

@@ -1,6 +1,7 @@
-/* Energy per query: the batched prefill against token-at-a-time decoding, the runner on a
- * tiny dense and a tiny MoE checkpoint (trained 2 steps here), its outputs, its refusals,
- * and `joule bench energy` end to end ($JOULE_BIN). Everything runs in a temp folder. */
+/* Energy per query: the batched prefill, the MoE rows op and the batched step over n
+ * sequences against token-at-a-time decoding, the runner on a tiny dense and a tiny MoE
+ * checkpoint (trained 2 steps here), its outputs, its refusals, and `joule bench energy`
+ * end to end ($JOULE_BIN). Everything runs in a temp folder. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <cjson/cJSON.h>
@@ -257,6 +258,8 @@ static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_d
 
 static void check_batch(joule_model *m) {
     enum { N = 4 };
+    /* 1 thread: 4 rows run as sgemms, the 2-row step below as gemvs (rows_as_gemm) */
+    joule_set_threads(1);
     const int plen[N] = {1, 9, 20, 33}; /* every sequence at its own position */
     joule_decoder *ds[N], *ref[N];
     joule_rng r;

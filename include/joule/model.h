@@ -294,12 +294,14 @@ void joule_decoder_batch_free(joule_decoder_batch *b);
  * distinct decoders of the batch's model, positions may differ), with the same caches and
  * logits as n joule_decoder_step calls (to float rounding) but each weight matrix applied
  * to the n rows as one sgemm: attention per sequence over its own cache, MoE FFNs through
- * the rows op over the n rows, the logits [n, V] by one sgemm. The logits are owned by the
- * batch, valid until its next step (ds[i]->logits are not updated). Models with chunked
- * cross-attention (RETRO) step decoder by decoder (their CCA op is one-token and per
- * sequence) and copy each row into the batch's logits. Checks every decoder and token
- * before touching any; a later failure (out of memory) advances no position, except in
- * the decoder-by-decoder path. */
+ * the rows op over the n rows, the logits [n, V] by one sgemm. Below 4 rows per thread the
+ * products run as n gemvs and MoE row by row instead (OpenBLAS's sgemm packs the weights
+ * at every call, which costs more than it saves for so few rows; same FLOPs). The logits
+ * are owned by the batch, valid until its next step (ds[i]->logits are not updated).
+ * Models with chunked cross-attention (RETRO) step decoder by decoder (their CCA op is
+ * one-token and per sequence) and copy each row into the batch's logits. Checks every
+ * decoder and token before touching any; a later failure (out of memory) advances no
+ * position, except in the decoder-by-decoder path. */
 int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens,
                              const float **logits);
 
