@@ -156,6 +156,51 @@ static const char *fmt_mult(char *buf, size_t n, double v) {
     return buf;
 }
 
+/* The answer first: each arch at the largest budget that every arch finished, against the
+ * dense run of that budget (loss, effective compute, energy per query). */
+static void write_headline(FILE *f, const arch_runs *runs, const joule_pow_fit *dense, const joule_pow_fit *boot,
+                           int reps, double level) {
+    const arch_runs *d = &runs[JOULE_ARCH_DENSE];
+    const joule_compare_row *base = NULL;
+    for (int i = d->n - 1; i >= 0 && !base; i--) {
+        bool all = true;
+        for (int a = 1; a < JOULE_ARCH_COUNT; a++) {
+            if (runs[a].n == 0) continue;
+            bool found = false;
+            for (int j = 0; j < runs[a].n; j++) found |= runs[a].rows[j]->budget == d->rows[i]->budget;
+            all &= found;
+        }
+        if (all) base = d->rows[i];
+    }
+    if (!base) return;
+    fprintf(f, "## At %.3g FLOPs\n\nThe largest budget every architecture finished, against its dense run; "
+               "effective compute from the dense fit (%.0f%% interval).\n\n"
+               "| arch | val bpb | vs dense | effective compute x | exact match | J/query | vs dense |\n"
+               "|---|---|---|---|---|---|---|\n",
+            base->budget, 100 * level);
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+        for (int j = 0; j < runs[a].n; j++) {
+            const joule_compare_row *r = runs[a].rows[j];
+            if (r->budget != base->budget) continue;
+            char mult[112] = "1 (reference)", m1[32], m2[32], m3[32], q[32] = "-", qr[32] = "-";
+            if (a != JOULE_ARCH_DENSE) {
+                if (dense) {
+                    multiplier m = effective(dense, boot, reps, level, r);
+                    snprintf(mult, sizeof mult, "%s [%s, %s]", fmt_mult(m1, sizeof m1, m.mult),
+                             fmt_mult(m2, sizeof m2, m.lo), fmt_mult(m3, sizeof m3, m.hi));
+                } else {
+                    snprintf(mult, sizeof mult, "- (no dense fit)");
+                }
+            }
+            if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
+            if (isfinite(r->query_j) && isfinite(base->query_j) && base->query_j > 0)
+                snprintf(qr, sizeof qr, "x%.2f", r->query_j / base->query_j);
+            fprintf(f, "| %s | %.4f | %+.4f | %s | %.4f | %s | %s |\n", r->arch, r->val_bpb,
+                    r->val_bpb - base->val_bpb, mult, r->exact_match, q, qr);
+        }
+    fprintf(f, "\n");
+}
+
 /* ---- files ---- */
 
 static int write_text(const char *dir, const char *name, const char *text) {
@@ -311,6 +356,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
                "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
                "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
             JOULE_COMPARE_EM_BYTES);
+    write_headline(f, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     fprintf(f, "## Runs\n\n| arch | budget | layers x d_model | experts | params total | params active | tokens | "
                "counted FLOPs | spent/budget | val bpb | exact match | train s | train energy | J/query |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

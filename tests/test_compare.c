@@ -271,6 +271,8 @@ START_TEST(test_report_files_parse) {
         free(svg);
     }
     expect_in("c/report.md", "## Effective compute multiplier");
+    expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
+    expect_in("c/report.md", "| dense | ");
     expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
     /* --report-only rebuilds the same report from the rows */
     ck_assert_int_eq(run("compare --out c --report-only --bootstrap 20"), 1);
