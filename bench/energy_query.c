@@ -85,7 +85,8 @@ static void draw_prompt(const joule_tokens *t, uint64_t seed, int stream, int q,
 }
 
 /* Analytic FLOPs of one query from the accountant: the prefill is a forward over P tokens
- * (joule_account at context P) less the P-1 logits rows it does not compute; the decode is
+ * (joule_account at context P) less the P-1 logits rows it does not compute, or for RETRO
+ * (fed token by token, see prefill()) the accountant's one-token steps; the decode is
  * joule_account_query's G-1 one-token steps. */
 static int analytic_flops(const joule_model *m, int P, int G, joule_bench_energy_result *r) {
     joule_acct_model a;
@@ -103,7 +104,8 @@ static int analytic_flops(const joule_model *m, int P, int G, joule_bench_energy
         if (!strcmp(ar.terms[i].name, "logits")) logits = ar.terms[i].flops;
     r->params = ar.params;
     r->params_active = ar.params_active;
-    r->flops_prefill_analytic = ar.fwd_per_token * P - logits * (P - 1);
+    r->flops_prefill_analytic =
+        joule_config_has_cca(&m->cfg) ? q.prefill_steps : ar.fwd_per_token * P - logits * (P - 1);
     r->flops_decode_analytic = q.decode;
     r->flops_analytic = r->flops_prefill_analytic + r->flops_decode_analytic;
     return JOULE_OK;

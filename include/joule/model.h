@@ -165,6 +165,11 @@ typedef struct {
     int (*decoder_create)(joule_decoder *d);
     void (*decoder_free)(joule_decoder *d);
     int (*decode_step)(joule_decoder *d, int l, const float *xn, float *x);
+    /* FLOPs decode_step counts in layer l at position pos, by named term as flop_terms (the
+     * accountant's query cost). NULL: a token costs flop_terms(c, l, 1, 1) at any position.
+     * CCA: "encoder" where pos completes a chunk, "cca" where a chunk's neighbours are in
+     * view, every completed chunk's neighbours handed. */
+    int (*decode_flop_terms)(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max);
 } joule_ext_ops;
 
 /* Registers (or replaces) the implementation of an extension kind. Not thread-safe:
