@@ -508,6 +508,13 @@ int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int
     const double spread = retro ? term_flops(&r, "cca") + term_flops(&r, "encoder") + term_flops(&r, "retriever") : 0;
     const double rest = r.fwd_per_token - term_flops(&r, "attention") - spread;
     q->prefill = (r.fwd_per_token - spread) * prompt;
+    if (r.exact) { /* in integers: what joule_decoder_prefill counts, plus P-1 logits rows */
+        uint64_t seq = r.fwd_sequence;
+        const joule_ext_ops *ops = retro ? joule_ext_get(JOULE_EXT_CCA) : NULL;
+        for (int l = 0; ops && l < a->cfg.n_layers; l++)
+            if (a->cfg.kinds[l].cca) seq -= ops->forward_flops(&a->cfg, l, 1, prompt);
+        q->prefill = (double)seq;
+    }
     for (int pos = 0; pos < prompt + generate; pos++) {
         double enc = 0, cca = 0, retr = 0;
         if (retro) retro_at(a, r.exact, pos, &enc, &cca, &retr);

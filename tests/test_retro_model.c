@@ -448,24 +448,38 @@ static void retro_check_terms(const joule_config *c, int n, const joule_acct_que
  * chunk as it completes) against the accountant's query, exactly: the prompt fed step by
  * step (prefill_steps) and the generated tokens (decode), for prompts shorter than, equal
  * to and not a multiple of the chunk, and queries that cross chunk boundaries. */
-static void check_decode_flops(joule_config c) {
-    joule_model *m = make_model(c, 1, 81);
-    randomise_cca_out(m, 0.5f, 82);
-    const int per = c.retro.k * 2 * TM;
+/* A model with CCA contributing, a sequence, every chunk's neighbours, the accountant. */
+typedef struct {
+    joule_model *m;
+    int per; /* neighbour tokens per chunk */
     int32_t in[TT], nb[TNCH * TK * 2 * TM + 1];
-    random_tokens(in, TT, 83);
-    random_neighbours(nb, TNCH * per, true, 84);
     joule_acct_model a;
-    joule_acct_from_config(&a, &c);
     joule_acct_opts o;
-    joule_acct_opts_init(&o);
+} decode_case;
+
+static void decode_case_init(decode_case *k, joule_config c, uint64_t seed) {
+    k->m = make_model(c, 1, seed);
+    randomise_cca_out(k->m, 0.5f, seed + 1);
+    k->per = c.retro.k * 2 * TM;
+    random_tokens(k->in, TT, seed + 2);
+    random_neighbours(k->nb, TNCH * k->per, true, seed + 3);
+    joule_acct_from_config(&k->a, &c);
+    joule_acct_opts_init(&k->o);
+}
+
+static void check_decode_flops(joule_config c) {
+    decode_case k;
+    decode_case_init(&k, c, 81);
+    joule_model *m = k.m;
+    const int per = k.per;
+    const int32_t *in = k.in, *nb = k.nb;
     joule_decoder *d;
     ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
     static const int cases[][2] = {{1, 2}, {3, 1}, {3, 6}, {4, 4}, {5, 11}, {7, 2}, {8, 8}, {13, 3}, {16, 0}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         const int P = cases[i][0], G = cases[i][1];
         joule_acct_query q;
-        ck_assert_int_eq(joule_account_query(&a, &o, P, G, &q), JOULE_OK);
+        ck_assert_int_eq(joule_account_query(&k.a, &k.o, P, G, &q), JOULE_OK);
         joule_decoder_reset(d);
         ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, -1, NULL), JOULE_OK);
         uint64_t counted[2] = {0, 0};
@@ -492,7 +506,8 @@ static void check_decode_flops(joule_config c) {
 START_TEST(test_decode_flops_exact) { check_decode_flops(retro_config(TK)); }
 END_TEST
 
-START_TEST(test_decode_flops_exact_moe) {
+/* RETRO with an MoE FFN in layer 1 (a CCA layer too). */
+static joule_config retro_moe_config(void) {
     joule_config c = retro_config(TK);
     joule_moe_config e = joule_moe_config_default(c.d_ff);
     e.n_experts = 4;
@@ -501,8 +516,87 @@ START_TEST(test_decode_flops_exact_moe) {
     e.d_ff_expert = 12;
     joule_moe_apply(&c, &e);
     ck_assert(joule_config_has_moe(&c) && joule_config_has_cca(&c));
-    check_decode_flops(c);
+    return c;
 }
+
+START_TEST(test_decode_flops_exact_moe) { check_decode_flops(retro_moe_config()); }
+END_TEST
+
+static void expect_near(const float *a, const float *b, size_t n, double tol, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
+}
+
+/* Batched prefill of an empty cache against token-at-a-time steps, neighbours handed for
+ * the chunks in `handed` (bit u: chunk u): the same logits and KV cache to 1e-5, the same
+ * next steps, and (all chunks handed) the accountant's prefill less P-1 logits rows,
+ * exactly. */
+static void check_prefill(joule_config c, unsigned handed) {
+    decode_case k0;
+    decode_case_init(&k0, c, 91);
+    joule_model *m = k0.m;
+    const int per = k0.per, C = c.d_model, V = c.vocab;
+    const int32_t *in = k0.in, *nb = k0.nb;
+    joule_decoder *ds, *db;
+    ck_assert_int_eq(joule_decoder_create(&ds, m), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_create(&db, m), JOULE_OK);
+    static const int prompts[] = {1, 3, 4, 5, 8, 11, 13, 16};
+    for (size_t i = 0; i < sizeof prompts / sizeof *prompts; i++) {
+        const int P = prompts[i];
+        joule_decoder *both[2] = {ds, db};
+        for (int k = 0; k < 2; k++) {
+            joule_decoder_reset(both[k]);
+            ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], -1, NULL), JOULE_OK);
+        }
+        const float *ls = NULL, *lb = NULL;
+        for (int p = 0; p < P; p++) {
+            const int u = (p + 1) / TM - 1;
+            if ((p + 1) % TM == 0 && (handed >> u & 1))
+                ck_assert_int_eq(joule_retro_decoder_set_neighbours(ds, u, nb + u * per), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
+        }
+        for (int u = 0; (u + 1) * TM <= P; u++)
+            if (handed >> u & 1) ck_assert_int_eq(joule_retro_decoder_set_neighbours(db, u, nb + u * per), JOULE_OK);
+        joule_flops_reset();
+        ck_assert_int_eq(joule_decoder_prefill(db, in, P, &lb), JOULE_OK);
+        const uint64_t counted = joule_flops_counted();
+        ck_assert_int_eq(db->pos, P);
+        expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
+        for (int l = 0; l < c.n_layers; l++) {
+            const size_t at = (size_t)l * TT * C;
+            expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
+            expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
+        }
+        if (handed == ~0u) {
+            joule_acct_query q;
+            ck_assert_int_eq(joule_account_query(&k0.a, &k0.o, P, 0, &q), JOULE_OK);
+            ck_assert_msg((double)counted == q.prefill - 2.0 * C * V * (P - 1), "P %d: counted %llu analytic %.0f", P,
+                          (unsigned long long)counted, q.prefill - 2.0 * C * V * (P - 1));
+        }
+        /* decoding on from either cache: the chunk in view and the next ones */
+        for (int p = P; p < TT && p < P + 6; p++) {
+            const int u = (p + 1) / TM - 1;
+            for (int k = 0; k < 2; k++)
+                if ((p + 1) % TM == 0 && (handed >> u & 1))
+                    ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], u, nb + u * per), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(db, in[p], &lb), JOULE_OK);
+            expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
+        }
+    }
+    joule_decoder_free(ds);
+    joule_decoder_free(db);
+    joule_model_free(m);
+}
+
+START_TEST(test_prefill_equals_steps) { check_prefill(retro_config(TK), ~0u); }
+END_TEST
+
+START_TEST(test_prefill_equals_steps_moe) { check_prefill(retro_moe_config(), ~0u); }
+END_TEST
+
+/* chunk 1 without neighbours: its positions read nothing, the others still do */
+START_TEST(test_prefill_missing_chunk) { check_prefill(retro_config(TK), ~2u); }
 END_TEST
 
 START_TEST(test_checkpoint_round_trip) {
@@ -606,6 +700,9 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_decoder_matches_forward);
     tcase_add_test(c, test_decode_flops_exact);
     tcase_add_test(c, test_decode_flops_exact_moe);
+    tcase_add_test(c, test_prefill_equals_steps);
+    tcase_add_test(c, test_prefill_equals_steps_moe);
+    tcase_add_test(c, test_prefill_missing_chunk);
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
