@@ -274,6 +274,16 @@ START_TEST(test_runner_retro) {
                   "counted %.0f analytic %.0f", r.flops_counted, r.flops_analytic);
     ck_assert_msg(fabs((double)r.energy.flops - 5 * r.flops_analytic) <= 0.01 * 5 * r.flops_analytic,
                   "window FLOPs %g for 5 queries of %g", (double)r.energy.flops, r.flops_analytic);
+    /* `joule account` prints the same query: its prefill computes all 16 logits rows */
+    ck_assert_int_eq(joule("account --model retro.safetensors --prompt 16 --generate 7 --json"), 0);
+    char *js = slurp("out.txt");
+    cJSON *acc = cJSON_Parse(js), *aq = cJSON_GetObjectItem(acc, "query");
+    ck_assert_ptr_nonnull(aq);
+    const double logits = 2.0 * m->cfg.d_model * m->cfg.vocab;
+    ck_assert_double_eq(cJSON_GetObjectItem(aq, "flops_prefill")->valuedouble - 15 * logits, r.flops_prefill_analytic);
+    ck_assert_double_eq(cJSON_GetObjectItem(aq, "flops_decode")->valuedouble, r.flops_decode_analytic);
+    cJSON_Delete(acc);
+    free(js);
     joule_model_free(m);
     joule_energy_close(&e);
 }
