@@ -45,7 +45,9 @@ int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int
 
 /* Decoding: the k neighbours [k][2m] of chunk `chunk` (tokens [chunk*m, (chunk+1)*m)),
  * used from position (chunk+1)*m - 1 on; hand them before the step that feeds that
- * position. NULL: no retrieval for that chunk. */
+ * position, or before a joule_decoder_prefill that completes the chunk (hand every chunk
+ * of the prompt). They serve one encoding. NULL: no retrieval for that chunk; chunk -1
+ * with NULL: forget every chunk's. */
 int joule_retro_decoder_set_neighbours(joule_decoder *d, int chunk, const int32_t *tokens);
 
 /* ---- training and evaluation with a database (retro_train.c) ----
