@@ -110,7 +110,7 @@ int joule_account(const joule_acct_model *a, const joule_acct_opts *o, joule_acc
 typedef struct {
     double prefill, decode, total;
     double prefill_steps;  /* the prompt fed one token at a time instead (joule_decoder_step,
-                              logits at every position), as joule generate --db does */
+                              logits at every position) */
     double encoder, cca;   /* RETRO: the neighbour encoder's and CCA's FLOPs within total */
     double search;         /* retrieval searches (RETRO: one per chunk completed in the query) */
     double kv_cache_bytes; /* at the end of the query */
