@@ -21,9 +21,11 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     memset(s, 0, sizeof *s);
     s->tokens_per_param = 20;
     s->aspect = 32;
-    s->head_dim = 16;
+    /* steps of 8 in width: doubling budgets then get distinct sizes at demo scale (steps
+     * of 16 gave pairs of budgets the same model) */
+    s->head_dim = 8;
     s->ffn_mult = 3;
-    s->width_step = 16;
+    s->width_step = 8;
     s->ctx = 64;
     s->min_steps = 50;
     s->experts = 8;
@@ -54,6 +56,7 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "moe_every", s->moe_every);
     cJSON_AddNumberToObject(j, "retro_chunk", s->retro_chunk);
     cJSON_AddNumberToObject(j, "db_chunks", (double)s->db_chunks);
+    cJSON_AddStringToObject(j, "neighbours", s->neighbour_files ? "files" : "on-demand");
     cJSON_AddNumberToObject(j, "batch", s->batch);
     cJSON_AddNumberToObject(j, "lr", s->lr);
     cJSON_AddNumberToObject(j, "seed", (double)s->seed);
@@ -211,7 +214,10 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
             goto done;
         }
         const char *paths[2] = {x->train_path, x->val_path};
-        if ((rc = joule_retro_data_open(&rd, &c, x->db_dir, paths, 2, false, NULL, NULL))) goto done;
+        joule_retro_data_opts ro;
+        joule_retro_data_opts_init(&ro);
+        ro.on_demand = !s->neighbour_files;
+        if ((rc = joule_retro_data_open_opts(&rd, &c, x->db_dir, paths, 2, &ro))) goto done;
         snprintf(c.retro.db_id, sizeof c.retro.db_id, "%s", joule_retro_data_db_id(rd));
     }
     if ((rc = joule_model_create(&m, &c))) goto done;
@@ -265,7 +271,10 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     r->flops_counted = last.flops;
     r->flops_analytic = last.flops_analytic;
     r->spent = (double)last.flops / budget;
-    if (rd) r->retrieval_flops = (double)(last.tokens / (uint64_t)c.retro.chunk) * x->search_flops;
+    if (rd) {
+        r->retrieval_flops = (double)(last.tokens / (uint64_t)c.retro.chunk) * x->search_flops;
+        if (!s->neighbour_files) joule_retro_data_search_stats(rd, &r->retrieval_searches, &r->retrieval_s);
+    }
 
     if ((rc = joule_tokens_open(&val, x->val_path))) goto done;
     val_open = true;

@@ -91,7 +91,8 @@ static void stored_search_params(const joule_retro_db *db, int *nprobe, int *ef)
 }
 
 /* Builds DIR/db (resuming an interrupted build), computes the neighbour files of the train
- * and validation splits (next to them, shared by every RETRO run), records what it cost in
+ * and validation splits when the settings ask for files (next to them, shared by every
+ * RETRO run; on demand, each run searches what it reads), records what it cost in
  * DIR/retrieval.json, and gives the analytic FLOPs of one search. */
 static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
                            double *search_flops) {
@@ -123,8 +124,13 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
     joule_retro_config_apply(&c);
     joule_retro_data *rd = NULL;
     const char *paths[2] = {train_path, val_path};
+    joule_retro_data_opts ro;
+    joule_retro_data_opts_init(&ro);
+    ro.on_demand = !s->neighbour_files;
+    ro.progress = on_neighbours;
+    ro.ctx = &rp;
     double t1 = joule_now();
-    if ((rc = joule_retro_data_open(&rd, &c, db_dir, paths, 2, false, on_neighbours, &rp))) return rc;
+    if ((rc = joule_retro_data_open_opts(&rd, &c, db_dir, paths, 2, &ro))) return rc;
     double nbr_s = joule_now() - t1;
     joule_retro_db *db = joule_retro_data_db(rd);
     joule_search_cost cost;
@@ -150,7 +156,9 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
             cJSON_AddStringToObject(j, "search_method", cost.method);
             if (isnan(build_s)) cJSON_AddNullToObject(j, "build_s");
             else cJSON_AddNumberToObject(j, "build_s", build_s);
-            cJSON_AddNumberToObject(j, "neighbours_s", nbr_s);
+            cJSON_AddStringToObject(j, "neighbours", s->neighbour_files ? "files" : "on-demand");
+            if (s->neighbour_files) cJSON_AddNumberToObject(j, "neighbours_s", nbr_s);
+            else cJSON_AddNullToObject(j, "neighbours_s");
             char *doc = cJSON_Print(j);
             cJSON_Delete(j);
             rc = doc ? joule_write_file_atomic(path, doc, strlen(doc)) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
@@ -256,7 +264,7 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
             memset(&r, 0, sizeof r);
             snprintf(r.arch, sizeof r.arch, "%s", arch);
             r.budget = budget;
-            r.val_bpb = r.exact_match = r.query_j = r.query_s = NAN;
+            r.val_bpb = r.exact_match = r.query_j = r.query_s = r.retrieval_s = NAN;
             char stem[sizeof r.checkpoint - 16];
             run_stem(stem, sizeof stem, p->out_dir, arch, budget);
             snprintf(r.checkpoint, sizeof r.checkpoint, "%s.safetensors", stem);

@@ -3,6 +3,7 @@
  * loss and of the exact-match metric, fit.json, report.md and the two SVG plots.
  * docs/COMPARE.md states each procedure. */
 #include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,6 +156,51 @@ static const char *fmt_mult(char *buf, size_t n, double v) {
     return buf;
 }
 
+/* The answer first: each arch at the largest budget that every arch finished, against the
+ * dense run of that budget (loss, effective compute, energy per query). */
+static void write_headline(FILE *f, const arch_runs *runs, const joule_pow_fit *dense, const joule_pow_fit *boot,
+                           int reps, double level) {
+    const arch_runs *d = &runs[JOULE_ARCH_DENSE];
+    const joule_compare_row *base = NULL;
+    for (int i = d->n - 1; i >= 0 && !base; i--) {
+        bool all = true;
+        for (int a = 1; a < JOULE_ARCH_COUNT; a++) {
+            if (runs[a].n == 0) continue;
+            bool found = false;
+            for (int j = 0; j < runs[a].n; j++) found |= runs[a].rows[j]->budget == d->rows[i]->budget;
+            all &= found;
+        }
+        if (all) base = d->rows[i];
+    }
+    if (!base) return;
+    fprintf(f, "## At %.3g FLOPs\n\nThe largest budget every architecture finished, against its dense run; "
+               "effective compute from the dense fit (%.0f%% interval).\n\n"
+               "| arch | val bpb | vs dense | effective compute x | exact match | J/query | vs dense |\n"
+               "|---|---|---|---|---|---|---|\n",
+            base->budget, 100 * level);
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+        for (int j = 0; j < runs[a].n; j++) {
+            const joule_compare_row *r = runs[a].rows[j];
+            if (r->budget != base->budget) continue;
+            char mult[112] = "1 (reference)", m1[32], m2[32], m3[32], q[32] = "-", qr[32] = "-";
+            if (a != JOULE_ARCH_DENSE) {
+                if (dense) {
+                    multiplier m = effective(dense, boot, reps, level, r);
+                    snprintf(mult, sizeof mult, "%s [%s, %s]", fmt_mult(m1, sizeof m1, m.mult),
+                             fmt_mult(m2, sizeof m2, m.lo), fmt_mult(m3, sizeof m3, m.hi));
+                } else {
+                    snprintf(mult, sizeof mult, "- (no dense fit)");
+                }
+            }
+            if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
+            if (isfinite(r->query_j) && isfinite(base->query_j) && base->query_j > 0)
+                snprintf(qr, sizeof qr, "x%.2f", r->query_j / base->query_j);
+            fprintf(f, "| %s | %.4f | %+.4f | %s | %.4f | %s | %s |\n", r->arch, r->val_bpb,
+                    r->val_bpb - base->val_bpb, mult, r->exact_match, q, qr);
+        }
+    fprintf(f, "\n");
+}
+
 /* ---- files ---- */
 
 static int write_text(const char *dir, const char *name, const char *text) {
@@ -181,23 +227,36 @@ static void add_retrieval(const char *dir, FILE *f, cJSON *fit, const joule_comp
     const cJSON *ent = cJSON_GetObjectItemCaseSensitive(j, "entries");
     const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "build_s");
     const cJSON *ns = cJSON_GetObjectItemCaseSensitive(j, "neighbours_s");
-    if (!cJSON_IsNumber(sf) || !cJSON_IsString(idx) || !cJSON_IsNumber(ent) || !cJSON_IsNumber(ns)) {
+    const bool files = cJSON_IsNumber(ns);
+    if (!cJSON_IsNumber(sf) || !cJSON_IsString(idx) || !cJSON_IsNumber(ent) || !(files || cJSON_IsNull(ns))) {
         fprintf(f, "\n## Retrieval (RETRO)\n\n%s is not a valid record; not reported.\n", path);
         cJSON_Delete(j);
         return;
     }
     char built[64] = "by an earlier invocation";
     if (cJSON_IsNumber(bs)) snprintf(built, sizeof built, "in %.1f s", bs->valuedouble);
-    fprintf(f, "\n## Retrieval (RETRO)\n\nDatabase: %.0f chunks of the train split, FAISS index %s; built %s, "
-               "neighbour files (train and validation, same-document neighbours excluded) in %.1f s. One search "
-               "costs %.4g FLOPs (analytic, FAISS's work: not in the counted budget).\n\n"
-               "| budget | training chunks searched | search FLOPs | share of the budget |\n|---|---|---|---|\n",
-            ent->valuedouble, idx->valuestring, built, ns->valuedouble, sf->valuedouble);
+    char nbr[160];
+    if (files)
+        snprintf(nbr, sizeof nbr, "neighbour files of the train and validation splits computed in %.1f s",
+                 ns->valuedouble);
+    else
+        snprintf(nbr, sizeof nbr, "neighbours searched on demand, when a batch first reads a chunk");
+    fprintf(f, "\n## Retrieval (RETRO)\n\nDatabase: %.0f chunks of the train split, FAISS index %s; built %s; "
+               "%s (same-document neighbours excluded). One search costs %.4g FLOPs (analytic, FAISS's work: not in "
+               "the counted budget); a run is charged one search per training chunk it reads.\n\n"
+               "| budget | training chunks read | search FLOPs | share of the budget | chunks searched | search time |\n"
+               "|---|---|---|---|---|---|\n",
+            ent->valuedouble, idx->valuestring, built, nbr, sf->valuedouble);
     for (int i = 0; i < n; i++) {
         const joule_compare_row *r = &rows[i];
         if (!r->ok || strcmp(r->arch, "retro") != 0) continue;
-        fprintf(f, "| %.3g | %.0f | %.4g | %.3g%% |\n", r->budget, r->retrieval_flops / sf->valuedouble,
-                r->retrieval_flops, 100 * r->retrieval_flops / r->budget);
+        char secs[32] = "-";
+        if (isfinite(r->retrieval_s) && r->retrieval_searches > 0)
+            snprintf(secs, sizeof secs, "%.1f s (%.0f%% of training)", r->retrieval_s,
+                     100 * r->retrieval_s / r->train_s);
+        fprintf(f, "| %.3g | %.0f | %.4g | %.3g%% | %" PRIu64 " | %s |\n", r->budget,
+                r->retrieval_flops / sf->valuedouble, r->retrieval_flops, 100 * r->retrieval_flops / r->budget,
+                r->retrieval_searches, secs);
     }
     cJSON_AddItemToObject(fit, "retrieval", j);
 }
@@ -297,6 +356,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
                "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
                "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
             JOULE_COMPARE_EM_BYTES);
+    write_headline(f, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     fprintf(f, "## Runs\n\n| arch | budget | layers x d_model | experts | params total | params active | tokens | "
                "counted FLOPs | spent/budget | val bpb | exact match | train s | train energy | J/query |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

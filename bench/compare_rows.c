@@ -25,7 +25,7 @@ static const field FIELDS[] = {
     F(steps, 'u'),         F(tokens, 'u'),        F(flops_counted, 'u'), F(flops_analytic, 'u'),
     F(spent, 'd'),         F(val_bpb, 'd'),       F(exact_match, 'd'),   F(em_windows, 'u'),
     F(wall_s, 'd'),        F(train_s, 'd'),       F(energy_j, 'd'),      F(query_j, 'd'),
-    F(query_s, 'd'),        F(retrieval_flops, 'd'),
+    F(query_s, 'd'),       F(retrieval_flops, 'd'), F(retrieval_searches, 'u'), F(retrieval_s, 'd'),
 };
 #undef F
 #define N_FIELDS (sizeof FIELDS / sizeof FIELDS[0])

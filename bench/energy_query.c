@@ -84,9 +84,9 @@ static void draw_prompt(const joule_tokens *t, uint64_t seed, int stream, int q,
     for (int i = 0; i < P; i++) out[i] = t->tok[at + (uint64_t)i];
 }
 
-/* Analytic FLOPs of one query from the accountant: the prefill is a forward over P tokens
- * (joule_account at context P) less the P-1 logits rows it does not compute; the decode is
- * joule_account_query's G-1 one-token steps. */
+/* Analytic FLOPs of one query from the accountant: the prefill is joule_account_query's
+ * (a forward over P tokens; RETRO's chunks encoded once, CCA where neighbours are in view)
+ * less the P-1 logits rows it does not compute; the decode is its G-1 one-token steps. */
 static int analytic_flops(const joule_model *m, int P, int G, joule_bench_energy_result *r) {
     joule_acct_model a;
     joule_acct_from_config(&a, &m->cfg);
@@ -103,7 +103,7 @@ static int analytic_flops(const joule_model *m, int P, int G, joule_bench_energy
         if (!strcmp(ar.terms[i].name, "logits")) logits = ar.terms[i].flops;
     r->params = ar.params;
     r->params_active = ar.params_active;
-    r->flops_prefill_analytic = ar.fwd_per_token * P - logits * (P - 1);
+    r->flops_prefill_analytic = q.prefill - logits * (P - 1);
     r->flops_decode_analytic = q.decode;
     r->flops_analytic = r->flops_prefill_analytic + r->flops_decode_analytic;
     return JOULE_OK;
@@ -237,13 +237,19 @@ static int feed(run_bufs *b, int i, int32_t tok) {
     return joule_decoder_step(d, tok, &b->logits[i]);
 }
 
-/* Sequence i's prompt: one batched prefill, or token by token through feed() for RETRO. */
+/* Sequence i's prompt: one batched prefill (RETRO: each chunk of the prompt retrieved
+ * first, as feed() would when it completes). */
 static int prefill(run_bufs *b, int i, const int32_t *prompt, int P) {
-    joule_decoder_reset(b->dec[i]);
-    if (!b->db) return joule_decoder_prefill(b->dec[i], prompt, P, &b->logits[i]);
-    int rc = joule_retro_decoder_set_neighbours(b->dec[i], -1, NULL);
-    for (int t = 0; t < P && !rc; t++) rc = feed(b, i, prompt[t]);
-    return rc;
+    joule_decoder *d = b->dec[i];
+    joule_decoder_reset(d);
+    int rc = JOULE_OK;
+    if (b->db) {
+        int32_t *win = b->win + (size_t)i * b->ctx;
+        memcpy(win, prompt, (size_t)P * sizeof *win);
+        rc = joule_retro_decoder_set_neighbours(d, -1, NULL);
+        for (int u = 0; (u + 1) * b->chunk <= P && !rc; u++) rc = retrieve(b, d, win, u);
+    }
+    return rc ? rc : joule_decoder_prefill(d, prompt, P, &b->logits[i]);
 }
 
 /* Step t of all n sequences: one batched step (each weight matrix read once for the n

@@ -34,8 +34,8 @@ static const char USAGE[] =
     "  --out DIR             comparison folder (default runs/compare): results.csv, results.jsonl,\n"
     "                        fit.json, report.md, loss_vs_compute.svg, energy_vs_bpb.svg, runs/\n"
     "\n"
-    "Sizing rule (a model of the fixed-aspect family d_model = i x 16, layers = d_model / aspect,\n"
-    "heads of 16, d_ff = ffn-mult x d_model, whose total parameters are nearest N = sqrt(C / 6r);\n"
+    "Sizing rule (a model of the fixed-aspect family d_model = i x 8, layers = d_model / aspect,\n"
+    "heads of 8, d_ff = ffn-mult x d_model, whose total parameters are nearest N = sqrt(C / 6r);\n"
     "smaller when the budget buys fewer than --min-steps steps):\n"
     "  --tokens-per-param R  r, training tokens per parameter (default 20, Chinchilla's D ~ 20 N)\n"
     "  --aspect A            d_model / layers (default 32)\n"
@@ -49,9 +49,11 @@ static const char USAGE[] =
     "  --retro-chunk M       RETRO: chunk length; ctx must be a multiple (default 16). The RETRO\n"
     "                        model is the dense one plus CCA every 3rd layer and a 2-layer encoder\n"
     "  --db-chunks N         RETRO: the database holds the first N chunks of the train split,\n"
-    "                        built once in DIR/db; 0 = all (default 100000). Neighbours of the\n"
-    "                        train and val splits are computed once, next to them; the search\n"
-    "                        FLOPs (FAISS's, analytic) are reported apart from the budget\n"
+    "                        built once in DIR/db; 0 = all (default 100000). The search FLOPs\n"
+    "                        (FAISS's, analytic) are reported apart from the budget\n"
+    "  --neighbour-files     RETRO: compute the neighbours of the whole train and val splits\n"
+    "                        once, into files next to them that later runs share (default: search\n"
+    "                        each chunk the first time a run's batches read it)\n"
     "\n"
     "Training and evaluation:\n"
     "  --batch N             sequences per step (default 8)\n"
@@ -80,7 +82,7 @@ static const char USAGE[] =
 enum {
     OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,
     OPT_EXPERTS, OPT_TOP_K, OPT_MOE_EVERY, OPT_BATCH, OPT_LR, OPT_SEED, OPT_EVAL_WINDOWS, OPT_EM_WINDOWS,
-    OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS, OPT_RETRO_CHUNK, OPT_DB_CHUNKS, OPT_QUERIES,
+    OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS, OPT_RETRO_CHUNK, OPT_DB_CHUNKS, OPT_QUERIES, OPT_NEIGHBOURS,
 };
 
 static const char *CMD = "compare";
@@ -236,6 +238,7 @@ int cmd_compare(int argc, char **argv) {
         {"retro-chunk", required_argument, NULL, OPT_RETRO_CHUNK},
         {"db-chunks", required_argument, NULL, OPT_DB_CHUNKS},
         {"queries", required_argument, NULL, OPT_QUERIES},
+        {"neighbour-files", no_argument, NULL, OPT_NEIGHBOURS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -296,6 +299,7 @@ int cmd_compare(int argc, char **argv) {
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
         case OPT_QUERIES: INT_OPT(s.queries, 0, 1 << 20, "--queries"); break;
         case OPT_RETRO_CHUNK: INT_OPT(s.retro_chunk, 1, 4096, "--retro-chunk"); break;
+        case OPT_NEIGHBOURS: s.neighbour_files = true; break;
         case OPT_DB_CHUNKS:
             if (!cli_parse_u64(optarg, &s.db_chunks))
                 return cli_usage_error(CMD, "--db-chunks: '%s' is not a non-negative integer", optarg);

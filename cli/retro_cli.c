@@ -40,6 +40,7 @@ int retro_train_cli_option(retro_train_cli *r, const char *cmd, int c, const cha
     case OPT_RETRO_INIT: r->init = arg; r->any = true; return 0;
     case OPT_RETRO_FREEZE: r->freeze = true; return 0;
     case OPT_RETRO_ALLOW: r->allow_mismatch = true; return 0;
+    case OPT_RETRO_ON_DEMAND: r->on_demand = true; return 0;
     default: return -1;
     }
 }
@@ -105,9 +106,15 @@ static void on_nbr_progress(void *ctx, const char *what, uint64_t done, uint64_t
 }
 
 static int open_data(const char *cmd, const joule_config *c, const char *db_dir, const char *const *paths, int n,
-                     bool allow, joule_retro_data **rd) {
+                     bool allow, bool on_demand, joule_retro_data **rd) {
     nbr_progress p = {0};
-    int st = joule_retro_data_open(rd, c, db_dir, paths, n, allow, on_nbr_progress, &p);
+    joule_retro_data_opts o;
+    joule_retro_data_opts_init(&o);
+    o.allow_db_mismatch = allow;
+    o.on_demand = on_demand;
+    o.progress = on_nbr_progress;
+    o.ctx = &p;
+    int st = joule_retro_data_open_opts(rd, c, db_dir, paths, n, &o);
     if (p.what && p.bar.printed) cli_progress_finish(&p.bar, p.bar.total, NULL);
     return st ? cli_fail(cmd, st) : 0;
 }
@@ -116,7 +123,8 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
                            const char *train_path, const char *val_path) {
     const joule_config *c = &m->cfg;
     if (!joule_config_has_cca(c)) {
-        if (r->db || r->freeze) return cli_usage_error(cmd, "--db and --freeze-base need a RETRO model");
+        if (r->db || r->freeze || r->on_demand)
+            return cli_usage_error(cmd, "--db, --freeze-base and --neighbours-on-demand need a RETRO model");
         return 0;
     }
     if (!r->db) return cli_usage_error(cmd, "a RETRO model trains with --db DIR");
@@ -131,7 +139,7 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
     if (T % c->retro.chunk)
         return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", T, c->retro.chunk);
     const char *paths[2] = {train_path, val_path};
-    int ret = open_data(cmd, c, r->db, paths, val_path ? 2 : 1, r->allow_mismatch, &r->rd);
+    int ret = open_data(cmd, c, r->db, paths, val_path ? 2 : 1, r->allow_mismatch, r->on_demand, &r->rd);
     if (ret) return ret;
     if (!resume || !c->retro.db_id[0])
         snprintf(m->cfg.retro.db_id, sizeof m->cfg.retro.db_id, "%s", joule_retro_data_db_id(r->rd));
@@ -217,7 +225,7 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
         return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", seq, m->cfg.retro.chunk);
     joule_retro_data *rd = NULL;
     const char *paths[1] = {t->path};
-    int ret = open_data(cmd, &m->cfg, db_dir, paths, 1, allow_mismatch, &rd);
+    int ret = open_data(cmd, &m->cfg, db_dir, paths, 1, allow_mismatch, false, &rd);
     if (ret) return ret;
     joule_retro_data_set_own_document(rd, own_doc);
     joule_eval_result res[2];

@@ -15,6 +15,7 @@
 enum {
     OPT_RETRO_ARCH = 1024, OPT_RETRO_DB, OPT_RETRO_CCA_START, OPT_RETRO_CCA_EVERY, OPT_RETRO_K, OPT_RETRO_CHUNK,
     OPT_RETRO_ENC_LAYERS, OPT_RETRO_ENC_D_MODEL, OPT_RETRO_INIT, OPT_RETRO_FREEZE, OPT_RETRO_ALLOW, OPT_RETRO_OWN_DOC,
+    OPT_RETRO_ON_DEMAND,
 };
 
 /* Entries for a command's getopt_long table. */
@@ -26,7 +27,8 @@ enum {
         {"enc-layers", required_argument, NULL, OPT_RETRO_ENC_LAYERS},                                        \
         {"enc-d-model", required_argument, NULL, OPT_RETRO_ENC_D_MODEL},                                      \
         {"init", required_argument, NULL, OPT_RETRO_INIT}, {"freeze-base", no_argument, NULL, OPT_RETRO_FREEZE}, \
-        {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW}
+        {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW},                                         \
+        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND}
 #define RETRO_DB_LONG_OPTIONS \
     {"db", required_argument, NULL, OPT_RETRO_DB}, {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW}
 
@@ -36,6 +38,8 @@ enum {
     "  --db DIR           retrieval database (joule db build); required for retro, also when resuming.\n"  \
     "                     Neighbours of the train/val files are computed once next to them\n"             \
     "                     (<file>.<database id>.nbr), same-document neighbours excluded\n"                 \
+    "  --neighbours-on-demand  no files: search each chunk the first time a batch reads it (a\n"      \
+    "                     short run pays only for what it reads; nothing is kept for later runs)\n"      \
     "  --chunk N          chunk length m; must equal the database's (default: the database's)\n"           \
     "  --neighbours K     neighbours per chunk (default 2)\n"                                              \
     "  --cca-start L      first layer with chunked cross-attention (default layers/3)\n"                   \
@@ -47,7 +51,7 @@ enum {
     "  --allow-db-mismatch  use a database other than the one the model was trained with\n"
 
 typedef struct {
-    bool retro, freeze, allow_mismatch;
+    bool retro, freeze, allow_mismatch, on_demand;
     const char *db, *init;
     int chunk, k, cca_start, cca_every, enc_layers, enc_d_model; /* -1: default */
     bool any;             /* some RETRO option given */

@@ -327,24 +327,41 @@ static bool ext_terms(const joule_acct_model *a, joule_ext_kind kind, int l, int
     return true;
 }
 
-static void retro_terms(const joule_acct_model *a, joule_acct_result *r) {
+/* RETRO's analytic costs per decoder token (configs joule does not build): CCA's q, o and
+ * attention for a row that reads a chunk's neighbours; the keys/values, encoder and
+ * retriever work of one chunk, amortised over its m tokens. */
+typedef struct {
+    double cca_row, cca_kv, encoder, retriever;
+} retro_cost;
+
+static retro_cost retro_analytic(const joule_acct_model *a) {
     const joule_config *c = &a->cfg;
     const joule_retro_config *rc = &c->retro;
     const double d = c->d_model, de = rc->enc_d_model, m = rc->chunk, k = rc->k;
     int n_cca = 0;
     for (int l = 0; l < c->n_layers; l++)
         n_cca += c->kinds[l].cca;
-    /* per decoder token, per CCA layer: q and o (2d^2 each), keys/values of the k neighbours'
-     * 2m encoded tokens amortised over the chunk's m tokens, attention over k x 2m positions */
-    add_term(r, "cca", n_cca * (4 * d * d + (k * 2 * m / m) * 4 * de * d + 4 * k * 2 * m * d));
+    retro_cost o;
+    /* per CCA layer: q and o (2d^2 each), attention over k x 2m positions, keys/values of
+     * the k neighbours' 2m encoded tokens */
+    o.cca_row = n_cca * (4 * d * d + 4 * k * 2 * m * d);
+    o.cca_kv = n_cca * (k * 2 * m / m) * 4 * de * d;
     /* the encoder runs once per chunk over k neighbours of 2m tokens: 2k encoder tokens per
      * decoder token; its cross-attention keys/values come from the chunk's m decoder tokens */
     double enc_tok = 8 * de * de + 4 * (2 * m) * de                   /* self-attention, bidirectional over 2m */
                      + 4 * de * de + 4 * m * de                       /* cross-attention q, o and products */
                      + 2 * ffn_matrices(a->gelu) * de * rc->enc_d_ff; /* FFN */
-    double enc = 2 * k * (rc->enc_layers * enc_tok + (de != d ? 2 * d * de : 0)) + rc->enc_layers * 4 * d * de;
-    add_term(r, "encoder", enc);
-    if (a->retr_params > 0) add_term(r, "retriever", 2 * a->retr_params); /* frozen BERT over each chunk */
+    o.encoder = 2 * k * (rc->enc_layers * enc_tok + (de != d ? 2 * d * de : 0)) + rc->enc_layers * 4 * d * de;
+    o.retriever = 2 * a->retr_params; /* frozen BERT over each chunk */
+    return o;
+}
+
+static void retro_terms(const joule_acct_model *a, joule_acct_result *r) {
+    const double m = a->cfg.retro.chunk;
+    const retro_cost o = retro_analytic(a);
+    add_term(r, "cca", o.cca_row + o.cca_kv);
+    add_term(r, "encoder", o.encoder);
+    if (a->retr_params > 0) add_term(r, "retriever", o.retriever);
     r->retrievals_per_token = 1.0 / m;
     if (a->index[0] && a->db_tokens > 0)
         r->search_per_query = joule_search_flops(a->index, a->db_tokens / m, a->retr_dim, a->nlist, a->nprobe,
@@ -447,6 +464,33 @@ static double term_flops(const joule_acct_result *r, const char *name) {
     return 0;
 }
 
+/* RETRO's FLOPs at decode position pos: the registered extension's own count when exact,
+ * else the analytic costs laid out as joule decodes (a chunk's work where it completes, CCA
+ * rows from m-1 on). */
+static void retro_at(const joule_acct_model *a, bool exact, int pos, double *enc, double *cca, double *retr) {
+    const joule_config *c = &a->cfg;
+    const int m = c->retro.chunk;
+    const bool completes = (pos + 1) % m == 0;
+    *enc = *cca = *retr = 0;
+    if (!exact) {
+        const retro_cost o = retro_analytic(a);
+        *cca = (pos >= m - 1 ? o.cca_row : 0) + (completes ? m * o.cca_kv : 0);
+        *enc = completes ? m * o.encoder : 0;
+        *retr = completes ? m * o.retriever : 0;
+        return;
+    }
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
+    const char *names[16];
+    uint64_t fl[16];
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->kinds[l].cca) continue;
+        int n = ops->decode_flop_terms ? ops->decode_flop_terms(c, l, pos, names, fl, 16)
+                                       : ops->flop_terms(c, l, 1, 1, names, fl, 16);
+        for (int i = 0; i < n && i < 16; i++)
+            *(strcmp(names[i], "encoder") == 0 ? enc : cca) += (double)fl[i];
+    }
+}
+
 int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int prompt, int generate,
                         joule_acct_query *q) {
     memset(q, 0, sizeof *q);
@@ -457,14 +501,36 @@ int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int
     joule_acct_result r;
     int rc = joule_account(a, &po, &r);
     if (rc) return rc;
+    const bool retro = joule_config_has_cca(&a->cfg);
     const double L = a->cfg.n_layers, da = (double)a->cfg.n_heads * a->head_dim;
-    double attn = term_flops(&r, "attention"), rest = r.fwd_per_token - attn;
-    q->prefill = r.fwd_per_token * prompt;
-    /* each generated token attends to every cached position and itself */
-    for (int i = 0; i < generate; i++)
-        q->decode += rest + L * 4.0 * da * (prompt + i + 1);
+    /* RETRO's per-token terms spread a batched forward's chunk work over every position;
+     * a query pays it position by position instead (retro_at) */
+    const double spread = retro ? term_flops(&r, "cca") + term_flops(&r, "encoder") + term_flops(&r, "retriever") : 0;
+    const double rest = r.fwd_per_token - term_flops(&r, "attention") - spread;
+    q->prefill = (r.fwd_per_token - spread) * prompt;
+    if (r.exact) { /* in integers: what joule_decoder_prefill counts, plus P-1 logits rows */
+        uint64_t seq = r.fwd_sequence;
+        const joule_ext_ops *ops = retro ? joule_ext_get(JOULE_EXT_CCA) : NULL;
+        for (int l = 0; ops && l < a->cfg.n_layers; l++)
+            if (a->cfg.kinds[l].cca) seq -= ops->forward_flops(&a->cfg, l, 1, prompt);
+        q->prefill = (double)seq;
+    }
+    for (int pos = 0; pos < prompt + generate; pos++) {
+        double enc = 0, cca = 0, retr = 0;
+        if (retro) retro_at(a, r.exact, pos, &enc, &cca, &retr);
+        q->encoder += enc;
+        q->cca += cca;
+        /* a one-token step attends to every cached position and itself */
+        const double step = rest + L * 4.0 * da * (pos + 1) + enc + cca + retr;
+        if (pos < prompt) {
+            q->prefill += enc + cca + retr;
+            q->prefill_steps += step;
+        } else {
+            q->decode += step;
+        }
+    }
     q->total = q->prefill + q->decode;
-    q->search = ceil((prompt + generate) * r.retrievals_per_token) * r.search_per_query;
+    if (retro) q->search = (double)((prompt + generate) / a->cfg.retro.chunk) * r.search_per_query;
     q->kv_cache_bytes = L * (prompt + generate) * 2.0 * a->kv_heads * a->head_dim * r.bytes_per_param;
     return JOULE_OK;
 }

@@ -181,8 +181,9 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
     if (n < 1 || n > T - d->pos)
         return joule_fail(JOULE_ERR_ARG, "prefill of %d tokens does not fit the KV cache (%d of %d used)", n, d->pos, T);
     int rc;
-    /* CCA's one-token op follows the sequence position by position; keep that order. */
-    if (d->pos > 0 || joule_config_has_cca(c)) {
+    /* CCA without a rows op follows the sequence position by position; keep that order. */
+    const joule_ext_ops *cca = m->ext_ops[JOULE_EXT_CCA];
+    if (d->pos > 0 || (joule_config_has_cca(c) && !cca->prefill_rows)) {
         for (int i = 0; i < n; i++)
             if ((rc = joule_decoder_step(d, tokens[i], logits))) return rc;
         return JOULE_OK;
@@ -206,6 +207,7 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
         }
         joule_attention_forward(b.ao, b.att, b.qkv, 1, n, C, H);
         joule_sgemm(false, true, n, C, C, 1.0f, b.ao, C, w->wo, C, 1.0f, b.x, C);
+        if (c->kinds[l].cca && (rc = cca->prefill_rows(d, l, b.x, n))) return rc;
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             if ((rc = moe_rows(d, l, b.xn, b.x, n, true))) return rc;

@@ -14,7 +14,6 @@
 #define NBR_MAGIC "JOULENBR"
 #define NBR_VERSION 1u
 #define NBR_HEADER 128u
-#define NBR_BATCH 1024
 #define NBR_MAX_K 1024
 
 struct joule_neighbours {
@@ -50,6 +49,56 @@ static void make_header(uint8_t *h, int m, int k, uint32_t tok_crc, uint64_t n_c
     snprintf((char *)h + 64, 64, "%s", base_name(tokens_path));
 }
 
+/* Fills query rows for the listed chunks of t (JOULE_DB_PAD past the file's end) and the
+ * documents each must not retrieve from: every document holding one of its tokens. */
+static void chunk_queries(const joule_tokens *t, int m, const uint64_t *chunk, int n, int32_t *rows,
+                          const uint64_t **excl, int *n_excl) {
+    for (int i = 0; i < n; i++) {
+        uint64_t s = chunk[i] * (uint64_t)m, e = s + (uint64_t)m;
+        if (e > t->n_tokens) e = t->n_tokens;
+        for (uint64_t p = s; p < s + (uint64_t)m; p++) rows[(size_t)i * m + (p - s)] = p < e ? t->tok[p] : JOULE_DB_PAD;
+        /* documents [d0, d1] hold the chunk; their ids are increasing in the file */
+        uint64_t d0 = joule_tokens_doc_at(t, s), d1 = joule_tokens_doc_at(t, e - 1);
+        excl[i] = t->doc_ids + d0;
+        n_excl[i] = (int)(d1 - d0 + 1);
+    }
+}
+
+int joule_neighbours_scratch_init(joule_neighbours_scratch *s, int m, int k) {
+    memset(s, 0, sizeof *s);
+    s->rows = malloc((size_t)JOULE_NBR_BATCH * m * sizeof *s->rows);
+    s->chunk = malloc(JOULE_NBR_BATCH * sizeof *s->chunk);
+    s->excl = malloc(JOULE_NBR_BATCH * sizeof *s->excl);
+    s->n_excl = malloc(JOULE_NBR_BATCH * sizeof *s->n_excl);
+    s->ids = malloc((size_t)JOULE_NBR_BATCH * k * sizeof *s->ids);
+    if (!s->rows || !s->chunk || !s->excl || !s->n_excl || !s->ids) {
+        joule_neighbours_scratch_free(s);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    }
+    return JOULE_OK;
+}
+
+void joule_neighbours_scratch_free(joule_neighbours_scratch *s) {
+    free(s->rows);
+    free(s->chunk);
+    free(s->excl);
+    free(s->n_excl);
+    free(s->ids);
+    memset(s, 0, sizeof *s);
+}
+
+int joule_neighbours_search(joule_retro_db *db, const joule_tokens *t, const uint64_t *chunk, int n, int k,
+                            joule_neighbours_scratch *s, int64_t *ids) {
+    const int m = joule_db_chunk(db);
+    for (int i0 = 0; i0 < n; i0 += JOULE_NBR_BATCH) {
+        int b = n - i0 < JOULE_NBR_BATCH ? n - i0 : JOULE_NBR_BATCH;
+        chunk_queries(t, m, chunk + i0, b, s->rows, s->excl, s->n_excl);
+        int rc = joule_db_search_ex(db, s->rows, b, k, s->excl, s->n_excl, ids + (size_t)i0 * k, NULL);
+        if (rc) return rc;
+    }
+    return JOULE_OK;
+}
+
 int joule_neighbours_build(joule_retro_db *db, const char *tokens_path, const char *out_path, int k,
                            void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
     if (k < 1 || k > NBR_MAX_K) return joule_fail(JOULE_ERR_ARG, "neighbours: k = %d not in [1, %d]", k, NBR_MAX_K);
@@ -62,39 +111,25 @@ int joule_neighbours_build(joule_retro_db *db, const char *tokens_path, const ch
     if ((rc = joule_tokens_open(&t, tokens_path))) return rc;
     const int m = joule_db_chunk(db);
     const uint64_t nc = (t.n_tokens + (uint64_t)m - 1) / (uint64_t)m;
-    int32_t *chunks = malloc((size_t)NBR_BATCH * m * sizeof *chunks);
-    int64_t *ids = malloc((size_t)NBR_BATCH * k * sizeof *ids);
-    const uint64_t **excl = malloc(NBR_BATCH * sizeof *excl);
-    int *n_excl = malloc(NBR_BATCH * sizeof *n_excl);
+    joule_neighbours_scratch s;
     joule_atomic_file f = {.fd = -1};
-    if (!chunks || !ids || !excl || !n_excl) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    rc = joule_neighbours_scratch_init(&s, m, k);
     if (!rc) rc = joule_atomic_open(&f, out_path);
     if (!rc) {
         uint8_t h[NBR_HEADER];
         make_header(h, m, k, tok_crc, nc, t.n_tokens, joule_db_id(db), tokens_path);
         rc = joule_atomic_write(&f, h, sizeof h);
     }
-    for (uint64_t c0 = 0; c0 < nc && !rc; c0 += NBR_BATCH) {
-        int n = nc - c0 < NBR_BATCH ? (int)(nc - c0) : NBR_BATCH;
-        for (int i = 0; i < n; i++) {
-            uint64_t s = (c0 + (uint64_t)i) * (uint64_t)m, e = s + (uint64_t)m;
-            if (e > t.n_tokens) e = t.n_tokens;
-            for (uint64_t p = s; p < s + (uint64_t)m; p++) chunks[(size_t)i * m + (p - s)] = p < e ? t.tok[p] : JOULE_DB_PAD;
-            /* documents [d0, d1] hold the chunk; their ids are increasing in the file */
-            uint64_t d0 = joule_tokens_doc_at(&t, s), d1 = joule_tokens_doc_at(&t, e - 1);
-            excl[i] = t.doc_ids + d0;
-            n_excl[i] = (int)(d1 - d0 + 1);
-        }
-        rc = joule_db_search_ex(db, chunks, n, k, excl, n_excl, ids, NULL);
-        if (!rc) rc = joule_atomic_write(&f, ids, (size_t)n * k * sizeof *ids);
+    for (uint64_t c0 = 0; c0 < nc && !rc; c0 += JOULE_NBR_BATCH) {
+        int n = nc - c0 < JOULE_NBR_BATCH ? (int)(nc - c0) : JOULE_NBR_BATCH;
+        for (int i = 0; i < n; i++) s.chunk[i] = c0 + (uint64_t)i;
+        rc = joule_neighbours_search(db, &t, s.chunk, n, k, &s, s.ids);
+        if (!rc) rc = joule_atomic_write(&f, s.ids, (size_t)n * k * sizeof *s.ids);
         if (progress) progress(ctx, c0 + (uint64_t)n, nc);
     }
     if (!rc) rc = joule_atomic_commit(&f);
     else if (f.fd >= 0) joule_atomic_abort(&f);
-    free(chunks);
-    free(ids);
-    free(excl);
-    free(n_excl);
+    joule_neighbours_scratch_free(&s);
     joule_tokens_close(&t);
     return rc;
 }

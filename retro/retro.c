@@ -309,6 +309,8 @@ static const joule_ext_ops RETRO_OPS = {
     .decoder_create = retro_decoder_create,
     .decoder_free = retro_decoder_free,
     .decode_step = retro_decode_step,
+    .decode_flop_terms = retro_decode_flop_terms,
+    .prefill_rows = retro_prefill_rows,
 };
 
 void joule_retro_register(void) { joule_ext_register(JOULE_EXT_CCA, &RETRO_OPS); }

@@ -1,11 +1,38 @@
-/* Analytic cost of one retrieval: FLOPs of a FAISS search by index type and database size
- * (FAISS does this work, so it is estimated, never counted), for the accountant's RETRO
- * lines. docs/MODEL.md §7 states the formulas. */
+/* RETRO's costs for the accountant: what one-token decoding counts per layer and position
+ * (retro_decode.c), and the analytic cost of one retrieval: FLOPs of a FAISS search by index
+ * type and database size (FAISS does this work, so it is estimated, never counted).
+ * docs/MODEL.md §7 and docs/ACCOUNTING.md state the formulas. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "joule/retro.h"
+#include "retro_model.h"
+
+/* retro_decode_step at position pos, neighbours handed for every completed chunk: the
+ * position completing chunk u encodes u's k neighbours once (in the first CCA layer) and
+ * every CCA layer projects them to keys/values once; positions (u+1)m-1 .. (u+2)m-2 query
+ * them (the m-1 shift), so nothing before m-1. */
+int retro_decode_flop_terms(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max) {
+    retro_dims d;
+    retro_dims_from_config(&d, c);
+    const uint64_t C = (uint64_t)d.C, R = (uint64_t)d.k * 2 * (uint64_t)d.m;
+    if (R == 0 || pos < d.m - 1 || d.ord[l] < 0) return 0;
+    const bool completes = (pos + 1) % d.m == 0;
+    int n = 0;
+    if (n < max) {
+        names[n] = "cca";
+        flops[n++] = 2 * C * C            /* wq */
+                     + 4 * C * R          /* scores and values over the k x 2m neighbour tokens */
+                     + 2 * C * C          /* wo */
+                     + (completes ? 2 * R * (uint64_t)d.D * 2 * C : 0); /* wk, wv of the new encoding */
+    }
+    if (completes && l == d.l0 && n < max) {
+        names[n] = "encoder";
+        flops[n++] = retro_enc_flops(&d, 1, d.m); /* one chunk: k neighbours reading its m rows */
+    }
+    return n;
+}
 
 /* Parses an integer suffix at s (e.g. "1024" of "IVF1024"); def when absent. */
 static double suffix_num(const char *s, double def) {

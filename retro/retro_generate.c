@@ -20,27 +20,40 @@ typedef struct {
     joule_retro_gen_stats *stats;
 } live;
 
+/* Searches chunk u of the window and hands the decoder its neighbours. */
+static int retrieve(live *g, int u) {
+    const int per = 2 * g->m;
+    double t0 = joule_now();
+    int rc = joule_db_search(g->db, g->win + (size_t)u * g->m, 1, g->k, NULL, g->ids, NULL);
+    for (int j = 0; j < g->k && !rc; j++) {
+        if (g->ids[j] < 0) {
+            for (int i = 0; i < per; i++) g->nbr[j * per + i] = JOULE_RETRO_PAD;
+        } else {
+            rc = joule_db_entry(g->db, g->ids[j], g->nbr + (size_t)j * per, NULL);
+        }
+    }
+    if (!rc) rc = joule_retro_decoder_set_neighbours(g->d, u, g->nbr);
+    g->stats->retrieval_s += joule_now() - t0;
+    g->stats->retrievals++;
+    return rc;
+}
+
 /* Feeds one token at position d->pos, retrieving first when it completes a chunk. */
 static int feed(live *g, int32_t tok, const float **logits) {
     const int pos = g->d->pos;
     g->win[pos] = tok;
-    if (g->db && g->k > 0 && (pos + 1) % g->m == 0) {
-        const int u = (pos + 1) / g->m - 1, per = 2 * g->m;
-        double t0 = joule_now();
-        int rc = joule_db_search(g->db, g->win + (size_t)u * g->m, 1, g->k, NULL, g->ids, NULL);
-        for (int j = 0; j < g->k && !rc; j++) {
-            if (g->ids[j] < 0) {
-                for (int i = 0; i < per; i++) g->nbr[j * per + i] = JOULE_RETRO_PAD;
-            } else {
-                rc = joule_db_entry(g->db, g->ids[j], g->nbr + (size_t)j * per, NULL);
-            }
-        }
-        if (!rc) rc = joule_retro_decoder_set_neighbours(g->d, u, g->nbr);
-        g->stats->retrieval_s += joule_now() - t0;
-        g->stats->retrievals++;
-        if (rc) return rc;
-    }
+    int rc;
+    if (g->db && g->k > 0 && (pos + 1) % g->m == 0 && (rc = retrieve(g, (pos + 1) / g->m - 1))) return rc;
     return joule_decoder_step(g->d, tok, logits);
+}
+
+/* n tokens into an empty cache as one batched prefill, every chunk they complete retrieved
+ * first (what feed() would do token by token). */
+static int feed_prompt(live *g, const int32_t *tok, int n, const float **logits) {
+    memcpy(g->win, tok, (size_t)n * sizeof *tok);
+    int rc = joule_retro_decoder_set_neighbours(g->d, -1, NULL);
+    for (int u = 0; g->db && g->k > 0 && (u + 1) * g->m <= n && !rc; u++) rc = retrieve(g, u);
+    return rc ? rc : joule_decoder_prefill(g->d, tok, n, logits);
 }
 
 int joule_retro_generate(const joule_model *m, joule_retro_db *db, const uint8_t *prompt, int n_prompt, int n_gen,
@@ -71,8 +84,8 @@ int joule_retro_generate(const joule_model *m, joule_retro_db *db, const uint8_t
     joule_rng rng;
     joule_rng_seed(&rng, seed);
     const float *logits = NULL;
-    for (size_t i = n > (size_t)T ? n - (size_t)T : 0; i < n; i++)
-        if ((rc = feed(&g, hist[i], &logits))) goto done;
+    const size_t first = n > (size_t)T ? n - (size_t)T : 0;
+    if ((rc = feed_prompt(&g, hist + first, (int)(n - first), &logits))) goto done;
     for (int step = 0; step < n_gen; step++) {
         int32_t tok = joule_sample(logits, V, s, &rng, scratch);
         hist[n++] = tok;
@@ -81,10 +94,8 @@ int joule_retro_generate(const joule_model *m, joule_retro_db *db, const uint8_t
         if (step == n_gen - 1) break;
         if (g.d->pos == T) { /* sliding window: rebuild from the last T/2 tokens */
             joule_decoder_reset(g.d);
-            joule_retro_decoder_set_neighbours(g.d, -1, NULL);
             size_t keep = (size_t)(T / 2 > 0 ? T / 2 : 1);
-            for (size_t i = n - keep; i < n; i++)
-                if ((rc = feed(&g, hist[i], &logits))) goto done;
+            if ((rc = feed_prompt(&g, hist + (n - keep), (int)keep, &logits))) goto done;
         } else if ((rc = feed(&g, tok, &logits))) {
             goto done;
         }

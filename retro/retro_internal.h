@@ -84,4 +84,24 @@ char *joule_path_join(const char *dir, const char *name);
 
 /* Sets the message to "<what>: <FAISS's last error, one line>" and returns code. */
 int joule_faiss_fail(int code, const char *what);
+
+/* ---- neighbour search for listed chunks of a token file (neighbours.c) ----
+ * Shared by the neighbour files (every chunk, in order) and on-demand neighbours
+ * (retro_train.c: the chunks a batch needs). Chunk c covers tokens [c*m, (c+1)*m) and
+ * excludes every document those tokens belong to. */
+#define JOULE_NBR_BATCH 1024 /* queries per FAISS call */
+typedef struct {
+    int32_t *rows;         /* [JOULE_NBR_BATCH * m] query tokens */
+    uint64_t *chunk;       /* [JOULE_NBR_BATCH] chunk indices, for callers */
+    const uint64_t **excl; /* [JOULE_NBR_BATCH] */
+    int *n_excl;           /* [JOULE_NBR_BATCH] */
+    int64_t *ids;          /* [JOULE_NBR_BATCH * k], for callers */
+} joule_neighbours_scratch;
+int joule_neighbours_scratch_init(joule_neighbours_scratch *s, int m, int k);
+void joule_neighbours_scratch_free(joule_neighbours_scratch *s);
+/* ids[n][k] of chunks chunk[0..n) of t (any n: searched JOULE_NBR_BATCH at a time). */
+struct joule_retro_db;
+int joule_neighbours_search(struct joule_retro_db *db, const joule_tokens *t, const uint64_t *chunk, int n, int k,
+                            joule_neighbours_scratch *s, int64_t *ids);
+
 #endif

@@ -96,5 +96,9 @@ uint64_t retro_enc_flops(const retro_dims *d, int B, int T);
 int retro_decoder_create(joule_decoder *d);
 void retro_decoder_free(joule_decoder *d);
 int retro_decode_step(joule_decoder *d, int l, const float *xn, float *x);
+/* The op table's prefill_rows: CCA over the rows of an empty cache's batched prefill. */
+int retro_prefill_rows(joule_decoder *d, int l, float *x, int n);
+/* The op table's decode_flop_terms (retro_cost.c): what retro_decode_step counts. */
+int retro_decode_flop_terms(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max);
 
 #endif

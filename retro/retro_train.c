@@ -10,6 +10,7 @@
 
 #include "joule/retro.h"
 #include "joule/retro_db.h"
+#include "retro_internal.h"
 #include "retro_model.h"
 
 enum { MAX_SOURCES = 4 };
@@ -29,6 +30,15 @@ struct joule_retro_data {
     int64_t *qids;    /* [qcap / m * k] */
     size_t qcap;
     uint64_t same_doc_dropped;
+    /* on demand: per source, the neighbours of every chunk [n_chunks][k] and whether each
+     * has been searched yet; filled by the batches that need them */
+    bool on_demand;
+    int64_t *od_ids[MAX_SOURCES];
+    uint8_t *od_done[MAX_SOURCES];
+    uint64_t od_chunks[MAX_SOURCES];
+    joule_neighbours_scratch od_scratch;
+    uint64_t searches;
+    double search_s;
 };
 
 char *joule_retro_neighbours_path(const char *tokens_path, const char *db_id) {
@@ -46,7 +56,10 @@ void joule_retro_data_close(joule_retro_data *rd) {
         joule_neighbours_close(rd->nb[i]);
         free(rd->tokens_path[i]);
         free(rd->nbr_path[i]);
+        free(rd->od_ids[i]);
+        free(rd->od_done[i]);
     }
+    joule_neighbours_scratch_free(&rd->od_scratch);
     joule_db_close(rd->db);
     free(rd->buf);
     free(rd->qbuf);
@@ -80,9 +93,21 @@ static int open_neighbours(joule_retro_data *rd, int i, joule_retro_progress_fn 
     return rc;
 }
 
+void joule_retro_data_opts_init(joule_retro_data_opts *o) { memset(o, 0, sizeof *o); }
+
 int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const char *db_dir,
                           const char *const *tokens_paths, int n, bool allow_db_mismatch,
                           joule_retro_progress_fn progress, void *ctx) {
+    joule_retro_data_opts o;
+    joule_retro_data_opts_init(&o);
+    o.allow_db_mismatch = allow_db_mismatch;
+    o.progress = progress;
+    o.ctx = ctx;
+    return joule_retro_data_open_opts(out, c, db_dir, tokens_paths, n, &o);
+}
+
+int joule_retro_data_open_opts(joule_retro_data **out, const joule_config *c, const char *db_dir,
+                               const char *const *tokens_paths, int n, const joule_retro_data_opts *o) {
     *out = NULL;
     if (!joule_config_has_cca(c)) return joule_fail(JOULE_ERR_ARG, "%s: the model has no RETRO layers", db_dir);
     if (n < 0 || n > MAX_SOURCES) return joule_fail(JOULE_ERR_ARG, "retro data: %d token files (at most %d)", n, MAX_SOURCES);
@@ -91,21 +116,23 @@ int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const c
     rd->m = c->retro.chunk;
     rd->k = c->retro.k;
     rd->retrieval = true;
+    rd->on_demand = o->on_demand;
     int rc = joule_db_open(&rd->db, db_dir);
     if (!rc && joule_db_chunk(rd->db) != rd->m)
         rc = joule_fail(JOULE_ERR_ARG, "%s: database chunks are %d tokens, the model's are %d", db_dir,
                         joule_db_chunk(rd->db), rd->m);
-    if (!rc && c->retro.db_id[0] && strcmp(c->retro.db_id, joule_db_id(rd->db)) != 0 && !allow_db_mismatch)
+    if (!rc && c->retro.db_id[0] && strcmp(c->retro.db_id, joule_db_id(rd->db)) != 0 && !o->allow_db_mismatch)
         rc = joule_fail(JOULE_ERR_ARG,
                         "%s: database %s is not the one the model was trained with (%s); "
                         "allow it with --allow-db-mismatch",
                         db_dir, joule_db_id(rd->db), c->retro.db_id);
+    if (!rc && rd->on_demand && rd->k > 0) rc = joule_neighbours_scratch_init(&rd->od_scratch, rd->m, rd->k);
     for (int i = 0; i < n && !rc; i++) {
         rd->tokens_path[i] = strdup(tokens_paths[i]);
         rd->nbr_path[i] = joule_retro_neighbours_path(tokens_paths[i], joule_db_id(rd->db));
         rd->n = i + 1;
         if (!rd->tokens_path[i] || !rd->nbr_path[i]) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        else if (rd->k > 0) rc = open_neighbours(rd, i, progress, ctx);
+        else if (rd->k > 0 && !rd->on_demand) rc = open_neighbours(rd, i, o->progress, o->ctx);
     }
     if (rc) {
         joule_retro_data_close(rd);
@@ -113,6 +140,11 @@ int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const c
     }
     *out = rd;
     return JOULE_OK;
+}
+
+void joule_retro_data_search_stats(const joule_retro_data *rd, uint64_t *searches, double *seconds) {
+    if (searches) *searches = rd->searches;
+    if (seconds) *seconds = rd->search_s;
 }
 
 void joule_retro_data_set_retrieval(joule_retro_data *rd, bool on) { rd->retrieval = on; }
@@ -175,6 +207,52 @@ static int live_neighbours(joule_retro_data *rd, const joule_tokens *t, const ui
     return rc;
 }
 
+/* Searches the n listed chunks of source src and stores their neighbours. */
+static int search_listed(joule_retro_data *rd, int src, const joule_tokens *t, int n) {
+    joule_neighbours_scratch *s = &rd->od_scratch;
+    int rc = joule_neighbours_search(rd->db, t, s->chunk, n, rd->k, s, s->ids);
+    for (int i = 0; i < n; i++) {
+        if (!rc)
+            memcpy(rd->od_ids[src] + s->chunk[i] * (uint64_t)rd->k, s->ids + (size_t)i * rd->k,
+                   (size_t)rd->k * sizeof(int64_t));
+        rd->od_done[src][s->chunk[i]] = rc ? 0 : 1;
+    }
+    if (!rc) rd->searches += (uint64_t)n;
+    return rc;
+}
+
+/* On demand: searches the chunks of the batch's windows not searched yet, each once, in the
+ * order the batch lists them, so a run's searches depend only on its own batches. */
+static int fill_on_demand(joule_retro_data *rd, int src, const joule_tokens *t, const uint64_t *starts, int B,
+                          int nch) {
+    const uint64_t nc = (t->n_tokens + (uint64_t)rd->m - 1) / (uint64_t)rd->m;
+    if (!rd->od_ids[src]) {
+        rd->od_ids[src] = malloc(nc * (size_t)rd->k * sizeof(int64_t));
+        rd->od_done[src] = calloc(nc, 1);
+        if (!rd->od_ids[src] || !rd->od_done[src]) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        rd->od_chunks[src] = nc;
+    } else if (rd->od_chunks[src] != nc) {
+        return joule_fail(JOULE_ERR_ARG, "%s: token file changed size while in use", t->path);
+    }
+    uint8_t *done = rd->od_done[src];
+    int n = 0, rc = JOULE_OK;
+    const double t0 = joule_now();
+    for (int b = 0; b < B && !rc; b++)
+        for (int u = 0; u < nch && !rc; u++) {
+            const uint64_t chunk = starts[b] / (uint64_t)rd->m + (uint64_t)u;
+            if (done[chunk]) continue;
+            done[chunk] = 2; /* listed: a repeat within the batch is not searched twice */
+            rd->od_scratch.chunk[n++] = chunk;
+            if (n == JOULE_NBR_BATCH) {
+                rc = search_listed(rd, src, t, n);
+                n = 0;
+            }
+        }
+    if (n && !rc) rc = search_listed(rd, src, t, n);
+    rd->search_s += joule_now() - t0;
+    return rc;
+}
+
 int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
                                  int32_t *out) {
     const int mm = rd->m, k = rd->k, nch = T / mm, per = 2 * mm;
@@ -188,19 +266,26 @@ int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, co
         if (strcmp(rd->tokens_path[i], t->path) == 0) src = i;
     if (src < 0) return joule_fail(JOULE_ERR_ARG, "%s: no neighbour file opened for this token file", t->path);
     const joule_neighbours *nb = rd->nb[src];
-    const int nbk = joule_neighbours_k(nb);
+    const char *what = rd->on_demand ? t->path : rd->nbr_path[src];
+    int nbk = k;
+    if (rd->on_demand) {
+        int rc = fill_on_demand(rd, src, t, starts, B, nch);
+        if (rc) return rc;
+    } else {
+        nbk = joule_neighbours_k(nb);
+    }
     for (int b = 0; b < B; b++) {
         for (int u = 0; u < nch; u++) {
             const uint64_t chunk = starts[b] / (uint64_t)mm + (uint64_t)u, s = chunk * (uint64_t)mm;
-            const int64_t *ids = joule_neighbours_of(nb, chunk);
-            if (!ids) return joule_fail(JOULE_ERR_FORMAT, "%s: no neighbours for chunk %" PRIu64, rd->nbr_path[src], chunk);
+            const int64_t *ids = rd->on_demand ? rd->od_ids[src] + chunk * (uint64_t)k : joule_neighbours_of(nb, chunk);
+            if (!ids) return joule_fail(JOULE_ERR_FORMAT, "%s: no neighbours for chunk %" PRIu64, what, chunk);
             for (int j = 0; j < k; j++) {
                 int32_t *dst = out + (((size_t)b * nch + u) * k + j) * per;
                 uint64_t doc = 0;
                 int64_t id = j < nbk ? ids[j] : -1;
-                int rc = fetch_entry(rd, id, dst, &doc, rd->nbr_path[src]);
+                int rc = fetch_entry(rd, id, dst, &doc, what);
                 if (rc) return rc;
-                /* Training never sees its own document (the file excludes it; this guards
+                /* Training never sees its own document (the search excludes it; this guards
                  * against a file computed with another rule). */
                 if (id >= 0 && same_document(t, s, s + (uint64_t)mm, doc)) {
                     rd->same_doc_dropped++;

@@ -59,6 +59,7 @@ section "3/4 joule bench energy: dense and moe at $largest FLOPs"
 
 section "4/4 summary"
 ("$JOULE" compare --out "$OUT" --report-only || true) | sed -n '/^| arch/,/^$/p'
+sed -n '/^## At /,/^## Runs/p' "$OUT/report.md" | grep '^|' || true
 sed -n '/## Predictable scaling: loss/,/## Retrieval/p' "$OUT/report.md" | grep '^|' || true
 echo
 "$JOULE" generate --model "$OUT/runs/dense-$stem.safetensors" --prompt "The meaning of " -n 200 \

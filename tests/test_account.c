@@ -187,6 +187,21 @@ START_TEST(test_retro_terms_and_search) {
     ck_assert_double_eq(r.search_per_query, 2.0 * 6 * 1000); /* flat: 2 d N, N = 4000 / 4 chunks */
     ck_assert_double_eq(r.retrievals_per_token, 0.25);
     ck_assert_double_eq(joule_search_flops("ivf", 1000, 6, 10, 2, 0, 0, 0), 2.0 * 6 * 10 + 2 * 100 * 2.0 * 6);
+    /* a query of 6 + 5 tokens pays the chunk work where decoding does: chunks complete at
+     * positions 3 (prompt) and 7 (decode), each encoded once with its keys/values (2k x m x
+     * 4 d_enc d); q, o and attention (768) at positions 3 .. 10 */
+    joule_acct_opts o;
+    joule_acct_opts_init(&o);
+    joule_acct_query q;
+    ck_assert_int_eq(joule_account_query(&a, &o, 6, 5, &q), JOULE_OK);
+    joule_acct_result r6 = account(&a, 6, JOULE_ATTN_JOULE, 0);
+    const double enc = term(&r6, "encoder"), chunk = 4 * 4.0 * 8 * 8 * 4 + 4 * enc, row = 768;
+    const double rest = r6.fwd_per_token - term(&r6, "attention") - term(&r6, "cca") - enc;
+    ck_assert_double_eq_tol(q.cca, 8 * row + 2 * 4 * 4.0 * 8 * 8 * 4, 1e-6);
+    ck_assert_double_eq_tol(q.encoder, 2 * 4 * enc, 1e-6);
+    ck_assert_double_eq_tol(q.prefill, (rest + term(&r6, "attention")) * 6 + 3 * row + chunk, 1e-6);
+    ck_assert_double_eq_tol(q.decode, 5 * rest + 3 * 4.0 * 8 * (7 + 8 + 9 + 10 + 11) + 5 * row + chunk, 1e-6);
+    ck_assert_double_eq(q.search, 2 * r6.search_per_query);
 }
 END_TEST
 

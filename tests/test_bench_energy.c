@@ -455,10 +455,22 @@ START_TEST(test_runner_retro) {
     ck_assert(r.flops_search > 0 && r.search_method[0]);
     ck_assert_uint_eq(r.energy.queries, 5);
     ck_assert_str_eq(r.energy.method, "modeled:tdp");
-    /* the accountant's per-token terms are those of a batched forward (every chunk's
-     * encoder and CCA amortised over all positions); one-token decoding runs the encoder only
-     * for completed chunks, so it counts less, never more */
-    ck_assert(r.flops_counted > 0 && r.flops_counted <= r.flops_analytic);
+    /* the accountant's query counts what decoding does: each completed chunk's neighbours
+     * encoded once, CCA from position m-1 on; the prompt fed token by token */
+    ck_assert_msg(r.flops_counted > 0 && fabs(r.flops_counted - r.flops_analytic) <= 0.01 * r.flops_analytic,
+                  "counted %.0f analytic %.0f", r.flops_counted, r.flops_analytic);
+    ck_assert_msg(fabs((double)r.energy.flops - 5 * r.flops_analytic) <= 0.01 * 5 * r.flops_analytic,
+                  "window FLOPs %g for 5 queries of %g", (double)r.energy.flops, r.flops_analytic);
+    /* `joule account` prints the same query: its prefill computes all 16 logits rows */
+    ck_assert_int_eq(joule("account --model retro.safetensors --prompt 16 --generate 7 --json"), 0);
+    char *js = slurp("out.txt");
+    cJSON *acc = cJSON_Parse(js), *aq = cJSON_GetObjectItem(acc, "query");
+    ck_assert_ptr_nonnull(aq);
+    const double logits = 2.0 * m->cfg.d_model * m->cfg.vocab;
+    ck_assert_double_eq(cJSON_GetObjectItem(aq, "flops_prefill")->valuedouble - 15 * logits, r.flops_prefill_analytic);
+    ck_assert_double_eq(cJSON_GetObjectItem(aq, "flops_decode")->valuedouble, r.flops_decode_analytic);
+    cJSON_Delete(acc);
+    free(js);
     joule_model_free(m);
     joule_energy_close(&e);
 }

@@ -168,6 +168,10 @@ START_TEST(test_every_arch_spends_its_budget) {
         /* searches happen outside the counted budget and are reported apart */
         if (a == 2) ck_assert(num(r, "retrieval_flops") > 0);
         else ck_assert_double_eq(num(r, "retrieval_flops"), 0);
+        /* on demand (the default): each chunk the run reads is searched at most once */
+        if (a == 2)
+            ck_assert_msg(num(r, "retrieval_searches") > 0 && num(r, "retrieval_searches") <= num(r, "tokens") / 16,
+                          "%g searches for %g tokens", num(r, "retrieval_searches"), num(r, "tokens"));
         ck_assert_msg(num(r, "query_j") > 0, "%s: no energy per query", arch);
         ck_assert_str_eq(str(r, "query_method"), str(r, "energy_method"));
     }
@@ -246,6 +250,10 @@ START_TEST(test_report_files_parse) {
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 3);
     const cJSON *ret = cJSON_GetObjectItemCaseSensitive(fit, "retrieval");
     ck_assert_msg(cJSON_IsObject(ret) && num(ret, "search_flops") > 0, "no retrieval record");
+    ck_assert_str_eq(str(ret, "neighbours"), "on-demand");
+    char nbr[4200];
+    snprintf(nbr, sizeof nbr, "%s/d/train.%s.nbr", g_dir, str(ret, "id"));
+    ck_assert_msg(access(nbr, F_OK) != 0, "%s: a neighbour file was computed in on-demand mode", nbr);
     cJSON_Delete(fit);
 
     char *csv = read_text("c/results.csv");
@@ -263,6 +271,8 @@ START_TEST(test_report_files_parse) {
         free(svg);
     }
     expect_in("c/report.md", "## Effective compute multiplier");
+    expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
+    expect_in("c/report.md", "| dense | ");
     expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
     /* --report-only rebuilds the same report from the rows */
     ck_assert_int_eq(run("compare --out c --report-only --bootstrap 20"), 1);

@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include "gradcheck.h"
+#include "joule/account.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
+#include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
 
@@ -425,6 +427,178 @@ START_TEST(test_decoder_matches_forward) {
 }
 END_TEST
 
+/* The accountant's RETRO terms of a query over n positions, from the sizes: the encoder of
+ * each of the n/m completed chunks (as a batched forward counts it for one chunk), and per
+ * CCA layer q, o and attention at positions m-1 .. n-1 plus keys/values per encoding. */
+static void retro_check_terms(const joule_config *c, int n, const joule_acct_query *q) {
+    const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
+    const char *names[4];
+    uint64_t fl[4];
+    ck_assert_int_eq(ops->flop_terms(c, c->retro.cca_start, 1, TM, names, fl, 4), 2);
+    ck_assert_str_eq(names[1], "encoder");
+    const double chunks = n / TM, rows = n >= TM ? n - TM + 1 : 0, C = c->d_model, R = c->retro.k * 2 * TM;
+    double cca = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (c->kinds[l].cca) cca += rows * (4 * C * C + 4 * C * R) + chunks * 2 * R * c->retro.enc_d_model * 2 * C;
+    ck_assert_msg(q->encoder == chunks * (double)fl[1], "n %d: encoder %.0f", n, q->encoder);
+    ck_assert_msg(q->cca == cca, "n %d: cca %.0f, expected %.0f", n, q->cca, cca);
+}
+
+/* Counted FLOPs of token-at-a-time decoding with retrieval (neighbours handed for every
+ * chunk as it completes) against the accountant's query, exactly: the prompt fed step by
+ * step (prefill_steps) and the generated tokens (decode), for prompts shorter than, equal
+ * to and not a multiple of the chunk, and queries that cross chunk boundaries. */
+/* A model with CCA contributing, a sequence, every chunk's neighbours, the accountant. */
+typedef struct {
+    joule_model *m;
+    int per; /* neighbour tokens per chunk */
+    int32_t in[TT], nb[TNCH * TK * 2 * TM + 1];
+    joule_acct_model a;
+    joule_acct_opts o;
+} decode_case;
+
+static void decode_case_init(decode_case *k, joule_config c, uint64_t seed) {
+    k->m = make_model(c, 1, seed);
+    randomise_cca_out(k->m, 0.5f, seed + 1);
+    k->per = c.retro.k * 2 * TM;
+    random_tokens(k->in, TT, seed + 2);
+    random_neighbours(k->nb, TNCH * k->per, true, seed + 3);
+    joule_acct_from_config(&k->a, &c);
+    joule_acct_opts_init(&k->o);
+}
+
+static void check_decode_flops(joule_config c) {
+    decode_case k;
+    decode_case_init(&k, c, 81);
+    joule_model *m = k.m;
+    const int per = k.per;
+    const int32_t *in = k.in, *nb = k.nb;
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    static const int cases[][2] = {{1, 2}, {3, 1}, {3, 6}, {4, 4}, {5, 11}, {7, 2}, {8, 8}, {13, 3}, {16, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const int P = cases[i][0], G = cases[i][1];
+        joule_acct_query q;
+        ck_assert_int_eq(joule_account_query(&k.a, &k.o, P, G, &q), JOULE_OK);
+        joule_decoder_reset(d);
+        ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, -1, NULL), JOULE_OK);
+        uint64_t counted[2] = {0, 0};
+        for (int p = 0; p < P + G; p++) {
+            if ((p + 1) % TM == 0)
+                ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, (p + 1) / TM - 1, nb + ((p + 1) / TM - 1) * per),
+                                 JOULE_OK);
+            const float *lg;
+            joule_flops_reset();
+            ck_assert_int_eq(joule_decoder_step(d, in[p], &lg), JOULE_OK);
+            counted[p >= P] += joule_flops_counted();
+        }
+        ck_assert_msg(q.prefill_steps == (double)counted[0], "P %d G %d: prompt counted %llu, analytic %.0f", P, G,
+                      (unsigned long long)counted[0], q.prefill_steps);
+        ck_assert_msg(q.decode == (double)counted[1], "P %d G %d: decode counted %llu, analytic %.0f", P, G,
+                      (unsigned long long)counted[1], q.decode);
+        /* the encoder runs once per completed chunk, CCA from position m-1 on */
+        retro_check_terms(&c, P + G, &q);
+    }
+    joule_decoder_free(d);
+    joule_model_free(m);
+}
+
+START_TEST(test_decode_flops_exact) { check_decode_flops(retro_config(TK)); }
+END_TEST
+
+/* RETRO with an MoE FFN in layer 1 (a CCA layer too). */
+static joule_config retro_moe_config(void) {
+    joule_config c = retro_config(TK);
+    joule_moe_config e = joule_moe_config_default(c.d_ff);
+    e.n_experts = 4;
+    e.top_k = 2;
+    e.every = 2;
+    e.d_ff_expert = 12;
+    joule_moe_apply(&c, &e);
+    ck_assert(joule_config_has_moe(&c) && joule_config_has_cca(&c));
+    return c;
+}
+
+START_TEST(test_decode_flops_exact_moe) { check_decode_flops(retro_moe_config()); }
+END_TEST
+
+static void expect_near(const float *a, const float *b, size_t n, double tol, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
+}
+
+/* Batched prefill of an empty cache against token-at-a-time steps, neighbours handed for
+ * the chunks in `handed` (bit u: chunk u): the same logits and KV cache to 1e-5, the same
+ * next steps, and (all chunks handed) the accountant's prefill less P-1 logits rows,
+ * exactly. */
+static void check_prefill(joule_config c, unsigned handed) {
+    decode_case k0;
+    decode_case_init(&k0, c, 91);
+    joule_model *m = k0.m;
+    const int per = k0.per, C = c.d_model, V = c.vocab;
+    const int32_t *in = k0.in, *nb = k0.nb;
+    joule_decoder *ds, *db;
+    ck_assert_int_eq(joule_decoder_create(&ds, m), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_create(&db, m), JOULE_OK);
+    static const int prompts[] = {1, 3, 4, 5, 8, 11, 13, 16};
+    for (size_t i = 0; i < sizeof prompts / sizeof *prompts; i++) {
+        const int P = prompts[i];
+        joule_decoder *both[2] = {ds, db};
+        for (int k = 0; k < 2; k++) {
+            joule_decoder_reset(both[k]);
+            ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], -1, NULL), JOULE_OK);
+        }
+        const float *ls = NULL, *lb = NULL;
+        for (int p = 0; p < P; p++) {
+            const int u = (p + 1) / TM - 1;
+            if ((p + 1) % TM == 0 && (handed >> u & 1))
+                ck_assert_int_eq(joule_retro_decoder_set_neighbours(ds, u, nb + u * per), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
+        }
+        for (int u = 0; (u + 1) * TM <= P; u++)
+            if (handed >> u & 1) ck_assert_int_eq(joule_retro_decoder_set_neighbours(db, u, nb + u * per), JOULE_OK);
+        joule_flops_reset();
+        ck_assert_int_eq(joule_decoder_prefill(db, in, P, &lb), JOULE_OK);
+        const uint64_t counted = joule_flops_counted();
+        ck_assert_int_eq(db->pos, P);
+        expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
+        for (int l = 0; l < c.n_layers; l++) {
+            const size_t at = (size_t)l * TT * C;
+            expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
+            expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
+        }
+        if (handed == ~0u) {
+            joule_acct_query q;
+            ck_assert_int_eq(joule_account_query(&k0.a, &k0.o, P, 0, &q), JOULE_OK);
+            ck_assert_msg((double)counted == q.prefill - 2.0 * C * V * (P - 1), "P %d: counted %llu analytic %.0f", P,
+                          (unsigned long long)counted, q.prefill - 2.0 * C * V * (P - 1));
+        }
+        /* decoding on from either cache: the chunk in view and the next ones */
+        for (int p = P; p < TT && p < P + 6; p++) {
+            const int u = (p + 1) / TM - 1;
+            for (int k = 0; k < 2; k++)
+                if ((p + 1) % TM == 0 && (handed >> u & 1))
+                    ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], u, nb + u * per), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_step(db, in[p], &lb), JOULE_OK);
+            expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
+        }
+    }
+    joule_decoder_free(ds);
+    joule_decoder_free(db);
+    joule_model_free(m);
+}
+
+START_TEST(test_prefill_equals_steps) { check_prefill(retro_config(TK), ~0u); }
+END_TEST
+
+START_TEST(test_prefill_equals_steps_moe) { check_prefill(retro_moe_config(), ~0u); }
+END_TEST
+
+/* chunk 1 without neighbours: its positions read nothing, the others still do */
+START_TEST(test_prefill_missing_chunk) { check_prefill(retro_config(TK), ~2u); }
+END_TEST
+
 START_TEST(test_checkpoint_round_trip) {
     joule_config c = retro_config(TK);
     joule_model *m = make_model(c, TB, 51);
@@ -524,6 +698,11 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_flops_counted_equal_analytic);
     tcase_add_test(c, test_search_cost_formulas);
     tcase_add_test(c, test_decoder_matches_forward);
+    tcase_add_test(c, test_decode_flops_exact);
+    tcase_add_test(c, test_decode_flops_exact_moe);
+    tcase_add_test(c, test_prefill_equals_steps);
+    tcase_add_test(c, test_prefill_equals_steps_moe);
+    tcase_add_test(c, test_prefill_missing_chunk);
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
@@ -533,6 +712,7 @@ static Suite *retro_suite(void) {
 
 int main(void) {
     joule_retro_register();
+    joule_moe_register();
     SRunner *r = srunner_create(retro_suite());
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);

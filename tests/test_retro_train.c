@@ -165,6 +165,97 @@ START_TEST(test_training_neighbours) {
 }
 END_TEST
 
+/* Similarity (inner product of the database's embeddings) of a query chunk and the chunk
+ * part of a handed neighbour (its first m tokens); -INFINITY for a padded one. */
+static float similarity(joule_embedder *e, const int32_t *query, const int32_t *nbr) {
+    if (nbr[0] == JOULE_RETRO_PAD) return -INFINITY;
+    int32_t rows[2 * M];
+    float v[2 * 4096];
+    const int dim = joule_embedder_dim(e);
+    ck_assert_int_le(dim, 4096);
+    memcpy(rows, query, M * sizeof *rows);
+    memcpy(rows + M, nbr, M * sizeof *rows);
+    ck_assert_int_eq(joule_embedder_embed(e, rows, 2, M, v), JOULE_OK);
+    float s = 0;
+    for (int i = 0; i < dim; i++) s += v[i] * v[dim + i];
+    return s;
+}
+
+/* Chunk q's neighbours in a and b are equally near, rank by rank: the same search result
+ * up to the order of near-ties (FAISS's distance kernel depends on the batch's size, and
+ * the tiny corpus here is full of exact ties). Returns whether the entries differ. */
+static bool same_search_result(joule_embedder *e, const int32_t *query, const int32_t *a, const int32_t *b, int q) {
+    const size_t per = 2 * M;
+    for (int j = 0; j < K; j++) {
+        const float sa = similarity(e, query, a + ((size_t)q * K + j) * per);
+        const float sb = similarity(e, query, b + ((size_t)q * K + j) * per);
+        ck_assert_msg(sa == sb || fabsf(sa - sb) < 1e-5f, "chunk %d rank %d: similarity %g (file) vs %g (on demand)", q,
+                      j, sa, sb);
+    }
+    return memcmp(a + (size_t)q * K * per, b + (size_t)q * K * per, K * per * sizeof *a) != 0;
+}
+
+/* On-demand neighbours (no files): the neighbour file's entries for batches of windows in
+ * any order, each chunk searched once, and two on-demand runs over the same batches hand
+ * the model the same bytes. */
+START_TEST(test_on_demand_neighbours) {
+    joule_config c = retro_config();
+    const char *paths[2] = {g_train, g_val};
+    joule_retro_data_opts oo;
+    joule_retro_data_opts_init(&oo);
+    oo.on_demand = true;
+    joule_retro_data *od, *od2;
+    ck_assert_msg(joule_retro_data_open_opts(&od, &c, g_db, paths, 2, &oo) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_int_eq(joule_retro_data_open_opts(&od2, &c, g_db, paths, 2, &oo), JOULE_OK);
+    /* no neighbour file is needed or written in this mode */
+    char *nbr = joule_retro_neighbours_path(g_train, joule_retro_data_db_id(od));
+    ck_assert_int_ne(access(nbr, F_OK), 0);
+    free(nbr);
+    joule_retro_data *files = open_data(&c);
+    joule_embedder *e;
+    ck_assert_int_eq(joule_embedder_create(&e, joule_embedder_spec(joule_db_embedder(joule_retro_data_db(od)))),
+                     JOULE_OK);
+    joule_tokens t;
+    ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
+    enum { B = 6 };
+    int32_t a[B * NCH * K * 2 * M], b[B * NCH * K * 2 * M], b2[B * NCH * K * 2 * M];
+    const uint64_t n_win = (t.n_tokens - T - 1) / M;
+    uint64_t listed = 0, reordered = 0, chunks = 0;
+    for (int round = 0; round < 2; round++) /* the second round finds everything searched */
+        for (uint64_t w0 = 0; w0 + B <= n_win; w0 += B) {
+            uint64_t starts[B];
+            for (int i = 0; i < B; i++) /* overlapping windows, out of order */
+                starts[i] = ((w0 + (uint64_t)i * 7) % n_win) * M;
+            ck_assert_int_eq(joule_retro_batch_neighbours(files, &t, starts, B, T, a), JOULE_OK);
+            ck_assert_int_eq(joule_retro_batch_neighbours(od, &t, starts, B, T, b), JOULE_OK);
+            ck_assert_int_eq(joule_retro_batch_neighbours(od2, &t, starts, B, T, b2), JOULE_OK);
+            ck_assert_int_eq(memcmp(b, b2, sizeof b), 0);
+            for (int q = 0; q < B * NCH; q++) {
+                int32_t query[M];
+                for (int i = 0; i < M; i++) query[i] = t.tok[starts[q / NCH] + (uint64_t)(q % NCH) * M + i];
+                reordered += same_search_result(e, query, a, b, q);
+            }
+            chunks += B * NCH;
+            listed += round == 0 ? B * NCH : 0;
+        }
+    ck_assert_uint_lt(reordered * 4, chunks); /* most chunks get the very same entries */
+    uint64_t searches;
+    double secs;
+    joule_retro_data_search_stats(od, &searches, &secs);
+    ck_assert_uint_gt(searches, 0);
+    ck_assert_uint_lt(searches, listed); /* overlapping windows share chunks: searched once */
+    ck_assert_uint_le(searches, (t.n_tokens + M - 1) / M);
+    ck_assert(secs >= 0);
+    joule_retro_data_search_stats(files, &searches, NULL);
+    ck_assert_uint_eq(searches, 0);
+    joule_tokens_close(&t);
+    joule_retro_data_close(files);
+    joule_retro_data_close(od);
+    joule_retro_data_close(od2);
+    joule_embedder_free(e);
+}
+END_TEST
+
 /* The leaky upper bound for evaluation: chunks searched live with nothing excluded hand
  * exactly the search's entries, and some come from the chunk's own document. */
 START_TEST(test_own_document_mode) {
@@ -412,6 +503,11 @@ static bool output_has(const char *file, const char *needle) {
 START_TEST(test_cli_end_to_end) {
     ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --out r.safetensors " RTINY), 0);
     ck_assert(output_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
+    /* on demand: the same training without neighbour files */
+    ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --neighbours-on-demand "
+                           "--out od.safetensors " RTINY),
+                     0);
+    ck_assert_int_eq(joule("train --steps 1 --neighbours-on-demand --out x.safetensors " RTINY), 2);
     ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
     ck_assert(output_has("out.txt", "\"bpb_retrieval\":") && output_has("out.txt", "\"bpb_no_retrieval\":"));
     ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --include-own-doc"), 0);
@@ -470,6 +566,7 @@ static Suite *suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_training_neighbours);
+    tcase_add_test(tc, test_on_demand_neighbours);
     tcase_add_test(tc, test_own_document_mode);
     tcase_add_test(tc, test_resume_equals_straight_run);
     tcase_add_test(tc, test_retrofit_frozen_base);

@@ -103,10 +103,16 @@ void joule_acct_opts_init(joule_acct_opts *o);
 int joule_account(const joule_acct_model *a, const joule_acct_opts *o, joule_acct_result *r);
 
 /* Inference of one query: `prompt` tokens processed as one sequence, then `generate`
- * tokens one at a time with a KV cache (each attends to every cached position). */
+ * tokens one at a time with a KV cache (each attends to every cached position). RETRO
+ * (docs/ACCOUNTING.md §4): as joule decodes, each completed chunk's neighbours encoded once
+ * where the chunk completes, CCA only at positions that see a chunk's neighbours (from m-1
+ * on); for a config joule builds this equals the FLOPs joule counts. */
 typedef struct {
     double prefill, decode, total;
-    double search;         /* retrieval searches (RETRO: one per chunk of m tokens) */
+    double prefill_steps;  /* the prompt fed one token at a time instead (joule_decoder_step,
+                              logits at every position) */
+    double encoder, cca;   /* RETRO: the neighbour encoder's and CCA's FLOPs within total */
+    double search;         /* retrieval searches (RETRO: one per chunk completed in the query) */
     double kv_cache_bytes; /* at the end of the query */
 } joule_acct_query;
 int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int prompt, int generate,

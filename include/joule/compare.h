@@ -49,6 +49,10 @@ typedef struct {
      * train split (0 = all) and is built once per comparison folder */
     int retro_chunk;
     uint64_t db_chunks;
+    /* neighbours of the chunks training and evaluation read: searched on demand, the first
+     * time a batch needs them (default; a run pays for the chunks it reads), or from
+     * neighbour files of the whole train and validation splits computed up front */
+    bool neighbour_files;
     /* training */
     int batch;
     double lr;
@@ -97,6 +101,10 @@ typedef struct {
     /* RETRO: analytic FAISS search FLOPs of the chunks the training consumed (one search per
      * chunk; FAISS's work, outside the counted budget) */
     double retrieval_flops;
+    /* on demand: chunks searched for training's batches and the wall time it took (part
+     * of train_s); 0 / null with neighbour files */
+    uint64_t retrieval_searches;
+    double retrieval_s;
     char checkpoint[512];
 } joule_compare_row;
 

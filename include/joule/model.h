@@ -169,6 +169,15 @@ typedef struct {
      * (to float rounding); the rows may be one prompt's or one token of each of n sequences.
      * May be NULL (the core then calls decode_step row by row). */
     int (*decode_rows)(joule_decoder *d, int l, const float *xn, float *x, int n);
+    /* FLOPs decode_step counts in layer l at position pos, by named term as flop_terms (the
+     * accountant's query cost). NULL: a token costs flop_terms(c, l, 1, 1) at any position.
+     * CCA: "encoder" where pos completes a chunk, "cca" where a chunk's neighbours are in
+     * view, every completed chunk's neighbours handed. */
+    int (*decode_flop_terms)(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max);
+    /* CCA, batched prefill: x[n, C] holds the residual rows of positions 0 .. n-1 of an
+     * empty cache at layer l; changes them as n decode_step calls would. NULL: a model
+     * with this kind is prefilled token by token. */
+    int (*prefill_rows)(joule_decoder *d, int l, float *x, int n);
 } joule_ext_ops;
 
 /* Registers (or replaces) the implementation of an extension kind. Not thread-safe:
@@ -277,9 +286,10 @@ void joule_decoder_reset(joule_decoder *d);
 int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits);
 /* Appends n tokens like n joule_decoder_step calls (the same cache and logits, to float
  * rounding) but as one batched pass over an empty cache: matrix products over the n rows,
- * the blocked causal attention, MoE FFNs through the extension's rows op (decode_rows), logits
- * for the last token only. A non-empty cache or a model with chunked cross-attention goes
- * token by token. Returns the last token's next-token logits. */
+ * the blocked causal attention, MoE FFNs through the extension's rows op (decode_rows),
+ * chunked cross-attention through its rows op (neighbours of the prompt's chunks handed
+ * first), logits for the last token only. A non-empty cache goes token by token. Returns
+ * the last token's next-token logits. */
 int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits);
 
 /* ---- batched decoding: one token for each of n sequences ----

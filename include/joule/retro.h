@@ -45,7 +45,9 @@ int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int
 
 /* Decoding: the k neighbours [k][2m] of chunk `chunk` (tokens [chunk*m, (chunk+1)*m)),
  * used from position (chunk+1)*m - 1 on; hand them before the step that feeds that
- * position. NULL: no retrieval for that chunk. */
+ * position, or before a joule_decoder_prefill that completes the chunk (hand every chunk
+ * of the prompt). They serve one encoding. NULL: no retrieval for that chunk; chunk -1
+ * with NULL: forget every chunk's. */
 int joule_retro_decoder_set_neighbours(joule_decoder *d, int chunk, const int32_t *tokens);
 
 /* ---- training and evaluation with a database (retro_train.c) ----
@@ -58,10 +60,26 @@ typedef struct joule_retro_data joule_retro_data;
 typedef void (*joule_retro_progress_fn)(void *ctx, const char *what, uint64_t done, uint64_t total);
 
 /* Refuses a database whose chunk size differs from the model's, or whose id differs from
- * c->retro.db_id (when set) unless allow_db_mismatch. */
+ * c->retro.db_id (when set) unless allow_db_mismatch. Neighbour files as above. */
 int joule_retro_data_open(joule_retro_data **out, const joule_config *c, const char *db_dir,
                           const char *const *tokens_paths, int n, bool allow_db_mismatch,
                           joule_retro_progress_fn progress, void *ctx);
+/* The same with options. on_demand: no neighbour files; each chunk is searched (same
+ * rule: its documents excluded) the first time a batch needs it and kept in memory
+ * (k x 8 bytes per chunk of each token file) for the life of rd. A short run then pays
+ * only for the chunks it reads, not for a whole corpus; the same batches in the same
+ * order give the same neighbours. */
+typedef struct {
+    bool allow_db_mismatch;
+    bool on_demand;
+    joule_retro_progress_fn progress; /* neighbour files being computed; may be NULL */
+    void *ctx;
+} joule_retro_data_opts;
+void joule_retro_data_opts_init(joule_retro_data_opts *o); /* all off */
+int joule_retro_data_open_opts(joule_retro_data **out, const joule_config *c, const char *db_dir,
+                               const char *const *tokens_paths, int n, const joule_retro_data_opts *o);
+/* On-demand searches made so far (chunks) and the wall time they took. */
+void joule_retro_data_search_stats(const joule_retro_data *rd, uint64_t *searches, double *seconds);
 void joule_retro_data_close(joule_retro_data *rd);
 void joule_retro_data_set_retrieval(joule_retro_data *rd, bool on);
 /* Evaluation's leaky upper bound: search each batch's chunks live with nothing excluded, so
