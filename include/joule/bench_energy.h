@@ -2,9 +2,12 @@
  *
  * A query is P prompt tokens drawn from a corpus's validation split, one batched prefill
  * (joule_decoder_prefill) whose last logits give the first generated token, then G-1
- * greedy KV-cache decode steps: G generated tokens. RETRO models (with db_dir) feed the
- * prompt token by token and search each chunk as it completes, like `joule generate --db`. Queries run `batch` at a time (the
- * batch's sequences step in lock-step, one decoder each; a query's latency is its batch's).
+ * greedy KV-cache decode steps: G generated tokens. RETRO models (with db_dir) search
+ * each chunk of the prompt before the prefill and each generated chunk as it completes,
+ * like `joule generate --db`. Queries run `batch` at a time: prompts prefilled one after
+ * another, then the batch's sequences decode in lock-step, one token each per
+ * joule_decoder_step_batch (every weight matrix read once for the batch; RETRO steps
+ * decoder by decoder); a query's latency is its batch's.
  * `warmup` queries run first and are excluded; the measurement window (energy, counted
  * FLOPs, wall time, latencies) spans the measured queries only, in the spirit of
  * ML.ENERGY's steady-state window. docs/BENCH.md states every figure.
