@@ -24,8 +24,9 @@ struct joule_acts {
     float *mid_cca;   /* [L][N,C] residual after chunked cross-attention (CCA layers) */
     float *ffn_xn;    /* [L][N,C] */
     float *ffn_rstd;  /* [L][N] */
-    float *h13;       /* [L][N,2F] */
-    float *g;         /* [L][N,F] */
+    float *h13;       /* [Ld][N,2F], Ld = layers with a dense FFN (MoE layers keep their own) */
+    float *g;         /* [Ld][N,F] */
+    int ffn_slot[JOULE_MAX_LAYERS]; /* layer l's index in h13 / g; -1 for an MoE layer */
     float *xf;        /* [N,C] final norm output */
     float *rstd_f;    /* [N] */
     float *logits;    /* [N,V] */
@@ -309,8 +310,10 @@ int joule_model_alloc_train(joule_model *m, int max_batch) {
     if (joule_config_has_cca(c)) a->mid_cca = joule_alloc(L * N * C * f);
     a->ffn_xn = joule_alloc(L * N * C * f);
     a->ffn_rstd = joule_alloc(L * N * f);
-    a->h13 = joule_alloc(L * N * 2 * F * f);
-    a->g = joule_alloc(L * N * F * f);
+    size_t Ld = 0;
+    for (int l = 0; l < c->n_layers; l++) a->ffn_slot[l] = c->kinds[l].ffn == JOULE_FFN_MOE ? -1 : (int)Ld++;
+    a->h13 = joule_alloc((Ld ? Ld : 1) * N * 2 * F * f);
+    a->g = joule_alloc((Ld ? Ld : 1) * N * F * f);
     a->xf = joule_alloc(N * C * f);
     a->rstd_f = joule_alloc(N * f);
     a->logits = joule_alloc(N * V * f);
@@ -409,8 +412,8 @@ int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *ta
             if ((rc = m->ext_ops[JOULE_EXT_MOE]->forward(m, l, fxn, next, B, T, m->training))) return rc;
             continue;
         }
-        float *h13 = a->h13 + (size_t)l * NA * 2 * F;
-        float *g = a->g + (size_t)l * NA * F;
+        float *h13 = a->h13 + (size_t)a->ffn_slot[l] * NA * 2 * F;
+        float *g = a->g + (size_t)a->ffn_slot[l] * NA * F;
         joule_linear_forward(h13, fxn, w->w13, (int)N, C, 2 * F);
         joule_swiglu_forward(g, h13, (int)N, F);
         joule_sgemm(false, true, (int)N, C, F, 1.0f, g, F, w->w2, F, 1.0f, next, C);
@@ -470,8 +473,8 @@ int joule_model_backward(joule_model *m, float grad_scale) {
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             if ((rc = m->ext_ops[JOULE_EXT_MOE]->backward(m, l, a->dres, a->dxn, B, T, grad_scale))) return rc;
         } else {
-            const float *h13 = a->h13 + (size_t)l * NA * 2 * F;
-            const float *g = a->g + (size_t)l * NA * F;
+            const float *h13 = a->h13 + (size_t)a->ffn_slot[l] * NA * 2 * F;
+            const float *g = a->g + (size_t)a->ffn_slot[l] * NA * F;
             joule_linear_backward(a->dg, gw->w2, a->dres, g, w->w2, (int)N, F, C, false);
             joule_swiglu_backward(a->dh13, a->dg, h13, (int)N, F);
             joule_linear_backward(a->dxn, gw->w13, a->dh13, fxn, w->w13, (int)N, C, 2 * F, false);
