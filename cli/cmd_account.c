@@ -226,6 +226,10 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
     cJSON_AddNumberToObject(qq, "flops_decode", q->decode);
     cJSON_AddNumberToObject(qq, "flops_total", q->total);
     cJSON_AddNumberToObject(qq, "flops_search", q->search);
+    if (joule_config_has_cca(&m->cfg)) {
+        cJSON_AddNumberToObject(qq, "flops_encoder", q->encoder);
+        cJSON_AddNumberToObject(qq, "flops_cca", q->cca);
+    }
     cJSON_AddNumberToObject(qq, "kv_cache_bytes", q->kv_cache_bytes);
     cJSON *mem = cJSON_AddObjectToObject(o, "memory_bytes");
     cJSON_AddNumberToObject(mem, "weights", r->mem_weights);
@@ -318,6 +322,9 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
            a->generate, eng(b1, sizeof b1, q->prefill), eng(b2, sizeof b2, q->decode), eng(b3, sizeof b3, q->total));
     if (q->search > 0) printf(" + %s search", eng(b1, sizeof b1, q->search));
     printf("; KV cache %.4g MB\n", q->kv_cache_bytes / 1e6);
+    if (joule_config_has_cca(&m->cfg))
+        printf("  of the query's total: neighbour encoder %s (%.1f%%), CCA %s (%.1f%%)\n", eng(b1, sizeof b1, q->encoder),
+               100 * q->encoder / q->total, eng(b2, sizeof b2, q->cca), 100 * q->cca / q->total);
     printf("memory: weights %.4g GB (%d B/param), gradients %.4g GB, AdamW state %.4g GB, activations %.4g MB/token\n",
            r->mem_weights / 1e9, r->bytes_per_param, r->mem_grads / 1e9, r->mem_optimizer / 1e9,
            r->mem_activations_per_token / 1e6);

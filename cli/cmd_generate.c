@@ -91,8 +91,7 @@ int cmd_generate(int argc, char **argv) {
     joule_sampler s = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f};
     uint64_t seed = 1;
     bool no_stop = false, echo = true;
-    const char *db_dir = NULL;
-    bool allow_db_mismatch = false;
+    retro_db_cli rdb = {0};
     int c;
     optind = 0;
     opterr = 0;
@@ -131,10 +130,8 @@ int cmd_generate(int argc, char **argv) {
             if (bad) return bad;
             break;
         }
-        case OPT_RETRO_DB: db_dir = optarg; break;
-        case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
         default:
-            return cli_bad_option(CMD, c, argv);
+            if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
@@ -166,7 +163,7 @@ int cmd_generate(int argc, char **argv) {
     }
     cli_setup_threads(threads);
     struct joule_retro_db *db = NULL;
-    if (db_dir && (rc = retro_cli_open_db(CMD, m, db_dir, allow_db_mismatch, &db))) {
+    if (rdb.dir && (rc = retro_cli_open_db(CMD, m, rdb.dir, rdb.allow_mismatch, &db))) {
         joule_model_free(m);
         free(file_text);
         return rc;
