@@ -92,10 +92,7 @@ static int print_meters(const account_args *a) {
             cJSON_AddStringToObject(m, "detail", e.why[k]);
         }
         cJSON_AddStringToObject(o, "method", rc == JOULE_OK ? e.method : "none");
-        char *s = cJSON_PrintUnformatted(o);
-        printf("%s\n", s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         printf("energy meters (tried in order: rapl, perf, nvml; constant with --power-watts; else the model):\n");
         for (int k = 0; k < JOULE_METER_COUNT; k++)
@@ -273,10 +270,7 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
         cJSON_AddStringToObject(h, "source", c->hw.source);
         if (strcmp(c->hw.name, "local") == 0) cJSON_AddStringToObject(h, "blas_core", joule_blas_corename());
     }
-    char *s = cJSON_PrintUnformatted(o);
-    printf("%s\n", s);
-    free(s);
-    cJSON_Delete(o);
+    cli_print_json(o);
 }
 
 static void print_text(const account_args *a, const joule_acct_model *m, const joule_acct_result *r,
@@ -379,18 +373,14 @@ int cmd_account(int argc, char **argv) {
     a.pue = JOULE_DEFAULT_PUE;
     a.grid = JOULE_DEFAULT_GRID_G_PER_KWH;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h': fputs(USAGE, stdout); return 0;
+        case CLI_HELP: return 0;
         case OPT_CONFIG: a.config = optarg; break;
         case OPT_PRESET: a.preset = optarg; break;
         case OPT_MODEL: a.model = optarg; break;
-        case OPT_TOKENS:
-            if (!cli_parse_double(optarg, &a.ao.tokens) || !(a.ao.tokens > 0))
-                return cli_usage_error(CMD, "--tokens: '%s' is not a positive number", optarg);
-            break;
+        case OPT_TOKENS: CLI_CHECK(cli_number_option(CMD, "--tokens", optarg, true, &a.ao.tokens)); break;
         case OPT_CTX:
             if (!cli_parse_int(optarg, 1, 1 << 24, &a.ao.ctx))
                 return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
@@ -433,10 +423,7 @@ int cmd_account(int argc, char **argv) {
             if (!cli_parse_double(optarg, &a.grid) || !(a.grid >= 0 && a.grid < 1e4))
                 return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
             break;
-        case OPT_PEAK:
-            if (!cli_parse_double(optarg, &a.peak_gflops) || !(a.peak_gflops > 0))
-                return cli_usage_error(CMD, "--peak-gflops: '%s' is not a positive number", optarg);
-            break;
+        case OPT_PEAK: CLI_CHECK(cli_number_option(CMD, "--peak-gflops", optarg, true, &a.peak_gflops)); break;
         case OPT_METERS: a.meters = true; break;
         case OPT_WATTS:
             if (!cli_parse_double(optarg, &a.watts) || !(a.watts > 0 && a.watts < 1e7))

@@ -150,13 +150,9 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         {"help", 0, 0, 'h'},            {NULL, 0, NULL, 0},
     };
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hk:n:", LONG, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(usage, stdout);
-            return -1;
-        }
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":hk:n:", LONG, usage)) != -1) {
+        if (c == CLI_HELP) return -1;
         if (c == ':' || c == '?') return cli_bad_option(cmd, c, argv);
         /* options of other subcommands are unknown here */
         char key = c == 'k' ? 'k' : c == 'n' ? 'n' : (char)('A' + (c - O_DATA));
@@ -201,7 +197,7 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
             if (!cli_parse_int(optarg, 1, 1 << 24, &o->ef)) return cli_usage_error(cmd, "%s: '%s' is not a positive integer", name, optarg);
             break;
         case O_SEED:
-            if (!cli_parse_u64(optarg, &o->seed)) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", name, optarg);
+            CLI_CHECK(cli_u64_option(cmd, name, optarg, &o->seed));
             break;
         case O_MAX_CHUNKS:
             if (!cli_parse_u64(optarg, &o->max_chunks) || o->max_chunks == 0)
@@ -369,10 +365,7 @@ static int cmd_info_db(int argc, char **argv) {
         cJSON_AddStringToObject(all, "id", joule_db_id(db));
         cJSON_AddItemToObject(all, "manifest", m);
         cJSON_AddItemToObject(all, "sizes", sizes);
-        char *s = cJSON_PrintUnformatted(all);
-        printf("%s\n", s);
-        free(s);
-        cJSON_Delete(all);
+        cli_print_json(all);
     } else {
         const cJSON *emb = cJSON_GetObjectItem(m, "embedder"), *ix = cJSON_GetObjectItem(m, "index");
         printf("database %s (id %s)\n", o.db, joule_db_id(db));

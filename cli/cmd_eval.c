@@ -89,13 +89,10 @@ int cmd_eval(int argc, char **argv) {
     bool json = false;
     retro_db_cli rdb = {0};
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_MODEL: model_path = optarg; break;
         case OPT_DATA: data_dir = optarg; break;
         case OPT_SPLIT:
@@ -104,10 +101,7 @@ int cmd_eval(int argc, char **argv) {
             split = optarg;
             break;
         case OPT_TOKENS: tokens_path = optarg; break;
-        case OPT_WINDOWS:
-            if (!cli_parse_u64(optarg, &max_windows))
-                return cli_usage_error(CMD, "--windows: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--windows", optarg, &max_windows)); break;
         case OPT_BATCH:
             if (!cli_parse_int(optarg, 1, 1 << 16, &batch))
                 return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
@@ -117,11 +111,7 @@ int cmd_eval(int argc, char **argv) {
                 return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
             break;
         case OPT_JSON: json = true; break;
-        case OPT_THREADS: {
-            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
-            if (bad) return bad;
-            break;
-        }
+        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
             if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
         }
@@ -217,10 +207,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "tokens_per_s", tps);
         cJSON_AddNumberToObject(o, "threads", joule_get_threads());
         cli_moe_eval_report(m, o);
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         char b[32];
         printf("model:  %s\n", model_path);

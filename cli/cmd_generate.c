@@ -93,13 +93,10 @@ int cmd_generate(int argc, char **argv) {
     bool no_stop = false, echo = true;
     retro_db_cli rdb = {0};
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hn:", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":hn:", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_MODEL: model_path = optarg; break;
         case OPT_PROMPT: prompt = optarg; break;
         case OPT_PROMPT_FILE: prompt_file = optarg; break;
@@ -119,17 +116,10 @@ int cmd_generate(int argc, char **argv) {
             if (!cli_parse_float(optarg, &s.top_p) || !(s.top_p > 0 && s.top_p <= 1))
                 return cli_usage_error(CMD, "--top-p: '%s' is not a number in (0, 1]", optarg);
             break;
-        case OPT_SEED:
-            if (!cli_parse_u64(optarg, &seed))
-                return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &seed)); break;
         case OPT_NO_STOP: no_stop = true; break;
         case OPT_NO_ECHO: echo = false; break;
-        case OPT_THREADS: {
-            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
-            if (bad) return bad;
-            break;
-        }
+        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
             if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
         }

@@ -267,10 +267,7 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro
         cJSON_AddNumberToObject(o, "wall_s_retrieval", res[1].wall_s);
         cJSON_AddNumberToObject(o, "wall_s_no_retrieval", res[0].wall_s);
         retro_cli_retrieval_cost(joule_retro_data_db(rd), m->cfg.retro.chunk, o);
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else if (!ret) {
         printf("model:  %s\n", model_path);
         printf("data:   %s (%" PRIu64 " windows of %d tokens)\n", t->path, res[1].windows, seq);

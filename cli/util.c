@@ -1,4 +1,5 @@
 /* Shared CLI helpers: parsing, errors, progress display, threads. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -160,6 +161,40 @@ int cli_int_option(const char *cmd, const char *name, const char *arg, int lo, i
     if (!cli_parse_int(arg, lo, hi, out))
         return cli_usage_error(cmd, "%s: '%s' is not an integer in [%d, %d]", name, arg, lo, hi);
     return 0;
+}
+
+int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out) {
+    if (!cli_parse_u64(arg, out)) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", name, arg);
+    return 0;
+}
+
+int cli_number_option(const char *cmd, const char *name, const char *arg, bool positive, double *out) {
+    if (!cli_parse_double(arg, out) || (positive ? !(*out > 0) : *out < 0))
+        return cli_usage_error(cmd, "%s: '%s' is not a %s number", name, arg, positive ? "positive" : "non-negative");
+    return 0;
+}
+
+void cli_opt_start(void) {
+    optind = 0; /* glibc: 0 starts over, for a new argv */
+    opterr = 0;
+}
+
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, const char *usage) {
+    int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+    if (c != 'h') return c;
+    fputs(usage, stdout);
+    return CLI_HELP;
+}
+
+void cli_json_numbers(cJSON *o, const cli_json_number *f, size_t n) {
+    for (size_t i = 0; i < n; i++) cJSON_AddNumberToObject(o, f[i].key, f[i].value);
+}
+
+void cli_print_json(cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) puts(s);
+    free(s);
+    cJSON_Delete(o);
 }
 
 bool cli_parse_u64(const char *s, uint64_t *out) {
