@@ -99,6 +99,17 @@ void cli_progress_start(cli_progress *p, const char *label, const char *unit, do
 void cli_progress_update(cli_progress *p, double done, const char *extra);
 void cli_progress_finish(cli_progress *p, double done, const char *extra);
 
+/* A job in phases, a bar each. cli_phase_begin: when `phase` is not the one shown
+ * (compared by content), finishes that one's bar and starts one for `phase` under `label`;
+ * true for a new phase. The caller then updates p->bar. cli_phase_end, after the job:
+ * finishes the last bar (ok) or ends its line on a terminal (failed). */
+typedef struct {
+    cli_progress bar;
+    const char *phase;
+} cli_phases;
+bool cli_phase_begin(cli_phases *p, const char *phase, const char *label, const char *unit, double total);
+void cli_phase_end(cli_phases *p, bool ok);
+
 /* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
 const char *cli_fmt_count(char *buf, size_t n, double v);
 const char *cli_fmt_duration(char *buf, size_t n, double seconds);

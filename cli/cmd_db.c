@@ -248,19 +248,10 @@ static int open_db(const char *cmd, const db_opts *o, joule_retro_db **db) {
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { g_stop = 1; }
 
-typedef struct {
-    cli_progress bar;
-    const char *phase;
-} build_ui;
-
 static bool on_build_progress(void *ctx, const char *phase, uint64_t done, uint64_t total) {
-    build_ui *ui = ctx;
-    if (!ui->phase || strcmp(ui->phase, phase) != 0) {
-        if (ui->phase) cli_progress_finish(&ui->bar, ui->bar.total, NULL);
-        cli_progress_start(&ui->bar, strcmp(phase, "train") == 0 ? "embed training sample" : "embed+add", "chunk",
-                           (double)total);
-        ui->phase = phase;
-    }
+    cli_phases *ui = ctx;
+    cli_phase_begin(ui, phase, strcmp(phase, "train") == 0 ? "embed training sample" : "embed+add", "chunk",
+                    (double)total);
     cli_progress_update(&ui->bar, (double)done, NULL);
     return !g_stop;
 }
@@ -305,7 +296,7 @@ static int cmd_build(int argc, char **argv) {
     b.max_chunks = o.max_chunks;
     b.batch = o.batch;
     b.resume = o.resume;
-    build_ui ui = {0};
+    cli_phases ui = {0};
     b.progress = on_build_progress;
     b.ctx = &ui;
     struct sigaction sa = {0}, old_int, old_term;
@@ -317,10 +308,7 @@ static int cmd_build(int argc, char **argv) {
     double wall = joule_now() - t0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (ui.phase) {
-        if (!rc) cli_progress_finish(&ui.bar, ui.bar.total, NULL);
-        else if (ui.bar.tty) fputc('\n', stderr);
-    }
+    cli_phase_end(&ui, !rc);
     if (rc) {
         cli_fail(cmd, rc);
         return g_stop ? EXIT_INTERRUPTED : joule_exit_code(rc);

@@ -89,25 +89,16 @@ int retro_train_cli_config(retro_train_cli *r, const char *cmd, joule_config *cf
     return 0;
 }
 
-typedef struct {
-    cli_progress bar;
-    const char *what;
-} nbr_progress;
-
 static void on_nbr_progress(void *ctx, const char *what, uint64_t done, uint64_t total) {
-    nbr_progress *p = ctx;
-    if (p->what != what) {
-        if (p->what && p->bar.printed) cli_progress_finish(&p->bar, p->bar.total, NULL);
-        p->what = what;
-        cli_progress_start(&p->bar, "neighbours", "chunk", (double)total);
+    cli_phases *p = ctx;
+    if (cli_phase_begin(p, what, "neighbours", "chunk", (double)total))
         fprintf(stderr, "computing neighbours: %s\n", what);
-    }
     cli_progress_update(&p->bar, (double)done, NULL);
 }
 
 static int open_data(const char *cmd, const joule_config *c, const char *db_dir, const char *const *paths, int n,
                      bool allow, bool on_demand, joule_retro_data **rd) {
-    nbr_progress p = {0};
+    cli_phases p = {0};
     joule_retro_data_opts o;
     joule_retro_data_opts_init(&o);
     o.allow_db_mismatch = allow;
@@ -115,7 +106,7 @@ static int open_data(const char *cmd, const joule_config *c, const char *db_dir,
     o.progress = on_nbr_progress;
     o.ctx = &p;
     int st = joule_retro_data_open_opts(rd, c, db_dir, paths, n, &o);
-    if (p.what && p.bar.printed) cli_progress_finish(&p.bar, p.bar.total, NULL);
+    cli_phase_end(&p, st == JOULE_OK);
     return st ? cli_fail(cmd, st) : 0;
 }
 

@@ -301,6 +301,20 @@ void cli_progress_update(cli_progress *p, double done, const char *extra) {
 
 void cli_progress_finish(cli_progress *p, double done, const char *extra) { progress_print(p, done, extra, true); }
 
+bool cli_phase_begin(cli_phases *p, const char *phase, const char *label, const char *unit, double total) {
+    if (p->phase && strcmp(p->phase, phase) == 0) return false;
+    if (p->phase) cli_progress_finish(&p->bar, p->bar.total, NULL);
+    cli_progress_start(&p->bar, label, unit, total);
+    p->phase = phase;
+    return true;
+}
+
+void cli_phase_end(cli_phases *p, bool ok) {
+    if (!p->phase) return;
+    if (ok) cli_progress_finish(&p->bar, p->bar.total, NULL);
+    else if (p->bar.tty) fputc('\n', stderr);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
