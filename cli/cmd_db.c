@@ -531,17 +531,9 @@ static int cmd_recall(int argc, char **argv) {
 
 /* ---- neighbours ---- */
 
-typedef struct {
-    cli_progress bar;
-    bool started;
-} nbr_ui;
-
 static void on_nbr_progress(void *ctx, uint64_t done, uint64_t total) {
-    nbr_ui *ui = ctx;
-    if (!ui->started) {
-        cli_progress_start(&ui->bar, "neighbours", "chunk", (double)total);
-        ui->started = true;
-    }
+    cli_phases *ui = ctx;
+    cli_phase_begin(ui, "neighbours", "neighbours", "chunk", (double)total);
     cli_progress_update(&ui->bar, (double)done, NULL);
 }
 
@@ -561,10 +553,10 @@ static int cmd_neighbours(int argc, char **argv) {
     }
     joule_retro_db *db;
     if ((rc = open_db(cmd, &o, &db))) return rc;
-    nbr_ui ui = {0};
+    cli_phases ui = {0};
     double t0 = joule_now();
     int st = joule_neighbours_build(db, o.tokens, out, o.k, on_nbr_progress, &ui);
-    if (ui.started && !st) cli_progress_finish(&ui.bar, ui.bar.total, NULL);
+    cli_phase_end(&ui, !st);
     if (!st) printf("wrote %s: %d neighbours per chunk of %d tokens, database %s (%.1fs)\n", out, o.k,
                     joule_db_chunk(db), joule_db_id(db), joule_now() - t0);
     joule_db_close(db);
