@@ -46,6 +46,40 @@ bool cli_parse_u64(const char *s, uint64_t *out);
 bool cli_parse_double(const char *s, double *out);
 bool cli_parse_float(const char *s, float *out);
 
+/* The same for other values: "NAME: 'ARG' is not a non-negative integer" (k/M/G/T
+ * allowed), and "... is not a positive number" or, with positive false, "... is not a
+ * non-negative number". */
+int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out);
+int cli_number_option(const char *cmd, const char *name, const char *arg, bool positive, double *out);
+/* In a command's option switch: returns the exit code of a failed *_option call. */
+#define CLI_CHECK(call)                                                                                       \
+    do {                                                                                                      \
+        int bad_ = (call);                                                                                    \
+        if (bad_) return bad_;                                                                                \
+    } while (0)
+
+/* Option parsing as every subcommand does it: cli_opt_start() rewinds getopt for the
+ * command's own argv and silences it (':' and '?' come back for cli_bad_option); then
+ * cli_getopt() is getopt_long, except that 'h' (-h, --help) prints `usage` to stdout and
+ * comes back as CLI_HELP, upon which the command returns 0. */
+#define CLI_HELP (-2)
+struct option;
+void cli_opt_start(void);
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, const char *usage);
+
+/* JSON output: numbers added to an object in the order listed, and the object printed on
+ * one line to stdout, then freed. */
+struct cJSON;
+typedef struct {
+    const char *key;
+    double value;
+} cli_json_number;
+void cli_json_numbers(struct cJSON *o, const cli_json_number *f, size_t n);
+#define CLI_JSON_NUMBERS(o, ...)                                                                              \
+    cli_json_numbers((o), (const cli_json_number[]){__VA_ARGS__},                                             \
+                     sizeof((const cli_json_number[]){__VA_ARGS__}) / sizeof(cli_json_number))
+void cli_print_json(struct cJSON *o);
+
 /* Applies --threads (0 = all cores) to OpenMP and BLAS. */
 void cli_setup_threads(int threads);
 
@@ -64,6 +98,17 @@ void cli_progress_start(cli_progress *p, const char *label, const char *unit, do
 /* `extra` (may be NULL) is appended, e.g. "loss 1.234". */
 void cli_progress_update(cli_progress *p, double done, const char *extra);
 void cli_progress_finish(cli_progress *p, double done, const char *extra);
+
+/* A job in phases, a bar each. cli_phase_begin: when `phase` is not the one shown
+ * (compared by content), finishes that one's bar and starts one for `phase` under `label`;
+ * true for a new phase. The caller then updates p->bar. cli_phase_end, after the job:
+ * finishes the last bar (ok) or ends its line on a terminal (failed). */
+typedef struct {
+    cli_progress bar;
+    const char *phase;
+} cli_phases;
+bool cli_phase_begin(cli_phases *p, const char *phase, const char *label, const char *unit, double total);
+void cli_phase_end(cli_phases *p, bool ok);
 
 /* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
 const char *cli_fmt_count(char *buf, size_t n, double v);

@@ -92,10 +92,7 @@ static int print_meters(const account_args *a) {
             cJSON_AddStringToObject(m, "detail", e.why[k]);
         }
         cJSON_AddStringToObject(o, "method", rc == JOULE_OK ? e.method : "none");
-        char *s = cJSON_PrintUnformatted(o);
-        printf("%s\n", s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         printf("energy meters (tried in order: rapl, perf, nvml; constant with --power-watts; else the model):\n");
         for (int k = 0; k < JOULE_METER_COUNT; k++)
@@ -198,10 +195,8 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
     cJSON_AddStringToObject(o, "attention_convention", joule_attn_convention_name(r->conv));
     cJSON_AddNumberToObject(o, "ctx", r->ctx);
     cJSON *p = cJSON_AddObjectToObject(o, "params");
-    cJSON_AddNumberToObject(p, "total", r->params);
-    cJSON_AddNumberToObject(p, "embedding", r->params_embedding);
-    cJSON_AddNumberToObject(p, "non_embedding", r->params_non_embedding);
-    cJSON_AddNumberToObject(p, "active_per_token", r->params_active);
+    CLI_JSON_NUMBERS(p, {"total", r->params}, {"embedding", r->params_embedding},
+                     {"non_embedding", r->params_non_embedding}, {"active_per_token", r->params_active});
     if (r->params_experts > 0) cJSON_AddNumberToObject(p, "experts", r->params_experts);
     cJSON *f = cJSON_AddObjectToObject(o, "forward_flops_per_token");
     for (int i = 0; i < r->n_terms; i++)
@@ -211,68 +206,46 @@ static void print_json(const account_args *a, const joule_acct_model *m, const j
     if (r->search_per_query > 0) {
         cJSON *s = cJSON_AddObjectToObject(o, "retrieval_search");
         cJSON_AddStringToObject(s, "index", m->index);
-        cJSON_AddNumberToObject(s, "flops_per_search", r->search_per_query);
-        cJSON_AddNumberToObject(s, "searches_per_token", r->retrievals_per_token);
+        CLI_JSON_NUMBERS(s, {"flops_per_search", r->search_per_query}, {"searches_per_token", r->retrievals_per_token});
     }
-    cJSON *t = cJSON_AddObjectToObject(o, "training");
-    cJSON_AddNumberToObject(t, "tokens", r->tokens);
-    cJSON_AddNumberToObject(t, "flops_6nd", r->train_6nd);
-    cJSON_AddNumberToObject(t, "flops_exact", r->train_exact);
-    cJSON_AddNumberToObject(t, "flops_search", r->train_search);
+    CLI_JSON_NUMBERS(cJSON_AddObjectToObject(o, "training"), {"tokens", r->tokens}, {"flops_6nd", r->train_6nd},
+                     {"flops_exact", r->train_exact}, {"flops_search", r->train_search});
     cJSON *qq = cJSON_AddObjectToObject(o, "query");
-    cJSON_AddNumberToObject(qq, "prompt", a->prompt);
-    cJSON_AddNumberToObject(qq, "generate", a->generate);
-    cJSON_AddNumberToObject(qq, "flops_prefill", q->prefill);
-    cJSON_AddNumberToObject(qq, "flops_decode", q->decode);
-    cJSON_AddNumberToObject(qq, "flops_total", q->total);
-    cJSON_AddNumberToObject(qq, "flops_search", q->search);
+    CLI_JSON_NUMBERS(qq, {"prompt", a->prompt}, {"generate", a->generate}, {"flops_prefill", q->prefill},
+                     {"flops_decode", q->decode}, {"flops_total", q->total}, {"flops_search", q->search});
+    if (joule_config_has_cca(&m->cfg)) CLI_JSON_NUMBERS(qq, {"flops_encoder", q->encoder}, {"flops_cca", q->cca});
     cJSON_AddNumberToObject(qq, "kv_cache_bytes", q->kv_cache_bytes);
-    cJSON *mem = cJSON_AddObjectToObject(o, "memory_bytes");
-    cJSON_AddNumberToObject(mem, "weights", r->mem_weights);
-    cJSON_AddNumberToObject(mem, "gradients", r->mem_grads);
-    cJSON_AddNumberToObject(mem, "optimizer", r->mem_optimizer);
-    cJSON_AddNumberToObject(mem, "activations_per_token", r->mem_activations_per_token);
+    CLI_JSON_NUMBERS(cJSON_AddObjectToObject(o, "memory_bytes"), {"weights", r->mem_weights},
+                     {"gradients", r->mem_grads}, {"optimizer", r->mem_optimizer},
+                     {"activations_per_token", r->mem_activations_per_token});
     if (m->pub_params > 0 || m->pub_train_flops > 0) {
         cJSON *pb = cJSON_AddObjectToObject(o, "published");
-        if (m->pub_params > 0) {
-            cJSON_AddNumberToObject(pb, "params", m->pub_params);
-            cJSON_AddNumberToObject(pb, "params_diff_pct", pct(r->params, m->pub_params));
-        }
-        if (m->pub_active_params > 0) {
-            cJSON_AddNumberToObject(pb, "active_params", m->pub_active_params);
-            cJSON_AddNumberToObject(pb, "active_params_diff_pct", pct(r->params_active, m->pub_active_params));
-        }
-        if (m->pub_train_flops > 0 && r->tokens > 0) {
-            cJSON_AddNumberToObject(pb, "train_flops", m->pub_train_flops);
-            cJSON_AddNumberToObject(pb, "train_6nd_diff_pct", pct(r->train_6nd, m->pub_train_flops));
-            cJSON_AddNumberToObject(pb, "train_exact_diff_pct", pct(r->train_exact, m->pub_train_flops));
-        }
+        if (m->pub_params > 0)
+            CLI_JSON_NUMBERS(pb, {"params", m->pub_params}, {"params_diff_pct", pct(r->params, m->pub_params)});
+        if (m->pub_active_params > 0)
+            CLI_JSON_NUMBERS(pb, {"active_params", m->pub_active_params},
+                             {"active_params_diff_pct", pct(r->params_active, m->pub_active_params)});
+        if (m->pub_train_flops > 0 && r->tokens > 0)
+            CLI_JSON_NUMBERS(pb, {"train_flops", m->pub_train_flops},
+                             {"train_6nd_diff_pct", pct(r->train_6nd, m->pub_train_flops)},
+                             {"train_exact_diff_pct", pct(r->train_exact, m->pub_train_flops)});
         cJSON_AddStringToObject(pb, "source", m->source);
     }
     if (c->have) {
         cJSON *h = cJSON_AddObjectToObject(o, "cost");
         cJSON_AddStringToObject(h, "hardware", c->hw.name);
         cJSON_AddStringToObject(h, "precision", c->precision);
-        cJSON_AddNumberToObject(h, "peak_flops", c->train.peak_flops);
-        cJSON_AddNumberToObject(h, "utilization", a->util);
-        cJSON_AddNumberToObject(h, "devices", a->devices);
-        cJSON_AddNumberToObject(h, "pue", a->pue);
-        cJSON_AddNumberToObject(h, "grid_gCO2e_per_kWh", a->grid);
+        CLI_JSON_NUMBERS(h, {"peak_flops", c->train.peak_flops}, {"utilization", a->util}, {"devices", a->devices},
+                         {"pue", a->pue}, {"grid_gCO2e_per_kWh", a->grid});
         cJSON_AddStringToObject(h, "method", "modeled:tdp");
-        cJSON_AddNumberToObject(h, "train_seconds", c->train.seconds);
-        cJSON_AddNumberToObject(h, "train_energy_kwh", c->train.facility_kwh);
-        cJSON_AddNumberToObject(h, "train_kg_co2e", c->train.kg_co2e);
-        cJSON_AddNumberToObject(h, "query_seconds", c->query.seconds);
-        cJSON_AddNumberToObject(h, "query_memory_seconds", c->query_memory_s);
-        cJSON_AddNumberToObject(h, "query_joules", c->query.device_j * a->pue);
-        cJSON_AddNumberToObject(h, "query_g_co2e", c->query.kg_co2e * 1000);
+        CLI_JSON_NUMBERS(h, {"train_seconds", c->train.seconds}, {"train_energy_kwh", c->train.facility_kwh},
+                         {"train_kg_co2e", c->train.kg_co2e}, {"query_seconds", c->query.seconds},
+                         {"query_memory_seconds", c->query_memory_s}, {"query_joules", c->query.device_j * a->pue},
+                         {"query_g_co2e", c->query.kg_co2e * 1000});
         cJSON_AddStringToObject(h, "source", c->hw.source);
         if (strcmp(c->hw.name, "local") == 0) cJSON_AddStringToObject(h, "blas_core", joule_blas_corename());
     }
-    char *s = cJSON_PrintUnformatted(o);
-    printf("%s\n", s);
-    free(s);
-    cJSON_Delete(o);
+    cli_print_json(o);
 }
 
 static void print_text(const account_args *a, const joule_acct_model *m, const joule_acct_result *r,
@@ -318,6 +291,9 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
            a->generate, eng(b1, sizeof b1, q->prefill), eng(b2, sizeof b2, q->decode), eng(b3, sizeof b3, q->total));
     if (q->search > 0) printf(" + %s search", eng(b1, sizeof b1, q->search));
     printf("; KV cache %.4g MB\n", q->kv_cache_bytes / 1e6);
+    if (joule_config_has_cca(&m->cfg))
+        printf("  of the query's total: neighbour encoder %s (%.1f%%), CCA %s (%.1f%%)\n", eng(b1, sizeof b1, q->encoder),
+               100 * q->encoder / q->total, eng(b2, sizeof b2, q->cca), 100 * q->cca / q->total);
     printf("memory: weights %.4g GB (%d B/param), gradients %.4g GB, AdamW state %.4g GB, activations %.4g MB/token\n",
            r->mem_weights / 1e9, r->bytes_per_param, r->mem_grads / 1e9, r->mem_optimizer / 1e9,
            r->mem_activations_per_token / 1e6);
@@ -372,18 +348,14 @@ int cmd_account(int argc, char **argv) {
     a.pue = JOULE_DEFAULT_PUE;
     a.grid = JOULE_DEFAULT_GRID_G_PER_KWH;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h': fputs(USAGE, stdout); return 0;
+        case CLI_HELP: return 0;
         case OPT_CONFIG: a.config = optarg; break;
         case OPT_PRESET: a.preset = optarg; break;
         case OPT_MODEL: a.model = optarg; break;
-        case OPT_TOKENS:
-            if (!cli_parse_double(optarg, &a.ao.tokens) || !(a.ao.tokens > 0))
-                return cli_usage_error(CMD, "--tokens: '%s' is not a positive number", optarg);
-            break;
+        case OPT_TOKENS: CLI_CHECK(cli_number_option(CMD, "--tokens", optarg, true, &a.ao.tokens)); break;
         case OPT_CTX:
             if (!cli_parse_int(optarg, 1, 1 << 24, &a.ao.ctx))
                 return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
@@ -426,10 +398,7 @@ int cmd_account(int argc, char **argv) {
             if (!cli_parse_double(optarg, &a.grid) || !(a.grid >= 0 && a.grid < 1e4))
                 return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
             break;
-        case OPT_PEAK:
-            if (!cli_parse_double(optarg, &a.peak_gflops) || !(a.peak_gflops > 0))
-                return cli_usage_error(CMD, "--peak-gflops: '%s' is not a positive number", optarg);
-            break;
+        case OPT_PEAK: CLI_CHECK(cli_number_option(CMD, "--peak-gflops", optarg, true, &a.peak_gflops)); break;
         case OPT_METERS: a.meters = true; break;
         case OPT_WATTS:
             if (!cli_parse_double(optarg, &a.watts) || !(a.watts > 0 && a.watts < 1e7))

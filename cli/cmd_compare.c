@@ -206,11 +206,7 @@ static void on_retrieval(void *ctx, const char *what, uint64_t done, uint64_t to
     }
 }
 
-#define INT_OPT(var, lo, hi, name)                                          \
-    do {                                                                    \
-        int bad_ = cli_int_option(CMD, name, optarg, lo, hi, &(var));       \
-        if (bad_) return bad_;                                              \
-    } while (0)
+#define INT_OPT(var, lo, hi, name) CLI_CHECK(cli_int_option(CMD, name, optarg, lo, hi, &(var)))
 
 int cmd_compare(int argc, char **argv) {
     static const struct option LONG[] = {
@@ -253,11 +249,10 @@ int cmd_compare(int argc, char **argv) {
     bool report_only = false;
     int threads = 0, rc;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h': fputs(USAGE, stdout); return 0;
+        case CLI_HELP: return 0;
         case OPT_BUDGETS:
             if ((rc = parse_budgets(optarg, budgets, &p.n_budgets))) return rc;
             break;
@@ -266,10 +261,7 @@ int cmd_compare(int argc, char **argv) {
             break;
         case OPT_DATA: data = optarg; break;
         case OPT_OUT: out = optarg; break;
-        case OPT_TPP:
-            if (!cli_parse_double(optarg, &s.tokens_per_param) || !(s.tokens_per_param > 0))
-                return cli_usage_error(CMD, "--tokens-per-param: '%s' is not a positive number", optarg);
-            break;
+        case OPT_TPP: CLI_CHECK(cli_number_option(CMD, "--tokens-per-param", optarg, true, &s.tokens_per_param)); break;
         case OPT_ASPECT: INT_OPT(s.aspect, 1, 4096, "--aspect"); break;
         case OPT_FFN_MULT: INT_OPT(s.ffn_mult, 1, 64, "--ffn-mult"); break;
         case OPT_CTX: INT_OPT(s.ctx, JOULE_COMPARE_EM_BYTES + 1, 1 << 16, "--ctx"); break;
@@ -278,17 +270,9 @@ int cmd_compare(int argc, char **argv) {
         case OPT_TOP_K: INT_OPT(s.top_k, 1, 2, "--top-k"); break;
         case OPT_MOE_EVERY: INT_OPT(s.moe_every, 1, JOULE_MAX_LAYERS, "--moe-every"); break;
         case OPT_BATCH: INT_OPT(s.batch, 1, 1 << 16, "--batch"); break;
-        case OPT_LR:
-            if (!cli_parse_double(optarg, &s.lr) || !(s.lr > 0))
-                return cli_usage_error(CMD, "--lr: '%s' is not a positive number", optarg);
-            break;
-        case OPT_SEED:
-            if (!cli_parse_u64(optarg, &s.seed)) return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
-            break;
-        case OPT_EVAL_WINDOWS:
-            if (!cli_parse_u64(optarg, &s.eval_windows))
-                return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_LR: CLI_CHECK(cli_number_option(CMD, "--lr", optarg, true, &s.lr)); break;
+        case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &s.seed)); break;
+        case OPT_EVAL_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--eval-windows", optarg, &s.eval_windows)); break;
         case OPT_EM_WINDOWS: INT_OPT(s.em_windows, 1, 1 << 24, "--em-windows"); break;
         case OPT_BOOTSTRAP: INT_OPT(ro.bootstrap, 0, 100000, "--bootstrap"); break;
         case OPT_LEVEL:
@@ -300,10 +284,7 @@ int cmd_compare(int argc, char **argv) {
         case OPT_QUERIES: INT_OPT(s.queries, 0, 1 << 20, "--queries"); break;
         case OPT_RETRO_CHUNK: INT_OPT(s.retro_chunk, 1, 4096, "--retro-chunk"); break;
         case OPT_NEIGHBOURS: s.neighbour_files = true; break;
-        case OPT_DB_CHUNKS:
-            if (!cli_parse_u64(optarg, &s.db_chunks))
-                return cli_usage_error(CMD, "--db-chunks: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_DB_CHUNKS: CLI_CHECK(cli_u64_option(CMD, "--db-chunks", optarg, &s.db_chunks)); break;
         default: return cli_bad_option(CMD, c, argv);
         }
     }

@@ -98,13 +98,10 @@ static int cmd_prepare(int argc, char **argv) {
     joule_prepare_opts_init(&o);
     const char *split = NULL;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, PREPARE_USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(PREPARE_USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_PRESET:
             o.preset = optarg;
             break;
@@ -115,10 +112,7 @@ static int cmd_prepare(int argc, char **argv) {
             if (!cli_parse_double(optarg, &o.val_fraction) || !(o.val_fraction > 0 && o.val_fraction < 1))
                 return cli_usage_error(cmd, "--val-fraction: '%s' is not a number in (0, 1)", optarg);
             break;
-        case OPT_SEED:
-            if (!cli_parse_u64(optarg, &o.seed))
-                return cli_usage_error(cmd, "--seed: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_SEED: CLI_CHECK(cli_u64_option(cmd, "--seed", optarg, &o.seed)); break;
         case OPT_SPLIT:
             split = optarg;
             if (joule_prepare_parse_split(&o, optarg) != JOULE_OK)
@@ -204,13 +198,10 @@ static int cmd_info_data(int argc, char **argv) {
     };
     bool json = false;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, INFO_USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(INFO_USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_JSON:
             json = true;
             break;
@@ -239,10 +230,7 @@ static int cmd_info_data(int argc, char **argv) {
         cJSON_AddItemToObject(o, "val", split_json(&va));
         cJSON_AddItemToObject(o, "meta", meta ? meta : cJSON_CreateNull());
         meta = NULL;
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         char a[32], b[32];
         printf("corpus %s\n", dir);

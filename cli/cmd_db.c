@@ -150,13 +150,9 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         {"help", 0, 0, 'h'},            {NULL, 0, NULL, 0},
     };
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hk:n:", LONG, NULL)) != -1) {
-        if (c == 'h') {
-            fputs(usage, stdout);
-            return -1;
-        }
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":hk:n:", LONG, usage)) != -1) {
+        if (c == CLI_HELP) return -1;
         if (c == ':' || c == '?') return cli_bad_option(cmd, c, argv);
         /* options of other subcommands are unknown here */
         char key = c == 'k' ? 'k' : c == 'n' ? 'n' : (char)('A' + (c - O_DATA));
@@ -201,7 +197,7 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
             if (!cli_parse_int(optarg, 1, 1 << 24, &o->ef)) return cli_usage_error(cmd, "%s: '%s' is not a positive integer", name, optarg);
             break;
         case O_SEED:
-            if (!cli_parse_u64(optarg, &o->seed)) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", name, optarg);
+            CLI_CHECK(cli_u64_option(cmd, name, optarg, &o->seed));
             break;
         case O_MAX_CHUNKS:
             if (!cli_parse_u64(optarg, &o->max_chunks) || o->max_chunks == 0)
@@ -252,19 +248,10 @@ static int open_db(const char *cmd, const db_opts *o, joule_retro_db **db) {
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { g_stop = 1; }
 
-typedef struct {
-    cli_progress bar;
-    const char *phase;
-} build_ui;
-
 static bool on_build_progress(void *ctx, const char *phase, uint64_t done, uint64_t total) {
-    build_ui *ui = ctx;
-    if (!ui->phase || strcmp(ui->phase, phase) != 0) {
-        if (ui->phase) cli_progress_finish(&ui->bar, ui->bar.total, NULL);
-        cli_progress_start(&ui->bar, strcmp(phase, "train") == 0 ? "embed training sample" : "embed+add", "chunk",
-                           (double)total);
-        ui->phase = phase;
-    }
+    cli_phases *ui = ctx;
+    cli_phase_begin(ui, phase, strcmp(phase, "train") == 0 ? "embed training sample" : "embed+add", "chunk",
+                    (double)total);
     cli_progress_update(&ui->bar, (double)done, NULL);
     return !g_stop;
 }
@@ -309,7 +296,7 @@ static int cmd_build(int argc, char **argv) {
     b.max_chunks = o.max_chunks;
     b.batch = o.batch;
     b.resume = o.resume;
-    build_ui ui = {0};
+    cli_phases ui = {0};
     b.progress = on_build_progress;
     b.ctx = &ui;
     struct sigaction sa = {0}, old_int, old_term;
@@ -321,10 +308,7 @@ static int cmd_build(int argc, char **argv) {
     double wall = joule_now() - t0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (ui.phase) {
-        if (!rc) cli_progress_finish(&ui.bar, ui.bar.total, NULL);
-        else if (ui.bar.tty) fputc('\n', stderr);
-    }
+    cli_phase_end(&ui, !rc);
     if (rc) {
         cli_fail(cmd, rc);
         return g_stop ? EXIT_INTERRUPTED : joule_exit_code(rc);
@@ -369,10 +353,7 @@ static int cmd_info_db(int argc, char **argv) {
         cJSON_AddStringToObject(all, "id", joule_db_id(db));
         cJSON_AddItemToObject(all, "manifest", m);
         cJSON_AddItemToObject(all, "sizes", sizes);
-        char *s = cJSON_PrintUnformatted(all);
-        printf("%s\n", s);
-        free(s);
-        cJSON_Delete(all);
+        cli_print_json(all);
     } else {
         const cJSON *emb = cJSON_GetObjectItem(m, "embedder"), *ix = cJSON_GetObjectItem(m, "index");
         printf("database %s (id %s)\n", o.db, joule_db_id(db));
@@ -550,17 +531,9 @@ static int cmd_recall(int argc, char **argv) {
 
 /* ---- neighbours ---- */
 
-typedef struct {
-    cli_progress bar;
-    bool started;
-} nbr_ui;
-
 static void on_nbr_progress(void *ctx, uint64_t done, uint64_t total) {
-    nbr_ui *ui = ctx;
-    if (!ui->started) {
-        cli_progress_start(&ui->bar, "neighbours", "chunk", (double)total);
-        ui->started = true;
-    }
+    cli_phases *ui = ctx;
+    cli_phase_begin(ui, "neighbours", "neighbours", "chunk", (double)total);
     cli_progress_update(&ui->bar, (double)done, NULL);
 }
 
@@ -580,10 +553,10 @@ static int cmd_neighbours(int argc, char **argv) {
     }
     joule_retro_db *db;
     if ((rc = open_db(cmd, &o, &db))) return rc;
-    nbr_ui ui = {0};
+    cli_phases ui = {0};
     double t0 = joule_now();
     int st = joule_neighbours_build(db, o.tokens, out, o.k, on_nbr_progress, &ui);
-    if (ui.started && !st) cli_progress_finish(&ui.bar, ui.bar.total, NULL);
+    cli_phase_end(&ui, !st);
     if (!st) printf("wrote %s: %d neighbours per chunk of %d tokens, database %s (%.1fs)\n", out, o.k,
                     joule_db_chunk(db), joule_db_id(db), joule_now() - t0);
     joule_db_close(db);

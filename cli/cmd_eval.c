@@ -38,6 +38,8 @@ static const char USAGE[] =
     "  --allow-db-mismatch  accept a database other than the model's training one\n"
     "  --include-own-doc  with --db: search live with nothing excluded, so a chunk may retrieve\n"
     "                   its own document (the leaky upper bound; default: excluded, as in training)\n"
+    "  --neighbours-on-demand  with --db: no neighbour file; search each chunk of the evaluated\n"
+    "                   windows when first read (a few windows of a large split pay for only those)\n"
     "  --json           print one JSON object instead of text\n"
     "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help       show this help and exit\n"
@@ -78,24 +80,19 @@ int cmd_eval(int argc, char **argv) {
         {"json", no_argument, NULL, OPT_JSON},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, 'h'},
-        RETRO_DB_LONG_OPTIONS,
-        {"include-own-doc", no_argument, NULL, OPT_RETRO_OWN_DOC},
+        RETRO_EVAL_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     const char *model_path = NULL, *data_dir = NULL, *split = NULL, *tokens_path = NULL;
     uint64_t max_windows = 0;
     int batch = 8, seq = 0, threads = 0;
     bool json = false;
-    const char *db_dir = NULL;
-    bool allow_db_mismatch = false, own_doc = false;
+    retro_db_cli rdb = {0};
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_MODEL: model_path = optarg; break;
         case OPT_DATA: data_dir = optarg; break;
         case OPT_SPLIT:
@@ -104,10 +101,7 @@ int cmd_eval(int argc, char **argv) {
             split = optarg;
             break;
         case OPT_TOKENS: tokens_path = optarg; break;
-        case OPT_WINDOWS:
-            if (!cli_parse_u64(optarg, &max_windows))
-                return cli_usage_error(CMD, "--windows: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--windows", optarg, &max_windows)); break;
         case OPT_BATCH:
             if (!cli_parse_int(optarg, 1, 1 << 16, &batch))
                 return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
@@ -117,21 +111,15 @@ int cmd_eval(int argc, char **argv) {
                 return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
             break;
         case OPT_JSON: json = true; break;
-        case OPT_THREADS: {
-            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
-            if (bad) return bad;
-            break;
-        }
-        case OPT_RETRO_DB: db_dir = optarg; break;
-        case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
-        case OPT_RETRO_OWN_DOC: own_doc = true; break;
+        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
-            return cli_bad_option(CMD, c, argv);
+            if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
-    if (own_doc && !db_dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
+    if (rdb.own_doc && !rdb.dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
+    if (rdb.on_demand && !rdb.dir) return cli_usage_error(CMD, "--neighbours-on-demand needs --db DIR");
     if (tokens_path && (data_dir || split)) return cli_usage_error(CMD, "give either --data/--split or --tokens");
     char buf[4096];
     if (!tokens_path) {
@@ -173,8 +161,8 @@ int cmd_eval(int argc, char **argv) {
         ret = cli_fail(CMD, st);
         goto done;
     }
-    if (db_dir) {
-        ret = retro_cli_eval(CMD, m, &t, db_dir, allow_db_mismatch, own_doc, seq, batch, nw, json, model_path);
+    if (rdb.dir) {
+        ret = retro_cli_eval(CMD, m, &t, &rdb, seq, batch, nw, json, model_path);
         goto done;
     }
 
@@ -219,10 +207,7 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "tokens_per_s", tps);
         cJSON_AddNumberToObject(o, "threads", joule_get_threads());
         cli_moe_eval_report(m, o);
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         char b[32];
         printf("model:  %s\n", model_path);

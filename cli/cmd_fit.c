@@ -282,20 +282,16 @@ static int parse_args(int argc, char **argv, fit_args *a) {
         {NULL, 0, NULL, 0},
     };
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h': fputs(USAGE, stdout); return -1;
+        case CLI_HELP: return -1;
         case OPT_RUNS: a->runs = optarg; break;
         case OPT_DROP:
             if (!cli_parse_int(optarg, 0, 1 << 30, &a->drop))
                 return cli_usage_error(CMD, "--drop-highest: '%s' is not a count", optarg);
             break;
-        case OPT_DELTA:
-            if (!cli_parse_double(optarg, &a->delta) || !(a->delta > 0))
-                return cli_usage_error(CMD, "--delta: '%s' is not a positive number", optarg);
-            break;
+        case OPT_DELTA: CLI_CHECK(cli_number_option(CMD, "--delta", optarg, true, &a->delta)); break;
         case OPT_BOOT:
             if (!cli_parse_int(optarg, 0, 100000, &a->boot) || a->boot == 1)
                 return cli_usage_error(CMD, "--bootstrap: '%s' is not 0 or in [2, 100000]", optarg);

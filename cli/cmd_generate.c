@@ -91,16 +91,12 @@ int cmd_generate(int argc, char **argv) {
     joule_sampler s = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f};
     uint64_t seed = 1;
     bool no_stop = false, echo = true;
-    const char *db_dir = NULL;
-    bool allow_db_mismatch = false;
+    retro_db_cli rdb = {0};
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":hn:", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":hn:", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_MODEL: model_path = optarg; break;
         case OPT_PROMPT: prompt = optarg; break;
         case OPT_PROMPT_FILE: prompt_file = optarg; break;
@@ -120,21 +116,12 @@ int cmd_generate(int argc, char **argv) {
             if (!cli_parse_float(optarg, &s.top_p) || !(s.top_p > 0 && s.top_p <= 1))
                 return cli_usage_error(CMD, "--top-p: '%s' is not a number in (0, 1]", optarg);
             break;
-        case OPT_SEED:
-            if (!cli_parse_u64(optarg, &seed))
-                return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &seed)); break;
         case OPT_NO_STOP: no_stop = true; break;
         case OPT_NO_ECHO: echo = false; break;
-        case OPT_THREADS: {
-            int bad = cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads);
-            if (bad) return bad;
-            break;
-        }
-        case OPT_RETRO_DB: db_dir = optarg; break;
-        case OPT_RETRO_ALLOW: allow_db_mismatch = true; break;
+        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
-            return cli_bad_option(CMD, c, argv);
+            if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
@@ -166,7 +153,7 @@ int cmd_generate(int argc, char **argv) {
     }
     cli_setup_threads(threads);
     struct joule_retro_db *db = NULL;
-    if (db_dir && (rc = retro_cli_open_db(CMD, m, db_dir, allow_db_mismatch, &db))) {
+    if (rdb.dir && (rc = retro_cli_open_db(CMD, m, rdb.dir, rdb.allow_mismatch, &db))) {
         joule_model_free(m);
         free(file_text);
         return rc;

@@ -65,13 +65,10 @@ int cmd_info(int argc, char **argv) {
     const char *path = NULL;
     bool json = false;
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_MODEL: path = optarg; break;
         case OPT_JSON: json = true; break;
         default:
@@ -132,10 +129,7 @@ int cmd_info(int argc, char **argv) {
         }
         if (optim_path && optim_present) cJSON_AddStringToObject(o, "optimizer_file", optim_path);
         else cJSON_AddNullToObject(o, "optimizer_file");
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else {
         char a[32], b[32], d[32], e[32], runs[1024];
         layer_runs(cfg, runs, sizeof runs);

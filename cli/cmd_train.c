@@ -220,11 +220,7 @@ static char *layer_summary(const joule_config *c) {
     return buf;
 }
 
-#define INT_OPT(var, lo, hi, name)                                          \
-    do {                                                                    \
-        int bad_ = cli_int_option(CMD, name, optarg, lo, hi, &(var));       \
-        if (bad_) return bad_;                                              \
-    } while (0)
+#define INT_OPT(var, lo, hi, name) CLI_CHECK(cli_int_option(CMD, name, optarg, lo, hi, &(var)))
 
 int cmd_train(int argc, char **argv) {
     /* model */
@@ -255,13 +251,10 @@ int cmd_train(int argc, char **argv) {
     bool arch_given = false;
 
     int c;
-    optind = 0;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", LONG, NULL)) != -1) {
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
         switch (c) {
-        case 'h':
-            fputs(USAGE, stdout);
-            return 0;
+        case CLI_HELP: return 0;
         case OPT_STEPS:
             if (!cli_parse_u64(optarg, &steps) || steps == 0)
                 return cli_usage_error(CMD, "--steps: '%s' is not a positive integer", optarg);
@@ -274,8 +267,7 @@ int cmd_train(int argc, char **argv) {
             n_budgets++;
             break;
         case OPT_FLOPS:
-            if (!cli_parse_double(optarg, &flops) || !(flops > 0))
-                return cli_usage_error(CMD, "--flops: '%s' is not a positive number", optarg);
+            CLI_CHECK(cli_number_option(CMD, "--flops", optarg, true, &flops));
             n_budgets++;
             break;
         case OPT_CONFIG: config_path = optarg; break;
@@ -293,43 +285,30 @@ int cmd_train(int argc, char **argv) {
         case OPT_NO_LOG: no_log = true; break;
         case OPT_SAVE_EVERY: INT_OPT(save_every, 0, INT32_MAX, "--save-every"); break;
         case OPT_RESUME: resume = true; break;
-        case OPT_STOP_AFTER:
-            if (!cli_parse_u64(optarg, &stop_after))
-                return cli_usage_error(CMD, "--stop-after: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_STOP_AFTER: CLI_CHECK(cli_u64_option(CMD, "--stop-after", optarg, &stop_after)); break;
         case OPT_BATCH: INT_OPT(batch, 1, 1 << 16, "--batch"); batch_set = true; break;
         case OPT_ACCUM: INT_OPT(accum, 1, 1 << 16, "--accum"); accum_set = true; break;
         case OPT_SEQ: INT_OPT(seq, 1, 1 << 16, "--seq"); seq_set = true; break;
         case OPT_LR:
-            if (!cli_parse_double(optarg, &lr) || !(lr > 0))
-                return cli_usage_error(CMD, "--lr: '%s' is not a positive number", optarg);
+            CLI_CHECK(cli_number_option(CMD, "--lr", optarg, true, &lr));
             lr_set = true;
             break;
-        case OPT_MIN_LR:
-            if (!cli_parse_double(optarg, &min_lr) || min_lr < 0)
-                return cli_usage_error(CMD, "--min-lr: '%s' is not a non-negative number", optarg);
-            break;
+        case OPT_MIN_LR: CLI_CHECK(cli_number_option(CMD, "--min-lr", optarg, false, &min_lr)); break;
         case OPT_WARMUP: INT_OPT(warmup, 0, INT32_MAX, "--warmup"); break;
         case OPT_WD:
-            if (!cli_parse_double(optarg, &wd) || wd < 0)
-                return cli_usage_error(CMD, "--weight-decay: '%s' is not a non-negative number", optarg);
+            CLI_CHECK(cli_number_option(CMD, "--weight-decay", optarg, false, &wd));
             wd_set = true;
             break;
         case OPT_CLIP:
-            if (!cli_parse_double(optarg, &clip) || clip < 0)
-                return cli_usage_error(CMD, "--clip: '%s' is not a non-negative number", optarg);
+            CLI_CHECK(cli_number_option(CMD, "--clip", optarg, false, &clip));
             clip_set = true;
             break;
         case OPT_SEED:
-            if (!cli_parse_u64(optarg, &seed))
-                return cli_usage_error(CMD, "--seed: '%s' is not a non-negative integer", optarg);
+            CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &seed));
             seed_set = true;
             break;
         case OPT_EVAL_EVERY: INT_OPT(eval_every, 0, INT32_MAX, "--eval-every"); break;
-        case OPT_EVAL_WINDOWS:
-            if (!cli_parse_u64(optarg, &eval_windows))
-                return cli_usage_error(CMD, "--eval-windows: '%s' is not a non-negative integer", optarg);
-            break;
+        case OPT_EVAL_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--eval-windows", optarg, &eval_windows)); break;
         case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
         case OPT_ARCH:
             if (strcmp(optarg, "dense") && strcmp(optarg, "moe") && strcmp(optarg, "retro"))

@@ -89,25 +89,16 @@ int retro_train_cli_config(retro_train_cli *r, const char *cmd, joule_config *cf
     return 0;
 }
 
-typedef struct {
-    cli_progress bar;
-    const char *what;
-} nbr_progress;
-
 static void on_nbr_progress(void *ctx, const char *what, uint64_t done, uint64_t total) {
-    nbr_progress *p = ctx;
-    if (p->what != what) {
-        if (p->what && p->bar.printed) cli_progress_finish(&p->bar, p->bar.total, NULL);
-        p->what = what;
-        cli_progress_start(&p->bar, "neighbours", "chunk", (double)total);
+    cli_phases *p = ctx;
+    if (cli_phase_begin(p, what, "neighbours", "chunk", (double)total))
         fprintf(stderr, "computing neighbours: %s\n", what);
-    }
     cli_progress_update(&p->bar, (double)done, NULL);
 }
 
 static int open_data(const char *cmd, const joule_config *c, const char *db_dir, const char *const *paths, int n,
                      bool allow, bool on_demand, joule_retro_data **rd) {
-    nbr_progress p = {0};
+    cli_phases p = {0};
     joule_retro_data_opts o;
     joule_retro_data_opts_init(&o);
     o.allow_db_mismatch = allow;
@@ -115,7 +106,7 @@ static int open_data(const char *cmd, const joule_config *c, const char *db_dir,
     o.progress = on_nbr_progress;
     o.ctx = &p;
     int st = joule_retro_data_open_opts(rd, c, db_dir, paths, n, &o);
-    if (p.what && p.bar.printed) cli_progress_finish(&p.bar, p.bar.total, NULL);
+    cli_phase_end(&p, st == JOULE_OK);
     return st ? cli_fail(cmd, st) : 0;
 }
 
@@ -218,14 +209,27 @@ void retro_cli_retrieval_cost(joule_retro_db *db, int m, void *json) {
 
 /* ---- eval ---- */
 
-int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch,
-                   bool own_doc, int seq, int batch, uint64_t windows, bool json, const char *model_path) {
+int retro_db_cli_option(retro_db_cli *d, int c, const char *arg) {
+    switch (c) {
+    case OPT_RETRO_DB: d->dir = arg; return 0;
+    case OPT_RETRO_ALLOW: d->allow_mismatch = true; return 0;
+    case OPT_RETRO_OWN_DOC: d->own_doc = true; return 0;
+    case OPT_RETRO_ON_DEMAND: d->on_demand = true; return 0;
+    default: return -1;
+    }
+}
+
+int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro_db_cli *d, int seq, int batch,
+                   uint64_t windows, bool json, const char *model_path) {
+    const char *db_dir = d->dir;
+    const bool own_doc = d->own_doc;
     if (!joule_config_has_cca(&m->cfg)) return cli_usage_error(cmd, "--db needs a RETRO model (%s is %s)", model_path, m->cfg.arch);
     if (seq % m->cfg.retro.chunk)
         return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", seq, m->cfg.retro.chunk);
     joule_retro_data *rd = NULL;
     const char *paths[1] = {t->path};
-    int ret = open_data(cmd, &m->cfg, db_dir, paths, 1, allow_mismatch, false, &rd);
+    /* Searching live (own document allowed) reads no neighbour file: computing one would be waste. */
+    int ret = open_data(cmd, &m->cfg, db_dir, paths, 1, d->allow_mismatch, d->on_demand || own_doc, &rd);
     if (ret) return ret;
     joule_retro_data_set_own_document(rd, own_doc);
     joule_eval_result res[2];
@@ -241,6 +245,7 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
         cJSON_AddStringToObject(o, "db", db_dir);
         cJSON_AddStringToObject(o, "db_id", joule_retro_data_db_id(rd));
         cJSON_AddBoolToObject(o, "own_document", own_doc);
+        cJSON_AddBoolToObject(o, "on_demand", d->on_demand);
         cJSON_AddNumberToObject(o, "bpb_retrieval", res[1].bpb);
         cJSON_AddNumberToObject(o, "bpb_no_retrieval", res[0].bpb);
         cJSON_AddNumberToObject(o, "loss_retrieval", res[1].loss);
@@ -253,16 +258,15 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char 
         cJSON_AddNumberToObject(o, "wall_s_retrieval", res[1].wall_s);
         cJSON_AddNumberToObject(o, "wall_s_no_retrieval", res[0].wall_s);
         retro_cli_retrieval_cost(joule_retro_data_db(rd), m->cfg.retro.chunk, o);
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        free(s);
-        cJSON_Delete(o);
+        cli_print_json(o);
     } else if (!ret) {
         printf("model:  %s\n", model_path);
         printf("data:   %s (%" PRIu64 " windows of %d tokens)\n", t->path, res[1].windows, seq);
         printf("db:     %s (%" PRIu64 " chunks, id %s); %s\n", db_dir, joule_db_size(joule_retro_data_db(rd)),
                joule_retro_data_db_id(rd),
-               own_doc ? "searched live, own document allowed" : "precomputed neighbours, own document excluded");
+               own_doc         ? "searched live, own document allowed"
+               : d->on_demand ? "neighbours searched on demand, own document excluded"
+                               : "precomputed neighbours, own document excluded");
         printf("bpb:    %.4f with retrieval, %.4f without (%+.4f)\n", res[1].bpb, res[0].bpb, res[1].bpb - res[0].bpb);
         printf("FLOPs:  %.3g with retrieval, %.3g without (counted)\n", (double)res[1].flops, (double)res[0].flops);
         printf("time:   %.2fs with retrieval, %.2fs without\n", res[1].wall_s, res[0].wall_s);

@@ -31,6 +31,9 @@ enum {
         {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND}
 #define RETRO_DB_LONG_OPTIONS \
     {"db", required_argument, NULL, OPT_RETRO_DB}, {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW}
+#define RETRO_EVAL_LONG_OPTIONS                                                                               \
+    RETRO_DB_LONG_OPTIONS, {"include-own-doc", no_argument, NULL, OPT_RETRO_OWN_DOC},                       \
+        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND}
 
 #define RETRO_TRAIN_USAGE                                                                                   \
     "\n"                                                                                                    \
@@ -71,10 +74,19 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
                            const char *train_path, const char *val_path);
 void retro_train_cli_free(retro_train_cli *r);
 
+/* The database options of `joule eval` and `joule generate` (RETRO_EVAL_LONG_OPTIONS;
+ * generate takes only RETRO_DB_LONG_OPTIONS). */
+typedef struct {
+    const char *dir;
+    bool allow_mismatch, own_doc, on_demand;
+} retro_db_cli;
+/* 0: handled; -1: not one of them. */
+int retro_db_cli_option(retro_db_cli *d, int c, const char *arg);
+
 /* `joule eval --db`: bits-per-byte with retrieval on and off over the same windows;
  * prints text or JSON. Returns an exit code. */
-int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const char *db_dir, bool allow_mismatch,
-                   bool own_doc, int seq, int batch, uint64_t windows, bool json, const char *model_path);
+int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro_db_cli *d, int seq, int batch,
+                   uint64_t windows, bool json, const char *model_path);
 
 /* `joule generate --db`: opens the database for the model (0 or an exit code). */
 int retro_cli_open_db(const char *cmd, const joule_model *m, const char *db_dir, bool allow_mismatch,

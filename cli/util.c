@@ -1,4 +1,5 @@
 /* Shared CLI helpers: parsing, errors, progress display, threads. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -162,6 +163,40 @@ int cli_int_option(const char *cmd, const char *name, const char *arg, int lo, i
     return 0;
 }
 
+int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out) {
+    if (!cli_parse_u64(arg, out)) return cli_usage_error(cmd, "%s: '%s' is not a non-negative integer", name, arg);
+    return 0;
+}
+
+int cli_number_option(const char *cmd, const char *name, const char *arg, bool positive, double *out) {
+    if (!cli_parse_double(arg, out) || (positive ? !(*out > 0) : *out < 0))
+        return cli_usage_error(cmd, "%s: '%s' is not a %s number", name, arg, positive ? "positive" : "non-negative");
+    return 0;
+}
+
+void cli_opt_start(void) {
+    optind = 0; /* glibc: 0 starts over, for a new argv */
+    opterr = 0;
+}
+
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, const char *usage) {
+    int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+    if (c != 'h') return c;
+    fputs(usage, stdout);
+    return CLI_HELP;
+}
+
+void cli_json_numbers(cJSON *o, const cli_json_number *f, size_t n) {
+    for (size_t i = 0; i < n; i++) cJSON_AddNumberToObject(o, f[i].key, f[i].value);
+}
+
+void cli_print_json(cJSON *o) {
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) puts(s);
+    free(s);
+    cJSON_Delete(o);
+}
+
 bool cli_parse_u64(const char *s, uint64_t *out) {
     if (!s || !*s || *s == '-') return false;
     size_t n = strlen(s);
@@ -265,6 +300,20 @@ void cli_progress_update(cli_progress *p, double done, const char *extra) {
 }
 
 void cli_progress_finish(cli_progress *p, double done, const char *extra) { progress_print(p, done, extra, true); }
+
+bool cli_phase_begin(cli_phases *p, const char *phase, const char *label, const char *unit, double total) {
+    if (p->phase && strcmp(p->phase, phase) == 0) return false;
+    if (p->phase) cli_progress_finish(&p->bar, p->bar.total, NULL);
+    cli_progress_start(&p->bar, label, unit, total);
+    p->phase = phase;
+    return true;
+}
+
+void cli_phase_end(cli_phases *p, bool ok) {
+    if (!p->phase) return;
+    if (ok) cli_progress_finish(&p->bar, p->bar.total, NULL);
+    else if (p->bar.tty) fputc('\n', stderr);
+}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

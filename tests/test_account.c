@@ -361,6 +361,20 @@ START_TEST(test_cli_account) {
     ck_assert_msg(fabs(d) < 1, "6ND differs by %g%%", d);
     cJSON_Delete(o);
     free(out);
+    /* RETRO: the query's encoder and CCA FLOPs, as the accountant gives them */
+    joule_acct_model rm;
+    joule_acct_opts ro;
+    joule_acct_query rq;
+    preset(&rm, "retro");
+    joule_acct_opts_init(&ro);
+    ck_assert_int_eq(joule_account_query(&rm, &ro, 100, 20, &rq), JOULE_OK);
+    ck_assert_int_eq(run_joule("account --preset retro --prompt 100 --generate 20 --json", &out), 0);
+    ck_assert_ptr_nonnull(o = cJSON_Parse(out));
+    const cJSON *qj = cJSON_GetObjectItem(o, "query");
+    ck_assert(rq.encoder > 0 && cJSON_GetObjectItem(qj, "flops_encoder")->valuedouble == rq.encoder);
+    ck_assert(rq.cca > 0 && cJSON_GetObjectItem(qj, "flops_cca")->valuedouble == rq.cca);
+    cJSON_Delete(o);
+    free(out);
     snprintf(args, sizeof args, "account --preset chinchilla --hardware nvidia-a100-sxm4-80gb --devices 1024");
     ck_assert_int_eq(run_joule(args, &out), 0);
     ck_assert_msg(strstr(out, "modeled:tdp") && strstr(out, "kWh"), "%s", out);

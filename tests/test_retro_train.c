@@ -557,6 +557,7 @@ START_TEST(test_cli_end_to_end) {
     ck_assert(output_has("out.txt", "with retrieval"));
     ck_assert_int_eq(joule("train --help"), 0);
     ck_assert(output_has("out.txt", "--freeze-base"));
+    ck_assert(!joule("eval --model r.safetensors --tokens val.bin --db db --neighbours-on-demand") && output_has("out.txt", "on demand"));
 }
 END_TEST
 
