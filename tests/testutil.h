@@ -104,11 +104,28 @@ static inline void tu_write(const char *path, const void *data, size_t len) {
 
 static inline void tu_write_text(const char *path, const char *text) { tu_write(path, text, strlen(text)); }
 
+/* tu_read of tu_dir/name. */
+static inline char *tu_read_in(const char *name, size_t *len) { return tu_read(tu_path("%s", name), len); }
+
+static inline int tu_count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
 /* Fails the test unless tu_dir/name exists and mentions needle. */
 static inline void tu_expect_in(const char *name, const char *needle) {
     char *text = tu_read(tu_path("%s", name), NULL);
     ck_assert_msg(text != NULL, "%s is missing", name);
     ck_assert_msg(strstr(text, needle) != NULL, "%s does not mention '%s':\n%s", name, needle, text);
+    free(text);
+}
+
+/* Fails the test unless tu_dir/name mentions needle and is one line (a CLI error message). */
+static inline void tu_expect_one_line(const char *name, const char *needle) {
+    tu_expect_in(name, needle);
+    char *text = tu_read_in(name, NULL);
+    ck_assert_msg(tu_count_lines(text) == 1, "expected one line in %s, got: %s", name, text);
     free(text);
 }
 
