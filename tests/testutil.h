@@ -18,9 +18,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "joule/checkpoint.h"
 #include "joule/data.h"
 #include "joule/model.h"
 #include "joule/retro.h"
+#include "joule/train.h"
 
 /* ---------------------------------------------------------------- the temp folder */
 
@@ -207,6 +209,38 @@ static inline void tu_tokens_doc(joule_token_writer *w, uint64_t id, const void 
 
 static inline void tu_tokens_commit(joule_token_writer *w) {
     ck_assert_msg(joule_token_writer_commit(w) == JOULE_OK, "%s", joule_last_error());
+}
+
+/* ---------------------------------------------------------------- short training runs */
+
+/* For the exact-resume tests: resumes the checkpoint at `path`, or starts a model of config c
+ * initialised from seed 77; with training buffers for `batch` rows. */
+static inline joule_model *tu_train_model(const char *path, int resume, const joule_config *c, int batch) {
+    if (!resume) return tu_model(c, batch, 77);
+    joule_model *m;
+    ck_assert_msg(joule_checkpoint_load(&m, path, NULL) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
+    return m;
+}
+
+/* Options of those runs: tu_dir/<name>.safetensors and <name>.jsonl, bin for training and
+ * validation, seed 77, 2 micro-batches of 2, evaluation every 4 steps, 3 warm-up steps; the
+ * caller sets the length. The paths live in static buffers until the next call. */
+static inline void tu_train_opts(joule_train_opts *o, const char *name, const char *bin, uint64_t stop_after,
+                                 int resume) {
+    static char out[8192], log[8192];
+    snprintf(out, sizeof out, "%s/%s.safetensors", tu_dir, name);
+    snprintf(log, sizeof log, "%s/%s.jsonl", tu_dir, name);
+    joule_train_opts_init(o);
+    o->train_path = o->val_path = bin;
+    o->out_path = out;
+    o->log_path = log;
+    o->resume = resume;
+    o->batch = o->accum = 2;
+    o->seed = 77;
+    o->stop_after = stop_after;
+    o->eval_every = 4;
+    o->adam.warmup_steps = 3;
 }
 
 /* ---------------------------------------------------------------- the runner */
