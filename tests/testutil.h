@@ -192,6 +192,17 @@ static inline void tu_retro_apply(joule_config *c, int m, int k, int enc_layers,
     joule_retro_config_apply(c);
 }
 
+/* The zero-initialised CCA output projections get N(0, std^2) values so retrieval matters. */
+static inline void tu_randomise_cca_out(joule_model *m, float std, uint64_t seed) {
+    joule_rng r;
+    joule_rng_seed(&r, seed);
+    for (int i = 0; i < m->n_tensors; i++)
+        if (strstr(m->tensors[i].name, "cca.wo")) {
+            float *w = joule_model_param(m, i);
+            for (size_t j = 0; j < m->tensors[i].numel; j++) w[j] = std * joule_rng_normal(&r);
+        }
+}
+
 /* A token file under construction; tu_tokens_doc adds one document, tu_tokens_commit ends it. */
 static inline joule_token_writer *tu_tokens_open(const char *bin) {
     joule_token_writer *w;
