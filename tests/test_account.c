@@ -15,6 +15,7 @@
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/ops.h"
+#include "testutil.h"
 
 static void load_json(joule_acct_model *a, const char *json) {
     int rc = joule_acct_from_json(a, json, "test config");
@@ -258,10 +259,7 @@ END_TEST
 START_TEST(test_counted_equals_analytic_dense) {
     joule_set_threads(1);
     joule_config c = joule_config_default(2, 64, 4, 128, 64);
-    joule_model *m;
-    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-    joule_model_init(m, 1);
-    ck_assert_int_eq(joule_model_alloc_train(m, 2), JOULE_OK);
+    joule_model *m = tu_model(&c, 2, 1);
     int32_t in[2 * 64], tg[2 * 64];
     for (int i = 0; i < 128; i++) {
         in[i] = (i * 7) % 256;
@@ -432,9 +430,5 @@ static Suite *account_suite(void) {
 }
 
 int main(void) {
-    SRunner *r = srunner_create(account_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(account_suite());
 }

@@ -8,6 +8,10 @@
 #ifndef JOULE_TESTS_TESTUTIL_H
 #define JOULE_TESTS_TESTUTIL_H
 
+#ifndef _GNU_SOURCE
+#error "define _GNU_SOURCE before the first include (testutil.h uses nftw and mkdtemp)"
+#endif
+
 #include <check.h>
 #include <ftw.h>
 #include <stdarg.h>
