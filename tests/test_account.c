@@ -402,8 +402,7 @@ END_TEST
 
 static Suite *account_suite(void) {
     Suite *s = suite_create("account");
-    TCase *f = tcase_create("formulas");
-    tcase_set_timeout(f, 60);
+    TCase *f = tu_tcase(s, "formulas", 60, NULL, NULL);
     tcase_add_test(f, test_dense_params_exact_and_analytic);
     tcase_add_test(f, test_dense_flops_terms_and_conventions);
     tcase_add_test(f, test_gpt_style_params_by_hand);
@@ -413,19 +412,12 @@ static Suite *account_suite(void) {
     tcase_add_test(f, test_retro_terms_and_search);
     tcase_add_test(f, test_query_and_cost);
     tcase_add_test(f, test_bad_accounting_configs);
-    suite_add_tcase(s, f);
-    TCase *c = tcase_create("counted");
-    tcase_set_timeout(c, 120);
+    TCase *c = tu_tcase(s, "counted", 120, NULL, NULL);
     tcase_add_test(c, test_counted_equals_analytic_dense);
-    suite_add_tcase(s, c);
-    TCase *p = tcase_create("presets");
-    tcase_set_timeout(p, 60);
+    TCase *p = tu_tcase(s, "presets", 60, NULL, NULL);
     tcase_add_test(p, test_presets_agree_with_published);
-    suite_add_tcase(s, p);
-    TCase *k = tcase_create("cli");
-    tcase_set_timeout(k, 120);
+    TCase *k = tu_tcase(s, "cli", 120, NULL, NULL);
     tcase_add_test(k, test_cli_account);
-    suite_add_tcase(s, k);
     return s;
 }
 

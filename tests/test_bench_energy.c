@@ -582,20 +582,15 @@ END_TEST
 
 static Suite *bench_energy_suite(void) {
     Suite *s = suite_create("bench_energy");
-    TCase *p = tcase_create("prefill");
-    tcase_set_timeout(p, 60);
+    TCase *p = tu_tcase(s, "prefill", 60, NULL, NULL);
     tcase_add_test(p, test_prefill_equals_steps_dense);
     tcase_add_test(p, test_prefill_equals_steps_moe);
     tcase_add_test(p, test_moe_rows_equal_one_token);
-    suite_add_tcase(s, p);
-    TCase *bt = tcase_create("batch");
-    tcase_set_timeout(bt, 60);
+    TCase *bt = tu_tcase(s, "batch", 60, NULL, NULL);
     tcase_add_test(bt, test_batch_step_dense);
     tcase_add_test(bt, test_batch_step_moe);
     tcase_add_test(bt, test_batch_step_retro);
-    suite_add_tcase(s, bt);
-    TCase *r = tcase_create("runner");
-    tcase_set_timeout(r, 120);
+    TCase *r = tu_tcase(s, "runner", 120, NULL, NULL);
     tcase_add_unchecked_fixture(r, suite_setup, tu_remove_dir);
     tcase_add_test(r, test_runner_dense);
     tcase_add_test(r, test_runner_moe);
@@ -605,7 +600,6 @@ static Suite *bench_energy_suite(void) {
     tcase_add_test(r, test_outputs_parse);
     tcase_add_test(r, test_cli_end_to_end);
     tcase_add_test(r, test_cli_bad_input);
-    suite_add_tcase(s, r);
     return s;
 }
 

@@ -458,8 +458,7 @@ END_TEST
 
 static Suite *cli_suite(void) {
     Suite *s = suite_create("cli");
-    TCase *tc = tcase_create("cli");
-    tcase_set_timeout(tc, 120);
+    TCase *tc = tu_tcase(s, "cli", 120, NULL, NULL);
     tcase_add_unchecked_fixture(tc, suite_setup, tu_remove_dir);
     tcase_add_test(tc, test_help_texts);
     tcase_add_test(tc, test_version_and_no_args);
@@ -471,7 +470,6 @@ static Suite *cli_suite(void) {
     tcase_add_test(tc, test_resume_is_exact);
     tcase_add_test(tc, test_interrupt_saves);
     tcase_add_test(tc, test_global_threads);
-    suite_add_tcase(s, tc);
     return s;
 }
 

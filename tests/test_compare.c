@@ -274,8 +274,7 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("compare");
-    TCase *tc = tcase_create("compare");
-    tcase_set_timeout(tc, 180); /* the fixture's comparison takes ~1 s here, ~10 s under ASan */
+    TCase *tc = tu_tcase(s, "compare", 180, NULL, NULL); /* the fixture's comparison takes ~1 s here, ~10 s under ASan */
     tcase_add_unchecked_fixture(tc, setup, tu_remove_dir);
     tcase_add_test(tc, test_every_arch_spends_its_budget);
     tcase_add_test(tc, test_failed_run_is_a_row);
@@ -283,6 +282,5 @@ int main(void) {
     tcase_add_test(tc, test_rerun_skips_finished_runs);
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_interrupt_keeps_finished_runs);
-    suite_add_tcase(s, tc);
     return tu_run_suite(s);
 }

@@ -320,21 +320,17 @@ END_TEST
 
 static Suite *energy_suite(void) {
     Suite *s = suite_create("energy");
-    TCase *r = tcase_create("rapl");
-    tcase_set_timeout(r, 30);
+    TCase *r = tu_tcase(s, "rapl", 30, NULL, NULL);
     tcase_add_test(r, test_rapl_domains_and_wrap);
     tcase_add_test(r, test_rapl_window_measured_and_nested);
     tcase_add_test(r, test_rapl_unreadable_counter);
     tcase_add_test(r, test_rapl_absent_and_garbage);
-    suite_add_tcase(s, r);
-    TCase *m = tcase_create("model");
-    tcase_set_timeout(m, 60);
+    TCase *m = tu_tcase(s, "model", 60, NULL, NULL);
     tcase_add_test(m, test_modeled_energy_is_labelled);
     tcase_add_test(m, test_constant_and_nothing);
     tcase_add_test(m, test_hardware_profiles);
     tcase_add_test(m, test_sum_is_measured_only_if_all_parts_are);
     tcase_add_test(m, test_perf_and_nvml_explain_failures);
-    suite_add_tcase(s, m);
     return s;
 }
 

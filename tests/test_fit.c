@@ -217,19 +217,15 @@ END_TEST
 
 static Suite *fit_suite(void) {
     Suite *s = suite_create("fit");
-    TCase *f = tcase_create("fits");
-    tcase_set_timeout(f, 120);
+    TCase *f = tu_tcase(s, "fits", 120, NULL, NULL);
     tcase_add_test(f, test_chinchilla_noise_free_recovered);
     tcase_add_test(f, test_power_noise_free_recovered);
     tcase_add_test(f, test_noisy_within_intervals_and_deterministic);
     tcase_add_test(f, test_compute_optimal_is_the_minimum);
     tcase_add_test(f, test_chinchilla_published_data);
-    suite_add_tcase(s, f);
-    TCase *c = tcase_create("io");
-    tcase_set_timeout(c, 120);
+    TCase *c = tu_tcase(s, "io", 120, NULL, NULL);
     tcase_add_test(c, test_runs_reader);
     tcase_add_test(c, test_cli_fit);
-    suite_add_tcase(s, c);
     return s;
 }
 

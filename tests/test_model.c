@@ -483,33 +483,25 @@ END_TEST
 
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
-    TCase *g = tcase_create("gradients");
-    tcase_set_timeout(g, 120);
+    TCase *g = tu_tcase(s, "gradients", 120, NULL, NULL);
     tcase_add_test(g, test_model_gradient_tied);
     tcase_add_test(g, test_model_gradient_untied);
     tcase_add_test(g, test_grad_accumulation_scales);
-    suite_add_tcase(s, g);
-    TCase *c = tcase_create("inference");
-    tcase_set_timeout(c, 60);
+    TCase *c = tu_tcase(s, "inference", 60, NULL, NULL);
     tcase_add_test(c, test_causality);
     tcase_add_test(c, test_kv_cache_matches_forward);
     tcase_add_test(c, test_param_counts_and_flops);
     tcase_add_test(c, test_config_json_round_trip);
-    suite_add_tcase(s, c);
-    TCase *t = tcase_create("training");
-    tcase_set_timeout(t, 300);
+    TCase *t = tu_tcase(s, "training", 300, NULL, NULL);
     tcase_add_test(t, test_overfit_short_text);
     tcase_add_test(t, test_determinism_two_threads);
     tcase_add_test(t, test_resume_equals_straight_run);
     tcase_add_test(t, test_resume_refuses_other_options);
-    suite_add_tcase(s, t);
-    TCase *k = tcase_create("checkpoint");
-    tcase_set_timeout(k, 60);
+    TCase *k = tu_tcase(s, "checkpoint", 60, NULL, NULL);
     tcase_add_test(k, test_checkpoint_round_trip);
     tcase_add_test(k, test_checkpoint_rejects_missing_tensor);
     tcase_add_test(k, test_checkpoint_rejects_wrong_shape);
     tcase_add_test(k, test_checkpoint_rejects_version_and_config);
-    suite_add_tcase(s, k);
     return s;
 }
 

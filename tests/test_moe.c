@@ -687,26 +687,20 @@ END_TEST
 
 static Suite *moe_suite(void) {
     Suite *s = suite_create("moe");
-    TCase *r = tcase_create("routing");
-    tcase_set_timeout(r, 60);
+    TCase *r = tu_tcase(s, "routing", 60, NULL, NULL);
     tcase_add_test(r, test_gate_and_capacity_invariants);
     tcase_add_test(r, test_hand_worked_example);
     tcase_add_test(r, test_aux_losses);
-    suite_add_tcase(s, r);
-    TCase *g = tcase_create("model");
-    tcase_set_timeout(g, 180);
+    TCase *g = tu_tcase(s, "model", 180, NULL, NULL);
     tcase_add_test(g, test_one_expert_top1_equals_dense);
     tcase_add_test(g, test_gradients_no_drops);
     tcase_add_test(g, test_gradients_with_drops);
     tcase_add_test(g, test_counted_flops_match_analytic);
     tcase_add_test(g, test_kv_cache_matches_forward);
     tcase_add_test(g, test_checkpoint_round_trip);
-    suite_add_tcase(s, g);
-    TCase *t = tcase_create("training");
-    tcase_set_timeout(t, 300);
+    TCase *t = tu_tcase(s, "training", 300, NULL, NULL);
     tcase_add_test(t, test_determinism_and_resume);
     tcase_add_test(t, test_cli_end_to_end);
-    suite_add_tcase(s, t);
     return s;
 }
 

@@ -617,62 +617,54 @@ END_TEST
 
 /* ---- the CLI, end to end ---- */
 
-static void expect_output(const char *file, const char *needle, bool one_line) {
-    size_t len;
-    char *t = tu_must_read(tu_path("%s", file), &len);
-    ck_assert_msg(strstr(t, needle) != NULL, "%s does not mention '%s':\n%s", file, needle, t);
-    if (one_line) ck_assert_msg(strchr(t, '\n') == t + len - 1, "%s is not one line:\n%s", file, t);
-    free(t);
-}
-
 START_TEST(test_cli) {
     ck_assert_int_eq(mkdir(tu_path("corpus"), 0777), 0);
     write_random_tokens(tu_path("corpus/train.bin"), 300, 150, 0, 12, 0);
     write_random_tokens(tu_path("corpus/val.bin"), 30, 150, 1, 13, 0);
     ck_assert_int_eq(tu_joule("db build --data corpus --out flat --chunk 16 --embedder ngram:32 --threads 1"), 0);
-    expect_output("out.txt", "built flat:", false);
+    tu_expect_in("out.txt", "built flat:");
     ck_assert_int_eq(tu_joule("db build --data corpus --with-val --out ivf --chunk 16 --embedder ngram:32 --index "
                          "IVF8,Flat --batch 50"), 0);
     ck_assert_int_eq(tu_joule("db info flat"), 0);
-    expect_output("out.txt", "chunks.bin", false);
+    tu_expect_in("out.txt", "chunks.bin");
     ck_assert_int_eq(tu_joule("db info flat --json"), 0);
-    expect_output("out.txt", "\"factory\":\"Flat\"", true);
+    tu_expect_one_line("out.txt", "\"factory\":\"Flat\"");
     ck_assert_int_eq(tu_joule("db query flat --text 'alpha beta gamma delta river' -k 2"), 0);
-    expect_output("out.txt", "  2. id ", false);
+    tu_expect_in("out.txt", "  2. id ");
     ck_assert_int_eq(tu_joule("db query ivf --text 'alpha beta' -k 3 --nprobe 8 --exclude-doc 4"), 0);
-    expect_output("out.txt", "nprobe=8", false);
+    tu_expect_in("out.txt", "nprobe=8");
     ck_assert_int_eq(tu_joule("db verify flat"), 0);
-    expect_output("out.txt", "ok:", false);
+    tu_expect_in("out.txt", "ok:");
     ck_assert_int_eq(tu_joule("db recall ivf --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 2);
-    expect_output("err.txt", "do not hold the same entries", true); /* ivf also holds val */
+    tu_expect_one_line("err.txt", "do not hold the same entries"); /* ivf also holds val */
     ck_assert_int_eq(tu_joule("db build --data corpus --out ivf2 --chunk 16 --embedder ngram:32 --index IVF8,Flat"), 0);
     ck_assert_int_eq(tu_joule("db recall ivf2 --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 0);
-    expect_output("out.txt", "recall@5", false);
+    tu_expect_in("out.txt", "recall@5");
     ck_assert_int_eq(tu_joule("db neighbours flat --tokens corpus/train.bin -k 2"), 0);
     ck_assert(tu_exists(tu_path("corpus/train.nbr")));
     /* help for every subcommand */
     const char *subs[] = {"build", "info", "query", "verify", "recall", "neighbours"};
     for (int i = 0; i < 6; i++) {
         ck_assert_int_eq(tu_joule("db %s --help", subs[i]), 0);
-        expect_output("out.txt", "Usage: joule db", false);
+        tu_expect_in("out.txt", "Usage: joule db");
     }
     /* bad usage and bad input: one line, exit 2 */
     ck_assert_int_eq(tu_joule("db build --out x"), 2);
-    expect_output("err.txt", "--data", true);
+    tu_expect_one_line("err.txt", "--data");
     ck_assert_int_eq(tu_joule("db build --data nowhere --out x"), 2);
-    expect_output("err.txt", "nowhere", true);
+    tu_expect_one_line("err.txt", "nowhere");
     ck_assert_int_eq(tu_joule("db build --data corpus --out flat"), 2);
-    expect_output("err.txt", "already exists", true);
+    tu_expect_one_line("err.txt", "already exists");
     ck_assert_int_eq(tu_joule("db build --data corpus --out y --resume"), 2);
-    expect_output("err.txt", "no unfinished build", true);
+    tu_expect_one_line("err.txt", "no unfinished build");
     ck_assert_int_eq(tu_joule("db query flat --text hi --nprobe 4"), 2);
-    expect_output("err.txt", "nprobe=4", true);
+    tu_expect_one_line("err.txt", "nprobe=4");
     ck_assert_int_eq(tu_joule("db query flat --text hi --out z"), 2);
-    expect_output("err.txt", "does not apply", true);
+    tu_expect_one_line("err.txt", "does not apply");
     ck_assert_int_eq(tu_joule("db query flat -k 0 --text hi"), 2);
     ck_assert_int_eq(tu_joule("db frobnicate"), 2);
     ck_assert_int_eq(tu_joule("db info nowhere"), 2);
-    expect_output("err.txt", "nowhere", true);
+    tu_expect_one_line("err.txt", "nowhere");
     /* a damaged store: open still works, verify names the file */
     size_t len;
     unsigned char *b = (unsigned char *)tu_must_read(tu_path("flat/chunks.bin"), &len);
@@ -680,19 +672,17 @@ START_TEST(test_cli) {
     tu_write(tu_path("flat/chunks.bin"), b, len);
     free(b);
     ck_assert_int_eq(tu_joule("db verify flat"), 2);
-    expect_output("err.txt", "chunks.bin", true);
+    tu_expect_one_line("err.txt", "chunks.bin");
     ck_assert_int_eq(tu_joule("db neighbours flat --tokens corpus/train.bin"), 0); /* open checks only the header */
     unlink(tu_path("flat/index.faiss"));
     ck_assert_int_eq(tu_joule("db query flat --text hi"), 1);
-    expect_output("err.txt", "index.faiss", true);
+    tu_expect_one_line("err.txt", "index.faiss");
 }
 END_TEST
 
 static Suite *suite(void) {
     Suite *s = suite_create("retro_db");
-    TCase *tc = tcase_create("db");
-    tcase_add_checked_fixture(tc, setup, tu_remove_dir);
-    tcase_set_timeout(tc, 120);
+    TCase *tc = tu_tcase(s, "db", 120, setup, tu_remove_dir);
     tcase_add_test(tc, test_chunking);
     tcase_add_test(tc, test_default_index);
     tcase_add_test(tc, test_flat_exact);
@@ -703,12 +693,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_interrupt_resume);
     tcase_add_test(tc, test_neighbours);
     tcase_add_test(tc, test_model_embedder);
-    suite_add_tcase(s, tc);
-    TCase *cli = tcase_create("cli");
-    tcase_add_checked_fixture(cli, setup, tu_remove_dir);
-    tcase_set_timeout(cli, 180);
+    TCase *cli = tu_tcase(s, "cli", 180, setup, tu_remove_dir);
     tcase_add_test(cli, test_cli);
-    suite_add_tcase(s, cli);
     return s;
 }
 

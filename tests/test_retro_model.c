@@ -655,14 +655,11 @@ END_TEST
 
 static Suite *retro_suite(void) {
     Suite *s = suite_create("retro_model");
-    TCase *g = tcase_create("gradients");
-    tcase_set_timeout(g, 120);
+    TCase *g = tu_tcase(s, "gradients", 120, NULL, NULL);
     tcase_add_test(g, test_gattn_gradient);
     tcase_add_test(g, test_gattn_gradient_shared_keys);
     tcase_add_test(g, test_retro_model_gradient);
-    suite_add_tcase(s, g);
-    TCase *c = tcase_create("causality_and_equality");
-    tcase_set_timeout(c, 60);
+    TCase *c = tu_tcase(s, "causality_and_equality", 60, NULL, NULL);
     tcase_add_test(c, test_cca_layer_causality);
     tcase_add_test(c, test_model_causality);
     tcase_add_test(c, test_padding_is_masked);
@@ -680,7 +677,6 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
-    suite_add_tcase(s, c);
     return s;
 }
 

@@ -503,9 +503,7 @@ END_TEST
 
 static Suite *suite(void) {
     Suite *s = suite_create("retro_train");
-    TCase *tc = tcase_create("with_database");
-    tcase_add_checked_fixture(tc, setup, tu_remove_dir);
-    tcase_set_timeout(tc, 120);
+    TCase *tc = tu_tcase(s, "with_database", 120, setup, tu_remove_dir);
     tcase_add_test(tc, test_training_neighbours);
     tcase_add_test(tc, test_on_demand_neighbours);
     tcase_add_test(tc, test_own_document_mode);
@@ -515,7 +513,6 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_eval_retrieval_on_off);
     tcase_add_test(tc, test_generate_live_retrieval);
     tcase_add_test(tc, test_cli_end_to_end);
-    suite_add_tcase(s, tc);
     return s;
 }
 

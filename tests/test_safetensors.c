@@ -615,9 +615,7 @@ END_TEST
 
 static Suite *safetensors_suite(void) {
     Suite *s = suite_create("safetensors");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_checked_fixture(tc, setup, tu_remove_dir);
+    TCase *tc = tu_tcase(s, "core", 30, setup, tu_remove_dir);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_round_trip_edge_cases);
     tcase_add_test(tc, test_write_leaves_no_temp_files);
@@ -642,7 +640,6 @@ static Suite *safetensors_suite(void) {
     tcase_add_test(tc, test_expect_unaligned_f32);
     tcase_add_test(tc, test_expect_meta_version);
     tcase_add_test(tc, test_truncations_and_corruptions_never_crash);
-    suite_add_tcase(s, tc);
     return s;
 }
 

@@ -130,8 +130,9 @@ static inline void tu_expect_in(const char *name, const char *needle) {
 /* Fails the test unless tu_dir/name mentions needle and is one line (a CLI error message). */
 static inline void tu_expect_one_line(const char *name, const char *needle) {
     tu_expect_in(name, needle);
-    char *text = tu_read_in(name, NULL);
-    ck_assert_msg(tu_count_lines(text) == 1, "expected one line in %s, got: %s", name, text);
+    size_t len;
+    char *text = tu_read_in(name, &len);
+    ck_assert_msg(tu_count_lines(text) == 1 && text[len - 1] == '\n', "expected one line in %s, got: %s", name, text);
     free(text);
 }
 
