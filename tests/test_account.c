@@ -337,13 +337,7 @@ static int run_joule(const char *args, char **out) {
     close(fd);
     snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", bin, args, path);
     int st = system(cmd);
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    size_t cap = 1 << 20;
-    *out = calloc(cap, 1);
-    size_t n = fread(*out, 1, cap - 1, f);
-    (*out)[n] = '\0';
-    fclose(f);
+    *out = tu_must_read(path, NULL);
     unlink(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
 }
@@ -377,10 +371,8 @@ START_TEST(test_cli_account) {
     joule_config cfg = joule_config_default(2, 32, 2, 64, 16);
     joule_model *m;
     ck_assert_int_eq(joule_model_create(&m, &cfg), JOULE_OK);
-    char ckpt[] = "/tmp/joule_acct_ckpt_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(ckpt));
-    char path[256];
-    snprintf(path, sizeof path, "%s/m.safetensors", ckpt);
+    tu_make_dir("joule_acct_ckpt_");
+    const char *path = tu_path("m.safetensors");
     ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
     joule_param_counts pc = joule_model_param_counts(m);
     joule_model_free(m);
@@ -392,8 +384,7 @@ START_TEST(test_cli_account) {
     ck_assert_double_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "params"), "total")->valuedouble, (double)pc.total);
     cJSON_Delete(o);
     free(out);
-    unlink(path);
-    rmdir(ckpt);
+    tu_remove_dir();
     ck_assert_int_eq(run_joule("account --help", &out), 0);
     ck_assert_msg(strstr(out, "--attention"), "%s", out);
     free(out);

@@ -6,9 +6,7 @@
 #define _GNU_SOURCE
 #include <check.h>
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -5,14 +5,11 @@
  * FAISS and OpenMP run only in Check's forked children. */
 #define _GNU_SOURCE
 #include <check.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/checkpoint.h"

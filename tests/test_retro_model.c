@@ -576,10 +576,8 @@ START_TEST(test_checkpoint_round_trip) {
     joule_config c = retro_config(TK);
     joule_model *m = tu_model(&c, TB, 51);
     tu_randomise_cca_out(m, 0.5f, 52);
-    char dir[] = "/tmp/joule_retro_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    char path[256];
-    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    tu_make_dir("joule_retro_");
+    const char *path = tu_path("m.safetensors");
     ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
     joule_model *l;
     ck_assert_int_eq(joule_checkpoint_load(&l, path, NULL), JOULE_OK);
@@ -595,8 +593,7 @@ START_TEST(test_checkpoint_round_trip) {
     forward_ok(m, nb, in, NULL, TB, NULL);
     forward_ok(l, nb, in, NULL, TB, NULL);
     ck_assert_int_eq(memcmp(joule_model_logits(m), joule_model_logits(l), sizeof(float) * TB * TT * c.vocab), 0);
-    unlink(path);
-    rmdir(dir);
+    tu_remove_dir();
     joule_model_free(l);
     joule_model_free(m);
 }
