@@ -69,12 +69,6 @@ static joule_model *random_model(bool moe) {
     return m;
 }
 
-static void expect_close(const float *a, const float *b, size_t n, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(fabsf(a[i] - b[i]) <= 1e-5f * (1.0f + fabsf(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i],
-                      b[i]);
-}
-
 static void check_prefill(bool moe) {
     joule_model *m = random_model(moe);
     const joule_config *c = &m->cfg;
@@ -93,23 +87,23 @@ static void check_prefill(bool moe) {
     /* one forward over n tokens, less the n-1 logits rows a prefill does not need */
     ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(c, 1, n) - 2ull * C * V * (n - 1));
     ck_assert_int_eq(b->pos, n);
-    expect_close(lb, la, (size_t)V, "logits");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits");
     const size_t T = (size_t)c->ctx;
     for (int l = 0; l < L; l++) {
-        expect_close(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, "k cache");
-        expect_close(b->v_cache + l * T * C, a->v_cache + l * T * C, (size_t)n * C, "v cache");
+        tu_expect_near(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, 1e-5, "k cache");
+        tu_expect_near(b->v_cache + l * T * C, a->v_cache + l * T * C, (size_t)n * C, 1e-5, "v cache");
     }
     /* decoding on from either cache gives the same next logits */
     ck_assert_int_eq(joule_decoder_step(a, 65, &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_step(b, 65, &lb), JOULE_OK);
-    expect_close(lb, la, (size_t)V, "logits after prefill");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits after prefill");
     /* a non-empty cache continues token by token; too many tokens are refused */
     joule_decoder_reset(a);
     for (int i = 0; i < 3; i++) ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_prefill(a, tok + 3, n - 3, &la), JOULE_OK);
     joule_decoder_reset(b);
     ck_assert_int_eq(joule_decoder_prefill(b, tok, n, &lb), JOULE_OK);
-    expect_close(lb, la, (size_t)V, "logits, cache continued");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits, cache continued");
     joule_decoder_reset(b);
     int32_t many[49] = {0};
     ck_assert_int_eq(joule_decoder_prefill(b, many, 49, &lb), JOULE_ERR_ARG);
@@ -156,7 +150,7 @@ START_TEST(test_moe_rows_equal_one_token) {
                              JOULE_OK);
         ck_assert_uint_eq(joule_flops_counted(), one);
         ck_assert_uint_eq(one, ops->forward_flops(&m->cfg, l, 1, n));
-        expect_close(xb, xa, (size_t)n * C, "rows op");
+        tu_expect_near(xb, xa, (size_t)n * C, 1e-5, "rows op");
     }
     joule_decoder_free(d);
     joule_model_free(m);
@@ -204,11 +198,11 @@ static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_d
         joule_decoder *a = ref[idx[i]];
         ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
         ck_assert_int_eq(sel[i]->pos, pos[i] + 1);
-        expect_close(lb + (size_t)i * V, la, (size_t)V, "batched logits");
+        tu_expect_near(lb + (size_t)i * V, la, (size_t)V, 1e-5, "batched logits");
         for (int l = 0; l < m->cfg.n_layers; l++) {
             const size_t at = ((size_t)l * T + (size_t)pos[i]) * C;
-            expect_close(sel[i]->k_cache + at, a->k_cache + at, (size_t)C, "batched k cache");
-            expect_close(sel[i]->v_cache + at, a->v_cache + at, (size_t)C, "batched v cache");
+            tu_expect_near(sel[i]->k_cache + at, a->k_cache + at, (size_t)C, 1e-5, "batched k cache");
+            tu_expect_near(sel[i]->v_cache + at, a->v_cache + at, (size_t)C, 1e-5, "batched v cache");
         }
     }
 }
@@ -300,7 +294,7 @@ START_TEST(test_batch_step_retro) {
         ck_assert_int_eq(joule_decoder_step_batch(bt, ds, 2, tok, &lb), JOULE_OK);
         for (int i = 0; i < 2; i++) {
             ck_assert_int_eq(joule_decoder_step(ref[i], tok[i], &la), JOULE_OK);
-            expect_close(lb + (size_t)i * c.vocab, la, (size_t)c.vocab, "retro batched logits");
+            tu_expect_near(lb + (size_t)i * c.vocab, la, (size_t)c.vocab, 1e-5, "retro batched logits");
         }
     }
     joule_decoder_batch_free(bt);

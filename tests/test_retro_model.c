@@ -495,11 +495,6 @@ static joule_config retro_moe_config(void) {
 START_TEST(test_decode_flops_exact_moe) { check_decode_flops(retro_moe_config()); }
 END_TEST
 
-static void expect_near(const float *a, const float *b, size_t n, double tol, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
-}
-
 /* Batched prefill of an empty cache against token-at-a-time steps, neighbours handed for
  * the chunks in `handed` (bit u: chunk u): the same logits and KV cache to 1e-5, the same
  * next steps, and (all chunks handed) the accountant's prefill less P-1 logits rows,
@@ -534,11 +529,11 @@ static void check_prefill(joule_config c, unsigned handed) {
         ck_assert_int_eq(joule_decoder_prefill(db, in, P, &lb), JOULE_OK);
         const uint64_t counted = joule_flops_counted();
         ck_assert_int_eq(db->pos, P);
-        expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
+        tu_expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
         for (int l = 0; l < c.n_layers; l++) {
             const size_t at = (size_t)l * TT * C;
-            expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
-            expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
+            tu_expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
+            tu_expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
         }
         if (handed == ~0u) {
             joule_acct_query q;
@@ -554,7 +549,7 @@ static void check_prefill(joule_config c, unsigned handed) {
                     ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], u, nb + u * per), JOULE_OK);
             ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
             ck_assert_int_eq(joule_decoder_step(db, in[p], &lb), JOULE_OK);
-            expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
+            tu_expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
         }
     }
     joule_decoder_free(ds);

@@ -14,6 +14,7 @@
 
 #include <check.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -144,6 +145,14 @@ static inline bool tu_file_has(const char *name, const char *needle) {
     if (!ok) fprintf(stderr, "%s lacks '%s':\n%s\n", name, needle, text);
     free(text);
     return ok;
+}
+
+/* ---------------------------------------------------------------- numbers */
+
+/* a[i] and b[i] agree within tol relative to 1 + |b[i]|, for every i < n. */
+static inline void tu_expect_near(const float *a, const float *b, size_t n, double tol, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
 }
 
 /* ---------------------------------------------------------------- the joule binary */
