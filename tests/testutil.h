@@ -122,7 +122,7 @@ static inline int tu_count_lines(const char *s) {
 
 /* Fails the test unless tu_dir/name exists and mentions needle. */
 static inline void tu_expect_in(const char *name, const char *needle) {
-    char *text = tu_read(tu_path("%s", name), NULL);
+    char *text = tu_read_in(name, NULL);
     ck_assert_msg(text != NULL, "%s is missing", name);
     ck_assert_msg(strstr(text, needle) != NULL, "%s does not mention '%s':\n%s", name, needle, text);
     free(text);
@@ -140,7 +140,8 @@ static inline void tu_expect_one_line(const char *name, const char *needle) {
 /* Whether tu_dir/name (which must exist) mentions needle; prints the text when it does not,
  * for tests that assert on the result themselves. */
 static inline bool tu_file_has(const char *name, const char *needle) {
-    char *text = tu_must_read(tu_path("%s", name), NULL);
+    char *text = tu_read_in(name, NULL);
+    ck_assert_msg(text != NULL, "%s is missing", name);
     bool ok = strstr(text, needle) != NULL;
     if (!ok) fprintf(stderr, "%s lacks '%s':\n%s\n", name, needle, text);
     free(text);
