@@ -15,6 +15,7 @@
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/ops.h"
+#include "testutil.h"
 
 static void load_json(joule_acct_model *a, const char *json) {
     int rc = joule_acct_from_json(a, json, "test config");
@@ -258,10 +259,7 @@ END_TEST
 START_TEST(test_counted_equals_analytic_dense) {
     joule_set_threads(1);
     joule_config c = joule_config_default(2, 64, 4, 128, 64);
-    joule_model *m;
-    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-    joule_model_init(m, 1);
-    ck_assert_int_eq(joule_model_alloc_train(m, 2), JOULE_OK);
+    joule_model *m = tu_model(&c, 2, 1);
     int32_t in[2 * 64], tg[2 * 64];
     for (int i = 0; i < 128; i++) {
         in[i] = (i * 7) % 256;
@@ -339,13 +337,7 @@ static int run_joule(const char *args, char **out) {
     close(fd);
     snprintf(cmd, sizeof cmd, "'%s' %s > '%s' 2>&1", bin, args, path);
     int st = system(cmd);
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    size_t cap = 1 << 20;
-    *out = calloc(cap, 1);
-    size_t n = fread(*out, 1, cap - 1, f);
-    (*out)[n] = '\0';
-    fclose(f);
+    *out = tu_must_read(path, NULL);
     unlink(path);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
 }
@@ -393,10 +385,8 @@ START_TEST(test_cli_account) {
     joule_config cfg = joule_config_default(2, 32, 2, 64, 16);
     joule_model *m;
     ck_assert_int_eq(joule_model_create(&m, &cfg), JOULE_OK);
-    char ckpt[] = "/tmp/joule_acct_ckpt_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(ckpt));
-    char path[256];
-    snprintf(path, sizeof path, "%s/m.safetensors", ckpt);
+    tu_make_dir("joule_acct_ckpt_");
+    const char *path = tu_path("m.safetensors");
     ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
     joule_param_counts pc = joule_model_param_counts(m);
     joule_model_free(m);
@@ -408,8 +398,7 @@ START_TEST(test_cli_account) {
     ck_assert_double_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "params"), "total")->valuedouble, (double)pc.total);
     cJSON_Delete(o);
     free(out);
-    unlink(path);
-    rmdir(ckpt);
+    tu_remove_dir();
     ck_assert_int_eq(run_joule("account --help", &out), 0);
     ck_assert_msg(strstr(out, "--attention"), "%s", out);
     free(out);
@@ -418,8 +407,7 @@ END_TEST
 
 static Suite *account_suite(void) {
     Suite *s = suite_create("account");
-    TCase *f = tcase_create("formulas");
-    tcase_set_timeout(f, 60);
+    TCase *f = tu_tcase(s, "formulas", 60, NULL, NULL);
     tcase_add_test(f, test_dense_params_exact_and_analytic);
     tcase_add_test(f, test_dense_flops_terms_and_conventions);
     tcase_add_test(f, test_gpt_style_params_by_hand);
@@ -429,26 +417,15 @@ static Suite *account_suite(void) {
     tcase_add_test(f, test_retro_terms_and_search);
     tcase_add_test(f, test_query_and_cost);
     tcase_add_test(f, test_bad_accounting_configs);
-    suite_add_tcase(s, f);
-    TCase *c = tcase_create("counted");
-    tcase_set_timeout(c, 120);
+    TCase *c = tu_tcase(s, "counted", 120, NULL, NULL);
     tcase_add_test(c, test_counted_equals_analytic_dense);
-    suite_add_tcase(s, c);
-    TCase *p = tcase_create("presets");
-    tcase_set_timeout(p, 60);
+    TCase *p = tu_tcase(s, "presets", 60, NULL, NULL);
     tcase_add_test(p, test_presets_agree_with_published);
-    suite_add_tcase(s, p);
-    TCase *k = tcase_create("cli");
-    tcase_set_timeout(k, 120);
+    TCase *k = tu_tcase(s, "cli", 120, NULL, NULL);
     tcase_add_test(k, test_cli_account);
-    suite_add_tcase(s, k);
     return s;
 }
 
 int main(void) {
-    SRunner *r = srunner_create(account_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(account_suite());
 }

@@ -6,11 +6,9 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/bench_energy.h"
@@ -19,44 +17,13 @@
 #include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
-
-static char g_dir[256];
+#include "testutil.h"
 
 #define TINY "--layers 2 --d-model 32 --heads 2 --d-ff 64 --ctx 64 --batch 2 --steps 2 --threads 1"
 
-static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int joule(const char *fmt, ...) {
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, getenv("JOULE_BIN"), args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
-}
-
-static char *slurp(const char *name) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    return buf;
-}
-
-static void path_in(char *out, size_t n, const char *name) { snprintf(out, n, "%s/%s", g_dir, name); }
-
 /* One-line error on stderr containing needle. */
 static void expect_error(const char *needle) {
-    char *e = slurp("err.txt");
+    char *e = tu_read_in("err.txt", NULL);
     ck_assert_ptr_nonnull(e);
     ck_assert_msg(strstr(e, needle) != NULL, "stderr lacks '%s': %s", needle, e);
     const char *nl = strchr(e, '\n');
@@ -66,12 +33,8 @@ static void expect_error(const char *needle) {
 
 /* A corpus of varied sentences in paragraphs, prepared into d/, and two checkpoints. */
 static void suite_setup(void) {
-    ck_assert_ptr_nonnull(getenv("JOULE_BIN"));
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_bench_energy.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-    char path[512];
-    path_in(path, sizeof path, "corpus.txt");
-    FILE *f = fopen(path, "w");
+    tu_make_dir("joule_test_bench_energy.");
+    FILE *f = fopen(tu_path("corpus.txt"), "w");
     ck_assert_ptr_nonnull(f);
     static const char *w[] = {"river", "lamp", "quietly", "seven", "ordinary", "glass", "north", "painted"};
     for (int p = 0; p < 120; p++) {
@@ -79,17 +42,11 @@ static void suite_setup(void) {
         fputs("\n\n", f);
     }
     fclose(f);
-    ck_assert_int_eq(joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
-    ck_assert_int_eq(joule("train --data d " TINY " --out dense.safetensors"), 0);
-    ck_assert_int_eq(joule("train --data d " TINY " --arch moe --experts 4 --d-ff-expert 32 --out moe.safetensors"), 0);
-    ck_assert_int_eq(joule("db build --data d --out db --chunk 8 --threads 1"), 0);
-    ck_assert_int_eq(joule("train --data d " TINY " --arch retro --db db --out retro.safetensors"), 0);
-}
-
-static void suite_teardown(void) {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    ck_assert_int_eq(tu_joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
+    ck_assert_int_eq(tu_joule("train --data d " TINY " --out dense.safetensors"), 0);
+    ck_assert_int_eq(tu_joule("train --data d " TINY " --arch moe --experts 4 --d-ff-expert 32 --out moe.safetensors"), 0);
+    ck_assert_int_eq(tu_joule("db build --data d --out db --chunk 8 --threads 1"), 0);
+    ck_assert_int_eq(tu_joule("train --data d " TINY " --arch retro --db db --out retro.safetensors"), 0);
 }
 
 /* ---------------------------------------------------------------- batched prefill */
@@ -112,12 +69,6 @@ static joule_model *random_model(bool moe) {
     return m;
 }
 
-static void expect_close(const float *a, const float *b, size_t n, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(fabsf(a[i] - b[i]) <= 1e-5f * (1.0f + fabsf(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i],
-                      b[i]);
-}
-
 static void check_prefill(bool moe) {
     joule_model *m = random_model(moe);
     const joule_config *c = &m->cfg;
@@ -136,23 +87,23 @@ static void check_prefill(bool moe) {
     /* one forward over n tokens, less the n-1 logits rows a prefill does not need */
     ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(c, 1, n) - 2ull * C * V * (n - 1));
     ck_assert_int_eq(b->pos, n);
-    expect_close(lb, la, (size_t)V, "logits");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits");
     const size_t T = (size_t)c->ctx;
     for (int l = 0; l < L; l++) {
-        expect_close(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, "k cache");
-        expect_close(b->v_cache + l * T * C, a->v_cache + l * T * C, (size_t)n * C, "v cache");
+        tu_expect_near(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, 1e-5, "k cache");
+        tu_expect_near(b->v_cache + l * T * C, a->v_cache + l * T * C, (size_t)n * C, 1e-5, "v cache");
     }
     /* decoding on from either cache gives the same next logits */
     ck_assert_int_eq(joule_decoder_step(a, 65, &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_step(b, 65, &lb), JOULE_OK);
-    expect_close(lb, la, (size_t)V, "logits after prefill");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits after prefill");
     /* a non-empty cache continues token by token; too many tokens are refused */
     joule_decoder_reset(a);
     for (int i = 0; i < 3; i++) ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_prefill(a, tok + 3, n - 3, &la), JOULE_OK);
     joule_decoder_reset(b);
     ck_assert_int_eq(joule_decoder_prefill(b, tok, n, &lb), JOULE_OK);
-    expect_close(lb, la, (size_t)V, "logits, cache continued");
+    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits, cache continued");
     joule_decoder_reset(b);
     int32_t many[49] = {0};
     ck_assert_int_eq(joule_decoder_prefill(b, many, 49, &lb), JOULE_ERR_ARG);
@@ -199,7 +150,7 @@ START_TEST(test_moe_rows_equal_one_token) {
                              JOULE_OK);
         ck_assert_uint_eq(joule_flops_counted(), one);
         ck_assert_uint_eq(one, ops->forward_flops(&m->cfg, l, 1, n));
-        expect_close(xb, xa, (size_t)n * C, "rows op");
+        tu_expect_near(xb, xa, (size_t)n * C, 1e-5, "rows op");
     }
     joule_decoder_free(d);
     joule_model_free(m);
@@ -247,11 +198,11 @@ static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_d
         joule_decoder *a = ref[idx[i]];
         ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
         ck_assert_int_eq(sel[i]->pos, pos[i] + 1);
-        expect_close(lb + (size_t)i * V, la, (size_t)V, "batched logits");
+        tu_expect_near(lb + (size_t)i * V, la, (size_t)V, 1e-5, "batched logits");
         for (int l = 0; l < m->cfg.n_layers; l++) {
             const size_t at = ((size_t)l * T + (size_t)pos[i]) * C;
-            expect_close(sel[i]->k_cache + at, a->k_cache + at, (size_t)C, "batched k cache");
-            expect_close(sel[i]->v_cache + at, a->v_cache + at, (size_t)C, "batched v cache");
+            tu_expect_near(sel[i]->k_cache + at, a->k_cache + at, (size_t)C, 1e-5, "batched k cache");
+            tu_expect_near(sel[i]->v_cache + at, a->v_cache + at, (size_t)C, 1e-5, "batched v cache");
         }
     }
 }
@@ -343,7 +294,7 @@ START_TEST(test_batch_step_retro) {
         ck_assert_int_eq(joule_decoder_step_batch(bt, ds, 2, tok, &lb), JOULE_OK);
         for (int i = 0; i < 2; i++) {
             ck_assert_int_eq(joule_decoder_step(ref[i], tok[i], &la), JOULE_OK);
-            expect_close(lb + (size_t)i * c.vocab, la, (size_t)c.vocab, "retro batched logits");
+            tu_expect_near(lb + (size_t)i * c.vocab, la, (size_t)c.vocab, 1e-5, "retro batched logits");
         }
     }
     joule_decoder_batch_free(bt);
@@ -371,16 +322,14 @@ static void open_meters(joule_energy *e) {
 }
 
 static joule_model *load(const char *name) {
-    char path[512];
-    path_in(path, sizeof path, name);
     joule_model *m;
-    ck_assert_msg(joule_checkpoint_load(&m, path, NULL) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_msg(joule_checkpoint_load(&m, tu_path("%s", name), NULL) == JOULE_OK, "%s", joule_last_error());
     return m;
 }
 
 static void small_opts(joule_bench_energy_opts *o, const joule_energy *e, char *data, size_t n) {
     joule_bench_energy_opts_init(o);
-    path_in(data, n, "d");
+    snprintf(data, n, "%s", tu_path("d"));
     o->data_dir = data;
     o->meters = e;
     o->queries = 5;
@@ -444,7 +393,7 @@ START_TEST(test_runner_retro) {
     joule_bench_energy_result r;
     ck_assert_int_eq(joule_bench_energy_run(m, "retro", &o, &r), JOULE_ERR_ARG); /* no database */
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "--db"));
-    path_in(db, sizeof db, "db");
+    snprintf(db, sizeof db, "%s", tu_path("db"));
     o.db_dir = db;
     ck_assert_msg(joule_bench_energy_run(m, "retro", &o, &r) == JOULE_OK, "%s", joule_last_error());
     ck_assert_str_eq(r.arch, "retro");
@@ -462,8 +411,8 @@ START_TEST(test_runner_retro) {
     ck_assert_msg(fabs((double)r.energy.flops - 5 * r.flops_analytic) <= 0.01 * 5 * r.flops_analytic,
                   "window FLOPs %g for 5 queries of %g", (double)r.energy.flops, r.flops_analytic);
     /* `joule account` prints the same query: its prefill computes all 16 logits rows */
-    ck_assert_int_eq(joule("account --model retro.safetensors --prompt 16 --generate 7 --json"), 0);
-    char *js = slurp("out.txt");
+    ck_assert_int_eq(tu_joule("account --model retro.safetensors --prompt 16 --generate 7 --json"), 0);
+    char *js = tu_read_in("out.txt", NULL);
     cJSON *acc = cJSON_Parse(js), *aq = cJSON_GetObjectItem(acc, "query");
     ck_assert_ptr_nonnull(aq);
     const double logits = 2.0 * m->cfg.d_model * m->cfg.vocab;
@@ -536,19 +485,16 @@ START_TEST(test_outputs_parse) {
     const char *names[2] = {"dense.safetensors", "moe.safetensors"};
     for (int i = 0; i < 2; i++) {
         joule_model *m = load(names[i]);
-        path_in(path, sizeof path, names[i]);
+        snprintf(path, sizeof path, "%s", tu_path("%s", names[i]));
         ck_assert_int_eq(joule_bench_energy_run(m, path, &o, &r[i]), JOULE_OK);
         joule_model_free(m);
     }
     ck_assert_str_eq(r[0].label, "dense");
-    path_in(path, sizeof path, "e.json");
-    ck_assert_int_eq(joule_bench_energy_write_json(path, r, 2), JOULE_OK);
-    path_in(path, sizeof path, "e.csv");
-    ck_assert_int_eq(joule_bench_energy_write_csv(path, r, 2), JOULE_OK);
-    path_in(path, sizeof path, "e.svg");
-    ck_assert_int_eq(joule_bench_energy_write_svg(path, r, 2), JOULE_OK);
+    ck_assert_int_eq(joule_bench_energy_write_json(tu_path("e.json"), r, 2), JOULE_OK);
+    ck_assert_int_eq(joule_bench_energy_write_csv(tu_path("e.csv"), r, 2), JOULE_OK);
+    ck_assert_int_eq(joule_bench_energy_write_svg(tu_path("e.svg"), r, 2), JOULE_OK);
 
-    char *s = slurp("e.json");
+    char *s = tu_read_in("e.json", NULL);
     cJSON *j = cJSON_Parse(s);
     ck_assert_msg(j != NULL, "not JSON: %s", s);
     cJSON *models = cJSON_GetObjectItem(j, "models");
@@ -565,7 +511,7 @@ START_TEST(test_outputs_parse) {
     cJSON_Delete(j);
     free(s);
 
-    s = slurp("e.csv");
+    s = tu_read_in("e.csv", NULL);
     ck_assert_ptr_nonnull(s);
     ck_assert_msg(!strncmp(s, "label,arch,params,", 18), "CSV header: %.60s", s);
     int lines = 0, commas_header = 0, commas_row = 0;
@@ -578,7 +524,7 @@ START_TEST(test_outputs_parse) {
     ck_assert_ptr_nonnull(strstr(s, "\nmoe,moe,"));
     free(s);
 
-    s = slurp("e.svg");
+    s = tu_read_in("e.svg", NULL);
     ck_assert(!strncmp(s, "<svg", 4) && strstr(s, "</svg>\n") && strstr(s, "Energy per query"));
     free(s);
     joule_energy_close(&e);
@@ -588,16 +534,16 @@ END_TEST
 /* ---------------------------------------------------------------- CLI */
 
 START_TEST(test_cli_end_to_end) {
-    ck_assert_int_eq(joule("bench energy --help"), 0);
-    ck_assert_int_eq(joule("bench energy --model dense.safetensors --model moe.safetensors --data d --queries 3 "
+    ck_assert_int_eq(tu_joule("bench energy --help"), 0);
+    ck_assert_int_eq(tu_joule("bench energy --model dense.safetensors --model moe.safetensors --data d --queries 3 "
                            "--prompt 12 --generate 6 --warmup 1 --batch 2 --out res --compare --threads 1"),
                      0);
-    char *out = slurp("out.txt");
+    char *out = tu_read_in("out.txt", NULL);
     ck_assert_msg(strstr(out, "FLOPs/query analytic / counted") && strstr(out, "modeled:tdp") &&
                       strstr(out, "| moe"),
                   "%s", out);
     free(out);
-    char *j = slurp("res/energy.json"), *csv = slurp("res/energy.csv"), *svg = slurp("res/energy.svg");
+    char *j = tu_read_in("res/energy.json", NULL), *csv = tu_read_in("res/energy.csv", NULL), *svg = tu_read_in("res/energy.svg", NULL);
     ck_assert(j && csv && svg);
     cJSON *p = cJSON_Parse(j);
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(p, "models")), 2);
@@ -609,40 +555,35 @@ START_TEST(test_cli_end_to_end) {
 END_TEST
 
 START_TEST(test_cli_bad_input) {
-    ck_assert_int_eq(joule("bench energy --model missing.safetensors --data d"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model missing.safetensors --data d"), 2);
     expect_error("missing.safetensors");
-    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data nowhere"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model dense.safetensors --data nowhere"), 2);
     expect_error("nowhere/val.bin");
-    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --prompt 100 --threads 1"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model dense.safetensors --data d --prompt 100 --threads 1"), 2);
     expect_error("exceed the model's context 64");
-    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --queries 0"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model dense.safetensors --data d --queries 0"), 2);
     expect_error("--queries");
-    ck_assert_int_eq(joule("bench energy --data d"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --data d"), 2);
     expect_error("--model");
-    ck_assert_int_eq(joule("bench energy --model dense.safetensors --data d --pue 0.5"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model dense.safetensors --data d --pue 0.5"), 2);
     expect_error("--pue");
-    ck_assert_int_eq(joule("bench energy --model corpus.txt --data d --threads 1"), 2);
+    ck_assert_int_eq(tu_joule("bench energy --model corpus.txt --data d --threads 1"), 2);
     expect_error("corpus.txt");
 }
 END_TEST
 
 static Suite *bench_energy_suite(void) {
     Suite *s = suite_create("bench_energy");
-    TCase *p = tcase_create("prefill");
-    tcase_set_timeout(p, 60);
+    TCase *p = tu_tcase(s, "prefill", 60, NULL, NULL);
     tcase_add_test(p, test_prefill_equals_steps_dense);
     tcase_add_test(p, test_prefill_equals_steps_moe);
     tcase_add_test(p, test_moe_rows_equal_one_token);
-    suite_add_tcase(s, p);
-    TCase *bt = tcase_create("batch");
-    tcase_set_timeout(bt, 60);
+    TCase *bt = tu_tcase(s, "batch", 60, NULL, NULL);
     tcase_add_test(bt, test_batch_step_dense);
     tcase_add_test(bt, test_batch_step_moe);
     tcase_add_test(bt, test_batch_step_retro);
-    suite_add_tcase(s, bt);
-    TCase *r = tcase_create("runner");
-    tcase_set_timeout(r, 120);
-    tcase_add_unchecked_fixture(r, suite_setup, suite_teardown);
+    TCase *r = tu_tcase(s, "runner", 120, NULL, NULL);
+    tcase_add_unchecked_fixture(r, suite_setup, tu_remove_dir);
     tcase_add_test(r, test_runner_dense);
     tcase_add_test(r, test_runner_moe);
     tcase_add_test(r, test_runner_retro);
@@ -651,16 +592,11 @@ static Suite *bench_energy_suite(void) {
     tcase_add_test(r, test_outputs_parse);
     tcase_add_test(r, test_cli_end_to_end);
     tcase_add_test(r, test_cli_bad_input);
-    suite_add_tcase(s, r);
     return s;
 }
 
 int main(void) {
     joule_moe_register();
     joule_retro_register();
-    SRunner *sr = srunner_create(bench_energy_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(bench_energy_suite());
 }

@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <signal.h>
 #include <spawn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,90 +17,14 @@
 
 #include "joule/checkpoint.h"
 #include "joule/model.h"
+#include "testutil.h"
 
 extern char **environ;
-
-static char g_bin[4096];
-static char g_dir[4096];
 
 /* A tiny model that trains in well under a second. */
 #define TINY "--layers 1 --d-model 32 --heads 2 --d-ff 64 --ctx 32 --batch 4"
 
 /* ---- helpers ---- */
-
-static char *slurp(const char *name, size_t *len) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    if (len) *len = got;
-    return buf;
-}
-
-static bool exists(const char *name) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static void write_file(const char *name, const void *data, size_t len) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "wb");
-    ck_assert_msg(f != NULL, "cannot write %s", path);
-    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-/* Runs `joule ARGS` in the temp folder with stdout in out.txt and stderr in err.txt;
- * returns the exit status (or 1000 + signal). */
-static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int joule(const char *fmt, ...) {
-    char args[4096], cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, g_bin, args);
-    int st = system(cmd);
-    ck_assert_int_ne(st, -1);
-    if (WIFSIGNALED(st)) return 1000 + WTERMSIG(st);
-    return WEXITSTATUS(st);
-}
-
-static char *out_text(void) { return slurp("out.txt", NULL); }
-static char *err_text(void) { return slurp("err.txt", NULL); }
-
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
-
-/* stderr is exactly one line and mentions `needle`. */
-static void expect_one_line_error(const char *needle) {
-    char *e = err_text();
-    ck_assert_ptr_nonnull(e);
-    ck_assert_msg(count_lines(e) == 1, "expected one line on stderr, got: %s", e);
-    ck_assert_msg(strstr(e, needle) != NULL, "stderr '%s' does not mention '%s'", e, needle);
-    free(e);
-}
-
-static void expect_out_has(const char *needle) {
-    char *o = out_text();
-    ck_assert_ptr_nonnull(o);
-    ck_assert_msg(strstr(o, needle) != NULL, "stdout does not mention '%s':\n%s", needle, o);
-    free(o);
-}
 
 /* A few KB of varied English, in paragraphs. Deterministic. */
 static void write_corpus(const char *name) {
@@ -130,32 +53,22 @@ static void write_corpus(const char *name) {
         }
         n += (size_t)snprintf(buf + n, cap - n, "\n\n");
     }
-    write_file(name, buf, n);
+    tu_write(tu_path("%s", name), buf, n);
     free(buf);
 }
 
 /* Trains a tiny model into `name` unless it is already there. */
 static void ensure_model(const char *name) {
-    if (exists(name)) return;
-    ck_assert_int_eq(joule("train --data d " TINY " --steps 30 --out %s --threads 1", name), 0);
+    if (tu_exists(tu_path("%s", name))) return;
+    ck_assert_int_eq(tu_joule("train --data d " TINY " --steps 30 --out %s --threads 1", name), 0);
 }
 
 /* ---- fixture: one temp folder with a prepared corpus for the whole suite ---- */
 
 static void suite_setup(void) {
-    const char *bin = getenv("JOULE_BIN");
-    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it for every test)");
-    snprintf(g_bin, sizeof g_bin, "%s", bin);
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_cli.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    tu_make_dir("joule_test_cli.");
     write_corpus("corpus.txt");
-    ck_assert_int_eq(joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
-}
-
-static void suite_teardown(void) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    ck_assert_int_eq(tu_joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
 }
 
 /* ---- help and usage ---- */
@@ -181,26 +94,26 @@ START_TEST(test_help_texts) {
         {"bench --help", {"train", "decode", NULL}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        ck_assert_msg(joule("%s", cases[i].args) == 0, "joule %s did not exit 0", cases[i].args);
-        char *o = out_text();
+        ck_assert_msg(tu_joule("%s", cases[i].args) == 0, "joule %s did not exit 0", cases[i].args);
+        char *o = tu_read_in("out.txt", NULL);
         for (int k = 0; k < 6 && cases[i].needles[k]; k++)
             ck_assert_msg(strstr(o, cases[i].needles[k]) != NULL, "joule %s: help does not mention '%s'",
                           cases[i].args, cases[i].needles[k]);
         free(o);
     }
     /* The defaults are in the help text. */
-    ck_assert_int_eq(joule("train --help"), 0);
-    expect_out_has("(default 8)");
-    expect_out_has("(default 1e-3)");
-    expect_out_has("default runs/model.safetensors");
+    ck_assert_int_eq(tu_joule("train --help"), 0);
+    tu_expect_in("out.txt", "(default 8)");
+    tu_expect_in("out.txt", "(default 1e-3)");
+    tu_expect_in("out.txt", "default runs/model.safetensors");
 }
 END_TEST
 
 START_TEST(test_version_and_no_args) {
-    ck_assert_int_eq(joule("--version"), 0);
-    expect_out_has("joule 0.");
-    ck_assert_int_eq(joule("%s", ""), 2); /* no command: the list, on stderr */
-    char *e = err_text();
+    ck_assert_int_eq(tu_joule("--version"), 0);
+    tu_expect_in("out.txt", "joule 0.");
+    ck_assert_int_eq(tu_joule("%s", ""), 2); /* no command: the list, on stderr */
+    char *e = tu_read_in("err.txt", NULL);
     ck_assert_ptr_nonnull(strstr(e, "Commands"));
     free(e);
 }
@@ -237,92 +150,93 @@ START_TEST(test_bad_usage_exits_2) {
         "--threads x train --steps 1",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = joule("%s", cases[i]);
+        int rc = tu_joule("%s", cases[i]);
         ck_assert_msg(rc == 2, "joule %s: exit %d, expected 2", cases[i], rc);
-        char *e = err_text();
-        ck_assert_msg(count_lines(e) >= 1 && strncmp(e, "joule", 5) == 0, "joule %s: stderr '%s'", cases[i], e);
+        char *e = tu_read_in("err.txt", NULL);
+        ck_assert_msg(tu_count_lines(e) >= 1 && strncmp(e, "joule", 5) == 0, "joule %s: stderr '%s'", cases[i], e);
         free(e);
     }
-    ck_assert_int_eq(joule("train --data d --steps 5 --bogus"), 2);
-    expect_one_line_error("--bogus");
-    ck_assert_int_eq(joule("train --data d"), 2);
-    expect_one_line_error("budget");
+    ck_assert_int_eq(tu_joule("train --data d --steps 5 --bogus"), 2);
+    tu_expect_one_line("err.txt", "--bogus");
+    ck_assert_int_eq(tu_joule("train --data d"), 2);
+    tu_expect_one_line("err.txt", "budget");
 }
 END_TEST
 
 /* ---- bad input files ---- */
 
 START_TEST(test_missing_files_exit_2) {
-    ck_assert_int_eq(joule("info --model /nonexistent/model.safetensors"), 2);
-    expect_one_line_error("/nonexistent/model.safetensors");
-    ck_assert_int_eq(joule("eval --model /nonexistent.safetensors --data d"), 2);
-    expect_one_line_error("/nonexistent.safetensors");
-    ck_assert_int_eq(joule("generate --model /nonexistent.safetensors"), 2);
-    expect_one_line_error("/nonexistent.safetensors");
-    ck_assert_int_eq(joule("train --data nowhere --steps 3"), 2);
-    expect_one_line_error("nowhere/train.bin");
-    ck_assert_int_eq(joule("train --train d/train.bin --val nowhere.bin --steps 3"), 2);
-    expect_one_line_error("nowhere.bin");
-    ck_assert_int_eq(joule("data prepare missing.txt --out x"), 2);
-    expect_one_line_error("missing.txt");
-    ck_assert_int_eq(joule("data info nowhere"), 2);
-    expect_one_line_error("nowhere/train.bin");
-    ck_assert_int_eq(joule("train --data d --steps 3 --resume --out none.safetensors"), 2);
-    expect_one_line_error("none.safetensors");
-    ck_assert_int_eq(joule("train --data d --steps 3 --config none.json"), 2);
-    expect_one_line_error("none.json");
+    ck_assert_int_eq(tu_joule("info --model /nonexistent/model.safetensors"), 2);
+    tu_expect_one_line("err.txt", "/nonexistent/model.safetensors");
+    ck_assert_int_eq(tu_joule("eval --model /nonexistent.safetensors --data d"), 2);
+    tu_expect_one_line("err.txt", "/nonexistent.safetensors");
+    ck_assert_int_eq(tu_joule("generate --model /nonexistent.safetensors"), 2);
+    tu_expect_one_line("err.txt", "/nonexistent.safetensors");
+    ck_assert_int_eq(tu_joule("train --data nowhere --steps 3"), 2);
+    tu_expect_one_line("err.txt", "nowhere/train.bin");
+    ck_assert_int_eq(tu_joule("train --train d/train.bin --val nowhere.bin --steps 3"), 2);
+    tu_expect_one_line("err.txt", "nowhere.bin");
+    ck_assert_int_eq(tu_joule("data prepare missing.txt --out x"), 2);
+    tu_expect_one_line("err.txt", "missing.txt");
+    ck_assert_int_eq(tu_joule("data info nowhere"), 2);
+    tu_expect_one_line("err.txt", "nowhere/train.bin");
+    ck_assert_int_eq(tu_joule("train --data d --steps 3 --resume --out none.safetensors"), 2);
+    tu_expect_one_line("err.txt", "none.safetensors");
+    ck_assert_int_eq(tu_joule("train --data d --steps 3 --config none.json"), 2);
+    tu_expect_one_line("err.txt", "none.json");
     ensure_model("m.safetensors");
-    ck_assert_int_eq(joule("eval --model m.safetensors --tokens none.bin"), 2);
-    expect_one_line_error("none.bin");
-    ck_assert_int_eq(joule("generate --model m.safetensors --prompt-file none.txt"), 2);
-    expect_one_line_error("none.txt");
+    ck_assert_int_eq(tu_joule("eval --model m.safetensors --tokens none.bin"), 2);
+    tu_expect_one_line("err.txt", "none.bin");
+    ck_assert_int_eq(tu_joule("generate --model m.safetensors --prompt-file none.txt"), 2);
+    tu_expect_one_line("err.txt", "none.txt");
 }
 END_TEST
 
 START_TEST(test_corrupt_files_exit_2) {
     char garbage[3000];
     for (size_t i = 0; i < sizeof garbage; i++) garbage[i] = (char)(i * 7919 % 251);
-    write_file("garbage.safetensors", garbage, sizeof garbage);
+    tu_write(tu_path("garbage.safetensors"), garbage, sizeof garbage);
     const char *cmds[] = {"info --model garbage.safetensors", "eval --model garbage.safetensors --data d",
                           "generate --model garbage.safetensors -n 5"};
     for (int i = 0; i < 3; i++) {
-        int rc = joule("%s", cmds[i]);
+        int rc = tu_joule("%s", cmds[i]);
         ck_assert_msg(rc == 2, "joule %s: exit %d, expected 2", cmds[i], rc);
-        expect_one_line_error("garbage.safetensors");
+        tu_expect_one_line("err.txt", "garbage.safetensors");
     }
     /* A real checkpoint cut in half. */
     ensure_model("m.safetensors");
     size_t n = 0;
-    char *good = slurp("m.safetensors", &n);
+    char *good = tu_read_in("m.safetensors", &n);
     ck_assert_ptr_nonnull(good);
-    write_file("half.safetensors", good, n / 2);
+    tu_write(tu_path("half.safetensors"), good, n / 2);
     free(good);
-    ck_assert_int_eq(joule("info --model half.safetensors"), 2);
-    expect_one_line_error("half.safetensors");
-    ck_assert_int_eq(joule("eval --model half.safetensors --data d"), 2);
-    expect_one_line_error("half.safetensors");
+    ck_assert_int_eq(tu_joule("info --model half.safetensors"), 2);
+    tu_expect_one_line("err.txt", "half.safetensors");
+    ck_assert_int_eq(tu_joule("eval --model half.safetensors --data d"), 2);
+    tu_expect_one_line("err.txt", "half.safetensors");
     /* A token file that is not one. */
-    write_file("bad.bin", garbage, sizeof garbage);
-    write_file("bad.idx", garbage, sizeof garbage);
-    ck_assert_int_eq(joule("eval --model m.safetensors --tokens bad.bin"), 2);
-    expect_one_line_error("bad.bin");
+    tu_write(tu_path("bad.bin"), garbage, sizeof garbage);
+    tu_write(tu_path("bad.idx"), garbage, sizeof garbage);
+    ck_assert_int_eq(tu_joule("eval --model m.safetensors --tokens bad.bin"), 2);
+    tu_expect_one_line("err.txt", "bad.bin");
     /* A config file that is not JSON. */
-    write_file("bad.json", "{not json", 9);
-    ck_assert_int_eq(joule("train --data d --steps 3 --config bad.json --out x.safetensors"), 2);
-    expect_one_line_error("bad.json");
+    tu_write(tu_path("bad.json"), "{not json", 9);
+    ck_assert_int_eq(tu_joule("train --data d --steps 3 --config bad.json --out x.safetensors"), 2);
+    tu_expect_one_line("err.txt", "bad.json");
 }
 END_TEST
 
 /* ---- the real thing ---- */
 
 START_TEST(test_data_prepare_and_info) {
-    ck_assert_int_eq(joule("data prepare corpus.txt --out d2 --split blank-line --val-fraction 0.2 --seed 3"), 0);
-    expect_out_has("train:");
-    expect_out_has("val:");
-    expect_out_has("d2/train.bin");
-    ck_assert(exists("d2/train.bin") && exists("d2/val.idx") && exists("d2/meta.json"));
-    ck_assert_int_eq(joule("data info d2 --json"), 0);
-    char *o = out_text();
+    ck_assert_int_eq(tu_joule("data prepare corpus.txt --out d2 --split blank-line --val-fraction 0.2 --seed 3"), 0);
+    tu_expect_in("out.txt", "train:");
+    tu_expect_in("out.txt", "val:");
+    tu_expect_in("out.txt", "d2/train.bin");
+    ck_assert(tu_exists(tu_path("d2/train.bin")) && tu_exists(tu_path("d2/val.idx")) &&
+              tu_exists(tu_path("d2/meta.json")));
+    ck_assert_int_eq(tu_joule("data info d2 --json"), 0);
+    char *o = tu_read_in("out.txt", NULL);
     cJSON *j = cJSON_Parse(o);
     ck_assert_msg(j != NULL, "data info --json is not JSON: %s", o);
     const cJSON *tr = cJSON_GetObjectItem(j, "train"), *va = cJSON_GetObjectItem(j, "val");
@@ -330,25 +244,25 @@ START_TEST(test_data_prepare_and_info) {
     ck_assert(cJSON_GetObjectItem(va, "documents")->valuedouble >= 1);
     cJSON_Delete(j);
     free(o);
-    ck_assert_int_eq(joule("data info d2"), 0);
-    expect_out_has("blank-line");
+    ck_assert_int_eq(tu_joule("data info d2"), 0);
+    tu_expect_in("out.txt", "blank-line");
 }
 END_TEST
 
 START_TEST(test_train_eval_generate_info) {
-    ck_assert_int_eq(joule("train --data d " TINY " --steps 30 --out run/t.safetensors --eval-every 10 --threads 2"),
+    ck_assert_int_eq(tu_joule("train --data d " TINY " --steps 30 --out run/t.safetensors --eval-every 10 --threads 2"),
                      0);
-    expect_out_has("params");
-    expect_out_has("tokens/step");
-    expect_out_has("counted/analytic");
-    expect_out_has("val bpb");
-    ck_assert(exists("run/t.safetensors"));
-    ck_assert(exists("run/t.optim.safetensors"));
-    ck_assert(exists("run/t.log.jsonl"));
+    tu_expect_in("out.txt", "params");
+    tu_expect_in("out.txt", "tokens/step");
+    tu_expect_in("out.txt", "counted/analytic");
+    tu_expect_in("out.txt", "val bpb");
+    ck_assert(tu_exists(tu_path("run/t.safetensors")));
+    ck_assert(tu_exists(tu_path("run/t.optim.safetensors")));
+    ck_assert(tu_exists(tu_path("run/t.log.jsonl")));
 
     /* The log: one JSON object per step with the documented fields. */
-    char *log = slurp("run/t.log.jsonl", NULL);
-    ck_assert_int_eq(count_lines(log), 30);
+    char *log = tu_read_in("run/t.log.jsonl", NULL);
+    ck_assert_int_eq(tu_count_lines(log), 30);
     int line = 0, with_val = 0;
     for (char *save = NULL, *s = strtok_r(log, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) {
         cJSON *j = cJSON_Parse(s);
@@ -368,8 +282,8 @@ START_TEST(test_train_eval_generate_info) {
     free(log);
 
     /* eval --json */
-    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d --json --threads 1"), 0);
-    char *o = out_text();
+    ck_assert_int_eq(tu_joule("eval --model run/t.safetensors --data d --json --threads 1"), 0);
+    char *o = tu_read_in("out.txt", NULL);
     cJSON *j = cJSON_Parse(o);
     ck_assert_msg(j != NULL, "eval --json is not JSON: %s", o);
     const cJSON *bpb = cJSON_GetObjectItem(j, "bpb"), *loss = cJSON_GetObjectItem(j, "loss");
@@ -380,40 +294,40 @@ START_TEST(test_train_eval_generate_info) {
     ck_assert(cJSON_GetObjectItem(j, "flops")->valuedouble > 0);
     cJSON_Delete(j);
     free(o);
-    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d --windows 1 --json"), 0);
-    o = out_text();
+    ck_assert_int_eq(tu_joule("eval --model run/t.safetensors --data d --windows 1 --json"), 0);
+    o = tu_read_in("out.txt", NULL);
     j = cJSON_Parse(o);
     ck_assert_int_eq((int)cJSON_GetObjectItem(j, "windows")->valuedouble, 1);
     ck_assert_int_eq((int)cJSON_GetObjectItem(j, "tokens")->valuedouble, 32);
     cJSON_Delete(j);
     free(o);
-    ck_assert_int_eq(joule("eval --model run/t.safetensors --data d"), 0);
-    expect_out_has("bpb:");
+    ck_assert_int_eq(tu_joule("eval --model run/t.safetensors --data d"), 0);
+    tu_expect_in("out.txt", "bpb:");
 
     /* generate: greedy is deterministic; output = prompt + up to 20 bytes */
-    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
-    char *g1 = out_text();
+    ck_assert_int_eq(tu_joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
+    char *g1 = tu_read_in("out.txt", NULL);
     ck_assert(strncmp(g1, "The old ", 8) == 0);
     ck_assert(strlen(g1) > 8);
-    char *e = err_text();
+    char *e = tu_read_in("err.txt", NULL);
     ck_assert_msg(strstr(e, "tokens") && strstr(e, "tok/s"), "generate stderr: %s", e);
     free(e);
-    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
-    char *g2 = out_text();
+    ck_assert_int_eq(tu_joule("generate --model run/t.safetensors -n 20 --temperature 0 --prompt 'The old '"), 0);
+    char *g2 = tu_read_in("out.txt", NULL);
     ck_assert_str_eq(g1, g2);
     free(g1);
     free(g2);
-    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 50 --seed 3 --no-stop"), 0);
-    write_file("prompt.txt", "A small", 7);
-    ck_assert_int_eq(joule("generate --model run/t.safetensors -n 5 --prompt-file prompt.txt --no-echo"), 0);
+    ck_assert_int_eq(tu_joule("generate --model run/t.safetensors -n 50 --seed 3 --no-stop"), 0);
+    tu_write(tu_path("prompt.txt"), "A small", 7);
+    ck_assert_int_eq(tu_joule("generate --model run/t.safetensors -n 5 --prompt-file prompt.txt --no-echo"), 0);
 
     /* info */
-    ck_assert_int_eq(joule("info --model run/t.safetensors"), 0);
-    expect_out_has("non-embedding");
-    expect_out_has("6N");
-    expect_out_has("step 30 of 30");
-    ck_assert_int_eq(joule("info --model run/t.safetensors --json"), 0);
-    o = out_text();
+    ck_assert_int_eq(tu_joule("info --model run/t.safetensors"), 0);
+    tu_expect_in("out.txt", "non-embedding");
+    tu_expect_in("out.txt", "6N");
+    tu_expect_in("out.txt", "step 30 of 30");
+    ck_assert_int_eq(tu_joule("info --model run/t.safetensors --json"), 0);
+    o = tu_read_in("out.txt", NULL);
     j = cJSON_Parse(o);
     ck_assert_msg(j != NULL, "info --json is not JSON: %s", o);
     const cJSON *cfg = cJSON_GetObjectItem(j, "config");
@@ -427,14 +341,15 @@ START_TEST(test_train_eval_generate_info) {
 
     /* The config of `info --json` builds the same model through --config. */
     char *cj = cJSON_PrintUnformatted(cfg);
-    write_file("cfg.json", cj, strlen(cj));
+    tu_write(tu_path("cfg.json"), cj, strlen(cj));
     free(cj);
     cJSON_Delete(j);
     free(o);
-    ck_assert_int_eq(joule("train --data d --config cfg.json --batch 4 --steps 2 --out run/c.safetensors --no-log"), 0);
-    ck_assert(!exists("run/c.log.jsonl"));
-    ck_assert_int_eq(joule("info --model run/c.safetensors --json"), 0);
-    o = out_text();
+    ck_assert_int_eq(tu_joule("train --data d --config cfg.json --batch 4 --steps 2 --out run/c.safetensors --no-log"),
+                     0);
+    ck_assert(!tu_exists(tu_path("run/c.log.jsonl")));
+    ck_assert_int_eq(tu_joule("info --model run/c.safetensors --json"), 0);
+    o = tu_read_in("out.txt", NULL);
     j = cJSON_Parse(o);
     ck_assert_int_eq((int)cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "d_ff")->valuedouble, 64);
     cJSON_Delete(j);
@@ -445,8 +360,8 @@ END_TEST
 /* Loads two checkpoints and checks their weights are bit-identical. */
 static void expect_same_weights(const char *a, const char *b) {
     char pa[8192], pb[8192];
-    snprintf(pa, sizeof pa, "%s/%s", g_dir, a);
-    snprintf(pb, sizeof pb, "%s/%s", g_dir, b);
+    snprintf(pa, sizeof pa, "%s", tu_path("%s", a));
+    snprintf(pb, sizeof pb, "%s", tu_path("%s", b));
     joule_model *ma = NULL, *mb = NULL;
     joule_train_state sa, sb;
     ck_assert_msg(joule_checkpoint_load(&ma, pa, &sa) == 0, "%s", joule_last_error());
@@ -461,32 +376,32 @@ static void expect_same_weights(const char *a, const char *b) {
 
 START_TEST(test_resume_is_exact) {
     const char *common = "train --data d " TINY " --steps 40 --seed 7 --threads 1 --eval-every 15";
-    ck_assert_int_eq(joule("%s --out r/straight.safetensors", common), 0);
+    ck_assert_int_eq(tu_joule("%s --out r/straight.safetensors", common), 0);
 
-    ck_assert_int_eq(joule("%s --out r/split.safetensors --stop-after 20", common), 0);
-    expect_out_has("--resume");
-    ck_assert_int_eq(joule("info --model r/split.safetensors"), 0);
-    expect_out_has("step 20 of 40");
-    ck_assert_int_eq(joule("%s --out r/split.safetensors --resume", common), 0);
+    ck_assert_int_eq(tu_joule("%s --out r/split.safetensors --stop-after 20", common), 0);
+    tu_expect_in("out.txt", "--resume");
+    ck_assert_int_eq(tu_joule("info --model r/split.safetensors"), 0);
+    tu_expect_in("out.txt", "step 20 of 40");
+    ck_assert_int_eq(tu_joule("%s --out r/split.safetensors --resume", common), 0);
     expect_same_weights("r/straight.safetensors", "r/split.safetensors");
-    char *log = slurp("r/split.log.jsonl", NULL);
-    ck_assert_int_eq(count_lines(log), 40);
+    char *log = tu_read_in("r/split.log.jsonl", NULL);
+    ck_assert_int_eq(tu_count_lines(log), 40);
     free(log);
 
     /* --resume alone takes the model, budget, seed and schedule from the checkpoint. */
-    ck_assert_int_eq(joule("%s --out r/bare.safetensors --stop-after 13", common), 0);
-    ck_assert_int_eq(joule("train --data d --resume --out r/bare.safetensors --threads 1 --eval-every 15"), 0);
+    ck_assert_int_eq(tu_joule("%s --out r/bare.safetensors --stop-after 13", common), 0);
+    ck_assert_int_eq(tu_joule("train --data d --resume --out r/bare.safetensors --threads 1 --eval-every 15"), 0);
     expect_same_weights("r/straight.safetensors", "r/bare.safetensors");
     /* Already finished: nothing to do. */
-    ck_assert_int_eq(joule("train --data d --resume --out r/bare.safetensors --threads 1"), 0);
-    expect_out_has("nothing to do");
+    ck_assert_int_eq(tu_joule("train --data d --resume --out r/bare.safetensors --threads 1"), 0);
+    tu_expect_in("out.txt", "nothing to do");
 
     /* Resuming with a different model or schedule is refused. */
-    ck_assert_int_eq(joule("%s --out r/other.safetensors --stop-after 10", common), 0);
-    ck_assert_int_eq(joule("train --data d --layers 2 --resume --out r/other.safetensors --threads 1"), 2);
-    expect_one_line_error("r/other.safetensors");
-    ck_assert_int_eq(joule("%s --out r/other.safetensors --resume --lr 3e-3", common), 2);
-    expect_one_line_error("r/other.safetensors");
+    ck_assert_int_eq(tu_joule("%s --out r/other.safetensors --stop-after 10", common), 0);
+    ck_assert_int_eq(tu_joule("train --data d --layers 2 --resume --out r/other.safetensors --threads 1"), 2);
+    tu_expect_one_line("err.txt", "r/other.safetensors");
+    ck_assert_int_eq(tu_joule("%s --out r/other.safetensors --resume --lr 3e-3", common), 2);
+    tu_expect_one_line("err.txt", "r/other.safetensors");
 }
 END_TEST
 
@@ -495,7 +410,7 @@ START_TEST(test_interrupt_saves) {
     char args[16384];
     snprintf(args, sizeof args, "cd '%s' && exec '%s' train --data d " TINY
              " --steps 1000000 --eval-every 0 --threads 1 --out i/m.safetensors > i.out 2> i.err",
-             g_dir, g_bin);
+             tu_dir, getenv("JOULE_BIN"));
     char *argv[] = {"sh", "-c", args, NULL};
     pid_t pid;
     ck_assert_int_eq(posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ), 0);
@@ -504,8 +419,8 @@ START_TEST(test_interrupt_saves) {
     for (int i = 0; i < 600 && lines < 3; i++) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        char *log = slurp("i/m.log.jsonl", NULL);
-        if (log) lines = count_lines(log);
+        char *log = tu_read_in("i/m.log.jsonl", NULL);
+        if (log) lines = tu_count_lines(log);
         free(log);
     }
     ck_assert_int_ge(lines, 3);
@@ -513,14 +428,14 @@ START_TEST(test_interrupt_saves) {
     int status;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 130, "status %d", status);
-    char *e = slurp("i.err", NULL);
+    char *e = tu_read_in("i.err", NULL);
     ck_assert_msg(strstr(e, "saving and stopping") != NULL, "stderr: %s", e);
     free(e);
-    char *log = slurp("i/m.log.jsonl", NULL);
-    int steps = count_lines(log);
+    char *log = tu_read_in("i/m.log.jsonl", NULL);
+    int steps = tu_count_lines(log);
     free(log);
-    ck_assert_int_eq(joule("info --model i/m.safetensors --json"), 0);
-    char *o = out_text();
+    ck_assert_int_eq(tu_joule("info --model i/m.safetensors --json"), 0);
+    char *o = tu_read_in("out.txt", NULL);
     cJSON *j = cJSON_Parse(o);
     ck_assert_int_eq((int)cJSON_GetObjectItem(cJSON_GetObjectItem(j, "training"), "step")->valuedouble, steps);
     cJSON_Delete(j);
@@ -531,8 +446,8 @@ END_TEST
 /* Global --threads before the command reaches the command. */
 START_TEST(test_global_threads) {
     ensure_model("m.safetensors");
-    ck_assert_int_eq(joule("--threads 1 eval --model m.safetensors --data d --json"), 0);
-    char *o = out_text();
+    ck_assert_int_eq(tu_joule("--threads 1 eval --model m.safetensors --data d --json"), 0);
+    char *o = tu_read_in("out.txt", NULL);
     cJSON *j = cJSON_Parse(o);
     ck_assert_int_eq((int)cJSON_GetObjectItem(j, "threads")->valuedouble, 1);
     cJSON_Delete(j);
@@ -542,9 +457,8 @@ END_TEST
 
 static Suite *cli_suite(void) {
     Suite *s = suite_create("cli");
-    TCase *tc = tcase_create("cli");
-    tcase_set_timeout(tc, 120);
-    tcase_add_unchecked_fixture(tc, suite_setup, suite_teardown);
+    TCase *tc = tu_tcase(s, "cli", 120, NULL, NULL);
+    tcase_add_unchecked_fixture(tc, suite_setup, tu_remove_dir);
     tcase_add_test(tc, test_help_texts);
     tcase_add_test(tc, test_version_and_no_args);
     tcase_add_test(tc, test_bad_usage_exits_2);
@@ -555,14 +469,9 @@ static Suite *cli_suite(void) {
     tcase_add_test(tc, test_resume_is_exact);
     tcase_add_test(tc, test_interrupt_saves);
     tcase_add_test(tc, test_global_threads);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(cli_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(cli_suite());
 }

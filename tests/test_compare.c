@@ -7,7 +7,6 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char g_bin[4096], g_dir[4096];
+#include "testutil.h"
+
 static int g_first_rc = -1;
 
 /* Three budgets (the fewest a dense fit takes; RETRO's smallest model needs ~5e8 for its 50
@@ -26,50 +26,8 @@ static int g_first_rc = -1;
 #define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 2 --bootstrap 20 --threads 1"
 #define COMPARE "compare --data d --out c --budgets " BUDGETS " " SETTINGS
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char args[4096], cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > stdout.txt 2> stderr.txt", g_dir, g_bin, args);
-    int st = system(cmd);
-    ck_assert_int_ne(st, -1);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
-}
-
-/* Contents of g_dir/name (caller frees), NULL when it cannot be read. */
-static char *read_text(const char *name) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    size_t cap = 0, len = 0, got;
-    do {
-        char *g = realloc(buf, cap += 1 << 16);
-        ck_assert_ptr_nonnull(g);
-        buf = g;
-        got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-    } while (got > 0);
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
-}
-
-/* Asserts that g_dir/name mentions needle. */
-static void expect_in(const char *name, const char *needle) {
-    char *text = read_text(name);
-    ck_assert_msg(text != NULL, "%s is missing", name);
-    ck_assert_msg(strstr(text, needle) != NULL, "%s does not mention '%s':\n%s", name, needle, text);
-    free(text);
-}
-
 static double mtime_of(const char *name) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    const char *path = tu_path("%s", name);
     struct stat st;
     ck_assert_msg(stat(path, &st) == 0, "%s is missing", path);
     return (double)st.st_mtim.tv_sec + 1e-9 * (double)st.st_mtim.tv_nsec;
@@ -79,9 +37,7 @@ static double mtime_of(const char *name) {
  * split with several exact-match prompts. */
 static void make_corpus(void) {
     static const char *const syll[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "qu", "ba", "do"};
-    char path[8192];
-    snprintf(path, sizeof path, "%s/corpus.txt", g_dir);
-    FILE *f = fopen(path, "w");
+    FILE *f = fopen(tu_path("corpus.txt"), "w");
     ck_assert_ptr_nonnull(f);
     unsigned x = 7;
     for (int line = 0; line < 400; line++) {
@@ -97,25 +53,15 @@ static void make_corpus(void) {
 }
 
 static void setup(void) {
-    const char *bin = getenv("JOULE_BIN");
-    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it)");
-    snprintf(g_bin, sizeof g_bin, "%s", bin);
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_test_compare.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    tu_make_dir("joule_test_compare.");
     make_corpus();
-    ck_assert_int_eq(run("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
-    g_first_rc = run(COMPARE);
-}
-
-static void teardown(void) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    ck_assert_int_eq(tu_joule("data prepare corpus.txt --out d --split blank-line --val-fraction 0.2"), 0);
+    g_first_rc = tu_joule(COMPARE);
 }
 
 /* results.jsonl as a cJSON array of its rows. */
 static cJSON *load_rows(void) {
-    char *text = read_text("c/results.jsonl");
+    char *text = tu_read_in("c/results.jsonl", NULL);
     ck_assert_ptr_nonnull(text);
     cJSON *rows = cJSON_CreateArray();
     for (char *save = NULL, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -195,21 +141,21 @@ START_TEST(test_failed_run_is_a_row) {
     }
     ck_assert_int_eq(failed, 3);
     cJSON_Delete(rows);
-    expect_in("c/report.md", "## Failed runs");
+    tu_expect_in("c/report.md", "## Failed runs");
 }
 END_TEST
 
 START_TEST(test_rerun_skips_finished_runs) {
     const char *ckpt = "c/runs/dense-6e08.safetensors";
     double before = mtime_of(ckpt);
-    char *rows_before = read_text("c/results.jsonl");
-    ck_assert_int_eq(run(COMPARE), 1); /* the failed budget is retried and fails again */
-    expect_in("stdout.txt", "3 runs done, 9 already finished, 3 failed");
-    char *out = read_text("stdout.txt");
+    char *rows_before = tu_read_in("c/results.jsonl", NULL);
+    ck_assert_int_eq(tu_joule(COMPARE), 1); /* the failed budget is retried and fails again */
+    tu_expect_in("out.txt", "3 runs done, 9 already finished, 3 failed");
+    char *out = tu_read_in("out.txt", NULL);
     ck_assert_ptr_null(strstr(out, "run 4 of")); /* only the three failed ones were redone */
     free(out);
     ck_assert_double_eq(mtime_of(ckpt), before);
-    char *rows_after = read_text("c/results.jsonl");
+    char *rows_after = tu_read_in("c/results.jsonl", NULL);
     ck_assert_ptr_nonnull(rows_after);
     /* finished rows are kept byte for byte (failed ones are rewritten by their retry) */
     int kept = 0;
@@ -222,13 +168,13 @@ START_TEST(test_rerun_skips_finished_runs) {
     free(rows_before);
     free(rows_after);
     /* other settings in the same folder are refused */
-    ck_assert_int_eq(run("compare --data d --out c --budgets 6e8 --ctx 32 --threads 1"), 2);
-    expect_in("stderr.txt", "c/compare.json");
+    ck_assert_int_eq(tu_joule("compare --data d --out c --budgets 6e8 --ctx 32 --threads 1"), 2);
+    tu_expect_in("err.txt", "c/compare.json");
 }
 END_TEST
 
 START_TEST(test_report_files_parse) {
-    char *text = read_text("c/fit.json");
+    char *text = tu_read_in("c/fit.json", NULL);
     ck_assert_ptr_nonnull(text);
     cJSON *fit = cJSON_Parse(text);
     free(text);
@@ -251,12 +197,11 @@ START_TEST(test_report_files_parse) {
     const cJSON *ret = cJSON_GetObjectItemCaseSensitive(fit, "retrieval");
     ck_assert_msg(cJSON_IsObject(ret) && num(ret, "search_flops") > 0, "no retrieval record");
     ck_assert_str_eq(str(ret, "neighbours"), "on-demand");
-    char nbr[4200];
-    snprintf(nbr, sizeof nbr, "%s/d/train.%s.nbr", g_dir, str(ret, "id"));
+    const char *nbr = tu_path("d/train.%s.nbr", str(ret, "id"));
     ck_assert_msg(access(nbr, F_OK) != 0, "%s: a neighbour file was computed in on-demand mode", nbr);
     cJSON_Delete(fit);
 
-    char *csv = read_text("c/results.csv");
+    char *csv = tu_read_in("c/results.csv", NULL);
     ck_assert_ptr_nonnull(csv);
     ck_assert_int_eq(strncmp(csv, "arch,status,budget,", 19), 0);
     int lines = 0;
@@ -265,30 +210,30 @@ START_TEST(test_report_files_parse) {
     free(csv);
     const char *svgs[] = {"c/loss_vs_compute.svg", "c/energy_vs_bpb.svg"};
     for (int i = 0; i < 2; i++) {
-        char *svg = read_text(svgs[i]);
+        char *svg = tu_read_in(svgs[i], NULL);
         ck_assert_msg(svg && strncmp(svg, "<svg", 4) == 0 && strstr(svg, "</svg>"), "%s", svgs[i]);
         ck_assert_ptr_nonnull(strstr(svg, "<circle"));
         free(svg);
     }
-    expect_in("c/report.md", "## Effective compute multiplier");
-    expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
-    expect_in("c/report.md", "| dense | ");
-    expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
+    tu_expect_in("c/report.md", "## Effective compute multiplier");
+    tu_expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
+    tu_expect_in("c/report.md", "| dense | ");
+    tu_expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
     /* --report-only rebuilds the same report from the rows */
-    ck_assert_int_eq(run("compare --out c --report-only --bootstrap 20"), 1);
-    expect_in("stdout.txt", "| retro | 2.4e+09 |");
+    ck_assert_int_eq(tu_joule("compare --out c --report-only --bootstrap 20"), 1);
+    tu_expect_in("out.txt", "| retro | 2.4e+09 |");
 }
 END_TEST
 
 START_TEST(test_usage_errors) {
-    ck_assert_int_eq(run("compare --help"), 0);
-    expect_in("stdout.txt", "--budgets");
-    ck_assert_int_eq(run("compare --data d --out u"), 2);             /* no budgets */
-    ck_assert_int_eq(run("compare --data d --out u --budgets 0"), 2); /* not positive */
-    ck_assert_int_eq(run("compare --data d --out u --budgets 1e9 --archs dense,gpt"), 2);
-    ck_assert_int_eq(run("compare --data nowhere --out u --budgets 1e9"), 2);
-    ck_assert_int_eq(run("compare --out nowhere --report-only"), 2);
-    char *err = read_text("stderr.txt");
+    ck_assert_int_eq(tu_joule("compare --help"), 0);
+    tu_expect_in("out.txt", "--budgets");
+    ck_assert_int_eq(tu_joule("compare --data d --out u"), 2);             /* no budgets */
+    ck_assert_int_eq(tu_joule("compare --data d --out u --budgets 0"), 2); /* not positive */
+    ck_assert_int_eq(tu_joule("compare --data d --out u --budgets 1e9 --archs dense,gpt"), 2);
+    ck_assert_int_eq(tu_joule("compare --data nowhere --out u --budgets 1e9"), 2);
+    ck_assert_int_eq(tu_joule("compare --out nowhere --report-only"), 2);
+    char *err = tu_read_in("err.txt", NULL);
     ck_assert_msg(strchr(err, '\n') == err + strlen(err) - 1, "not one line: %s", err);
     free(err);
 }
@@ -296,11 +241,12 @@ END_TEST
 
 /* Ctrl-C during the second run: the first run's row stays, the second leaves none, exit 130. */
 START_TEST(test_interrupt_keeps_finished_runs) {
+    const char *bin = getenv("JOULE_BIN");
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        if (chdir(g_dir) != 0 || !freopen("int.out", "w", stdout) || !freopen("int.err", "w", stderr)) _exit(99);
-        execl(g_bin, g_bin, "compare", "--data", "d", "--out", "i", "--budgets", "6e8,1e12", "--archs", "dense",
+        if (chdir(tu_dir) != 0 || !freopen("int.out", "w", stdout) || !freopen("int.err", "w", stderr)) _exit(99);
+        execl(bin, bin, "compare", "--data", "d", "--out", "i", "--budgets", "6e8,1e12", "--archs", "dense",
               "--ctx", "16", "--batch", "4", "--queries", "0", "--threads", "1", (char *)NULL);
         _exit(98);
     }
@@ -308,7 +254,7 @@ START_TEST(test_interrupt_keeps_finished_runs) {
     bool training = false;
     for (int i = 0; i < 1200 && !training; i++) {
         usleep(50 * 1000);
-        char *log = read_text("i/runs/dense-1e12.log.jsonl");
+        char *log = tu_read_in("i/runs/dense-1e12.log.jsonl", NULL);
         training = log && strchr(log, '\n') && strchr(strchr(log, '\n') + 1, '\n');
         free(log);
     }
@@ -317,8 +263,8 @@ START_TEST(test_interrupt_keeps_finished_runs) {
     int status;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 130, "status %d", status);
-    expect_in("int.err", "interrupted; finished runs are kept");
-    char *text = read_text("i/results.jsonl");
+    tu_expect_in("int.err", "interrupted; finished runs are kept");
+    char *text = tu_read_in("i/results.jsonl", NULL);
     ck_assert_ptr_nonnull(text);
     ck_assert_msg(strstr(text, "\"budget\":600000000") && !strstr(text, "\"budget\":1000000000000"), "%s", text);
     free(text);
@@ -327,19 +273,13 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("compare");
-    TCase *tc = tcase_create("compare");
-    tcase_set_timeout(tc, 180); /* the fixture's comparison takes ~1 s here, ~10 s under ASan */
-    tcase_add_unchecked_fixture(tc, setup, teardown);
+    TCase *tc = tu_tcase(s, "compare", 180, NULL, NULL); /* the fixture's comparison takes ~1 s here, ~10 s under ASan */
+    tcase_add_unchecked_fixture(tc, setup, tu_remove_dir);
     tcase_add_test(tc, test_every_arch_spends_its_budget);
     tcase_add_test(tc, test_failed_run_is_a_row);
     tcase_add_test(tc, test_report_files_parse);
     tcase_add_test(tc, test_rerun_skips_finished_runs);
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_interrupt_keeps_finished_runs);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(s);
 }

@@ -6,9 +6,7 @@
 #define _GNU_SOURCE
 #include <check.h>
 #include <cjson/cJSON.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,60 +14,11 @@
 #include <unistd.h>
 
 #include "joule/data.h"
+#include "testutil.h"
 
 /* ---- fixtures: one fresh temporary directory per test ---- */
 
-static char g_dir[4096];
-
-static void setup(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/joule_data_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path);
-}
-
-static void teardown(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-/* Path inside the test directory (static buffers, rotated so a few can coexist). */
-static const char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static const char *tpath(const char *fmt, ...) {
-    static char bufs[64][8192];
-    static int k;
-    char *b = bufs[k++ % 64];
-    char rel[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    snprintf(b, 8192, "%s/%s", g_dir, rel);
-    return b;
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    ck_assert_msg(f != NULL, "cannot create %s", path);
-    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
-
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
-}
+static void setup(void) { tu_make_dir("joule_data_"); }
 
 /* ---- the independent reference splitter ---- */
 
@@ -136,7 +85,7 @@ static void ref_split(docs *d, const char *text, size_t len, joule_split_mode mo
 
 static void ref_split_file(docs *d, const char *path, joule_split_mode mode, const char *sep) {
     size_t len;
-    char *text = read_all(path, &len);
+    char *text = tu_must_read(path, &len);
     size_t w = 0;
     for (size_t i = 0; i < len; i++)
         if (text[i]) text[w++] = text[i];
@@ -151,28 +100,28 @@ static char g_c_text[16384];
 /* in/: a.txt, b.txt, bin.dat (binary), empty.txt, .hidden.txt, sub/c.txt (CRLF, with a
  * NUL after the first 8 KiB), sub/.git/x.txt (hidden folder). Read order: a, b, empty, c. */
 static const char *make_small_corpus(void) {
-    mkdir(tpath("in"), 0755);
-    mkdir(tpath("in/sub"), 0755);
-    mkdir(tpath("in/sub/.git"), 0755);
-    write_text(tpath("in/a.txt"), "Hello world.\n\nSecond para\nline two\n \t\n\n\nThird\n");
-    write_text(tpath("in/b.txt"), "one\n%\ntwo\nlines\n%\n%\nthree");
-    write_bytes(tpath("in/bin.dat"), "\x01\x02\0binary\n", 10);
-    write_text(tpath("in/empty.txt"), "");
-    write_text(tpath("in/.hidden.txt"), "secret\n");
-    write_text(tpath("in/sub/.git/x.txt"), "also secret\n");
+    mkdir(tu_path("in"), 0755);
+    mkdir(tu_path("in/sub"), 0755);
+    mkdir(tu_path("in/sub/.git"), 0755);
+    tu_write_text(tu_path("in/a.txt"), "Hello world.\n\nSecond para\nline two\n \t\n\n\nThird\n");
+    tu_write_text(tu_path("in/b.txt"), "one\n%\ntwo\nlines\n%\n%\nthree");
+    tu_write(tu_path("in/bin.dat"), "\x01\x02\0binary\n", 10);
+    tu_write_text(tu_path("in/empty.txt"), "");
+    tu_write_text(tu_path("in/.hidden.txt"), "secret\n");
+    tu_write_text(tu_path("in/sub/.git/x.txt"), "also secret\n");
     size_t n = 0;
     for (int i = 0; n < 9000; i++) n += (size_t)sprintf(g_c_text + n, "line %d of c\r\n", i);
     g_c_text[n++] = 0; /* dropped from the text, too late to make the file binary */
     n += (size_t)sprintf(g_c_text + n, "after nul\r\n%%\r\nafter sep\r\n\r\ntail");
-    write_bytes(tpath("in/sub/c.txt"), g_c_text, n);
+    tu_write(tu_path("in/sub/c.txt"), g_c_text, n);
     static char in[8192];
-    snprintf(in, sizeof in, "%s", tpath("in"));
+    snprintf(in, sizeof in, "%s", tu_path("in"));
     return in;
 }
 
 static void ref_small_corpus(docs *d, joule_split_mode mode, const char *sep) {
     const char *files[] = {"in/a.txt", "in/b.txt", "in/empty.txt", "in/sub/c.txt"};
-    for (int i = 0; i < 4; i++) ref_split_file(d, tpath("%s", files[i]), mode, sep);
+    for (int i = 0; i < 4; i++) ref_split_file(d, tu_path("%s", files[i]), mode, sep);
 }
 
 /* A file of n_paras short paragraphs separated by blank lines. */
@@ -250,7 +199,7 @@ static cJSON *read_meta(const char *dir) {
     char path[8192];
     snprintf(path, sizeof path, "%s/meta.json", dir);
     size_t len;
-    char *text = read_all(path, &len);
+    char *text = tu_must_read(path, &len);
     cJSON *m = cJSON_Parse(text);
     free(text);
     ck_assert_ptr_nonnull(m);
@@ -281,7 +230,7 @@ static void check_meta(const char *dir, const joule_prepare_report *r, const cha
 static void roundtrip_small(joule_split_mode mode, const char *sep, const char *mode_name) {
     const char *in = make_small_corpus();
     joule_prepare_report r;
-    int rc = prepare_inputs(in, tpath("out"), mode, sep, 42, 0.3, &r);
+    int rc = prepare_inputs(in, tu_path("out"), mode, sep, 42, 0.3, &r);
     ck_assert_msg(rc == JOULE_OK, "%s", joule_last_error());
     ck_assert_uint_eq(r.n_files, 4);
     ck_assert_uint_eq(r.skipped_hidden, 2);
@@ -293,12 +242,12 @@ static void roundtrip_small(joule_split_mode mode, const char *sep, const char *
     ck_assert_uint_ge(r.train_docs, 1);
     ck_assert_uint_ge(r.val_docs, 1);
     prepared p;
-    open_prepared(&p, tpath("out"));
+    open_prepared(&p, tu_path("out"));
     ck_assert_uint_eq(p.split[0].n_docs, r.train_docs);
     ck_assert_uint_eq(p.split[0].n_tokens, r.train_tokens);
     ck_assert_uint_eq(p.split[1].n_tokens, r.val_tokens);
     check_documents(&p, &want);
-    check_meta(tpath("out"), &r, mode_name);
+    check_meta(tu_path("out"), &r, mode_name);
     close_prepared(&p);
     docs_free(&want);
 }
@@ -318,7 +267,7 @@ END_TEST
 START_TEST(test_prepare_blank_line_mode) {
     roundtrip_small(JOULE_SPLIT_BLANK_LINE, NULL, "blank-line");
     docs d = {0};
-    ref_split_file(&d, tpath("in/a.txt"), JOULE_SPLIT_BLANK_LINE, NULL);
+    ref_split_file(&d, tu_path("in/a.txt"), JOULE_SPLIT_BLANK_LINE, NULL);
     ck_assert_uint_eq(d.n, 3);
     ck_assert(d.len[1] == 21 && !memcmp(d.s[1], "Second para\nline two\n", 21));
     docs_free(&d);
@@ -328,7 +277,7 @@ END_TEST
 START_TEST(test_prepare_separator_mode) {
     roundtrip_small(JOULE_SPLIT_SEPARATOR, "%", "separator");
     docs d = {0};
-    ref_split_file(&d, tpath("in/b.txt"), JOULE_SPLIT_SEPARATOR, "%");
+    ref_split_file(&d, tu_path("in/b.txt"), JOULE_SPLIT_SEPARATOR, "%");
     ck_assert_uint_eq(d.n, 3);
     ck_assert(d.len[1] == 10 && !memcmp(d.s[1], "two\nlines\n", 10));
     ck_assert(d.len[2] == 5 && !memcmp(d.s[2], "three", 5));
@@ -338,22 +287,22 @@ END_TEST
 
 /* A multi-character separator, lines longer than it, and chunk-sized content. */
 START_TEST(test_prepare_long_separator_and_big_file) {
-    mkdir(tpath("in"), 0755);
+    mkdir(tu_path("in"), 0755);
     size_t cap = 3u << 20, n = 0;
     char *text = malloc(cap);
     for (int i = 0; n + 100 < cap; i++) {
         n += (size_t)sprintf(text + n, "record %d ----- not a separator\n", i);
         if (i % 1000 == 999) n += (size_t)sprintf(text + n, i % 2000 == 999 ? "-----\n" : "-----\r\n");
     }
-    write_bytes(tpath("in/big.txt"), text, n);
+    tu_write(tu_path("in/big.txt"), text, n);
     free(text);
     joule_prepare_report r;
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_SEPARATOR, "-----", 3, 0.2, &r), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_SEPARATOR, "-----", 3, 0.2, &r), JOULE_OK);
     docs want = {0};
-    ref_split_file(&want, tpath("in/big.txt"), JOULE_SPLIT_SEPARATOR, "-----");
+    ref_split_file(&want, tu_path("in/big.txt"), JOULE_SPLIT_SEPARATOR, "-----");
     ck_assert_uint_gt(want.n, 50);
     prepared p;
-    open_prepared(&p, tpath("out"));
+    open_prepared(&p, tu_path("out"));
     check_documents(&p, &want);
     close_prepared(&p);
     docs_free(&want);
@@ -362,26 +311,26 @@ END_TEST
 
 static void file_bytes_equal(const char *a, const char *b) {
     size_t na, nb;
-    char *x = read_all(a, &na), *y = read_all(b, &nb);
+    char *x = tu_must_read(a, &na), *y = tu_must_read(b, &nb);
     ck_assert_msg(na == nb && memcmp(x, y, na) == 0, "%s and %s differ", a, b);
     free(x);
     free(y);
 }
 
 START_TEST(test_prepare_deterministic) {
-    mkdir(tpath("in"), 0755);
-    make_paragraphs(tpath("in/p.txt"), 300);
+    mkdir(tu_path("in"), 0755);
+    make_paragraphs(tu_path("in/p.txt"), 300);
     joule_prepare_report r1, r2, r3;
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("o1"), JOULE_SPLIT_BLANK_LINE, NULL, 5, 0.2, &r1), JOULE_OK);
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("o2"), JOULE_SPLIT_BLANK_LINE, NULL, 5, 0.2, &r2), JOULE_OK);
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("o3"), JOULE_SPLIT_BLANK_LINE, NULL, 6, 0.2, &r3), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("o1"), JOULE_SPLIT_BLANK_LINE, NULL, 5, 0.2, &r1), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("o2"), JOULE_SPLIT_BLANK_LINE, NULL, 5, 0.2, &r2), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("o3"), JOULE_SPLIT_BLANK_LINE, NULL, 6, 0.2, &r3), JOULE_OK);
     const char *names[] = {"train.bin", "train.idx", "val.bin", "val.idx", "meta.json"};
-    for (int i = 0; i < 5; i++) file_bytes_equal(tpath("o1/%s", names[i]), tpath("o2/%s", names[i]));
+    for (int i = 0; i < 5; i++) file_bytes_equal(tu_path("o1/%s", names[i]), tu_path("o2/%s", names[i]));
     /* Another seed splits the same 300 documents differently. */
     ck_assert_uint_eq(r3.n_docs, 300);
     prepared a, b;
-    open_prepared(&a, tpath("o1"));
-    open_prepared(&b, tpath("o3"));
+    open_prepared(&a, tu_path("o1"));
+    open_prepared(&b, tu_path("o3"));
     int same = a.split[1].n_docs == b.split[1].n_docs &&
                !memcmp(a.split[1].doc_ids, b.split[1].doc_ids, a.split[1].n_docs * sizeof(uint64_t));
     ck_assert_msg(!same, "seeds 5 and 6 gave the same validation documents");
@@ -391,10 +340,10 @@ START_TEST(test_prepare_deterministic) {
 END_TEST
 
 START_TEST(test_prepare_val_fraction) {
-    mkdir(tpath("in"), 0755);
-    make_paragraphs(tpath("in/p.txt"), 4000);
+    mkdir(tu_path("in"), 0755);
+    make_paragraphs(tu_path("in/p.txt"), 4000);
     joule_prepare_report r;
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.05, &r), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.05, &r), JOULE_OK);
     ck_assert_uint_eq(r.n_docs, 4000);
     double frac = (double)r.val_docs / (double)r.n_docs;
     ck_assert_msg(frac > 0.035 && frac < 0.065, "validation fraction %.4f", frac);
@@ -403,22 +352,22 @@ END_TEST
 
 /* Two documents always give one in each split, whatever the seed and fraction. */
 START_TEST(test_prepare_both_splits_nonempty) {
-    mkdir(tpath("in"), 0755);
-    write_text(tpath("in/1.txt"), "first\n");
-    write_text(tpath("in/2.txt"), "second\n");
+    mkdir(tu_path("in"), 0755);
+    tu_write_text(tu_path("in/1.txt"), "first\n");
+    tu_write_text(tu_path("in/2.txt"), "second\n");
     const double fracs[] = {0.01, 0.5, 0.99};
     for (int f = 0; f < 3; f++)
         for (uint64_t seed = 0; seed < 12; seed++) {
             joule_prepare_report r;
-            ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_FILE, NULL, seed, fracs[f], &r),
+            ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_FILE, NULL, seed, fracs[f], &r),
                              JOULE_OK);
             ck_assert_uint_eq(r.train_docs, 1);
             ck_assert_uint_eq(r.val_docs, 1);
             docs want = {0};
-            ref_split_file(&want, tpath("in/1.txt"), JOULE_SPLIT_FILE, NULL);
-            ref_split_file(&want, tpath("in/2.txt"), JOULE_SPLIT_FILE, NULL);
+            ref_split_file(&want, tu_path("in/1.txt"), JOULE_SPLIT_FILE, NULL);
+            ref_split_file(&want, tu_path("in/2.txt"), JOULE_SPLIT_FILE, NULL);
             prepared p;
-            open_prepared(&p, tpath("out"));
+            open_prepared(&p, tu_path("out"));
             check_documents(&p, &want);
             close_prepared(&p);
             docs_free(&want);
@@ -428,14 +377,14 @@ END_TEST
 
 /* One document goes to training; validation is a valid empty file. */
 START_TEST(test_prepare_single_document) {
-    mkdir(tpath("in"), 0755);
-    write_text(tpath("in/only.txt"), "alone\n");
+    mkdir(tu_path("in"), 0755);
+    tu_write_text(tu_path("in/only.txt"), "alone\n");
     joule_prepare_report r;
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_FILE, NULL, 9, 0.99, &r), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_FILE, NULL, 9, 0.99, &r), JOULE_OK);
     ck_assert_uint_eq(r.train_docs, 1);
     ck_assert_uint_eq(r.val_docs, 0);
     prepared p;
-    open_prepared(&p, tpath("out"));
+    open_prepared(&p, tu_path("out"));
     ck_assert_uint_eq(p.split[1].n_tokens, 0);
     ck_assert_uint_eq(p.split[0].n_tokens, 7);
     ck_assert_uint_eq(joule_eval_windows(&p.split[1], 4), 0);
@@ -444,15 +393,15 @@ START_TEST(test_prepare_single_document) {
 END_TEST
 
 START_TEST(test_prepare_no_text) {
-    mkdir(tpath("in"), 0755);
-    write_text(tpath("in/empty.txt"), "");
-    write_text(tpath("in/blank.txt"), "\n\n  \n");
+    mkdir(tu_path("in"), 0755);
+    tu_write_text(tu_path("in/empty.txt"), "");
+    tu_write_text(tu_path("in/blank.txt"), "\n\n  \n");
     joule_prepare_report r;
-    int rc = prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.05, &r);
+    int rc = prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.05, &r);
     ck_assert_int_eq(rc, JOULE_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "no text"));
-    ck_assert_int_ne(access(tpath("out/meta.json"), F_OK), 0);
-    ck_assert_int_ne(access(tpath("out/train.bin"), F_OK), 0);
+    ck_assert_int_ne(access(tu_path("out/meta.json"), F_OK), 0);
+    ck_assert_int_ne(access(tu_path("out/train.bin"), F_OK), 0);
 }
 END_TEST
 
@@ -460,8 +409,8 @@ END_TEST
 START_TEST(test_prepare_skips_output_folder) {
     const char *in = make_small_corpus();
     joule_prepare_report r1, r2;
-    ck_assert_int_eq(prepare_inputs(in, tpath("in/zz_out"), JOULE_SPLIT_FILE, NULL, 1, 0.3, &r1), JOULE_OK);
-    ck_assert_int_eq(prepare_inputs(in, tpath("in/zz_out"), JOULE_SPLIT_FILE, NULL, 1, 0.3, &r2), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(in, tu_path("in/zz_out"), JOULE_SPLIT_FILE, NULL, 1, 0.3, &r1), JOULE_OK);
+    ck_assert_int_eq(prepare_inputs(in, tu_path("in/zz_out"), JOULE_SPLIT_FILE, NULL, 1, 0.3, &r2), JOULE_OK);
     ck_assert_uint_eq(r1.n_docs, r2.n_docs);
     ck_assert_uint_eq(r1.train_tokens, r2.train_tokens);
 }
@@ -469,13 +418,13 @@ END_TEST
 
 /* Symlinked files are read; symlinked folders are not followed (no cycles). */
 START_TEST(test_prepare_symlinks) {
-    mkdir(tpath("in"), 0755);
-    write_text(tpath("in/a.txt"), "alpha\n");
-    ck_assert_int_eq(symlink("a.txt", tpath("in/b_link.txt")), 0);
-    ck_assert_int_eq(symlink(".", tpath("in/loop")), 0);
-    ck_assert_int_eq(symlink("missing", tpath("in/broken")), 0);
+    mkdir(tu_path("in"), 0755);
+    tu_write_text(tu_path("in/a.txt"), "alpha\n");
+    ck_assert_int_eq(symlink("a.txt", tu_path("in/b_link.txt")), 0);
+    ck_assert_int_eq(symlink(".", tu_path("in/loop")), 0);
+    ck_assert_int_eq(symlink("missing", tu_path("in/broken")), 0);
     joule_prepare_report r;
-    ck_assert_msg(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_FILE, NULL, 1, 0.5, &r) == JOULE_OK, "%s",
+    ck_assert_msg(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_FILE, NULL, 1, 0.5, &r) == JOULE_OK, "%s",
                   joule_last_error());
     ck_assert_uint_eq(r.n_files, 2);
     ck_assert_uint_eq(r.n_docs, 2);
@@ -498,14 +447,14 @@ static void on_warn(void *ctx, const char *msg) {
 
 START_TEST(test_prepare_progress_and_warnings) {
     const char *in = make_small_corpus();
-    make_paragraphs(tpath("in/p.txt"), 60000); /* a few MiB: several progress calls */
+    make_paragraphs(tu_path("in/p.txt"), 60000); /* a few MiB: several progress calls */
     struct stat st;
-    ck_assert_int_eq(stat(tpath("in/p.txt"), &st), 0);
+    ck_assert_int_eq(stat(tu_path("in/p.txt"), &st), 0);
     joule_prepare_opts o;
     joule_prepare_opts_init(&o);
     o.inputs = &in;
     o.n_inputs = 1;
-    o.out_dir = tpath("out");
+    o.out_dir = tu_path("out");
     o.progress = on_progress;
     o.warn = on_warn;
     joule_prepare_report r;
@@ -521,7 +470,7 @@ START_TEST(test_prepare_bad_options) {
     joule_prepare_opts o;
     joule_prepare_opts_init(&o);
     ck_assert_int_eq(joule_data_prepare(&o, NULL), JOULE_ERR_ARG); /* no output */
-    o.out_dir = tpath("out");
+    o.out_dir = tu_path("out");
     ck_assert_int_eq(joule_data_prepare(&o, NULL), JOULE_ERR_ARG); /* no input */
     const char *in = make_small_corpus();
     o.inputs = &in;
@@ -538,7 +487,7 @@ START_TEST(test_prepare_bad_options) {
     o.split = JOULE_SPLIT_SEPARATOR;
     o.separator = "";
     ck_assert_int_eq(joule_data_prepare(&o, NULL), JOULE_ERR_ARG);
-    const char *missing = tpath("nope");
+    const char *missing = tu_path("nope");
     o.split = JOULE_SPLIT_FILE;
     o.inputs = &missing;
     ck_assert_int_eq(joule_data_prepare(&o, NULL), JOULE_ERR_IO);
@@ -560,8 +509,8 @@ START_TEST(test_preset_missing_files) {
     joule_prepare_opts o;
     joule_prepare_opts_init(&o);
     o.preset = "default";
-    o.preset_root = g_dir;
-    o.out_dir = tpath("out");
+    o.preset_root = tu_dir;
+    o.out_dir = tu_path("out");
     ck_assert_int_eq(joule_data_prepare(&o, NULL), JOULE_ERR_IO);
     const char *msg = joule_last_error();
     ck_assert_msg(strstr(msg, "gcide.dict.dz") && strstr(msg, "apt-get install dict-gcide fortunes"), "%s", msg);
@@ -575,29 +524,29 @@ END_TEST
 
 /* A small fake preset tree: a gzip'd dictionary with an index, and a fortune folder. */
 START_TEST(test_preset_fake_tree) {
-    mkdir(tpath("root"), 0755);
-    mkdir(tpath("root/dictd"), 0755);
-    mkdir(tpath("root/games"), 0755);
-    mkdir(tpath("root/games/fortunes"), 0755);
-    mkdir(tpath("root/games/fortunes/off"), 0755);
+    mkdir(tu_path("root"), 0755);
+    mkdir(tu_path("root/dictd"), 0755);
+    mkdir(tu_path("root/games"), 0755);
+    mkdir(tu_path("root/games/fortunes"), 0755);
+    mkdir(tu_path("root/games/fortunes/off"), 0755);
     /* text: header at 0 (len 6) then articles "cat\n" at 7, "dog\n" at 12 (two headwords) */
-    write_text(tpath("root/dictd/text"), "HEADER\ncat\n\ndog\n\n");
+    tu_write_text(tu_path("root/dictd/text"), "HEADER\ncat\n\ndog\n\n");
     char cmd[16384];
-    snprintf(cmd, sizeof cmd, "gzip -c '%s' > '%s'", tpath("root/dictd/text"), tpath("root/dictd/gcide.dict.dz"));
+    snprintf(cmd, sizeof cmd, "gzip -c '%s' > '%s'", tu_path("root/dictd/text"), tu_path("root/dictd/gcide.dict.dz"));
     ck_assert_int_eq(system(cmd), 0);
     /* DICT base64: 0=A, 6=G, 7=H, 4=E, 12=M */
     /* "kitty" overlaps "dog": articles are clipped at the next one */
-    write_text(tpath("root/dictd/gcide.index"), "00-database-info\tA\tG\n00-web1913-info\tA\tG\ncat\tH\tE\n"
+    tu_write_text(tu_path("root/dictd/gcide.index"), "00-database-info\tA\tG\n00-web1913-info\tA\tG\ncat\tH\tE\n"
                                                 "kitty\tH\tG\ndog\tM\tE\nhound\tM\tE\n");
-    write_text(tpath("root/games/fortunes/a"), "f1\n%\nf2\nmore\n%\n");
-    write_text(tpath("root/games/fortunes/a.dat"), "\x01\x02");
-    ck_assert_int_eq(symlink("a", tpath("root/games/fortunes/a.u8")), 0);
-    write_text(tpath("root/games/fortunes/off/rude"), "nope\n%\n");
+    tu_write_text(tu_path("root/games/fortunes/a"), "f1\n%\nf2\nmore\n%\n");
+    tu_write_text(tu_path("root/games/fortunes/a.dat"), "\x01\x02");
+    ck_assert_int_eq(symlink("a", tu_path("root/games/fortunes/a.u8")), 0);
+    tu_write_text(tu_path("root/games/fortunes/off/rude"), "nope\n%\n");
     joule_prepare_opts o;
     joule_prepare_opts_init(&o);
     o.preset = "default";
-    o.preset_root = tpath("root");
-    o.out_dir = tpath("out");
+    o.preset_root = tu_path("root");
+    o.out_dir = tu_path("out");
     joule_prepare_report r;
     ck_assert_msg(joule_data_prepare(&o, &r) == JOULE_OK, "%s", joule_last_error());
     docs want = {0};
@@ -606,17 +555,17 @@ START_TEST(test_preset_fake_tree) {
     docs_add(&want, "f1\n", 3);
     docs_add(&want, "f2\nmore\n", 8);
     prepared p;
-    open_prepared(&p, tpath("out"));
+    open_prepared(&p, tu_path("out"));
     check_documents(&p, &want);
     close_prepared(&p);
     docs_free(&want);
-    check_meta(tpath("out"), &r, "preset");
+    check_meta(tu_path("out"), &r, "preset");
 
     /* An index entry past the end of the text is a format error naming the file. */
-    write_text(tpath("root/dictd/gcide.index"), "cat\tH\tE\nfar\tBA\tE\n");
+    tu_write_text(tu_path("root/dictd/gcide.index"), "cat\tH\tE\nfar\tBA\tE\n");
     ck_assert_int_eq(joule_data_prepare(&o, &r), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "gcide.dict.dz"));
-    write_text(tpath("root/dictd/gcide.index"), "cat\tH\n");
+    tu_write_text(tu_path("root/dictd/gcide.index"), "cat\tH\n");
     ck_assert_int_eq(joule_data_prepare(&o, &r), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "gcide.index:1"));
 }
@@ -631,7 +580,7 @@ START_TEST(test_preset_default) {
     joule_prepare_opts o;
     joule_prepare_opts_init(&o);
     o.preset = "default";
-    o.out_dir = tpath("out");
+    o.out_dir = tu_path("out");
     joule_prepare_report r;
     ck_assert_msg(joule_data_prepare(&o, &r) == JOULE_OK, "%s", joule_last_error());
     fprintf(stderr,
@@ -646,7 +595,7 @@ START_TEST(test_preset_default) {
     ck_assert_msg(frac > 0.045 && frac < 0.055, "validation fraction %.4f", frac);
     ck_assert_double_lt(r.seconds, 20.0);
     prepared p;
-    open_prepared(&p, tpath("out"));
+    open_prepared(&p, tu_path("out"));
     /* Articles start at their headword: the one for "1-dodecanol" is a whole document. */
     const char *head = "1-dodecanol \\1-dodecanol\\ n.";
     int found = 0;
@@ -667,8 +616,8 @@ END_TEST
 
 START_TEST(test_writer_move_last_doc) {
     joule_token_writer *a, *b;
-    ck_assert_int_eq(joule_token_writer_open(&a, tpath("a.bin")), JOULE_OK);
-    ck_assert_int_eq(joule_token_writer_open(&b, tpath("b.bin")), JOULE_OK);
+    ck_assert_int_eq(joule_token_writer_open(&a, tu_path("a.bin")), JOULE_OK);
+    ck_assert_int_eq(joule_token_writer_open(&b, tu_path("b.bin")), JOULE_OK);
     const char *texts[] = {"zero", "one!", "two.."};
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(joule_token_writer_begin_doc(a, (uint64_t)i * 10), JOULE_OK);
@@ -683,12 +632,12 @@ START_TEST(test_writer_move_last_doc) {
     ck_assert_int_eq(joule_token_writer_commit(a), JOULE_OK);
     ck_assert_int_eq(joule_token_writer_commit(b), JOULE_OK);
     joule_tokens t;
-    ck_assert_int_eq(joule_tokens_open(&t, tpath("a.bin")), JOULE_OK);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("a.bin")), JOULE_OK);
     ck_assert_uint_eq(t.n_docs, 2);
     ck_assert_int_eq(memcmp(t.tok, "zero\0one!\0", 10), 0);
     ck_assert_uint_eq(t.doc_ids[1], 10);
     joule_tokens_close(&t);
-    ck_assert_int_eq(joule_tokens_open(&t, tpath("b.bin")), JOULE_OK);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("b.bin")), JOULE_OK);
     ck_assert_uint_eq(t.n_docs, 1);
     ck_assert_int_eq(memcmp(t.tok, "two..\0", 6), 0);
     ck_assert_uint_eq(t.doc_ids[0], 20);
@@ -701,14 +650,14 @@ END_TEST
 /* Prepare the small corpus, copy train.bin/.idx to bad.bin/.idx, return their bytes. */
 static void make_bad_copy(char **bin, size_t *bin_len, char **idx, size_t *idx_len) {
     const char *in = make_small_corpus();
-    ck_assert_int_eq(prepare_inputs(in, tpath("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.2, NULL), JOULE_OK);
-    *bin = read_all(tpath("out/train.bin"), bin_len);
-    *idx = read_all(tpath("out/train.idx"), idx_len);
+    ck_assert_int_eq(prepare_inputs(in, tu_path("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.2, NULL), JOULE_OK);
+    *bin = tu_must_read(tu_path("out/train.bin"), bin_len);
+    *idx = tu_must_read(tu_path("out/train.idx"), idx_len);
 }
 
 static void expect_open_fails(int want_rc, const char *want_name, const char *want_words) {
     joule_tokens t;
-    int rc = joule_tokens_open(&t, tpath("bad.bin"));
+    int rc = joule_tokens_open(&t, tu_path("bad.bin"));
     const char *msg = joule_last_error();
     ck_assert_msg(rc == want_rc, "status %d, wanted %d: %s", rc, want_rc, msg);
     ck_assert_msg(strstr(msg, want_name) != NULL, "message does not name %s: %s", want_name, msg);
@@ -756,8 +705,8 @@ START_TEST(test_reader_rejects) {
     case BAD_IDS_ORDER: off[n_docs + 2] = off[n_docs + 1]; words = "ids not increasing"; break;
     default: ck_abort();
     }
-    write_bytes(tpath("bad.bin"), bin, bin_len);
-    if (idx_len != SIZE_MAX) write_bytes(tpath("bad.idx"), idx, idx_len);
+    tu_write(tu_path("bad.bin"), bin, bin_len);
+    if (idx_len != SIZE_MAX) tu_write(tu_path("bad.idx"), idx, idx_len);
     expect_open_fails(rc_want, name, words);
     free(bin);
     free(idx);
@@ -766,11 +715,11 @@ END_TEST
 
 START_TEST(test_reader_rejects_misc) {
     joule_tokens t;
-    ck_assert_int_eq(joule_tokens_open(&t, tpath("none.bin")), JOULE_ERR_IO);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("none.bin")), JOULE_ERR_IO);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "none.bin"));
-    ck_assert_int_eq(joule_tokens_open(&t, tpath("tokens.dat")), JOULE_ERR_ARG);
-    write_bytes(tpath("tiny.bin"), "JOULE", 5);
-    ck_assert_int_eq(joule_tokens_open(&t, tpath("tiny.bin")), JOULE_ERR_FORMAT);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("tokens.dat")), JOULE_ERR_ARG);
+    tu_write(tu_path("tiny.bin"), "JOULE", 5);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("tiny.bin")), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "tiny.bin"));
 }
 END_TEST
@@ -778,10 +727,10 @@ END_TEST
 /* ---- batches and evaluation windows ---- */
 
 static void open_paragraph_tokens(joule_tokens *t, int n_paras) {
-    mkdir(tpath("in"), 0755);
-    make_paragraphs(tpath("in/p.txt"), n_paras);
-    ck_assert_int_eq(prepare_inputs(tpath("in"), tpath("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.1, NULL), JOULE_OK);
-    ck_assert_int_eq(joule_tokens_open(t, tpath("out/train.bin")), JOULE_OK);
+    mkdir(tu_path("in"), 0755);
+    make_paragraphs(tu_path("in/p.txt"), n_paras);
+    ck_assert_int_eq(prepare_inputs(tu_path("in"), tu_path("out"), JOULE_SPLIT_BLANK_LINE, NULL, 1, 0.1, NULL), JOULE_OK);
+    ck_assert_int_eq(joule_tokens_open(t, tu_path("out/train.bin")), JOULE_OK);
 }
 
 /* Start of the window (inputs, last target) in the token stream, or -1. */
@@ -881,16 +830,11 @@ START_TEST(test_doc_at) {
 }
 END_TEST
 
-static TCase *tcase(const char *name) {
-    TCase *tc = tcase_create(name);
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 60);
-    return tc;
-}
+static TCase *tcase(Suite *s, const char *name) { return tu_tcase(s, name, 60, setup, tu_remove_dir); }
 
 static Suite *data_suite(void) {
     Suite *s = suite_create("data");
-    TCase *tc = tcase("prepare");
+    TCase *tc = tcase(s, "prepare");
     tcase_add_test(tc, test_prepare_file_mode);
     tcase_add_test(tc, test_prepare_blank_line_mode);
     tcase_add_test(tc, test_prepare_separator_mode);
@@ -904,33 +848,25 @@ static Suite *data_suite(void) {
     tcase_add_test(tc, test_prepare_symlinks);
     tcase_add_test(tc, test_prepare_progress_and_warnings);
     tcase_add_test(tc, test_prepare_bad_options);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("preset");
+    tc = tcase(s, "preset");
     tcase_add_test(tc, test_preset_missing_files);
     tcase_add_test(tc, test_preset_fake_tree);
     tcase_add_test(tc, test_preset_default);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("tokens");
+    tc = tcase(s, "tokens");
     tcase_add_test(tc, test_writer_move_last_doc);
     tcase_add_loop_test(tc, test_reader_rejects, 0, BAD_COUNT);
     tcase_add_test(tc, test_reader_rejects_misc);
     tcase_add_test(tc, test_doc_at);
-    suite_add_tcase(s, tc);
 
-    tc = tcase("batches");
+    tc = tcase(s, "batches");
     tcase_add_test(tc, test_batch_sample);
     tcase_add_test(tc, test_batch_sample_edges);
     tcase_add_test(tc, test_eval_windows);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(data_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(data_suite());
 }

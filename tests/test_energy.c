@@ -5,7 +5,6 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,17 +13,9 @@
 #include <unistd.h>
 
 #include "joule/energy.h"
+#include "testutil.h"
 
-static char g_root[256];
-
-static void put(const char *rel, const char *text) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_root, rel);
-    FILE *f = fopen(path, "w");
-    ck_assert_msg(f != NULL, "cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
-}
+static void put(const char *rel, const char *text) { tu_write_text(tu_path("%s", rel), text); }
 
 static void put_u64(const char *rel, unsigned long long v) {
     char buf[32];
@@ -32,18 +23,13 @@ static void put_u64(const char *rel, unsigned long long v) {
     put(rel, buf);
 }
 
-static void mkdir_rel(const char *rel) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_root, rel);
-    ck_assert_int_eq(mkdir(path, 0755), 0);
-}
+static void mkdir_rel(const char *rel) { ck_assert_int_eq(mkdir(tu_path("%s", rel), 0755), 0); }
 
 #define MAX_UJ 262143328850ull
 
 /* intel-rapl:0 (package-0) with subdomains core (ignored) and dram; intel-rapl:1 (package-1) */
 static void fake_tree(void) {
-    snprintf(g_root, sizeof g_root, "/tmp/joule_rapl_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_root));
+    tu_make_dir("joule_rapl_");
     const char *dirs[] = {"intel-rapl:0", "intel-rapl:0:0", "intel-rapl:0:1", "intel-rapl:1"};
     const char *names[] = {"package-0\n", "core\n", "dram\n", "package-1\n"};
     for (int i = 0; i < 4; i++) {
@@ -58,18 +44,11 @@ static void fake_tree(void) {
     }
 }
 
-static int rm_one(const char *p, const struct stat *s, int flag, struct FTW *f) {
-    (void)s, (void)flag, (void)f;
-    chmod(p, 0755);
-    return remove(p);
-}
-
-static void drop_tree(void) { nftw(g_root, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 START_TEST(test_rapl_domains_and_wrap) {
     fake_tree();
     joule_rapl r;
-    ck_assert_msg(joule_rapl_open(&r, g_root) == JOULE_OK, "%s", joule_last_error());
+    ck_assert_msg(joule_rapl_open(&r, tu_dir) == JOULE_OK, "%s", joule_last_error());
     ck_assert_int_eq(r.n, 3); /* two packages and one dram; core is inside its package */
     int dram = 0;
     for (int i = 0; i < r.n; i++)
@@ -79,7 +58,7 @@ START_TEST(test_rapl_domains_and_wrap) {
     ck_assert_double_eq_tol(joule_rapl_delta_j(1000000, 3500000, MAX_UJ), 2.5, 1e-12);
     /* the counter wrapped: (max - before) + after */
     ck_assert_double_eq_tol(joule_rapl_delta_j(MAX_UJ - 1000000, 500000, MAX_UJ), 1.5, 1e-12);
-    drop_tree();
+    tu_remove_dir();
 }
 END_TEST
 
@@ -87,7 +66,7 @@ static joule_energy open_rapl(void) {
     joule_energy_opts o;
     joule_energy_opts_init(&o);
     o.want[JOULE_METER_RAPL] = true;
-    o.rapl_root = g_root;
+    o.rapl_root = tu_dir;
     joule_energy e;
     ck_assert_msg(joule_energy_open(&e, &o) == JOULE_OK, "%s", joule_last_error());
     return e;
@@ -116,17 +95,16 @@ START_TEST(test_rapl_window_measured_and_nested) {
     ck_assert_double_eq_tol(ro.joules, ro.cpu_j + 0.5, 1e-9);
     ck_assert(ro.duration_s >= ri.duration_s);
     joule_energy_close(&e);
-    drop_tree();
+    tu_remove_dir();
 }
 END_TEST
 
 START_TEST(test_rapl_unreadable_counter) {
     fake_tree();
-    char path[512];
-    snprintf(path, sizeof path, "%s/intel-rapl:1/energy_uj", g_root);
+    const char *path = tu_path("intel-rapl:1/energy_uj");
     ck_assert_int_eq(chmod(path, 0), 0);
     joule_rapl r;
-    int rc = joule_rapl_open(&r, g_root);
+    int rc = joule_rapl_open(&r, tu_dir);
     FILE *probe = fopen(path, "r");
     bool readable = probe != NULL; /* root reads through mode 000 */
     if (probe) fclose(probe);
@@ -141,10 +119,10 @@ START_TEST(test_rapl_unreadable_counter) {
     chmod(path, 0644);
     ck_assert_int_eq(remove(path), 0);
     ck_assert_int_eq(mkdir(path, 0755), 0);
-    rc = joule_rapl_open(&r, g_root);
+    rc = joule_rapl_open(&r, tu_dir);
     ck_assert_int_eq(rc, JOULE_ERR_IO);
     ck_assert_msg(strstr(joule_last_error(), path) != NULL, "%s", joule_last_error());
-    drop_tree();
+    tu_remove_dir();
 }
 END_TEST
 
@@ -154,9 +132,9 @@ START_TEST(test_rapl_absent_and_garbage) {
     ck_assert_msg(strstr(joule_last_error(), "no RAPL"), "%s", joule_last_error());
     fake_tree();
     put("intel-rapl:0/energy_uj", "12abc\n");
-    ck_assert_int_eq(joule_rapl_open(&r, g_root), JOULE_ERR_FORMAT);
+    ck_assert_int_eq(joule_rapl_open(&r, tu_dir), JOULE_ERR_FORMAT);
     ck_assert_msg(strstr(joule_last_error(), "not an unsigned integer"), "%s", joule_last_error());
-    drop_tree();
+    tu_remove_dir();
 }
 END_TEST
 
@@ -317,8 +295,7 @@ START_TEST(test_perf_and_nvml_explain_failures) {
     put("power/type", "4000\n");
     put("power/events/energy-pkg", "event=0x02\n");
     put("power/events/energy-pkg.scale", "2.3283064365386962890625e-10\n");
-    char root[512];
-    snprintf(root, sizeof root, "%s/power", g_root);
+    const char *root = tu_path("power");
     joule_energy e;
     memset(&e, 0, sizeof e);
     ck_assert_int_eq(joule_perf_open(&e, root), JOULE_ERR_IO);
@@ -327,7 +304,7 @@ START_TEST(test_perf_and_nvml_explain_failures) {
     ck_assert_int_eq(e.perf_n, 0);
     ck_assert_int_eq(joule_perf_open(&e, "/nonexistent/power"), JOULE_ERR_IO);
     ck_assert_msg(strstr(joule_last_error(), "no perf power PMU"), "%s", joule_last_error());
-    drop_tree();
+    tu_remove_dir();
     joule_nvml *g = NULL;
     char detail[200];
     ck_assert_int_eq(joule_nvml_open(&g, "libm.so.6", detail, sizeof detail), JOULE_ERR_IO);
@@ -342,28 +319,20 @@ END_TEST
 
 static Suite *energy_suite(void) {
     Suite *s = suite_create("energy");
-    TCase *r = tcase_create("rapl");
-    tcase_set_timeout(r, 30);
+    TCase *r = tu_tcase(s, "rapl", 30, NULL, NULL);
     tcase_add_test(r, test_rapl_domains_and_wrap);
     tcase_add_test(r, test_rapl_window_measured_and_nested);
     tcase_add_test(r, test_rapl_unreadable_counter);
     tcase_add_test(r, test_rapl_absent_and_garbage);
-    suite_add_tcase(s, r);
-    TCase *m = tcase_create("model");
-    tcase_set_timeout(m, 60);
+    TCase *m = tu_tcase(s, "model", 60, NULL, NULL);
     tcase_add_test(m, test_modeled_energy_is_labelled);
     tcase_add_test(m, test_constant_and_nothing);
     tcase_add_test(m, test_hardware_profiles);
     tcase_add_test(m, test_sum_is_measured_only_if_all_parts_are);
     tcase_add_test(m, test_perf_and_nvml_explain_failures);
-    suite_add_tcase(s, m);
     return s;
 }
 
 int main(void) {
-    SRunner *r = srunner_create(energy_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(energy_suite());
 }

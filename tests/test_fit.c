@@ -8,10 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/fit.h"
+#include "testutil.h"
 
 static const joule_chin_fit TRUTH = {1.69, 406.4, 410.7, 0.34, 0.28, 0};
 
@@ -141,88 +141,48 @@ START_TEST(test_chinchilla_published_data) {
 }
 END_TEST
 
-static char g_dir[256];
-
-static void write_rel(const char *name, const char *text) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static void drop_dir(void) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
-static char *read_rel(const char *name) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *buf = calloc(1 << 20, 1);
-    size_t n = fread(buf, 1, (1 << 20) - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 START_TEST(test_runs_reader) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_fit_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-    char path[512];
+    tu_make_dir("joule_fit_");
+    const char *path;
     joule_run *r;
     size_t n;
-    write_rel("a.jsonl", "{\"params\": 1e8, \"tokens\": 2e9, \"loss\": 3.1}\n\n{\"flops\": 5e18, \"loss\": 2.9}\n");
-    snprintf(path, sizeof path, "%s/a.jsonl", g_dir);
+    path = tu_path("a.jsonl");
+    tu_write_text(path, "{\"params\": 1e8, \"tokens\": 2e9, \"loss\": 3.1}\n\n{\"flops\": 5e18, \"loss\": 2.9}\n");
     ck_assert_msg(joule_runs_load(path, &r, &n) == JOULE_OK, "%s", joule_last_error());
     ck_assert_uint_eq(n, 2);
     ck_assert_double_eq(r[0].C, 6 * 1e8 * 2e9);
     ck_assert_double_eq(r[1].C, 5e18);
     free(r);
-    write_rel("b.csv", "N,D,loss\n1e8,2e9,3.1\n1e8,2e9x,3.0\n");
-    snprintf(path, sizeof path, "%s/b.csv", g_dir);
+    path = tu_path("b.csv");
+    tu_write_text(path, "N,D,loss\n1e8,2e9,3.1\n1e8,2e9x,3.0\n");
     ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
     ck_assert_msg(strstr(joule_last_error(), "b.csv:3") && strstr(joule_last_error(), "2e9x"), "%s",
                   joule_last_error());
-    write_rel("c.csv", "N,D,quality\n1e8,2e9,3.1\n");
-    snprintf(path, sizeof path, "%s/c.csv", g_dir);
+    path = tu_path("c.csv");
+    tu_write_text(path, "N,D,quality\n1e8,2e9,3.1\n");
     ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
     ck_assert_msg(strstr(joule_last_error(), "no loss column"), "%s", joule_last_error());
-    write_rel("d.csv", "C,loss\n1e18,-2\n");
-    snprintf(path, sizeof path, "%s/d.csv", g_dir);
+    path = tu_path("d.csv");
+    tu_write_text(path, "C,loss\n1e18,-2\n");
     ck_assert_int_eq(joule_runs_load(path, &r, &n), JOULE_ERR_FORMAT);
-    drop_dir();
+    tu_remove_dir();
 }
 END_TEST
 
-static int run_joule(const char *args) {
-    const char *bin = getenv("JOULE_BIN");
-    ck_assert_msg(bin != NULL, "JOULE_BIN is not set (run through ctest)");
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
-}
-
 START_TEST(test_cli_fit) {
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_fitcli_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    tu_make_dir("joule_fitcli_");
     joule_run runs[36];
     size_t n = synth_chinchilla(runs, 0.005, 3);
     char *csv = calloc(1 << 16, 1);
     size_t len = (size_t)sprintf(csv, "params,tokens,loss\n");
     for (size_t i = 0; i < n; i++)
         len += (size_t)sprintf(csv + len, "%.17g,%.17g,%.17g\n", runs[i].N, runs[i].D, runs[i].loss);
-    write_rel("runs.csv", csv);
+    tu_write_text(tu_path("runs.csv"), csv);
     free(csv);
-    ck_assert_int_eq(run_joule("fit --runs runs.csv --bootstrap 20 --predict 1e22 --budget 1e22 --backtest "
+    ck_assert_int_eq(tu_joule("fit --runs runs.csv --bootstrap 20 --predict 1e22 --budget 1e22 --backtest "
                                "--effective 1e20:2.4 --out fit.json --svg fit.svg"),
                      0);
-    char *js = read_rel("fit.json"), *svg = read_rel("fit.svg");
+    char *js = tu_read_in("fit.json", NULL), *svg = tu_read_in("fit.svg", NULL);
     ck_assert_ptr_nonnull(js);
     ck_assert_ptr_nonnull(svg);
     cJSON *o = cJSON_Parse(js);
@@ -242,40 +202,32 @@ START_TEST(test_cli_fit) {
     cJSON_Delete(o);
     free(js);
     free(svg);
-    ck_assert_int_eq(run_joule("fit --runs nosuch.csv"), 2);
-    write_rel("bad.csv", "C,loss\n1e18,abc\n");
-    ck_assert_int_eq(run_joule("fit --runs bad.csv"), 2);
-    char *err = read_rel("err.txt");
+    ck_assert_int_eq(tu_joule("fit --runs nosuch.csv"), 2);
+    tu_write_text(tu_path("bad.csv"), "C,loss\n1e18,abc\n");
+    ck_assert_int_eq(tu_joule("fit --runs bad.csv"), 2);
+    char *err = tu_read_in("err.txt", NULL);
     ck_assert_msg(strstr(err, "bad.csv:2"), "%s", err);
     free(err);
-    ck_assert_int_eq(run_joule("fit --runs runs.csv --level 2"), 2);
-    ck_assert_int_eq(run_joule("fit --help"), 0);
-    drop_dir();
+    ck_assert_int_eq(tu_joule("fit --runs runs.csv --level 2"), 2);
+    ck_assert_int_eq(tu_joule("fit --help"), 0);
+    tu_remove_dir();
 }
 END_TEST
 
 static Suite *fit_suite(void) {
     Suite *s = suite_create("fit");
-    TCase *f = tcase_create("fits");
-    tcase_set_timeout(f, 120);
+    TCase *f = tu_tcase(s, "fits", 120, NULL, NULL);
     tcase_add_test(f, test_chinchilla_noise_free_recovered);
     tcase_add_test(f, test_power_noise_free_recovered);
     tcase_add_test(f, test_noisy_within_intervals_and_deterministic);
     tcase_add_test(f, test_compute_optimal_is_the_minimum);
     tcase_add_test(f, test_chinchilla_published_data);
-    suite_add_tcase(s, f);
-    TCase *c = tcase_create("io");
-    tcase_set_timeout(c, 120);
+    TCase *c = tu_tcase(s, "io", 120, NULL, NULL);
     tcase_add_test(c, test_runs_reader);
     tcase_add_test(c, test_cli_fit);
-    suite_add_tcase(s, c);
     return s;
 }
 
 int main(void) {
-    SRunner *r = srunner_create(fit_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(fit_suite());
 }

@@ -16,31 +16,11 @@
 #include "joule/optim.h"
 #include "joule/safetensors.h"
 #include "joule/train.h"
+#include "testutil.h"
 
 static joule_config tiny_config(void) {
     joule_config c = joule_config_default(2, 16, 2, 24, 16);
     return c;
-}
-
-static joule_model *tiny_model(joule_config c, int batch, uint64_t seed) {
-    joule_model *m;
-    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-    joule_model_init(m, seed);
-    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
-    return m;
-}
-
-static void random_tokens(int32_t *t, int n, uint64_t seed) {
-    joule_rng r;
-    joule_rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)joule_rng_below(&r, 256);
-}
-
-static char *make_tmpdir(void) {
-    char tmpl[] = "/tmp/joule_model_XXXXXX";
-    char *d = mkdtemp(tmpl);
-    ck_assert_ptr_nonnull(d);
-    return strdup(d);
 }
 
 /* ---------------------------------------------------------------- gradients */
@@ -54,10 +34,10 @@ static void check_model_grad(bool tied) {
     c.tied = tied;
     c.init_std = 0.3f;
     const int B = 2, T = 8, N = B * T;
-    joule_model *m = tiny_model(c, B, 7);
+    joule_model *m = tu_model(&c, B, 7);
     int32_t in[16], tg[16];
-    random_tokens(in, N, 1);
-    random_tokens(tg, N, 2);
+    tu_random_tokens(in, N, 1);
+    tu_random_tokens(tg, N, 2);
     tg[3] = -1; /* an ignored target must not contribute */
     double loss;
     joule_model_zero_grad(m);
@@ -104,10 +84,10 @@ END_TEST
 START_TEST(test_grad_accumulation_scales) {
     joule_config c = tiny_config();
     const int B = 2, T = 8, N = B * T;
-    joule_model *m = tiny_model(c, B, 3);
+    joule_model *m = tu_model(&c, B, 3);
     int32_t in[16], tg[16];
-    random_tokens(in, N, 5);
-    random_tokens(tg, N, 6);
+    tu_random_tokens(in, N, 5);
+    tu_random_tokens(tg, N, 6);
     double loss;
     joule_model_zero_grad(m);
     joule_model_forward(m, in, tg, B, T, &loss);
@@ -130,10 +110,10 @@ END_TEST
 START_TEST(test_causality) {
     joule_config c = tiny_config();
     const int T = 16;
-    joule_model *m = tiny_model(c, 1, 11);
+    joule_model *m = tu_model(&c, 1, 11);
     const int V = c.vocab;
     int32_t in[16];
-    random_tokens(in, T, 9);
+    tu_random_tokens(in, T, 9);
     float *ref = malloc((size_t)T * V * sizeof(float));
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, T, NULL), JOULE_OK);
     memcpy(ref, joule_model_logits(m), (size_t)T * V * sizeof(float));
@@ -155,9 +135,9 @@ END_TEST
 START_TEST(test_kv_cache_matches_forward) {
     joule_config c = tiny_config();
     const int T = 16, V = c.vocab;
-    joule_model *m = tiny_model(c, 1, 13);
+    joule_model *m = tu_model(&c, 1, 13);
     int32_t in[16];
-    random_tokens(in, T, 4);
+    tu_random_tokens(in, T, 4);
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, T, NULL), JOULE_OK);
     const float *full = joule_model_logits(m);
     joule_decoder *d;
@@ -205,7 +185,7 @@ START_TEST(test_overfit_short_text) {
     const char *text = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs!";
     joule_config c = joule_config_default(2, 64, 4, 128, 64);
     const int T = 64;
-    joule_model *m = tiny_model(c, 1, 21);
+    joule_model *m = tu_model(&c, 1, 21);
     int32_t in[64], tg[64];
     for (int i = 0; i < T; i++) {
         in[i] = (uint8_t)text[i];
@@ -226,10 +206,10 @@ START_TEST(test_determinism_two_threads) {
     joule_config c = joule_config_default(2, 32, 2, 48, 32);
     const int B = 4, T = 32, N = B * T;
     int32_t in[128], tg[128];
-    random_tokens(in, N, 31);
-    random_tokens(tg, N, 32);
+    tu_random_tokens(in, N, 31);
+    tu_random_tokens(tg, N, 32);
     double l1[20], l2[20];
-    joule_model *a = tiny_model(c, B, 5), *b = tiny_model(c, B, 5);
+    joule_model *a = tu_model(&c, B, 5), *b = tu_model(&c, B, 5);
     train_steps(a, in, tg, B, T, 20, l1);
     train_steps(b, in, tg, B, T, 20, l2);
     ck_assert(memcmp(l1, l2, sizeof l1) == 0);
@@ -241,48 +221,20 @@ END_TEST
 
 /* A small token file made of real-looking text for the training-loop tests. */
 static void write_corpus(const char *bin) {
-    joule_token_writer *w;
-    ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
+    joule_token_writer *w = tu_tokens_open(bin);
     const char *lines[] = {"to be or not to be, that is the question. ", "all that glitters is not gold. ",
                            "a journey of a thousand miles begins with a single step. "};
-    for (int d = 0; d < 30; d++) {
-        ck_assert_int_eq(joule_token_writer_begin_doc(w, (uint64_t)d), JOULE_OK);
-        const char *s = lines[d % 3];
-        for (int r = 0; r <= d % 4; r++)
-            ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)s, strlen(s)), JOULE_OK);
-        ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
-    }
-    ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
+    for (int d = 0; d < 30; d++) tu_tokens_doc(w, (uint64_t)d, lines[d % 3], strlen(lines[d % 3]), d % 4 + 1);
+    tu_tokens_commit(w);
 }
 
-static void train_run(const char *dir, const char *name, uint64_t stop_after, int resume, const char *bin) {
-    char out[512], log[512];
-    snprintf(out, sizeof out, "%s/%s.safetensors", dir, name);
-    snprintf(log, sizeof log, "%s/%s.jsonl", dir, name);
+static void train_run(const char *name, uint64_t stop_after, int resume, const char *bin) {
     joule_config c = joule_config_default(2, 32, 2, 48, 32);
-    joule_model *m;
-    if (resume) {
-        ck_assert_int_eq(joule_checkpoint_load(&m, out, NULL), JOULE_OK);
-    } else {
-        ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-        joule_model_init(m, 77);
-    }
-    ck_assert_int_eq(joule_model_alloc_train(m, 4), JOULE_OK);
     joule_train_opts o;
-    joule_train_opts_init(&o);
-    o.train_path = bin;
-    o.val_path = bin;
-    o.out_path = out;
-    o.log_path = log;
-    o.resume = resume;
-    o.batch = 2;
-    o.accum = 2;
-    o.seed = 77;
+    tu_train_opts(&o, name, bin, stop_after, resume);
+    joule_model *m = tu_train_model(o.out_path, resume, &c, 4);
     o.max_steps = 16;
-    o.stop_after = stop_after;
-    o.eval_every = 4;
     o.eval_windows = 4;
-    o.adam.warmup_steps = 3;
     joule_train_progress last;
     int rc = joule_train(m, &o, &last);
     ck_assert_msg(rc == JOULE_OK, "train failed: %s", joule_last_error());
@@ -291,13 +243,14 @@ static void train_run(const char *dir, const char *name, uint64_t stop_after, in
 
 START_TEST(test_resume_equals_straight_run) {
     joule_set_threads(2);
-    char *dir = make_tmpdir();
-    char bin[512], a[512], b[512];
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
+    char bin[4200], a[4200], b[4200];
     snprintf(bin, sizeof bin, "%s/corpus.bin", dir);
     write_corpus(bin);
-    train_run(dir, "straight", 0, 0, bin);
-    train_run(dir, "split", 8, 0, bin);
-    train_run(dir, "split", 0, 1, bin);
+    train_run("straight", 0, 0, bin);
+    train_run("split", 8, 0, bin);
+    train_run("split", 0, 1, bin);
     snprintf(a, sizeof a, "%s/straight.safetensors", dir);
     snprintf(b, sizeof b, "%s/split.safetensors", dir);
     joule_model *ma, *mb;
@@ -310,7 +263,7 @@ START_TEST(test_resume_equals_straight_run) {
     ck_assert_uint_eq(sa.flops, sb.flops);
     ck_assert(memcmp(ma->params, mb->params, ma->n_params * sizeof(float)) == 0);
     /* the two logs agree line for line on the loss */
-    char la[512], lb[512];
+    char la[4200], lb[4200];
     snprintf(la, sizeof la, "%s/straight.jsonl", dir);
     snprintf(lb, sizeof lb, "%s/split.jsonl", dir);
     FILE *fa = fopen(la, "r"), *fb = fopen(lb, "r");
@@ -327,16 +280,17 @@ START_TEST(test_resume_equals_straight_run) {
     fclose(fb);
     joule_model_free(ma);
     joule_model_free(mb);
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
 START_TEST(test_resume_refuses_other_options) {
-    char *dir = make_tmpdir();
-    char bin[512], out[512];
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
+    char bin[4200], out[4200];
     snprintf(bin, sizeof bin, "%s/corpus.bin", dir);
     write_corpus(bin);
-    train_run(dir, "run", 4, 0, bin);
+    train_run("run", 4, 0, bin);
     snprintf(out, sizeof out, "%s/run.safetensors", dir);
     joule_model *m;
     ck_assert_int_eq(joule_checkpoint_load(&m, out, NULL), JOULE_OK);
@@ -353,7 +307,7 @@ START_TEST(test_resume_refuses_other_options) {
     ck_assert_int_eq(joule_train(m, &o, NULL), JOULE_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "different options"));
     joule_model_free(m);
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
@@ -373,7 +327,8 @@ static char *saved_tiny(const char *dir, bool tied) {
 }
 
 START_TEST(test_checkpoint_round_trip) {
-    char *dir = make_tmpdir();
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
     for (int tied = 0; tied < 2; tied++) {
         joule_config c = tiny_config();
         c.tied = tied;
@@ -399,7 +354,7 @@ START_TEST(test_checkpoint_round_trip) {
         joule_model_free(m);
         joule_model_free(r);
     }
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
@@ -450,28 +405,31 @@ static int load_mutated(const char *dir, mutation mu, const char *victim) {
 }
 
 START_TEST(test_checkpoint_rejects_missing_tensor) {
-    char *dir = make_tmpdir();
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
     ck_assert_int_eq(load_mutated(dir, DROP_TENSOR, "layers.1.attn.wv.weight"), JOULE_ERR_FORMAT);
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
 START_TEST(test_checkpoint_rejects_wrong_shape) {
-    char *dir = make_tmpdir();
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
     ck_assert_int_eq(load_mutated(dir, RESHAPE_TENSOR, "layers.0.ffn.w2.weight"), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "layers.0.ffn.w2.weight"));
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
 START_TEST(test_checkpoint_rejects_version_and_config) {
-    char *dir = make_tmpdir();
+    tu_make_dir("joule_model_");
+    const char *dir = tu_dir;
     ck_assert_int_eq(load_mutated(dir, BAD_VERSION, NULL), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "format_version"));
     ck_assert_int_eq(load_mutated(dir, BAD_CONFIG, NULL), JOULE_ERR_FORMAT);
     ck_assert_int_eq(load_mutated(dir, NO_CONFIG, NULL), JOULE_ERR_FORMAT);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "config"));
-    free(dir);
+    tu_remove_dir();
 }
 END_TEST
 
@@ -505,10 +463,10 @@ START_TEST(test_param_counts_and_flops) {
     /* counted FLOPs of a forward + backward equal the analytic count, for lengths below,
      * at and between multiples of the attention block */
     joule_config t = joule_config_default(2, 16, 2, 24, 200);
-    joule_model *s = tiny_model(t, 2, 1);
+    joule_model *s = tu_model(&t, 2, 1);
     int32_t in[400], tg[400];
-    random_tokens(in, 400, 1);
-    random_tokens(tg, 400, 2);
+    tu_random_tokens(in, 400, 1);
+    tu_random_tokens(tg, 400, 2);
     const int lengths[] = {16, 64, 150, 200};
     for (int i = 0; i < 4; i++) {
         int T = lengths[i];
@@ -525,40 +483,28 @@ END_TEST
 
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
-    TCase *g = tcase_create("gradients");
-    tcase_set_timeout(g, 120);
+    TCase *g = tu_tcase(s, "gradients", 120, NULL, NULL);
     tcase_add_test(g, test_model_gradient_tied);
     tcase_add_test(g, test_model_gradient_untied);
     tcase_add_test(g, test_grad_accumulation_scales);
-    suite_add_tcase(s, g);
-    TCase *c = tcase_create("inference");
-    tcase_set_timeout(c, 60);
+    TCase *c = tu_tcase(s, "inference", 60, NULL, NULL);
     tcase_add_test(c, test_causality);
     tcase_add_test(c, test_kv_cache_matches_forward);
     tcase_add_test(c, test_param_counts_and_flops);
     tcase_add_test(c, test_config_json_round_trip);
-    suite_add_tcase(s, c);
-    TCase *t = tcase_create("training");
-    tcase_set_timeout(t, 300);
+    TCase *t = tu_tcase(s, "training", 300, NULL, NULL);
     tcase_add_test(t, test_overfit_short_text);
     tcase_add_test(t, test_determinism_two_threads);
     tcase_add_test(t, test_resume_equals_straight_run);
     tcase_add_test(t, test_resume_refuses_other_options);
-    suite_add_tcase(s, t);
-    TCase *k = tcase_create("checkpoint");
-    tcase_set_timeout(k, 60);
+    TCase *k = tu_tcase(s, "checkpoint", 60, NULL, NULL);
     tcase_add_test(k, test_checkpoint_round_trip);
     tcase_add_test(k, test_checkpoint_rejects_missing_tensor);
     tcase_add_test(k, test_checkpoint_rejects_wrong_shape);
     tcase_add_test(k, test_checkpoint_rejects_version_and_config);
-    suite_add_tcase(s, k);
     return s;
 }
 
 int main(void) {
-    SRunner *r = srunner_create(model_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(model_suite());
 }

@@ -6,11 +6,9 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/checkpoint.h"
@@ -20,6 +18,7 @@
 #include "joule/ops.h"
 #include "joule/safetensors.h"
 #include "joule/train.h"
+#include "testutil.h"
 
 /* A small MoE config: every layer MoE unless `every` says otherwise. */
 static joule_config moe_config(int layers, int every, int E, int k) {
@@ -31,20 +30,6 @@ static joule_config moe_config(int layers, int every, int E, int k) {
     e.d_ff_expert = 12;
     joule_moe_apply(&c, &e);
     return c;
-}
-
-static joule_model *make_model(const joule_config *c, int batch, uint64_t seed) {
-    joule_model *m;
-    ck_assert_msg(joule_model_create(&m, c) == JOULE_OK, "%s", joule_last_error());
-    joule_model_init(m, seed);
-    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
-    return m;
-}
-
-static void random_tokens(int32_t *t, int n, uint64_t seed) {
-    joule_rng r;
-    joule_rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)joule_rng_below(&r, 256);
 }
 
 static joule_moe_router_opts router_opts(int E, int k, float cf) {
@@ -247,7 +232,7 @@ START_TEST(test_one_expert_top1_equals_dense) {
     e.aux_alpha = e.z_beta = 0.0f; /* the aux losses would add router gradients */
     joule_moe_apply(&c, &e);
     const int B = 2, T = 16, N = B * T, V = 256;
-    joule_model *md = make_model(&d, B, 5), *mm = make_model(&c, B, 5);
+    joule_model *md = tu_model(&d, B, 5), *mm = tu_model(&c, B, 5);
     /* Same seed: every tensor but the FFNs already agrees (init streams keyed by name). */
     const char *parts[] = {"w1", "w3", "w2"};
     char dn[96], mn[96];
@@ -260,8 +245,8 @@ START_TEST(test_one_expert_top1_equals_dense) {
             memcpy(mm->params + b->offset, md->params + a->offset, a->numel * sizeof(float));
         }
     int32_t in[32], tg[32];
-    random_tokens(in, N, 1);
-    random_tokens(tg, N, 2);
+    tu_random_tokens(in, N, 1);
+    tu_random_tokens(tg, N, 2);
     for (int train = 0; train < 2; train++) {
         joule_model_set_training(mm, train);
         double ld, lm;
@@ -334,12 +319,12 @@ static void check_moe_grad(joule_config c, bool expect_drops) {
     c.moe.aux_alpha = 0.5f; /* large, so the aux gradients are visible next to the LM's */
     c.moe.z_beta = 0.05f;
     const int B = 2, T = 8, N = B * T;
-    joule_model *m = make_model(&c, B, 7);
+    joule_model *m = tu_model(&c, B, 7);
     joule_model_set_training(m, true);
     m->noise_seed = 1234;
     int32_t in[16], tg[16];
-    random_tokens(in, N, 1);
-    random_tokens(tg, N, 2);
+    tu_random_tokens(in, N, 1);
+    tu_random_tokens(tg, N, 2);
     joule_model_zero_grad(m);
     double l0 = total_loss(m, in, tg, B, T);
     ck_assert(isfinite(l0));
@@ -425,10 +410,10 @@ START_TEST(test_counted_flops_match_analytic) {
     joule_config c = moe_config(3, 2, 4, 2); /* layer 1 MoE, layers 0 and 2 dense */
     c.moe.capacity_train = 0.5f;
     const int B = 2, T = 16, N = B * T;
-    joule_model *m = make_model(&c, B, 9);
+    joule_model *m = tu_model(&c, B, 9);
     int32_t in[32], tg[32];
-    random_tokens(in, N, 3);
-    random_tokens(tg, N, 4);
+    tu_random_tokens(in, N, 3);
+    tu_random_tokens(tg, N, 4);
     const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_MOE);
     const uint64_t moe_analytic = ops->forward_flops(&c, 1, B, T);
     const char *names[4];
@@ -467,9 +452,9 @@ END_TEST
 START_TEST(test_kv_cache_matches_forward) {
     joule_config c = moe_config(2, 1, 4, 2);
     const int T = 16, V = 256;
-    joule_model *m = make_model(&c, 1, 13);
+    joule_model *m = tu_model(&c, 1, 13);
     int32_t in[16];
-    random_tokens(in, T, 4);
+    tu_random_tokens(in, T, 4);
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, T, NULL), JOULE_OK);
     const float *full = joule_model_logits(m);
     joule_decoder *d;
@@ -493,8 +478,8 @@ END_TEST
 /* ---------------------------------------------------------------- checkpoints */
 
 START_TEST(test_checkpoint_round_trip) {
-    char dir[] = "/tmp/joule_moe_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    tu_make_dir("joule_moe_");
+    const char *dir = tu_dir;
     joule_config c = moe_config(2, 2, 4, 2);
     c.moe.capacity_train = 1.5f;
     c.moe.capacity_eval = 2.0f;
@@ -505,7 +490,7 @@ START_TEST(test_checkpoint_round_trip) {
     joule_model *m, *r;
     ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
     joule_model_init(m, 3);
-    char path[512];
+    char path[4200];
     snprintf(path, sizeof path, "%s/moe.safetensors", dir);
     ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
     ck_assert_msg(joule_checkpoint_load(&r, path, NULL) == JOULE_OK, "%s", joule_last_error());
@@ -538,70 +523,37 @@ END_TEST
 static void write_corpus(const char *bin) {
     const char *text = "the rain in spain stays mainly in the plain. a stitch in time saves nine. many hands "
                        "make light work, said the miller. ";
-    joule_token_writer *w;
-    ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
-    ck_assert_int_eq(joule_token_writer_begin_doc(w, 0), JOULE_OK);
-    for (int r = 0; r < 40; r++)
-        ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)text, strlen(text)), JOULE_OK);
-    ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
-    ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
+    joule_token_writer *w = tu_tokens_open(bin);
+    tu_tokens_doc(w, 0, text, strlen(text), 40);
+    tu_tokens_commit(w);
 }
 
 /* 12 steps of 2 micro-batches with random second choices (the per-step noise), split or
  * not by stop_after / resume. */
-static void train_run(const char *dir, const char *name, uint64_t stop_after, int resume, const char *bin) {
-    char out[512], log[512];
-    snprintf(out, sizeof out, "%s/%s.safetensors", dir, name);
-    snprintf(log, sizeof log, "%s/%s.jsonl", dir, name);
+static void train_run(const char *name, uint64_t stop_after, int resume, const char *bin) {
     joule_config c = moe_config(2, 1, 4, 2);
     c.moe.random_second = true;
     c.moe.capacity_train = 1.0f;
-    joule_model *m = NULL;
-    if (resume) ck_assert_int_eq(joule_checkpoint_load(&m, out, NULL), JOULE_OK);
-    else ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-    if (!resume) joule_model_init(m, 77);
-    ck_assert_int_eq(joule_model_alloc_train(m, 2), JOULE_OK);
     joule_train_opts o;
-    joule_train_opts_init(&o);
-    o.train_path = o.val_path = bin;
-    o.out_path = out;
-    o.log_path = log;
-    o.resume = resume;
-    o.batch = o.accum = 2;
-    o.seed = 77;
+    tu_train_opts(&o, name, bin, stop_after, resume);
+    joule_model *m = tu_train_model(o.out_path, resume, &c, 2);
     o.max_steps = 12;
-    o.stop_after = stop_after;
-    o.eval_every = 4;
     o.eval_windows = 2;
-    o.adam.warmup_steps = 3;
     ck_assert_msg(joule_train(m, &o, NULL) == JOULE_OK, "train failed: %s", joule_last_error());
     joule_model_free(m);
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 START_TEST(test_determinism_and_resume) {
     joule_set_threads(2);
-    char dir[] = "/tmp/joule_moe_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    char bin[512], a[512], b[512], c[512];
+    tu_make_dir("joule_moe_");
+    const char *dir = tu_dir;
+    char bin[4200], a[4200], b[4200], c[4200];
     snprintf(bin, sizeof bin, "%s/corpus.bin", dir);
     write_corpus(bin);
-    train_run(dir, "straight", 0, 0, bin);
-    train_run(dir, "again", 0, 0, bin);
-    train_run(dir, "split", 6, 0, bin);
-    train_run(dir, "split", 0, 1, bin);
+    train_run("straight", 0, 0, bin);
+    train_run("again", 0, 0, bin);
+    train_run("split", 6, 0, bin);
+    train_run("split", 0, 1, bin);
     snprintf(a, sizeof a, "%s/straight.safetensors", dir);
     snprintf(b, sizeof b, "%s/split.safetensors", dir);
     snprintf(c, sizeof c, "%s/again.safetensors", dir);
@@ -615,7 +567,7 @@ START_TEST(test_determinism_and_resume) {
      * statistics apart from the LM loss. */
     snprintf(a, sizeof a, "%s/straight.jsonl", dir);
     snprintf(b, sizeof b, "%s/split.jsonl", dir);
-    char *la = slurp(a), *lb = slurp(b);
+    char *la = tu_must_read(a, NULL), *lb = tu_must_read(b, NULL);
     char *sa = NULL, *sb = NULL;
     int lines = 0;
     for (char *x = strtok_r(la, "\n", &sa), *y = strtok_r(lb, "\n", &sb); x && y;
@@ -643,68 +595,34 @@ START_TEST(test_determinism_and_resume) {
     joule_model_free(ma);
     joule_model_free(mb);
     joule_model_free(mc);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    tu_remove_dir();
 }
 END_TEST
 
 /* ---------------------------------------------------------------- CLI end to end */
 
-static char g_dir[256];
-
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char args[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, getenv("JOULE_BIN"), args);
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
-}
-
 static cJSON *out_json(void) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/out.txt", g_dir);
-    char *s = slurp(p);
+    char *s = tu_must_read(tu_path("out.txt"), NULL);
     cJSON *j = cJSON_Parse(s);
     ck_assert_msg(j != NULL, "not JSON: %s", s);
     free(s);
     return j;
 }
 
-static bool out_has(const char *needle) {
-    char p[512];
-    snprintf(p, sizeof p, "%s/out.txt", g_dir);
-    char *s = slurp(p);
-    bool ok = strstr(s, needle) != NULL;
-    if (!ok) fprintf(stderr, "output lacks '%s':\n%s\n", needle, s);
-    free(s);
-    return ok;
-}
-
 START_TEST(test_cli_end_to_end) {
-    ck_assert_ptr_nonnull(getenv("JOULE_BIN"));
-    snprintf(g_dir, sizeof g_dir, "/tmp/joule_moe_cli.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-    char bin[512];
-    snprintf(bin, sizeof bin, "%s/train.bin", g_dir);
-    write_corpus(bin);
+    tu_make_dir("joule_moe_cli.");
+    write_corpus(tu_path("train.bin"));
     const char *tiny = "--layers 2 --d-model 32 --heads 2 --d-ff 64 --ctx 32 --batch 4 --threads 1";
-    ck_assert_int_eq(run("train --train train.bin --val train.bin %s --steps 12 --eval-every 6 --arch moe --experts 4 "
+    ck_assert_int_eq(tu_joule("train --train train.bin --val train.bin %s --steps 12 --eval-every 6 --arch moe --experts 4 "
                          "--top-k 2 --moe-every 2 --capacity-factor 1.0 --d-ff-expert 32 --out m.safetensors",
                          tiny),
                      0);
-    ck_assert(out_has("MoE"));
-    char log[512];
-    snprintf(log, sizeof log, "%s/m.log.jsonl", g_dir);
-    char *text = slurp(log);
+    ck_assert(tu_file_has("out.txt", "MoE"));
+    char *text = tu_must_read(tu_path("m.log.jsonl"), NULL);
     ck_assert_ptr_nonnull(strstr(text, "\"moe\":{\"aux\":"));
     free(text);
 
-    ck_assert_int_eq(run("eval --model m.safetensors --tokens train.bin --windows 8 --json --threads 1"), 0);
+    ck_assert_int_eq(tu_joule("eval --model m.safetensors --tokens train.bin --windows 8 --json --threads 1"), 0);
     cJSON *j = out_json();
     const cJSON *moe = cJSON_GetObjectItem(j, "moe");
     ck_assert_ptr_nonnull(moe);
@@ -712,13 +630,13 @@ START_TEST(test_cli_end_to_end) {
     ck_assert_int_eq((int)cJSON_GetObjectItem(l0, "layer")->valuedouble, 1);
     ck_assert_double_eq(cJSON_GetObjectItem(l0, "drop_first")->valuedouble, 0.0); /* dropless evaluation */
     cJSON_Delete(j);
-    ck_assert_int_eq(run("eval --model m.safetensors --tokens train.bin --windows 8 --threads 1"), 0);
-    ck_assert(out_has("routing"));
+    ck_assert_int_eq(tu_joule("eval --model m.safetensors --tokens train.bin --windows 8 --threads 1"), 0);
+    ck_assert(tu_file_has("out.txt", "routing"));
 
-    ck_assert_int_eq(run("generate --model m.safetensors -n 16 --temperature 0 --prompt 'the ' --threads 1"), 0);
-    ck_assert(out_has("the "));
+    ck_assert_int_eq(tu_joule("generate --model m.safetensors -n 16 --temperature 0 --prompt 'the ' --threads 1"), 0);
+    ck_assert(tu_file_has("out.txt", "the "));
 
-    ck_assert_int_eq(run("info --model m.safetensors --json"), 0);
+    ck_assert_int_eq(tu_joule("info --model m.safetensors --json"), 0);
     j = out_json();
     const cJSON *p = cJSON_GetObjectItem(j, "params");
     const double total = cJSON_GetObjectItem(p, "total")->valuedouble;
@@ -731,12 +649,12 @@ START_TEST(test_cli_end_to_end) {
     cJSON_Delete(j);
 
     /* The routing options reach the config; --config of an MoE model keeps its layers. */
-    ck_assert_int_eq(run("train --train train.bin %s --steps 2 --arch moe --experts 3 --moe-every 1 --top-k 1 "
+    ck_assert_int_eq(tu_joule("train --train train.bin %s --steps 2 --arch moe --experts 3 --moe-every 1 --top-k 1 "
                          "--router-no-renorm --router-random-second --aux-alpha 0.02 --z-beta 0 "
                          "--eval-capacity-factor 2 --out o.safetensors --no-log",
                          tiny),
                      0);
-    ck_assert_int_eq(run("info --model o.safetensors --json"), 0);
+    ck_assert_int_eq(tu_joule("info --model o.safetensors --json"), 0);
     j = out_json();
     mc = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "moe");
     ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(mc, "renormalize")) && cJSON_IsTrue(cJSON_GetObjectItem(mc, "random_second")));
@@ -747,61 +665,44 @@ START_TEST(test_cli_end_to_end) {
     const cJSON *layers = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "config"), "layers");
     ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, 0), "ffn")->valuestring, "moe");
     char *cj = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "config"));
-    char cfg_path[512];
-    snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", g_dir);
-    FILE *f = fopen(cfg_path, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs(cj, f);
-    fclose(f);
+    tu_write_text(tu_path("cfg.json"), cj);
     free(cj);
     cJSON_Delete(j);
-    ck_assert_int_eq(run("train --train train.bin --config cfg.json --batch 2 --steps 1 --out c.safetensors --no-log"),
+    ck_assert_int_eq(tu_joule("train --train train.bin --config cfg.json --batch 2 --steps 1 --out c.safetensors --no-log"),
                      0);
-    ck_assert(out_has("MoE FFN in layers 0,1"));
-    ck_assert_int_eq(run("info --model m.safetensors"), 0);
-    ck_assert(out_has("active"));
+    ck_assert(tu_file_has("out.txt", "MoE FFN in layers 0,1"));
+    ck_assert_int_eq(tu_joule("info --model m.safetensors"), 0);
+    ck_assert(tu_file_has("out.txt", "active"));
 
     /* MoE options without --arch moe, and bad values, are usage errors. */
-    ck_assert_int_eq(run("train --train train.bin %s --steps 1 --experts 4 --out x.safetensors", tiny), 2);
-    ck_assert_int_eq(run("train --train train.bin %s --steps 1 --arch moe --top-k 3 --out x.safetensors", tiny), 2);
-    ck_assert_int_eq(run("train --train train.bin %s --steps 1 --arch moe --experts 1 --out x.safetensors", tiny), 2);
-    ck_assert_int_eq(run("train --train train.bin %s --steps 1 --arch moa --out x.safetensors", tiny), 2);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(tu_joule("train --train train.bin %s --steps 1 --experts 4 --out x.safetensors", tiny), 2);
+    ck_assert_int_eq(tu_joule("train --train train.bin %s --steps 1 --arch moe --top-k 3 --out x.safetensors", tiny), 2);
+    ck_assert_int_eq(tu_joule("train --train train.bin %s --steps 1 --arch moe --experts 1 --out x.safetensors", tiny), 2);
+    ck_assert_int_eq(tu_joule("train --train train.bin %s --steps 1 --arch moa --out x.safetensors", tiny), 2);
+    tu_remove_dir();
 }
 END_TEST
 
 static Suite *moe_suite(void) {
     Suite *s = suite_create("moe");
-    TCase *r = tcase_create("routing");
-    tcase_set_timeout(r, 60);
+    TCase *r = tu_tcase(s, "routing", 60, NULL, NULL);
     tcase_add_test(r, test_gate_and_capacity_invariants);
     tcase_add_test(r, test_hand_worked_example);
     tcase_add_test(r, test_aux_losses);
-    suite_add_tcase(s, r);
-    TCase *g = tcase_create("model");
-    tcase_set_timeout(g, 180);
+    TCase *g = tu_tcase(s, "model", 180, NULL, NULL);
     tcase_add_test(g, test_one_expert_top1_equals_dense);
     tcase_add_test(g, test_gradients_no_drops);
     tcase_add_test(g, test_gradients_with_drops);
     tcase_add_test(g, test_counted_flops_match_analytic);
     tcase_add_test(g, test_kv_cache_matches_forward);
     tcase_add_test(g, test_checkpoint_round_trip);
-    suite_add_tcase(s, g);
-    TCase *t = tcase_create("training");
-    tcase_set_timeout(t, 300);
+    TCase *t = tu_tcase(s, "training", 300, NULL, NULL);
     tcase_add_test(t, test_determinism_and_resume);
     tcase_add_test(t, test_cli_end_to_end);
-    suite_add_tcase(s, t);
     return s;
 }
 
 int main(void) {
     joule_moe_register();
-    SRunner *sr = srunner_create(moe_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(moe_suite());
 }

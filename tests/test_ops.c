@@ -5,6 +5,7 @@
  * Check forks every test, and a child forked after OpenMP/OpenBLAS started threads can
  * hang, so main() does nothing threaded: all op calls happen inside the tests.
  * Set JOULE_TEST_VERBOSE=1 to print the errors measured. */
+#define _GNU_SOURCE
 #include <check.h>
 #include <math.h>
 #include <omp.h>
@@ -15,6 +16,7 @@
 #include "gradcheck.h"
 #include "joule/common.h"
 #include "joule/ops.h"
+#include "testutil.h"
 
 #define FWD_TOL 1e-5  /* float forward vs double reference */
 #define GRAD_TOL 1e-3 /* float backward vs central differences */
@@ -792,9 +794,5 @@ static Suite *ops_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(ops_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(ops_suite());
 }

@@ -5,72 +5,20 @@
  * FAISS and OpenMP run only in Check's forked children. */
 #define _GNU_SOURCE
 #include <check.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/checkpoint.h"
 #include "joule/data.h"
 #include "joule/model.h"
 #include "joule/retro_db.h"
+#include "testutil.h"
 
-static char g_dir[4096];
-
-static void setup(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/joule_retrodb_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
-static void teardown(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static const char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static const char *tpath(const char *fmt, ...) {
-    static char bufs[32][8192];
-    static int k;
-    char *b = bufs[k++ % 32];
-    char rel[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    snprintf(b, 8192, "%s/%s", g_dir, rel);
-    return b;
-}
-
-static bool exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-static unsigned char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(b);
-    ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
-    b[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
-static void spit(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-    fclose(f);
-}
+static void setup(void) { tu_make_dir("joule_retrodb_"); }
 
 /* A token file of n_docs documents with the given lengths (without the EOD) and ids
  * first_id, first_id + 2, ... (gaps like a train split). Text: words from a small vocabulary,
@@ -78,11 +26,9 @@ static void spit(const char *path, const void *data, size_t len) {
 static void write_tokens(const char *bin, const int *lens, int n_docs, uint64_t first_id, uint64_t seed, int dup) {
     static const char *words[] = {"alpha", "beta", "gamma", "delta", "river", "stone", "light", "north",
                                   "apple", "table", "cloud", "seven", "green", "quiet", "ocean", "paper"};
-    joule_token_writer *w;
-    ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
+    joule_token_writer *w = tu_tokens_open(bin);
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 7;
     for (int d = 0; d < n_docs; d++) {
-        ck_assert_int_eq(joule_token_writer_begin_doc(w, first_id + 2 * (uint64_t)d), JOULE_OK);
         uint8_t *buf = malloc((size_t)lens[d] + 1);
         for (int i = 0; i < lens[d];) {
             s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
@@ -90,11 +36,10 @@ static void write_tokens(const char *bin, const int *lens, int n_docs, uint64_t 
             for (const char *c = wd; *c && i < lens[d]; c++) buf[i++] = (uint8_t)*c;
             if (i < lens[d] && d >= dup) buf[i++] = ' ';
         }
-        ck_assert_int_eq(joule_token_writer_append(w, buf, (size_t)lens[d]), JOULE_OK);
+        tu_tokens_doc(w, first_id + 2 * (uint64_t)d, buf, (size_t)lens[d], 1);
         free(buf);
-        ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
     }
-    ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
+    tu_tokens_commit(w);
 }
 
 /* n_docs documents of pseudo-random lengths in [1, maxlen]. */
@@ -135,15 +80,15 @@ START_TEST(test_chunking) {
     const int m = 8;
     /* lengths with EOD: 1, 8, 9, 16, 20 */
     int lens[] = {0, 7, 8, 15, 19};
-    write_tokens(tpath("t.bin"), lens, 5, 10, 1, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), m, "ngram:16", NULL));
+    write_tokens(tu_path("t.bin"), lens, 5, 10, 1, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), m, "ngram:16", NULL));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     ck_assert_int_eq(joule_db_chunk(db), m);
     ck_assert_uint_eq(joule_db_size(db), 1 + 1 + 2 + 2 + 3);
     ck_assert_str_eq(joule_db_factory(db), "Flat");
     joule_tokens t;
-    OK(joule_tokens_open(&t, tpath("t.bin")));
+    OK(joule_tokens_open(&t, tu_path("t.bin")));
     int64_t id = 0;
     for (uint64_t d = 0; d < t.n_docs; d++) {
         uint64_t s = t.doc_offsets[d], e = t.doc_offsets[d + 1];
@@ -243,16 +188,16 @@ static void check_exact(joule_retro_db *db, const float *all, const float *q, in
 }
 
 START_TEST(test_flat_exact) {
-    write_random_tokens(tpath("t.bin"), 300, 120, 0, 2, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), 16, "ngram:32", "Flat"));
+    write_random_tokens(tu_path("t.bin"), 300, 120, 0, 2, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), 16, "ngram:32", "Flat"));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     joule_embedder *e;
     OK(joule_embedder_create(&e, "ngram:32"));
     float *all = embed_all(db, e);
     enum { Q = 40, K = 6 };
     int32_t q[Q * 16];
-    OK(joule_db_sample_queries(tpath("t.bin"), 16, Q, 5, q));
+    OK(joule_db_sample_queries(tu_path("t.bin"), 16, Q, 5, q));
     int64_t ids[Q * K];
     float dist[Q * K], qv[32];
     OK(joule_db_search(db, q, Q, K, NULL, ids, dist));
@@ -274,21 +219,21 @@ END_TEST
 START_TEST(test_exclusion) {
     /* 3 documents repeat one sentence (many identical chunks), then varied ones: excluding a
      * repeated document forces the search past 2k+16 candidates (the re-search path). */
-    write_random_tokens(tpath("t.bin"), 200, 100, 100, 3, 0);
+    write_random_tokens(tu_path("t.bin"), 200, 100, 100, 3, 0);
     int lens[] = {900, 900, 900, 50, 60, 70, 80, 90, 100, 110};
-    write_tokens(tpath("r.bin"), lens, 10, 1, 4, 3);
-    const char *srcs[] = {tpath("r.bin"), tpath("t.bin")};
+    write_tokens(tu_path("r.bin"), lens, 10, 1, 4, 3);
+    const char *srcs[] = {tu_path("r.bin"), tu_path("t.bin")};
     joule_db_build_opts o;
     joule_db_build_opts_init(&o);
     o.sources = srcs;
     o.n_sources = 2;
-    o.out_dir = tpath("db");
+    o.out_dir = tu_path("db");
     o.chunk = 16;
     o.embedder = "ngram:32";
     o.batch = 64;
     OK(joule_db_build(&o, NULL, NULL));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     joule_embedder *e;
     OK(joule_embedder_create(&e, "ngram:32"));
     float *all = embed_all(db, e);
@@ -327,10 +272,10 @@ END_TEST
 
 START_TEST(test_more_than_entries) {
     int lens[] = {20, 10};
-    write_tokens(tpath("t.bin"), lens, 2, 0, 5, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), 8, "ngram:16", NULL));
+    write_tokens(tu_path("t.bin"), lens, 2, 0, 5, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), 8, "ngram:16", NULL));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     ck_assert_uint_eq(joule_db_size(db), 3 + 2);
     int32_t tok[16];
     OK(joule_db_entry(db, 0, tok, NULL));
@@ -355,12 +300,12 @@ END_TEST
 /* ---- round trip and refusal of damaged databases ---- */
 
 START_TEST(test_round_trip) {
-    write_random_tokens(tpath("t.bin"), 120, 150, 0, 6, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), 16, NULL, "IVF8,Flat"));
-    ck_assert(!exists(tpath("db.partial")));
+    write_random_tokens(tu_path("t.bin"), 120, 150, 0, 6, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), 16, NULL, "IVF8,Flat"));
+    ck_assert(!tu_exists(tu_path("db.partial")));
     joule_retro_db *a, *b;
-    OK(joule_db_open(&a, tpath("db")));
-    OK(joule_db_open(&b, tpath("db")));
+    OK(joule_db_open(&a, tu_path("db")));
+    OK(joule_db_open(&b, tu_path("db")));
     ck_assert_str_eq(joule_db_id(a), joule_db_id(b));
     ck_assert_int_eq((int)strlen(joule_db_id(a)), 16);
     ck_assert_str_eq(joule_db_factory(a), "IVF8,Flat");
@@ -374,7 +319,7 @@ START_TEST(test_round_trip) {
     expect_fail(joule_db_set_params(a, "nosuch=3"), "nosuch");
     /* the same queries give the same answers from both handles */
     int32_t q[4 * 16];
-    OK(joule_db_sample_queries(tpath("t.bin"), 16, 4, 9, q));
+    OK(joule_db_sample_queries(tu_path("t.bin"), 16, 4, 9, q));
     int64_t ia[12], ib[12];
     OK(joule_db_set_params(b, "nprobe=8"));
     OK(joule_db_search(a, q, 4, 3, NULL, ia, NULL));
@@ -383,27 +328,27 @@ START_TEST(test_round_trip) {
     joule_db_close(a);
     joule_db_close(b);
     /* building over an existing database is refused */
-    expect_fail(build_db(tpath("t.bin"), tpath("db"), 16, NULL, NULL), "already exists");
-    expect_fail(build_db(tpath("t.bin"), tpath("db2"), 16, "nosuch", NULL), "nosuch");
-    expect_fail(build_db(tpath("t.bin"), tpath("db3"), 16, NULL, "NoSuchIndex"), "NoSuchIndex");
-    ck_assert(!exists(tpath("db2")) && !exists(tpath("db3")));
+    expect_fail(build_db(tu_path("t.bin"), tu_path("db"), 16, NULL, NULL), "already exists");
+    expect_fail(build_db(tu_path("t.bin"), tu_path("db2"), 16, "nosuch", NULL), "nosuch");
+    expect_fail(build_db(tu_path("t.bin"), tu_path("db3"), 16, NULL, "NoSuchIndex"), "NoSuchIndex");
+    ck_assert(!tu_exists(tu_path("db2")) && !tu_exists(tu_path("db3")));
 }
 END_TEST
 
 /* Damages `file` of the database with `how` and checks open (or verify) names it. */
 static void damage_and_check(const char *file, const char *how, bool verify_only) {
-    const char *p = tpath("db/%s", file);
+    const char *p = tu_path("db/%s", file);
     size_t len;
-    unsigned char *orig = slurp(p, &len);
+    unsigned char *orig = (unsigned char *)tu_must_read(p, &len);
     unsigned char *bad = malloc(len + 1);
     memcpy(bad, orig, len);
     size_t blen = len;
     if (!strcmp(how, "truncate")) blen = len - 7;
     else if (!strcmp(how, "flip")) bad[len - 20] ^= 0x5a;
     else if (!strcmp(how, "header")) bad[3] ^= 0x20;
-    spit(p, bad, blen);
+    tu_write(p, bad, blen);
     joule_retro_db *db = NULL;
-    int rc = joule_db_open(&db, tpath("db"));
+    int rc = joule_db_open(&db, tu_path("db"));
     if (verify_only) {
         OK(rc);
         rc = joule_db_verify(db, NULL);
@@ -411,16 +356,16 @@ static void damage_and_check(const char *file, const char *how, bool verify_only
     }
     expect_fail(rc, file);
     ck_assert_ptr_null(verify_only ? NULL : db);
-    spit(p, orig, len);
+    tu_write(p, orig, len);
     free(orig);
     free(bad);
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     joule_db_close(db);
 }
 
 START_TEST(test_corrupt) {
-    write_random_tokens(tpath("t.bin"), 80, 150, 0, 7, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), 16, "ngram:16", NULL));
+    write_random_tokens(tu_path("t.bin"), 80, 150, 0, 7, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), 16, "ngram:16", NULL));
     damage_and_check("index.faiss", "truncate", false);
     damage_and_check("index.faiss", "flip", false);
     damage_and_check("index.faiss", "header", false);
@@ -431,20 +376,20 @@ START_TEST(test_corrupt) {
     damage_and_check("manifest.json", "header", false);
     /* a manifest that is valid JSON but describes other files */
     size_t len;
-    char *m = (char *)slurp(tpath("db/manifest.json"), &len);
+    char *m = tu_must_read(tu_path("db/manifest.json"), &len);
     char *e = strstr(m, "\"entries\":");
     ck_assert_ptr_nonnull(e);
     char *bad = malloc(len + 8);
     int pre = (int)(e - m);
     snprintf(bad, len + 8, "%.*s\"entries\":\t1%s", pre, m, strchr(e, ','));
-    spit(tpath("db/manifest.json"), bad, strlen(bad));
+    tu_write(tu_path("db/manifest.json"), bad, strlen(bad));
     joule_retro_db *db = NULL;
-    expect_fail(joule_db_open(&db, tpath("db")), "db/");
+    expect_fail(joule_db_open(&db, tu_path("db")), "db/");
     /* a missing file */
-    spit(tpath("db/manifest.json"), m, len);
-    ck_assert_int_eq(rename(tpath("db/chunks.bin"), tpath("chunks.bin")), 0);
-    expect_fail(joule_db_open(&db, tpath("db")), "chunks.bin");
-    expect_fail(joule_db_open(&db, tpath("nowhere")), "nowhere");
+    tu_write(tu_path("db/manifest.json"), m, len);
+    ck_assert_int_eq(rename(tu_path("db/chunks.bin"), tu_path("chunks.bin")), 0);
+    expect_fail(joule_db_open(&db, tu_path("db")), "chunks.bin");
+    expect_fail(joule_db_open(&db, tu_path("nowhere")), "nowhere");
     free(m);
     free(bad);
 }
@@ -464,7 +409,7 @@ static bool stop_cb(void *ctx, const char *phase, uint64_t done, uint64_t total)
 
 static void files_equal(const char *a, const char *b) {
     size_t la, lb;
-    unsigned char *x = slurp(a, &la), *y = slurp(b, &lb);
+    unsigned char *x = (unsigned char *)tu_must_read(a, &la), *y = (unsigned char *)tu_must_read(b, &lb);
     ck_assert_uint_eq(la, lb);
     ck_assert_msg(memcmp(x, y, la) == 0, "%s and %s differ", a, b);
     free(x);
@@ -472,8 +417,8 @@ static void files_equal(const char *a, const char *b) {
 }
 
 START_TEST(test_interrupt_resume) {
-    write_random_tokens(tpath("t.bin"), 150, 200, 0, 8, 0);
-    const char *src = tpath("t.bin");
+    write_random_tokens(tu_path("t.bin"), 150, 200, 0, 8, 0);
+    const char *src = tu_path("t.bin");
     joule_db_build_opts o;
     joule_db_build_opts_init(&o);
     o.sources = &src;
@@ -482,21 +427,21 @@ START_TEST(test_interrupt_resume) {
     o.embedder = "ngram:32";
     o.index = "IVF8,Flat";
     o.batch = 64;
-    o.out_dir = tpath("ref");
+    o.out_dir = tu_path("ref");
     OK(joule_db_build(&o, NULL, NULL));
 
     stopper s = {0, 3};
-    o.out_dir = tpath("db");
+    o.out_dir = tu_path("db");
     o.checkpoint_every = 2;
     o.progress = stop_cb;
     o.ctx = &s;
     expect_fail(joule_db_build(&o, NULL, NULL), "--resume");
-    ck_assert(!exists(tpath("db")));
-    ck_assert(exists(tpath("db.partial")));
-    ck_assert(!exists(tpath("db.partial/manifest.json")));
+    ck_assert(!tu_exists(tu_path("db")));
+    ck_assert(tu_exists(tu_path("db.partial")));
+    ck_assert(!tu_exists(tu_path("db.partial/manifest.json")));
     joule_retro_db *db = NULL;
-    ck_assert_int_ne(joule_db_open(&db, tpath("db.partial")), JOULE_OK);
-    ck_assert_int_ne(joule_db_open(&db, tpath("db")), JOULE_OK);
+    ck_assert_int_ne(joule_db_open(&db, tu_path("db.partial")), JOULE_OK);
+    ck_assert_int_ne(joule_db_open(&db, tu_path("db")), JOULE_OK);
 
     /* other options cannot resume this build */
     o.progress = NULL;
@@ -511,23 +456,23 @@ START_TEST(test_interrupt_resume) {
     expect_fail(joule_db_build(&o, NULL, NULL), "interrupted");
     o.progress = NULL;
     OK(joule_db_build(&o, NULL, NULL));
-    ck_assert(!exists(tpath("db.partial")));
-    files_equal(tpath("db/chunks.bin"), tpath("ref/chunks.bin"));
-    files_equal(tpath("db/index.faiss"), tpath("ref/index.faiss"));
-    files_equal(tpath("db/manifest.json"), tpath("ref/manifest.json"));
-    OK(joule_db_open(&db, tpath("db")));
+    ck_assert(!tu_exists(tu_path("db.partial")));
+    files_equal(tu_path("db/chunks.bin"), tu_path("ref/chunks.bin"));
+    files_equal(tu_path("db/index.faiss"), tu_path("ref/index.faiss"));
+    files_equal(tu_path("db/manifest.json"), tu_path("ref/manifest.json"));
+    OK(joule_db_open(&db, tu_path("db")));
     OK(joule_db_verify(db, NULL));
     joule_db_close(db);
 
     /* resuming with nothing to resume says so; a fresh build removes a stale partial dir */
-    o.out_dir = tpath("other");
+    o.out_dir = tu_path("other");
     expect_fail(joule_db_build(&o, NULL, NULL), "no unfinished build");
-    ck_assert_int_eq(mkdir(tpath("other.partial"), 0777), 0);
-    spit(tpath("other.partial/state.json"), "{", 1);
+    ck_assert_int_eq(mkdir(tu_path("other.partial"), 0777), 0);
+    tu_write(tu_path("other.partial/state.json"), "{", 1);
     expect_fail(joule_db_build(&o, NULL, NULL), "state.json");
     o.resume = false;
     OK(joule_db_build(&o, NULL, NULL));
-    files_equal(tpath("other/index.faiss"), tpath("ref/index.faiss"));
+    files_equal(tu_path("other/index.faiss"), tu_path("ref/index.faiss"));
 }
 END_TEST
 
@@ -535,17 +480,17 @@ END_TEST
 
 START_TEST(test_neighbours) {
     /* short documents: most chunks span several of them */
-    write_random_tokens(tpath("train.bin"), 400, 40, 0, 9, 0);
-    OK(build_db(tpath("train.bin"), tpath("db"), 16, "ngram:32", NULL));
+    write_random_tokens(tu_path("train.bin"), 400, 40, 0, 9, 0);
+    OK(build_db(tu_path("train.bin"), tu_path("db"), 16, "ngram:32", NULL));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     enum { K = 3 };
-    OK(joule_neighbours_build(db, tpath("train.bin"), tpath("train.nbr"), K, NULL, NULL));
+    OK(joule_neighbours_build(db, tu_path("train.bin"), tu_path("train.nbr"), K, NULL, NULL));
     joule_neighbours *nb;
-    OK(joule_neighbours_open(&nb, tpath("train.nbr"), db));
+    OK(joule_neighbours_open(&nb, tu_path("train.nbr"), db));
     ck_assert_int_eq(joule_neighbours_k(nb), K);
     joule_tokens t;
-    OK(joule_tokens_open(&t, tpath("train.bin")));
+    OK(joule_tokens_open(&t, tu_path("train.bin")));
     uint64_t nc = (t.n_tokens + 15) / 16;
     ck_assert_uint_eq(joule_neighbours_count(nb), nc);
     ck_assert_ptr_null(joule_neighbours_of(nb, nc));
@@ -585,23 +530,23 @@ START_TEST(test_neighbours) {
     joule_tokens_close(&t);
 
     /* another database is refused */
-    OK(build_db(tpath("train.bin"), tpath("db2"), 16, "ngram:16", NULL));
+    OK(build_db(tu_path("train.bin"), tu_path("db2"), 16, "ngram:16", NULL));
     joule_retro_db *db2;
-    OK(joule_db_open(&db2, tpath("db2")));
-    expect_fail(joule_neighbours_open(&nb, tpath("train.nbr"), db2), "train.nbr");
+    OK(joule_db_open(&db2, tu_path("db2")));
+    expect_fail(joule_neighbours_open(&nb, tu_path("train.nbr"), db2), "train.nbr");
     joule_db_close(db2);
     /* a truncated file, and a changed token file, are refused */
     size_t len;
-    unsigned char *orig = slurp(tpath("train.nbr"), &len);
-    spit(tpath("train.nbr"), orig, len - 8);
-    expect_fail(joule_neighbours_open(&nb, tpath("train.nbr"), db), "truncated");
-    spit(tpath("train.nbr"), orig, len);
-    OK(joule_neighbours_open(&nb, tpath("train.nbr"), db));
+    unsigned char *orig = (unsigned char *)tu_must_read(tu_path("train.nbr"), &len);
+    tu_write(tu_path("train.nbr"), orig, len - 8);
+    expect_fail(joule_neighbours_open(&nb, tu_path("train.nbr"), db), "truncated");
+    tu_write(tu_path("train.nbr"), orig, len);
+    OK(joule_neighbours_open(&nb, tu_path("train.nbr"), db));
     joule_neighbours_close(nb);
-    unsigned char *tok = slurp(tpath("train.bin"), &len);
+    unsigned char *tok = (unsigned char *)tu_must_read(tu_path("train.bin"), &len);
     tok[100] = tok[100] == 'a' ? 'b' : 'a';
-    spit(tpath("train.bin"), tok, len);
-    expect_fail(joule_neighbours_open(&nb, tpath("train.nbr"), db), "token file changed");
+    tu_write(tu_path("train.bin"), tok, len);
+    expect_fail(joule_neighbours_open(&nb, tu_path("train.nbr"), db), "token file changed");
     free(tok);
     free(orig);
     joule_db_close(db);
@@ -615,12 +560,12 @@ START_TEST(test_model_embedder) {
     joule_model *m;
     OK(joule_model_create(&m, &c));
     joule_model_init(m, 3);
-    OK(joule_checkpoint_save(m, tpath("tiny.safetensors"), NULL, NULL));
+    OK(joule_checkpoint_save(m, tu_path("tiny.safetensors"), NULL, NULL));
     OK(joule_model_alloc_train(m, 1));
     joule_embedder *e;
-    OK(joule_embedder_create(&e, tpath("tiny.safetensors")) == JOULE_OK ? JOULE_ERR_RUNTIME : JOULE_OK);
+    OK(joule_embedder_create(&e, tu_path("tiny.safetensors")) == JOULE_OK ? JOULE_ERR_RUNTIME : JOULE_OK);
     char spec[8300];
-    snprintf(spec, sizeof spec, "model:%s", tpath("tiny.safetensors"));
+    snprintf(spec, sizeof spec, "model:%s", tu_path("tiny.safetensors"));
     OK(joule_embedder_create(&e, spec));
     ck_assert_int_eq(joule_embedder_dim(e), 16);
     enum { N = 40, M = 12 }; /* more chunks than one forward batch */
@@ -646,15 +591,15 @@ START_TEST(test_model_embedder) {
     }
     /* a database built with it round-trips, and notices a changed checkpoint */
     int lens[] = {50, 70, 33};
-    write_tokens(tpath("t.bin"), lens, 3, 0, 11, 0);
-    OK(build_db(tpath("t.bin"), tpath("db"), M, spec, NULL));
+    write_tokens(tu_path("t.bin"), lens, 3, 0, 11, 0);
+    OK(build_db(tu_path("t.bin"), tu_path("db"), M, spec, NULL));
     joule_retro_db *db;
-    OK(joule_db_open(&db, tpath("db")));
+    OK(joule_db_open(&db, tu_path("db")));
     OK(joule_db_verify(db, NULL));
     joule_db_close(db);
     joule_model_init(m, 4);
-    OK(joule_checkpoint_save(m, tpath("tiny.safetensors"), NULL, NULL));
-    expect_fail(joule_db_open(&db, tpath("db")), "checkpoint changed");
+    OK(joule_checkpoint_save(m, tu_path("tiny.safetensors"), NULL, NULL));
+    expect_fail(joule_db_open(&db, tu_path("db")), "checkpoint changed");
     /* chunks longer than the model's context are refused */
     int32_t longc[20] = {0};
     joule_embedder_free(e);
@@ -669,97 +614,72 @@ END_TEST
 
 /* ---- the CLI, end to end ---- */
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    const char *bin = getenv("JOULE_BIN");
-    ck_assert_msg(bin && *bin, "JOULE_BIN is not set (CMake sets it for every test)");
-    char args[4096], cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
-    int st = system(cmd);
-    ck_assert_int_ne(st, -1);
-    return WIFSIGNALED(st) ? 1000 + WTERMSIG(st) : WEXITSTATUS(st);
-}
-
-static void expect_output(const char *file, const char *needle, bool one_line) {
-    size_t len;
-    char *t = (char *)slurp(tpath("%s", file), &len);
-    ck_assert_msg(strstr(t, needle) != NULL, "%s does not mention '%s':\n%s", file, needle, t);
-    if (one_line) ck_assert_msg(strchr(t, '\n') == t + len - 1, "%s is not one line:\n%s", file, t);
-    free(t);
-}
-
 START_TEST(test_cli) {
-    ck_assert_int_eq(mkdir(tpath("corpus"), 0777), 0);
-    write_random_tokens(tpath("corpus/train.bin"), 300, 150, 0, 12, 0);
-    write_random_tokens(tpath("corpus/val.bin"), 30, 150, 1, 13, 0);
-    ck_assert_int_eq(run("db build --data corpus --out flat --chunk 16 --embedder ngram:32 --threads 1"), 0);
-    expect_output("out.txt", "built flat:", false);
-    ck_assert_int_eq(run("db build --data corpus --with-val --out ivf --chunk 16 --embedder ngram:32 --index "
+    ck_assert_int_eq(mkdir(tu_path("corpus"), 0777), 0);
+    write_random_tokens(tu_path("corpus/train.bin"), 300, 150, 0, 12, 0);
+    write_random_tokens(tu_path("corpus/val.bin"), 30, 150, 1, 13, 0);
+    ck_assert_int_eq(tu_joule("db build --data corpus --out flat --chunk 16 --embedder ngram:32 --threads 1"), 0);
+    tu_expect_in("out.txt", "built flat:");
+    ck_assert_int_eq(tu_joule("db build --data corpus --with-val --out ivf --chunk 16 --embedder ngram:32 --index "
                          "IVF8,Flat --batch 50"), 0);
-    ck_assert_int_eq(run("db info flat"), 0);
-    expect_output("out.txt", "chunks.bin", false);
-    ck_assert_int_eq(run("db info flat --json"), 0);
-    expect_output("out.txt", "\"factory\":\"Flat\"", true);
-    ck_assert_int_eq(run("db query flat --text 'alpha beta gamma delta river' -k 2"), 0);
-    expect_output("out.txt", "  2. id ", false);
-    ck_assert_int_eq(run("db query ivf --text 'alpha beta' -k 3 --nprobe 8 --exclude-doc 4"), 0);
-    expect_output("out.txt", "nprobe=8", false);
-    ck_assert_int_eq(run("db verify flat"), 0);
-    expect_output("out.txt", "ok:", false);
-    ck_assert_int_eq(run("db recall ivf --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 2);
-    expect_output("err.txt", "do not hold the same entries", true); /* ivf also holds val */
-    ck_assert_int_eq(run("db build --data corpus --out ivf2 --chunk 16 --embedder ngram:32 --index IVF8,Flat"), 0);
-    ck_assert_int_eq(run("db recall ivf2 --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 0);
-    expect_output("out.txt", "recall@5", false);
-    ck_assert_int_eq(run("db neighbours flat --tokens corpus/train.bin -k 2"), 0);
-    ck_assert(exists(tpath("corpus/train.nbr")));
+    ck_assert_int_eq(tu_joule("db info flat"), 0);
+    tu_expect_in("out.txt", "chunks.bin");
+    ck_assert_int_eq(tu_joule("db info flat --json"), 0);
+    tu_expect_one_line("out.txt", "\"factory\":\"Flat\"");
+    ck_assert_int_eq(tu_joule("db query flat --text 'alpha beta gamma delta river' -k 2"), 0);
+    tu_expect_in("out.txt", "  2. id ");
+    ck_assert_int_eq(tu_joule("db query ivf --text 'alpha beta' -k 3 --nprobe 8 --exclude-doc 4"), 0);
+    tu_expect_in("out.txt", "nprobe=8");
+    ck_assert_int_eq(tu_joule("db verify flat"), 0);
+    tu_expect_in("out.txt", "ok:");
+    ck_assert_int_eq(tu_joule("db recall ivf --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 2);
+    tu_expect_one_line("err.txt", "do not hold the same entries"); /* ivf also holds val */
+    ck_assert_int_eq(tu_joule("db build --data corpus --out ivf2 --chunk 16 --embedder ngram:32 --index IVF8,Flat"), 0);
+    ck_assert_int_eq(tu_joule("db recall ivf2 --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 0);
+    tu_expect_in("out.txt", "recall@5");
+    ck_assert_int_eq(tu_joule("db neighbours flat --tokens corpus/train.bin -k 2"), 0);
+    ck_assert(tu_exists(tu_path("corpus/train.nbr")));
     /* help for every subcommand */
     const char *subs[] = {"build", "info", "query", "verify", "recall", "neighbours"};
     for (int i = 0; i < 6; i++) {
-        ck_assert_int_eq(run("db %s --help", subs[i]), 0);
-        expect_output("out.txt", "Usage: joule db", false);
+        ck_assert_int_eq(tu_joule("db %s --help", subs[i]), 0);
+        tu_expect_in("out.txt", "Usage: joule db");
     }
     /* bad usage and bad input: one line, exit 2 */
-    ck_assert_int_eq(run("db build --out x"), 2);
-    expect_output("err.txt", "--data", true);
-    ck_assert_int_eq(run("db build --data nowhere --out x"), 2);
-    expect_output("err.txt", "nowhere", true);
-    ck_assert_int_eq(run("db build --data corpus --out flat"), 2);
-    expect_output("err.txt", "already exists", true);
-    ck_assert_int_eq(run("db build --data corpus --out y --resume"), 2);
-    expect_output("err.txt", "no unfinished build", true);
-    ck_assert_int_eq(run("db query flat --text hi --nprobe 4"), 2);
-    expect_output("err.txt", "nprobe=4", true);
-    ck_assert_int_eq(run("db query flat --text hi --out z"), 2);
-    expect_output("err.txt", "does not apply", true);
-    ck_assert_int_eq(run("db query flat -k 0 --text hi"), 2);
-    ck_assert_int_eq(run("db frobnicate"), 2);
-    ck_assert_int_eq(run("db info nowhere"), 2);
-    expect_output("err.txt", "nowhere", true);
+    ck_assert_int_eq(tu_joule("db build --out x"), 2);
+    tu_expect_one_line("err.txt", "--data");
+    ck_assert_int_eq(tu_joule("db build --data nowhere --out x"), 2);
+    tu_expect_one_line("err.txt", "nowhere");
+    ck_assert_int_eq(tu_joule("db build --data corpus --out flat"), 2);
+    tu_expect_one_line("err.txt", "already exists");
+    ck_assert_int_eq(tu_joule("db build --data corpus --out y --resume"), 2);
+    tu_expect_one_line("err.txt", "no unfinished build");
+    ck_assert_int_eq(tu_joule("db query flat --text hi --nprobe 4"), 2);
+    tu_expect_one_line("err.txt", "nprobe=4");
+    ck_assert_int_eq(tu_joule("db query flat --text hi --out z"), 2);
+    tu_expect_one_line("err.txt", "does not apply");
+    ck_assert_int_eq(tu_joule("db query flat -k 0 --text hi"), 2);
+    ck_assert_int_eq(tu_joule("db frobnicate"), 2);
+    ck_assert_int_eq(tu_joule("db info nowhere"), 2);
+    tu_expect_one_line("err.txt", "nowhere");
     /* a damaged store: open still works, verify names the file */
     size_t len;
-    unsigned char *b = slurp(tpath("flat/chunks.bin"), &len);
+    unsigned char *b = (unsigned char *)tu_must_read(tu_path("flat/chunks.bin"), &len);
     b[len / 2] ^= 0x11;
-    spit(tpath("flat/chunks.bin"), b, len);
+    tu_write(tu_path("flat/chunks.bin"), b, len);
     free(b);
-    ck_assert_int_eq(run("db verify flat"), 2);
-    expect_output("err.txt", "chunks.bin", true);
-    ck_assert_int_eq(run("db neighbours flat --tokens corpus/train.bin"), 0); /* open checks only the header */
-    unlink(tpath("flat/index.faiss"));
-    ck_assert_int_eq(run("db query flat --text hi"), 1);
-    expect_output("err.txt", "index.faiss", true);
+    ck_assert_int_eq(tu_joule("db verify flat"), 2);
+    tu_expect_one_line("err.txt", "chunks.bin");
+    ck_assert_int_eq(tu_joule("db neighbours flat --tokens corpus/train.bin"), 0); /* open checks only the header */
+    unlink(tu_path("flat/index.faiss"));
+    ck_assert_int_eq(tu_joule("db query flat --text hi"), 1);
+    tu_expect_one_line("err.txt", "index.faiss");
 }
 END_TEST
 
 static Suite *suite(void) {
     Suite *s = suite_create("retro_db");
-    TCase *tc = tcase_create("db");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 120);
+    TCase *tc = tu_tcase(s, "db", 120, setup, tu_remove_dir);
     tcase_add_test(tc, test_chunking);
     tcase_add_test(tc, test_default_index);
     tcase_add_test(tc, test_flat_exact);
@@ -770,19 +690,11 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_interrupt_resume);
     tcase_add_test(tc, test_neighbours);
     tcase_add_test(tc, test_model_embedder);
-    suite_add_tcase(s, tc);
-    TCase *cli = tcase_create("cli");
-    tcase_add_checked_fixture(cli, setup, teardown);
-    tcase_set_timeout(cli, 180);
+    TCase *cli = tu_tcase(s, "cli", 180, setup, tu_remove_dir);
     tcase_add_test(cli, test_cli);
-    suite_add_tcase(s, cli);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_run_suite(suite());
 }

@@ -17,52 +17,22 @@
 #include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
+#include "testutil.h"
 
 enum { TM = 4, TK = 2, TB = 2, TT = 16, TNCH = TT / TM, TNB = TB * TNCH * TK * 2 * TM };
 
 /* 3 layers, CCA in layers 1 and 2 (the encoder runs in layer 1), chunk 4, ctx 16. */
 static joule_config retro_config(int k) {
     joule_config c = joule_config_default(3, 16, 2, 24, TT);
-    c.retro.chunk = TM;
-    c.retro.k = TK;
-    c.retro.cca_start = 1;
-    c.retro.cca_every = 1;
-    c.retro.enc_layers = 2;
-    c.retro.enc_d_model = 8;
-    c.retro.enc_heads = 2;
-    c.retro.enc_d_ff = 12;
-    joule_retro_config_apply(&c);
+    tu_retro_apply(&c, TM, TK, 2, 12);
     c.retro.k = k;
     return c;
-}
-
-static joule_model *make_model(joule_config c, int batch, uint64_t seed) {
-    joule_model *m;
-    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
-    joule_model_init(m, seed);
-    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
-    return m;
-}
-
-/* The zero-initialised CCA output projections get random values so CCA contributes. */
-static void randomise_cca_out(joule_model *m, float std, uint64_t seed) {
-    joule_rng r;
-    joule_rng_seed(&r, seed);
-    for (int i = 0; i < m->n_tensors; i++)
-        if (strstr(m->tensors[i].name, "cca.wo"))
-            gc_fill_normal(joule_model_param(m, i), m->tensors[i].numel, std, &r);
-}
-
-static void random_tokens(int32_t *t, int n, uint64_t seed) {
-    joule_rng r;
-    joule_rng_seed(&r, seed);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)joule_rng_below(&r, 256);
 }
 
 /* Neighbours [B][nch][k][2m]; with pads, the continuation of some neighbours ends early
  * (a document's end) and one neighbour is missing entirely. */
 static void random_neighbours(int32_t *nb, int n, bool pads, uint64_t seed) {
-    random_tokens(nb, n, seed);
+    tu_random_tokens(nb, n, seed);
     if (!pads) return;
     const int len = 2 * TM;
     for (int i = 0; i < n; i += 3 * len)
@@ -152,11 +122,11 @@ END_TEST
 START_TEST(test_retro_model_gradient) {
     joule_config c = retro_config(TK);
     c.init_std = 0.3f;
-    joule_model *m = make_model(c, TB, 7);
-    randomise_cca_out(m, 0.3f, 8);
+    joule_model *m = tu_model(&c, TB, 7);
+    tu_randomise_cca_out(m, 0.3f, 8);
     int32_t in[TB * TT], tg[TB * TT], nb[TNB];
-    random_tokens(in, TB * TT, 1);
-    random_tokens(tg, TB * TT, 2);
+    tu_random_tokens(in, TB * TT, 1);
+    tu_random_tokens(tg, TB * TT, 2);
     random_neighbours(nb, TNB, true, 3);
     double loss;
     joule_model_zero_grad(m);
@@ -202,8 +172,8 @@ END_TEST
  * output row before (j+1)m - 1, and an input row p changes no output row before p. */
 START_TEST(test_cca_layer_causality) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, 1, 5);
-    randomise_cca_out(m, 0.5f, 6);
+    joule_model *m = tu_model(&c, 1, 5);
+    tu_randomise_cca_out(m, 0.5f, 6);
     const joule_ext_ops *ops = joule_ext_get(JOULE_EXT_CCA);
     const int C = c.d_model, N = TT, l0 = c.retro.cca_start, nbk = TNCH * TK * 2 * TM;
     float *x = malloc(sizeof(float) * N * C), *y0 = malloc(sizeof(float) * N * C), *y1 = malloc(sizeof(float) * N * C);
@@ -244,11 +214,11 @@ END_TEST
  * and change the one at (j+1)m - 1; a token change at p leaves logits before p alone. */
 START_TEST(test_model_causality) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, 1, 9);
-    randomise_cca_out(m, 0.5f, 10);
+    joule_model *m = tu_model(&c, 1, 9);
+    tu_randomise_cca_out(m, 0.5f, 10);
     const int V = c.vocab, nbk = TNCH * TK * 2 * TM;
     int32_t in[TT], nb[TNCH * TK * 2 * TM], nb2[TNCH * TK * 2 * TM];
-    random_tokens(in, TT, 11);
+    tu_random_tokens(in, TT, 11);
     random_neighbours(nb, nbk, false, 12);
     float *ref = malloc(sizeof(float) * TT * V);
     forward_ok(m, nb, in, NULL, 1, NULL);
@@ -278,11 +248,11 @@ END_TEST
  * neighbour whose continuation is padding differs from the same neighbour with byte 0 there. */
 START_TEST(test_padding_is_masked) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, 1, 13);
-    randomise_cca_out(m, 0.5f, 14);
+    joule_model *m = tu_model(&c, 1, 13);
+    tu_randomise_cca_out(m, 0.5f, 14);
     const int V = c.vocab, nbk = TNCH * TK * 2 * TM;
     int32_t in[TT], nb[TNCH * TK * 2 * TM];
-    random_tokens(in, TT, 15);
+    tu_random_tokens(in, TT, 15);
     random_neighbours(nb, nbk, false, 16);
     float *pad = malloc(sizeof(float) * TT * V);
     for (int i = 5; i < 2 * TM; i++) nb[i] = JOULE_RETRO_PAD; /* chunk 0, neighbour 0 ends early */
@@ -300,14 +270,14 @@ END_TEST
 
 static void assert_logits_equal_dense(joule_model *r, const int32_t *nb) {
     joule_config dc = joule_config_default(3, 16, 2, 24, TT);
-    joule_model *d = make_model(dc, TB, 21); /* name-keyed init: the shared tensors match */
+    joule_model *d = tu_model(&dc, TB, 21); /* name-keyed init: the shared tensors match */
     for (int i = 0; i < d->n_tensors; i++) {
         const joule_param_info *t = joule_model_find(r, d->tensors[i].name);
         ck_assert_ptr_nonnull(t);
         ck_assert_int_eq(memcmp(joule_model_param(d, i), r->params + t->offset, t->numel * sizeof(float)), 0);
     }
     int32_t in[TB * TT];
-    random_tokens(in, TB * TT, 22);
+    tu_random_tokens(in, TB * TT, 22);
     forward_ok(r, nb, in, NULL, TB, NULL);
     ck_assert_int_eq(joule_model_forward(d, in, NULL, TB, TT, NULL), JOULE_OK);
     ck_assert_int_eq(memcmp(joule_model_logits(r), joule_model_logits(d), sizeof(float) * TB * TT * dc.vocab), 0);
@@ -315,7 +285,8 @@ static void assert_logits_equal_dense(joule_model *r, const int32_t *nb) {
 }
 
 START_TEST(test_untrained_equals_dense) {
-    joule_model *r = make_model(retro_config(TK), TB, 21); /* CCA output projections start at 0 */
+    joule_config rc = retro_config(TK);
+    joule_model *r = tu_model(&rc, TB, 21); /* CCA output projections start at 0 */
     int32_t nb[TNB];
     random_neighbours(nb, TNB, true, 23);
     assert_logits_equal_dense(r, nb);
@@ -324,11 +295,12 @@ START_TEST(test_untrained_equals_dense) {
 END_TEST
 
 START_TEST(test_k0_equals_dense) {
-    joule_model *r = make_model(retro_config(0), TB, 21);
-    randomise_cca_out(r, 0.5f, 24);
+    joule_config rc = retro_config(0);
+    joule_model *r = tu_model(&rc, TB, 21);
+    tu_randomise_cca_out(r, 0.5f, 24);
     ck_assert_int_eq(joule_retro_set_neighbours(r, NULL, TB, TNCH), JOULE_OK);
     int32_t in[TB * TT];
-    random_tokens(in, TB * TT, 22);
+    tu_random_tokens(in, TB * TT, 22);
     ck_assert_int_eq(joule_model_forward(r, in, NULL, TB, TT, NULL), JOULE_OK);
     assert_logits_equal_dense(r, NULL);
     joule_model_free(r);
@@ -336,8 +308,9 @@ START_TEST(test_k0_equals_dense) {
 END_TEST
 
 START_TEST(test_retrieval_off_equals_dense) {
-    joule_model *r = make_model(retro_config(TK), TB, 21);
-    randomise_cca_out(r, 0.5f, 25);
+    joule_config rc = retro_config(TK);
+    joule_model *r = tu_model(&rc, TB, 21);
+    tu_randomise_cca_out(r, 0.5f, 25);
     assert_logits_equal_dense(r, NULL);
     joule_model_free(r);
 }
@@ -347,11 +320,11 @@ END_TEST
 
 START_TEST(test_flops_counted_equal_analytic) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, TB, 31);
-    randomise_cca_out(m, 0.1f, 32);
+    joule_model *m = tu_model(&c, TB, 31);
+    tu_randomise_cca_out(m, 0.1f, 32);
     int32_t in[TB * TT], tg[TB * TT], nb[TNB];
-    random_tokens(in, TB * TT, 33);
-    random_tokens(tg, TB * TT, 34);
+    tu_random_tokens(in, TB * TT, 33);
+    tu_random_tokens(tg, TB * TT, 34);
     random_neighbours(nb, TNB, true, 35);
     const uint64_t analytic = joule_model_forward_flops(&c, TB, TT);
     joule_flops_reset();
@@ -399,11 +372,11 @@ END_TEST
  * batched forward's logits at every position. */
 START_TEST(test_decoder_matches_forward) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, 1, 41);
-    randomise_cca_out(m, 0.5f, 42);
+    joule_model *m = tu_model(&c, 1, 41);
+    tu_randomise_cca_out(m, 0.5f, 42);
     const int V = c.vocab, per = TK * 2 * TM;
     int32_t in[TT], nb[TNCH * TK * 2 * TM];
-    random_tokens(in, TT, 43);
+    tu_random_tokens(in, TT, 43);
     random_neighbours(nb, TNCH * per, true, 44);
     forward_ok(m, nb, in, NULL, 1, NULL);
     const float *ref = joule_model_logits(m);
@@ -458,10 +431,10 @@ typedef struct {
 } decode_case;
 
 static void decode_case_init(decode_case *k, joule_config c, uint64_t seed) {
-    k->m = make_model(c, 1, seed);
-    randomise_cca_out(k->m, 0.5f, seed + 1);
+    k->m = tu_model(&c, 1, seed);
+    tu_randomise_cca_out(k->m, 0.5f, seed + 1);
     k->per = c.retro.k * 2 * TM;
-    random_tokens(k->in, TT, seed + 2);
+    tu_random_tokens(k->in, TT, seed + 2);
     random_neighbours(k->nb, TNCH * k->per, true, seed + 3);
     joule_acct_from_config(&k->a, &c);
     joule_acct_opts_init(&k->o);
@@ -522,11 +495,6 @@ static joule_config retro_moe_config(void) {
 START_TEST(test_decode_flops_exact_moe) { check_decode_flops(retro_moe_config()); }
 END_TEST
 
-static void expect_near(const float *a, const float *b, size_t n, double tol, const char *what) {
-    for (size_t i = 0; i < n; i++)
-        ck_assert_msg(fabs(a[i] - b[i]) <= tol * (1.0 + fabs(b[i])), "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
-}
-
 /* Batched prefill of an empty cache against token-at-a-time steps, neighbours handed for
  * the chunks in `handed` (bit u: chunk u): the same logits and KV cache to 1e-5, the same
  * next steps, and (all chunks handed) the accountant's prefill less P-1 logits rows,
@@ -561,11 +529,11 @@ static void check_prefill(joule_config c, unsigned handed) {
         ck_assert_int_eq(joule_decoder_prefill(db, in, P, &lb), JOULE_OK);
         const uint64_t counted = joule_flops_counted();
         ck_assert_int_eq(db->pos, P);
-        expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
+        tu_expect_near(lb, ls, (size_t)V, 1e-5, "prefill logits");
         for (int l = 0; l < c.n_layers; l++) {
             const size_t at = (size_t)l * TT * C;
-            expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
-            expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
+            tu_expect_near(db->k_cache + at, ds->k_cache + at, (size_t)P * C, 1e-5, "k cache");
+            tu_expect_near(db->v_cache + at, ds->v_cache + at, (size_t)P * C, 1e-5, "v cache");
         }
         if (handed == ~0u) {
             joule_acct_query q;
@@ -581,7 +549,7 @@ static void check_prefill(joule_config c, unsigned handed) {
                     ck_assert_int_eq(joule_retro_decoder_set_neighbours(both[k], u, nb + u * per), JOULE_OK);
             ck_assert_int_eq(joule_decoder_step(ds, in[p], &ls), JOULE_OK);
             ck_assert_int_eq(joule_decoder_step(db, in[p], &lb), JOULE_OK);
-            expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
+            tu_expect_near(lb, ls, (size_t)V, 1e-5, "logits after prefill");
         }
     }
     joule_decoder_free(ds);
@@ -601,12 +569,10 @@ END_TEST
 
 START_TEST(test_checkpoint_round_trip) {
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, TB, 51);
-    randomise_cca_out(m, 0.5f, 52);
-    char dir[] = "/tmp/joule_retro_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    char path[256];
-    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    joule_model *m = tu_model(&c, TB, 51);
+    tu_randomise_cca_out(m, 0.5f, 52);
+    tu_make_dir("joule_retro_");
+    const char *path = tu_path("m.safetensors");
     ck_assert_int_eq(joule_checkpoint_save(m, path, NULL, NULL), JOULE_OK);
     joule_model *l;
     ck_assert_int_eq(joule_checkpoint_load(&l, path, NULL), JOULE_OK);
@@ -617,13 +583,12 @@ START_TEST(test_checkpoint_round_trip) {
     ck_assert_uint_eq(l->n_params, m->n_params);
     ck_assert_int_eq(memcmp(l->params, m->params, m->n_params * sizeof(float)), 0);
     int32_t in[TB * TT], nb[TNB];
-    random_tokens(in, TB * TT, 53);
+    tu_random_tokens(in, TB * TT, 53);
     random_neighbours(nb, TNB, true, 54);
     forward_ok(m, nb, in, NULL, TB, NULL);
     forward_ok(l, nb, in, NULL, TB, NULL);
     ck_assert_int_eq(memcmp(joule_model_logits(m), joule_model_logits(l), sizeof(float) * TB * TT * c.vocab), 0);
-    unlink(path);
-    rmdir(dir);
+    tu_remove_dir();
     joule_model_free(l);
     joule_model_free(m);
 }
@@ -633,11 +598,11 @@ END_TEST
 START_TEST(test_determinism) {
     joule_set_threads(2);
     joule_config c = retro_config(TK);
-    joule_model *m = make_model(c, TB, 61);
-    randomise_cca_out(m, 0.5f, 62);
+    joule_model *m = tu_model(&c, TB, 61);
+    tu_randomise_cca_out(m, 0.5f, 62);
     int32_t in[TB * TT], tg[TB * TT], nb[TNB];
-    random_tokens(in, TB * TT, 63);
-    random_tokens(tg, TB * TT, 64);
+    tu_random_tokens(in, TB * TT, 63);
+    tu_random_tokens(tg, TB * TT, 64);
     random_neighbours(nb, TNB, true, 65);
     float *g0 = malloc(m->n_params * sizeof(float));
     for (int run = 0; run < 2; run++) {
@@ -653,7 +618,8 @@ START_TEST(test_determinism) {
 END_TEST
 
 START_TEST(test_bad_neighbours_refused) {
-    joule_model *m = make_model(retro_config(TK), 1, 71);
+    joule_config rc = retro_config(TK);
+    joule_model *m = tu_model(&rc, 1, 71);
     int32_t nb[TNCH * TK * 2 * TM] = {0};
     nb[5] = 256;
     ck_assert_int_eq(joule_retro_set_neighbours(m, nb, 1, TNCH), JOULE_ERR_ARG);
@@ -664,7 +630,7 @@ START_TEST(test_bad_neighbours_refused) {
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_ERR_ARG); /* wrong chunk count */
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "neighbours"));
     /* neighbours serve one forward: the next one, without any handed, is retrieval-off */
-    randomise_cca_out(m, 0.5f, 72);
+    tu_randomise_cca_out(m, 0.5f, 72);
     ck_assert_int_eq(joule_retro_set_neighbours(m, NULL, 1, TNCH), JOULE_OK);
     ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
     float *off = malloc(sizeof(float) * TT * 256);
@@ -681,14 +647,11 @@ END_TEST
 
 static Suite *retro_suite(void) {
     Suite *s = suite_create("retro_model");
-    TCase *g = tcase_create("gradients");
-    tcase_set_timeout(g, 120);
+    TCase *g = tu_tcase(s, "gradients", 120, NULL, NULL);
     tcase_add_test(g, test_gattn_gradient);
     tcase_add_test(g, test_gattn_gradient_shared_keys);
     tcase_add_test(g, test_retro_model_gradient);
-    suite_add_tcase(s, g);
-    TCase *c = tcase_create("causality_and_equality");
-    tcase_set_timeout(c, 60);
+    TCase *c = tu_tcase(s, "causality_and_equality", 60, NULL, NULL);
     tcase_add_test(c, test_cca_layer_causality);
     tcase_add_test(c, test_model_causality);
     tcase_add_test(c, test_padding_is_masked);
@@ -706,16 +669,11 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
-    suite_add_tcase(s, c);
     return s;
 }
 
 int main(void) {
     joule_retro_register();
     joule_moe_register();
-    SRunner *r = srunner_create(retro_suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(retro_suite());
 }

@@ -5,14 +5,11 @@
  * run only in Check's forked children. */
 #define _GNU_SOURCE
 #include <check.h>
-#include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "joule/checkpoint.h"
@@ -22,20 +19,18 @@
 #include "joule/retro.h"
 #include "joule/retro_db.h"
 #include "joule/train.h"
+#include "testutil.h"
 
 enum { M = 8, T = 32, NCH = T / M, K = 2 };
 
-static char g_dir[4096], g_train[4200], g_val[4200], g_db[4200];
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
+static char g_train[4200], g_val[4200], g_db[4200];
 
 /* A corpus of word-salad documents; documents 2i and 2i+1 (i < 4) have the same text, so
  * each has an exact duplicate in another document but must never retrieve itself. */
 static void write_corpus(const char *bin, int n_docs, uint64_t first_id, uint64_t seed) {
     static const char *words[] = {"alpha ", "beta ", "gamma ", "delta ", "river ", "stone ", "light ", "north ",
                                   "apple ", "table ", "cloud ", "seven ", "green ", "quiet ", "ocean ", "paper "};
-    joule_token_writer *w;
-    ck_assert_int_eq(joule_token_writer_open(&w, bin), JOULE_OK);
+    joule_token_writer *w = tu_tokens_open(bin);
     joule_rng r;
     for (int d = 0; d < n_docs; d++) {
         joule_rng_seed(&r, seed * 1000 + (uint64_t)(d < 8 ? d / 2 : d));
@@ -46,20 +41,16 @@ static void write_corpus(const char *bin, int n_docs, uint64_t first_id, uint64_
             const char *wd = words[joule_rng_below(&r, 16)];
             for (const char *c = wd; *c && n < len; c++) buf[n++] = *c;
         }
-        ck_assert_int_eq(joule_token_writer_begin_doc(w, first_id + 3 * (uint64_t)d), JOULE_OK);
-        ck_assert_int_eq(joule_token_writer_append(w, (const uint8_t *)buf, (size_t)len), JOULE_OK);
-        ck_assert_int_eq(joule_token_writer_end_doc(w), JOULE_OK);
+        tu_tokens_doc(w, first_id + 3 * (uint64_t)d, buf, (size_t)len, 1);
     }
-    ck_assert_int_eq(joule_token_writer_commit(w), JOULE_OK);
+    tu_tokens_commit(w);
 }
 
 static void setup(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/joule_retrotrain_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-    snprintf(g_train, sizeof g_train, "%s/train.bin", g_dir);
-    snprintf(g_val, sizeof g_val, "%s/val.bin", g_dir);
-    snprintf(g_db, sizeof g_db, "%s/db", g_dir);
+    tu_make_dir("joule_retrotrain_");
+    snprintf(g_train, sizeof g_train, "%s/train.bin", tu_dir);
+    snprintf(g_val, sizeof g_val, "%s/val.bin", tu_dir);
+    snprintf(g_db, sizeof g_db, "%s/db", tu_dir);
     write_corpus(g_train, 40, 0, 1);
     write_corpus(g_val, 8, 1, 2);
     joule_db_build_opts o;
@@ -73,36 +64,10 @@ static void setup(void) {
     ck_assert_int_eq(joule_db_build(&o, NULL, NULL), JOULE_OK);
 }
 
-static void teardown(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
 static joule_config retro_config(void) {
     joule_config c = joule_config_default(2, 16, 2, 32, T);
-    c.retro.chunk = M;
-    c.retro.k = K;
-    c.retro.cca_start = 1;
-    c.retro.cca_every = 1;
-    c.retro.enc_layers = 1;
-    c.retro.enc_d_model = 8;
-    c.retro.enc_heads = 2;
-    c.retro.enc_d_ff = 16;
-    joule_retro_config_apply(&c);
+    tu_retro_apply(&c, M, K, 1, 16);
     return c;
-}
-
-static joule_model *new_model(const joule_config *c, int batch, uint64_t seed) {
-    joule_model *m;
-    ck_assert_int_eq(joule_model_create(&m, c), JOULE_OK);
-    joule_model_init(m, seed);
-    ck_assert_int_eq(joule_model_alloc_train(m, batch), JOULE_OK);
-    return m;
-}
-
-/* The CCA output projection starts at 0; random values make retrieval matter. */
-static void randomise_cca_out(joule_model *m, float std, uint64_t seed) {
-    joule_rng r;
-    joule_rng_seed(&r, seed);
-    const joule_param_info *wo = joule_model_find(m, "layers.1.cca.wo.weight");
-    for (size_t i = 0; i < wo->numel; i++) m->params[wo->offset + i] = std * joule_rng_normal(&r);
 }
 
 static joule_retro_data *open_data(const joule_config *c) {
@@ -310,15 +275,15 @@ START_TEST(test_resume_equals_straight_run) {
     joule_config c = retro_config();
     joule_retro_data *rd = open_data(&c);
     char a[4400], b[4400];
-    snprintf(a, sizeof a, "%s/a.safetensors", g_dir);
-    snprintf(b, sizeof b, "%s/b.safetensors", g_dir);
+    snprintf(a, sizeof a, "%s/a.safetensors", tu_dir);
+    snprintf(b, sizeof b, "%s/b.safetensors", tu_dir);
     joule_train_opts o;
     joule_train_progress p;
-    joule_model *m = new_model(&c, 2, 5);
+    joule_model *m = tu_model(&c, 2, 5);
     train_opts(&o, a, rd, 4);
     ck_assert_int_eq(joule_train(m, &o, &p), JOULE_OK);
     ck_assert_uint_eq(p.flops, p.flops_analytic); /* counted == analytic (validation not included) */
-    joule_model *m2 = new_model(&c, 2, 5);
+    joule_model *m2 = tu_model(&c, 2, 5);
     train_opts(&o, b, rd, 4);
     o.stop_after = 2;
     ck_assert_int_eq(joule_train(m2, &o, &p), JOULE_OK);
@@ -346,13 +311,13 @@ END_TEST
 START_TEST(test_retrofit_frozen_base) {
     joule_config c = retro_config();
     joule_config dc = joule_config_default(2, 16, 2, 32, T);
-    joule_model *dense = new_model(&dc, 2, 77);
-    joule_model *m = new_model(&c, 2, 3); /* another seed: the copy must set every base tensor */
+    joule_model *dense = tu_model(&dc, 2, 77);
+    joule_model *m = tu_model(&c, 2, 3); /* another seed: the copy must set every base tensor */
     ck_assert_int_eq(joule_retro_init_from(m, dense, "dense"), JOULE_OK);
     joule_retro_freeze_base(m);
     joule_retro_data *rd = open_data(&c);
     char out[4400];
-    snprintf(out, sizeof out, "%s/fit.safetensors", g_dir);
+    snprintf(out, sizeof out, "%s/fit.safetensors", tu_dir);
     joule_train_opts o;
     train_opts(&o, out, rd, 3);
     o.adam.lr = 1e-2f;
@@ -408,8 +373,8 @@ END_TEST
 /* Retrieval off gives exactly the plain evaluation; on, the neighbours change the loss. */
 START_TEST(test_eval_retrieval_on_off) {
     joule_config c = retro_config();
-    joule_model *m = new_model(&c, 2, 11);
-    randomise_cca_out(m, 0.2f, 12);
+    joule_model *m = tu_model(&c, 2, 11);
+    tu_randomise_cca_out(m, 0.2f, 12);
     joule_retro_data *rd = open_data(&c);
     joule_tokens t;
     ck_assert_int_eq(joule_tokens_open(&t, g_val), JOULE_OK);
@@ -443,8 +408,8 @@ static int collect(void *ctx, int32_t tok) {
  * exactly joule_generate's. */
 START_TEST(test_generate_live_retrieval) {
     joule_config c = retro_config();
-    joule_model *m = new_model(&c, 1, 21);
-    randomise_cca_out(m, 0.5f, 22);
+    joule_model *m = tu_model(&c, 1, 21);
+    tu_randomise_cca_out(m, 0.5f, 22);
     joule_retro_db *db;
     ck_assert_int_eq(joule_db_open(&db, g_db), JOULE_OK);
     const char *prompt = "alpha beta gamma river";
@@ -469,80 +434,53 @@ END_TEST
 
 /* ---------------------------------------------------------------- the CLI */
 
-/* Runs `$JOULE_BIN ARGS` in the temp dir, stdout/stderr to out.txt/err.txt; exit status. */
-static int joule(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int joule(const char *fmt, ...) {
-    char args[4096], cmd[12288];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    const char *bin = getenv("JOULE_BIN");
-    ck_assert_msg(bin != NULL, "JOULE_BIN is not set");
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s > out.txt 2> err.txt", g_dir, bin, args);
-    int st = system(cmd);
-    ck_assert_int_ne(st, -1);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 1000;
-}
-
-static bool output_has(const char *file, const char *needle) {
-    char path[4400], buf[16384];
-    snprintf(path, sizeof path, "%s/%s", g_dir, file);
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
 #define RTINY "--train train.bin --val val.bin --layers 2 --d-model 16 --heads 2 --d-ff 32 --ctx 32 --batch 2 " \
               "--eval-windows 2 --no-log"
 
 /* train --arch retro, eval --db (on/off), generate --db, RETRO-fitting, and the refusals. */
 START_TEST(test_cli_end_to_end) {
-    ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --out r.safetensors " RTINY), 0);
-    ck_assert(output_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
+    ck_assert_int_eq(tu_joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --out r.safetensors " RTINY), 0);
+    ck_assert(tu_file_has("out.txt", "retro: chunk 8, 2 neighbours, CCA in layers 1"));
     /* on demand: the same training without neighbour files */
-    ck_assert_int_eq(joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --neighbours-on-demand "
+    ck_assert_int_eq(tu_joule("train --arch retro --db db --cca-start 1 --enc-layers 1 --steps 2 --neighbours-on-demand "
                            "--out od.safetensors " RTINY),
                      0);
-    ck_assert_int_eq(joule("train --steps 1 --neighbours-on-demand --out x.safetensors " RTINY), 2);
-    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
-    ck_assert(output_has("out.txt", "\"bpb_retrieval\":") && output_has("out.txt", "\"bpb_no_retrieval\":"));
-    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db --include-own-doc"), 0);
-    ck_assert(output_has("out.txt", "own document allowed"));
-    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
-    ck_assert_int_eq(joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
-    ck_assert(output_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
-    ck_assert_int_eq(joule("info --model r.safetensors"), 0);
-    ck_assert(output_has("out.txt", "retro:      chunk 8, 2 neighbours"));
-    ck_assert_int_eq(joule("bench retro --model r.safetensors --db db --steps 1 --batch 1 --tokens 16"), 0);
-    ck_assert(output_has("out.txt", "train step (batch 1 x 32)") && output_has("out.txt", "of generation time"));
+    ck_assert_int_eq(tu_joule("train --steps 1 --neighbours-on-demand --out x.safetensors " RTINY), 2);
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --db db --json"), 0);
+    ck_assert(tu_file_has("out.txt", "\"bpb_retrieval\":") && tu_file_has("out.txt", "\"bpb_no_retrieval\":"));
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --db db --include-own-doc"), 0);
+    ck_assert(tu_file_has("out.txt", "own document allowed"));
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
+    ck_assert_int_eq(tu_joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
+    ck_assert(tu_file_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
+    ck_assert_int_eq(tu_joule("info --model r.safetensors"), 0);
+    ck_assert(tu_file_has("out.txt", "retro:      chunk 8, 2 neighbours"));
+    ck_assert_int_eq(tu_joule("bench retro --model r.safetensors --db db --steps 1 --batch 1 --tokens 16"), 0);
+    ck_assert(tu_file_has("out.txt", "train step (batch 1 x 32)") && tu_file_has("out.txt", "of generation time"));
     /* RETRO-fitting a dense checkpoint */
-    ck_assert_int_eq(joule("train --steps 2 --out d.safetensors " RTINY), 0);
-    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
+    ck_assert_int_eq(tu_joule("train --steps 2 --out d.safetensors " RTINY), 0);
+    ck_assert_int_eq(tu_joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 2 --out f.safetensors "
                            "--train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
-    ck_assert(output_has("out.txt", "base parameters frozen"));
+    ck_assert(tu_file_has("out.txt", "base parameters frozen"));
     /* a RETRO-fit resumes only with the base still frozen */
-    ck_assert_int_eq(joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 3 --stop-after 1 "
+    ck_assert_int_eq(tu_joule("train --arch retro --db db --init d.safetensors --freeze-base --steps 3 --stop-after 1 "
                            "--out g.safetensors --train train.bin --val val.bin --batch 2 --eval-windows 2 --no-log"), 0);
-    ck_assert_int_eq(joule("train --resume --db db --out g.safetensors --train train.bin --val val.bin --no-log"), 2);
-    ck_assert(output_has("err.txt", "frozen_tensors"));
-    ck_assert_int_eq(joule("train --resume --db db --freeze-base --out g.safetensors --train train.bin --val val.bin "
+    ck_assert_int_eq(tu_joule("train --resume --db db --out g.safetensors --train train.bin --val val.bin --no-log"), 2);
+    ck_assert(tu_file_has("err.txt", "frozen_tensors"));
+    ck_assert_int_eq(tu_joule("train --resume --db db --freeze-base --out g.safetensors --train train.bin --val val.bin "
                            "--no-log"), 0);
     /* usage errors: exit 2 with one line naming the problem */
-    ck_assert_int_eq(joule("train --arch retro --steps 1 --out x.safetensors " RTINY), 2);
-    ck_assert(output_has("err.txt", "--db"));
-    ck_assert_int_eq(joule("train --freeze-base --steps 1 --out x.safetensors " RTINY), 2);
-    ck_assert_int_eq(joule("eval --model d.safetensors --tokens val.bin --db db"), 2);
-    ck_assert(output_has("err.txt", "RETRO model"));
+    ck_assert_int_eq(tu_joule("train --arch retro --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert(tu_file_has("err.txt", "--db"));
+    ck_assert_int_eq(tu_joule("train --freeze-base --steps 1 --out x.safetensors " RTINY), 2);
+    ck_assert_int_eq(tu_joule("eval --model d.safetensors --tokens val.bin --db db"), 2);
+    ck_assert(tu_file_has("err.txt", "RETRO model"));
     /* another database (same chunk length, other embedder): refused unless allowed */
     joule_db_build_opts o;
     joule_db_build_opts_init(&o);
     const char *src = g_train;
     char db2[4400];
-    snprintf(db2, sizeof db2, "%s/db2", g_dir);
+    snprintf(db2, sizeof db2, "%s/db2", tu_dir);
     o.sources = &src;
     o.n_sources = 1;
     o.out_dir = db2;
@@ -550,22 +488,21 @@ START_TEST(test_cli_end_to_end) {
     o.embedder = "ngram:64";
     o.index = "Flat";
     ck_assert_int_eq(joule_db_build(&o, NULL, NULL), JOULE_OK);
-    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2"), 2);
-    ck_assert(output_has("err.txt", "--allow-db-mismatch"));
-    ck_assert_int_eq(joule("generate --model r.safetensors -n 4 --db db2"), 2);
-    ck_assert_int_eq(joule("eval --model r.safetensors --tokens val.bin --db db2 --allow-db-mismatch"), 0);
-    ck_assert(output_has("out.txt", "with retrieval"));
-    ck_assert_int_eq(joule("train --help"), 0);
-    ck_assert(output_has("out.txt", "--freeze-base"));
-    ck_assert(!joule("eval --model r.safetensors --tokens val.bin --db db --neighbours-on-demand") && output_has("out.txt", "on demand"));
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --db db2"), 2);
+    ck_assert(tu_file_has("err.txt", "--allow-db-mismatch"));
+    ck_assert_int_eq(tu_joule("generate --model r.safetensors -n 4 --db db2"), 2);
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --db db2 --allow-db-mismatch"), 0);
+    ck_assert(tu_file_has("out.txt", "with retrieval"));
+    ck_assert_int_eq(tu_joule("train --help"), 0);
+    ck_assert(tu_file_has("out.txt", "--freeze-base"));
+    ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --db db --neighbours-on-demand"), 0);
+    ck_assert(tu_file_has("out.txt", "on demand"));
 }
 END_TEST
 
 static Suite *suite(void) {
     Suite *s = suite_create("retro_train");
-    TCase *tc = tcase_create("with_database");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 120);
+    TCase *tc = tu_tcase(s, "with_database", 120, setup, tu_remove_dir);
     tcase_add_test(tc, test_training_neighbours);
     tcase_add_test(tc, test_on_demand_neighbours);
     tcase_add_test(tc, test_own_document_mode);
@@ -575,15 +512,10 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_eval_retrieval_on_off);
     tcase_add_test(tc, test_generate_live_retrieval);
     tcase_add_test(tc, test_cli_end_to_end);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
     joule_retro_register();
-    SRunner *r = srunner_create(suite());
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(suite());
 }

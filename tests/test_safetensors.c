@@ -9,46 +9,11 @@
 #include <unistd.h>
 
 #include "joule/safetensors.h"
+#include "testutil.h"
 
 /* ---- fixtures: one fresh temporary directory per test ---- */
 
-static char g_dir[4096];
-
-static void setup(void) {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/joule_st_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(g_dir));
-}
-
-static void teardown(void) {
-    DIR *d = opendir(g_dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[8192];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(g_dir);
-}
-
-/* Path of `name` inside the test's directory (static buffer, rotated so a few can coexist). */
-static const char *tpath(const char *name) {
-    static char bufs[4][8192];
-    static int k;
-    char *b = bufs[k++ % 4];
-    snprintf(b, sizeof bufs[0], "%s/%s", g_dir, name);
-    return b;
-}
-
-static void write_bytes(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(p, 1, n, f), n);
-    ck_assert_int_eq(fclose(f), 0);
-}
+static void setup(void) { tu_make_dir("joule_st_"); }
 
 static void put_le64(unsigned char *p, uint64_t v) {
     for (int i = 0; i < 8; i++)
@@ -63,24 +28,12 @@ static void write_raw_n(const char *path, const char *header, size_t hl, size_t 
     memcpy(buf + 8, header, hl);
     for (size_t i = 0; i < data_len; i++)
         buf[8 + hl + i] = (unsigned char)i;
-    write_bytes(path, buf, 8 + hl + data_len);
+    tu_write(path, buf, 8 + hl + data_len);
     free(buf);
 }
 
 static void write_raw(const char *path, const char *header, size_t data_len) {
     write_raw_n(path, header, strlen(header), data_len);
-}
-
-static unsigned char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc(*n ? *n : 1);
-    ck_assert_uint_eq(fread(p, 1, *n, f), *n);
-    fclose(f);
-    return p;
 }
 
 /* Opening `path` must fail with JOULE_ERR_FORMAT and a message naming the file and
@@ -114,7 +67,7 @@ static const char *write_small_model(const char *name) {
     ck_assert_int_eq(joule_st_writer_add(w, "a", JOULE_ST_F32, (int64_t[]){2, 3}, 2, a), JOULE_OK);
     ck_assert_int_eq(joule_st_writer_add(w, "b", JOULE_ST_F32, (int64_t[]){4}, 1, b), JOULE_OK);
     ck_assert_int_eq(joule_st_writer_add_meta(w, "format_version", "1"), JOULE_OK);
-    const char *path = tpath(name);
+    const char *path = tu_path("%s", name);
     ck_assert_int_eq(joule_st_writer_write(w, path), JOULE_OK);
     joule_st_writer_free(w);
     return path;
@@ -146,13 +99,13 @@ START_TEST(test_round_trip) {
                      JOULE_OK);
     ck_assert_int_eq(joule_st_writer_add_meta(w, "format_version", "1"), JOULE_OK);
     ck_assert_int_eq(joule_st_writer_add_meta(w, "config", "{\"d_model\": 8}"), JOULE_OK);
-    const char *path = tpath("model.safetensors");
+    const char *path = tu_path("model.safetensors");
     ck_assert_int_eq(joule_st_writer_write(w, path), JOULE_OK);
     joule_st_writer_free(w);
 
     /* Layout, read straight from the bytes. */
     size_t n;
-    unsigned char *raw = read_all(path, &n);
+    unsigned char *raw = (unsigned char *)tu_must_read(path, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--)
         hl = (hl << 8) | raw[i];
@@ -228,7 +181,7 @@ START_TEST(test_round_trip_edge_cases) {
         snprintf(key, sizeof key, "k%d", i);
         ck_assert_int_eq(joule_st_writer_add_meta(w, key, key + 1), JOULE_OK);
     }
-    const char *path = tpath("edge.safetensors");
+    const char *path = tu_path("edge.safetensors");
     ck_assert_int_eq(joule_st_writer_write(w, path), JOULE_OK);
     joule_st_writer_free(w);
 
@@ -268,7 +221,7 @@ START_TEST(test_round_trip_edge_cases) {
     ck_assert_uint_eq(joule_st_meta_count(f), 0);
     joule_st_close(f);
     size_t n;
-    free(read_all(path, &n));
+    free(tu_must_read(path, &n));
     ck_assert_uint_eq(n, 64);
 }
 END_TEST
@@ -277,7 +230,7 @@ END_TEST
 START_TEST(test_write_leaves_no_temp_files) {
     write_small_model("m.safetensors");
     write_small_model("m.safetensors");
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(tu_dir);
     struct dirent *e;
     int files = 0;
     while ((e = readdir(d)))
@@ -317,7 +270,7 @@ START_TEST(test_writer_rejects_bad_arguments) {
     ck_assert_int_eq(joule_st_writer_add_meta(w, "k", "v"), JOULE_OK);
     ck_assert_int_eq(joule_st_writer_add_meta(w, "k", "w"), JOULE_ERR_ARG);
     /* Failed adds leave the writer intact. */
-    const char *path = tpath("ok.safetensors");
+    const char *path = tu_path("ok.safetensors");
     ck_assert_int_eq(joule_st_writer_write(w, path), JOULE_OK);
     joule_st_writer_free(w);
     joule_st_file *f;
@@ -330,7 +283,7 @@ END_TEST
 /* ---- broken files ---- */
 
 START_TEST(test_nonexistent_is_io_error) {
-    const char *path = tpath("missing.safetensors");
+    const char *path = tu_path("missing.safetensors");
     joule_st_file *f = (joule_st_file *)1;
     ASSERT_ERR(joule_st_open(&f, path), JOULE_ERR_IO, path, "cannot open");
     ck_assert_ptr_null(f);
@@ -338,10 +291,10 @@ START_TEST(test_nonexistent_is_io_error) {
 END_TEST
 
 START_TEST(test_rejects_empty_file) {
-    const char *path = tpath("empty.safetensors");
-    write_bytes(path, "", 0);
+    const char *path = tu_path("empty.safetensors");
+    tu_write(path, "", 0);
     ASSERT_REJECTS(path, "empty");
-    write_bytes(path, "\x10\0\0", 3);
+    tu_write(path, "\x10\0\0", 3);
     ASSERT_REJECTS(path, "too short");
 }
 END_TEST
@@ -349,7 +302,7 @@ END_TEST
 START_TEST(test_rejects_truncated_file) {
     const char *path = write_small_model("trunc.safetensors");
     size_t n;
-    free(read_all(path, &n));
+    free(tu_must_read(path, &n));
     ck_assert_int_eq(truncate(path, (off_t)n - 4), 0);
     ASSERT_REJECTS(path, "past end of data");
     /* Cut inside the header too. */
@@ -359,30 +312,30 @@ START_TEST(test_rejects_truncated_file) {
 END_TEST
 
 START_TEST(test_rejects_header_length_past_eof) {
-    const char *path = tpath("h.safetensors");
+    const char *path = tu_path("h.safetensors");
     unsigned char buf[8 + 2];
     put_le64(buf, 1000);
     memcpy(buf + 8, "{}", 2);
-    write_bytes(path, buf, sizeof buf);
+    tu_write(path, buf, sizeof buf);
     ASSERT_REJECTS(path, "header length 1000 past end of file");
 }
 END_TEST
 
 START_TEST(test_rejects_huge_header_length) {
-    const char *path = tpath("h.safetensors");
+    const char *path = tu_path("h.safetensors");
     unsigned char buf[8 + 2];
     put_le64(buf, UINT64_MAX);
     memcpy(buf + 8, "{}", 2);
-    write_bytes(path, buf, sizeof buf);
+    tu_write(path, buf, sizeof buf);
     ASSERT_REJECTS(path, "header length 18446744073709551615 exceeds");
     put_le64(buf, UINT64_MAX - 7); /* 8 + length wraps to 0 */
-    write_bytes(path, buf, sizeof buf);
+    tu_write(path, buf, sizeof buf);
     ASSERT_REJECTS(path, "exceeds");
 }
 END_TEST
 
 START_TEST(test_rejects_invalid_json) {
-    const char *path = tpath("j.safetensors");
+    const char *path = tu_path("j.safetensors");
     write_raw(path, "{\"a\": {\"dtype\": \"F32\",", 0);
     ASSERT_REJECTS(path, "not valid JSON");
     write_raw(path, "{} x", 0);
@@ -397,7 +350,7 @@ START_TEST(test_rejects_invalid_json) {
 END_TEST
 
 START_TEST(test_rejects_header_not_object) {
-    const char *path = tpath("o.safetensors");
+    const char *path = tu_path("o.safetensors");
     write_raw(path, "[1, 2]", 0);
     ASSERT_REJECTS(path, "not a JSON object");
     write_raw(path, "\"str\"", 0);
@@ -410,7 +363,7 @@ START_TEST(test_rejects_header_not_object) {
 END_TEST
 
 START_TEST(test_rejects_unknown_dtype) {
-    const char *path = tpath("d.safetensors");
+    const char *path = tu_path("d.safetensors");
     write_raw(path, "{\"w\": {\"dtype\": \"F33\", \"shape\": [1], \"data_offsets\": [0, 4]}}", 4);
     ASSERT_REJECTS(path, "tensor 'w' has unknown dtype 'F33'");
     write_raw(path, "{\"w\": {\"dtype\": 4, \"shape\": [1], \"data_offsets\": [0, 4]}}", 4);
@@ -426,7 +379,7 @@ START_TEST(test_rejects_unknown_dtype) {
 END_TEST
 
 START_TEST(test_rejects_size_mismatch) {
-    const char *path = tpath("s.safetensors");
+    const char *path = tu_path("s.safetensors");
     write_raw(path, "{\"w\": {\"dtype\": \"F32\", \"shape\": [2, 3], \"data_offsets\": [0, 20]}}",
               20);
     ASSERT_REJECTS(
@@ -440,7 +393,7 @@ START_TEST(test_rejects_size_mismatch) {
 END_TEST
 
 START_TEST(test_rejects_bad_shape_entries) {
-    const char *path = tpath("n.safetensors");
+    const char *path = tu_path("n.safetensors");
     write_raw(path, "{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], \"data_offsets\": [0, 4]}}", 4);
     ASSERT_REJECTS(path, "tensor 'w' shape entry 0 is -1, not a non-negative integer");
     write_raw(path, "{\"w\": {\"dtype\": \"F32\", \"shape\": [1, 1.5], \"data_offsets\": [0, 4]}}",
@@ -465,7 +418,7 @@ START_TEST(test_rejects_bad_shape_entries) {
 END_TEST
 
 START_TEST(test_rejects_offsets_out_of_bounds) {
-    const char *path = tpath("b.safetensors");
+    const char *path = tu_path("b.safetensors");
     write_raw(path,
               "{\"layers.0.attn.wq.weight\": {\"dtype\": \"F32\", \"shape\": [32, 32], "
               "\"data_offsets\": [0, 4096]}}",
@@ -479,7 +432,7 @@ START_TEST(test_rejects_offsets_out_of_bounds) {
 END_TEST
 
 START_TEST(test_rejects_overlap_gap_and_uncovered_bytes) {
-    const char *path = tpath("v.safetensors");
+    const char *path = tu_path("v.safetensors");
     write_raw(path,
               "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
               " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
@@ -508,7 +461,7 @@ START_TEST(test_rejects_overlap_gap_and_uncovered_bytes) {
 END_TEST
 
 START_TEST(test_rejects_duplicate_names) {
-    const char *path = tpath("dup.safetensors");
+    const char *path = tu_path("dup.safetensors");
     write_raw(path,
               "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
               " \"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}",
@@ -522,7 +475,7 @@ START_TEST(test_rejects_duplicate_names) {
 END_TEST
 
 START_TEST(test_rejects_bad_metadata) {
-    const char *path = tpath("meta.safetensors");
+    const char *path = tu_path("meta.safetensors");
     write_raw(path, "{\"__metadata__\": {\"format_version\": 1}}", 0);
     ASSERT_REJECTS(path, "__metadata__ value for 'format_version' is not a string");
     write_raw(path, "{\"__metadata__\": [\"a\"]}", 0);
@@ -561,7 +514,7 @@ START_TEST(test_expect_wrong_shape) {
 END_TEST
 
 START_TEST(test_expect_wrong_dtype) {
-    const char *path = tpath("d.safetensors");
+    const char *path = tu_path("d.safetensors");
     write_raw(path, "{\"w\": {\"dtype\": \"BF16\", \"shape\": [2], \"data_offsets\": [0, 4]}}  ",
               4);
     joule_st_file *f;
@@ -576,7 +529,7 @@ END_TEST
 /* A foreign file whose header length puts F32 data off a 4-byte boundary: the generic view
  * opens it, the float view refuses instead of handing out a misaligned float*. */
 START_TEST(test_expect_unaligned_f32) {
-    const char *path = tpath("u.safetensors");
+    const char *path = tu_path("u.safetensors");
     char hdr[128];
     strcpy(hdr, "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}");
     while ((8 + strlen(hdr)) % 4 != 1)
@@ -602,7 +555,7 @@ START_TEST(test_expect_meta_version) {
                "no tokenizer in __metadata__, this joule reads 'bpe'");
     joule_st_close(f);
 
-    path = tpath("nometa.safetensors");
+    path = tu_path("nometa.safetensors");
     write_raw(path, "{}", 0);
     ck_assert_int_eq(joule_st_open(&f, path), JOULE_OK);
     ASSERT_ERR(joule_st_expect_meta(f, "format_version", "1"), JOULE_ERR_FORMAT, path,
@@ -616,10 +569,10 @@ END_TEST
 START_TEST(test_truncations_and_corruptions_never_crash) {
     const char *path = write_small_model("good.safetensors");
     size_t n;
-    unsigned char *good = read_all(path, &n);
-    const char *bad = tpath("bad.safetensors");
+    unsigned char *good = (unsigned char *)tu_must_read(path, &n);
+    const char *bad = tu_path("bad.safetensors");
     for (size_t len = 0; len < n; len++) {
-        write_bytes(bad, good, len);
+        tu_write(bad, good, len);
         joule_st_file *f;
         ck_assert_int_eq(joule_st_open(&f, bad), JOULE_ERR_FORMAT);
     }
@@ -639,7 +592,7 @@ START_TEST(test_truncations_and_corruptions_never_crash) {
             mut[at] = (it % 2) ? (unsigned char)joule_rng_u64(&rng)
                                : (unsigned char)"{}[]\",:0123456789-. e"[joule_rng_below(&rng, 21)];
         }
-        write_bytes(bad, mut, n);
+        tu_write(bad, mut, n);
         joule_st_file *f;
         int rc = joule_st_open(&f, bad);
         ck_assert_msg(rc == JOULE_OK || rc == JOULE_ERR_FORMAT, "status %d: %s", rc,
@@ -662,9 +615,7 @@ END_TEST
 
 static Suite *safetensors_suite(void) {
     Suite *s = suite_create("safetensors");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_checked_fixture(tc, setup, teardown);
+    TCase *tc = tu_tcase(s, "core", 30, setup, tu_remove_dir);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_round_trip_edge_cases);
     tcase_add_test(tc, test_write_leaves_no_temp_files);
@@ -689,14 +640,9 @@ static Suite *safetensors_suite(void) {
     tcase_add_test(tc, test_expect_unaligned_f32);
     tcase_add_test(tc, test_expect_meta_version);
     tcase_add_test(tc, test_truncations_and_corruptions_never_crash);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(safetensors_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run_suite(safetensors_suite());
 }
