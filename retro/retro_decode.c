@@ -235,6 +235,15 @@ static void prefill_encode(retro_dec *s, const joule_model *m, int n) {
     s->enc_gen++;
 }
 
+/* Encoded chunks j .. e-1 that follow one another have contiguous query rows, so their
+ * projections run as one product of *rows rows starting at qrow[j]. Returns e. */
+static int consecutive_run(const retro_prefill *p, int j, int G, int *rows) {
+    int e = j + 1;
+    while (e < G && p->chunk[e] == p->chunk[e - 1] + 1) e++;
+    *rows = p->qrow[e - 1] + p->nq[e - 1] - p->qrow[j];
+    return e;
+}
+
 /* x[n, C]: residual rows of positions 0 .. n-1 at CCA layer l, as n retro_decode_step calls
  * would change them (the same FLOPs: queries only where a chunk's neighbours are in view). */
 int retro_prefill_rows(joule_decoder *dec, int l, float *x, int n) {
@@ -262,18 +271,17 @@ int retro_prefill_rows(joule_decoder *dec, int l, float *x, int n) {
         p->krow[j] = j * R;
     }
     /* queries and output projection over runs of rows whose chunks are consecutive */
-    for (int j = 0, e; j < G; j = e) {
-        for (e = j + 1; e < G && p->chunk[e] == p->chunk[e - 1] + 1;) e++;
+    for (int j = 0, e, rows; j < G; j = e) {
+        e = consecutive_run(p, j, G, &rows);
         const size_t r0 = (size_t)p->qrow[j] * C;
-        joule_linear_forward(p->q + r0, p->xn + r0, w.wq, p->qrow[e - 1] + p->nq[e - 1] - p->qrow[j], C, C);
+        joule_linear_forward(p->q + r0, p->xn + r0, w.wq, rows, C, C);
     }
     const joule_gattn_plan plan = {.G = G, .H = d->H, .hs = d->hs, .max_q = mm, .nk = R, .qrow = p->qrow,
                                    .nq = p->nq, .krow = p->krow, .kmask = p->valid, .shared_keys = false};
     joule_gattn_forward(p->o, C, p->P, p->q, C, p->kv, 2 * C, p->kv + C, 2 * C, &plan);
-    for (int j = 0, e; j < G; j = e) {
-        for (e = j + 1; e < G && p->chunk[e] == p->chunk[e - 1] + 1;) e++;
+    for (int j = 0, e, rows; j < G; j = e) {
+        e = consecutive_run(p, j, G, &rows);
         const size_t r0 = (size_t)p->qrow[j] * C;
-        const int rows = p->qrow[e - 1] + p->nq[e - 1] - p->qrow[j];
         joule_sgemm(false, true, rows, C, C, 1.0f, p->o + r0, C, w.wo, C, 1.0f, x + r0, C);
     }
     if (s->enc_chunk >= 0) { /* hand the last chunk's keys/values to the steps that follow */
