@@ -206,18 +206,9 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
  * neighbours (chunk + continuation), as live generation does (retro/retro_generate.c).
  * Time and counted FLOPs (the query embedding) are retrieval's. */
 static int retrieve(run_bufs *b, joule_decoder *d, const int32_t *win, int u) {
-    const int per = 2 * b->chunk;
     const double t0 = joule_now();
     const uint64_t f0 = joule_flops_counted();
-    int rc = joule_db_search(b->db, win + (size_t)u * b->chunk, 1, b->k, NULL, b->ids, NULL);
-    for (int j = 0; j < b->k && !rc; j++) {
-        int32_t *dst = b->nbr + (size_t)j * per;
-        if (b->ids[j] >= 0)
-            rc = joule_db_entry(b->db, b->ids[j], dst, NULL);
-        else
-            for (int t = 0; t < per; t++) dst[t] = JOULE_RETRO_PAD;
-    }
-    if (!rc) rc = joule_retro_decoder_set_neighbours(d, u, b->nbr);
+    int rc = joule_retro_decoder_retrieve(d, b->db, win, u, b->ids, b->nbr);
     b->retr_s += joule_now() - t0;
     b->retr_flops += joule_flops_counted() - f0;
     b->searches++;

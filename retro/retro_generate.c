@@ -20,19 +20,26 @@ typedef struct {
     joule_retro_gen_stats *stats;
 } live;
 
-/* Searches chunk u of the window and hands the decoder its neighbours. */
-static int retrieve(live *g, int u) {
-    const int per = 2 * g->m;
-    double t0 = joule_now();
-    int rc = joule_db_search(g->db, g->win + (size_t)u * g->m, 1, g->k, NULL, g->ids, NULL);
-    for (int j = 0; j < g->k && !rc; j++) {
-        if (g->ids[j] < 0) {
-            for (int i = 0; i < per; i++) g->nbr[j * per + i] = JOULE_RETRO_PAD;
+int joule_retro_decoder_retrieve(joule_decoder *d, joule_retro_db *db, const int32_t *win, int u, int64_t *ids,
+                                 int32_t *nbr) {
+    const int m = joule_db_chunk(db), k = d->m->cfg.retro.k, per = 2 * m;
+    if (m != d->m->cfg.retro.chunk)
+        return joule_fail(JOULE_ERR_ARG, "database chunks are %d tokens, the model's are %d", m, d->m->cfg.retro.chunk);
+    int rc = joule_db_search(db, win + (size_t)u * m, 1, k, NULL, ids, NULL);
+    for (int j = 0; j < k && !rc; j++) {
+        if (ids[j] < 0) {
+            for (int i = 0; i < per; i++) nbr[j * per + i] = JOULE_RETRO_PAD;
         } else {
-            rc = joule_db_entry(g->db, g->ids[j], g->nbr + (size_t)j * per, NULL);
+            rc = joule_db_entry(db, ids[j], nbr + (size_t)j * per, NULL);
         }
     }
-    if (!rc) rc = joule_retro_decoder_set_neighbours(g->d, u, g->nbr);
+    return rc ? rc : joule_retro_decoder_set_neighbours(d, u, nbr);
+}
+
+/* Searches chunk u of the window and hands the decoder its neighbours. */
+static int retrieve(live *g, int u) {
+    double t0 = joule_now();
+    int rc = joule_retro_decoder_retrieve(g->d, g->db, g->win, u, g->ids, g->nbr);
     g->stats->retrieval_s += joule_now() - t0;
     g->stats->retrievals++;
     return rc;

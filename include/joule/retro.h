@@ -114,6 +114,12 @@ typedef struct {
     double retrieval_s;  /* embedding + search + fetching entries */
     double total_s;      /* the whole call */
 } joule_retro_gen_stats;
+/* Live retrieval while decoding: searches chunk u of win (the sequence's tokens by
+ * position; nothing excluded) in db and hands d its k neighbours (chunk + continuation,
+ * padding for a missing one) through joule_retro_decoder_set_neighbours. ids [k] and nbr
+ * [k * 2m] are the caller's scratch. */
+int joule_retro_decoder_retrieve(joule_decoder *d, struct joule_retro_db *db, const int32_t *win, int u, int64_t *ids,
+                                 int32_t *nbr);
 int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
                          int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
                          void *ctx, joule_retro_gen_stats *stats);
