@@ -18,13 +18,14 @@
 
 static const char *CMD = "bench retro";
 
-/* One training step's work on random tokens and neighbours (retrieval off: nb NULL). */
-static int timed_step(joule_model *m, const int32_t *in, const int32_t *tg, const int32_t *nb, int B, int T,
-                      double *secs, uint64_t *flops) {
+/* One training step's work on random tokens and neighbours of the chunks training windows
+ * read (retrieval off: nb NULL). */
+static int timed_step(joule_model *m, const int32_t *in, const int32_t *tg, const joule_retro_chunk *ch, int nch,
+                      const int32_t *nb, int B, int T, double *secs, uint64_t *flops) {
     double t0 = joule_now();
     uint64_t f0 = joule_flops_counted();
     double loss;
-    int rc = joule_retro_set_neighbours(m, nb, B, T / m->cfg.retro.chunk);
+    int rc = joule_retro_set_chunks(m, ch, nch, nb, B, T);
     if (!rc) rc = joule_model_forward(m, in, tg, B, T, &loss);
     if (!rc) rc = joule_model_backward(m, 1.0f);
     *secs = joule_now() - t0;
@@ -96,10 +97,11 @@ int bench_retro(int argc, char **argv) {
     const int T = cfg->ctx / cfg->retro.chunk * cfg->retro.chunk, nch = T / cfg->retro.chunk;
     const size_t N = (size_t)batch * T, R = (size_t)batch * nch * cfg->retro.k * 2 * cfg->retro.chunk;
     int32_t *in = malloc(N * sizeof *in), *tg = malloc(N * sizeof *tg), *nb = malloc((R + 1) * sizeof *nb);
+    joule_retro_chunk *ch = malloc(((size_t)batch * nch + 1) * sizeof *ch);
     double *t_on = calloc((size_t)steps, sizeof(double)), *t_off = calloc((size_t)steps, sizeof(double));
     double *g_on = calloc((size_t)steps, sizeof(double)), *g_off = calloc((size_t)steps, sizeof(double));
     double *share = calloc((size_t)steps, sizeof(double));
-    if (!in || !tg || !nb || !t_on || !t_off || !g_on || !g_off || !share) {
+    if (!in || !tg || !nb || !ch || !t_on || !t_off || !g_on || !g_off || !share) {
         fprintf(stderr, "joule %s: out of memory\n", CMD);
         rc = EXIT_RUNTIME;
         goto done;
@@ -108,6 +110,7 @@ int bench_retro(int argc, char **argv) {
     joule_rng_seed(&r, 1);
     for (size_t i = 0; i < N; i++) in[i] = (int32_t)joule_rng_below(&r, 256), tg[i] = (int32_t)joule_rng_below(&r, 256);
     for (size_t i = 0; i < R; i++) nb[i] = (int32_t)joule_rng_below(&r, 256);
+    const int n_ch = joule_retro_regular_chunks(cfg->retro.chunk, batch, T, ch);
     if ((st = joule_model_alloc_train(m, batch))) {
         rc = cli_fail(CMD, st);
         goto done;
@@ -121,12 +124,12 @@ int bench_retro(int argc, char **argv) {
     joule_retro_gen_stats gs;
     for (int i = -1; i < steps && !st; i++) { /* i = -1 warms up */
         double s_on, s_off;
-        if ((st = timed_step(m, in, tg, nb, batch, T, &s_on, &f_on)) ||
-            (st = timed_step(m, in, tg, NULL, batch, T, &s_off, &f_off)))
+        if ((st = timed_step(m, in, tg, ch, n_ch, nb, batch, T, &s_on, &f_on)) ||
+            (st = timed_step(m, in, tg, ch, n_ch, NULL, batch, T, &s_off, &f_off)))
             break;
-        if ((st = joule_retro_generate(m, db, NULL, 0, n_gen, &greedy, 1, no_output, NULL, &gs))) break;
+        if ((st = joule_retro_generate(m, db, NULL, 0, 0, n_gen, &greedy, 1, no_output, NULL, &gs))) break;
         double gen_on = gs.total_s, sh = gs.retrieval_s / gs.total_s;
-        if ((st = joule_retro_generate(m, NULL, NULL, 0, n_gen, &greedy, 1, no_output, NULL, &gs))) break;
+        if ((st = joule_retro_generate(m, NULL, NULL, 0, 0, n_gen, &greedy, 1, no_output, NULL, &gs))) break;
         if (i < 0) continue;
         t_on[i] = s_on, t_off[i] = s_off, g_on[i] = gen_on, g_off[i] = gs.total_s, share[i] = sh;
     }
@@ -145,6 +148,7 @@ done:
     free(in);
     free(tg);
     free(nb);
+    free(ch);
     free(t_on);
     free(t_off);
     free(g_on);

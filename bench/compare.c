@@ -243,11 +243,7 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     o.interrupt = x->interrupt;
     o.on_step = x->on_step;
     o.ctx = x->step_ctx;
-    if (rd) {
-        o.align = c.retro.chunk;
-        o.prepare = joule_retro_prepare;
-        o.prepare_ctx = rd;
-    }
+    if (rd) joule_retro_train_hooks(&o, rd);
     joule_energy_window w;
     bool metered = x->meters && joule_energy_window_start(&w, x->meters) == JOULE_OK;
     joule_train_progress last;

@@ -50,8 +50,10 @@ int joule_exact_match(const joule_model *m, struct joule_retro_db *db, const cha
         em_state s = {t.tok + start + prompt, 0};
         if (joule_config_has_cca(&m->cfg)) {
             joule_retro_gen_stats st;
-            rc = joule_retro_generate(m, db, t.tok + start, prompt, JOULE_COMPARE_EM_BYTES, &greedy, 1, on_token, &s,
-                                      &st);
+            /* the prompt's place on its document's chunk grid, so its chunks are the database's */
+            const int phase = (int)((start - t.doc_offsets[joule_tokens_doc_at(&t, start)]) % (uint64_t)m->cfg.retro.chunk);
+            rc = joule_retro_generate(m, db, t.tok + start, prompt, phase, JOULE_COMPARE_EM_BYTES, &greedy, 1, on_token,
+                                      &s, &st);
         } else {
             rc = joule_generate(m, t.tok + start, prompt, JOULE_COMPARE_EM_BYTES, &greedy, 1, on_token, &s);
         }

@@ -142,6 +142,7 @@ typedef struct {
     joule_retro_db *db;
     int chunk, k, ctx;
     int32_t *win, *nbr;
+    joule_retro_grid *grid; /* [batch] each sequence's chunk grid */
     int64_t *ids;
     double retr_s;
     uint64_t retr_flops, searches;
@@ -159,6 +160,7 @@ static void free_bufs(run_bufs *b, int batch) {
     free(b->lat_ttft);
     free(b->lat_token);
     free(b->win);
+    free(b->grid);
     free(b->nbr);
     free(b->ids);
     joule_db_close(b->db);
@@ -190,7 +192,8 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
     b->win = malloc(B * (size_t)b->ctx * sizeof *b->win);
     b->nbr = malloc(((size_t)b->k * 2 * b->chunk + 1) * sizeof *b->nbr);
     b->ids = malloc(((size_t)b->k + 1) * sizeof *b->ids);
-    if (!b->win || !b->nbr || !b->ids) return joule_fail(JOULE_ERR_NOMEM, "bench energy: out of memory");
+    b->grid = calloc(B, sizeof *b->grid);
+    if (!b->win || !b->nbr || !b->ids || !b->grid) return joule_fail(JOULE_ERR_NOMEM, "bench energy: out of memory");
     int st = joule_db_open(&b->db, o->db_dir);
     if (st) return st;
     if (joule_db_chunk(b->db) != rc->chunk)
@@ -202,13 +205,13 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
     return JOULE_OK;
 }
 
-/* RETRO: chunk u of sequence `win` is complete; search it and hand the decoder its k
- * neighbours (chunk + continuation), as live generation does (retro/retro_generate.c).
- * Time and counted FLOPs (the query embedding) are retrieval's. */
-static int retrieve(run_bufs *b, joule_decoder *d, const int32_t *win, int u) {
+/* RETRO: the chunk of sequence `win` ending at position last is complete; search it and
+ * hand the decoder its k neighbours (chunk + continuation), as live generation does
+ * (retro/retro_generate.c). Time and counted FLOPs (the query embedding) are retrieval's. */
+static int retrieve(run_bufs *b, joule_decoder *d, const int32_t *win, int last) {
     const double t0 = joule_now();
     const uint64_t f0 = joule_flops_counted();
-    int rc = joule_retro_decoder_retrieve(d, b->db, win, u, b->ids, b->nbr);
+    int rc = joule_retro_decoder_retrieve(d, b->db, win + last + 1 - b->chunk, last, b->ids, b->nbr);
     b->retr_s += joule_now() - t0;
     b->retr_flops += joule_flops_counted() - f0;
     b->searches++;
@@ -216,20 +219,20 @@ static int retrieve(run_bufs *b, joule_decoder *d, const int32_t *win, int u) {
 }
 
 /* Token `tok` into sequence i at its next position (RETRO: retrieving first when that
- * position completes a chunk). */
+ * position completes a retrieved chunk of the sequence's grid). */
 static int feed(run_bufs *b, int i, int32_t tok) {
     joule_decoder *d = b->dec[i];
     if (b->db) {
         int32_t *win = b->win + (size_t)i * b->ctx;
         win[d->pos] = tok;
-        int rc = (d->pos + 1) % b->chunk == 0 ? retrieve(b, d, win, (d->pos + 1) / b->chunk - 1) : JOULE_OK;
+        int rc = joule_retro_grid_feed(&b->grid[i], tok) ? retrieve(b, d, win, d->pos) : JOULE_OK;
         if (rc) return rc;
     }
     return joule_decoder_step(d, tok, &b->logits[i]);
 }
 
-/* Sequence i's prompt: one batched prefill (RETRO: each chunk of the prompt retrieved
- * first, as feed() would when it completes). */
+/* Sequence i's prompt, a stream from its first byte: one batched prefill (RETRO: each
+ * retrieved chunk of the prompt searched first, as feed() would when it completes). */
 static int prefill(run_bufs *b, int i, const int32_t *prompt, int P) {
     joule_decoder *d = b->dec[i];
     joule_decoder_reset(d);
@@ -237,8 +240,10 @@ static int prefill(run_bufs *b, int i, const int32_t *prompt, int P) {
     if (b->db) {
         int32_t *win = b->win + (size_t)i * b->ctx;
         memcpy(win, prompt, (size_t)P * sizeof *win);
-        rc = joule_retro_decoder_set_neighbours(d, -1, NULL);
-        for (int u = 0; (u + 1) * b->chunk <= P && !rc; u++) rc = retrieve(b, d, win, u);
+        rc = joule_retro_decoder_clear(d);
+        joule_retro_grid_init(&b->grid[i], b->chunk);
+        for (int p = 0; p < P && !rc; p++)
+            if (joule_retro_grid_feed(&b->grid[i], prompt[p])) rc = retrieve(b, d, win, p);
     }
     return rc ? rc : joule_decoder_prefill(d, prompt, P, &b->logits[i]);
 }

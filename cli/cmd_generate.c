@@ -169,7 +169,7 @@ int cmd_generate(int argc, char **argv) {
     cli_energy_begin(&energy, "generate");
     double t0 = joule_now();
     if (db)
-        st = joule_retro_generate(m, db, (const uint8_t *)prompt, (int)n_prompt, n_gen, &s, seed, on_token, &g, &rs);
+        st = joule_retro_generate(m, db, (const uint8_t *)prompt, (int)n_prompt, 0, n_gen, &s, seed, on_token, &g, &rs);
     else
         st = joule_generate(m, (const uint8_t *)prompt, (int)n_prompt, n_gen, &s, seed, on_token, &g);
     double dt = joule_now() - t0;

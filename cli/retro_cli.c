@@ -134,9 +134,7 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
     if (ret) return ret;
     if (!resume || !c->retro.db_id[0])
         snprintf(m->cfg.retro.db_id, sizeof m->cfg.retro.db_id, "%s", joule_retro_data_db_id(r->rd));
-    o->align = c->retro.chunk;
-    o->prepare = joule_retro_prepare;
-    o->prepare_ctx = r->rd;
+    joule_retro_train_hooks(o, r->rd);
     char layers[256];
     int n = 0;
     for (int l = 0; l < c->n_layers && n < (int)sizeof layers - 8; l++)

@@ -506,7 +506,10 @@ int joule_account_query(const joule_acct_model *a, const joule_acct_opts *o, int
     /* RETRO's per-token terms spread a batched forward's chunk work over every position;
      * a query pays it position by position instead (retro_at) */
     const double spread = retro ? term_flops(&r, "cca") + term_flops(&r, "encoder") + term_flops(&r, "retriever") : 0;
-    const double rest = r.fwd_per_token - term_flops(&r, "attention") - spread;
+    double rest = r.fwd_per_token - term_flops(&r, "attention") - spread;
+    /* exact: a whole number of FLOPs per token (the matmuls), which the division of the
+     * sequence's terms by the prompt length may leave off by a rounding error */
+    if (r.exact) rest = nearbyint(rest);
     q->prefill = (r.fwd_per_token - spread) * prompt;
     if (r.exact) { /* in integers: what joule_decoder_prefill counts, plus P-1 logits rows */
         uint64_t seq = r.fwd_sequence;

@@ -135,6 +135,7 @@ char *joule_config_to_json(const joule_config *c) {
         cJSON_AddNumberToObject(ro, "enc_d_model", r->enc_d_model);
         cJSON_AddNumberToObject(ro, "enc_heads", r->enc_heads);
         cJSON_AddNumberToObject(ro, "enc_d_ff", r->enc_d_ff);
+        cJSON_AddStringToObject(ro, "positions", r->positions == JOULE_RETRO_POS_NONE ? "none" : "rope");
         cJSON_AddStringToObject(ro, "db_id", r->db_id);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -190,6 +191,14 @@ static int retro_from_json(joule_retro_config *r, const cJSON *ro, const char *w
         (rc = get_int(ro, "enc_d_model", &r->enc_d_model, what)) ||
         (rc = get_int(ro, "enc_heads", &r->enc_heads, what)) || (rc = get_int(ro, "enc_d_ff", &r->enc_d_ff, what)))
         return rc;
+    /* Written since the cross-attentions have positions; older checkpoints have none. */
+    const cJSON *pos = cJSON_GetObjectItemCaseSensitive(ro, "positions");
+    r->positions = JOULE_RETRO_POS_NONE;
+    if (pos) {
+        if (cJSON_IsString(pos) && strcmp(pos->valuestring, "rope") == 0) r->positions = JOULE_RETRO_POS_ROPE;
+        else if (!cJSON_IsString(pos) || strcmp(pos->valuestring, "none") != 0)
+            return joule_fail(JOULE_ERR_FORMAT, "%s: config field 'retro.positions' must be \"rope\" or \"none\"", what);
+    }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(ro, "db_id");
     if (id) {
         if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof r->db_id)

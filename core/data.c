@@ -396,7 +396,18 @@ int joule_batch_sample_aligned(const joule_tokens *t, uint64_t seed, uint64_t st
     for (int b = 0; b < B; b++) {
         uint64_t start = joule_rng_below(&rng, n_starts) * (uint64_t)align;
         if (starts) starts[b] = start;
-        copy_window(t->tok + start, T, inputs + (size_t)b * T, targets + (size_t)b * T);
+        if (inputs) copy_window(t->tok + start, T, inputs + (size_t)b * T, targets + (size_t)b * T);
+    }
+    return JOULE_OK;
+}
+
+int joule_batch_windows(const joule_tokens *t, const uint64_t *starts, int B, int T, int32_t *inputs,
+                        int32_t *targets) {
+    for (int b = 0; b < B; b++) {
+        if (T < 1 || starts[b] >= t->n_tokens || t->n_tokens - starts[b] < (uint64_t)T + 1)
+            return joule_fail(JOULE_ERR_ARG, "%s: window at %llu of %d tokens runs past the end (%llu tokens)",
+                              t->path, (unsigned long long)starts[b], T, (unsigned long long)t->n_tokens);
+        copy_window(t->tok + starts[b], T, inputs + (size_t)b * T, targets + (size_t)b * T);
     }
     return JOULE_OK;
 }

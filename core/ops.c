@@ -151,15 +151,15 @@ void joule_rope_tables(float *cos_tab, float *sin_tab, int max_pos, int hs, floa
     }
 }
 
-/* Rotates every (2i, 2i+1) pair of each head by the angle of its token's position;
- * sign = -1 rotates by the negative angle (the transpose, i.e. the backward). */
-static void rope_apply(float *x, int ld, int B, int T, int nheads, int hs, int pos0,
+/* Rotates every (2i, 2i+1) pair of each head of row n by the angle of its position: pos[n]
+ * when pos is given, else pos0 + n % T; sign = -1 rotates by the negative angle (the
+ * transpose, i.e. the backward). */
+static void rope_apply(float *x, int ld, int N, int T, const int *pos_of, int nheads, int hs, int pos0,
                        const float *cos_tab, const float *sin_tab, float sign) {
     int half = hs / 2;
-    int N = B * T;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * nheads * hs >= 8192)
     for (int n = 0; n < N; n++) {
-        int pos = pos0 + n % T;
+        int pos = pos_of ? pos_of[n] : pos0 + n % T;
         const float *restrict cs = cos_tab + (size_t)pos * half;
         const float *restrict sn = sin_tab + (size_t)pos * half;
         for (int h = 0; h < nheads; h++) {
@@ -177,12 +177,17 @@ static void rope_apply(float *x, int ld, int B, int T, int nheads, int hs, int p
 
 void joule_rope_forward(float *x, int ld, int B, int T, int nheads, int hs, int pos0,
                         const float *cos_tab, const float *sin_tab) {
-    rope_apply(x, ld, B, T, nheads, hs, pos0, cos_tab, sin_tab, 1.0f);
+    rope_apply(x, ld, B * T, T, NULL, nheads, hs, pos0, cos_tab, sin_tab, 1.0f);
 }
 
 void joule_rope_backward(float *dx, int ld, int B, int T, int nheads, int hs, int pos0,
                          const float *cos_tab, const float *sin_tab) {
-    rope_apply(dx, ld, B, T, nheads, hs, pos0, cos_tab, sin_tab, -1.0f);
+    rope_apply(dx, ld, B * T, T, NULL, nheads, hs, pos0, cos_tab, sin_tab, -1.0f);
+}
+
+void joule_rope_rows(float *x, int ld, int n, const int *pos, int nheads, int hs, const float *cos_tab,
+                     const float *sin_tab, bool backward) {
+    rope_apply(x, ld, n, 1, pos, nheads, hs, 0, cos_tab, sin_tab, backward ? -1.0f : 1.0f);
 }
 
 /* ------------------------------------------------------------------------------------ */

@@ -87,7 +87,7 @@ static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_st
     cJSON_AddNumberToObject(j, "weight_decay", joule_float_for_json(o->adam.weight_decay));
     cJSON_AddNumberToObject(j, "grad_clip", joule_float_for_json(o->adam.grad_clip));
     cJSON_AddNumberToObject(j, "warmup_steps", o->adam.warmup_steps);
-    if (o->align > 1) cJSON_AddNumberToObject(j, "align", o->align);
+    if (o->sample_windows) cJSON_AddStringToObject(j, "windows", o->windows_name ? o->windows_name : "custom");
     if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -152,6 +152,68 @@ static void make_run_id(char *buf, size_t n, uint64_t seed) {
     snprintf(buf, n, "%016" PRIx64, x);
 }
 
+/* Window starts of micro-batch (step, micro), the sampler's or uniform. */
+static int draw_starts(const joule_train_opts *o, const joule_tokens *t, uint64_t step, int micro, int T,
+                       uint64_t *starts) {
+    if (o->sample_windows) return o->sample_windows(o->prepare_ctx, t, o->seed, step, micro, o->batch, T, starts);
+    return joule_batch_sample_aligned(t, o->seed, step, micro, o->batch, T, 1, NULL, NULL, starts);
+}
+
+/* Analytic FLOPs of training step `step`: 3 x the forward of each micro-batch. */
+static int step_analytic(const joule_train_opts *o, const joule_config *c, const joule_tokens *t, uint64_t step,
+                         int T, uint64_t *starts, uint64_t *out) {
+    *out = 0;
+    if (!o->batch_flops) {
+        *out = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)o->accum;
+        return JOULE_OK;
+    }
+    for (int micro = 0; micro < o->accum; micro++) {
+        uint64_t f = 0;
+        int rc = draw_starts(o, t, step, micro, T, starts);
+        if (!rc) rc = o->batch_flops(o->prepare_ctx, c, t, starts, o->batch, T, &f);
+        if (rc) return rc;
+        *out += 3 * f;
+    }
+    return JOULE_OK;
+}
+
+/* The schedule's length: a FLOP budget with batch_flops buys the steps whose own FLOPs fit
+ * it (the batches are known before training: they depend on (seed, step, micro) alone). */
+static int plan_total(const joule_train_opts *o, const joule_config *c, const joule_tokens *t, int T,
+                      uint64_t *starts, uint64_t *total) {
+    *total = joule_train_plan_steps(o, c);
+    if (o->max_steps || o->max_tokens || !(o->max_flops > 0) || !o->batch_flops) return JOULE_OK;
+    double spent = 0;
+    uint64_t s = 0, f;
+    for (;; s++) {
+        int rc = step_analytic(o, c, t, s, T, starts, &f);
+        if (rc) return rc;
+        if (spent + (double)f > o->max_flops) break;
+        spent += (double)f;
+    }
+    *total = s ? s : 1;
+    return JOULE_OK;
+}
+
+/* Analytic FLOPs of the first n steps. */
+static int analytic_upto(const joule_train_opts *o, const joule_config *c, const joule_tokens *t, uint64_t n, int T,
+                         uint64_t *starts, uint64_t *sum) {
+    *sum = 0;
+    for (uint64_t s = 0; s < n; s++) {
+        uint64_t f;
+        int rc = step_analytic(o, c, t, s, T, starts, &f);
+        if (rc) return rc;
+        *sum += f;
+    }
+    return JOULE_OK;
+}
+
+static int draw_batch(const joule_train_opts *o, const joule_tokens *t, uint64_t step, int micro, int T, int32_t *in,
+                      int32_t *tg, uint64_t *starts) {
+    int rc = draw_starts(o, t, step, micro, T, starts);
+    return rc ? rc : joule_batch_windows(t, starts, o->batch, T, in, tg);
+}
+
 int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last) {
     const joule_config *c = &m->cfg;
     const int T = o->seq ? o->seq : c->ctx;
@@ -159,9 +221,9 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
     if (!m->acts || m->max_batch < o->batch)
         return joule_fail(JOULE_ERR_ARG, "model buffers hold batch %d, training needs %d", m->max_batch, o->batch);
-    uint64_t total = joule_train_plan_steps(o, c);
-    if (total == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
+    if (joule_train_plan_steps(o, c) == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
 
+    uint64_t total = 0;
     joule_tokens train = {0}, val = {0};
     joule_adamw opt = {0};
     joule_train_state st;
@@ -171,9 +233,15 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     uint64_t *starts = NULL;
     int frozen = 0;
     for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
-    char *traj = trajectory_json(o, T, total, frozen);
+    char *traj = NULL;
+    starts = malloc((size_t)o->batch * sizeof *starts);
+    if (!starts) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     int rc = joule_tokens_open(&train, o->train_path);
-    if (rc) goto done;
+    if (rc || (rc = plan_total(o, c, &train, T, starts, &total))) goto done;
+    if (!(traj = trajectory_json(o, T, total, frozen))) {
+        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
 
     if (o->resume) {
@@ -204,13 +272,13 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     }
     in = malloc((size_t)o->batch * T * sizeof *in);
     tg = malloc((size_t)o->batch * T * sizeof *tg);
-    starts = malloc((size_t)o->batch * sizeof *starts);
-    if (!in || !tg || !starts) {
+    if (!in || !tg) {
         rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
         goto done;
     }
 
-    const uint64_t analytic_step = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)o->accum;
+    uint64_t analytic_done = 0, analytic_step = 0;
+    if ((rc = analytic_upto(o, c, &train, st.step, T, starts, &analytic_done))) goto done;
     joule_train_progress p;
     memset(&p, 0, sizeof p);
     p.val_loss = NAN;
@@ -218,9 +286,10 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     p.total_steps = total;
     p.tokens = st.tokens;
     p.flops = st.flops;
-    p.flops_analytic = st.step * analytic_step;
+    p.flops_analytic = analytic_done;
     p.wall_s = st.wall_s;
     while (st.step < total) {
+        if ((rc = step_analytic(o, c, &train, st.step, T, starts, &analytic_step))) goto done;
         double t0 = joule_now();
         uint64_t f0 = joule_flops_counted();
         joule_model_zero_grad(m);
@@ -230,8 +299,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
             double loss;
             /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
             m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, st.step), (uint64_t)micro), 0x6d6f65);
-            if ((rc = joule_batch_sample_aligned(&train, o->seed, st.step, micro, o->batch, T,
-                                                 o->align > 1 ? o->align : 1, in, tg, starts)) ||
+            if ((rc = draw_batch(o, &train, st.step, micro, T, in, tg, starts)) ||
                 (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &train, starts, o->batch, T))) ||
                 (rc = joule_model_forward(m, in, tg, o->batch, T, &loss)) ||
                 (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
@@ -258,7 +326,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         p.step = st.step;
         p.tokens = st.tokens;
         p.flops = st.flops;
-        p.flops_analytic = st.step * analytic_step;
+        analytic_done += analytic_step;
+        p.flops_analytic = analytic_done;
         p.loss = loss_sum / o->accum;
         p.lr = lr;
         p.grad_norm = norm;

@@ -4,6 +4,8 @@
  * for, as in RETRO. Per layer:
  *   e += Wo  SelfAttn(RoPE(Wq n1), RoPE(Wk n1), Wv n1),   n1 = RMSNorm(e)
  *   e += Wxo CrossAttn(Wxq n2, Wxk H_u, Wxv H_u),          n2 = RMSNorm(e)
+ *        (with positions: queries at their place in the neighbour, keys at theirs in the
+ *        chunk, so a neighbour token finds the chunk token it lies over)
  *   e += W2 SwiGLU(W1 n3, W3 n3),                          n3 = RMSNorm(e)
  * E = RMSNorm(e). */
 #include <stdlib.h>
@@ -39,8 +41,8 @@ int retro_enc_alloc(enc_acts *a, const retro_dims *d, int rows, int hrows, bool 
             return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the RETRO encoder's activations");
         }
     }
-    int **ibufs[] = {&a->qrow_s, &a->nq_s, &a->qrow_x, &a->nq_x, &a->krow_x};
-    for (size_t i = 0; i < 5; i++) {
+    int **ibufs[] = {&a->qrow_s, &a->nq_s, &a->qrow_x, &a->nq_x, &a->krow_x, &a->nk_x};
+    for (size_t i = 0; i < sizeof ibufs / sizeof *ibufs; i++) {
         *ibufs[i] = calloc(G ? G : 1, sizeof(int));
         if (!*ibufs[i]) {
             retro_enc_free(a);
@@ -61,6 +63,7 @@ void retro_enc_free(enc_acts *a) {
     free(a->qrow_x);
     free(a->nq_x);
     free(a->krow_x);
+    free(a->nk_x);
     memset(a, 0, sizeof *a);
 }
 
@@ -72,46 +75,57 @@ typedef struct {
 } enc_plans;
 
 /* Self-attention: each neighbour is a group over its own 2m tokens. Cross-attention:
- * neighbour j of chunk u of sequence b reads the m decoder rows of chunk u. */
-static enc_plans make_plans(enc_acts *a, const retro_dims *d, const uint8_t *valid, int B, int nch, int T) {
-    const int m = d->m, k = d->k, G = B * nch * k;
-    for (int b = 0; b < B; b++)
-        for (int u = 0; u < nch; u++)
-            for (int j = 0; j < k; j++) {
-                int g = (b * nch + u) * k + j;
-                a->qrow_s[g] = a->qrow_x[g] = g * 2 * m;
-                a->nq_s[g] = a->nq_x[g] = 2 * m;
-                a->krow_x[g] = b * T + u * m;
-            }
+ * neighbour j of chunk g reads chunk g's rows of Hc. */
+static enc_plans make_plans(enc_acts *a, const retro_dims *d, const uint8_t *valid, const enc_chunks *ch) {
+    const int m = d->m, k = d->k, G = ch->G * k;
+    for (int g = 0; g < ch->G; g++)
+        for (int j = 0; j < k; j++) {
+            const int i = g * k + j;
+            a->qrow_s[i] = a->qrow_x[i] = i * 2 * m;
+            a->nq_s[i] = a->nq_x[i] = 2 * m;
+            a->krow_x[i] = ch->hoff[g];
+            a->nk_x[i] = ch->hlen[g];
+        }
     enc_plans p;
     p.self = (joule_gattn_plan){.G = G, .H = d->He, .hs = d->hse, .max_q = 2 * m, .nk = 2 * m, .qrow = a->qrow_s,
                                 .nq = a->nq_s, .krow = a->qrow_s, .kmask = valid, .shared_keys = false};
     p.cross = (joule_gattn_plan){.G = G, .H = d->He, .hs = d->hse, .max_q = 2 * m, .nk = m, .qrow = a->qrow_x,
-                                 .nq = a->nq_x, .krow = a->krow_x, .kmask = NULL, .shared_keys = true};
+                                 .nq = a->nq_x, .krow = a->krow_x, .nkg = a->nk_x, .kmask = NULL,
+                                 .shared_keys = true};
     return p;
 }
 
+/* Positions of the cross-attention (docs/MODEL.md §7): queries at their token's place in
+ * the neighbour (0 .. 2m-1), keys at their row's place in the chunk (hpos). */
+static void rotate_cross(enc_acts *a, const retro_dims *d, float *q, float *kv, const enc_chunks *ch, bool backward) {
+    if (!d->rope) return;
+    const int per = 2 * d->m, D = d->D;
+    if (backward) joule_rope_backward(q, D, a->R / per, per, d->He, d->hse, 0, a->rope_cos, a->rope_sin);
+    else joule_rope_forward(q, D, a->R / per, per, d->He, d->hse, 0, a->rope_cos, a->rope_sin);
+    joule_rope_rows(kv, 2 * D, ch->NH, ch->hpos, d->He, d->hse, a->rope_cos, a->rope_sin, backward);
+}
+
 void retro_enc_forward(enc_acts *a, const retro_dims *d, const enc_w *w, const int32_t *tok, const uint8_t *valid,
-                       int B, int nch, int T, const float *H) {
+                       const enc_chunks *ch, const float *Hc) {
     const int m = d->m, D = d->D, Fe = d->Fe, C = d->C, He = d->He, hse = d->hse;
-    const int R = B * nch * d->k * 2 * m, G = R / (2 * m), NH = B * T;
+    const int R = ch->G * d->k * 2 * m, G = R / (2 * m), NH = ch->NH;
     const size_t RD = (size_t)R * D, P1 = (size_t)G * He * 4 * m * m, P2 = (size_t)G * He * 2 * m * m;
     const size_t cap = (size_t)a->cap_rows * D; /* layer stride of res */
-    a->B = B;
-    a->nch = nch;
-    a->T = T;
+    a->G = ch->G;
     a->R = R;
+    a->NH = NH;
     a->tok = tok;
     a->valid = valid;
-    enc_plans p = make_plans(a, d, valid, B, nch, T);
+    enc_plans p = make_plans(a, d, valid, ch);
     joule_embedding_forward(a->res, tok, w->tok_emb, R, D);
     for (int i = 0; i < d->Le; i++) {
         const enc_layer_w *lw = &w->layers[i];
         float *e = a->res + (size_t)i * cap, *next = a->res + (size_t)(i + 1) * cap;
         float *n1 = LAYER(a->n1, i, RD), *qkv = LAYER(a->qkv, i, 3 * RD), *o1 = LAYER(a->o1, i, RD);
         float *mid1 = LAYER(a->mid1, i, RD), *n2 = LAYER(a->n2, i, RD), *qx = LAYER(a->qx, i, RD);
-        float *kvx = LAYER(a->kvx, i, (size_t)NH * 2 * D), *o2 = LAYER(a->o2, i, RD), *mid2 = LAYER(a->mid2, i, RD);
-        float *n3 = LAYER(a->n3, i, RD), *h13 = LAYER(a->h13, i, (size_t)R * 2 * Fe), *g = LAYER(a->g, i, (size_t)R * Fe);
+        float *kvx = LAYER(a->kvx, i, (size_t)a->cap_hrows * 2 * D), *o2 = LAYER(a->o2, i, RD);
+        float *mid2 = LAYER(a->mid2, i, RD), *n3 = LAYER(a->n3, i, RD), *h13 = LAYER(a->h13, i, (size_t)R * 2 * Fe);
+        float *g = LAYER(a->g, i, (size_t)R * Fe);
         /* bidirectional self-attention within each neighbour (relative positions by RoPE) */
         joule_rmsnorm_forward(n1, LAYER(a->rstd1, i, R), e, lw->attn_norm, R, D, d->eps);
         joule_linear_forward(qkv, n1, lw->wqkv, R, D, 3 * D);
@@ -120,10 +134,11 @@ void retro_enc_forward(enc_acts *a, const retro_dims *d, const enc_w *w, const i
         joule_gattn_forward(o1, D, LAYER(a->P1, i, P1), qkv, 3 * D, qkv + D, 3 * D, qkv + 2 * D, 3 * D, &p.self);
         memcpy(mid1, e, RD * sizeof(float));
         joule_sgemm(false, true, R, D, D, 1.0f, o1, D, lw->wo, D, 1.0f, mid1, D);
-        /* cross-attention to the decoder's activations of the retrieving chunk */
+        /* cross-attention to the decoder's rows of the retrieving chunk */
         joule_rmsnorm_forward(n2, LAYER(a->rstd2, i, R), mid1, lw->xnorm, R, D, d->eps);
         joule_linear_forward(qx, n2, lw->xwq, R, D, D);
-        joule_linear_forward(kvx, H, lw->xwkv, NH, C, 2 * D);
+        joule_linear_forward(kvx, Hc, lw->xwkv, NH, C, 2 * D);
+        rotate_cross(a, d, qx, kvx, ch, false);
         joule_gattn_forward(o2, D, LAYER(a->P2, i, P2), qx, D, kvx, 2 * D, kvx + D, 2 * D, &p.cross);
         memcpy(mid2, mid1, RD * sizeof(float));
         joule_sgemm(false, true, R, D, D, 1.0f, o2, D, lw->xwo, D, 1.0f, mid2, D);
@@ -138,20 +153,21 @@ void retro_enc_forward(enc_acts *a, const retro_dims *d, const enc_w *w, const i
 }
 
 void retro_enc_backward(enc_acts *a, const retro_dims *d, const enc_w *w, const enc_w *gw, const float *dE,
-                        const float *H, float *dH) {
+                        const enc_chunks *ch, const float *Hc, float *dHc) {
     const int m = d->m, D = d->D, Fe = d->Fe, C = d->C, He = d->He, hse = d->hse;
-    const int R = a->R, G = R / (2 * m), NH = a->B * a->T;
+    const int R = a->R, G = R / (2 * m), NH = a->NH;
     const size_t RD = (size_t)R * D, P1 = (size_t)G * He * 4 * m * m, P2 = (size_t)G * He * 2 * m * m;
     const size_t cap = (size_t)a->cap_rows * D;
-    enc_plans p = make_plans(a, d, a->valid, a->B, a->nch, a->T);
+    enc_plans p = make_plans(a, d, a->valid, ch);
     memset(a->dres, 0, RD * sizeof(float));
+    memset(dHc, 0, (size_t)NH * C * sizeof(float));
     joule_rmsnorm_backward(a->dres, gw->norm, dE, a->res + (size_t)d->Le * cap, w->norm, a->rstdf, R, D);
     for (int i = d->Le - 1; i >= 0; i--) {
         const enc_layer_w *lw = &w->layers[i], *lg = &gw->layers[i];
         const float *e = a->res + (size_t)i * cap;
         const float *n1 = LAYER(a->n1, i, RD), *qkv = LAYER(a->qkv, i, 3 * RD), *o1 = LAYER(a->o1, i, RD);
         const float *mid1 = LAYER(a->mid1, i, RD), *n2 = LAYER(a->n2, i, RD), *qx = LAYER(a->qx, i, RD);
-        const float *kvx = LAYER(a->kvx, i, (size_t)NH * 2 * D), *o2 = LAYER(a->o2, i, RD);
+        const float *kvx = LAYER(a->kvx, i, (size_t)a->cap_hrows * 2 * D), *o2 = LAYER(a->o2, i, RD);
         const float *mid2 = LAYER(a->mid2, i, RD), *n3 = LAYER(a->n3, i, RD);
         const float *h13 = LAYER(a->h13, i, (size_t)R * 2 * Fe), *g = LAYER(a->g, i, (size_t)R * Fe);
         /* FFN; dres holds d(layer output) */
@@ -165,7 +181,8 @@ void retro_enc_backward(enc_acts *a, const retro_dims *d, const enc_w *w, const 
         memset(a->dkvx, 0, (size_t)NH * 2 * D * sizeof(float));
         joule_gattn_backward(a->dq, D, a->dkvx, 2 * D, a->dkvx + D, 2 * D, a->dS, a->dn, D, qx, kvx, kvx + D,
                              LAYER(a->P2, i, P2), &p.cross);
-        joule_linear_backward(dH, lg->xwkv, a->dkvx, H, lw->xwkv, NH, C, 2 * D, true);
+        rotate_cross(a, d, a->dq, a->dkvx, ch, true);
+        joule_linear_backward(dHc, lg->xwkv, a->dkvx, Hc, lw->xwkv, NH, C, 2 * D, true);
         joule_linear_backward(a->dn, lg->xwq, a->dq, n2, lw->xwq, R, D, D, false);
         joule_rmsnorm_backward(a->dres, lg->xnorm, a->dn, mid1, lw->xnorm, LAYER(a->rstd2, i, R), R, D);
         /* self-attention; dres holds d(mid1) */
@@ -181,13 +198,13 @@ void retro_enc_backward(enc_acts *a, const retro_dims *d, const enc_w *w, const 
     joule_embedding_backward(gw->tok_emb, a->dres, a->tok, R, D);
 }
 
-uint64_t retro_enc_flops(const retro_dims *d, int B, int T) {
-    const int nch = T / d->m;
-    if (d->k == 0 || nch == 0) return 0;
-    const uint64_t R = (uint64_t)B * nch * d->k * 2 * d->m, NH = (uint64_t)B * T;
-    const uint64_t D = (uint64_t)d->D, C = (uint64_t)d->C, Fe = (uint64_t)d->Fe, m = (uint64_t)d->m;
+uint64_t retro_enc_flops(const retro_dims *d, uint64_t G, uint64_t NH) {
+    if (d->k == 0 || G == 0) return 0;
+    const uint64_t m = (uint64_t)d->m, R = G * (uint64_t)d->k * 2 * m, NHk = NH * (uint64_t)d->k;
+    const uint64_t D = (uint64_t)d->D, C = (uint64_t)d->C, Fe = (uint64_t)d->Fe;
     const uint64_t layer = 2 * R * D * 3 * D + 4 * D * 2 * m * R + 2 * R * D * D /* self-attention */
-                           + 2 * R * D * D + 2 * NH * C * 2 * D + 4 * D * m * R + 2 * R * D * D /* cross */
-                           + 2 * R * D * 2 * Fe + 2 * R * Fe * D;                                /* FFN */
+                           + 2 * R * D * D + 2 * NH * C * 2 * D                 /* cross: queries, keys/values */
+                           + 4 * D * 2 * m * NHk + 2 * R * D * D               /* cross: attention, output */
+                           + 2 * R * D * 2 * Fe + 2 * R * Fe * D;              /* FFN */
     return (uint64_t)d->Le * layer;
 }

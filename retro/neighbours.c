@@ -1,6 +1,6 @@
-/* retro/neighbours.c — precomputed neighbours of every chunk of a token file (training and
- * validation sets), excluding every document the chunk's tokens belong to; format in
- * docs/FORMATS.md (*.nbr). */
+/* retro/neighbours.c — precomputed neighbours of every chunk of a token file's grid
+ * (training and validation sets; grid.c), each searched with its own document excluded;
+ * chunks that are never retrieved for hold -1. Format in docs/FORMATS.md (*.nbr). */
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -12,7 +12,7 @@
 #include "retro_internal.h"
 
 #define NBR_MAGIC "JOULENBR"
-#define NBR_VERSION 1u
+#define NBR_VERSION 2u /* 2: rows are the document-relative chunk grid */
 #define NBR_HEADER 128u
 #define NBR_MAX_K 1024
 
@@ -49,18 +49,18 @@ static void make_header(uint8_t *h, int m, int k, uint32_t tok_crc, uint64_t n_c
     snprintf((char *)h + 64, 64, "%s", base_name(tokens_path));
 }
 
-/* Fills query rows for the listed chunks of t (JOULE_DB_PAD past the file's end) and the
- * documents each must not retrieve from: every document holding one of its tokens. */
-static void chunk_queries(const joule_tokens *t, int m, const uint64_t *chunk, int n, int32_t *rows,
+/* Fills query rows for the listed grid chunks and the document each must not retrieve from
+ * (none when own_doc). */
+static void chunk_queries(const joule_grid *g, const uint64_t *chunk, int n, bool own_doc, int32_t *rows,
                           const uint64_t **excl, int *n_excl) {
+    const int m = g->m;
     for (int i = 0; i < n; i++) {
-        uint64_t s = chunk[i] * (uint64_t)m, e = s + (uint64_t)m;
-        if (e > t->n_tokens) e = t->n_tokens;
-        for (uint64_t p = s; p < s + (uint64_t)m; p++) rows[(size_t)i * m + (p - s)] = p < e ? t->tok[p] : JOULE_DB_PAD;
-        /* documents [d0, d1] hold the chunk; their ids are increasing in the file */
-        uint64_t d0 = joule_tokens_doc_at(t, s), d1 = joule_tokens_doc_at(t, e - 1);
-        excl[i] = t->doc_ids + d0;
-        n_excl[i] = (int)(d1 - d0 + 1);
+        uint64_t d, s;
+        int len;
+        joule_grid_chunk(g, chunk[i], &d, &s, &len);
+        for (int p = 0; p < m; p++) rows[(size_t)i * m + p] = p < len ? g->t->tok[s + (uint64_t)p] : JOULE_DB_PAD;
+        excl[i] = g->t->doc_ids + d;
+        n_excl[i] = own_doc ? 0 : 1;
     }
 }
 
@@ -87,16 +87,28 @@ void joule_neighbours_scratch_free(joule_neighbours_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
-int joule_neighbours_search(joule_retro_db *db, const joule_tokens *t, const uint64_t *chunk, int n, int k,
-                            joule_neighbours_scratch *s, int64_t *ids) {
-    const int m = joule_db_chunk(db);
+int joule_neighbours_search(joule_retro_db *db, const joule_grid *g, const uint64_t *chunk, int n, int k,
+                            bool own_doc, joule_neighbours_scratch *s, int64_t *ids) {
     for (int i0 = 0; i0 < n; i0 += JOULE_NBR_BATCH) {
         int b = n - i0 < JOULE_NBR_BATCH ? n - i0 : JOULE_NBR_BATCH;
-        chunk_queries(t, m, chunk + i0, b, s->rows, s->excl, s->n_excl);
+        chunk_queries(g, chunk + i0, b, own_doc, s->rows, s->excl, s->n_excl);
         int rc = joule_db_search_ex(db, s->rows, b, k, s->excl, s->n_excl, ids + (size_t)i0 * k, NULL);
         if (rc) return rc;
     }
     return JOULE_OK;
+}
+
+/* Searches the retrieved chunks among [c0, c0 + n) and writes the n rows (-1 for the rest). */
+static int build_rows(joule_retro_db *db, const joule_grid *g, uint64_t c0, int n, int k, joule_neighbours_scratch *s,
+                      int64_t *rows, joule_atomic_file *f) {
+    int q = 0;
+    for (int i = 0; i < n; i++)
+        if (joule_grid_retrieved(g, c0 + (uint64_t)i)) s->chunk[q++] = c0 + (uint64_t)i;
+    int rc = joule_neighbours_search(db, g, s->chunk, q, k, false, s, s->ids);
+    if (rc) return rc;
+    for (size_t i = 0; i < (size_t)n * k; i++) rows[i] = -1;
+    for (int j = 0; j < q; j++) memcpy(rows + (s->chunk[j] - c0) * (uint64_t)k, s->ids + (size_t)j * k, (size_t)k * 8);
+    return joule_atomic_write(f, rows, (size_t)n * k * sizeof *rows);
 }
 
 int joule_neighbours_build(joule_retro_db *db, const char *tokens_path, const char *out_path, int k,
@@ -109,27 +121,34 @@ int joule_neighbours_build(joule_retro_db *db, const char *tokens_path, const ch
     if (rc) return rc;
     joule_tokens t;
     if ((rc = joule_tokens_open(&t, tokens_path))) return rc;
-    const int m = joule_db_chunk(db);
-    const uint64_t nc = (t.n_tokens + (uint64_t)m - 1) / (uint64_t)m;
+    joule_grid g;
     joule_neighbours_scratch s;
     joule_atomic_file f = {.fd = -1};
-    rc = joule_neighbours_scratch_init(&s, m, k);
+    int64_t *rows = malloc((size_t)JOULE_NBR_BATCH * k * sizeof *rows);
+    rc = rows ? joule_grid_open(&g, &t, joule_db_chunk(db)) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (rc) {
+        free(rows);
+        joule_tokens_close(&t);
+        return rc;
+    }
+    const uint64_t nc = g.n_chunks;
+    rc = joule_neighbours_scratch_init(&s, g.m, k);
     if (!rc) rc = joule_atomic_open(&f, out_path);
     if (!rc) {
         uint8_t h[NBR_HEADER];
-        make_header(h, m, k, tok_crc, nc, t.n_tokens, joule_db_id(db), tokens_path);
+        make_header(h, g.m, k, tok_crc, nc, t.n_tokens, joule_db_id(db), tokens_path);
         rc = joule_atomic_write(&f, h, sizeof h);
     }
     for (uint64_t c0 = 0; c0 < nc && !rc; c0 += JOULE_NBR_BATCH) {
         int n = nc - c0 < JOULE_NBR_BATCH ? (int)(nc - c0) : JOULE_NBR_BATCH;
-        for (int i = 0; i < n; i++) s.chunk[i] = c0 + (uint64_t)i;
-        rc = joule_neighbours_search(db, &t, s.chunk, n, k, &s, s.ids);
-        if (!rc) rc = joule_atomic_write(&f, s.ids, (size_t)n * k * sizeof *s.ids);
+        rc = build_rows(db, &g, c0, n, k, &s, rows, &f);
         if (progress) progress(ctx, c0 + (uint64_t)n, nc);
     }
     if (!rc) rc = joule_atomic_commit(&f);
     else if (f.fd >= 0) joule_atomic_abort(&f);
     joule_neighbours_scratch_free(&s);
+    joule_grid_close(&g);
+    free(rows);
     joule_tokens_close(&t);
     return rc;
 }
@@ -159,7 +178,7 @@ int joule_neighbours_open(joule_neighbours **out, const char *path, const joule_
     else if (ver != NBR_VERSION) rc = joule_fail(JOULE_ERR_FORMAT, "%s: unsupported format version %u", path, ver);
     else if (k < 1 || k > NBR_MAX_K || m < 1 || m > JOULE_DB_MAX_CHUNK || id[23] || tok_name[63])
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: invalid header", path);
-    else if (n_chunks != (n_tokens + m - 1) / m || n_chunks > (SIZE_MAX - NBR_HEADER) / 8 / k ||
+    else if (n_chunks > n_tokens || n_chunks > (SIZE_MAX - NBR_HEADER) / 8 / k ||
              nb->map.size != NBR_HEADER + n_chunks * k * 8)
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: size does not match its header (truncated?)", path);
     else if ((int)m != joule_db_chunk(db))

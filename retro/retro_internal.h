@@ -85,10 +85,37 @@ char *joule_path_join(const char *dir, const char *name);
 /* Sets the message to "<what>: <FAISS's last error, one line>" and returns code. */
 int joule_faiss_fail(int code, const char *what);
 
+/* ---- the chunk grid of a token file (grid.c; docs/MODEL.md §7) ----
+ * Every document is cut into chunks of m tokens from its first token on, the last one
+ * shorter: the database's entries and every query chunk are cut this way. A chunk is
+ * retrieved for when it has m tokens and does not end its document (the end-of-document
+ * token is not among them); its neighbours are read from its last token on. */
+typedef struct {
+    const joule_tokens *t;
+    int m;
+    uint64_t *first;    /* [n_docs + 1]: chunks before document d; first[n_docs] = n_chunks */
+    uint64_t n_chunks;
+} joule_grid;
+
+int joule_grid_open(joule_grid *g, const joule_tokens *t, int m);
+void joule_grid_close(joule_grid *g);
+/* Chunk c (< n_chunks): its document, first token and length. */
+void joule_grid_chunk(const joule_grid *g, uint64_t c, uint64_t *doc, uint64_t *start, int *len);
+bool joule_grid_retrieved(const joule_grid *g, uint64_t c);
+/* The chunk holding token pos (< n_tokens). */
+uint64_t joule_grid_chunk_at(const joule_grid *g, uint64_t pos);
+/* The retrieved chunks that window [a, a + T) reads (their last token in [a - m + 1,
+ * a + T - 1]), in order: ids and last tokens relative to a. Room for
+ * retro_max_chunks(m, T) of each; returns how many. */
+int joule_grid_window(const joule_grid *g, uint64_t a, int T, uint64_t *ids, int *last);
+/* B training windows of micro-batch (step, micro): each starts at the last token of a chunk
+ * drawn uniformly (so its targets start on a chunk boundary and its first row already reads
+ * neighbours), among those leaving T + 1 tokens. */
+int joule_grid_sample(const joule_grid *g, uint64_t seed, uint64_t step, int micro, int B, int T, uint64_t *starts);
+
 /* ---- neighbour search for listed chunks of a token file (neighbours.c) ----
- * Shared by the neighbour files (every chunk, in order) and on-demand neighbours
- * (retro_train.c: the chunks a batch needs). Chunk c covers tokens [c*m, (c+1)*m) and
- * excludes every document those tokens belong to. */
+ * Shared by the neighbour files (every retrieved chunk of the grid, in order) and on-demand
+ * neighbours (retro_train.c: the chunks a batch needs). A chunk excludes its document. */
 #define JOULE_NBR_BATCH 1024 /* queries per FAISS call */
 typedef struct {
     int32_t *rows;         /* [JOULE_NBR_BATCH * m] query tokens */
@@ -99,9 +126,10 @@ typedef struct {
 } joule_neighbours_scratch;
 int joule_neighbours_scratch_init(joule_neighbours_scratch *s, int m, int k);
 void joule_neighbours_scratch_free(joule_neighbours_scratch *s);
-/* ids[n][k] of chunks chunk[0..n) of t (any n: searched JOULE_NBR_BATCH at a time). */
+/* ids[n][k] of grid chunks chunk[0..n) (any n: searched JOULE_NBR_BATCH at a time), each
+ * excluding its own document unless own_doc. */
 struct joule_retro_db;
-int joule_neighbours_search(struct joule_retro_db *db, const joule_tokens *t, const uint64_t *chunk, int n, int k,
-                            joule_neighbours_scratch *s, int64_t *ids);
+int joule_neighbours_search(struct joule_retro_db *db, const joule_grid *g, const uint64_t *chunk, int n, int k,
+                            bool own_doc, joule_neighbours_scratch *s, int64_t *ids);
 
 #endif

@@ -1,5 +1,6 @@
-/* retro_model.h — private to retro/ (model half): sizes, weight views, the CCA op pair and
- * the neighbour encoder's op pair with its activation buffers. docs/MODEL.md §7. */
+/* retro_model.h — private to retro/ (model half): sizes, weight views, the chunk layout of a
+ * forward, the CCA op pair and the neighbour encoder's op pair with its activation buffers.
+ * docs/MODEL.md §7. */
 #ifndef JOULE_RETRO_MODEL_H
 #define JOULE_RETRO_MODEL_H
 
@@ -15,10 +16,13 @@ typedef struct {
     int m, k, V, ctx;
     int l0, l_last, ncca;   /* first and last CCA layer, how many */
     int ord[JOULE_MAX_LAYERS]; /* CCA ordinal of layer l; -1 when l has none */
+    bool rope;              /* relative positions in both cross-attentions */
     float eps, theta;
 } retro_dims;
 
 void retro_dims_from_config(retro_dims *d, const joule_config *c);
+/* Chunks a window of T tokens can hand: last in [1-m, T-1], at least m apart. */
+static inline int retro_max_chunks(int m, int T) { return (T + m - 2) / m + 1; }
 
 /* Tensors per encoder layer and their order in the layout (retro.c lays them out). */
 enum { ENC_LAYER_TENSORS = 14, CCA_TENSORS = 5 };
@@ -47,27 +51,71 @@ typedef struct {
 void retro_cca_views(const joule_model *m, const float *base, int l, cca_w *w);
 void retro_enc_views(const joule_model *m, const float *base, const retro_dims *d, enc_w *w);
 
+/* ---- the chunks of one forward (layout.c) ----
+ * Chunk g (sequence seq[g], last token at window position last[g]) is read by the rows
+ * [qrow[g], qrow[g] + nq[g]) of the batch (positions max(last, 0) .. min(last + m, T) - 1),
+ * which the CCA compacts at qoff[g] (NQ rows in all); its own rows inside the window, batch
+ * rows [hrow[g], hrow[g] + hlen[g]) (hlen 0 when it ended before the window), are what the
+ * encoder cross-attends to, compacted at hoff[g] (NH rows). Relative positions, within the
+ * chunk (its first token 0): qpos of a reading row p - last + m - 1 (m-1 .. 2m-2), hpos of
+ * a chunk row m - hlen + r. */
+typedef struct {
+    int cap_g, cap_rows;            /* capacity: chunks, rows (B x T) */
+    int B, T, G, NQ, NH;
+    int *seq, *last;                /* [cap_g] */
+    int *qrow, *nq, *qoff, *hrow, *hlen, *hoff, *krow; /* [cap_g]; krow[g] = g * k * 2m */
+    int *qpos, *hpos;               /* [cap_rows] */
+} retro_layout;
+
+int retro_layout_alloc(retro_layout *L, int cap_g, int cap_rows);
+void retro_layout_free(retro_layout *L);
+/* Validates chunks (order, spacing, range) for B x T and fills L; message on failure. */
+int retro_layout_build(retro_layout *L, const retro_dims *d, const joule_retro_chunk *ch, int G, int B, int T);
+/* Copies the layout's rows of src ([*, C], batch rows) into dst compacted (reading rows for
+ * `reading`, chunk rows otherwise), or adds compacted rows back (scatter_add). */
+void retro_gather_rows(float *dst, const float *src, const retro_layout *L, bool reading, int C);
+void retro_scatter_add_rows(float *dst, const float *src, const retro_layout *L, bool reading, int C);
+
 /* ---- CCA sub-layer (cca.c) ----
- * y[N,C] = x + O Wo^T, O = GAttn(q = xn Wq^T, kv = E Wkv^T) over the plan's groups (rows
- * outside every group get O = 0). xn = RMSNorm(x) is computed by the caller. */
-void retro_cca_forward(float *y, float *O, float *P, float *q, float *kv, const float *x, const float *xn,
-                       const float *E, const cca_w *w, const joule_gattn_plan *p, int N, int R, int C, int D);
+ * Per CCA layer, what its backward needs. */
+typedef struct {
+    float *q;  /* [NQ, C] rotated queries of the reading rows */
+    float *kv; /* [R, 2C] keys (rotated) | values of the encoded neighbours */
+    float *P;  /* [G][H][m][k*2m] probabilities */
+    float *O;  /* [NQ, C] attention output */
+} cca_acts;
+/* Scratch shared by the layers: gathered rows [NQ, C] twice, dkv [R, 2C], dS like P. */
+typedef struct {
+    float *rows, *rows2, *dkv, *dS;
+} cca_scratch;
+/* Rotary tables for positions 0 .. 2m-1 of head size hs. */
+typedef struct {
+    float *cos, *sin;
+} retro_rope;
+
+/* y[N,C] = x + scatter(O Wo^T), O = GAttn(q = gather(xn) Wq^T, kv = E Wkv^T) over the
+ * layout's chunks: each reading row attends to its chunk's k*2m neighbour tokens (PAD
+ * masked by valid). xn = RMSNorm(x) is computed by the caller. */
+void retro_cca_forward(float *y, cca_acts *a, cca_scratch *s, const float *x, const float *xn, const float *E,
+                       const uint8_t *valid, const cca_w *w, const retro_layout *L, const retro_dims *d,
+                       const retro_rope *rope);
 /* dxn[N,C] = dL/dxn (overwritten); dE[R,D] += dL/dE; parameter gradients accumulate. */
-void retro_cca_backward(float *dxn, float *dE, float *dO, float *dq, float *dkv, float *dS, const float *dy,
-                        const float *O, const float *P, const float *q, const float *kv, const float *xn,
-                        const float *E, const cca_w *w, const cca_w *g, const joule_gattn_plan *p, int N, int R,
-                        int C, int D);
-uint64_t retro_cca_flops(const retro_dims *d, int B, int T);
-/* The decoder groups for B x T: group (b, u) = queries [b*T + (u+1)m - 1, ...) over the
- * k*2m neighbour tokens of chunk u. */
-void retro_cca_plan(joule_gattn_plan *p, int *qrow, int *nq, int *krow, const uint8_t *valid, const retro_dims *d,
-                    int B, int T);
+void retro_cca_backward(float *dxn, float *dE, const float *dy, const cca_acts *a, cca_scratch *s, const float *xn,
+                        const float *E, const uint8_t *valid, const cca_w *w, const cca_w *g, const retro_layout *L,
+                        const retro_dims *d, const retro_rope *rope);
+/* FLOPs of one CCA layer over G chunks read by NQ rows. */
+uint64_t retro_cca_flops(const retro_dims *d, uint64_t G, uint64_t NQ);
+/* The reading plan of a layout (queries compacted, keys k*2m per chunk). */
+joule_gattn_plan retro_cca_plan(const retro_layout *L, const retro_dims *d, const uint8_t *valid);
+/* One-query CCA of decoding: o[C] from q[C] (rotated for its position) over kv of one
+ * chunk. P [H, k*2m] scratch. */
+void retro_cca_one(float *o, float *P, const float *q, const float *kv, const uint8_t *valid, const retro_dims *d);
 
 /* ---- neighbour encoder (encoder.c) ---- */
 typedef struct {
-    int cap_rows, cap_hrows; /* neighbour tokens R, decoder rows the encoder reads */
+    int cap_rows, cap_hrows; /* neighbour tokens R, chunk rows NH the encoder reads */
     bool train;              /* backward buffers allocated */
-    int B, nch, T, R;        /* sizes of the last forward */
+    int G, R, NH;            /* sizes of the last forward */
     const int32_t *tok;      /* [R] of the last forward (PAD mapped to 0) */
     const uint8_t *valid;    /* [R] */
     float *res;              /* [Le+1][R,D] residual entering each layer; [Le] before the final norm */
@@ -75,22 +123,32 @@ typedef struct {
     float *n2, *rstd2, *qx, *kvx, *P2, *o2, *mid2;
     float *n3, *rstd3, *h13, *g;
     float *out, *rstdf;      /* E [R,D] = RMSNorm(res[Le]) */
-    int *qrow_s, *nq_s, *qrow_x, *nq_x, *krow_x;
+    int *qrow_s, *nq_s, *qrow_x, *nq_x, *krow_x, *nk_x;
     float *rope_cos, *rope_sin; /* [2m, hse/2] */
     float *dres, *dn, *dqkv, *dq, *dkvx, *dh13, *dg, *dS;
 } enc_acts;
 
 int retro_enc_alloc(enc_acts *a, const retro_dims *d, int rows, int hrows, bool train);
 void retro_enc_free(enc_acts *a);
-/* E = encoder(tok, valid | H) for B sequences of T decoder rows (H [B*T, C], nch chunks
- * each, k neighbours of 2m tokens per chunk). Result in a->out. */
+/* E = encoder(tok, valid | Hc) for G chunks of k neighbours (2m tokens each); chunk g's
+ * neighbours cross-attend to its hlen[g] rows of Hc at hoff[g] (hpos their positions in
+ * the chunk). Result in a->out. */
+typedef struct {
+    int G, NH;
+    const int *hoff, *hlen, *hpos; /* [G], [G], [NH] */
+} enc_chunks;
 void retro_enc_forward(enc_acts *a, const retro_dims *d, const enc_w *w, const int32_t *tok, const uint8_t *valid,
-                       int B, int nch, int T, const float *H);
+                       const enc_chunks *ch, const float *Hc);
 /* Backward of the last forward given dE [R,D]: parameter gradients accumulate into g, and
- * dH [B*T, C] += dL/dH. */
+ * dHc [NH, C] = dL/dHc (overwritten). */
 void retro_enc_backward(enc_acts *a, const retro_dims *d, const enc_w *w, const enc_w *g, const float *dE,
-                        const float *H, float *dH);
-uint64_t retro_enc_flops(const retro_dims *d, int B, int T);
+                        const enc_chunks *ch, const float *Hc, float *dHc);
+/* FLOPs of encoding G chunks' neighbours against NH chunk rows in all. */
+uint64_t retro_enc_flops(const retro_dims *d, uint64_t G, uint64_t NH);
+
+/* The regular layout of B windows of T (joule_retro_regular_chunks): chunks, chunk rows and
+ * reading rows per window. */
+void retro_regular_counts(int m, int T, int *G, int *NH, int *NQ);
 
 /* ---- one-token decoding (retro_decode.c): the op table's decoder entries ---- */
 int retro_decoder_create(joule_decoder *d);

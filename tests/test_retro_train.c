@@ -78,8 +78,18 @@ static joule_retro_data *open_data(const joule_config *c) {
     return rd;
 }
 
-/* Every chunk of the training file: each neighbour handed to the model is the database
- * entry the neighbour file names, never from a document of the chunk itself, and missing
+/* The grid id of the chunk whose last token is at position abs of t: documents are cut
+ * every M tokens from their first (docs/MODEL.md §7). */
+static uint64_t grid_id(const joule_tokens *t, uint64_t abs) {
+    const uint64_t d = joule_tokens_doc_at(t, abs);
+    uint64_t id = 0;
+    for (uint64_t e = 0; e < d; e++) id += (t->doc_offsets[e + 1] - t->doc_offsets[e] + M - 1) / M;
+    return id + (abs - t->doc_offsets[d]) / M;
+}
+
+/* Windows at every offset: each chunk handed is M tokens of one document ending on its grid,
+ * without the end-of-document token, its neighbours the entries the neighbour file names,
+ * never from its own document; every chunk a window's rows read is handed; missing
  * neighbours and continuations past a document's end are padding. */
 START_TEST(test_training_neighbours) {
     joule_config c = retro_config();
@@ -91,38 +101,58 @@ START_TEST(test_training_neighbours) {
     joule_neighbours *nb;
     ck_assert_int_eq(joule_neighbours_open(&nb, nbr_path, db), JOULE_OK);
     const int per = 2 * M;
-    int32_t out[NCH * K * 2 * M], entry[2 * M];
-    uint64_t checked = 0, padded = 0, dup_hits = 0;
-    for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += T) {
-        ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &s, 1, T, out), JOULE_OK);
-        for (int u = 0; u < NCH; u++) {
-            const uint64_t chunk = s / M + (uint64_t)u, cs = chunk * M;
-            const uint64_t d0 = joule_tokens_doc_at(&t, cs), d1 = joule_tokens_doc_at(&t, cs + M - 1);
-            const int64_t *ids = joule_neighbours_of(nb, chunk);
+    int32_t entry[2 * M];
+    uint64_t checked = 0, padded = 0, dup_hits = 0, chunks = 0;
+    for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += 5) {
+        joule_retro_chunk *ch;
+        const int32_t *out;
+        int n;
+        ck_assert_int_eq(joule_retro_batch_chunks(rd, &t, &s, 1, T, &ch, &out, &n), JOULE_OK);
+        int expect = 0; /* every grid chunk of M tokens without the EOD whose last token reads in the window */
+        for (uint64_t e = s >= M - 1 ? s - (M - 1) : 0; e < s + T; e++) {
+            const uint64_t d = joule_tokens_doc_at(&t, e), off = e - t.doc_offsets[d];
+            expect += (off + 1) % M == 0 && e + 1 < t.doc_offsets[d + 1];
+        }
+        ck_assert_int_eq(n, expect);
+        for (int i = 0; i < n; i++) {
+            const uint64_t abs = s + (uint64_t)ch[i].last, d = joule_tokens_doc_at(&t, abs);
+            ck_assert_int_eq(ch[i].seq, 0);
+            ck_assert_uint_eq((abs - t.doc_offsets[d] + 1) % M, 0);
+            for (int j = 0; j < M; j++) ck_assert_int_ne(t.tok[abs - (uint64_t)j], 0);
+            ck_assert_uint_eq(joule_tokens_doc_at(&t, abs + 1 - M), d);
+            const int64_t *ids = joule_neighbours_of(nb, grid_id(&t, abs));
+            chunks++;
             for (int j = 0; j < K; j++) {
-                const int32_t *got = out + ((size_t)u * K + j) * per;
+                const int32_t *got = out + ((size_t)i * K + j) * per;
                 if (ids[j] < 0) {
-                    for (int i = 0; i < per; i++) ck_assert_int_eq(got[i], JOULE_RETRO_PAD);
+                    for (int q = 0; q < per; q++) ck_assert_int_eq(got[q], JOULE_RETRO_PAD);
                     continue;
                 }
                 uint64_t doc;
                 ck_assert_int_eq(joule_db_entry(db, ids[j], entry, &doc), JOULE_OK);
                 ck_assert_int_eq(memcmp(got, entry, sizeof entry), 0);
-                for (uint64_t d = d0; d <= d1; d++) ck_assert_uint_ne(doc, t.doc_ids[d]);
-                /* the duplicated documents' twins are the nearest other documents */
-                dup_hits += d0 == d1 && d0 < 8 && doc == t.doc_ids[d0 ^ 1];
+                ck_assert_uint_ne(doc, t.doc_ids[d]);
+                /* the duplicated documents' twins: the very same chunk, then its continuation */
+                if (d < 8 && doc == t.doc_ids[d ^ 1] && j == 0) {
+                    for (int q = 0; q < M; q++) ck_assert_int_eq(got[q], t.tok[abs + 1 - M + (uint64_t)q]);
+                    dup_hits++;
+                }
                 padded += got[per - 1] == JOULE_RETRO_PAD;
                 checked++;
             }
         }
     }
+    ck_assert_uint_gt(chunks, 100);
     ck_assert_uint_gt(checked, 100);
     ck_assert_uint_gt(padded, 0);
-    ck_assert_uint_gt(dup_hits, 0);
+    ck_assert_uint_gt(dup_hits, 20);
     ck_assert_uint_eq(joule_retro_data_same_doc_dropped(rd), 0);
-    /* a window not aligned to chunks is refused */
-    uint64_t bad = 3;
-    ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &bad, 1, T, out), JOULE_ERR_ARG);
+    /* a window past the end is refused */
+    joule_retro_chunk *ch;
+    const int32_t *out;
+    int n;
+    uint64_t bad = t.n_tokens - 3;
+    ck_assert_int_eq(joule_retro_batch_chunks(rd, &t, &bad, 1, T, &ch, &out, &n), JOULE_ERR_ARG);
     joule_neighbours_close(nb);
     free(nbr_path);
     joule_tokens_close(&t);
@@ -183,25 +213,33 @@ START_TEST(test_on_demand_neighbours) {
     joule_tokens t;
     ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
     enum { B = 6 };
-    int32_t a[B * NCH * K * 2 * M], b[B * NCH * K * 2 * M], b2[B * NCH * K * 2 * M];
-    const uint64_t n_win = (t.n_tokens - T - 1) / M;
+    int32_t b2[B * (NCH + 1) * K * 2 * M];
+    const uint64_t n_win = t.n_tokens - T - 1;
     uint64_t listed = 0, reordered = 0, chunks = 0;
     for (int round = 0; round < 2; round++) /* the second round finds everything searched */
-        for (uint64_t w0 = 0; w0 + B <= n_win; w0 += B) {
+        for (uint64_t w0 = 0; w0 + B <= n_win; w0 += 3 * B) {
             uint64_t starts[B];
             for (int i = 0; i < B; i++) /* overlapping windows, out of order */
-                starts[i] = ((w0 + (uint64_t)i * 7) % n_win) * M;
-            ck_assert_int_eq(joule_retro_batch_neighbours(files, &t, starts, B, T, a), JOULE_OK);
-            ck_assert_int_eq(joule_retro_batch_neighbours(od, &t, starts, B, T, b), JOULE_OK);
-            ck_assert_int_eq(joule_retro_batch_neighbours(od2, &t, starts, B, T, b2), JOULE_OK);
-            ck_assert_int_eq(memcmp(b, b2, sizeof b), 0);
-            for (int q = 0; q < B * NCH; q++) {
+                starts[i] = (w0 + (uint64_t)i * 37) % n_win;
+            joule_retro_chunk *cf, *co, *co2;
+            const int32_t *a, *b, *bb;
+            int nf, no, no2;
+            ck_assert_int_eq(joule_retro_batch_chunks(files, &t, starts, B, T, &cf, &a, &nf), JOULE_OK);
+            ck_assert_int_eq(joule_retro_batch_chunks(od, &t, starts, B, T, &co, &b, &no), JOULE_OK);
+            ck_assert_int_eq(joule_retro_batch_chunks(od2, &t, starts, B, T, &co2, &bb, &no2), JOULE_OK);
+            ck_assert_int_eq(nf, no);
+            ck_assert_int_eq(no, no2);
+            ck_assert_int_eq(memcmp(cf, co, (size_t)nf * sizeof *cf), 0);
+            memcpy(b2, bb, (size_t)no2 * K * 2 * M * sizeof *b2);
+            ck_assert_int_eq(memcmp(b, b2, (size_t)no * K * 2 * M * sizeof *b), 0);
+            for (int q = 0; q < nf; q++) {
                 int32_t query[M];
-                for (int i = 0; i < M; i++) query[i] = t.tok[starts[q / NCH] + (uint64_t)(q % NCH) * M + i];
+                const uint64_t first = starts[cf[q].seq] + (uint64_t)cf[q].last + 1 - M;
+                for (int i = 0; i < M; i++) query[i] = t.tok[first + (uint64_t)i];
                 reordered += same_search_result(e, query, a, b, q);
             }
-            chunks += B * NCH;
-            listed += round == 0 ? B * NCH : 0;
+            chunks += (uint64_t)nf;
+            listed += round == 0 ? (uint64_t)nf : 0;
         }
     ck_assert_uint_lt(reordered * 4, chunks); /* most chunks get the very same entries */
     uint64_t searches;
@@ -209,7 +247,7 @@ START_TEST(test_on_demand_neighbours) {
     joule_retro_data_search_stats(od, &searches, &secs);
     ck_assert_uint_gt(searches, 0);
     ck_assert_uint_lt(searches, listed); /* overlapping windows share chunks: searched once */
-    ck_assert_uint_le(searches, (t.n_tokens + M - 1) / M);
+    ck_assert_uint_le(searches, t.n_tokens / M);
     ck_assert(secs >= 0);
     joule_retro_data_search_stats(files, &searches, NULL);
     ck_assert_uint_eq(searches, 0);
@@ -230,22 +268,26 @@ START_TEST(test_own_document_mode) {
     joule_retro_db *db = joule_retro_data_db(rd);
     joule_tokens t;
     ck_assert_int_eq(joule_tokens_open(&t, g_train), JOULE_OK);
-    int32_t out[NCH * K * 2 * M], entry[2 * M];
-    int64_t ids[NCH * K];
+    int32_t entry[2 * M];
+    int64_t ids[K];
     uint64_t own = 0;
     for (uint64_t s = 0; s + T + 1 <= t.n_tokens; s += T) {
-        ck_assert_int_eq(joule_retro_batch_neighbours(rd, &t, &s, 1, T, out), JOULE_OK);
-        int32_t q[T];
-        for (int i = 0; i < T; i++) q[i] = t.tok[s + i];
-        ck_assert_int_eq(joule_db_search(db, q, NCH, K, NULL, ids, NULL), JOULE_OK);
-        for (int i = 0; i < NCH * K; i++) {
-            uint64_t doc;
-            ck_assert_int_ge(ids[i], 0);
-            ck_assert_int_eq(joule_db_entry(db, ids[i], entry, &doc), JOULE_OK);
-            ck_assert_int_eq(memcmp(out + (size_t)i * 2 * M, entry, sizeof entry), 0);
-            const uint64_t cs = s + (uint64_t)(i / K) * M;
-            for (uint64_t d = joule_tokens_doc_at(&t, cs); d <= joule_tokens_doc_at(&t, cs + M - 1); d++)
-                own += doc == t.doc_ids[d];
+        joule_retro_chunk *ch;
+        const int32_t *out;
+        int n;
+        ck_assert_int_eq(joule_retro_batch_chunks(rd, &t, &s, 1, T, &ch, &out, &n), JOULE_OK);
+        for (int c0 = 0; c0 < n; c0++) {
+            const uint64_t abs = s + (uint64_t)ch[c0].last;
+            int32_t q[M];
+            for (int i = 0; i < M; i++) q[i] = t.tok[abs + 1 - M + (uint64_t)i];
+            ck_assert_int_eq(joule_db_search(db, q, 1, K, NULL, ids, NULL), JOULE_OK);
+            for (int i = 0; i < K; i++) {
+                uint64_t doc;
+                ck_assert_int_ge(ids[i], 0);
+                ck_assert_int_eq(joule_db_entry(db, ids[i], entry, &doc), JOULE_OK);
+                ck_assert_int_eq(memcmp(out + ((size_t)c0 * K + i) * 2 * M, entry, sizeof entry), 0);
+                own += doc == t.doc_ids[joule_tokens_doc_at(&t, abs)];
+            }
         }
     }
     ck_assert_uint_gt(own, 0);
@@ -264,9 +306,7 @@ static void train_opts(joule_train_opts *o, const char *out, joule_retro_data *r
     o->max_steps = steps;
     o->eval_windows = 2;
     o->adam.warmup_steps = 1;
-    o->align = M;
-    o->prepare = joule_retro_prepare;
-    o->prepare_ctx = rd;
+    joule_retro_train_hooks(o, rd);
 }
 
 /* Training split by a checkpoint and resumed equals one straight run, bit for bit. */
@@ -417,11 +457,11 @@ START_TEST(test_generate_live_retrieval) {
     joule_sampler s = {.temperature = 0.0f, .top_k = 0, .top_p = 1.0f};
     collected with = {0}, without = {0}, plain = {0};
     joule_retro_gen_stats st;
-    ck_assert_int_eq(joule_retro_generate(m, db, (const uint8_t *)prompt, np, ng, &s, 1, collect, &with, &st), JOULE_OK);
+    ck_assert_int_eq(joule_retro_generate(m, db, (const uint8_t *)prompt, np, 0, ng, &s, 1, collect, &with, &st), JOULE_OK);
     ck_assert_uint_eq(st.tokens, ng);
     ck_assert_uint_eq(st.retrievals, (uint64_t)(np + ng - 1) / M); /* the last token is not fed */
     ck_assert(st.retrieval_s > 0 && st.retrieval_s < st.total_s);
-    ck_assert_int_eq(joule_retro_generate(m, NULL, (const uint8_t *)prompt, np, ng, &s, 1, collect, &without, &st),
+    ck_assert_int_eq(joule_retro_generate(m, NULL, (const uint8_t *)prompt, np, 0, ng, &s, 1, collect, &without, &st),
                      JOULE_OK);
     ck_assert_uint_eq(st.retrievals, 0);
     ck_assert_int_eq(joule_generate(m, (const uint8_t *)prompt, np, ng, &s, 1, collect, &plain), JOULE_OK);
@@ -452,7 +492,8 @@ START_TEST(test_cli_end_to_end) {
     ck_assert(tu_file_has("out.txt", "own document allowed"));
     ck_assert_int_eq(tu_joule("eval --model r.safetensors --tokens val.bin --include-own-doc"), 2);
     ck_assert_int_eq(tu_joule("generate --model r.safetensors --prompt 'alpha beta gamma' -n 20 --db db"), 0);
-    ck_assert(tu_file_has("err.txt", "(retrieval: 6 searches"));  /* 16 + 19 tokens fed, the window slides at 32 */
+    /* it stops at the end of a document after 10 bytes: 16 + 9 tokens fed, chunks end at 7, 15, 23 */
+    ck_assert_msg(tu_file_has("err.txt", "(retrieval: 3 searches"), "%s", tu_read_in("err.txt", NULL));
     ck_assert_int_eq(tu_joule("info --model r.safetensors"), 0);
     ck_assert(tu_file_has("out.txt", "retro:      chunk 8, 2 neighbours"));
     ck_assert_int_eq(tu_joule("bench retro --model r.safetensors --db db --steps 1 --batch 1 --tokens 16"), 0);

@@ -194,9 +194,14 @@ int joule_batch_sample(const joule_tokens *t, uint64_t seed, uint64_t step, int 
                        int32_t *inputs, int32_t *targets);
 /* The same with window starts drawn uniformly among the multiples of `align` in
  * [0, n_tokens - T - 1] (chunk-aligned windows for RETRO), written to starts[B] when
- * starts != NULL. align 1 draws exactly joule_batch_sample's windows. */
+ * starts != NULL (inputs and targets NULL: the starts only). align 1 draws exactly
+ * joule_batch_sample's windows. */
 int joule_batch_sample_aligned(const joule_tokens *t, uint64_t seed, uint64_t step, int micro, int B, int T,
                                int align, int32_t *inputs, int32_t *targets, uint64_t *starts);
+
+/* Inputs and targets of B windows at the given starts (each start + T + 1 <= n_tokens). */
+int joule_batch_windows(const joule_tokens *t, const uint64_t *starts, int B, int T, int32_t *inputs,
+                        int32_t *targets);
 
 /* Number of consecutive non-overlapping evaluation windows: window w has inputs
  * tok[w*T .. w*T+T-1] and targets tok[w*T+1 .. w*T+T], for every w with

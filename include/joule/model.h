@@ -51,6 +51,10 @@ typedef struct {
     float z_beta;           /* router z-loss weight */
 } joule_moe_config;
 
+/* Positions in RETRO's cross-attentions: RoPE at the distance of a position from its
+ * neighbour's tokens (the default), or none (checkpoints written before joule had them). */
+typedef enum { JOULE_RETRO_POS_ROPE = 0, JOULE_RETRO_POS_NONE = 1 } joule_retro_positions;
+
 /* RETRO settings (retro/ implements them; docs/MODEL.md §7). */
 typedef struct {
     int chunk;              /* m: tokens per chunk */
@@ -58,6 +62,7 @@ typedef struct {
     int cca_start;          /* first CCA layer */
     int cca_every;          /* then every cca_every-th layer */
     int enc_layers, enc_d_model, enc_heads, enc_d_ff; /* neighbour encoder */
+    joule_retro_positions positions;
     char db_id[72];         /* manifest checksum of the database trained with ("" = any) */
 } joule_retro_config;
 

@@ -74,6 +74,10 @@ void joule_rope_forward(float *x, int ld, int B, int T, int nheads, int hs, int 
 /* In place: turns d(rotated) into d(unrotated) (rotation by the negative angle). */
 void joule_rope_backward(float *dx, int ld, int B, int T, int nheads, int hs, int pos0,
                          const float *cos_tab, const float *sin_tab);
+/* Rows with positions of their own (RETRO's cross-attentions): row r of n rotated by the
+ * angle of pos[r]; backward rotates by the negative angle (d(rotated) -> d(unrotated)). */
+void joule_rope_rows(float *x, int ld, int n, const int *pos, int nheads, int hs, const float *cos_tab,
+                     const float *sin_tab, bool backward);
 
 /* Causal multi-head self-attention on a fused qkv buffer [N, 3C] (row: q | k | v, each
  * head h at columns h*hs within its part; rotary already applied to q and k).

@@ -22,6 +22,7 @@
 #include "joule/data.h"
 #include "joule/model.h"
 #include "joule/sample.h"
+#include "joule/train.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,24 +39,70 @@ void joule_retro_register(void);
  * d_ff d_ff/2), and kinds[l].cca for l = cca_start, cca_start + cca_every, ... */
 void joule_retro_config_apply(joule_config *c);
 
-/* Hands the neighbours of the next joule_model_forward: tokens [B][nch][k][2m] (copied),
- * nch must equal T / m of that forward, which consumes them (a forward with none handed
- * runs with retrieval off). tokens == NULL turns retrieval off. */
-int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int nch);
+/* ---- where a forward retrieves (docs/MODEL.md §7) ----
+ * A chunk is m consecutive tokens of one document. Chunk (seq, last) of a batch has its
+ * last token at window position `last` of sequence seq (its tokens are last-m+1 .. last, some
+ * before the window when last < m-1); window positions last .. last+m-1 read its
+ * neighbours (the m-1 shift). A forward is handed the chunks one of its positions reads,
+ * 1-m <= last <= T-1, in increasing (seq, last), chunks of a sequence at least m apart
+ * (they never overlap), with their k neighbours of 2m tokens each, [n][k][2m]. */
+typedef struct {
+    int seq;
+    int last;
+} joule_retro_chunk;
 
-/* Decoding: the k neighbours [k][2m] of chunk `chunk` (tokens [chunk*m, (chunk+1)*m)),
- * used from position (chunk+1)*m - 1 on; hand them before the step that feeds that
- * position, or before a joule_decoder_prefill that completes the chunk (hand every chunk
- * of the prompt). They serve one encoding. NULL: no retrieval for that chunk; chunk -1
- * with NULL: forget every chunk's. */
-int joule_retro_decoder_set_neighbours(joule_decoder *d, int chunk, const int32_t *tokens);
+/* Hands the chunks of the next joule_model_forward over B x T (copied; that forward, which
+ * must be over B x T, consumes them; one without any handed runs with retrieval off).
+ * tokens == NULL turns retrieval off. */
+int joule_retro_set_chunks(joule_model *m, const joule_retro_chunk *chunks, int n, const int32_t *tokens, int B,
+                           int T);
+/* The same for windows that start at a chunk boundary of one long document: nch chunks per
+ * sequence, chunk u = window tokens [u*m, (u+1)*m) (last = (u+1)m - 1); tokens
+ * [B][nch][k][2m]. NULL turns retrieval off. The forward must be over B x T with
+ * T / m == nch. */
+int joule_retro_set_neighbours(joule_model *m, const int32_t *tokens, int B, int nch);
+/* The chunks of B windows whose first token is the last token of a chunk of one long
+ * document (how training draws its windows): last = 0, m, 2m, ... < T in each sequence.
+ * Fills out (room for B * ((T - 1) / m + 1)) and returns the count. This is the layout
+ * joule_model_forward_flops counts. */
+int joule_retro_regular_chunks(int m, int B, int T, joule_retro_chunk *out);
+
+/* Analytic forward FLOPs of a batch of B x T whose windows read these chunks: counted
+ * FLOPs equal them exactly (joule_model_forward_flops is the regular layout's). */
+uint64_t joule_retro_chunks_flops(const joule_config *c, const joule_retro_chunk *chunks, int n, int B, int T);
+
+/* Decoding: the k neighbours [k][2m] of the chunk whose last token is at cache position
+ * `last`, read by positions last .. last+m-1. Hand them before the step that feeds
+ * position last, or before a joule_decoder_prefill of an empty cache that reaches it (hand
+ * every chunk of the prompt; a prefill also takes a chunk that ended before its first row,
+ * 1-m <= last < 0, and encodes it without rows of its own). They serve one encoding. NULL
+ * tokens: no retrieval for that chunk. */
+int joule_retro_decoder_set_neighbours(joule_decoder *d, int last, const int32_t *tokens);
+/* Forgets every chunk's neighbours handed and not yet encoded. */
+int joule_retro_decoder_clear(joule_decoder *d);
+
+/* The chunk grid of a token stream that starts at a document's start (generation, the
+ * energy benchmark's queries): a chunk ends after its m-th token or at an end-of-document
+ * token, whichever comes first. joule_retro_grid_feed returns true when the token it is fed
+ * ends a chunk that is retrieved for: m tokens of one document, none of them the
+ * end-of-document token. */
+typedef struct {
+    int m;    /* public: chunk size */
+    int fill; /* read-only: tokens of the current chunk */
+} joule_retro_grid;
+void joule_retro_grid_init(joule_retro_grid *g, int m);
+bool joule_retro_grid_feed(joule_retro_grid *g, int32_t token);
+/* Marks the tokens of tok [n] (a stream from a document's start) that end a chunk
+ * (ends[i] = 1) and those that end a retrieved chunk (2); the rest 0. */
+void joule_retro_grid_mark(int m, const int32_t *tok, int n, uint8_t *ends);
 
 /* ---- training and evaluation with a database (retro_train.c) ----
  * A joule_retro_data holds the database and the neighbour files of some token files:
  * <tokens without .bin>.<database id>.nbr next to each, computed on first use (k of the
  * model's config, same-document neighbours excluded). joule_retro_prepare is the
- * joule_batch_prepare_fn of joule/train.h: it hands the model the neighbours of the
- * chunk-aligned windows of a batch (or none when retrieval is off). */
+ * joule_batch_prepare_fn of joule/train.h: it hands the model the chunks a batch's windows
+ * read, on the token file's chunk grid, with their neighbours (or none when retrieval is
+ * off). */
 typedef struct joule_retro_data joule_retro_data;
 typedef void (*joule_retro_progress_fn)(void *ctx, const char *what, uint64_t done, uint64_t total);
 
@@ -93,10 +140,23 @@ uint64_t joule_retro_data_same_doc_dropped(const joule_retro_data *rd);
 /* The neighbour file path for a token file and database id. Caller frees. */
 char *joule_retro_neighbours_path(const char *tokens_path, const char *db_id);
 int joule_retro_prepare(void *rd, joule_model *m, const joule_tokens *t, const uint64_t *starts, int B, int T);
-/* What prepare hands the model: out[B][T/m][k][2m] for windows at starts (multiples of m)
- * of t (one of the token files rd was opened with). */
-int joule_retro_batch_neighbours(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
-                                 int32_t *out);
+/* The joule_window_sampler_fn of joule/train.h: training windows that start at the last
+ * token of a chunk drawn uniformly from t's grid, so their targets start on a chunk
+ * boundary and every position reads neighbours (docs/MODEL.md §7). */
+int joule_retro_sample_windows(void *rd, const joule_tokens *t, uint64_t seed, uint64_t step, int micro, int B, int T,
+                               uint64_t *starts);
+/* The joule_batch_flops_fn of joule/train.h: joule_retro_chunks_flops of the chunks the
+ * windows read (retrieval on; with it off, the regular formula's base part). */
+int joule_retro_batch_flops(void *rd, const joule_config *c, const joule_tokens *t, const uint64_t *starts, int B,
+                            int T, uint64_t *flops);
+/* Sets o's prepare hook, window sampler (named "retro-grid" in the resume options), batch
+ * FLOPs and their context to rd: what training a RETRO model with a database takes. */
+void joule_retro_train_hooks(joule_train_opts *o, joule_retro_data *rd);
+/* What prepare hands the model for windows of T tokens at starts of t (one of the token
+ * files rd was opened with): the chunks the windows read and their neighbour tokens
+ * [n][k][2m] (both owned by rd, valid until its next call). */
+int joule_retro_batch_chunks(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
+                             joule_retro_chunk **chunks, const int32_t **tokens, int *n);
 
 /* RETRO-fitting: copies every tensor of a dense model into m by name (shapes must match;
  * `what` names the source in errors), and marks every tensor outside the CCA layers and
@@ -105,23 +165,26 @@ int joule_retro_init_from(joule_model *m, const joule_model *base, const char *w
 void joule_retro_freeze_base(joule_model *m);
 
 /* ---- generation with live retrieval (retro_generate.c) ----
- * joule_generate's loop (prompt, sampling, sliding window) where each chunk completed in
- * the cache is searched in db (no document excluded) and its k neighbours are encoded
- * before the position that completes it is decoded. db NULL: retrieval off. */
+ * joule_generate's loop (prompt, sampling, sliding window) where each retrieved chunk of the
+ * history's grid (joule_retro_grid) is searched in db when it completes (no document
+ * excluded) and its k neighbours are encoded before the position that completes it is
+ * decoded. phase: tokens of the prompt's first chunk that precede the prompt in its
+ * document (0 when the prompt starts a document); that chunk is not searched. A sliding
+ * window restarts at a chunk's last token, as training windows do. db NULL: retrieval off. */
 typedef struct {
     uint64_t tokens;     /* generated */
     uint64_t retrievals; /* searches (one per completed chunk, prompt included) */
     double retrieval_s;  /* embedding + search + fetching entries */
     double total_s;      /* the whole call */
 } joule_retro_gen_stats;
-/* Live retrieval while decoding: searches chunk u of win (the sequence's tokens by
- * position; nothing excluded) in db and hands d its k neighbours (chunk + continuation,
- * padding for a missing one) through joule_retro_decoder_set_neighbours. ids [k] and nbr
- * [k * 2m] are the caller's scratch. */
-int joule_retro_decoder_retrieve(joule_decoder *d, struct joule_retro_db *db, const int32_t *win, int u, int64_t *ids,
-                                 int32_t *nbr);
+/* Live retrieval while decoding: searches the m tokens at chunk (the chunk whose last token
+ * is at cache position last; nothing excluded) in db and hands d its k neighbours (chunk +
+ * continuation, padding for a missing one) through joule_retro_decoder_set_neighbours.
+ * ids [k] and nbr [k * 2m] are the caller's scratch. */
+int joule_retro_decoder_retrieve(joule_decoder *d, struct joule_retro_db *db, const int32_t *chunk, int last,
+                                 int64_t *ids, int32_t *nbr);
 int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
-                         int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
+                         int phase, int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
                          void *ctx, joule_retro_gen_stats *stats);
 
 /* ---- accounting (retro_cost.c) ----
@@ -142,6 +205,7 @@ int joule_retro_search_cost(const char *factory, int dim, uint64_t n, int nprobe
 typedef struct {
     int G, H, hs, max_q, nk;
     const int *qrow, *nq, *krow;
+    const int *nkg;   /* keys of each group (<= nk); NULL: nk for every group */
     const uint8_t *kmask;
     bool shared_keys; /* groups share key rows: backward accumulates per head in order */
 } joule_gattn_plan;
@@ -153,7 +217,7 @@ void joule_gattn_forward(float *out, int ldo, float *P, const float *q, int ldq,
 void joule_gattn_backward(float *dq, int ldq, float *dk, int ldk, float *dv, int ldv, float *dS,
                           const float *dout, int ldo, const float *q, const float *k, const float *v,
                           const float *P, const joule_gattn_plan *p);
-/* FLOPs joule_gattn_forward counts: 4 * hs * H * nk * sum nq; the backward counts twice. */
+/* FLOPs joule_gattn_forward counts: 4 * hs * H * sum nq * nkg; the backward counts twice. */
 uint64_t joule_gattn_forward_flops(const joule_gattn_plan *p);
 
 #ifdef __cplusplus

@@ -23,13 +23,25 @@ typedef struct {
     uint64_t step, total_steps;
     uint64_t tokens;
     uint64_t flops;          /* counted */
-    uint64_t flops_analytic; /* joule_model_forward_flops x 3 per micro-batch */
+    uint64_t flops_analytic; /* 3 x the analytic forward of each micro-batch (batch_flops, or
+                              * joule_model_forward_flops) */
     double loss, lr, grad_norm;
     double wall_s;
     double tokens_per_s;     /* of the last step */
     double val_loss;         /* NaN when not evaluated at this step */
     double mfu;              /* analytic FLOPs/s of the last step over opts.peak_flops; 0 without a peak */
 } joule_train_progress;
+
+/* Where the B windows of micro-batch (step, micro) of t start (each needs T + 1 tokens from
+ * there): RETRO draws them on its chunk grid. Must depend only on (seed, step, micro), so a
+ * resumed run sees the same batches. */
+typedef int (*joule_window_sampler_fn)(void *ctx, const joule_tokens *t, uint64_t seed, uint64_t step, int micro,
+                                       int B, int T, uint64_t *starts);
+
+/* Analytic forward FLOPs of the B windows of T tokens at starts, for models whose work
+ * depends on the data (RETRO: the chunks the windows read). */
+typedef int (*joule_batch_flops_fn)(void *ctx, const joule_config *c, const joule_tokens *t, const uint64_t *starts,
+                                    int B, int T, uint64_t *flops);
 
 /* Per-batch preparation (RETRO hands the windows' neighbours to the model here): called
  * before each training and validation forward with the token file and the B window start
@@ -58,15 +70,22 @@ typedef struct {
     double peak_flops;      /* FLOP/s the step log's "mfu" is measured against; 0 = no mfu */
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *ctx;
-    int align;              /* training windows start at multiples of align (0/1: anywhere) */
     joule_batch_prepare_fn prepare; /* may be NULL */
-    void *prepare_ctx;
+    /* May be NULL: joule_batch_sample's uniform windows. Its name goes into the options a
+     * resume must match. */
+    joule_window_sampler_fn sample_windows;
+    const char *windows_name;
+    /* May be NULL: every step costs 3 x joule_model_forward_flops(batch, seq) per micro-batch.
+     * When set, a FLOP budget buys the steps whose batches' FLOPs fit it, each step's own. */
+    joule_batch_flops_fn batch_flops;
+    void *prepare_ctx;              /* passed to prepare and sample_windows */
 } joule_train_opts;
 
 void joule_train_opts_init(joule_train_opts *o);
 
 /* Optimizer steps the budget of o buys for a model of config c (the schedule length
- * joule_train uses); 0 when o gives no budget. */
+ * joule_train uses without batch_flops; with it, a FLOP budget is planned over the training
+ * file's batches, step by step); 0 when o gives no budget. */
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c);
 
 /* Trains m (already initialised or loaded from out_path when resuming) under o. m must
