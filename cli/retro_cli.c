@@ -41,6 +41,12 @@ int retro_train_cli_option(retro_train_cli *r, const char *cmd, int c, const cha
     case OPT_RETRO_FREEZE: r->freeze = true; return 0;
     case OPT_RETRO_ALLOW: r->allow_mismatch = true; return 0;
     case OPT_RETRO_ON_DEMAND: r->on_demand = true; return 0;
+    case OPT_RETRO_POSITIONS:
+        if (strcmp(arg, "rope") && strcmp(arg, "none"))
+            return cli_usage_error(cmd, "--retro-positions: '%s' is not rope or none", arg);
+        r->no_positions = strcmp(arg, "none") == 0;
+        r->any = true;
+        return 0;
     default: return -1;
     }
 }
@@ -78,8 +84,10 @@ int retro_train_cli_config(retro_train_cli *r, const char *cmd, joule_config *cf
     memset(rc, 0, sizeof *rc);
     rc->chunk = r->chunk;
     rc->k = r->k > 0 ? r->k : 2;
-    rc->cca_start = r->cca_start >= 0 ? r->cca_start : cfg->n_layers / 3;
-    rc->cca_every = r->cca_every > 0 ? r->cca_every : 3;
+    /* unset: joule_retro_config_apply's rule for the depth */
+    rc->cca_start = r->cca_start >= 0 ? r->cca_start : 0;
+    rc->cca_every = r->cca_every > 0 ? r->cca_every : r->cca_start >= 0 ? 3 : 0;
+    rc->positions = r->no_positions ? JOULE_RETRO_POS_NONE : JOULE_RETRO_POS_ROPE;
     rc->enc_layers = r->enc_layers > 0 ? r->enc_layers : 0;
     rc->enc_d_model = r->enc_d_model > 0 ? r->enc_d_model : 0;
     if (rc->cca_start >= cfg->n_layers)
@@ -126,9 +134,6 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
         r->base = NULL;
     }
     if (r->freeze) joule_retro_freeze_base(m);
-    const int T = o->seq ? o->seq : c->ctx;
-    if (T % c->retro.chunk)
-        return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", T, c->retro.chunk);
     const char *paths[2] = {train_path, val_path};
     int ret = open_data(cmd, c, r->db, paths, val_path ? 2 : 1, r->allow_mismatch, r->on_demand, &r->rd);
     if (ret) return ret;
@@ -141,9 +146,10 @@ int retro_train_cli_attach(retro_train_cli *r, const char *cmd, joule_model *m, 
         if (c->kinds[l].cca) n += snprintf(layers + n, sizeof layers - (size_t)n, "%s%d", n ? "," : "", l);
     uint64_t frozen = 0;
     for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen ? m->tensors[i].numel : 0;
-    printf("retro: chunk %d, %d neighbours, CCA in layers %s, encoder %d x d_model %d; database %s (%" PRIu64
-           " chunks, id %s)%s%s\n",
-           c->retro.chunk, c->retro.k, layers, c->retro.enc_layers, c->retro.enc_d_model, r->db,
+    printf("retro: chunk %d, %d neighbours, CCA in layers %s (positions: %s), encoder %d x d_model %d; database %s "
+           "(%" PRIu64 " chunks, id %s)%s%s\n",
+           c->retro.chunk, c->retro.k, layers, c->retro.positions == JOULE_RETRO_POS_NONE ? "none" : "rope",
+           c->retro.enc_layers, c->retro.enc_d_model, r->db,
            joule_db_size(joule_retro_data_db(r->rd)), joule_retro_data_db_id(r->rd), r->init ? "; init from " : "",
            r->init ? r->init : "");
     if (r->freeze) printf("retro: %" PRIu64 " base parameters frozen\n", frozen);
@@ -173,9 +179,10 @@ void retro_cli_print_terms(const joule_config *cfg) {
         n_cca++;
     }
     char a[32], b[32];
-    printf("retro:      chunk %d, %d neighbours, encoder %d x d_model %d; of the forward FLOPs/token: cca %s (%d "
-           "layers), encoder %s; one database search per %d tokens (done by FAISS, not counted)\n",
+    printf("retro:      chunk %d, %d neighbours, encoder %d x d_model %d, positions %s; of the forward FLOPs/token: "
+           "cca %s (%d layers), encoder %s; one database search per %d tokens (done by FAISS, not counted)\n",
            cfg->retro.chunk, cfg->retro.k, cfg->retro.enc_layers, cfg->retro.enc_d_model,
+           cfg->retro.positions == JOULE_RETRO_POS_NONE ? "none" : "rope",
            cli_fmt_count(a, sizeof a, cca / cfg->ctx), n_cca, cli_fmt_count(b, sizeof b, enc / cfg->ctx),
            cfg->retro.chunk);
 }
@@ -222,8 +229,6 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro
     const char *db_dir = d->dir;
     const bool own_doc = d->own_doc;
     if (!joule_config_has_cca(&m->cfg)) return cli_usage_error(cmd, "--db needs a RETRO model (%s is %s)", model_path, m->cfg.arch);
-    if (seq % m->cfg.retro.chunk)
-        return cli_usage_error(cmd, "--seq %d must be a multiple of the chunk length %d", seq, m->cfg.retro.chunk);
     joule_retro_data *rd = NULL;
     const char *paths[1] = {t->path};
     /* Searching live (own document allowed) reads no neighbour file: computing one would be waste. */

@@ -15,7 +15,7 @@
 enum {
     OPT_RETRO_ARCH = 1024, OPT_RETRO_DB, OPT_RETRO_CCA_START, OPT_RETRO_CCA_EVERY, OPT_RETRO_K, OPT_RETRO_CHUNK,
     OPT_RETRO_ENC_LAYERS, OPT_RETRO_ENC_D_MODEL, OPT_RETRO_INIT, OPT_RETRO_FREEZE, OPT_RETRO_ALLOW, OPT_RETRO_OWN_DOC,
-    OPT_RETRO_ON_DEMAND,
+    OPT_RETRO_ON_DEMAND, OPT_RETRO_POSITIONS,
 };
 
 /* Entries for a command's getopt_long table. */
@@ -28,7 +28,8 @@ enum {
         {"enc-d-model", required_argument, NULL, OPT_RETRO_ENC_D_MODEL},                                      \
         {"init", required_argument, NULL, OPT_RETRO_INIT}, {"freeze-base", no_argument, NULL, OPT_RETRO_FREEZE}, \
         {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW},                                         \
-        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND}
+        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND},                                  \
+        {"retro-positions", required_argument, NULL, OPT_RETRO_POSITIONS}
 #define RETRO_DB_LONG_OPTIONS \
     {"db", required_argument, NULL, OPT_RETRO_DB}, {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW}
 #define RETRO_EVAL_LONG_OPTIONS                                                                               \
@@ -45,16 +46,19 @@ enum {
     "                     short run pays only for what it reads; nothing is kept for later runs)\n"      \
     "  --chunk N          chunk length m; must equal the database's (default: the database's)\n"           \
     "  --neighbours K     neighbours per chunk (default 2)\n"                                              \
-    "  --cca-start L      first layer with chunked cross-attention (default layers/3)\n"                   \
+    "  --cca-start L      first layer with chunked cross-attention (default round(layers/6), at\n"         \
+    "                     least 1 when layers >= 2: the paper's layer 6 of 32, scaled to depth)\n"        \
     "  --cca-every N      then every N-th layer (default 3)\n"                                             \
     "  --enc-layers N     neighbour encoder layers (default 2)\n"                                          \
     "  --enc-d-model N    neighbour encoder width (default about d-model/2)\n"                             \
+    "  --retro-positions P  rope (default): relative positions in chunked cross-attention and the\n"    \
+    "                     encoder's cross-attention; none: without (an ablation; older checkpoints)\n" \
     "  --init PATH        RETRO-fit: start from this dense checkpoint (its sizes are used)\n"              \
     "  --freeze-base      train only the encoder and CCA weights (give it again with --resume)\n"          \
     "  --allow-db-mismatch  use a database other than the one the model was trained with\n"
 
 typedef struct {
-    bool retro, freeze, allow_mismatch, on_demand;
+    bool retro, freeze, allow_mismatch, on_demand, no_positions;
     const char *db, *init;
     int chunk, k, cca_start, cca_every, enc_layers, enc_d_model; /* -1: default */
     bool any;             /* some RETRO option given */

@@ -23,6 +23,7 @@ typedef struct {
     const joule_tokens *t; /* the caller's, refreshed at each call (the grid reads its index) */
     joule_grid grid;  /* built at first use */
     bool grid_open;
+    uint64_t n_tokens, n_docs; /* of the file the grid was built for */
     int64_t *od_ids;  /* on demand: [n_chunks][k], filled by the batches that need them */
     uint8_t *od_done; /* [n_chunks] */
 } source;
@@ -178,11 +179,13 @@ static int source_of(joule_retro_data *rd, const joule_tokens *t, source **out) 
         int rc = joule_grid_open(&s->grid, t, rd->m);
         if (rc) return rc;
         s->grid_open = true;
+        s->n_tokens = t->n_tokens;
+        s->n_docs = t->n_docs;
         if (s->nb && joule_neighbours_count(s->nb) != s->grid.n_chunks)
             return joule_fail(JOULE_ERR_FORMAT, "%s: %" PRIu64 " rows, the chunk grid of %s has %" PRIu64, s->nbr_path,
                               joule_neighbours_count(s->nb), t->path, s->grid.n_chunks);
     }
-    if (s->grid.t->n_tokens != t->n_tokens || s->grid.t->n_docs != t->n_docs)
+    if (s->n_tokens != t->n_tokens || s->n_docs != t->n_docs)
         return joule_fail(JOULE_ERR_ARG, "%s: token file changed while in use", t->path);
     s->grid.t = t; /* the same file, perhaps another mapping of it */
     s->t = t;
