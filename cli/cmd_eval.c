@@ -36,8 +36,15 @@ static const char USAGE[] =
     "                   database of the training split only, or one that also holds the\n"
     "                   validation split: the 'leaky' setting, are two runs)\n"
     "  --allow-db-mismatch  accept a database other than the model's training one\n"
-    "  --include-own-doc  with --db: search live with nothing excluded, so a chunk may retrieve\n"
-    "                   its own document (the leaky upper bound; default: excluded, as in training)\n"
+    "  --include-own-doc, --leaky  with --db: search live with nothing excluded, so a chunk may\n"
+    "                   retrieve its own document (the leaky setting; default: the clean one,\n"
+    "                   excluded as in training)\n"
+    "  --leakage        with --db: bits-per-byte by overlap with the database, as in the RETRO\n"
+    "                   paper: each evaluated chunk's r = the longest run of bytes it shares with\n"
+    "                   one of its nearest entries, over the chunk length; bpb with retrieval on\n"
+    "                   and off over the chunks with r <= 0, 1/8, 1/4, 1/2, 3/4, 1, with counts\n"
+    "  --baseline PATH  with --leakage: a dense model scored on the same bytes\n"
+    "  --leakage-neighbours N  entries searched per chunk for r (default 10)\n"
     "  --neighbours-on-demand  with --db: no neighbour file; search each chunk of the evaluated\n"
     "                   windows when first read (a few windows of a large split pay for only those)\n"
     "  --json           print one JSON object instead of text\n"
@@ -113,13 +120,19 @@ int cmd_eval(int argc, char **argv) {
         case OPT_JSON: json = true; break;
         case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
-            if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
+        {
+            const int r = retro_db_cli_option(&rdb, CMD, c, optarg);
+            if (r) return r < 0 ? cli_bad_option(CMD, c, argv) : r;
+        }
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
     if (rdb.own_doc && !rdb.dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
     if (rdb.on_demand && !rdb.dir) return cli_usage_error(CMD, "--neighbours-on-demand needs --db DIR");
+    if ((rdb.leakage || rdb.baseline || rdb.leak_k) && !rdb.dir) return cli_usage_error(CMD, "--leakage needs --db DIR");
+    if ((rdb.baseline || rdb.leak_k) && !rdb.leakage)
+        return cli_usage_error(CMD, "--baseline and --leakage-neighbours go with --leakage");
     if (tokens_path && (data_dir || split)) return cli_usage_error(CMD, "give either --data/--split or --tokens");
     char buf[4096];
     if (!tokens_path) {

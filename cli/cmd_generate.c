@@ -121,7 +121,10 @@ int cmd_generate(int argc, char **argv) {
         case OPT_NO_ECHO: echo = false; break;
         case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
         default:
-            if (retro_db_cli_option(&rdb, c, optarg)) return cli_bad_option(CMD, c, argv);
+        {
+            const int r = retro_db_cli_option(&rdb, CMD, c, optarg);
+            if (r) return r < 0 ? cli_bad_option(CMD, c, argv) : r;
+        }
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);

@@ -214,14 +214,84 @@ void retro_cli_retrieval_cost(joule_retro_db *db, int m, void *json) {
 
 /* ---- eval ---- */
 
-int retro_db_cli_option(retro_db_cli *d, int c, const char *arg) {
+int retro_db_cli_option(retro_db_cli *d, const char *cmd, int c, const char *arg) {
     switch (c) {
     case OPT_RETRO_DB: d->dir = arg; return 0;
     case OPT_RETRO_ALLOW: d->allow_mismatch = true; return 0;
     case OPT_RETRO_OWN_DOC: d->own_doc = true; return 0;
     case OPT_RETRO_ON_DEMAND: d->on_demand = true; return 0;
+    case OPT_RETRO_LEAKAGE: d->leakage = true; return 0;
+    case OPT_RETRO_BASELINE: d->baseline = arg; return 0;
+    case OPT_RETRO_LEAK_K:
+        if (!cli_parse_int(arg, 1, 1024, &d->leak_k))
+            return cli_usage_error(cmd, "--leakage-neighbours: '%s' is not an integer in [1, 1024]", arg);
+        return 0;
     default: return -1;
     }
+}
+
+static void print_leakage(const joule_leakage_result *r, const char *baseline) {
+    printf("leakage: r = longest run shared with the %d nearest entries / chunk, over %" PRIu64 " chunks (%s)\n",
+           r->neighbours, r->chunks, r->own_document ? "own document allowed" : "own document excluded");
+    printf("  %-7s %9s %10s %10s %10s%s\n", "r <=", "chunks", "bytes", "bpb on", "bpb off", baseline ? "  bpb dense" : "");
+    for (int a = 0; a < JOULE_LEAKAGE_ALPHAS; a++) {
+        const joule_leakage_row *w = &r->rows[a];
+        printf("  %-7.3g %9" PRIu64 " %10" PRIu64 " %10.4f %10.4f", w->alpha, w->chunks, w->bytes, w->bpb_on, w->bpb_off);
+        if (baseline) printf(" %10.4f", w->bpb_dense);
+        putchar('\n');
+    }
+    if (baseline) printf("baseline: %s\n", baseline);
+}
+
+static void *leakage_json(const joule_leakage_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "neighbours", r->neighbours);
+    cJSON_AddNumberToObject(o, "chunks", (double)r->chunks);
+    cJSON_AddBoolToObject(o, "own_document", r->own_document);
+    cJSON *rows = cJSON_AddArrayToObject(o, "rows");
+    for (int a = 0; a < JOULE_LEAKAGE_ALPHAS; a++) {
+        const joule_leakage_row *w = &r->rows[a];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "alpha", w->alpha);
+        cJSON_AddNumberToObject(x, "chunks", (double)w->chunks);
+        cJSON_AddNumberToObject(x, "bytes", (double)w->bytes);
+        const double v[3] = {w->bpb_on, w->bpb_off, w->bpb_dense};
+        const char *k[3] = {"bpb_retrieval", "bpb_no_retrieval", "bpb_dense"};
+        for (int i = 0; i < 3; i++) isnan(v[i]) ? cJSON_AddNullToObject(x, k[i]) : cJSON_AddNumberToObject(x, k[i], v[i]);
+        cJSON_AddItemToArray(rows, x);
+    }
+    return o;
+}
+
+/* `joule eval --db --leakage`: the table by overlap (the baseline loaded with buffers). */
+static int eval_leakage(const char *cmd, joule_model *m, joule_tokens *t, const retro_db_cli *d, joule_retro_data *rd,
+                        int seq, int batch, uint64_t windows, bool json) {
+    joule_model *dense = NULL;
+    int st = JOULE_OK, ret = 0;
+    if (d->baseline && (ret = cli_check_input(cmd, d->baseline, NULL))) return ret;
+    if (d->baseline && !(st = joule_checkpoint_load(&dense, d->baseline, NULL))) {
+        if (joule_config_has_cca(&dense->cfg) || dense->cfg.ctx < seq) {
+            joule_model_free(dense);
+            return cli_usage_error(cmd, "--baseline %s: needs a non-RETRO model with context >= %d", d->baseline, seq);
+        }
+        st = joule_model_alloc_train(dense, batch);
+    }
+    joule_leakage_result r;
+    if (!st) st = joule_retro_leakage(m, dense, rd, t, seq, batch, windows, d->leak_k > 0 ? d->leak_k : 10, &r);
+    joule_model_free(dense);
+    if (st) return cli_fail(cmd, st);
+    if (json) {
+        cJSON *o = leakage_json(&r);
+        cJSON_AddStringToObject(o, "tokens_file", t->path);
+        cJSON_AddStringToObject(o, "db", d->dir);
+        if (d->baseline) cJSON_AddStringToObject(o, "baseline", d->baseline);
+        cli_print_json(o);
+    } else {
+        printf("data:   %s (%" PRIu64 " windows of %d tokens); db %s (id %s)\n", t->path, r.windows, seq, d->dir,
+               joule_retro_data_db_id(rd));
+        print_leakage(&r, d->baseline);
+    }
+    return 0;
 }
 
 int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro_db_cli *d, int seq, int batch,
@@ -235,6 +305,11 @@ int retro_cli_eval(const char *cmd, joule_model *m, joule_tokens *t, const retro
     int ret = open_data(cmd, &m->cfg, db_dir, paths, 1, d->allow_mismatch, d->on_demand || own_doc, &rd);
     if (ret) return ret;
     joule_retro_data_set_own_document(rd, own_doc);
+    if (d->leakage) {
+        ret = eval_leakage(cmd, m, t, d, rd, seq, batch, windows, json);
+        joule_retro_data_close(rd);
+        return ret;
+    }
     joule_eval_result res[2];
     for (int on = 1; on >= 0 && !ret; on--) {
         joule_retro_data_set_retrieval(rd, on);

@@ -15,7 +15,7 @@
 enum {
     OPT_RETRO_ARCH = 1024, OPT_RETRO_DB, OPT_RETRO_CCA_START, OPT_RETRO_CCA_EVERY, OPT_RETRO_K, OPT_RETRO_CHUNK,
     OPT_RETRO_ENC_LAYERS, OPT_RETRO_ENC_D_MODEL, OPT_RETRO_INIT, OPT_RETRO_FREEZE, OPT_RETRO_ALLOW, OPT_RETRO_OWN_DOC,
-    OPT_RETRO_ON_DEMAND, OPT_RETRO_POSITIONS,
+    OPT_RETRO_ON_DEMAND, OPT_RETRO_POSITIONS, OPT_RETRO_LEAKAGE, OPT_RETRO_BASELINE, OPT_RETRO_LEAK_K,
 };
 
 /* Entries for a command's getopt_long table. */
@@ -34,7 +34,10 @@ enum {
     {"db", required_argument, NULL, OPT_RETRO_DB}, {"allow-db-mismatch", no_argument, NULL, OPT_RETRO_ALLOW}
 #define RETRO_EVAL_LONG_OPTIONS                                                                               \
     RETRO_DB_LONG_OPTIONS, {"include-own-doc", no_argument, NULL, OPT_RETRO_OWN_DOC},                       \
-        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND}
+        {"leaky", no_argument, NULL, OPT_RETRO_OWN_DOC},                                                    \
+        {"neighbours-on-demand", no_argument, NULL, OPT_RETRO_ON_DEMAND},                                   \
+        {"leakage", no_argument, NULL, OPT_RETRO_LEAKAGE}, {"baseline", required_argument, NULL, OPT_RETRO_BASELINE}, \
+        {"leakage-neighbours", required_argument, NULL, OPT_RETRO_LEAK_K}
 
 #define RETRO_TRAIN_USAGE                                                                                   \
     "\n"                                                                                                    \
@@ -83,9 +86,12 @@ void retro_train_cli_free(retro_train_cli *r);
 typedef struct {
     const char *dir;
     bool allow_mismatch, own_doc, on_demand;
+    bool leakage;         /* --leakage: the table by overlap with the database */
+    const char *baseline; /* --baseline: a dense model scored on the same bytes */
+    int leak_k;           /* --leakage-neighbours (default 10) */
 } retro_db_cli;
-/* 0: handled; -1: not one of them. */
-int retro_db_cli_option(retro_db_cli *d, int c, const char *arg);
+/* 0: handled; -1: not one of them; otherwise the exit code of a usage error printed. */
+int retro_db_cli_option(retro_db_cli *d, const char *cmd, int c, const char *arg);
 
 /* `joule eval --db`: bits-per-byte with retrieval on and off over the same windows;
  * prints text or JSON. Returns an exit code. */

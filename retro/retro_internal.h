@@ -132,4 +132,10 @@ struct joule_retro_db;
 int joule_neighbours_search(struct joule_retro_db *db, const joule_grid *g, const uint64_t *chunk, int n, int k,
                             bool own_doc, joule_neighbours_scratch *s, int64_t *ids);
 
+/* For leakage.c: the grid of token file t in rd (t must be one rd was opened with), and
+ * whether rd searches with the own document allowed. */
+struct joule_retro_data;
+int joule_retro_data_grid(struct joule_retro_data *rd, const joule_tokens *t, const joule_grid **grid);
+bool joule_retro_data_own_doc(const struct joule_retro_data *rd);
+
 #endif

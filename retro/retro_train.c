@@ -193,6 +193,15 @@ static int source_of(joule_retro_data *rd, const joule_tokens *t, source **out) 
     return JOULE_OK;
 }
 
+int joule_retro_data_grid(joule_retro_data *rd, const joule_tokens *t, const joule_grid **grid) {
+    source *s = NULL;
+    int rc = source_of(rd, t, &s);
+    *grid = rc ? NULL : &s->grid;
+    return rc;
+}
+
+bool joule_retro_data_own_doc(const joule_retro_data *rd) { return rd->own_doc; }
+
 int joule_retro_sample_windows(void *ctx, const joule_tokens *t, uint64_t seed, uint64_t step, int micro, int B, int T,
                                uint64_t *starts) {
     joule_retro_data *rd = ctx;

@@ -158,6 +158,32 @@ void joule_retro_train_hooks(joule_train_opts *o, joule_retro_data *rd);
 int joule_retro_batch_chunks(joule_retro_data *rd, const joule_tokens *t, const uint64_t *starts, int B, int T,
                              joule_retro_chunk **chunks, const int32_t **tokens, int *n);
 
+/* ---- leakage evaluation (leakage.c), as in the RETRO paper ----
+ * Over the first `windows` evaluation windows of T tokens of t (0 = all): every target
+ * byte belongs to a chunk of t's grid; each such chunk C gets r(C) = the longest run of
+ * tokens C shares with one of its `neighbours` nearest database entries (chunk +
+ * continuation), over m, searched with its own document excluded unless rd's own-document
+ * mode is on. For each threshold alpha, bits-per-byte over the targets whose chunk has
+ * r(C) <= alpha: of the RETRO model with retrieval on and off, and of a dense baseline on
+ * the same windows when one is given. */
+#define JOULE_LEAKAGE_ALPHAS 6 /* 0, 1/8, 1/4, 1/2, 3/4, 1 */
+typedef struct {
+    double alpha;
+    uint64_t chunks, bytes; /* chunks with r <= alpha, and their scored target bytes */
+    double bpb_on, bpb_off, bpb_dense; /* NaN where nothing is scored (or no baseline) */
+} joule_leakage_row;
+typedef struct {
+    joule_leakage_row rows[JOULE_LEAKAGE_ALPHAS];
+    uint64_t chunks, bytes, windows;
+    int neighbours;
+    bool own_document;
+    double wall_s;
+} joule_leakage_result;
+/* retro needs training buffers for batch B (joule_model_alloc_train), dense too when given.
+ * rd must have been opened with t's path. */
+int joule_retro_leakage(joule_model *retro, joule_model *dense, joule_retro_data *rd, const joule_tokens *t, int T,
+                        int B, uint64_t windows, int neighbours, joule_leakage_result *out);
+
 /* RETRO-fitting: copies every tensor of a dense model into m by name (shapes must match;
  * `what` names the source in errors), and marks every tensor outside the CCA layers and
  * the encoder frozen. */
