@@ -15,7 +15,7 @@
 #include "joule/retro.h"
 #include "joule/train.h"
 
-const char *const joule_arch_names[JOULE_ARCH_COUNT] = {"dense", "moe", "retro"};
+const char *const joule_arch_names[JOULE_ARCH_COUNT] = {"dense", "moe", "retro", "retro-fit"};
 
 void joule_compare_settings_init(joule_compare_settings *s) {
     memset(s, 0, sizeof *s);
@@ -26,13 +26,16 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     s->head_dim = 8;
     s->ffn_mult = 3;
     s->width_step = 8;
-    s->ctx = 64;
+    /* RETRO's method needs a context of several chunks (the paper: 2048 / 64): ctx >= 8m */
+    s->ctx = 256;
     s->min_steps = 50;
     s->experts = 8;
     s->top_k = 2;
     s->moe_every = 2;
-    s->retro_chunk = 16;
-    s->db_chunks = 100000;
+    s->retro_chunk = 32;
+    s->retro_enc_layers = 1;
+    s->db_chunks = 0;
+    s->retrofit_fraction = 0.25;
     s->batch = 8;
     s->lr = 3e-3;
     s->seed = 1;
@@ -55,7 +58,11 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "top_k", s->top_k);
     cJSON_AddNumberToObject(j, "moe_every", s->moe_every);
     cJSON_AddNumberToObject(j, "retro_chunk", s->retro_chunk);
+    cJSON_AddNumberToObject(j, "retro_enc_layers", s->retro_enc_layers);
+    cJSON_AddNumberToObject(j, "retro_enc_d_model", s->retro_enc_d_model);
     cJSON_AddNumberToObject(j, "db_chunks", (double)s->db_chunks);
+    cJSON_AddStringToObject(j, "db_index", s->db_index);
+    cJSON_AddNumberToObject(j, "retrofit_fraction", s->retrofit_fraction);
     cJSON_AddStringToObject(j, "neighbours", s->neighbour_files ? "files" : "on-demand");
     cJSON_AddNumberToObject(j, "batch", s->batch);
     cJSON_AddNumberToObject(j, "lr", s->lr);
@@ -81,8 +88,18 @@ static joule_config family_member(const joule_compare_settings *s, int i) {
 
 /* The arch's model built on the dense backbone c. */
 static void make_arch(const joule_compare_settings *s, joule_arch arch, joule_config *c) {
-    if (arch == JOULE_ARCH_RETRO) {
-        c->retro.chunk = s->retro_chunk;
+    if (arch == JOULE_ARCH_RETRO || arch == JOULE_ARCH_RETROFIT) {
+        joule_retro_config *r = &c->retro;
+        /* a narrow encoder: at these widths CCA's projections and its attention over k*2m
+         * neighbour tokens already cost ~10-20% of the decoder (docs/COMPARE.md §1) */
+        const int D = s->retro_enc_d_model > 0 ? s->retro_enc_d_model
+                                               : (c->d_model / 6 / s->head_dim > 0 ? c->d_model / 6 / s->head_dim : 1) *
+                                                     s->head_dim;
+        r->chunk = s->retro_chunk;
+        r->enc_layers = s->retro_enc_layers;
+        r->enc_d_model = D;
+        r->enc_heads = D / s->head_dim > 0 ? D / s->head_dim : 1;
+        r->enc_d_ff = s->ffn_mult * D;
         joule_retro_config_apply(c);
         return;
     }
@@ -112,11 +129,13 @@ static int total_params(const joule_config *c, uint64_t *n) {
     return JOULE_OK;
 }
 
+double compare_fit_budget(const joule_compare_settings *s, const joule_config *c, double budget) {
+    const double least = (double)s->min_steps * step_flops(s, c);
+    return s->retrofit_fraction * budget > least ? s->retrofit_fraction * budget : least;
+}
+
 int joule_compare_size(const joule_compare_settings *s, joule_arch arch, double budget, joule_config *out,
                        uint64_t *steps) {
-    if (arch == JOULE_ARCH_RETRO && s->ctx % s->retro_chunk)
-        return joule_fail(JOULE_ERR_ARG, "retro: the context %d is not a multiple of the chunk length %d", s->ctx,
-                          s->retro_chunk);
     if (!(budget > 0)) return joule_fail(JOULE_ERR_ARG, "budget %g FLOPs is not positive", budget);
     const double target = sqrt(budget / (6.0 * s->tokens_per_param));
     const int max_i = 4096 / s->width_step;
@@ -135,18 +154,23 @@ int joule_compare_size(const joule_compare_settings *s, joule_arch arch, double 
         if ((double)n > 4 * target) break;
     }
     /* the dense backbone is chosen for every arch, so equal budgets mean equal models
-     * except for what the arch adds */
+     * except for what the arch adds; RETRO-fit fits retrieval onto the dense run's model */
+    const joule_arch sized = arch == JOULE_ARCH_RETROFIT ? JOULE_ARCH_DENSE : arch;
     for (int i = best; i >= 1; i--) {
         joule_config c = family_member(s, i);
-        make_arch(s, arch, &c);
+        make_arch(s, sized, &c);
         double n_steps = floor(budget / step_flops(s, &c));
         if (n_steps >= s->min_steps || i == 1) {
             if (n_steps < s->min_steps)
                 return joule_fail(JOULE_ERR_ARG,
                                   "budget %.3g FLOPs buys %.0f steps of the smallest %s model (%.3g FLOPs per step of "
                                   "batch %d x %d tokens); at least %d are needed to spend it within 2%%",
-                                  budget, n_steps, joule_arch_names[arch], step_flops(s, &c), s->batch, s->ctx,
+                                  budget, n_steps, joule_arch_names[sized], step_flops(s, &c), s->batch, s->ctx,
                                   s->min_steps);
+            if (arch == JOULE_ARCH_RETROFIT) {
+                make_arch(s, arch, &c);
+                n_steps = floor(compare_fit_budget(s, &c, budget) / step_flops(s, &c));
+            }
             int rc = joule_config_validate(&c, "compare sizing");
             if (rc) return rc;
             *out = c;
@@ -196,38 +220,49 @@ static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_co
     return JOULE_OK;
 }
 
-int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r) {
+/* The run's model with training buffers: initialised from the seed, or for RETRO-fit the
+ * dense run's weights, frozen; RETRO's data on the folder's database. */
+static int build_model(const compare_run_ctx *x, joule_arch arch, joule_config *c, joule_model **m,
+                       joule_retro_data **rd) {
     const joule_compare_settings *s = x->settings;
-    joule_config c;
-    uint64_t steps = 0;
-    joule_model *m = NULL;
-    joule_tokens val = {0};
-    joule_retro_data *rd = NULL;
-    bool val_open = false;
-    double t0 = joule_now();
-    int rc = joule_compare_size(s, arch, budget, &c, &steps);
-    if (rc) goto done;
-    fill_sizes(r, &c);
-    if (arch == JOULE_ARCH_RETRO) {
-        if (!x->db_dir) {
-            rc = joule_fail(JOULE_ERR_RUNTIME, "retro: no database (%s)", x->retro_error);
-            goto done;
-        }
+    const bool retro = arch == JOULE_ARCH_RETRO || arch == JOULE_ARCH_RETROFIT;
+    if (retro && !x->db_dir) return joule_fail(JOULE_ERR_RUNTIME, "retro: no database (%s)", x->retro_error);
+    if (arch == JOULE_ARCH_RETROFIT && !x->dense)
+        return joule_fail(JOULE_ERR_RUNTIME, "retro-fit: needs the finished dense run of the same budget");
+    int rc = JOULE_OK;
+    if (retro) {
         const char *paths[2] = {x->train_path, x->val_path};
         joule_retro_data_opts ro;
         joule_retro_data_opts_init(&ro);
         ro.on_demand = !s->neighbour_files;
-        if ((rc = joule_retro_data_open_opts(&rd, &c, x->db_dir, paths, 2, &ro))) goto done;
-        snprintf(c.retro.db_id, sizeof c.retro.db_id, "%s", joule_retro_data_db_id(rd));
+        if ((rc = joule_retro_data_open_opts(rd, c, x->db_dir, paths, 2, &ro))) return rc;
+        snprintf(c->retro.db_id, sizeof c->retro.db_id, "%s", joule_retro_data_db_id(*rd));
     }
-    if ((rc = joule_model_create(&m, &c))) goto done;
-    joule_model_init(m, s->seed);
-    if ((rc = joule_model_alloc_train(m, s->batch))) goto done;
-    joule_param_counts pc = joule_model_param_counts(m);
-    r->params_total = pc.total;
-    r->params_non_embedding = pc.non_embedding;
-    r->params_active = joule_config_has_moe(&c) ? joule_moe_active_params(m, false) : pc.total;
+    if ((rc = joule_model_create(m, c))) return rc;
+    joule_model_init(*m, s->seed);
+    if ((rc = joule_model_alloc_train(*m, s->batch))) return rc;
+    if (arch != JOULE_ARCH_RETROFIT) return JOULE_OK;
+    joule_model *base = NULL;
+    if ((rc = joule_checkpoint_load(&base, x->dense->checkpoint, NULL))) return rc;
+    rc = joule_retro_init_from(*m, base, x->dense->checkpoint);
+    joule_model_free(base);
+    if (!rc) joule_retro_freeze_base(*m);
+    return rc;
+}
 
+/* Counted FLOPs of `steps` training steps of c's dense backbone (CCA and encoder taken off). */
+static double backbone_flops(const joule_compare_settings *s, const joule_config *c, uint64_t steps) {
+    joule_config b = *c;
+    for (int l = 0; l < b.n_layers; l++) b.kinds[l].cca = false;
+    snprintf(b.arch, sizeof b.arch, "%s", joule_config_has_moe(&b) ? "moe" : "dense");
+    return (double)steps * step_flops(s, &b);
+}
+
+/* Trains m to the budget (RETRO-fit: its fitting budget) and fills the training fields. */
+static int train_run(const compare_run_ctx *x, joule_arch arch, joule_model *m, joule_retro_data *rd, double budget,
+                     uint64_t steps, joule_compare_row *r) {
+    const joule_compare_settings *s = x->settings;
+    const double spend = arch == JOULE_ARCH_RETROFIT ? compare_fit_budget(s, &m->cfg, budget) : budget;
     joule_train_opts o;
     joule_train_opts_init(&o);
     o.train_path = x->train_path;
@@ -236,7 +271,7 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     o.batch = s->batch;
     o.seq = s->ctx;
     o.seed = s->seed;
-    o.max_flops = budget;
+    o.max_flops = spend;
     o.adam.lr = (float)s->lr;
     o.adam.min_lr = (float)(s->lr / 10);
     o.adam.warmup_steps = (int)(steps / 5 < 100 ? steps / 5 : 100);
@@ -249,7 +284,8 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
     joule_train_progress last;
     memset(&last, 0, sizeof last);
     double tt = joule_now();
-    if ((rc = joule_train(m, &o, &last))) goto done;
+    int rc = joule_train(m, &o, &last);
+    if (rc) return rc;
     r->train_s = joule_now() - tt;
     if (metered) {
         joule_energy_report er;
@@ -258,38 +294,96 @@ int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, jo
             snprintf(r->energy_method, sizeof r->energy_method, "%s", er.method);
         }
     }
-    if (last.step < steps) {
-        rc = COMPARE_INTERRUPTED;
-        goto done;
-    }
+    if (last.step < last.total_steps) return COMPARE_INTERRUPTED;
     r->steps = last.step;
     r->tokens = last.tokens;
     r->flops_counted = last.flops;
     r->flops_analytic = last.flops_analytic;
-    r->spent = (double)last.flops / budget;
-    if (rd) {
-        r->retrieval_flops = (double)(last.tokens / (uint64_t)c.retro.chunk) * x->search_flops;
-        if (!s->neighbour_files) joule_retro_data_search_stats(rd, &r->retrieval_searches, &r->retrieval_s);
+    r->spent = (double)last.flops / spend;
+    if (!rd) return JOULE_OK;
+    r->flops_encoder_cca = last.flops - (uint64_t)backbone_flops(s, &m->cfg, last.step);
+    r->retrieval_flops = (double)(last.tokens / (uint64_t)m->cfg.retro.chunk) * x->search_flops;
+    if (!s->neighbour_files) joule_retro_data_search_stats(rd, &r->retrieval_searches, &r->retrieval_s);
+    if (arch == JOULE_ARCH_RETROFIT) { /* the whole model's compute: the dense run's, then the fitting's */
+        r->fit_budget = spend;
+        r->flops_base = x->dense->flops_counted;
+        r->flops_counted += x->dense->flops_counted;
+        r->flops_analytic += x->dense->flops_analytic;
+        r->tokens += x->dense->tokens;
+        r->train_s += x->dense->train_s;
+        r->energy_j += x->dense->energy_j;
     }
+    return JOULE_OK;
+}
 
-    if ((rc = joule_tokens_open(&val, x->val_path))) goto done;
-    val_open = true;
+/* RETRO's leakage table on the evaluated windows, beside the dense run of the budget, into
+ * <checkpoint stem>.leakage.json. */
+static int leakage_file(const compare_run_ctx *x, joule_model *m, joule_retro_data *rd, const joule_tokens *val,
+                        const joule_compare_row *r) {
+    const joule_compare_settings *s = x->settings;
+    joule_model *dense = NULL;
+    int rc = x->dense ? joule_checkpoint_load(&dense, x->dense->checkpoint, NULL) : JOULE_OK;
+    if (!rc && dense) rc = joule_model_alloc_train(dense, s->batch);
+    joule_leakage_result lk;
+    if (!rc) rc = joule_retro_leakage(m, dense, rd, val, s->ctx, s->batch, s->eval_windows, 10, &lk);
+    joule_model_free(dense);
+    if (rc) return rc;
+    cJSON *j = joule_retro_leakage_json(&lk);
+    if (j && x->dense) cJSON_AddStringToObject(j, "baseline", x->dense->checkpoint);
+    char *text = j ? cJSON_Print(j) : NULL;
+    cJSON_Delete(j);
+    char path[600];
+    snprintf(path, sizeof path, "%.*s.leakage.json", (int)(strlen(r->checkpoint) - strlen(".safetensors")),
+             r->checkpoint);
+    rc = text ? joule_write_file_atomic(path, text, strlen(text)) : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    free(text);
+    return rc;
+}
+
+/* Validation bpb, the exact-match metric, RETRO's leakage table, energy per query. */
+static int measure(const compare_run_ctx *x, joule_model *m, joule_retro_data *rd, joule_compare_row *r) {
+    const joule_compare_settings *s = x->settings;
+    joule_tokens val = {0};
+    int rc = joule_tokens_open(&val, x->val_path);
+    if (rc) return rc;
     joule_eval_result ev;
     rc = joule_evaluate_prepared(m, &val, s->ctx, s->batch, s->eval_windows, rd ? joule_retro_prepare : NULL, rd, &ev,
                                  NULL, NULL);
-    if (rc) goto done;
-    r->val_bpb = ev.bpb;
-    uint64_t hits;
-    rc = joule_exact_match(m, rd ? joule_retro_data_db(rd) : NULL, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES,
-                           s->em_windows, &r->exact_match, &hits);
-    if (rc) goto done;
-    r->em_windows = (uint64_t)s->em_windows;
-    if (s->queries > 0 && x->meters && (rc = query_energy(x, m, r))) goto done;
-    r->ok = true;
-done:
+    if (!rc) {
+        r->val_bpb = ev.bpb;
+        uint64_t hits;
+        rc = joule_exact_match(m, rd ? joule_retro_data_db(rd) : NULL, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES,
+                               s->em_windows, &r->exact_match, &hits);
+        r->em_windows = (uint64_t)s->em_windows;
+    }
+    if (!rc && rd) rc = leakage_file(x, m, rd, &val, r);
+    joule_tokens_close(&val);
+    if (!rc && s->queries > 0 && x->meters) rc = query_energy(x, m, r);
+    return rc;
+}
+
+int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r) {
+    joule_config c;
+    uint64_t steps = 0;
+    joule_model *m = NULL;
+    joule_retro_data *rd = NULL;
+    double t0 = joule_now();
+    int rc = joule_compare_size(x->settings, arch, budget, &c, &steps);
+    if (!rc) {
+        fill_sizes(r, &c);
+        rc = build_model(x, arch, &c, &m, &rd);
+    }
+    if (!rc) {
+        joule_param_counts pc = joule_model_param_counts(m);
+        r->params_total = pc.total;
+        r->params_non_embedding = pc.non_embedding;
+        r->params_active = joule_config_has_moe(&c) ? joule_moe_active_params(m, false) : pc.total;
+        rc = train_run(x, arch, m, rd, budget, steps, r);
+    }
+    if (!rc) rc = measure(x, m, rd, r);
+    r->ok = rc == JOULE_OK;
     r->wall_s = joule_now() - t0;
     if (rc && rc != COMPARE_INTERRUPTED) snprintf(r->error, sizeof r->error, "%s", joule_last_error());
-    if (val_open) joule_tokens_close(&val);
     joule_retro_data_close(rd);
     joule_model_free(m);
     return rc;

@@ -90,6 +90,23 @@ static void stored_search_params(const joule_retro_db *db, int *nprobe, int *ef)
     cJSON_Delete(j);
 }
 
+/* The comparison's default index for the train split's chunks: exact search for a small
+ * database; else IVF with about sqrt(N) lists, which builds the whole default corpus (1.33M
+ * chunks of 32) in about a minute here, where joule db build's 4 sqrt(N) took 161 s. */
+static int default_index(const joule_compare_settings *s, const char *train_path, char *out, size_t n) {
+    joule_tokens t;
+    int rc = joule_tokens_open(&t, train_path);
+    if (rc) return rc;
+    uint64_t chunks = 0;
+    for (uint64_t d = 0; d < t.n_docs; d++)
+        chunks += (t.doc_offsets[d + 1] - t.doc_offsets[d] + (uint64_t)s->retro_chunk - 1) / (uint64_t)s->retro_chunk;
+    joule_tokens_close(&t);
+    if (s->db_chunks && chunks > s->db_chunks) chunks = s->db_chunks;
+    if (chunks < 50000) snprintf(out, n, "Flat");
+    else snprintf(out, n, "IVF%d,Flat", (int)lround(sqrt((double)chunks)));
+    return JOULE_OK;
+}
+
 /* Builds DIR/db (resuming an interrupted build), computes the neighbour files of the train
  * and validation splits when the settings ask for files (next to them, shared by every
  * RETRO run; on demand, each run searches what it reads), records what it cost in
@@ -111,6 +128,10 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
         o.out_dir = db_dir;
         o.chunk = s->retro_chunk;
         o.max_chunks = s->db_chunks;
+        char index[64];
+        if (s->db_index[0]) snprintf(index, sizeof index, "%s", s->db_index);
+        else if ((rc = default_index(s, train_path, index, sizeof index))) return rc;
+        o.index = index;
         o.seed = s->seed;
         o.resume = is_dir(partial);
         o.progress = on_build;
@@ -195,12 +216,13 @@ static int add_row(compare_outcome *out, const joule_compare_row *r) {
     return JOULE_OK;
 }
 
-/* Does any RETRO run remain to be done? */
+/* Does any run that retrieves (RETRO, RETRO-fit) remain to be done? */
 static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
-    for (int b = 0; b < p->n_budgets; b++) {
-        int i = find_row(out->rows, out->n_rows, "retro", p->budgets[b]);
-        if (!(i >= 0 && out->rows[i].ok)) return true;
-    }
+    for (int b = 0; b < p->n_budgets; b++)
+        for (int a = JOULE_ARCH_RETRO; a <= JOULE_ARCH_RETROFIT; a++) {
+            int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
+            if (p->archs[a] && !(i >= 0 && out->rows[i].ok)) return true;
+        }
     return false;
 }
 
@@ -231,9 +253,9 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
         }
 
     compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
-                         NULL, NULL, 0};
+                         NULL, NULL, 0, NULL};
     char db_dir[600], retro_error[512] = "";
-    if (p->archs[JOULE_ARCH_RETRO] && todo_retro(p, out)) {
+    if (todo_retro(p, out)) {
         snprintf(db_dir, sizeof db_dir, "%s/db", p->out_dir);
         if (setup_retrieval(p, train_path, val_path, db_dir, &x.search_flops) == JOULE_OK) {
             x.db_dir = db_dir;
@@ -276,6 +298,8 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
                 double eta = secs_done > 0 ? secs_done / flops_done * flops_left : NAN;
                 p->on_run_start(p->ctx, ++k, todo, arch, budget, sized ? &c : NULL, steps, eta);
             }
+            const int di = find_row(out->rows, out->n_rows, "dense", budget);
+            x.dense = di >= 0 && out->rows[di].ok ? &out->rows[di] : NULL;
             int st = compare_run_one(&x, (joule_arch)a, budget, &r);
             if (st == COMPARE_INTERRUPTED) {
                 out->interrupted = true;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "compare_svg.h"
 #include "joule/compare.h"
@@ -129,10 +130,10 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
-                            const joule_compare_row *r) {
+/* Dense compute reaching r's loss over C (the run's counted FLOPs, or less a part of them). */
+static multiplier effective_over(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
+                                 const joule_compare_row *r, double C) {
     multiplier m = {NAN, NAN, NAN, false};
-    double C = (double)r->flops_counted;
     m.mult = joule_pow_compute_for(full, r->val_bpb) / C;
     m.have = true;
     if (!boot || reps < 2) return m;
@@ -149,10 +150,33 @@ static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot
     return m;
 }
 
+static multiplier effective(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
+                            const joule_compare_row *r) {
+    return effective_over(full, boot, reps, level, r, (double)r->flops_counted);
+}
+
+/* The same without the encoder's and CCA's FLOPs (RETRO, RETRO-fit): what retrieval buys
+ * per FLOP of the decoder it sits in. NaN multiplier for the other archs. */
+static multiplier effective_no_enc(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
+                                   const joule_compare_row *r) {
+    multiplier none = {NAN, NAN, NAN, false};
+    if (!r->flops_encoder_cca) return none;
+    return effective_over(full, boot, reps, level, r, (double)(r->flops_counted - r->flops_encoder_cca));
+}
+
 static const char *fmt_mult(char *buf, size_t n, double v) {
     if (isinf(v)) snprintf(buf, n, "inf");
     else if (isnan(v)) snprintf(buf, n, "-");
     else snprintf(buf, n, "%.3g", v);
+    return buf;
+}
+
+/* "m [lo, hi]", or "-" for none. */
+static const char *fmt_interval(char *buf, size_t n, const multiplier *m) {
+    char a[32], b[32], c[32];
+    if (!m->have) snprintf(buf, n, "-");
+    else snprintf(buf, n, "%s [%s, %s]", fmt_mult(a, sizeof a, m->mult), fmt_mult(b, sizeof b, m->lo),
+                  fmt_mult(c, sizeof c, m->hi));
     return buf;
 }
 
@@ -175,19 +199,19 @@ static void write_headline(FILE *f, const arch_runs *runs, const joule_pow_fit *
     if (!base) return;
     fprintf(f, "## At %.3g FLOPs\n\nThe largest budget every architecture finished, against its dense run; "
                "effective compute from the dense fit (%.0f%% interval).\n\n"
-               "| arch | val bpb | vs dense | effective compute x | exact match | J/query | vs dense |\n"
-               "|---|---|---|---|---|---|---|\n",
+               "| arch | val bpb | vs dense | effective compute x | without encoder+CCA | exact match | J/query | vs dense |\n"
+               "|---|---|---|---|---|---|---|---|\n",
             base->budget, 100 * level);
     for (int a = 0; a < JOULE_ARCH_COUNT; a++)
         for (int j = 0; j < runs[a].n; j++) {
             const joule_compare_row *r = runs[a].rows[j];
             if (r->budget != base->budget) continue;
-            char mult[112] = "1 (reference)", m1[32], m2[32], m3[32], q[32] = "-", qr[32] = "-";
+            char mult[112] = "1 (reference)", noenc[112] = "-", q[32] = "-", qr[32] = "-";
             if (a != JOULE_ARCH_DENSE) {
                 if (dense) {
-                    multiplier m = effective(dense, boot, reps, level, r);
-                    snprintf(mult, sizeof mult, "%s [%s, %s]", fmt_mult(m1, sizeof m1, m.mult),
-                             fmt_mult(m2, sizeof m2, m.lo), fmt_mult(m3, sizeof m3, m.hi));
+                    multiplier m = effective(dense, boot, reps, level, r), e = effective_no_enc(dense, boot, reps, level, r);
+                    fmt_interval(mult, sizeof mult, &m);
+                    fmt_interval(noenc, sizeof noenc, &e);
                 } else {
                     snprintf(mult, sizeof mult, "- (no dense fit)");
                 }
@@ -195,10 +219,105 @@ static void write_headline(FILE *f, const arch_runs *runs, const joule_pow_fit *
             if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
             if (isfinite(r->query_j) && isfinite(base->query_j) && base->query_j > 0)
                 snprintf(qr, sizeof qr, "x%.2f", r->query_j / base->query_j);
-            fprintf(f, "| %s | %.4f | %+.4f | %s | %.4f | %s | %s |\n", r->arch, r->val_bpb,
-                    r->val_bpb - base->val_bpb, mult, r->exact_match, q, qr);
+            fprintf(f, "| %s | %.4f | %+.4f | %s | %s | %.4f | %s | %s |\n", r->arch, r->val_bpb,
+                    r->val_bpb - base->val_bpb, mult, noenc, r->exact_match, q, qr);
         }
     fprintf(f, "\n");
+}
+
+/* The multiplier of every run against the dense fit, with and without the encoder's and
+ * CCA's FLOPs; report.md's table, fit.json's effective_compute and the summary table. */
+static void write_multipliers(FILE *f, FILE *fs, cJSON *fit, const arch_runs *runs, const joule_pow_fit *dense,
+                              const joule_pow_fit *boot, int reps, double level) {
+    fprintf(f, "\n## Effective compute multiplier\n\nDense compute that reaches the run's loss on the dense fit, over "
+               "the compute the run spent (> 1: the architecture buys more than its FLOPs); for RETRO also over the "
+               "compute less its encoder and CCA FLOPs (what retrieval buys per decoder FLOP). Interval: %.0f%% "
+               "bootstrap percentiles over %d resamples of the dense runs. RETRO-fit's compute is its dense run's "
+               "plus the fitting stage's.\n\n| arch | budget | val bpb | multiplier [interval] | without encoder+CCA |\n"
+               "|---|---|---|---|---|\n",
+            100 * level, reps);
+    fprintf(fs, "| arch | budget | params active | val bpb | exact match | eff. compute x [%.0f%%] | w/o enc+CCA | J/query |\n"
+                "|---|---|---|---|---|---|---|---|\n", 100 * level);
+    cJSON *eff = cJSON_AddArrayToObject(fit, "effective_compute");
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+        for (int i = 0; i < runs[a].n; i++) {
+            const joule_compare_row *r = runs[a].rows[i];
+            char q[32] = "-", cell[128] = "-", cell2[128] = "-";
+            if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
+            if (dense && a != JOULE_ARCH_DENSE) {
+                multiplier m = effective(dense, boot, reps, level, r), e = effective_no_enc(dense, boot, reps, level, r);
+                fmt_interval(cell, sizeof cell, &m);
+                fmt_interval(cell2, sizeof cell2, &e);
+                fprintf(f, "| %s | %.3g | %.4f | %s | %s |\n", r->arch, r->budget, r->val_bpb, cell, cell2);
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "arch", r->arch);
+                cJSON_AddNumberToObject(o, "budget", r->budget);
+                cJSON_AddNumberToObject(o, "flops", (double)r->flops_counted);
+                cJSON_AddNumberToObject(o, "flops_encoder_cca", (double)r->flops_encoder_cca);
+                cJSON_AddNumberToObject(o, "val_bpb", r->val_bpb);
+                cJSON_AddItemToObject(o, "dense_compute", num_or_null(m.mult * (double)r->flops_counted));
+                cJSON_AddItemToObject(o, "multiplier", num_or_null(m.mult));
+                cJSON_AddItemToObject(o, "lo", num_or_null(m.lo));
+                cJSON_AddItemToObject(o, "hi", num_or_null(m.hi));
+                cJSON_AddItemToObject(o, "multiplier_without_encoder_cca", num_or_null(e.mult));
+                cJSON_AddItemToObject(o, "lo_without_encoder_cca", num_or_null(e.lo));
+                cJSON_AddItemToObject(o, "hi_without_encoder_cca", num_or_null(e.hi));
+                cJSON_AddItemToArray(eff, o);
+            } else if (a == JOULE_ARCH_DENSE) {
+                snprintf(cell, sizeof cell, "1 (reference)");
+            }
+            fprintf(fs, "| %s | %.3g | %llu | %.4f | %.4f | %s | %s | %s |\n", r->arch, r->budget,
+                    (unsigned long long)r->params_active, r->val_bpb, r->exact_match, cell, cell2, q);
+        }
+}
+
+/* RETRO's leakage table (DIR/runs/<run>.leakage.json, written by the run) for the largest
+ * budget of each retrieving arch that has one. */
+static void add_leakage(FILE *f, cJSON *fit, const arch_runs *runs) {
+    bool header = false;
+    for (int a = JOULE_ARCH_RETRO; a <= JOULE_ARCH_RETROFIT; a++)
+        for (int i = runs[a].n - 1; i >= 0; i--) {
+            const joule_compare_row *r = runs[a].rows[i];
+            char path[600];
+            snprintf(path, sizeof path, "%.*s.leakage.json", (int)(strlen(r->checkpoint) - strlen(".safetensors")),
+                     r->checkpoint);
+            joule_mmap map;
+            cJSON *j = NULL;
+            if (access(path, R_OK) == 0 && joule_mmap_open(&map, path) == JOULE_OK) {
+                j = cJSON_ParseWithLength((const char *)map.data, map.size);
+                joule_mmap_close(&map);
+            }
+            const cJSON *rows = cJSON_GetObjectItemCaseSensitive(j, "rows");
+            if (!cJSON_IsArray(rows)) {
+                cJSON_Delete(j);
+                continue;
+            }
+            if (!header)
+                fprintf(f, "\n## Leakage (RETRO)\n\nAs in the RETRO paper: each evaluated validation chunk's r is the "
+                           "longest run of bytes it shares with one of its 10 nearest database entries (own document "
+                           "excluded), over the chunk length; bits-per-byte over the chunks with r <= alpha, for the "
+                           "model with retrieval on and off and for the dense run of the same budget on the same "
+                           "bytes. With byte tokens nearly every chunk shares a byte or two, so r = 0 is rare.\n");
+            header = true;
+            fprintf(f, "\n%s at %.3g FLOPs:\n\n| r <= | chunks | bytes | bpb retrieval on | off | dense |\n"
+                       "|---|---|---|---|---|---|\n", r->arch, r->budget);
+            const cJSON *x;
+            cJSON_ArrayForEach(x, rows) {
+                double v[6];
+                static const char *const key[6] = {"alpha", "chunks", "bytes", "bpb_retrieval", "bpb_no_retrieval",
+                                                   "bpb_dense"};
+                for (int k = 0; k < 6; k++) {
+                    const cJSON *e = cJSON_GetObjectItemCaseSensitive(x, key[k]);
+                    v[k] = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+                }
+                fprintf(f, "| %.3g | %.0f | %.0f | %.4f | %.4f | %.4f |\n", v[0], v[1], v[2], v[3], v[4], v[5]);
+            }
+            cJSON *lk = cJSON_GetObjectItemCaseSensitive(fit, "leakage");
+            if (!lk) lk = cJSON_AddObjectToObject(fit, "leakage");
+            cJSON_AddNumberToObject(j, "budget", r->budget);
+            cJSON_AddItemToObject(lk, r->arch, j);
+            break;
+        }
 }
 
 /* ---- files ---- */
@@ -397,42 +516,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
                 d->n, dense.objective, boot ? "" : "; no bootstrap");
     else
         fprintf(f, "%s\n", note);
-    fprintf(f, "\n## Effective compute multiplier\n\nDense compute that reaches the run's loss on the dense fit, over "
-               "the compute the run spent (> 1: the architecture buys more than its FLOPs); interval: %.0f%% "
-               "bootstrap percentiles over %d resamples of the dense runs.\n\n| arch | budget | val bpb | multiplier | "
-               "interval |\n|---|---|---|---|---|\n",
-            100 * o->level, boot ? o->bootstrap : 0);
-    fprintf(fs, "| arch | budget | params active | val bpb | exact match | eff. compute x [%.0f%%] | J/query |\n"
-                "|---|---|---|---|---|---|---|\n", 100 * o->level);
-    cJSON *eff = cJSON_AddArrayToObject(fit, "effective_compute");
-    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
-        for (int i = 0; i < runs[a].n; i++) {
-            const joule_compare_row *r = runs[a].rows[i];
-            char m1[32], m2[32], m3[32], q[32] = "-", cell[128] = "-";
-            if (isfinite(r->query_j)) snprintf(q, sizeof q, "%.4g", r->query_j);
-            if (have_dense && a != JOULE_ARCH_DENSE) {
-                multiplier m = effective(&dense, boot, boot ? o->bootstrap : 0, o->level, r);
-                fmt_mult(m1, sizeof m1, m.mult);
-                fmt_mult(m2, sizeof m2, m.lo);
-                fmt_mult(m3, sizeof m3, m.hi);
-                fprintf(f, "| %s | %.3g | %.4f | %s | [%s, %s] |\n", r->arch, r->budget, r->val_bpb, m1, m2, m3);
-                snprintf(cell, sizeof cell, "%s [%s, %s]", m1, m2, m3);
-                cJSON *e = cJSON_CreateObject();
-                cJSON_AddStringToObject(e, "arch", r->arch);
-                cJSON_AddNumberToObject(e, "budget", r->budget);
-                cJSON_AddNumberToObject(e, "flops", (double)r->flops_counted);
-                cJSON_AddNumberToObject(e, "val_bpb", r->val_bpb);
-                cJSON_AddItemToObject(e, "dense_compute", num_or_null(m.mult * (double)r->flops_counted));
-                cJSON_AddItemToObject(e, "multiplier", num_or_null(m.mult));
-                cJSON_AddItemToObject(e, "lo", num_or_null(m.lo));
-                cJSON_AddItemToObject(e, "hi", num_or_null(m.hi));
-                cJSON_AddItemToArray(eff, e);
-            } else if (a == JOULE_ARCH_DENSE) {
-                snprintf(cell, sizeof cell, "1 (reference)");
-            }
-            fprintf(fs, "| %s | %.3g | %llu | %.4f | %.4f | %s | %s |\n", r->arch, r->budget,
-                    (unsigned long long)r->params_active, r->val_bpb, r->exact_match, cell, q);
-        }
+    write_multipliers(f, fs, fit, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
 
     /* predictable scaling */
     fprintf(f, "\n## Predictable scaling: loss\n\nL(C) fitted on the smaller budgets only, predicting the largest.\n\n"
@@ -457,6 +541,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
         if (o1) cJSON_AddItemToObject(mb, joule_arch_names[a], o1);
     }
     add_retrieval(dir, f, fit, rows, n);
+    add_leakage(f, fit, runs);
     fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n");
     fclose(f);
     f = NULL;

@@ -26,6 +26,7 @@ static const field FIELDS[] = {
     F(spent, 'd'),         F(val_bpb, 'd'),       F(exact_match, 'd'),   F(em_windows, 'u'),
     F(wall_s, 'd'),        F(train_s, 'd'),       F(energy_j, 'd'),      F(query_j, 'd'),
     F(query_s, 'd'),       F(retrieval_flops, 'd'), F(retrieval_searches, 'u'), F(retrieval_s, 'd'),
+    F(flops_encoder_cca, 'u'), F(flops_base, 'u'),     F(fit_budget, 'd'),
 };
 #undef F
 #define N_FIELDS (sizeof FIELDS / sizeof FIELDS[0])

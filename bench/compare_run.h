@@ -7,6 +7,10 @@
 #include "joule/energy.h"
 #include "joule/train.h"
 
+/* RETRO-fit's fitting budget for the dense model c of `budget`: retrofit_fraction of it, at
+ * least min_steps steps of the RETRO model. */
+double compare_fit_budget(const joule_compare_settings *s, const joule_config *c, double budget);
+
 /* compare_run_one's result when Ctrl-C stopped the training: no row is recorded. */
 #define COMPARE_INTERRUPTED 100
 
@@ -23,6 +27,9 @@ typedef struct {
     const char *db_dir;
     const char *retro_error;
     double search_flops;
+    /* the dense run of the budget being run, when finished: RETRO-fit starts from it and the
+     * leakage table scores it beside RETRO (NULL: none) */
+    const joule_compare_row *dense;
 } compare_run_ctx;
 
 /* Sizes, trains (checkpoint at r->checkpoint, set by the caller), evaluates and measures

@@ -29,7 +29,8 @@ static const char USAGE[] =
     "\n"
     "What to run:\n"
     "  --budgets LIST        training FLOPs per run, comma-separated, e.g. 1e12,2e12,4e12,8e12\n"
-    "  --archs LIST          architectures among dense, moe, retro (default dense,moe,retro)\n"
+    "  --archs LIST          architectures among dense, moe, retro, retro-fit (default\n"
+    "                        dense,moe,retro; retro-fit needs dense runs of the same budgets)\n"
     "  --data DIR            prepared corpus: DIR/train.bin and DIR/val.bin (default data/default)\n"
     "  --out DIR             comparison folder (default runs/compare): results.csv, results.jsonl,\n"
     "                        fit.json, report.md, loss_vs_compute.svg, energy_vs_bpb.svg, runs/\n"
@@ -40,17 +41,26 @@ static const char USAGE[] =
     "  --tokens-per-param R  r, training tokens per parameter (default 20, Chinchilla's D ~ 20 N)\n"
     "  --aspect A            d_model / layers (default 32)\n"
     "  --ffn-mult M          d_ff / d_model (default 3)\n"
-    "  --ctx N               context = training sequence length in bytes (default 64)\n"
+    "  --ctx N               context = training sequence length in bytes (default 256: RETRO\n"
+    "                        needs several chunks in view, ctx >= 8 x --retro-chunk)\n"
     "  --min-steps N         fewest optimizer steps a run may have (default 50: the last step then\n"
     "                        leaves at most 2%% of the budget unspent)\n"
     "  --experts N           MoE: experts per MoE layer (default 8); each of d_ff / top-k, so a\n"
     "  --top-k N             token costs the dense model's FLOPs plus the router (default 2)\n"
     "  --moe-every N         MoE FFN in every N-th layer (default 2)\n"
-    "  --retro-chunk M       RETRO: chunk length; ctx must be a multiple (default 16). The RETRO\n"
-    "                        model is the dense one plus CCA every 3rd layer and a 2-layer encoder\n"
+    "  --retro-chunk M       RETRO: chunk length in bytes (default 32). The RETRO model is the\n"
+    "                        dense one plus CCA from layer round(layers/6) (>= 1) every 3rd, and\n"
+    "                        an encoder of --retro-enc-layers x --retro-enc-d-model\n"
+    "  --retro-enc-layers N  RETRO: encoder layers (default 1)\n"
+    "  --retro-enc-d-model N RETRO: encoder width, a multiple of 8; 0 = about d_model / 6, at\n"
+    "                        least 8 (default 0: encoder + CCA about 10-30%% of the decoder's FLOPs)\n"
+    "  --retrofit-fraction F retro-fit: the fitting stage's budget over the dense run's (default\n"
+    "                        0.25; at least --min-steps steps)\n"
     "  --db-chunks N         RETRO: the database holds the first N chunks of the train split,\n"
-    "                        built once in DIR/db; 0 = all (default 100000). The search FLOPs\n"
+    "                        built once in DIR/db; 0 = all (default 0). The search FLOPs\n"
     "                        (FAISS's, analytic) are reported apart from the budget\n"
+    "  --db-index STRING     RETRO: the database's FAISS index (default: Flat below 50000\n"
+    "                        entries, else IVF<sqrt N>,Flat)\n"
     "  --neighbour-files     RETRO: compute the neighbours of the whole train and val splits\n"
     "                        once, into files next to them that later runs share (default: search\n"
     "                        each chunk the first time a run's batches read it)\n"
@@ -83,6 +93,7 @@ enum {
     OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,
     OPT_EXPERTS, OPT_TOP_K, OPT_MOE_EVERY, OPT_BATCH, OPT_LR, OPT_SEED, OPT_EVAL_WINDOWS, OPT_EM_WINDOWS,
     OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS, OPT_RETRO_CHUNK, OPT_DB_CHUNKS, OPT_QUERIES, OPT_NEIGHBOURS,
+    OPT_ENC_LAYERS, OPT_ENC_D_MODEL, OPT_RETROFIT, OPT_DB_INDEX,
 };
 
 static const char *CMD = "compare";
@@ -132,7 +143,8 @@ static int parse_archs(const char *s, bool *archs) {
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         int a = 0;
         while (a < JOULE_ARCH_COUNT && strcmp(joule_arch_names[a], t) != 0) a++;
-        if (a == JOULE_ARCH_COUNT) return cli_usage_error(CMD, "--archs: '%s' is not one of dense, moe, retro", t);
+        if (a == JOULE_ARCH_COUNT)
+            return cli_usage_error(CMD, "--archs: '%s' is not one of dense, moe, retro, retro-fit", t);
         archs[a] = true;
         any = 1;
     }
@@ -235,6 +247,10 @@ int cmd_compare(int argc, char **argv) {
         {"db-chunks", required_argument, NULL, OPT_DB_CHUNKS},
         {"queries", required_argument, NULL, OPT_QUERIES},
         {"neighbour-files", no_argument, NULL, OPT_NEIGHBOURS},
+        {"retro-enc-layers", required_argument, NULL, OPT_ENC_LAYERS},
+        {"retro-enc-d-model", required_argument, NULL, OPT_ENC_D_MODEL},
+        {"retrofit-fraction", required_argument, NULL, OPT_RETROFIT},
+        {"db-index", required_argument, NULL, OPT_DB_INDEX},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -285,13 +301,21 @@ int cmd_compare(int argc, char **argv) {
         case OPT_RETRO_CHUNK: INT_OPT(s.retro_chunk, 1, 4096, "--retro-chunk"); break;
         case OPT_NEIGHBOURS: s.neighbour_files = true; break;
         case OPT_DB_CHUNKS: CLI_CHECK(cli_u64_option(CMD, "--db-chunks", optarg, &s.db_chunks)); break;
+        case OPT_ENC_LAYERS: INT_OPT(s.retro_enc_layers, 1, 64, "--retro-enc-layers"); break;
+        case OPT_ENC_D_MODEL: INT_OPT(s.retro_enc_d_model, 0, 65536, "--retro-enc-d-model"); break;
+        case OPT_RETROFIT: CLI_CHECK(cli_number_option(CMD, "--retrofit-fraction", optarg, true, &s.retrofit_fraction)); break;
+        case OPT_DB_INDEX:
+            if (strlen(optarg) >= sizeof s.db_index)
+                return cli_usage_error(CMD, "--db-index: longer than %zu bytes", sizeof s.db_index - 1);
+            snprintf(s.db_index, sizeof s.db_index, "%s", optarg);
+            break;
         default: return cli_bad_option(CMD, c, argv);
         }
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (s.top_k > s.experts) return cli_usage_error(CMD, "--top-k %d is more than --experts %d", s.top_k, s.experts);
-    if (p.archs[JOULE_ARCH_RETRO] && s.ctx % s.retro_chunk)
-        return cli_usage_error(CMD, "--ctx %d must be a multiple of --retro-chunk %d for retro", s.ctx, s.retro_chunk);
+    if (s.retro_enc_d_model % s.head_dim)
+        return cli_usage_error(CMD, "--retro-enc-d-model %d is not a multiple of %d", s.retro_enc_d_model, s.head_dim);
     if (ro.bootstrap == 1) return cli_usage_error(CMD, "--bootstrap: give 0 (none) or at least 2 resamples");
 
     joule_compare_row *rows = NULL;

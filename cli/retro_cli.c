@@ -243,26 +243,6 @@ static void print_leakage(const joule_leakage_result *r, const char *baseline) {
     if (baseline) printf("baseline: %s\n", baseline);
 }
 
-static void *leakage_json(const joule_leakage_result *r) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddNumberToObject(o, "neighbours", r->neighbours);
-    cJSON_AddNumberToObject(o, "chunks", (double)r->chunks);
-    cJSON_AddBoolToObject(o, "own_document", r->own_document);
-    cJSON *rows = cJSON_AddArrayToObject(o, "rows");
-    for (int a = 0; a < JOULE_LEAKAGE_ALPHAS; a++) {
-        const joule_leakage_row *w = &r->rows[a];
-        cJSON *x = cJSON_CreateObject();
-        cJSON_AddNumberToObject(x, "alpha", w->alpha);
-        cJSON_AddNumberToObject(x, "chunks", (double)w->chunks);
-        cJSON_AddNumberToObject(x, "bytes", (double)w->bytes);
-        const double v[3] = {w->bpb_on, w->bpb_off, w->bpb_dense};
-        const char *k[3] = {"bpb_retrieval", "bpb_no_retrieval", "bpb_dense"};
-        for (int i = 0; i < 3; i++) isnan(v[i]) ? cJSON_AddNullToObject(x, k[i]) : cJSON_AddNumberToObject(x, k[i], v[i]);
-        cJSON_AddItemToArray(rows, x);
-    }
-    return o;
-}
-
 /* `joule eval --db --leakage`: the table by overlap (the baseline loaded with buffers). */
 static int eval_leakage(const char *cmd, joule_model *m, joule_tokens *t, const retro_db_cli *d, joule_retro_data *rd,
                         int seq, int batch, uint64_t windows, bool json) {
@@ -281,7 +261,7 @@ static int eval_leakage(const char *cmd, joule_model *m, joule_tokens *t, const 
     joule_model_free(dense);
     if (st) return cli_fail(cmd, st);
     if (json) {
-        cJSON *o = leakage_json(&r);
+        cJSON *o = joule_retro_leakage_json(&r);
         cJSON_AddStringToObject(o, "tokens_file", t->path);
         cJSON_AddStringToObject(o, "db", d->dir);
         if (d->baseline) cJSON_AddStringToObject(o, "baseline", d->baseline);

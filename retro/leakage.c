@@ -3,6 +3,7 @@
  * r(C) = (longest token run C shares with one of its nearest database entries) / m, and
  * bits-per-byte are reported over the chunks with r(C) <= alpha, for RETRO with retrieval on
  * and off and for a dense baseline on the very same target bytes. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,4 +173,28 @@ int joule_retro_leakage(joule_model *retro, joule_model *dense, joule_retro_data
     free(cs.count);
     for (int w = 0; w < N_MODELS; w++) free(cs.sum[w]);
     return rc;
+}
+
+void *joule_retro_leakage_json(const joule_leakage_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "neighbours", r->neighbours);
+    cJSON_AddNumberToObject(o, "chunks", (double)r->chunks);
+    cJSON_AddNumberToObject(o, "bytes", (double)r->bytes);
+    cJSON_AddNumberToObject(o, "windows", (double)r->windows);
+    cJSON_AddBoolToObject(o, "own_document", r->own_document);
+    cJSON *rows = cJSON_AddArrayToObject(o, "rows");
+    for (int a = 0; a < JOULE_LEAKAGE_ALPHAS; a++) {
+        const joule_leakage_row *w = &r->rows[a];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "alpha", w->alpha);
+        cJSON_AddNumberToObject(x, "chunks", (double)w->chunks);
+        cJSON_AddNumberToObject(x, "bytes", (double)w->bytes);
+        const double v[3] = {w->bpb_on, w->bpb_off, w->bpb_dense};
+        static const char *const key[3] = {"bpb_retrieval", "bpb_no_retrieval", "bpb_dense"};
+        for (int i = 0; i < 3; i++)
+            cJSON_AddItemToObject(x, key[i], isnan(v[i]) ? cJSON_CreateNull() : cJSON_CreateNumber(v[i]));
+        cJSON_AddItemToArray(rows, x);
+    }
+    return o;
 }

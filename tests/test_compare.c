@@ -1,5 +1,5 @@
-/* `joule compare` end to end on a tiny corpus: every run of every arch (dense, MoE, RETRO)
- * spends its budget within 2% (counted FLOPs), a budget too small to train is a failed row with its error
+/* `joule compare` end to end on a tiny corpus: every run of every arch (dense, MoE, RETRO,
+ * RETRO-fit) spends its budget within 2% (counted FLOPs; RETRO-fit its fitting budget), a budget too small to train is a failed row with its error
  * and exit 1, a rerun skips the finished runs, and the report files parse.
  * The binary comes from $JOULE_BIN; everything happens in a temp folder. One comparison is
  * run by the fixture and inspected by the tests. */
@@ -23,7 +23,9 @@ static int g_first_rc = -1;
 /* Three budgets (the fewest a dense fit takes; RETRO's smallest model needs ~5e8 for its 50
  * steps) plus one too small for any model. */
 #define BUDGETS "1e3,6e8,1.2e9,2.4e9"
-#define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 2 --bootstrap 20 --threads 1"
+#define SETTINGS                                                                                              \
+    "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 2 --bootstrap 20 --threads 1 --retro-chunk 4 " \
+    "--archs dense,moe,retro,retro-fit"
 #define COMPARE "compare --data d --out c --budgets " BUDGETS " " SETTINGS
 
 static double mtime_of(const char *name) {
@@ -87,20 +89,30 @@ static const char *str(const cJSON *o, const char *key) {
 
 START_TEST(test_every_arch_spends_its_budget) {
     cJSON *rows = load_rows();
-    int ok[3] = {0, 0, 0};
+    int ok[4] = {0, 0, 0, 0};
     const cJSON *r;
     cJSON_ArrayForEach(r, rows) {
         if (strcmp(str(r, "status"), "ok") != 0) continue;
         const char *arch = str(r, "arch");
-        int a = strcmp(arch, "dense") == 0 ? 0 : strcmp(arch, "moe") == 0 ? 1 : strcmp(arch, "retro") == 0 ? 2 : -1;
+        int a = strcmp(arch, "dense") == 0 ? 0 : strcmp(arch, "moe") == 0 ? 1 : strcmp(arch, "retro") == 0 ? 2
+                : strcmp(arch, "retro-fit") == 0                                                       ? 3
+                                                                                                       : -1;
         ck_assert_msg(a >= 0, "arch %s", arch);
         ok[a]++;
-        double budget = num(r, "budget"), counted = num(r, "flops_counted");
+        /* RETRO-fit: the dense run's FLOPs and tokens, then its fitting stage's, whose own
+         * budget `spent` is measured against */
+        const double base = num(r, "flops_base"), counted = num(r, "flops_counted") - base;
+        const double budget = a == 3 ? num(r, "fit_budget") : num(r, "budget");
         ck_assert_msg(counted <= budget * 1.0001 && counted >= 0.98 * budget,
                       "%s at %g FLOPs spent %g (%.2f%%)", arch, budget, counted, 100 * counted / budget);
         ck_assert_double_eq_tol(num(r, "spent"), counted / budget, 1e-9);
+        if (a == 3) ck_assert(base > 0 && num(r, "fit_budget") >= 0.25 * num(r, "budget"));
+        else ck_assert_double_eq(base, 0);
+        /* the encoder's and CCA's part of the counted FLOPs */
+        ck_assert(a >= 2 ? num(r, "flops_encoder_cca") > 0 && num(r, "flops_encoder_cca") < counted
+                         : num(r, "flops_encoder_cca") == 0);
         /* the steps really ran: tokens = steps x batch 4 x ctx 16 */
-        ck_assert_double_eq(num(r, "tokens"), num(r, "steps") * 4 * 16);
+        if (a != 3) ck_assert_double_eq(num(r, "tokens"), num(r, "steps") * 4 * 16);
         ck_assert(num(r, "steps") >= 50);
         double bpb = num(r, "val_bpb"), em = num(r, "exact_match");
         ck_assert_msg(bpb > 0 && bpb < 9, "val bpb %g", bpb);
@@ -112,11 +124,11 @@ START_TEST(test_every_arch_spends_its_budget) {
         }
         ck_assert_msg(str(r, "energy_method")[0] != '\0', "no energy method");
         /* searches happen outside the counted budget and are reported apart */
-        if (a == 2) ck_assert(num(r, "retrieval_flops") > 0);
+        if (a >= 2) ck_assert(num(r, "retrieval_flops") > 0);
         else ck_assert_double_eq(num(r, "retrieval_flops"), 0);
         /* on demand (the default): each chunk the run reads is searched at most once */
         if (a == 2)
-            ck_assert_msg(num(r, "retrieval_searches") > 0 && num(r, "retrieval_searches") <= num(r, "tokens") / 16,
+            ck_assert_msg(num(r, "retrieval_searches") > 0 && num(r, "retrieval_searches") <= num(r, "tokens") / 4,
                           "%g searches for %g tokens", num(r, "retrieval_searches"), num(r, "tokens"));
         ck_assert_msg(num(r, "query_j") > 0, "%s: no energy per query", arch);
         ck_assert_str_eq(str(r, "query_method"), str(r, "energy_method"));
@@ -124,6 +136,7 @@ START_TEST(test_every_arch_spends_its_budget) {
     ck_assert_int_eq(ok[0], 3);
     ck_assert_int_eq(ok[1], 3);
     ck_assert_int_eq(ok[2], 3);
+    ck_assert_int_eq(ok[3], 3);
     cJSON_Delete(rows);
 }
 END_TEST
@@ -139,7 +152,7 @@ START_TEST(test_failed_run_is_a_row) {
         ck_assert_double_eq(num(r, "budget"), 1e3);
         ck_assert_msg(strstr(str(r, "error"), "buys 0 steps") != NULL, "error: %s", str(r, "error"));
     }
-    ck_assert_int_eq(failed, 3);
+    ck_assert_int_eq(failed, 4);
     cJSON_Delete(rows);
     tu_expect_in("c/report.md", "## Failed runs");
 }
@@ -150,9 +163,9 @@ START_TEST(test_rerun_skips_finished_runs) {
     double before = mtime_of(ckpt);
     char *rows_before = tu_read_in("c/results.jsonl", NULL);
     ck_assert_int_eq(tu_joule(COMPARE), 1); /* the failed budget is retried and fails again */
-    tu_expect_in("out.txt", "3 runs done, 9 already finished, 3 failed");
+    tu_expect_in("out.txt", "4 runs done, 12 already finished, 4 failed");
     char *out = tu_read_in("out.txt", NULL);
-    ck_assert_ptr_null(strstr(out, "run 4 of")); /* only the three failed ones were redone */
+    ck_assert_ptr_null(strstr(out, "run 5 of")); /* only the four failed ones were redone */
     free(out);
     ck_assert_double_eq(mtime_of(ckpt), before);
     char *rows_after = tu_read_in("c/results.jsonl", NULL);
@@ -164,7 +177,7 @@ START_TEST(test_rerun_skips_finished_runs) {
         ck_assert_msg(strstr(rows_after, line) != NULL, "row changed: %s", line);
         kept++;
     }
-    ck_assert_int_eq(kept, 9);
+    ck_assert_int_eq(kept, 12);
     free(rows_before);
     free(rows_after);
     /* other settings in the same folder are refused */
@@ -186,14 +199,32 @@ START_TEST(test_report_files_parse) {
     const cJSON *iv = cJSON_GetObjectItemCaseSensitive(d, "interval");
     ck_assert(cJSON_IsObject(iv) && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(iv, "b")) == 2);
     const cJSON *eff = cJSON_GetObjectItemCaseSensitive(fit, "effective_compute");
-    ck_assert_int_eq(cJSON_GetArraySize(eff), 6);
+    ck_assert_int_eq(cJSON_GetArraySize(eff), 9);
     const cJSON *e;
     cJSON_ArrayForEach(e, eff) {
-        ck_assert(strcmp(str(e, "arch"), "moe") == 0 || strcmp(str(e, "arch"), "retro") == 0);
+        const bool retro = strncmp(str(e, "arch"), "retro", 5) == 0;
+        ck_assert(strcmp(str(e, "arch"), "moe") == 0 || retro);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "multiplier");
         ck_assert(cJSON_IsNull(m) || (cJSON_IsNumber(m) && m->valuedouble > 0));
+        /* without the encoder and CCA, retrieval's multiplier is over fewer FLOPs: larger */
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(e, "multiplier_without_encoder_cca");
+        if (retro && cJSON_IsNumber(m) && cJSON_IsNumber(w) && isfinite(m->valuedouble))
+            ck_assert(w->valuedouble > m->valuedouble);
+        if (!retro) ck_assert(cJSON_IsNull(w));
     }
-    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 3);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fit, "failed")), 4);
+    /* the leakage tables: RETRO and RETRO-fit beside the dense run of the largest budget */
+    const cJSON *lk = cJSON_GetObjectItemCaseSensitive(fit, "leakage");
+    ck_assert_msg(cJSON_IsObject(lk), "no leakage record");
+    for (int i = 0; i < 2; i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(lk, i ? "retro-fit" : "retro");
+        ck_assert(cJSON_IsObject(t) && num(t, "budget") == 2.4e9);
+        const cJSON *rows = cJSON_GetObjectItemCaseSensitive(t, "rows");
+        ck_assert_int_eq(cJSON_GetArraySize(rows), 6);
+        const cJSON *all = cJSON_GetArrayItem(rows, 5);
+        ck_assert(num(all, "alpha") == 1 && num(all, "bytes") == 16 * 16);
+        ck_assert(num(all, "bpb_dense") > 0 && num(all, "bpb_retrieval") > 0);
+    }
     const cJSON *ret = cJSON_GetObjectItemCaseSensitive(fit, "retrieval");
     ck_assert_msg(cJSON_IsObject(ret) && num(ret, "search_flops") > 0, "no retrieval record");
     ck_assert_str_eq(str(ret, "neighbours"), "on-demand");
@@ -206,7 +237,7 @@ START_TEST(test_report_files_parse) {
     ck_assert_int_eq(strncmp(csv, "arch,status,budget,", 19), 0);
     int lines = 0;
     for (const char *p = csv; *p; p++) lines += *p == '\n';
-    ck_assert_int_eq(lines, 1 + 12);
+    ck_assert_int_eq(lines, 1 + 16);
     free(csv);
     const char *svgs[] = {"c/loss_vs_compute.svg", "c/energy_vs_bpb.svg"};
     for (int i = 0; i < 2; i++) {
@@ -216,6 +247,8 @@ START_TEST(test_report_files_parse) {
         free(svg);
     }
     tu_expect_in("c/report.md", "## Effective compute multiplier");
+    tu_expect_in("c/report.md", "## Leakage (RETRO)");
+    tu_expect_in("c/report.md", "without encoder+CCA");
     tu_expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
     tu_expect_in("c/report.md", "| dense | ");
     tu_expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */

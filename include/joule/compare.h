@@ -27,8 +27,16 @@ extern "C" {
 #define JOULE_COMPARE_MAX_BUDGETS 32
 #define JOULE_COMPARE_EM_BYTES 8 /* exact match of the next 8 bytes */
 
-typedef enum { JOULE_ARCH_DENSE = 0, JOULE_ARCH_MOE = 1, JOULE_ARCH_RETRO = 2, JOULE_ARCH_COUNT = 3 } joule_arch;
-extern const char *const joule_arch_names[JOULE_ARCH_COUNT]; /* "dense", "moe", "retro" */
+/* RETROFIT: the dense run of the same budget, frozen, with CCA and an encoder trained on
+ * top (the paper's cheap path); its compute is the dense run's plus the fitting's. */
+typedef enum {
+    JOULE_ARCH_DENSE = 0,
+    JOULE_ARCH_MOE = 1,
+    JOULE_ARCH_RETRO = 2,
+    JOULE_ARCH_RETROFIT = 3,
+    JOULE_ARCH_COUNT = 4
+} joule_arch;
+extern const char *const joule_arch_names[JOULE_ARCH_COUNT]; /* "dense", "moe", "retro", "retro-fit" */
 
 /* Everything that shapes a run; a comparison folder records it (compare.json) and refuses
  * to mix runs made with different settings. */
@@ -44,11 +52,19 @@ typedef struct {
     /* MoE: the dense model of the same budget with E experts of d_ff / top_k, so a token
      * costs the same matmul FLOPs plus the router */
     int experts, top_k, moe_every;
-    /* RETRO: the dense backbone plus CCA and encoder (joule_retro_config_apply's defaults),
-     * chunks of retro_chunk tokens; the database holds the first db_chunks chunks of the
-     * train split (0 = all) and is built once per comparison folder */
+    /* RETRO: the dense backbone plus CCA where joule_retro_config_apply puts it and an
+     * encoder of retro_enc_layers x retro_enc_d_model (0: about d_model / 6, a multiple of
+     * 8, at least 8; d_ff ffn_mult x that), chunks of retro_chunk tokens; the database holds
+     * the first db_chunks chunks of the train split (0 = all), indexed by db_index (a FAISS
+     * factory string; "" = Flat below 50000 entries, else IVF<sqrt N>,Flat), built once per
+     * comparison folder */
     int retro_chunk;
+    int retro_enc_layers, retro_enc_d_model;
     uint64_t db_chunks;
+    char db_index[64];
+    /* RETRO-fit: the fitting stage's budget, as a fraction of the dense run's (at least
+     * min_steps steps) */
+    double retrofit_fraction;
     /* neighbours of the chunks training and evaluation read: searched on demand, the first
      * time a batch needs them (default; a run pays for the chunks it reads), or from
      * neighbour files of the whole train and validation splits computed up front */
@@ -101,6 +117,13 @@ typedef struct {
     /* RETRO: analytic FAISS search FLOPs of the chunks the training consumed (one search per
      * chunk; FAISS's work, outside the counted budget) */
     double retrieval_flops;
+    /* RETRO and RETRO-fit: the encoder's and CCA's part of flops_counted (the multiplier is
+     * also reported without it) */
+    uint64_t flops_encoder_cca;
+    /* RETRO-fit: the dense run's counted FLOPs, included in flops_counted, and the fitting
+     * stage's budget (spent = the stage's counted FLOPs over it); 0 for the others */
+    uint64_t flops_base;
+    double fit_budget;
     /* on demand: chunks searched for training's batches and the wall time it took (part
      * of train_s); 0 / null with neighbour files */
     uint64_t retrieval_searches;

@@ -184,6 +184,11 @@ typedef struct {
 int joule_retro_leakage(joule_model *retro, joule_model *dense, joule_retro_data *rd, const joule_tokens *t, int T,
                         int B, uint64_t windows, int neighbours, joule_leakage_result *out);
 
+/* The result as a cJSON object (void * keeps cJSON out of this header; the caller frees it
+ * with cJSON_Delete): neighbours, chunks, bytes, windows, own_document, and rows of alpha,
+ * chunks, bytes, bpb_retrieval, bpb_no_retrieval, bpb_dense (null where not scored). */
+void *joule_retro_leakage_json(const joule_leakage_result *r);
+
 /* RETRO-fitting: copies every tensor of a dense model into m by name (shapes must match;
  * `what` names the source in errors), and marks every tensor outside the CCA layers and
  * the encoder frozen. */
