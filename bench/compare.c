@@ -13,6 +13,7 @@
 #include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
+#include "joule/retro_db.h"
 #include "joule/train.h"
 
 const char *const joule_arch_names[JOULE_ARCH_COUNT] = {"dense", "moe", "retro", "retro-fit"};
@@ -36,6 +37,7 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     s->retro_enc_layers = 1;
     s->db_chunks = 0;
     s->retrofit_fraction = 0.25;
+    s->db_nprobe = 4;
     s->batch = 8;
     s->lr = 3e-3;
     s->seed = 1;
@@ -62,6 +64,7 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "retro_enc_d_model", s->retro_enc_d_model);
     cJSON_AddNumberToObject(j, "db_chunks", (double)s->db_chunks);
     cJSON_AddStringToObject(j, "db_index", s->db_index);
+    cJSON_AddNumberToObject(j, "db_nprobe", s->db_nprobe);
     cJSON_AddNumberToObject(j, "retrofit_fraction", s->retrofit_fraction);
     cJSON_AddStringToObject(j, "neighbours", s->neighbour_files ? "files" : "on-demand");
     cJSON_AddNumberToObject(j, "batch", s->batch);
@@ -200,6 +203,7 @@ static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_co
     joule_bench_energy_opts_init(&o);
     o.data_dir = x->data_dir;
     o.db_dir = x->db_dir;
+    o.db_params = x->db_params;
     o.queries = x->settings->queries;
     o.warmup = 2;
     o.prompt = m->cfg.ctx / 2;
@@ -236,6 +240,7 @@ static int build_model(const compare_run_ctx *x, joule_arch arch, joule_config *
         joule_retro_data_opts_init(&ro);
         ro.on_demand = !s->neighbour_files;
         if ((rc = joule_retro_data_open_opts(rd, c, x->db_dir, paths, 2, &ro))) return rc;
+        if (x->db_params && (rc = joule_db_set_params(joule_retro_data_db(*rd), x->db_params))) return rc;
         snprintf(c->retro.db_id, sizeof c->retro.db_id, "%s", joule_retro_data_db_id(*rd));
     }
     if ((rc = joule_model_create(m, c))) return rc;

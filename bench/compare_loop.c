@@ -110,9 +110,10 @@ static int default_index(const joule_compare_settings *s, const char *train_path
 /* Builds DIR/db (resuming an interrupted build), computes the neighbour files of the train
  * and validation splits when the settings ask for files (next to them, shared by every
  * RETRO run; on demand, each run searches what it reads), records what it cost in
- * DIR/retrieval.json, and gives the analytic FLOPs of one search. */
+ * DIR/retrieval.json, and gives the analytic FLOPs of one search and the search parameters
+ * every run applies ("" for the index's own). */
 static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
-                           double *search_flops) {
+                           double *search_flops, char params[32]) {
     const joule_compare_settings *s = p->settings;
     retrieval_progress rp = {p};
     double build_s = NAN, t0 = joule_now();
@@ -157,6 +158,10 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
     joule_search_cost cost;
     int nprobe = 0, ef = 0;
     stored_search_params(db, &nprobe, &ef);
+    if (s->db_nprobe > 0 && strncmp(joule_db_factory(db), "IVF", 3) == 0) { /* what every run applies */
+        nprobe = s->db_nprobe;
+        snprintf(params, 32, "nprobe=%d", nprobe);
+    }
     rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &cost);
     if (!rc) {
         *search_flops = cost.flops;
@@ -253,12 +258,14 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
         }
 
     compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
-                         NULL, NULL, 0, NULL};
+                         NULL, NULL, NULL, 0, NULL};
+    char db_params[32] = "";
     char db_dir[600], retro_error[512] = "";
     if (todo_retro(p, out)) {
         snprintf(db_dir, sizeof db_dir, "%s/db", p->out_dir);
-        if (setup_retrieval(p, train_path, val_path, db_dir, &x.search_flops) == JOULE_OK) {
+        if (setup_retrieval(p, train_path, val_path, db_dir, &x.search_flops, db_params) == JOULE_OK) {
             x.db_dir = db_dir;
+            x.db_params = db_params[0] ? db_params : NULL;
         } else {
             snprintf(retro_error, sizeof retro_error, "%s", joule_last_error());
             if (p->interrupt && *p->interrupt) {

@@ -25,6 +25,7 @@ typedef struct {
     /* RETRO: the folder's database (NULL when it could not be built: retro_error says why)
      * and the analytic FLOPs of one search in it */
     const char *db_dir;
+    const char *db_params; /* search parameters every run applies ("nprobe=4"); NULL: stored */
     const char *retro_error;
     double search_flops;
     /* the dense run of the budget being run, when finished: RETRO-fit starts from it and the

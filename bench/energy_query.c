@@ -195,6 +195,7 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
     b->grid = calloc(B, sizeof *b->grid);
     if (!b->win || !b->nbr || !b->ids || !b->grid) return joule_fail(JOULE_ERR_NOMEM, "bench energy: out of memory");
     int st = joule_db_open(&b->db, o->db_dir);
+    if (!st && o->db_params) st = joule_db_set_params(b->db, o->db_params);
     if (st) return st;
     if (joule_db_chunk(b->db) != rc->chunk)
         return joule_fail(JOULE_ERR_ARG, "%s: database chunks are %d tokens, the model's are %d", o->db_dir,

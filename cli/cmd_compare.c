@@ -61,6 +61,9 @@ static const char USAGE[] =
     "                        (FAISS's, analytic) are reported apart from the budget\n"
     "  --db-index STRING     RETRO: the database's FAISS index (default: Flat below 50000\n"
     "                        entries, else IVF<sqrt N>,Flat)\n"
+    "  --db-nprobe N         RETRO: IVF lists probed per search; 0 = the index's default, 16\n"
+    "                        (default 4: every run searches each chunk it reads, and at 16 the\n"
+    "                        search cost more than the model at demo sizes)\n"
     "  --neighbour-files     RETRO: compute the neighbours of the whole train and val splits\n"
     "                        once, into files next to them that later runs share (default: search\n"
     "                        each chunk the first time a run's batches read it)\n"
@@ -93,7 +96,7 @@ enum {
     OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,
     OPT_EXPERTS, OPT_TOP_K, OPT_MOE_EVERY, OPT_BATCH, OPT_LR, OPT_SEED, OPT_EVAL_WINDOWS, OPT_EM_WINDOWS,
     OPT_BOOTSTRAP, OPT_LEVEL, OPT_REPORT_ONLY, OPT_THREADS, OPT_RETRO_CHUNK, OPT_DB_CHUNKS, OPT_QUERIES, OPT_NEIGHBOURS,
-    OPT_ENC_LAYERS, OPT_ENC_D_MODEL, OPT_RETROFIT, OPT_DB_INDEX,
+    OPT_ENC_LAYERS, OPT_ENC_D_MODEL, OPT_RETROFIT, OPT_DB_INDEX, OPT_DB_NPROBE,
 };
 
 static const char *CMD = "compare";
@@ -251,6 +254,7 @@ int cmd_compare(int argc, char **argv) {
         {"retro-enc-d-model", required_argument, NULL, OPT_ENC_D_MODEL},
         {"retrofit-fraction", required_argument, NULL, OPT_RETROFIT},
         {"db-index", required_argument, NULL, OPT_DB_INDEX},
+        {"db-nprobe", required_argument, NULL, OPT_DB_NPROBE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -304,6 +308,7 @@ int cmd_compare(int argc, char **argv) {
         case OPT_ENC_LAYERS: INT_OPT(s.retro_enc_layers, 1, 64, "--retro-enc-layers"); break;
         case OPT_ENC_D_MODEL: INT_OPT(s.retro_enc_d_model, 0, 65536, "--retro-enc-d-model"); break;
         case OPT_RETROFIT: CLI_CHECK(cli_number_option(CMD, "--retrofit-fraction", optarg, true, &s.retrofit_fraction)); break;
+        case OPT_DB_NPROBE: INT_OPT(s.db_nprobe, 0, 1 << 20, "--db-nprobe"); break;
         case OPT_DB_INDEX:
             if (strlen(optarg) >= sizeof s.db_index)
                 return cli_usage_error(CMD, "--db-index: longer than %zu bytes", sizeof s.db_index - 1);

@@ -190,6 +190,25 @@ void joule_rope_rows(float *x, int ld, int n, const int *pos, int nheads, int hs
     rope_apply(x, ld, n, 1, pos, nheads, hs, 0, cos_tab, sin_tab, backward ? -1.0f : 1.0f);
 }
 
+void joule_softmax_masked(float *s, const uint8_t *mask, int n) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++)
+        if (!mask || mask[j]) mx = s[j] > mx ? s[j] : mx;
+    if (mx == -INFINITY) {
+        memset(s, 0, (size_t)n * sizeof *s);
+        return;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) {
+        s[j] = (!mask || mask[j]) ? exp_fast(s[j] - mx) : 0.0f;
+        sum += s[j];
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j < n; j++) s[j] *= inv;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* causal self-attention                                                                */
 

@@ -26,10 +26,11 @@ cd "$(dirname "$(realpath "${BASH_SOURCE[0]}")")/.."
 
 THREADS=${DEMO_THREADS:-1}
 # The preset: budgets doubling from 5e11 FLOPs; models of the fixed-aspect family sized for
-# D = 20 N; context 64, batch 8; RETRO with 16-byte chunks and a 100k-chunk database.
+# D = 20 N; context 256, batch 8; RETRO with 32-byte chunks, a narrow one-layer encoder and the
+# whole train split as its database; RETRO-fit on each dense run.
 BUDGETS=${DEMO_BUDGETS:-5e11,1e12,2e12,4e12}
 OUT=runs/demo/compare
-PRESET=(--budgets "$BUDGETS" --archs dense,moe,retro --ctx 64 --batch 8 --db-chunks 100000
+PRESET=(--budgets "$BUDGETS" --archs dense,moe,retro,retro-fit --ctx 256 --batch 8 --retro-chunk 32
         --queries 16 --bootstrap 200 --data data/default --out "$OUT")
 
 section() { printf '\n==== %s ====\n' "$*"; }
@@ -43,7 +44,7 @@ else
   "$JOULE" data prepare --preset default --out data/default
 fi
 
-section "2/4 joule compare: dense, moe, retro at $BUDGETS FLOPs ($THREADS threads)"
+section "2/4 joule compare: dense, moe, retro, retro-fit at $BUDGETS FLOPs ($THREADS threads)"
 t0=$SECONDS
 mkdir -p "$OUT"
 # exit 1 means a run failed: it is in the report; carry on and show it
@@ -62,6 +63,7 @@ section "4/4 summary"
 ("$JOULE" compare --out "$OUT" --report-only || true) | sed -n '/^| arch/,/^$/p'
 sed -n '/^## At /,/^## Runs/p' "$OUT/report.md" | grep '^|' || true
 sed -n '/## Predictable scaling: loss/,/## Retrieval/p' "$OUT/report.md" | grep '^|' || true
+sed -n '/^## Leakage/,/^## Plots/p' "$OUT/report.md" | grep -v '^## Plots' || true
 echo
 "$JOULE" generate --model "$OUT/runs/dense-$stem.safetensors" --prompt "The meaning of " -n 200 \
   --temperature 0.8 --threads "$THREADS"

@@ -36,6 +36,7 @@ extern "C" {
 typedef struct {
     const char *data_dir; /* prepared corpus: prompts come from <data_dir>/val.bin */
     const char *db_dir;   /* RETRO database for RETRO checkpoints (NULL otherwise) */
+    const char *db_params; /* FAISS search parameters for it, e.g. "nprobe=4"; NULL: the index's defaults */
     int queries;          /* measured queries (32) */
     int prompt;           /* P tokens per prompt (64) */
     int generate;         /* G generated tokens per query (32), >= 1; P + G - 1 <= ctx */

@@ -62,6 +62,9 @@ typedef struct {
     int retro_enc_layers, retro_enc_d_model;
     uint64_t db_chunks;
     char db_index[64];
+    /* IVF lists probed per search (0: the index's stored default, 16): each run searches every
+     * chunk it reads, and at 16 the search cost more than the model's step at demo sizes */
+    int db_nprobe;
     /* RETRO-fit: the fitting stage's budget, as a fraction of the dense run's (at least
      * min_steps steps) */
     double retrofit_fraction;

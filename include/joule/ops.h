@@ -79,6 +79,10 @@ void joule_rope_backward(float *dx, int ld, int B, int T, int nheads, int hs, in
 void joule_rope_rows(float *x, int ld, int n, const int *pos, int nheads, int hs, const float *cos_tab,
                      const float *sin_tab, bool backward);
 
+/* s[n] becomes the softmax over the entries whose mask is non-zero (mask NULL: all);
+ * masked ones get 0, and a row with none valid is all 0 (RETRO's attentions). */
+void joule_softmax_masked(float *s, const uint8_t *mask, int n);
+
 /* Causal multi-head self-attention on a fused qkv buffer [N, 3C] (row: q | k | v, each
  * head h at columns h*hs within its part; rotary already applied to q and k).
  * out[N,C] (head h at columns h*hs); att[B,H,T,T] keeps the softmax probabilities
