@@ -555,7 +555,7 @@ int cmd_train(int argc, char **argv) {
     cli_progress_finish(&ui.bar, (double)(last.step - saved.step), ui.extra);
 
     uint64_t run_steps = last.step - saved.step, run_tokens = last.tokens - saved.tokens;
-    double step_wall = last.wall_s - saved.wall_s;
+    double step_wall = last.run_wall_s;
     printf("trained %" PRIu64 " steps (%" PRIu64 " of %" PRIu64 " done), %s tokens in %s (%s in steps): %s tok/s\n",
            run_steps, last.step, total, cli_fmt_count(b1, sizeof b1, (double)run_tokens),
            cli_fmt_duration(b2, sizeof b2, elapsed), cli_fmt_duration(b3, sizeof b3, step_wall),

@@ -146,10 +146,17 @@ static void log_step(FILE *log, const joule_train_progress *p, const char *ext) 
     fflush(log);
 }
 
-static void make_run_id(char *buf, size_t n, uint64_t seed) {
-    /* Unique per run start, not per seed, so two runs' files never pair up by accident. */
-    uint64_t x = joule_mix64(seed, (uint64_t)(joule_now() * 1e9));
-    snprintf(buf, n, "%016" PRIx64, x);
+/* A function of everything that determines the run's files (seed, trajectory options,
+ * model config, training data size), so two identical runs write identical checkpoints
+ * while files of different runs do not pair up. */
+static void make_run_id(char *buf, size_t n, uint64_t seed, const char *traj, const joule_model *m,
+                        const joule_tokens *train) {
+    char *cfg = joule_config_to_json(&m->cfg);
+    uint64_t h = joule_mix64(seed, train->n_tokens);
+    for (const char *s = traj; s && *s; s++) h = joule_mix64(h, (unsigned char)*s);
+    for (const char *s = cfg; s && *s; s++) h = joule_mix64(h, (unsigned char)*s);
+    free(cfg);
+    snprintf(buf, n, "%016" PRIx64, h);
 }
 
 int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last) {
@@ -192,9 +199,11 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         if ((rc = joule_adamw_init(&opt, m->n_params))) goto done;
         st.seed = o->seed;
         st.total_steps = total;
-        make_run_id(st.run_id, sizeof st.run_id, o->seed);
+        make_run_id(st.run_id, sizeof st.run_id, o->seed, traj, m, &train);
         snprintf(st.opts_json, sizeof st.opts_json, "%s", traj);
     }
+    double wall0 = 0;
+    if (o->resume && o->log_path && (rc = joule_train_log_resume(o->log_path, st.step, &wall0))) goto done;
     if (o->log_path) {
         log = fopen(o->log_path, o->resume ? "a" : "w");
         if (!log) {
@@ -219,7 +228,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     p.tokens = st.tokens;
     p.flops = st.flops;
     p.flops_analytic = st.step * analytic_step;
-    p.wall_s = st.wall_s;
+    p.wall_s = wall0;
     while (st.step < total) {
         double t0 = joule_now();
         uint64_t f0 = joule_flops_counted();
@@ -254,7 +263,6 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         st.step++;
         st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
         st.flops += joule_flops_counted() - f0;
-        st.wall_s += dt;
         p.step = st.step;
         p.tokens = st.tokens;
         p.flops = st.flops;
@@ -262,7 +270,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         p.loss = loss_sum / o->accum;
         p.lr = lr;
         p.grad_norm = norm;
-        p.wall_s = st.wall_s;
+        p.wall_s += dt;
+        p.run_wall_s += dt;
         p.tokens_per_s = (double)o->batch * T * o->accum / dt;
         p.mfu = o->peak_flops > 0 ? (double)analytic_step / dt / o->peak_flops : 0;
         p.val_loss = NAN;

@@ -25,7 +25,8 @@ typedef struct {
     uint64_t flops;          /* counted */
     uint64_t flops_analytic; /* joule_model_forward_flops x 3 per micro-batch */
     double loss, lr, grad_norm;
-    double wall_s;
+    double wall_s;           /* steps' wall time since the run began (resumes continue the log's) */
+    double run_wall_s;       /* steps' wall time in this call of joule_train */
     double tokens_per_s;     /* of the last step */
     double val_loss;         /* NaN when not evaluated at this step */
     double mfu;              /* analytic FLOPs/s of the last step over opts.peak_flops; 0 without a peak */
@@ -73,6 +74,11 @@ uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c
  * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
  * holds the final progress. */
 int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last);
+
+/* On resume at `step`: the cumulative wall_s of the log's line for that step (0 when the
+ * log or the line is missing), and the log rewritten without the lines of later steps (a
+ * killed run may have logged steps after its last checkpoint). */
+int joule_train_log_resume(const char *log_path, uint64_t step, double *wall_s);
 
 typedef struct {
     double loss;     /* mean next-token cross-entropy in nats */
