@@ -139,7 +139,7 @@ static int cmd_prepare(int argc, char **argv) {
     }
     for (int i = 0; i < o.n_inputs; i++) {
         if (access(o.inputs[i], R_OK) != 0) {
-            fprintf(stderr, "joule %s: %s: %s\n", cmd, o.inputs[i], strerror(errno));
+            cli_error(0, cmd, "%s: %s", o.inputs[i], strerror(errno));
             return EXIT_USAGE;
         }
     }

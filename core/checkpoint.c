@@ -10,10 +10,13 @@
 #define _GNU_SOURCE
 #include "joule/checkpoint.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "joule/safetensors.h"
@@ -109,6 +112,38 @@ int joule_checkpoint_save(const joule_model *m, const char *path, const joule_ad
     /* weights that did not land (a full disk) leave the old pair standing: drop the half */
     if (!rc && (rc = write_weights(m, path, st)) != JOULE_OK) unlink(next);
     if (!rc) rc = joule_rename_durable(next, cur);
+    free(cur);
+    free(next);
+    return rc;
+}
+
+/* Training state of a checkpoint file; false when it cannot be read or has none. */
+static bool state_of(const char *path, joule_train_state *st, bool optim) {
+    joule_st_file *f;
+    if (joule_st_open(&f, path) != JOULE_OK) return false;
+    const char *id = joule_st_meta(f, "run_id"), *step = joule_st_meta(f, "step");
+    bool ok = id && step && strlen(id) < sizeof st->run_id && joule_st_meta(f, "format") &&
+              strcmp(joule_st_meta(f, "format"), optim ? "joule-optim" : "joule") == 0;
+    if (ok) {
+        snprintf(st->run_id, sizeof st->run_id, "%s", id);
+        st->step = strtoull(step, NULL, 10);
+    }
+    joule_st_close(f);
+    return ok;
+}
+
+int joule_checkpoint_recover(const char *path) {
+    char *cur = joule_checkpoint_optim_path(path), *next = joule_checkpoint_optim_next_path(path);
+    int rc = cur && next ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    struct stat sb;
+    joule_train_state w, n;
+    if (!rc && stat(next, &sb) == 0 && state_of(path, &w, false)) {
+        bool pairs = state_of(next, &n, true) && strcmp(w.run_id, n.run_id) == 0 && w.step == n.step;
+        /* pairs: the save was killed after its weights landed, so finish it; else it was
+         * killed before, and the half it left is dropped */
+        if (pairs) rc = joule_rename_durable(next, cur);
+        else if (unlink(next) != 0) rc = joule_fail(JOULE_ERR_IO, "%s: cannot remove: %s", next, strerror(errno));
+    }
     free(cur);
     free(next);
     return rc;

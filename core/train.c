@@ -98,11 +98,13 @@ uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c
     const int T = o->seq ? o->seq : c->ctx;
     uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * (uint64_t)o->accum;
     if (o->max_steps) return o->max_steps;
-    if (o->max_tokens) return (o->max_tokens + tokens_per_step - 1) / tokens_per_step;
+    if (o->max_tokens) return o->max_tokens / tokens_per_step + (o->max_tokens % tokens_per_step != 0);
     if (o->max_flops > 0) {
         double per_step = 3.0 * (double)joule_model_forward_flops(c, o->batch, T) * o->accum;
-        uint64_t s = (uint64_t)floor(o->max_flops / per_step);
-        return s ? s : 1;
+        double s = floor(o->max_flops / per_step);
+        /* converting a double past 2^64 is undefined: more than 2^53 steps is "forever" anyway */
+        if (!(s < 9007199254740992.0)) s = 9007199254740992.0;
+        return s >= 1 ? (uint64_t)s : 1;
     }
     return 0;
 }
@@ -166,6 +168,10 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
     if (!m->acts || m->max_batch < o->batch)
         return joule_fail(JOULE_ERR_ARG, "model buffers hold batch %d, training needs %d", m->max_batch, o->batch);
+    if (!(o->max_flops >= 0 && o->max_flops <= JOULE_TRAIN_MAX_FLOPS))
+        return joule_fail(JOULE_ERR_ARG, "FLOP budget %g outside [0, %g]", o->max_flops, JOULE_TRAIN_MAX_FLOPS);
+    int rc = joule_adamw_opts_check(&o->adam);
+    if (rc) return rc;
     uint64_t total = joule_train_plan_steps(o, c);
     if (total == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
 
@@ -179,12 +185,14 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     int frozen = 0;
     for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
     char *traj = trajectory_json(o, T, total, frozen);
-    int rc = joule_tokens_open(&train, o->train_path);
+    rc = joule_tokens_open(&train, o->train_path);
     if (rc) goto done;
     if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
 
     if (o->resume) {
-        if ((rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st))) goto done;
+        if ((rc = joule_checkpoint_recover(o->out_path)) ||
+            (rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st)))
+            goto done;
         if (strcmp(st.opts_json, traj) != 0) {
             rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)",
                             o->out_path, st.opts_json, traj);

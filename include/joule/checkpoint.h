@@ -45,6 +45,11 @@ char *joule_checkpoint_optim_next_path(const char *path);
 int joule_checkpoint_save(const joule_model *m, const char *path, const joule_adamw *opt,
                           const joule_train_state *st);
 
+/* Finishes or undoes a save that a kill interrupted: a .next optimizer file that pairs with
+ * the weights at path is renamed into place, one that does not is removed. Resume calls it
+ * first (joule_train does); a no-op when no save was interrupted. */
+int joule_checkpoint_recover(const char *path);
+
 /* Read weights into a new model (caller frees with joule_model_free). When st is
  * non-NULL it receives the training summary stored with the weights (zeros if none). */
 int joule_checkpoint_load(joule_model **out, const char *path, joule_train_state *st);

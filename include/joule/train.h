@@ -66,6 +66,9 @@ typedef struct {
 
 void joule_train_opts_init(joule_train_opts *o);
 
+/* Largest FLOP budget joule_train accepts (1e30: far past any run, and finite). */
+#define JOULE_TRAIN_MAX_FLOPS 1e30
+
 /* Optimizer steps the budget of o buys for a model of config c (the schedule length
  * joule_train uses); 0 when o gives no budget. */
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c);
