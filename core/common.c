@@ -124,7 +124,9 @@ int joule_mmap_open(joule_mmap *m, const char *path) {
     m->data = NULL;
     m->size = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return joule_fail(JOULE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) /* a missing input is the caller's mistake, as in open_input */
+        return joule_fail(errno == ENOENT || errno == ENOTDIR ? JOULE_ERR_ARG : JOULE_ERR_IO, "%s: cannot open: %s", path,
+                          strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
@@ -133,7 +135,7 @@ int joule_mmap_open(joule_mmap *m, const char *path) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return joule_fail(JOULE_ERR_IO, "%s: not a regular file", path);
+        return joule_fail(JOULE_ERR_ARG, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a folder, not a file" : "not a regular file");
     }
     m->size = (size_t)st.st_size;
     if (m->size == 0) {

@@ -326,11 +326,13 @@ static int finish(build *b) {
     b->fd = -1;
     set_default_search(b);
     double t0 = joule_now();
-    if (faiss_write_index_fname(b->index, b->index_path) != 0) return joule_faiss_fail(JOULE_ERR_IO, b->index_path);
+    int rc = joule_faiss_write(b->index, b->index_path);
     b->index_s += joule_now() - t0;
-    int rc = db_fsync_path(b->index_path, false);
-    if (!rc) rc = write_manifest(b); /* atomic, and last: its presence means complete */
-    return rc;
+    if (rc) {
+        unlink(b->index_path); /* a full disk: resume writes it again */
+        return rc;
+    }
+    return write_manifest(b); /* atomic, and last: its presence means complete */
 }
 
 static int check_opts(const joule_db_build_opts *o) {

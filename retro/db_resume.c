@@ -53,14 +53,15 @@ int db_checkpoint(build *b) {
     double t0 = joule_now();
     char *tmp = snapshot_path(b, b->done, true), *snap = snapshot_path(b, b->done, false);
     int rc = tmp && snap ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    if (!rc && faiss_write_index_fname(b->index, tmp) != 0) rc = joule_faiss_fail(JOULE_ERR_IO, tmp);
-    if (!rc) rc = db_fsync_path(tmp, false);
+    if (!rc) rc = joule_faiss_write(b->index, tmp);
     /* the snapshot's name is durable before the state that names it */
     if (!rc) rc = joule_rename_durable(tmp, snap);
     if (!rc) rc = write_state(b);
     if (!rc) {
         joule_db_snapshots_drop(b->partial, b->done);
         b->have_point = true;
+    } else if (tmp) {
+        unlink(tmp); /* a full disk: give back what the half-written snapshot holds */
     }
     b->index_s += joule_now() - t0;
     free(tmp);

@@ -1,4 +1,5 @@
-/* retro/faiss_check.c — a size check of FAISS index files before FAISS reads them.
+/* retro/faiss_check.c — FAISS index files on joule's terms: a size check before FAISS
+ * reads one, and writing one through a FILE* of ours (fsynced, errors reported once).
  *
  * FAISS 1.7.3's read_index leaks what it allocated when a file ends early (it throws
  * out of a half-built index), so a truncated index is better refused here. For the flat
@@ -12,6 +13,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <faiss/c_api/index_io_c.h>
 
 #include "retro_internal.h"
 
@@ -46,4 +50,17 @@ int joule_faiss_precheck(const char *path, int d, uint64_t n) {
                           (unsigned long long)st.st_size, (unsigned long long)n, d,
                           (unsigned long long)(words_at + 8 + 4 * want));
     return JOULE_OK;
+}
+
+/* faiss_write_index_fname closes its own FILE* and, when that fails (a full disk), prints a
+ * line without a newline to stderr; writing through our own stream keeps the one message. */
+int joule_faiss_write(const FaissIndex *index, const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return joule_fail(JOULE_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    int rc = JOULE_OK;
+    if (faiss_write_index(index, f) != 0) rc = joule_faiss_fail(JOULE_ERR_IO, path);
+    else if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+        rc = joule_fail(JOULE_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    if (fclose(f) != 0 && !rc) rc = joule_fail(JOULE_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return rc;
 }

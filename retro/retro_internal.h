@@ -88,6 +88,9 @@ int joule_faiss_fail(int code, const char *what);
 /* Size check of a FAISS index file of n vectors of dimension d before FAISS reads it
  * (faiss_check.c): flat indexes are checked whole, others only for a readable header. */
 int joule_faiss_precheck(const char *path, int d, uint64_t n);
+/* Writes index to path and fsyncs it (no rename: callers name temporary files). */
+struct FaissIndex_H;
+int joule_faiss_write(const struct FaissIndex_H *index, const char *path);
 
 /* A whole number in [0, 2^53] at o[key] (a JSON object), range-checked before conversion;
  * false when absent, not a number, fractional or out of range. */

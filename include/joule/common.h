@@ -82,7 +82,7 @@ void joule_free(void *p);
 int joule_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* Reads a whole text file (at most max_bytes; no NUL bytes) into a NUL-terminated string
- * the caller frees with free(). */
+ * the caller frees with free(). Missing or not a file: JOULE_ERR_ARG, as joule_mmap_open. */
 int joule_read_text(const char *path, size_t max_bytes, char **out);
 
 /* Helpers for atomic multi-part writes: open "<path>.tmp.<pid>" for writing; commit
@@ -100,7 +100,8 @@ int joule_fsync_parent(const char *path);
 /* rename(from, to) then joule_fsync_parent(to). */
 int joule_rename_durable(const char *from, const char *to);
 
-/* Read-only memory map of a whole file. */
+/* Read-only memory map of a whole file. A missing path or one that is not a regular file
+ * is JOULE_ERR_ARG (the caller named it), other failures JOULE_ERR_IO. */
 typedef struct { void *data; size_t size; } joule_mmap;
 int joule_mmap_open(joule_mmap *m, const char *path);
 void joule_mmap_close(joule_mmap *m);
