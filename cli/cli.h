@@ -22,6 +22,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 /* Prints "joule <cmd>: <message>" (printf-style, sanitised to one line) to stderr and
  * returns code. */
 int cli_error(int code, const char *cmd, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Text read from a file, escaped for printing (joule_escape; "?" for NULL): one of 4
+ * rotating buffers of 4 KiB, valid until 4 more calls. */
+const char *cli_text(const char *s);
 /* Prints "joule <cmd>: <joule_last_error()>" and returns joule_exit_code(status). */
 int cli_fail(const char *cmd, int status);
 /* For getopt_long's ':' (missing value) and '?' (unknown option) results, with optstring

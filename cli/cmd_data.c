@@ -246,11 +246,11 @@ static int cmd_info_data(int argc, char **argv) {
             const cJSON *frac = cJSON_GetObjectItemCaseSensitive(meta, "val_fraction");
             const cJSON *by = cJSON_GetObjectItemCaseSensitive(meta, "created_by");
             printf("  source: %s, %.0f file%s, split %s, val fraction %g, seed %.0f, created by %s\n",
-                   cJSON_IsString(preset) ? preset->valuestring : "input paths",
+                   cJSON_IsString(preset) ? cli_text(preset->valuestring) : "input paths",
                    cJSON_IsNumber(files) ? files->valuedouble : 0,
                    cJSON_IsNumber(files) && files->valuedouble == 1 ? "" : "s",
-                   cJSON_IsString(mode) ? mode->valuestring : "?", cJSON_IsNumber(frac) ? frac->valuedouble : 0,
-                   cJSON_IsNumber(seed) ? seed->valuedouble : 0, cJSON_IsString(by) ? by->valuestring : "?");
+                   cli_text(cJSON_GetStringValue(mode)), cJSON_IsNumber(frac) ? frac->valuedouble : 0,
+                   cJSON_IsNumber(seed) ? seed->valuedouble : 0, cli_text(cJSON_GetStringValue(by)));
         } else {
             printf("  source: %s missing or unreadable\n", meta_path);
         }

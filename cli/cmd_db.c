@@ -378,29 +378,30 @@ static int cmd_info_db(int argc, char **argv) {
         printf("  entries       %" PRIu64 " from %.0f documents\n", joule_db_size(db),
                cJSON_GetNumberValue(cJSON_GetObjectItem(m, "documents")));
         printf("  chunk         %d tokens (+ continuation), tokenizer %s\n", joule_db_chunk(db),
-               cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer")));
-        printf("  embedder      %s, %d dims\n", cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec")), joule_db_dim(db));
+               cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer"))));
+        printf("  embedder      %s, %d dims\n", cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec"))),
+               joule_db_dim(db));
         const char *dp = cJSON_GetStringValue(cJSON_GetObjectItem(ix, "default_params"));
         printf("  index         %s (L2), default search %s, trained on %.0f vectors, seed %.0f\n",
-               joule_db_factory(db), dp && *dp ? dp : "FAISS's",
+               cli_text(joule_db_factory(db)), dp && *dp ? cli_text(dp) : "FAISS's",
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "trained_on")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "seed")));
         const cJSON *s;
         cJSON_ArrayForEach(s, cJSON_GetObjectItem(m, "sources"))
             printf("  source        %s (%.0f tokens, %.0f documents, crc32 %s)\n",
-                   cJSON_GetStringValue(cJSON_GetObjectItem(s, "path")),
+                   cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(s, "path"))),
                    cJSON_GetNumberValue(cJSON_GetObjectItem(s, "tokens")),
                    cJSON_GetNumberValue(cJSON_GetObjectItem(s, "documents")),
-                   cJSON_GetStringValue(cJSON_GetObjectItem(s, "crc32")));
+                   cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(s, "crc32"))));
         const cJSON *fl = cJSON_GetObjectItem(m, "files");
         for (int i = 0; i < 3; i++) {
             char b[32];
             const cJSON *f = cJSON_GetObjectItem(fl, files[i]);
             printf("  %-13s %" PRIu64 " bytes (%sB)%s%s\n", files[i], file_size(o.db, files[i]),
                    cli_fmt_count(b, sizeof b, (double)file_size(o.db, files[i])), f ? ", crc32 " : "",
-                   f ? cJSON_GetStringValue(cJSON_GetObjectItem(f, "crc32")) : "");
+                   f ? cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(f, "crc32"))) : "");
         }
-        printf("  created by    %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(m, "created_by")));
+        printf("  created by    %s\n", cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(m, "created_by"))));
         cJSON_Delete(m);
     }
     joule_db_close(db);
@@ -470,7 +471,7 @@ static int cmd_query(int argc, char **argv) {
         }
     }
     printf("%d chunk%s searched in %.2f ms (embedding + search, %s%s%s)\n", nq, nq == 1 ? "" : "s", ms,
-           joule_db_factory(db), *o.params ? ", " : "", o.params);
+           cli_text(joule_db_factory(db)), *o.params ? ", " : "", o.params);
 done:
     free(q);
     free(tok);
@@ -494,7 +495,7 @@ static int cmd_verify(int argc, char **argv) {
     rc = joule_db_verify(db, &self);
     if (!rc)
         printf("%s: ok: %" PRIu64 " entries, checksums match, every record valid, %.1f%% of sampled entries find "
-               "themselves (index %s)\n", o.db, joule_db_size(db), 100 * self, joule_db_factory(db));
+               "themselves (index %s)\n", o.db, joule_db_size(db), 100 * self, cli_text(joule_db_factory(db)));
     joule_db_close(db);
     return rc ? cli_fail(cmd, rc) : 0;
 }
@@ -538,7 +539,7 @@ static int cmd_recall(int argc, char **argv) {
     if (!st) st = joule_db_recall(db, ex, q, o.n, o.k, &recall);
     if (!st)
         printf("recall@%d of %s (%s%s%s) against %s (%s): %.4f over %d queries from %s (%.1fs)\n", o.k, o.db,
-               joule_db_factory(db), *o.params ? ", " : "", o.params, o.exact, joule_db_factory(ex), recall, o.n,
+               cli_text(joule_db_factory(db)), *o.params ? ", " : "", o.params, o.exact, cli_text(joule_db_factory(ex)), recall, o.n,
                qpath, joule_now() - t0);
     free(q);
     joule_db_close(db);

@@ -22,6 +22,12 @@ static void print_error(const char *cmd, const char *tail, const char *fmt, va_l
     fprintf(stderr, "joule%s%s: %s%s\n", *cmd ? " " : "", cmd, joule_sanitize_line(safe, sizeof safe, raw), tail);
 }
 
+const char *cli_text(const char *s) {
+    static char ring[4][4096];
+    static unsigned next;
+    return s ? joule_escape(ring[next++ % 4], sizeof ring[0], s) : "?";
+}
+
 int cli_error(int code, const char *cmd, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
