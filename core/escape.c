@@ -46,31 +46,42 @@ static int escape_unit(char *out, size_t cap, uint32_t cp, bool byte) {
     return snprintf(out, cap, "\\u%04x", (unsigned)cp);
 }
 
+/* The output for the unit (a code point or an invalid byte) at p into unit[16]: its
+ * length, with *len the input bytes it covers. */
+static int next_unit(const unsigned char *p, bool quote_bs, char *unit, int *len) {
+    uint32_t cp = 0;
+    *len = utf8_decode(p, &cp);
+    if (*len == 0) {
+        *len = 1;
+        return escape_unit(unit, 16, *p, true);
+    }
+    if (unsafe_cp(cp)) return escape_unit(unit, 16, cp, false);
+    if (cp == '\\' && quote_bs) return snprintf(unit, 16, "\\\\");
+    memcpy(unit, p, (size_t)*len);
+    return *len;
+}
+
 /* Copies s into buf with unsafe units escaped (and backslashes doubled when `quote_bs`);
- * ends in "..." when it does not fit. */
+ * when the result does not fit, as many whole units as fit before a closing "...". */
 static char *escape(char *buf, size_t cap, const char *s, bool quote_bs) {
     if (cap == 0) return buf;
+    char unit[16];
+    int len;
+    size_t total = 0, room = cap - 1;
+    for (const unsigned char *q = (const unsigned char *)s; *q; q += len)
+        total += (size_t)next_unit(q, quote_bs, unit, &len);
+    size_t limit = total <= room ? room : room >= 3 ? room - 3 : 0, n = 0;
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = 0;
-    while (*p) {
-        char unit[16];
-        uint32_t cp = 0;
-        int len = utf8_decode(p, &cp), w;
-        if (len == 0) w = escape_unit(unit, sizeof unit, *p, true), len = 1;
-        else if (unsafe_cp(cp)) w = escape_unit(unit, sizeof unit, cp, false);
-        else if (cp == '\\' && quote_bs) w = snprintf(unit, sizeof unit, "\\\\");
-        else memcpy(unit, p, (size_t)len), w = len;
-        /* "..." must still fit after any unit that is not the last */
-        size_t room = cap - 1, limit = p[len] ? (room >= 3 ? room - 3 : 0) : room;
-        if (n + (size_t)w > limit) {
-            size_t dots = room - n < 3 ? room - n : 3;
-            memcpy(buf + n, "...", dots);
-            buf[n + dots] = '\0';
-            return buf;
-        }
+    for (; *p; p += len) {
+        int w = next_unit(p, quote_bs, unit, &len);
+        if (n + (size_t)w > limit) break;
         memcpy(buf + n, unit, (size_t)w);
         n += (size_t)w;
-        p += len;
+    }
+    if (*p) { /* cut: room - n >= 3 unless cap < 4 */
+        size_t dots = room - n < 3 ? room - n : 3;
+        memcpy(buf + n, "...", dots);
+        n += dots;
     }
     buf[n] = '\0';
     return buf;
@@ -81,7 +92,7 @@ char *joule_escape(char *buf, size_t cap, const char *s) { return escape(buf, ca
 char *joule_sanitize_line(char *buf, size_t cap, const char *s) { return escape(buf, cap, s ? s : "", false); }
 
 const char *joule_q(const char *s) {
-    static _Thread_local char ring[8][JOULE_Q_MAX + 8];
+    static _Thread_local char ring[8][JOULE_Q_MAX + 1];
     static _Thread_local unsigned next;
     char *b = ring[next++ % 8];
     return joule_escape(b, sizeof ring[0], s);

@@ -307,6 +307,29 @@ START_TEST(test_option_refusals) {
 }
 END_TEST
 
+/* The escaping every message relies on (core/escape.c). */
+START_TEST(test_escape) {
+    char b[64];
+    ck_assert_str_eq(joule_escape(b, sizeof b, "a\nb\tc\x1b[31m\\"), "a\\nb\\tc\\x1b[31m\\\\");
+    ck_assert_str_eq(joule_escape(b, sizeof b, "caf\xc3\xa9 \xff\xc3"), "caf\xc3\xa9 \\xff\\xc3");
+    ck_assert_str_eq(joule_escape(b, sizeof b, "\xc2\x9b" "2J \xe2\x80\xae"), "\\u009b2J \\u202e");
+    ck_assert_str_eq(joule_sanitize_line(b, sizeof b, "p\\q\r"), "p\\q\\r");
+    /* cut to fit, with "...", never inside an escape */
+    ck_assert_str_eq(joule_escape(b, 12, "abcdefghijklmnop"), "abcdefgh...");
+    ck_assert_str_eq(joule_escape(b, 11, "abcdefg\x01"), "abcdefg...");
+    ck_assert_str_eq(joule_escape(b, 12, "abcdefg\x01"), "abcdefg\\x01");
+    ck_assert_str_eq(joule_escape(b, 12, "abcdefghijk"), "abcdefghijk");
+    char long_name[400];
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    ck_assert_uint_le(strlen(joule_q(long_name)), JOULE_Q_MAX);
+    /* joule_fail keeps one line whatever it is given */
+    joule_fail(JOULE_ERR_FORMAT, "%s: bad \x1b]0;x\x07 value\n%s", "f.bin", "second line");
+    ck_assert_ptr_null(strchr(joule_last_error(), '\n'));
+    ck_assert_ptr_null(strchr(joule_last_error(), '\x1b'));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("refusals");
     TCase *tc = tu_tcase(s, "readers", 300, NULL, NULL);
@@ -319,5 +342,7 @@ int main(void) {
     tcase_add_test(tc, test_neighbours_refusal);
     tcase_add_test(tc, test_runs_refusals);
     tcase_add_test(tc, test_option_refusals);
+    tc = tu_tcase(s, "escape", 30, NULL, NULL);
+    tcase_add_test(tc, test_escape);
     return tu_run_suite(s);
 }
