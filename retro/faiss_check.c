@@ -6,7 +6,7 @@
  * indexes joule writes by default ("Flat": fourcc IxF2, IxFI or IxFl) the layout is fixed
  * (faiss/impl/index_write.cpp, write_index_header and WRITEXBVECTOR):
  *   fourcc u32 | d i32 | ntotal i64 | two i64 placeholders | is_trained u8 | metric i32 |
- *   [metric_arg f32 when metric > 1] | n_words u64 | n_words * 4 bytes of codes
+ *   [metric_arg f32 when metric > 1, signed] | n_words u64 | n_words * 4 bytes of codes
  * with codes = ntotal * d floats, so the whole size follows from d and ntotal. Other index
  * types have nested parts and are left to FAISS (tests/lsan.supp covers its leak). */
 #include <errno.h>
@@ -36,8 +36,9 @@ int joule_faiss_precheck(const char *path, int d, uint64_t n) {
     if (got < 4) return joule_fail(JOULE_ERR_FORMAT, "%s: %zu bytes, too short for a FAISS index", path, got);
     if (memcmp(h, "IxF2", 4) != 0 && memcmp(h, "IxFI", 4) != 0 && memcmp(h, "IxFl", 4) != 0) return JOULE_OK;
     if (got < FLAT_HEADER + 8) return joule_fail(JOULE_ERR_FORMAT, "%s: truncated flat index header", path);
-    int32_t fd = (int32_t)le32(h + 4);
-    uint64_t ntotal = le64(h + 8), metric = le32(h + 33);
+    /* metric is FAISS's signed int: metric_arg follows only when it is > 1 as such */
+    int32_t fd = (int32_t)le32(h + 4), metric = (int32_t)le32(h + 33);
+    uint64_t ntotal = le64(h + 8);
     size_t words_at = FLAT_HEADER + (metric > 1 ? 4u : 0u);
     if (fd != d || ntotal != n)
         return joule_fail(JOULE_ERR_FORMAT, "%s: flat index of %llu vectors of dimension %d, expected %llu of %d", path,

@@ -13,7 +13,8 @@
 #    a small prepared corpus, a dense and an MoE checkpoint with their optimizer files, a
 #    Flat and an IVF database, a neighbour file, runs for a fit. build-fuzz/prepared/ holds
 #    what the harnesses pair their input with ($JOULE_FUZZ_DIR).
-# 3. Runs each target; prints executions per target. Any finding (crash, leak, UB, a
+# 3. Runs each target (its seeds, and the inputs of past findings in tests/fuzz/regress/);
+#    prints executions per target. Any finding (crash, leak, UB, a
 #    refusal message spanning lines, a timeout, an allocation past the limit) fails the
 #    run: exit 1, the input saved as build-fuzz/findings/<target>-crash-*.
 set -euo pipefail
@@ -107,9 +108,11 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$corpus"
   log=$OUT/logs/$t.log
   set +e
+  # past findings (tests/fuzz/regress/<target>/) are seeds too, so they stay fixed
+  regress=(); [ -d "$ROOT/tests/fuzz/regress/$t" ] && regress=("$ROOT/tests/fuzz/regress/$t")
   (cd "$OUT/findings" && "${NICE[@]}" "$bin" -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 \
      -malloc_limit_mb=1024 -dict="$ROOT/tests/fuzz/$(dict_of "$t").dict" -print_final_stats=1 \
-     -artifact_prefix="$OUT/findings/$t-" "$corpus" "$S/$t") > "$log" 2>&1
+     -artifact_prefix="$OUT/findings/$t-" "$corpus" "$S/$t" "${regress[@]}") > "$log" 2>&1
   rc=$?
   set -e
   [ $SMOKE -eq 1 ] && rm -rf "$corpus"

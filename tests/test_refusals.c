@@ -243,6 +243,17 @@ START_TEST(test_db_refusals) {
     refused("b4/index.faiss", "db verify b4");
     db_with("b5", "index.faiss", idx, in - 100, true); /* truncated flat index behind a forged manifest */
     refused("b5/index.faiss", "db verify b5");
+    /* forged: a flat index whose metric reads as 0xffffff01 unsigned but -255 as FAISS's
+     * int, followed by 4 bytes only an unsigned reading skips (a fuzzing finding: FAISS then
+     * threw out of read_index and leaked the index) */
+    char *neg = malloc(in + 4);
+    memcpy(neg, idx, 37);
+    memcpy(neg + 33, "\x01\xff\xff\xff\0\0\0\0", 8);
+    memcpy(neg + 41, idx + 37, in - 37);
+    db_with("b8", "index.faiss", neg, in + 4, true);
+    refused("b8/index.faiss", "db verify b8");
+    ck_assert(tu_file_has("err.txt", "flat index")); /* refused by joule, before FAISS read it */
+    free(neg);
     db_with("b6", "chunks.bin", chk, cn - 24, true); /* forged: not a whole number of records */
     refused("b6/chunks.bin", "db verify b6");
     char *spec = strdup(man);
