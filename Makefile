@@ -2,8 +2,10 @@
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
 JOBS       ?= $(shell nproc)
+# seconds per fuzz target for `make fuzz` (make test runs each for a few seconds)
+FUZZ_SECONDS ?= 300
 
-.PHONY: all setup build build-asan test demo clean
+.PHONY: all setup build build-asan test fuzz demo clean
 
 all: build
 
@@ -21,9 +23,14 @@ build-asan: setup
 test: build build-asan
 	cd $(BUILD) && ctest --output-on-failure
 	cd $(BUILD_ASAN) && ctest --output-on-failure
+	@bash scripts/fuzz.sh --smoke
+
+# every libFuzzer harness of tests/fuzz for FUZZ_SECONDS, nice'd (scripts/fuzz.sh)
+fuzz: build
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)/joule
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) build-fuzz

@@ -19,6 +19,12 @@
 
 /* Prints "joule <cmd>: <message>" and a hint to run --help to stderr; returns EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints "joule <cmd>: <message>" (printf-style, sanitised to one line) to stderr and
+ * returns code. */
+int cli_error(int code, const char *cmd, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Text read from a file, escaped for printing (joule_escape; "?" for NULL): one of 4
+ * rotating buffers of 4 KiB, valid until 4 more calls. */
+const char *cli_text(const char *s);
 /* Prints "joule <cmd>: <joule_last_error()>" and returns joule_exit_code(status). */
 int cli_fail(const char *cmd, int status);
 /* For getopt_long's ':' (missing value) and '?' (unknown option) results, with optstring
@@ -29,6 +35,13 @@ int cli_bad_option(const char *cmd, int c, char **argv);
  * "joule <cmd>: <path>: <problem>" (plus `hint` when not NULL) and returns EXIT_USAGE
  * (a missing input is bad input, exit 2). Returns 0 when the file is usable. */
 int cli_check_input(const char *cmd, const char *path, const char *hint);
+/* An output file about to be written: it must not be a folder (or other non-file) and its
+ * folder must be writable; checked before the work, so nothing is computed for nothing.
+ * 0, or EXIT_USAGE after one line naming the path. */
+int cli_check_output(const char *cmd, const char *path);
+/* The folder that will hold `path` (a file or folder to create) is writable: 0, or
+ * EXIT_USAGE after one line. */
+int cli_check_writable_parent(const char *cmd, const char *path);
 /* Creates the folders leading to file `path` (mkdir -p of its dirname). 0 or EXIT_RUNTIME
  * after printing the problem. */
 int cli_make_parent_dirs(const char *cmd, const char *path);
@@ -51,6 +64,8 @@ bool cli_parse_float(const char *s, float *out);
  * non-negative number". */
 int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out);
 int cli_number_option(const char *cmd, const char *name, const char *arg, bool positive, double *out);
+/* A finite number in [lo, hi]: 0, or EXIT_USAGE after "NAME: 'ARG' is not a number in [lo, hi]". */
+int cli_range_option(const char *cmd, const char *name, const char *arg, double lo, double hi, double *out);
 /* In a command's option switch: returns the exit code of a failed *_option call. */
 #define CLI_CHECK(call)                                                                                       \
     do {                                                                                                      \

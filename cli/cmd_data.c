@@ -139,7 +139,7 @@ static int cmd_prepare(int argc, char **argv) {
     }
     for (int i = 0; i < o.n_inputs; i++) {
         if (access(o.inputs[i], R_OK) != 0) {
-            fprintf(stderr, "joule %s: %s: %s\n", cmd, o.inputs[i], strerror(errno));
+            cli_error(0, cmd, "%s: %s", o.inputs[i], strerror(errno));
             return EXIT_USAGE;
         }
     }
@@ -246,11 +246,11 @@ static int cmd_info_data(int argc, char **argv) {
             const cJSON *frac = cJSON_GetObjectItemCaseSensitive(meta, "val_fraction");
             const cJSON *by = cJSON_GetObjectItemCaseSensitive(meta, "created_by");
             printf("  source: %s, %.0f file%s, split %s, val fraction %g, seed %.0f, created by %s\n",
-                   cJSON_IsString(preset) ? preset->valuestring : "input paths",
+                   cJSON_IsString(preset) ? cli_text(preset->valuestring) : "input paths",
                    cJSON_IsNumber(files) ? files->valuedouble : 0,
                    cJSON_IsNumber(files) && files->valuedouble == 1 ? "" : "s",
-                   cJSON_IsString(mode) ? mode->valuestring : "?", cJSON_IsNumber(frac) ? frac->valuedouble : 0,
-                   cJSON_IsNumber(seed) ? seed->valuedouble : 0, cJSON_IsString(by) ? by->valuestring : "?");
+                   cli_text(cJSON_GetStringValue(mode)), cJSON_IsNumber(frac) ? frac->valuedouble : 0,
+                   cJSON_IsNumber(seed) ? seed->valuedouble : 0, cli_text(cJSON_GetStringValue(by)));
         } else {
             printf("  source: %s missing or unreadable\n", meta_path);
         }

@@ -48,7 +48,10 @@ static const char BUILD_USAGE[] =
     "  --seed S           seed of the index's training sample (default 1)\n"
     "  --max-chunks N     only the first N entries (default: all)\n"
     "  --batch N          entries per batch (default 4096)\n"
-    "  --resume           continue the interrupted build in DIR.partial\n"
+    "  --checkpoint-every N  a resume point every N batches or 60 s, whichever comes first\n"
+    "                     (default 16)\n"
+    "  --resume           continue the interrupted build in DIR.partial (from its last resume\n"
+    "                     point; a build killed before its first point starts again)\n"
     "  --threads N        OpenMP/BLAS threads (default 0 = all cores)\n"
     "  -h, --help         show this help and exit\n"
     "Without --resume, a leftover DIR.partial from an interrupted build is discarded.\n";
@@ -125,7 +128,7 @@ static const char NBR_USAGE[] =
 
 enum {
     O_DATA = 256, O_WITH_VAL, O_OUT, O_CHUNK, O_EMBEDDER, O_INDEX, O_SEED, O_MAX_CHUNKS, O_BATCH, O_RESUME,
-    O_THREADS, O_JSON, O_TEXT, O_NPROBE, O_EF, O_PARAMS, O_EXCLUDE, O_EXACT, O_QUERIES, O_TOKENS, O_DB
+    O_THREADS, O_JSON, O_TEXT, O_NPROBE, O_EF, O_PARAMS, O_EXCLUDE, O_EXACT, O_QUERIES, O_TOKENS, O_DB, O_CKPT
 };
 
 typedef struct {
@@ -133,10 +136,19 @@ typedef struct {
     int n_data;
     bool with_val, resume, json;
     const char *out, *embedder, *index, *text, *params_raw, *exact, *queries, *tokens, *db;
-    int chunk, batch, threads, k, n, nprobe, ef;
+    int chunk, batch, threads, k, n, nprobe, ef, checkpoint_every;
     uint64_t seed, max_chunks, exclude;
     char params[256];
 } db_opts;
+
+/* "--name" of long option c, or "-k" / "-n". */
+static const char *opt_name(const struct option *l, int c) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, "-%c", c < 256 ? c : '?');
+    for (; l->name; l++)
+        if (l->val == c) snprintf(buf, sizeof buf, "--%s", l->name);
+    return buf;
+}
 
 static int parse(const char *cmd, const char *usage, const char *allowed, int argc, char **argv, db_opts *o) {
     static const struct option LONG[] = {
@@ -147,7 +159,7 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         {"text", 1, 0, O_TEXT},         {"nprobe", 1, 0, O_NPROBE},     {"ef-search", 1, 0, O_EF},
         {"params", 1, 0, O_PARAMS},     {"exclude-doc", 1, 0, O_EXCLUDE}, {"exact", 1, 0, O_EXACT},
         {"queries", 1, 0, O_QUERIES},   {"tokens", 1, 0, O_TOKENS},     {"db", 1, 0, O_DB},
-        {"help", 0, 0, 'h'},            {NULL, 0, NULL, 0},
+        {"checkpoint-every", 1, 0, O_CKPT}, {"help", 0, 0, 'h'},        {NULL, 0, NULL, 0},
     };
     int c;
     cli_opt_start();
@@ -156,8 +168,9 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         if (c == ':' || c == '?') return cli_bad_option(cmd, c, argv);
         /* options of other subcommands are unknown here */
         char key = c == 'k' ? 'k' : c == 'n' ? 'n' : (char)('A' + (c - O_DATA));
-        if (!strchr(allowed, key)) return cli_usage_error(cmd, "option '%s' does not apply here", argv[optind - 1]);
-        const char *name = argv[optind - 1];
+        /* the option's own name: argv[optind - 1] is its value when given apart ("--nprobe -1") */
+        const char *name = opt_name(LONG, c);
+        if (!strchr(allowed, key)) return cli_usage_error(cmd, "option '%s' does not apply here", name);
         switch (c) {
         case O_DATA:
             if (o->n_data == 16) return cli_usage_error(cmd, "at most 16 --data");
@@ -177,6 +190,10 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         case O_DB: o->db = optarg; break;
         case O_CHUNK:
             if (!cli_parse_int(optarg, 1, 4096, &o->chunk)) return cli_usage_error(cmd, "%s: '%s' is not in [1, 4096]", name, optarg);
+            break;
+        case O_CKPT:
+            if (!cli_parse_int(optarg, 1, 1 << 20, &o->checkpoint_every))
+                return cli_usage_error(cmd, "%s: '%s' is not a positive integer", name, optarg);
             break;
         case O_BATCH:
             if (!cli_parse_int(optarg, 1, 1 << 20, &o->batch)) return cli_usage_error(cmd, "%s: '%s' is not a positive integer", name, optarg);
@@ -230,8 +247,7 @@ static int open_db(const char *cmd, const db_opts *o, joule_retro_db **db) {
     if (!o->db) return cli_usage_error(cmd, "no database given (DIR)");
     struct stat st;
     if (stat(o->db, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "joule %s: %s: not a database folder (build one with 'joule db build')\n", cmd, o->db);
-        return EXIT_USAGE;
+        return cli_error(EXIT_USAGE, cmd, "%s: not a database folder (build one with 'joule db build')", o->db);
     }
     int rc = joule_db_open(db, o->db);
     if (!rc) rc = joule_db_set_params(*db, o->params);
@@ -259,7 +275,7 @@ static bool on_build_progress(void *ctx, const char *phase, uint64_t done, uint6
 static int cmd_build(int argc, char **argv) {
     const char *cmd = "db build";
     db_opts o = {.chunk = 64, .batch = 4096, .seed = 1};
-    int rc = parse(cmd, BUILD_USAGE, "ABCDEFGHIJK", argc, argv, &o);
+    int rc = parse(cmd, BUILD_USAGE, "ABCDEFGHIJKV", argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     if (o.db) return cli_usage_error(cmd, "unexpected argument '%s' (the output is --out DIR)", o.db);
     if (o.n_data == 0) return cli_usage_error(cmd, "--data is required");
@@ -284,6 +300,7 @@ static int cmd_build(int argc, char **argv) {
     }
     for (int i = 0; i < n; i++)
         if ((rc = cli_check_input(cmd, srcs[i], "prepare a corpus with 'joule data prepare'"))) return rc;
+    if ((rc = cli_check_writable_parent(cmd, o.out))) return rc;
     joule_db_build_opts b;
     joule_db_build_opts_init(&b);
     b.sources = srcs;
@@ -295,6 +312,7 @@ static int cmd_build(int argc, char **argv) {
     b.seed = o.seed;
     b.max_chunks = o.max_chunks;
     b.batch = o.batch;
+    b.checkpoint_every = o.checkpoint_every;
     b.resume = o.resume;
     cli_phases ui = {0};
     b.progress = on_build_progress;
@@ -360,29 +378,30 @@ static int cmd_info_db(int argc, char **argv) {
         printf("  entries       %" PRIu64 " from %.0f documents\n", joule_db_size(db),
                cJSON_GetNumberValue(cJSON_GetObjectItem(m, "documents")));
         printf("  chunk         %d tokens (+ continuation), tokenizer %s\n", joule_db_chunk(db),
-               cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer")));
-        printf("  embedder      %s, %d dims\n", cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec")), joule_db_dim(db));
+               cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(m, "tokenizer"))));
+        printf("  embedder      %s, %d dims\n", cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(emb, "spec"))),
+               joule_db_dim(db));
         const char *dp = cJSON_GetStringValue(cJSON_GetObjectItem(ix, "default_params"));
         printf("  index         %s (L2), default search %s, trained on %.0f vectors, seed %.0f\n",
-               joule_db_factory(db), dp && *dp ? dp : "FAISS's",
+               cli_text(joule_db_factory(db)), dp && *dp ? cli_text(dp) : "FAISS's",
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "trained_on")),
                cJSON_GetNumberValue(cJSON_GetObjectItem(ix, "seed")));
         const cJSON *s;
         cJSON_ArrayForEach(s, cJSON_GetObjectItem(m, "sources"))
             printf("  source        %s (%.0f tokens, %.0f documents, crc32 %s)\n",
-                   cJSON_GetStringValue(cJSON_GetObjectItem(s, "path")),
+                   cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(s, "path"))),
                    cJSON_GetNumberValue(cJSON_GetObjectItem(s, "tokens")),
                    cJSON_GetNumberValue(cJSON_GetObjectItem(s, "documents")),
-                   cJSON_GetStringValue(cJSON_GetObjectItem(s, "crc32")));
+                   cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(s, "crc32"))));
         const cJSON *fl = cJSON_GetObjectItem(m, "files");
         for (int i = 0; i < 3; i++) {
             char b[32];
             const cJSON *f = cJSON_GetObjectItem(fl, files[i]);
             printf("  %-13s %" PRIu64 " bytes (%sB)%s%s\n", files[i], file_size(o.db, files[i]),
                    cli_fmt_count(b, sizeof b, (double)file_size(o.db, files[i])), f ? ", crc32 " : "",
-                   f ? cJSON_GetStringValue(cJSON_GetObjectItem(f, "crc32")) : "");
+                   f ? cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(f, "crc32"))) : "");
         }
-        printf("  created by    %s\n", cJSON_GetStringValue(cJSON_GetObjectItem(m, "created_by")));
+        printf("  created by    %s\n", cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(m, "created_by"))));
         cJSON_Delete(m);
     }
     joule_db_close(db);
@@ -421,8 +440,7 @@ static int cmd_query(int argc, char **argv) {
     float *dist = malloc((size_t)nq * k * sizeof *dist);
     uint64_t *ex = malloc((size_t)nq * sizeof *ex);
     if (!q || !tok || !ids || !dist || !ex) {
-        fprintf(stderr, "joule %s: out of memory\n", cmd);
-        rc = EXIT_RUNTIME;
+        rc = cli_error(EXIT_RUNTIME, cmd, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < (size_t)nq * m; i++) q[i] = i < len ? (uint8_t)o.text[i] : JOULE_DB_PAD;
@@ -453,7 +471,7 @@ static int cmd_query(int argc, char **argv) {
         }
     }
     printf("%d chunk%s searched in %.2f ms (embedding + search, %s%s%s)\n", nq, nq == 1 ? "" : "s", ms,
-           joule_db_factory(db), *o.params ? ", " : "", o.params);
+           cli_text(joule_db_factory(db)), *o.params ? ", " : "", o.params);
 done:
     free(q);
     free(tok);
@@ -477,7 +495,7 @@ static int cmd_verify(int argc, char **argv) {
     rc = joule_db_verify(db, &self);
     if (!rc)
         printf("%s: ok: %" PRIu64 " entries, checksums match, every record valid, %.1f%% of sampled entries find "
-               "themselves (index %s)\n", o.db, joule_db_size(db), 100 * self, joule_db_factory(db));
+               "themselves (index %s)\n", o.db, joule_db_size(db), 100 * self, cli_text(joule_db_factory(db)));
     joule_db_close(db);
     return rc ? cli_fail(cmd, rc) : 0;
 }
@@ -521,7 +539,7 @@ static int cmd_recall(int argc, char **argv) {
     if (!st) st = joule_db_recall(db, ex, q, o.n, o.k, &recall);
     if (!st)
         printf("recall@%d of %s (%s%s%s) against %s (%s): %.4f over %d queries from %s (%.1fs)\n", o.k, o.db,
-               joule_db_factory(db), *o.params ? ", " : "", o.params, o.exact, joule_db_factory(ex), recall, o.n,
+               cli_text(joule_db_factory(db)), *o.params ? ", " : "", o.params, o.exact, cli_text(joule_db_factory(ex)), recall, o.n,
                qpath, joule_now() - t0);
     free(q);
     joule_db_close(db);
@@ -575,6 +593,5 @@ int cmd_db(int argc, char **argv) {
     if (!strcmp(sub, "verify")) return cmd_verify(argc - 1, argv + 1);
     if (!strcmp(sub, "recall")) return cmd_recall(argc - 1, argv + 1);
     if (!strcmp(sub, "neighbours")) return cmd_neighbours(argc - 1, argv + 1);
-    fprintf(stderr, "joule db: unknown subcommand '%s' (build, info, query, verify, recall, neighbours)\n", sub);
-    return EXIT_USAGE;
+    return cli_error(EXIT_USAGE, "db", "unknown subcommand '%s' (build, info, query, verify, recall, neighbours)", sub);
 }

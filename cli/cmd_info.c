@@ -18,7 +18,7 @@ static const char USAGE[] =
     "\n"
     "Describes a checkpoint: its config (every field; layer kinds summarised), parameter\n"
     "counts (total, embedding, non-embedding), tensor count and file size, the training\n"
-    "state saved with it (step, tokens, counted FLOPs, wall time, run id; none if the file\n"
+    "state saved with it (step, tokens, counted FLOPs, run id; none if the file\n"
     "was not written by training), and FLOPs per token: analytic forward FLOPs at full\n"
     "context (all matmuls, attention over the whole window), training FLOPs (3x forward)\n"
     "and 6N (N = non-embedding parameters) for comparison. For an MoE model, also the\n"
@@ -119,7 +119,6 @@ int cmd_info(int argc, char **argv) {
             cJSON_AddNumberToObject(t, "total_steps", (double)ts.total_steps);
             cJSON_AddNumberToObject(t, "tokens", (double)ts.tokens);
             cJSON_AddNumberToObject(t, "flops", (double)ts.flops);
-            cJSON_AddNumberToObject(t, "wall_s", ts.wall_s);
             cJSON_AddNumberToObject(t, "seed", (double)ts.seed);
             cJSON_AddStringToObject(t, "run_id", ts.run_id);
             cJSON *opts = cJSON_Parse(ts.opts_json);
@@ -131,7 +130,7 @@ int cmd_info(int argc, char **argv) {
         else cJSON_AddNullToObject(o, "optimizer_file");
         cli_print_json(o);
     } else {
-        char a[32], b[32], d[32], e[32], runs[1024];
+        char a[32], b[32], d[32], runs[1024];
         layer_runs(cfg, runs, sizeof runs);
         printf("checkpoint: %s (%s bytes, %d tensors)\n", path, cli_fmt_count(a, sizeof a, (double)file_bytes),
                m->n_tensors);
@@ -156,11 +155,12 @@ int cmd_info(int argc, char **argv) {
                cli_fmt_count(d, sizeof d, six_n));
         retro_cli_print_terms(cfg);
         if (trained) {
-            printf("training:   step %" PRIu64 " of %" PRIu64 ", %s tokens, %.3g FLOPs counted, %s, seed %" PRIu64
+            printf("training:   step %" PRIu64 " of %" PRIu64 ", %s tokens, %.3g FLOPs counted, seed %" PRIu64
                    ", run %s\n",
-                   ts.step, ts.total_steps, cli_fmt_count(a, sizeof a, (double)ts.tokens), (double)ts.flops,
-                   cli_fmt_duration(e, sizeof e, ts.wall_s), ts.seed, ts.run_id);
-            printf("            options %s\n", ts.opts_json);
+                   ts.step, ts.total_steps, cli_fmt_count(a, sizeof a, (double)ts.tokens), (double)ts.flops, ts.seed,
+                   ts.run_id);
+            static char esc[4 * sizeof ts.opts_json]; /* text from the file, shown escaped */
+            printf("            options %s\n", joule_escape(esc, sizeof esc, ts.opts_json));
         } else {
             printf("training:   none (not written by 'joule train')\n");
         }

@@ -70,11 +70,11 @@ static const char USAGE[] =
     "  --batch N          sequences per micro-batch (default 8)\n"
     "  --accum N          micro-batches per step, gradients accumulated (default 1)\n"
     "  --seq N            tokens per sequence, at most ctx (default ctx)\n"
-    "  --lr F             peak learning rate (default 1e-3)\n"
-    "  --min-lr F         learning rate at the end of the cosine decay (default lr/10)\n"
+    "  --lr F             peak learning rate, in [1e-9, 10] (default 1e-3)\n"
+    "  --min-lr F         learning rate at the end of the cosine decay, in [0, 10] (default lr/10)\n"
     "  --warmup N         linear warm-up steps (default min(100, total steps / 5))\n"
-    "  --weight-decay F   decoupled AdamW weight decay, matrices only (default 0.1)\n"
-    "  --clip F           clip the global gradient norm to F; 0 disables (default 1.0)\n"
+    "  --weight-decay F   decoupled AdamW weight decay, matrices only, in [0, 100] (default 0.1)\n"
+    "  --clip F           clip the global gradient norm to F, in [0, 1e6]; 0 disables (default 1.0)\n"
     "  --seed N           seed of the initialisation and of the batches (default 1)\n"
     "\n"
     "Evaluation:\n"
@@ -204,12 +204,27 @@ static const char *sci(char *buf, size_t n, double v) {
     return buf;
 }
 
-/* Reads a number field of the saved training options (checkpoint metadata). */
-static bool saved_num(const cJSON *o, const char *key, double *out) {
+/* A number field of the saved training options (checkpoint metadata, so untrusted): left
+ * as it is when absent; 0, or EXIT_USAGE after one line when it is outside [lo, hi]. */
+static int saved_num(const cJSON *o, const char *key, double lo, double hi, double *out, const char *path) {
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    if (!cJSON_IsNumber(v)) return false;
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) {
+        return cli_error(EXIT_USAGE, CMD, "%s: saved option '%s' is not a number in [%g, %g]", path, key, lo, hi);
+    }
     *out = v->valuedouble;
-    return true;
+    return 0;
+}
+
+/* The same for a whole number. */
+static int saved_int(const cJSON *o, const char *key, int lo, int hi, int *out, const char *path) {
+    double v = *out;
+    int rc = saved_num(o, key, lo, hi, &v, path);
+    if (!rc && v != floor(v)) {
+        return cli_error(EXIT_USAGE, CMD, "%s: saved option '%s' is not a whole number", path, key);
+    }
+    if (!rc) *out = (int)v;
+    return rc;
 }
 
 static char *layer_summary(const joule_config *c) {
@@ -218,6 +233,21 @@ static char *layer_summary(const joule_config *c) {
              c->n_layers == 1 ? "" : "s", c->d_model, c->n_heads, c->n_heads == 1 ? "" : "s", c->d_ff, c->ctx,
              c->tied ? "tied embedding" : "untied embedding");
     return buf;
+}
+
+/* Every file a save writes, checked before training so that a bad --out costs nothing. */
+static int check_outputs(const char *out, const char *optim_path, const char *log_path) {
+    char *next = joule_checkpoint_optim_next_path(out);
+    if (!optim_path || !next) {
+        free(next);
+        return cli_error(EXIT_RUNTIME, CMD, "out of memory");
+    }
+    int rc = cli_check_output(CMD, out);
+    if (!rc) rc = cli_check_output(CMD, optim_path);
+    if (!rc) rc = cli_check_output(CMD, next);
+    if (!rc && log_path) rc = cli_check_output(CMD, log_path);
+    free(next);
+    return rc;
 }
 
 #define INT_OPT(var, lo, hi, name) CLI_CHECK(cli_int_option(CMD, name, optarg, lo, hi, &(var)))
@@ -267,7 +297,7 @@ int cmd_train(int argc, char **argv) {
             n_budgets++;
             break;
         case OPT_FLOPS:
-            CLI_CHECK(cli_number_option(CMD, "--flops", optarg, true, &flops));
+            CLI_CHECK(cli_range_option(CMD, "--flops", optarg, 1, JOULE_TRAIN_MAX_FLOPS, &flops));
             n_budgets++;
             break;
         case OPT_CONFIG: config_path = optarg; break;
@@ -290,17 +320,17 @@ int cmd_train(int argc, char **argv) {
         case OPT_ACCUM: INT_OPT(accum, 1, 1 << 16, "--accum"); accum_set = true; break;
         case OPT_SEQ: INT_OPT(seq, 1, 1 << 16, "--seq"); seq_set = true; break;
         case OPT_LR:
-            CLI_CHECK(cli_number_option(CMD, "--lr", optarg, true, &lr));
+            CLI_CHECK(cli_range_option(CMD, "--lr", optarg, JOULE_LR_MIN, JOULE_LR_MAX, &lr));
             lr_set = true;
             break;
-        case OPT_MIN_LR: CLI_CHECK(cli_number_option(CMD, "--min-lr", optarg, false, &min_lr)); break;
+        case OPT_MIN_LR: CLI_CHECK(cli_range_option(CMD, "--min-lr", optarg, 0, JOULE_LR_MAX, &min_lr)); break;
         case OPT_WARMUP: INT_OPT(warmup, 0, INT32_MAX, "--warmup"); break;
         case OPT_WD:
-            CLI_CHECK(cli_number_option(CMD, "--weight-decay", optarg, false, &wd));
+            CLI_CHECK(cli_range_option(CMD, "--weight-decay", optarg, 0, 100, &wd));
             wd_set = true;
             break;
         case OPT_CLIP:
-            CLI_CHECK(cli_number_option(CMD, "--clip", optarg, false, &clip));
+            CLI_CHECK(cli_range_option(CMD, "--clip", optarg, 0, 1e6, &clip));
             clip_set = true;
             break;
         case OPT_SEED:
@@ -363,8 +393,7 @@ int cmd_train(int argc, char **argv) {
         if ((rc = cli_check_input(CMD, config_path, NULL))) return rc;
         char *text = cli_read_file(config_path, NULL);
         if (!text) {
-            fprintf(stderr, "joule %s: %s: %s\n", CMD, config_path, strerror(errno));
-            return EXIT_RUNTIME;
+            return cli_error(EXIT_RUNTIME, CMD, "%s: %s", config_path, strerror(errno));
         }
         int st = joule_config_from_json(&cfg, text, config_path);
         free(text);
@@ -396,18 +425,18 @@ int cmd_train(int argc, char **argv) {
     int ret = 0;
     if (resume) {
         if ((rc = cli_check_input(CMD, out, "nothing to resume (check --out)"))) return rc;
-        if ((st = joule_checkpoint_load(&m, out, &saved))) return cli_fail(CMD, st);
+        if ((st = joule_checkpoint_recover(out)) || (st = joule_checkpoint_load(&m, out, &saved)))
+            return cli_fail(CMD, st);
         if (saved.run_id[0] == '\0') {
-            fprintf(stderr, "joule %s: %s: no training state to resume (not written by 'joule train')\n", CMD, out);
-            ret = EXIT_USAGE;
+            ret = cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
             goto done;
         }
         if (model_flags) {
             char *a = joule_config_to_json(&cfg), *b = joule_config_to_json(&m->cfg);
             bool same = a && b && strcmp(a, b) == 0;
             if (!same)
-                fprintf(stderr, "joule %s: %s: the checkpoint's model %s differs from the model options %s\n", CMD,
-                        out, b ? b : "?", a ? a : "?");
+                cli_error(0, CMD, "%s: the checkpoint's model %s differs from the model options %s", out, b ? b : "?",
+                          a ? a : "?");
             free(a);
             free(b);
             if (!same) {
@@ -416,17 +445,17 @@ int cmd_train(int argc, char **argv) {
             }
         }
         cfg = m->cfg;
-        /* Options not given come from the saved run. */
+        /* Options not given come from the saved run, in the ranges the options have. */
         saved_opts = cJSON_Parse(saved.opts_json);
-        double v;
-        if (!batch_set && saved_num(saved_opts, "batch", &v)) batch = (int)v;
-        if (!accum_set && saved_num(saved_opts, "accum", &v)) accum = (int)v;
-        if (!seq_set && saved_num(saved_opts, "seq", &v)) seq = (int)v;
-        if (!lr_set && saved_num(saved_opts, "lr", &v)) lr = v;
-        if (min_lr < 0 && !lr_set && saved_num(saved_opts, "min_lr", &v)) min_lr = v;
-        if (!wd_set && saved_num(saved_opts, "weight_decay", &v)) wd = v;
-        if (!clip_set && saved_num(saved_opts, "grad_clip", &v)) clip = v;
-        if (warmup < 0 && saved_num(saved_opts, "warmup_steps", &v)) warmup = (int)v;
+        if ((!batch_set && (ret = saved_int(saved_opts, "batch", 1, 1 << 16, &batch, out))) ||
+            (!accum_set && (ret = saved_int(saved_opts, "accum", 1, 1 << 16, &accum, out))) ||
+            (!seq_set && (ret = saved_int(saved_opts, "seq", 1, 1 << 16, &seq, out))) ||
+            (!lr_set && (ret = saved_num(saved_opts, "lr", JOULE_LR_MIN, JOULE_LR_MAX, &lr, out))) ||
+            (min_lr < 0 && !lr_set && (ret = saved_num(saved_opts, "min_lr", 0, JOULE_LR_MAX, &min_lr, out))) ||
+            (!wd_set && (ret = saved_num(saved_opts, "weight_decay", 0, 100, &wd, out))) ||
+            (!clip_set && (ret = saved_num(saved_opts, "grad_clip", 0, 1e6, &clip, out))) ||
+            (warmup < 0 && (ret = saved_int(saved_opts, "warmup_steps", 0, INT32_MAX, &warmup, out))))
+            goto done;
         if (!seed_set) seed = saved.seed;
         if (n_budgets == 0) steps = saved.total_steps;
     }
@@ -458,10 +487,14 @@ int cmd_train(int argc, char **argv) {
     o.adam.grad_clip = (float)clip;
     o.adam.warmup_steps = warmup;
     if (saved_opts) { /* betas and eps are not command-line options: keep the saved ones */
-        double v;
-        if (saved_num(saved_opts, "beta1", &v)) o.adam.beta1 = (float)v;
-        if (saved_num(saved_opts, "beta2", &v)) o.adam.beta2 = (float)v;
-        if (saved_num(saved_opts, "eps", &v)) o.adam.eps = (float)v;
+        double b1 = o.adam.beta1, b2 = o.adam.beta2, eps = o.adam.eps;
+        if ((ret = saved_num(saved_opts, "beta1", 0, 0.99999, &b1, out)) ||
+            (ret = saved_num(saved_opts, "beta2", 0, 0.99999, &b2, out)) ||
+            (ret = saved_num(saved_opts, "eps", 1e-30, 1, &eps, out)))
+            goto done;
+        o.adam.beta1 = (float)b1;
+        o.adam.beta2 = (float)b2;
+        o.adam.eps = (float)eps;
     }
     o.eval_every = eval_every;
     o.eval_windows = eval_windows;
@@ -472,14 +505,14 @@ int cmd_train(int argc, char **argv) {
     if (!no_log) {
         log_path = log_opt ? strdup(log_opt) : path_with_suffix(out, ".log.jsonl");
         if (!log_path) {
-            fprintf(stderr, "joule %s: out of memory\n", CMD);
-            ret = EXIT_RUNTIME;
+            ret = cli_error(EXIT_RUNTIME, CMD, "out of memory");
             goto done;
         }
     }
     if ((ret = cli_make_parent_dirs(CMD, out))) goto done;
     if (log_path && (ret = cli_make_parent_dirs(CMD, log_path))) goto done;
     optim_path = joule_checkpoint_optim_path(out);
+    if ((ret = check_outputs(out, optim_path, log_path))) goto done;
     o.log_path = log_path;
 
     cli_setup_threads(threads);
@@ -555,7 +588,7 @@ int cmd_train(int argc, char **argv) {
     cli_progress_finish(&ui.bar, (double)(last.step - saved.step), ui.extra);
 
     uint64_t run_steps = last.step - saved.step, run_tokens = last.tokens - saved.tokens;
-    double step_wall = last.wall_s - saved.wall_s;
+    double step_wall = last.run_wall_s;
     printf("trained %" PRIu64 " steps (%" PRIu64 " of %" PRIu64 " done), %s tokens in %s (%s in steps): %s tok/s\n",
            run_steps, last.step, total, cli_fmt_count(b1, sizeof b1, (double)run_tokens),
            cli_fmt_duration(b2, sizeof b2, elapsed), cli_fmt_duration(b3, sizeof b3, step_wall),
@@ -574,8 +607,8 @@ int cmd_train(int argc, char **argv) {
     printf("checkpoint: %s (optimizer state: %s)\n", out, optim_path ? optim_path : "?");
     printf("log: %s\n", log_path ? log_path : "none");
     if (g_interrupt) {
-        fprintf(stderr, "joule %s: interrupted at step %" PRIu64 " of %" PRIu64 "; saved; add --resume to continue\n",
-                CMD, last.step, total);
+        cli_error(0, CMD, "interrupted at step %" PRIu64 " of %" PRIu64 "; saved; add --resume to continue", last.step,
+                  total);
         ret = EXIT_INTERRUPTED;
     } else if (last.step < total) {
         printf("stopped after step %" PRIu64 " of %" PRIu64 " (--stop-after); add --resume to continue\n",

@@ -69,8 +69,7 @@ static const command *find_command(const char *name) {
 }
 
 static int unknown_command(const char *name) {
-    fprintf(stderr, "joule: unknown command '%s' (run 'joule --help' for the list)\n", name);
-    return EXIT_USAGE;
+    return cli_error(EXIT_USAGE, "", "unknown command '%s' (run 'joule --help' for the list)", name);
 }
 
 /* `joule help [COMMAND [SUB]]`: the command list, or the command's own --help. */
@@ -157,8 +156,7 @@ int main(int argc, char **argv) {
     char **with_threads = NULL;
     if (threads) {
         if (!cmd->computes) {
-            fprintf(stderr, "joule: --threads applies to train, eval, generate and bench, not '%s'\n", name);
-            return EXIT_USAGE;
+            return cli_error(EXIT_USAGE, "", "--threads applies to train, eval, generate and bench, not '%s'", name);
         }
         /* Pass it on as the command's own option, after its other arguments (subcommand
          * names such as 'bench train' stay first) but before a "--" that ends options. */

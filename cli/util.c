@@ -1,6 +1,7 @@
 /* Shared CLI helpers: parsing, errors, progress display, threads. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,13 +14,35 @@
 #include "joule/common.h"
 #include "joule/ops.h"
 
-int cli_usage_error(const char *cmd, const char *fmt, ...) {
+/* "joule <cmd>: <message><tail>" on one line: the message may quote arguments and file
+ * contents, so it is sanitised (joule_sanitize_line) before it reaches the terminal. */
+static void print_error(const char *cmd, const char *tail, const char *fmt, va_list ap) {
+    char raw[4096], safe[4096];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    fprintf(stderr, "joule%s%s: %s%s\n", *cmd ? " " : "", cmd, joule_sanitize_line(safe, sizeof safe, raw), tail);
+}
+
+const char *cli_text(const char *s) {
+    static char ring[4][4096];
+    static unsigned next;
+    return s ? joule_escape(ring[next++ % 4], sizeof ring[0], s) : "?";
+}
+
+int cli_error(int code, const char *cmd, const char *fmt, ...) {
     va_list ap;
-    fprintf(stderr, "joule%s%s: ", *cmd ? " " : "", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    print_error(cmd, "", fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (see 'joule%s%s --help')\n", *cmd ? " " : "", cmd);
+    return code;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    char tail[128];
+    snprintf(tail, sizeof tail, " (see 'joule%s%s --help')", *cmd ? " " : "", cmd);
+    va_list ap;
+    va_start(ap, fmt);
+    print_error(cmd, tail, fmt, ap);
+    va_end(ap);
     return EXIT_USAGE;
 }
 
@@ -47,8 +70,24 @@ int cli_check_input(const char *cmd, const char *path, const char *hint) {
     else if (!S_ISREG(st.st_mode)) problem = "not a regular file";
     else if (access(path, R_OK) != 0) problem = strerror(errno);
     if (!problem) return 0;
-    fprintf(stderr, "joule %s: %s: %s%s%s\n", cmd, path, problem, hint ? "; " : "", hint ? hint : "");
-    return EXIT_USAGE;
+    return cli_error(EXIT_USAGE, cmd, "%s: %s%s%s", path, problem, hint ? "; " : "", hint ? hint : "");
+}
+
+int cli_check_output(const char *cmd, const char *path) {
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        return cli_error(EXIT_USAGE, cmd, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a folder; give a file name" : "not a regular file");
+    return cli_check_writable_parent(cmd, path);
+}
+
+int cli_check_writable_parent(const char *cmd, const char *path) {
+    char *copy = strdup(path);
+    if (!copy) return cli_error(EXIT_RUNTIME, cmd, "out of memory");
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash == copy ? "/" : slash ? (*slash = '\0', copy) : ".";
+    int rc = access(dir, W_OK | X_OK) == 0 ? 0 : cli_error(EXIT_USAGE, cmd, "%s: cannot write in folder %s: %s", path, dir, strerror(errno));
+    free(copy);
+    return rc;
 }
 
 int cli_make_parent_dirs(const char *cmd, const char *path) {
@@ -72,12 +111,12 @@ int cli_make_parent_dirs(const char *cmd, const char *path) {
             *p = '\0';
             struct stat st;
             if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-                fprintf(stderr, "joule %s: cannot create folder %s: %s\n", cmd, dir, strerror(errno));
+                cli_error(0, cmd, "cannot create folder %s: %s", dir, strerror(errno));
                 free(dir);
                 return EXIT_RUNTIME;
             }
             if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-                fprintf(stderr, "joule %s: %s exists and is not a folder\n", cmd, dir);
+                cli_error(0, cmd, "%s exists and is not a folder", dir);
                 free(dir);
                 return EXIT_RUNTIME;
             }
@@ -142,7 +181,8 @@ bool cli_parse_double(const char *s, double *out) {
 
 bool cli_parse_float(const char *s, float *out) {
     double v;
-    if (!cli_parse_double(s, &v)) return false;
+    /* a double past FLT_MAX has no float: converting it is undefined */
+    if (!cli_parse_double(s, &v) || fabs(v) > FLT_MAX) return false;
     *out = (float)v;
     return true;
 }
@@ -171,6 +211,12 @@ int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t 
 int cli_number_option(const char *cmd, const char *name, const char *arg, bool positive, double *out) {
     if (!cli_parse_double(arg, out) || (positive ? !(*out > 0) : *out < 0))
         return cli_usage_error(cmd, "%s: '%s' is not a %s number", name, arg, positive ? "positive" : "non-negative");
+    return 0;
+}
+
+int cli_range_option(const char *cmd, const char *name, const char *arg, double lo, double hi, double *out) {
+    if (!cli_parse_double(arg, out) || !(*out >= lo && *out <= hi))
+        return cli_usage_error(cmd, "%s: '%s' is not a number in [%g, %g]", name, arg, lo, hi);
     return 0;
 }
 

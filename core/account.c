@@ -70,14 +70,15 @@ static int opt_str(const cJSON *o, const char *key, char *out, size_t n, const c
             strcpy(out, v->valuestring);
             return JOULE_OK;
         }
-    if (!allowed) {
-        strcpy(out, v->valuestring);
+    if (!allowed) { /* free text from the file, shown as it is printed: escaped */
+        joule_escape(out, n, v->valuestring);
         return JOULE_OK;
     }
     char list[128] = "";
     for (int i = 0; allowed[i]; i++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", allowed[i]);
-    return joule_fail(JOULE_ERR_FORMAT, "%s: field '%s' is '%s', not one of %s", what, key, v->valuestring, list);
+    return joule_fail(JOULE_ERR_FORMAT, "%s: field '%s' is '%s', not one of %s", what, key, joule_q(v->valuestring),
+                      list);
 }
 
 /* Layer kinds from the moe/retro blocks when the config lists no "layers": an MoE FFN in
@@ -187,7 +188,7 @@ int joule_acct_from_json(joule_acct_model *a, const char *json, const char *what
     if ((rc = joule_config_from_json(&a->cfg, rest, what))) goto done;
     a->cfg.vocab = vocab;
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(o, "name");
-    snprintf(a->name, sizeof a->name, "%s", cJSON_IsString(name) ? name->valuestring : a->cfg.arch);
+    joule_escape(a->name, sizeof a->name, cJSON_IsString(name) ? name->valuestring : a->cfg.arch); /* printed */
     char ffn[16] = "swiglu", moe_ffn[16] = "";
     strcpy(a->pos_emb, "rope");
     a->head_dim = a->cfg.d_model / a->cfg.n_heads;

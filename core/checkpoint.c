@@ -1,26 +1,40 @@
-/* Model and optimizer checkpoints on top of the generic safetensors reader/writer. */
+/* Writing model and optimizer checkpoints (reading: core/checkpoint_read.c).
+ *
+ * A save must survive a kill at any instant, so the optimizer file of the previous step is
+ * kept until the new pair is complete (docs/FORMATS.md §7):
+ *   1. the new optimizer state goes to <stem>.optim.next.safetensors (atomic write);
+ *   2. the weights replace <stem>.safetensors (atomic write): the commit point;
+ *   3. the .next file is renamed onto <stem>.optim.safetensors.
+ * Before 2 the old weights pair with the old optimizer file; after it the new weights pair
+ * with the .next file until 3 lands; the reader looks in both. */
 #define _GNU_SOURCE
 #include "joule/checkpoint.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "joule/safetensors.h"
 
-char *joule_checkpoint_optim_path(const char *path) {
+/* <path without .safetensors><suffix>; NULL when out of memory. */
+static char *sibling_path(const char *path, const char *suffix) {
     size_t n = strlen(path);
     const char *ext = ".safetensors";
     size_t e = strlen(ext);
+    if (n > e && strcmp(path + n - e, ext) == 0) n -= e;
     char *out = NULL;
-    if (n > e && strcmp(path + n - e, ext) == 0) {
-        if (asprintf(&out, "%.*s.optim.safetensors", (int)(n - e), path) < 0) out = NULL;
-    } else if (asprintf(&out, "%s.optim.safetensors", path) < 0) {
-        out = NULL;
-    }
+    if (asprintf(&out, "%.*s%s", (int)n, path, suffix) < 0) out = NULL;
     return out;
 }
+
+char *joule_checkpoint_optim_path(const char *path) { return sibling_path(path, ".optim.safetensors"); }
+
+char *joule_checkpoint_optim_next_path(const char *path) { return sibling_path(path, ".optim.next.safetensors"); }
 
 static int add_u64_meta(joule_st_writer *w, const char *key, uint64_t v) {
     char buf[32];
@@ -28,14 +42,12 @@ static int add_u64_meta(joule_st_writer *w, const char *key, uint64_t v) {
     return joule_st_writer_add_meta(w, key, buf);
 }
 
+/* No wall time: two identical runs must write identical files (it goes to the log). */
 static int add_state_meta(joule_st_writer *w, const joule_train_state *st) {
-    char wall[64];
-    snprintf(wall, sizeof wall, "%.17g", st->wall_s);
     int rc;
     if ((rc = add_u64_meta(w, "step", st->step)) || (rc = add_u64_meta(w, "total_steps", st->total_steps)) ||
         (rc = add_u64_meta(w, "tokens", st->tokens)) || (rc = add_u64_meta(w, "flops", st->flops)) ||
-        (rc = add_u64_meta(w, "seed", st->seed)) || (rc = joule_st_writer_add_meta(w, "wall_s", wall)) ||
-        (rc = joule_st_writer_add_meta(w, "run_id", st->run_id)) ||
+        (rc = add_u64_meta(w, "seed", st->seed)) || (rc = joule_st_writer_add_meta(w, "run_id", st->run_id)) ||
         (rc = joule_st_writer_add_meta(w, "train_opts", st->opts_json)))
         return rc;
     return JOULE_OK;
@@ -67,16 +79,11 @@ done:
     return rc;
 }
 
-static int write_optim(const joule_model *m, const char *path, const joule_adamw *opt,
+static int write_optim(const joule_model *m, const char *opath, const joule_adamw *opt,
                        const joule_train_state *st) {
-    char *opath = joule_checkpoint_optim_path(path);
-    if (!opath) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     joule_st_writer *w;
     int rc = joule_st_writer_new(&w);
-    if (rc) {
-        free(opath);
-        return rc;
-    }
+    if (rc) return rc;
     char name[128];
     if ((rc = joule_st_writer_add_meta(w, "format", "joule-optim")) ||
         (rc = joule_st_writer_add_meta(w, "format_version", JOULE_FORMAT_VERSION)) ||
@@ -93,136 +100,51 @@ static int write_optim(const joule_model *m, const char *path, const joule_adamw
     if (!rc) rc = joule_st_writer_write(w, opath);
 done:
     joule_st_writer_free(w);
-    free(opath);
     return rc;
 }
 
 int joule_checkpoint_save(const joule_model *m, const char *path, const joule_adamw *opt,
                           const joule_train_state *st) {
-    /* Optimizer first: a crash between the two renames leaves the old weights with newer
-     * moments, which the run_id/step check on resume refuses rather than silently using. */
-    int rc;
-    if (opt && st && (rc = write_optim(m, path, opt, st))) return rc;
-    return write_weights(m, path, st);
-}
-
-static int parse_u64(const joule_st_file *f, const char *key, uint64_t *out) {
-    const char *s = joule_st_meta(f, key);
-    if (!s) return joule_fail(JOULE_ERR_FORMAT, "%s: metadata '%s' missing", joule_st_path(f), key);
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || *s == '-')
-        return joule_fail(JOULE_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer",
-                          joule_st_path(f), key, s);
-    *out = v;
-    return JOULE_OK;
-}
-
-static int read_state(const joule_st_file *f, joule_train_state *st) {
-    memset(st, 0, sizeof *st);
-    if (!joule_st_meta(f, "step")) return JOULE_OK; /* weights saved outside training */
-    int rc;
-    if ((rc = parse_u64(f, "step", &st->step)) || (rc = parse_u64(f, "total_steps", &st->total_steps)) ||
-        (rc = parse_u64(f, "tokens", &st->tokens)) || (rc = parse_u64(f, "flops", &st->flops)) ||
-        (rc = parse_u64(f, "seed", &st->seed)))
-        return rc;
-    const char *wall = joule_st_meta(f, "wall_s"), *id = joule_st_meta(f, "run_id");
-    const char *opts = joule_st_meta(f, "train_opts");
-    if (!wall || !id || !opts || strlen(id) >= sizeof st->run_id || strlen(opts) >= sizeof st->opts_json)
-        return joule_fail(JOULE_ERR_FORMAT, "%s: training state metadata incomplete or too long", joule_st_path(f));
-    st->wall_s = strtod(wall, NULL);
-    strcpy(st->run_id, id);
-    strcpy(st->opts_json, opts);
-    return JOULE_OK;
-}
-
-static int expect_format(const joule_st_file *f, const char *format) {
-    int rc = joule_st_expect_meta(f, "format", format);
-    if (!rc) rc = joule_st_expect_meta(f, "format_version", JOULE_FORMAT_VERSION);
+    if (!opt || !st) return write_weights(m, path, NULL);
+    char *cur = joule_checkpoint_optim_path(path), *next = joule_checkpoint_optim_next_path(path);
+    int rc = cur && next ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = write_optim(m, next, opt, st);
+    /* weights that did not land (a full disk) leave the old pair standing: drop the half */
+    if (!rc && (rc = write_weights(m, path, st)) != JOULE_OK) unlink(next);
+    if (!rc) rc = joule_rename_durable(next, cur);
+    free(cur);
+    free(next);
     return rc;
 }
 
-int joule_checkpoint_load(joule_model **out, const char *path, joule_train_state *st) {
-    *out = NULL;
+/* Training state of a checkpoint file; false when it cannot be read or has none. */
+static bool state_of(const char *path, joule_train_state *st, bool optim) {
     joule_st_file *f;
-    int rc = joule_st_open(&f, path);
-    if (rc) return rc;
-    joule_model *m = NULL;
-    joule_config cfg;
-    if ((rc = expect_format(f, "joule"))) goto fail;
-    const char *cfg_json = joule_st_meta(f, "config");
-    if (!cfg_json) {
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: metadata 'config' missing", path);
-        goto fail;
+    if (joule_st_open(&f, path) != JOULE_OK) return false;
+    const char *id = joule_st_meta(f, "run_id"), *step = joule_st_meta(f, "step");
+    bool ok = id && step && strlen(id) < sizeof st->run_id && joule_st_meta(f, "format") &&
+              strcmp(joule_st_meta(f, "format"), optim ? "joule-optim" : "joule") == 0;
+    if (ok) {
+        snprintf(st->run_id, sizeof st->run_id, "%s", id);
+        st->step = strtoull(step, NULL, 10);
     }
-    if ((rc = joule_config_from_json(&cfg, cfg_json, path))) goto fail;
-    if ((rc = joule_model_create(&m, &cfg))) goto fail;
-    if (joule_st_count(f) != (size_t)m->n_tensors) {
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: %zu tensors, the config needs %d", path, joule_st_count(f),
-                        m->n_tensors);
-        goto fail;
-    }
-    for (int i = 0; i < m->n_tensors; i++) {
-        const joule_param_info *t = &m->tensors[i];
-        const float *src;
-        if ((rc = joule_st_expect_f32(f, t->name, t->shape, t->ndim, &src))) goto fail;
-        memcpy(m->params + t->offset, src, t->numel * sizeof(float));
-    }
-    if (st && (rc = read_state(f, st))) goto fail;
     joule_st_close(f);
-    *out = m;
-    return JOULE_OK;
-fail:
-    joule_model_free(m);
-    joule_st_close(f);
-    return rc;
+    return ok;
 }
 
-int joule_checkpoint_load_optim(const char *path, const joule_model *m, joule_adamw *opt,
-                                joule_train_state *st) {
-    char *opath = joule_checkpoint_optim_path(path);
-    if (!opath) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    joule_st_file *f = NULL, *wf = NULL;
-    joule_train_state wst;
-    int rc = joule_st_open(&f, opath);
-    if (rc) goto done;
-    if ((rc = expect_format(f, "joule-optim")) || (rc = read_state(f, st))) goto done;
-    if (!joule_st_meta(f, "step")) {
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: no training state", opath);
-        goto done;
+int joule_checkpoint_recover(const char *path) {
+    char *cur = joule_checkpoint_optim_path(path), *next = joule_checkpoint_optim_next_path(path);
+    int rc = cur && next ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    struct stat sb;
+    joule_train_state w, n;
+    if (!rc && stat(next, &sb) == 0 && state_of(path, &w, false)) {
+        bool pairs = state_of(next, &n, true) && strcmp(w.run_id, n.run_id) == 0 && w.step == n.step;
+        /* pairs: the save was killed after its weights landed, so finish it; else it was
+         * killed before, and the half it left is dropped */
+        if (pairs) rc = joule_rename_durable(next, cur);
+        else if (unlink(next) != 0) rc = joule_fail(JOULE_ERR_IO, "%s: cannot remove: %s", next, strerror(errno));
     }
-    /* The weights file must come from the same run and step. */
-    if ((rc = joule_st_open(&wf, path)) || (rc = read_state(wf, &wst))) goto done;
-    if (strcmp(wst.run_id, st->run_id) != 0 || wst.step != st->step) {
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: optimizer state (run %s, step %" PRIu64
-                        ") does not match the weights (run %s, step %" PRIu64 ")",
-                        opath, st->run_id, st->step, wst.run_id, wst.step);
-        goto done;
-    }
-    if (joule_st_count(f) != 2 * (size_t)m->n_tensors) {
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: %zu tensors, the model needs %d", opath, joule_st_count(f),
-                        2 * m->n_tensors);
-        goto done;
-    }
-    uint64_t t;
-    if ((rc = parse_u64(f, "adam_t", &t))) goto done;
-    if ((rc = joule_adamw_init(opt, m->n_params))) goto done;
-    opt->t = t;
-    char name[128];
-    for (int i = 0; i < m->n_tensors; i++) {
-        const joule_param_info *ti = &m->tensors[i];
-        const float *src;
-        snprintf(name, sizeof name, "m.%s", ti->name);
-        if ((rc = joule_st_expect_f32(f, name, ti->shape, ti->ndim, &src))) break;
-        memcpy(opt->m + ti->offset, src, ti->numel * sizeof(float));
-        snprintf(name, sizeof name, "v.%s", ti->name);
-        if ((rc = joule_st_expect_f32(f, name, ti->shape, ti->ndim, &src))) break;
-        memcpy(opt->v + ti->offset, src, ti->numel * sizeof(float));
-    }
-    if (rc) joule_adamw_free(opt);
-done:
-    joule_st_close(wf);
-    joule_st_close(f);
-    free(opath);
+    free(cur);
+    free(next);
     return rc;
 }

@@ -1,12 +1,13 @@
-/* Status messages, RNG, clocks, aligned memory and atomic file writes. */
+/* Status messages, RNG, clocks, aligned memory, memory maps and whole-file reads.
+ * Atomic writes are core/atomic.c; escaping untrusted text is core/escape.c. */
 #define _GNU_SOURCE
 #include "joule/common.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,10 +21,13 @@ static _Thread_local char g_err[1024];
 const char *joule_last_error(void) { return g_err; }
 
 int joule_fail(int code, const char *fmt, ...) {
+    /* formatted apart first: an argument may be joule_last_error() itself */
+    char raw[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    joule_sanitize_line(g_err, sizeof g_err, raw);
     return code;
 }
 
@@ -116,93 +120,13 @@ void *joule_alloc(size_t bytes) {
 
 void joule_free(void *p) { free(p); }
 
-int joule_atomic_open(joule_atomic_file *f, const char *path) {
-    memset(f, 0, sizeof *f);
-    f->fd = -1;
-    if (asprintf(&f->tmp_path, "%s.tmp.%ld", path, (long)getpid()) < 0) {
-        f->tmp_path = NULL;
-        return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", path);
-    }
-    f->path = strdup(path);
-    f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (f->fd < 0 || !f->path) {
-        int e = errno;
-        free(f->tmp_path);
-        free(f->path);
-        f->tmp_path = f->path = NULL;
-        return joule_fail(JOULE_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(e));
-    }
-    return JOULE_OK;
-}
-
-int joule_atomic_write(joule_atomic_file *f, const void *data, size_t len) {
-    const char *p = data;
-    while (len > 0) {
-        ssize_t n = write(f->fd, p, len > (1u << 30) ? (1u << 30) : len);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return joule_fail(JOULE_ERR_IO, "%s: write failed: %s", f->path, strerror(errno));
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return JOULE_OK;
-}
-
-static void fsync_parent_dir(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return;
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    free(copy);
-}
-
-int joule_atomic_commit(joule_atomic_file *f) {
-    int rc = JOULE_OK;
-    if (fsync(f->fd) != 0)
-        rc = joule_fail(JOULE_ERR_IO, "%s: fsync failed: %s", f->path, strerror(errno));
-    if (close(f->fd) != 0 && rc == JOULE_OK)
-        rc = joule_fail(JOULE_ERR_IO, "%s: close failed: %s", f->path, strerror(errno));
-    f->fd = -1;
-    if (rc == JOULE_OK && rename(f->tmp_path, f->path) != 0)
-        rc = joule_fail(JOULE_ERR_IO, "%s: rename failed: %s", f->path, strerror(errno));
-    if (rc != JOULE_OK) unlink(f->tmp_path);
-    else fsync_parent_dir(f->path);
-    free(f->tmp_path);
-    free(f->path);
-    f->tmp_path = f->path = NULL;
-    return rc;
-}
-
-void joule_atomic_abort(joule_atomic_file *f) {
-    if (f->fd >= 0) close(f->fd);
-    if (f->tmp_path) unlink(f->tmp_path);
-    free(f->tmp_path);
-    free(f->path);
-    f->fd = -1;
-    f->tmp_path = f->path = NULL;
-}
-
-int joule_write_file_atomic(const char *path, const void *data, size_t len) {
-    joule_atomic_file f;
-    int rc = joule_atomic_open(&f, path);
-    if (rc) return rc;
-    rc = joule_atomic_write(&f, data, len);
-    if (rc) {
-        joule_atomic_abort(&f);
-        return rc;
-    }
-    return joule_atomic_commit(&f);
-}
-
 int joule_mmap_open(joule_mmap *m, const char *path) {
     m->data = NULL;
     m->size = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return joule_fail(JOULE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) /* a missing input is the caller's mistake, as in open_input */
+        return joule_fail(errno == ENOENT || errno == ENOTDIR ? JOULE_ERR_ARG : JOULE_ERR_IO, "%s: cannot open: %s", path,
+                          strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
@@ -211,7 +135,7 @@ int joule_mmap_open(joule_mmap *m, const char *path) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return joule_fail(JOULE_ERR_IO, "%s: not a regular file", path);
+        return joule_fail(JOULE_ERR_ARG, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a folder, not a file" : "not a regular file");
     }
     m->size = (size_t)st.st_size;
     if (m->size == 0) {
@@ -234,10 +158,33 @@ void joule_mmap_close(joule_mmap *m) {
     m->size = 0;
 }
 
+/* A named input that is missing or is not a file is the caller's mistake (exit 2); other
+ * failures to read it are I/O errors. */
+static int open_input(const char *path, FILE **out) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return joule_fail(e == ENOENT || e == ENOTDIR ? JOULE_ERR_ARG : JOULE_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        bool dir = S_ISDIR(st.st_mode);
+        close(fd);
+        return joule_fail(JOULE_ERR_ARG, "%s: %s", path, dir ? "is a folder, not a file" : "not a regular file");
+    }
+    *out = fdopen(fd, "rb");
+    if (!*out) {
+        close(fd);
+        return joule_fail(JOULE_ERR_NOMEM, "%s: out of memory", path);
+    }
+    return JOULE_OK;
+}
+
 int joule_read_text(const char *path, size_t max_bytes, char **out) {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return joule_fail(JOULE_ERR_IO, "%s: %s", path, strerror(errno));
+    FILE *f;
+    int rc = open_input(path, &f);
+    if (rc) return rc;
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     for (;;) {

@@ -1,5 +1,8 @@
 /* Model configuration: defaults, validation and the JSON form stored in checkpoints. */
 #include <cjson/cJSON.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,7 +64,7 @@ static int validate_retro(const joule_retro_config *r, const joule_config *c, co
 
 int joule_config_validate(const joule_config *c, const char *what) {
     if (strcmp(c->arch, "dense") != 0 && strcmp(c->arch, "moe") != 0 && strcmp(c->arch, "retro") != 0)
-        return joule_fail(JOULE_ERR_ARG, "%s: arch '%s' is not one of dense, moe, retro", what, c->arch);
+        return joule_fail(JOULE_ERR_ARG, "%s: arch '%s' is not one of dense, moe, retro", what, joule_q(c->arch));
     if (c->n_layers < 1 || c->n_layers > JOULE_MAX_LAYERS)
         return joule_fail(JOULE_ERR_ARG, "%s: n_layers %d outside [1, %d]", what, c->n_layers,
                           JOULE_MAX_LAYERS);
@@ -143,19 +146,23 @@ char *joule_config_to_json(const joule_config *c) {
     return s;
 }
 
+/* Range before conversion: casting a double outside int's range (1e30, NaN) is undefined. */
 static int get_int(const cJSON *o, const char *key, int *out, const char *what) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
-        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' missing or not an integer", what, key);
-    *out = (int)v->valuedouble;
+    double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!(d >= INT_MIN && d <= INT_MAX) || d != floor(d))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' missing or not an integer in [%d, %d]", what, key,
+                          INT_MIN, INT_MAX);
+    *out = (int)d;
     return JOULE_OK;
 }
 
+/* The same for float: |value| <= FLT_MAX, and finite (cJSON reads 1e999 as infinity). */
 static int get_float(const cJSON *o, const char *key, float *out, const char *what) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!v) return JOULE_OK; /* optional: keep the default */
-    if (!cJSON_IsNumber(v))
-        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' is not a number", what, key);
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: config field '%s' is not a finite number", what, key);
     *out = (float)v->valuedouble;
     return JOULE_OK;
 }

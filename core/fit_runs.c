@@ -39,13 +39,22 @@ static char *trim(char *s) {
 
 /* Completes a run from what it has; fails naming the line. */
 static int finish_run(joule_run *r, const bool *has, const char *path, size_t line) {
+    static const char *const NAME[COL_COUNT] = {"N", "D", "C", "loss"};
+    double *dst[COL_COUNT] = {&r->N, &r->D, &r->C, &r->loss};
     if (!has[COL_LOSS]) return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: no loss", path, line);
     if (!has[COL_C] && !(has[COL_N] && has[COL_D]))
         return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: needs compute C, or both N and D", path, line);
+    /* each value finite and at most JOULE_FIT_MAX first, so C = 6ND stays finite */
+    for (int f = 0; f < COL_COUNT; f++)
+        if (has[f] && !(fabs(*dst[f]) <= JOULE_FIT_MAX))
+            return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: %s is not a finite number up to %g", path, line, NAME[f],
+                              JOULE_FIT_MAX);
     if (!has[COL_C]) r->C = 6 * r->N * r->D;
     if (!has[COL_D] && has[COL_N]) r->D = r->C / (6 * r->N);
     if (!(r->loss > 0) || !(r->C > 0) || (has[COL_N] && !(r->N > 0)) || !(r->D >= 0))
         return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: loss, N, D and C must be positive", path, line);
+    if (!(r->C <= JOULE_FIT_MAX))
+        return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: compute C = 6 N D = %g is past %g", path, line, r->C, JOULE_FIT_MAX);
     return JOULE_OK;
 }
 
@@ -66,7 +75,8 @@ static int parse_number(const char *s, double *out, const char *path, size_t lin
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || *end || errno || !isfinite(v))
-        return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: column '%s': '%s' is not a number", path, line, col, s);
+        return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: column '%s': '%s' is not a finite number", path, line,
+                          joule_q(col), joule_q(s));
     *out = v;
     return JOULE_OK;
 }
@@ -89,8 +99,10 @@ static int load_jsonl(char *text, const char *path, joule_run **runs, size_t *n,
         cJSON_ArrayForEach(it, o) {
             int f = field_of(it->string);
             if (f < 0) continue;
-            if (!cJSON_IsNumber(it)) {
-                rc = joule_fail(JOULE_ERR_FORMAT, "%s:%zu: key '%s' is not a number", path, line, it->string);
+            /* cJSON reads 1e999 as infinity */
+            if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble)) {
+                rc = joule_fail(JOULE_ERR_FORMAT, "%s:%zu: key '%s' is not a finite number", path, line,
+                                joule_q(it->string));
                 break;
             }
             *dst[f] = it->valuedouble;
@@ -125,7 +137,7 @@ static int load_csv(char *text, const char *path, joule_run **runs, size_t *n, s
                 if (col_field[i] >= 0) {
                     if (seen[col_field[i]])
                         return joule_fail(JOULE_ERR_FORMAT, "%s:%zu: two columns mean the same field ('%s')", path,
-                                          line, name);
+                                          line, joule_q(name));
                     seen[col_field[i]] = true;
                 }
             }

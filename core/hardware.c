@@ -48,9 +48,9 @@ int joule_hw_from_json(joule_hw_profile *hw, const char *json, const char *what)
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: field 'kind' must be \"cpu\" or \"gpu\"", what);
         goto done;
     }
-    strcpy(hw->name, name->valuestring);
+    joule_escape(hw->name, sizeof hw->name, name->valuestring); /* printed: escaped */
     strcpy(hw->kind, kind->valuestring);
-    if (cJSON_IsString(src)) snprintf(hw->source, sizeof hw->source, "%s", src->valuestring);
+    if (cJSON_IsString(src)) joule_escape(hw->source, sizeof hw->source, src->valuestring);
     const cJSON *peak = cJSON_GetObjectItemCaseSensitive(o, "peak_flops");
     if (!cJSON_IsObject(peak)) {
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: field 'peak_flops' must be an object of FLOP/s by precision", what);
@@ -62,7 +62,7 @@ int joule_hw_from_json(joule_hw_profile *hw, const char *json, const char *what)
         int i = joule_hw_precision_index(p->string);
         if (i < 0) {
             rc = joule_fail(JOULE_ERR_FORMAT, "%s: peak_flops precision '%s' unknown (fp64 fp32 tf32 bf16 fp16 int8)",
-                            what, p->string);
+                            what, joule_q(p->string));
             goto done;
         }
         if ((rc = num_field(peak, p->string, &hw->peak_flops[i], true, what))) goto done;

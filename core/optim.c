@@ -19,6 +19,23 @@ joule_adamw_opts joule_adamw_defaults(void) {
     return p;
 }
 
+int joule_adamw_opts_check(const joule_adamw_opts *p) {
+    /* written as !(in range) so that NaN fails too */
+    if (!(p->lr >= JOULE_LR_MIN && p->lr <= JOULE_LR_MAX))
+        return joule_fail(JOULE_ERR_ARG, "learning rate %g outside [%g, %g]", p->lr, JOULE_LR_MIN, JOULE_LR_MAX);
+    if (!(p->min_lr >= 0 && p->min_lr <= JOULE_LR_MAX))
+        return joule_fail(JOULE_ERR_ARG, "minimum learning rate %g outside [0, %g]", p->min_lr, JOULE_LR_MAX);
+    if (!(p->beta1 >= 0 && p->beta1 < 1) || !(p->beta2 >= 0 && p->beta2 < 1))
+        return joule_fail(JOULE_ERR_ARG, "AdamW betas %g, %g outside [0, 1)", p->beta1, p->beta2);
+    if (!(p->eps > 0 && p->eps <= 1)) return joule_fail(JOULE_ERR_ARG, "AdamW eps %g outside (0, 1]", p->eps);
+    if (!(p->weight_decay >= 0 && p->weight_decay <= 100))
+        return joule_fail(JOULE_ERR_ARG, "weight decay %g outside [0, 100]", p->weight_decay);
+    if (!(p->grad_clip >= 0 && p->grad_clip <= 1e6))
+        return joule_fail(JOULE_ERR_ARG, "gradient clip %g outside [0, 1e6]", p->grad_clip);
+    if (p->warmup_steps < 0) return joule_fail(JOULE_ERR_ARG, "warm-up steps %d < 0", p->warmup_steps);
+    return JOULE_OK;
+}
+
 int joule_adamw_init(joule_adamw *o, size_t n_params) {
     memset(o, 0, sizeof *o);
     o->m = joule_alloc(n_params * sizeof(float));

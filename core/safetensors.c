@@ -152,11 +152,11 @@ static int parse_metadata(joule_st_file *f, const cJSON *m) {
     cJSON_ArrayForEach(kv, m) {
         if (!cJSON_IsString(kv))
             return joule_fail(JOULE_ERR_FORMAT, "%s: __metadata__ value for '%s' is not a string",
-                              path, kv->string);
+                              path, joule_q(kv->string));
         for (size_t i = 0; i < f->n_meta; i++) /* metadata is a handful of pairs */
             if (strcmp(f->meta_keys[i], kv->string) == 0)
                 return joule_fail(JOULE_ERR_FORMAT, "%s: duplicate __metadata__ key '%s'", path,
-                                  kv->string);
+                                  joule_q(kv->string));
         f->meta_keys[f->n_meta] = kv->string;
         f->meta_vals[f->n_meta] = kv->valuestring;
         f->n_meta++;
@@ -167,7 +167,8 @@ static int parse_metadata(joule_st_file *f, const cJSON *m) {
 /* Fill t from one header entry; checks everything that concerns this tensor alone. */
 static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned char *data,
                         size_t data_size, joule_st_tensor *t) {
-    const char *path = f->path, *name = e->string;
+    /* the name is shown escaped: it comes from the file */
+    const char *path = f->path, *name = joule_q(e->string);
     char vbuf[64];
     if (!cJSON_IsObject(e))
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' entry is not an object", path, name);
@@ -183,7 +184,7 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
         if (!slot) continue;
         if (*slot)
             return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' has field '%s' twice", path, name,
-                              c->string);
+                              joule_q(c->string));
         *slot = c;
     }
     if (!dtype || !shape || !offs)
@@ -197,7 +198,7 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                           describe(dtype, vbuf, sizeof vbuf));
     if (!dtype_from_name(dtype->valuestring, &t->dtype))
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, name,
-                          dtype->valuestring);
+                          joule_q(dtype->valuestring));
 
     if (!cJSON_IsArray(shape))
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' shape is not an array", path, name);
@@ -255,7 +256,7 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                           path, name, off[0], off[1], off[1] - off[0], sbuf,
                           k_dtypes[t->dtype].name, need);
 
-    t->name = name;
+    t->name = e->string;
     t->offset = off[0];
     t->nbytes = (size_t)need;
     t->data = data + off[0];
@@ -369,7 +370,7 @@ static int parse_file(joule_st_file *f) {
     for (size_t i = 1; i < f->n; i++)
         if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0)
             return joule_fail(JOULE_ERR_FORMAT, "%s: duplicate tensor name '%s'", path,
-                              f->by_name[i]->name);
+                              joule_q(f->by_name[i]->name));
 
     /* Like the reference implementation, require the tensors to tile the data section:
      * that rules out overlap (two names aliasing bytes) and unexplained bytes. */
@@ -381,14 +382,14 @@ static int parse_file(joule_st_file *f) {
             return joule_fail(JOULE_ERR_FORMAT,
                               "%s: tensor '%s' data_offsets [%" PRIu64 ", %" PRIu64
                               "] overlaps tensor '%s' [%" PRIu64 ", %" PRIu64 "]",
-                              path, t->name, t->offset, t->offset + t->nbytes, p->name, p->offset,
-                              p->offset + p->nbytes);
+                              path, joule_q(t->name), t->offset, t->offset + t->nbytes, joule_q(p->name),
+                              p->offset, p->offset + p->nbytes);
         }
         if (t->offset > pos)
             return joule_fail(JOULE_ERR_FORMAT,
                               "%s: gap in data section: bytes [%" PRIu64 ", %" PRIu64
                               ") before tensor '%s' belong to no tensor",
-                              path, pos, t->offset, t->name);
+                              path, pos, t->offset, joule_q(t->name));
         pos = t->offset + t->nbytes;
     }
     if (pos != data_size)
@@ -506,7 +507,7 @@ int joule_st_expect_meta(const joule_st_file *f, const char *key, const char *ex
                           f->path, key, expected);
     if (strcmp(v, expected) != 0)
         return joule_fail(JOULE_ERR_FORMAT, "%s: %s is '%s', this joule reads '%s'", f->path, key,
-                          v, expected);
+                          joule_q(v), expected);
     return JOULE_OK;
 }
 

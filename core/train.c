@@ -98,11 +98,13 @@ uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c
     const int T = o->seq ? o->seq : c->ctx;
     uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * (uint64_t)o->accum;
     if (o->max_steps) return o->max_steps;
-    if (o->max_tokens) return (o->max_tokens + tokens_per_step - 1) / tokens_per_step;
+    if (o->max_tokens) return o->max_tokens / tokens_per_step + (o->max_tokens % tokens_per_step != 0);
     if (o->max_flops > 0) {
         double per_step = 3.0 * (double)joule_model_forward_flops(c, o->batch, T) * o->accum;
-        uint64_t s = (uint64_t)floor(o->max_flops / per_step);
-        return s ? s : 1;
+        double s = floor(o->max_flops / per_step);
+        /* converting a double past 2^64 is undefined: more than 2^53 steps is "forever" anyway */
+        if (!(s < 9007199254740992.0)) s = 9007199254740992.0;
+        return s >= 1 ? (uint64_t)s : 1;
     }
     return 0;
 }
@@ -146,10 +148,17 @@ static void log_step(FILE *log, const joule_train_progress *p, const char *ext) 
     fflush(log);
 }
 
-static void make_run_id(char *buf, size_t n, uint64_t seed) {
-    /* Unique per run start, not per seed, so two runs' files never pair up by accident. */
-    uint64_t x = joule_mix64(seed, (uint64_t)(joule_now() * 1e9));
-    snprintf(buf, n, "%016" PRIx64, x);
+/* A function of everything that determines the run's files (seed, trajectory options,
+ * model config, training data size), so two identical runs write identical checkpoints
+ * while files of different runs do not pair up. */
+static void make_run_id(char *buf, size_t n, uint64_t seed, const char *traj, const joule_model *m,
+                        const joule_tokens *train) {
+    char *cfg = joule_config_to_json(&m->cfg);
+    uint64_t h = joule_mix64(seed, train->n_tokens);
+    for (const char *s = traj; s && *s; s++) h = joule_mix64(h, (unsigned char)*s);
+    for (const char *s = cfg; s && *s; s++) h = joule_mix64(h, (unsigned char)*s);
+    free(cfg);
+    snprintf(buf, n, "%016" PRIx64, h);
 }
 
 /* Window starts of micro-batch (step, micro), the sampler's or uniform. */
@@ -221,6 +230,10 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
     if (!m->acts || m->max_batch < o->batch)
         return joule_fail(JOULE_ERR_ARG, "model buffers hold batch %d, training needs %d", m->max_batch, o->batch);
+    if (!(o->max_flops >= 0 && o->max_flops <= JOULE_TRAIN_MAX_FLOPS))
+        return joule_fail(JOULE_ERR_ARG, "FLOP budget %g outside [0, %g]", o->max_flops, JOULE_TRAIN_MAX_FLOPS);
+    int rc = joule_adamw_opts_check(&o->adam);
+    if (rc) return rc;
     if (joule_train_plan_steps(o, c) == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
 
     uint64_t total = 0;
@@ -236,7 +249,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     char *traj = NULL;
     starts = malloc((size_t)o->batch * sizeof *starts);
     if (!starts) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    int rc = joule_tokens_open(&train, o->train_path);
+    rc = joule_tokens_open(&train, o->train_path);
     if (rc || (rc = plan_total(o, c, &train, T, starts, &total))) goto done;
     if (!(traj = trajectory_json(o, T, total, frozen))) {
         rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
@@ -245,7 +258,9 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
 
     if (o->resume) {
-        if ((rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st))) goto done;
+        if ((rc = joule_checkpoint_recover(o->out_path)) ||
+            (rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st)))
+            goto done;
         if (strcmp(st.opts_json, traj) != 0) {
             rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)",
                             o->out_path, st.opts_json, traj);
@@ -260,9 +275,11 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         if ((rc = joule_adamw_init(&opt, m->n_params))) goto done;
         st.seed = o->seed;
         st.total_steps = total;
-        make_run_id(st.run_id, sizeof st.run_id, o->seed);
+        make_run_id(st.run_id, sizeof st.run_id, o->seed, traj, m, &train);
         snprintf(st.opts_json, sizeof st.opts_json, "%s", traj);
     }
+    double wall0 = 0;
+    if (o->resume && o->log_path && (rc = joule_train_log_resume(o->log_path, st.step, &wall0))) goto done;
     if (o->log_path) {
         log = fopen(o->log_path, o->resume ? "a" : "w");
         if (!log) {
@@ -287,7 +304,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     p.tokens = st.tokens;
     p.flops = st.flops;
     p.flops_analytic = analytic_done;
-    p.wall_s = st.wall_s;
+    p.wall_s = wall0;
     while (st.step < total) {
         if ((rc = step_analytic(o, c, &train, st.step, T, starts, &analytic_step))) goto done;
         double t0 = joule_now();
@@ -322,7 +339,6 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         st.step++;
         st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
         st.flops += joule_flops_counted() - f0;
-        st.wall_s += dt;
         p.step = st.step;
         p.tokens = st.tokens;
         p.flops = st.flops;
@@ -331,7 +347,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
         p.loss = loss_sum / o->accum;
         p.lr = lr;
         p.grad_norm = norm;
-        p.wall_s = st.wall_s;
+        p.wall_s += dt;
+        p.run_wall_s += dt;
         p.tokens_per_s = (double)o->batch * T * o->accum / dt;
         p.mfu = o->peak_flops > 0 ? (double)analytic_step / dt / o->peak_flops : 0;
         p.val_loss = NAN;

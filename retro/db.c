@@ -76,7 +76,7 @@ int joule_faiss_fail(int code, const char *what) {
 
 /* ---- manifest ---- */
 
-static bool get_u64(const cJSON *o, const char *key, uint64_t *v) {
+bool joule_json_u64(const cJSON *o, const char *key, uint64_t *v) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 9007199254740992.0 ||
         x->valuedouble != floor(x->valuedouble))
@@ -98,7 +98,7 @@ static bool get_crc(const cJSON *o, const char *key, uint32_t *v) {
 /* The manifest's description of one of the other files. */
 static bool get_file(const cJSON *files, const char *name, uint64_t *bytes, uint32_t *crc) {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, name);
-    return cJSON_IsObject(f) && get_u64(f, "bytes", bytes) && get_crc(f, "crc32", crc);
+    return cJSON_IsObject(f) && joule_json_u64(f, "bytes", bytes) && get_crc(f, "crc32", crc);
 }
 
 static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out, uint64_t *ckpt_bytes,
@@ -115,11 +115,11 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
     const cJSON *spec = emb ? cJSON_GetObjectItemCaseSensitive(emb, "spec") : NULL;
     const cJSON *fac = idx ? cJSON_GetObjectItemCaseSensitive(idx, "factory") : NULL;
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "joule-retro-db") != 0) why = "not a joule retrieval database manifest";
-    else if (!get_u64(j, "format_version", &ver) || ver != JOULE_DB_FORMAT_VERSION) why = "unsupported format_version";
-    else if (!get_u64(j, "chunk", &m) || m < 1 || m > JOULE_DB_MAX_CHUNK) why = "missing or invalid chunk";
+    else if (!joule_json_u64(j, "format_version", &ver) || ver != JOULE_DB_FORMAT_VERSION) why = "unsupported format_version";
+    else if (!joule_json_u64(j, "chunk", &m) || m < 1 || m > JOULE_DB_MAX_CHUNK) why = "missing or invalid chunk";
     else if (!cJSON_IsString(tok) || strcmp(tok->valuestring, "bytes") != 0) why = "unsupported tokenizer";
-    else if (!get_u64(j, "entries", &db->n) || db->n < 1) why = "missing or invalid entries";
-    else if (!cJSON_IsObject(emb) || !cJSON_IsString(spec) || !get_u64(emb, "dim", &dim) || dim < 1 || dim > 65536)
+    else if (!joule_json_u64(j, "entries", &db->n) || db->n < 1) why = "missing or invalid entries";
+    else if (!cJSON_IsObject(emb) || !cJSON_IsString(spec) || !joule_json_u64(emb, "dim", &dim) || dim < 1 || dim > 65536)
         why = "missing or invalid embedder";
     else if (!cJSON_IsObject(idx) || !cJSON_IsString(fac) || strlen(fac->valuestring) >= sizeof db->factory)
         why = "missing or invalid index";
@@ -127,7 +127,7 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
              !get_file(files, JOULE_DB_CHUNKS, &db->chunks_bytes, &db->chunks_crc))
         why = "missing or invalid files";
     else if (strncmp(spec->valuestring, "model:", 6) == 0 &&
-             (!get_u64(emb, "checkpoint_bytes", ckpt_bytes) || !get_crc(emb, "checkpoint_crc32", ckpt_crc)))
+             (!joule_json_u64(emb, "checkpoint_bytes", ckpt_bytes) || !get_crc(emb, "checkpoint_crc32", ckpt_crc)))
         why = "model embedder without checkpoint_bytes/checkpoint_crc32";
     if (!why) {
         db->m = (int)m;
@@ -167,6 +167,15 @@ static int check_checkpoint(const char *spec, uint64_t bytes, uint32_t crc) {
     return JOULE_OK;
 }
 
+/* The embedder the manifest names; its errors name the manifest, where the spec came from. */
+static int open_embedder(joule_retro_db *db, const char *mpath, const char *spec, uint64_t ckpt_bytes,
+                         uint32_t ckpt_crc) {
+    int rc = strncmp(spec, "model:", 6) == 0 ? check_checkpoint(spec, ckpt_bytes, ckpt_crc) : JOULE_OK;
+    if (!rc) rc = joule_embedder_create(&db->emb, spec);
+    if (rc) rc = joule_fail(rc, "%s: embedder '%s': %s", mpath, joule_q(spec), joule_last_error());
+    return rc;
+}
+
 int joule_db_open(joule_retro_db **out, const char *dir) {
     *out = NULL;
     joule_retro_db *db = calloc(1, sizeof *db);
@@ -191,11 +200,11 @@ int joule_db_open(joule_retro_db **out, const char *dir) {
     if (!rc) rc = check_file(ipath, db->index_bytes, db->index_crc, true);
     if (!rc) rc = check_file(cpath, db->chunks_bytes, db->chunks_crc, false);
     if (!rc) rc = joule_chunk_store_open(&db->store, cpath, db->m, db->n);
-    if (!rc && strncmp(spec, "model:", 6) == 0) rc = check_checkpoint(spec, ckpt_bytes, ckpt_crc);
-    if (!rc) rc = joule_embedder_create(&db->emb, spec);
+    if (!rc) rc = open_embedder(db, mpath, spec, ckpt_bytes, ckpt_crc);
     if (!rc && joule_embedder_dim(db->emb) != db->dim)
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: embedder %s gives dimension %d, the manifest says %d", mpath, spec,
+        rc = joule_fail(JOULE_ERR_FORMAT, "%s: embedder %s gives dimension %d, the manifest says %d", mpath, joule_q(spec),
                         joule_embedder_dim(db->emb), db->dim);
+    if (!rc) rc = joule_faiss_precheck(ipath, db->dim, db->n);
     if (!rc && faiss_read_index_fname(ipath, 0, &db->index) != 0) rc = joule_faiss_fail(JOULE_ERR_FORMAT, ipath);
     if (!rc && (faiss_Index_d(db->index) != db->dim || (uint64_t)faiss_Index_ntotal(db->index) != db->n))
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: index holds %lld vectors of dimension %d, the manifest says %llu of %d",

@@ -2,10 +2,10 @@
  * train the index on a seeded sample when it needs training, then stream batches (write the
  * records, embed, add), with resume points, into <out>.partial/ renamed to <out> at the end.
  *
- * Resume: <out>.partial/state.json records the build's parameters and how many entries the
- * snapshot index.ckpt.faiss and the first bytes of chunks.bin hold; --resume truncates
- * chunks.bin to that length, reads the snapshot and carries on. Entries are added in the
- * same order either way, so for Flat and IVF indexes the result is byte-identical to an
+ * Resume points and the end of a build (retro/db_resume.c) are arranged so that a kill at
+ * any instant leaves a folder --resume finishes: --resume truncates chunks.bin to the last
+ * point, reads that point's index snapshot and carries on. Entries are added in the same
+ * order either way, so for Flat and IVF indexes the result is byte-identical to an
  * uninterrupted build (HNSW's graph depends on insertion batches and threads). */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -24,14 +24,13 @@
 #include <faiss/c_api/index_factory_c.h>
 #include <faiss/c_api/index_io_c.h>
 
-#include "joule/retro_db.h"
-#include "retro_internal.h"
+#include "db_build.h"
 
-#define STATE "state.json"
-#define SNAPSHOT "index.ckpt.faiss"
-#define SNAPSHOT_TMP "index.ckpt.faiss.tmp"
 #define FLAT_BELOW 50000
 #define MAX_TRAIN 262144 /* training vectors at most (FAISS uses at most 256 per centroid) */
+/* A resume point every CHECKPOINT_BATCHES batches or CHECKPOINT_SECONDS, whichever comes
+ * first: 65536 entries at the default batch, so even a short build loses little. */
+#define CHECKPOINT_BATCHES 16
 #define CHECKPOINT_SECONDS 60.0
 /* Search defaults stored in the index. FAISS's own (nprobe=1, efSearch=16) measured
  * recall@10 against Flat of 0.16 (IVF) and 0.31-0.40 (HNSW) on 60k-200k entries of the
@@ -60,69 +59,16 @@ void joule_db_default_index(uint64_t n, char *buf, size_t n_buf) {
     else joule_db_ivf_index(n, buf, n_buf);
 }
 
-typedef struct {
-    const joule_db_build_opts *o;
-    char *partial, *chunks_path, *index_path, *state_path, *snap_path, *snap_tmp, *manifest_path;
-    char factory[256];
-    char default_params[64]; /* search parameters stored in the index, "" if none */
-    char *params;       /* canonical JSON of what determines the result */
-    cJSON *sources;     /* [{path, tokens, documents, crc32}] */
-    uint64_t n, docs, done, trained_on;
-    joule_chunker ck;
-    joule_embedder *emb;
-    FaissIndex *index;
-    int fd;             /* chunks.bin */
-    size_t rec;
-    uint8_t *recs;      /* batch records */
-    int32_t *toks;      /* batch chunk tokens [batch, m] */
-    float *vecs;        /* batch vectors [batch, dim] */
-    double embed_s, index_s;
-} build;
-
-static int fail_errno(const char *path, const char *what) {
+int db_fail_errno(const char *path, const char *what) {
     return joule_fail(JOULE_ERR_IO, "%s: %s failed: %s", path, what, strerror(errno));
 }
 
-static int fsync_path(const char *path, bool dir) {
+int db_fsync_path(const char *path, bool dir) {
     int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-    if (fd < 0) return fail_errno(path, "open");
-    int rc = fsync(fd) != 0 ? fail_errno(path, "fsync") : JOULE_OK;
+    if (fd < 0) return db_fail_errno(path, "open");
+    int rc = fsync(fd) != 0 ? db_fail_errno(path, "fsync") : JOULE_OK;
     close(fd);
     return rc;
-}
-
-static int fsync_parent(const char *path) {
-    char *copy = strdup(path);
-    if (!copy) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    char *slash = strrchr(copy, '/');
-    const char *dir = ".";
-    if (slash == copy) dir = "/";
-    else if (slash) {
-        *slash = 0;
-        dir = copy;
-    }
-    int rc = fsync_path(dir, true);
-    free(copy);
-    return rc;
-}
-
-/* A stale partial directory holds only files joule writes there; anything else stops us. */
-static int remove_partial(build *b) {
-    const char *names[] = {JOULE_DB_CHUNKS, JOULE_DB_INDEX, JOULE_DB_MANIFEST, STATE, SNAPSHOT, SNAPSHOT_TMP};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char *p = joule_path_join(b->partial, names[i]);
-        if (!p) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        if (unlink(p) != 0 && errno != ENOENT) {
-            int rc = fail_errno(p, "unlink");
-            free(p);
-            return rc;
-        }
-        free(p);
-    }
-    if (rmdir(b->partial) != 0 && errno != ENOENT)
-        return joule_fail(JOULE_ERR_IO, "%s: cannot remove the unfinished build (%s); remove it yourself", b->partial,
-                          strerror(errno));
-    return JOULE_OK;
 }
 
 static int describe_sources(build *b) {
@@ -239,107 +185,29 @@ static int train_index(build *b) {
     return rc;
 }
 
-static int write_state(build *b) {
-    cJSON *s = cJSON_CreateObject();
-    cJSON *p = cJSON_Parse(b->params);
-    if (!s || !p) {
-        cJSON_Delete(s);
-        cJSON_Delete(p);
-        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    }
-    cJSON_AddItemToObject(s, "params", p);
-    cJSON_AddNumberToObject(s, "done", (double)b->done);
-    cJSON_AddNumberToObject(s, "trained_on", (double)b->trained_on);
-    cJSON_AddNumberToObject(s, "chunks_bytes", (double)(JOULE_CHUNKS_HEADER + b->done * b->rec));
-    char *text = cJSON_Print(s);
-    cJSON_Delete(s);
-    if (!text) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    int rc = joule_write_file_atomic(b->state_path, text, strlen(text));
-    free(text);
-    return rc;
-}
-
-/* A resume point: chunks.bin on disk up to `done`, the index snapshot, then the state
- * that names them (written last, so a crash in between resumes from the previous one). */
-static int checkpoint(build *b) {
-    if (fsync(b->fd) != 0) return fail_errno(b->chunks_path, "fsync");
-    double t0 = joule_now();
-    if (faiss_write_index_fname(b->index, b->snap_tmp) != 0) return joule_faiss_fail(JOULE_ERR_IO, b->snap_tmp);
-    int rc = fsync_path(b->snap_tmp, false);
-    if (!rc && rename(b->snap_tmp, b->snap_path) != 0) rc = fail_errno(b->snap_path, "rename");
-    if (!rc) rc = write_state(b);
-    b->index_s += joule_now() - t0;
-    return rc;
-}
-
-static int start_fresh(build *b) {
-    int rc = remove_partial(b);
-    if (rc) return rc;
-    if (mkdir(b->partial, 0777) != 0) return fail_errno(b->partial, "mkdir");
+int db_start_fresh(build *b) {
+    /* the index first: a bad factory string then leaves nothing behind */
     if (faiss_index_factory(&b->index, joule_embedder_dim(b->emb), b->factory, METRIC_L2) != 0) {
         char what[300];
         snprintf(what, sizeof what, "index '%s'", b->factory);
         return joule_faiss_fail(JOULE_ERR_ARG, what);
     }
+    int rc = joule_db_partial_remove(b->partial);
+    if (rc) return rc;
+    if (mkdir(b->partial, 0777) != 0) return db_fail_errno(b->partial, "mkdir");
+    b->created = true;
     if (!faiss_Index_is_trained(b->index) && (rc = train_index(b))) return rc;
     b->fd = open(b->chunks_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (b->fd < 0) return fail_errno(b->chunks_path, "open");
+    if (b->fd < 0) return db_fail_errno(b->chunks_path, "open");
     uint8_t hdr[JOULE_CHUNKS_HEADER];
     joule_chunk_store_header(hdr, b->o->chunk, b->n);
-    if (write(b->fd, hdr, sizeof hdr) != (ssize_t)sizeof hdr) return fail_errno(b->chunks_path, "write");
+    if (write(b->fd, hdr, sizeof hdr) != (ssize_t)sizeof hdr) return db_fail_errno(b->chunks_path, "write");
     b->done = 0;
-    return checkpoint(b);
-}
-
-static int resume(build *b) {
-    char *text = NULL;
-    struct stat st;
-    if (stat(b->partial, &st) != 0)
-        return joule_fail(JOULE_ERR_ARG, "%s: no unfinished build to resume (run without --resume)", b->partial);
-    int rc = joule_read_text(b->state_path, 1u << 20, &text);
-    if (rc) {
-        char why[1024]; /* joule_last_error() is the buffer joule_fail writes */
-        snprintf(why, sizeof why, "%s", joule_last_error());
-        return joule_fail(JOULE_ERR_FORMAT, "cannot resume: %s (run without --resume to start again)", why);
-    }
-    cJSON *s = cJSON_Parse(text);
-    free(text);
-    cJSON *p = s ? cJSON_GetObjectItemCaseSensitive(s, "params") : NULL;
-    char *have = p ? cJSON_PrintUnformatted(p) : NULL;
-    const cJSON *done = s ? cJSON_GetObjectItemCaseSensitive(s, "done") : NULL;
-    const cJSON *tr = s ? cJSON_GetObjectItemCaseSensitive(s, "trained_on") : NULL;
-    const cJSON *cb = s ? cJSON_GetObjectItemCaseSensitive(s, "chunks_bytes") : NULL;
-    if (!have || !cJSON_IsNumber(done) || !cJSON_IsNumber(cb) || !cJSON_IsNumber(tr) || done->valuedouble < 0 ||
-        done->valuedouble > (double)b->n)
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the state file is invalid", b->state_path);
-    else if (strcmp(have, b->params) != 0)
-        rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume: it was started with other data or options (%s)", b->partial, have);
-    else {
-        b->done = (uint64_t)done->valuedouble;
-        b->trained_on = (uint64_t)tr->valuedouble;
-        if ((uint64_t)cb->valuedouble != JOULE_CHUNKS_HEADER + b->done * b->rec)
-            rc = joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the state file is inconsistent", b->state_path);
-    }
-    free(have);
-    cJSON_Delete(s);
-    if (rc) return rc;
-    b->fd = open(b->chunks_path, O_WRONLY | O_CLOEXEC);
-    if (b->fd < 0) return fail_errno(b->chunks_path, "open");
-    if (fstat(b->fd, &st) != 0) return fail_errno(b->chunks_path, "stat");
-    uint64_t keep = JOULE_CHUNKS_HEADER + b->done * b->rec;
-    if ((uint64_t)st.st_size < keep)
-        return joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: shorter than the resume point", b->chunks_path);
-    if (ftruncate(b->fd, (off_t)keep) != 0) return fail_errno(b->chunks_path, "ftruncate");
-    if (lseek(b->fd, (off_t)keep, SEEK_SET) < 0) return fail_errno(b->chunks_path, "lseek");
-    if (faiss_read_index_fname(b->snap_path, 0, &b->index) != 0) return joule_faiss_fail(JOULE_ERR_FORMAT, b->snap_path);
-    if ((uint64_t)faiss_Index_ntotal(b->index) != b->done || faiss_Index_d(b->index) != joule_embedder_dim(b->emb))
-        return joule_fail(JOULE_ERR_FORMAT, "%s: cannot resume: the snapshot does not match the state", b->snap_path);
-    joule_chunker_skip(&b->ck, b->done);
-    return JOULE_OK;
+    return db_checkpoint(b);
 }
 
 static int add_all(build *b) {
-    const int B = b->o->batch;
+    const int B = b->o->batch, every = b->o->checkpoint_every > 0 ? b->o->checkpoint_every : CHECKPOINT_BATCHES;
     int batches = 0;
     double last = joule_now();
     while (b->done < b->n) {
@@ -349,7 +217,7 @@ static int add_all(build *b) {
             count++;
         if (count == 0) return joule_fail(JOULE_ERR_RUNTIME, "%s: the corpus changed while building", b->partial);
         size_t bytes = (size_t)count * b->rec;
-        if (write(b->fd, b->recs, bytes) != (ssize_t)bytes) return fail_errno(b->chunks_path, "write");
+        if (write(b->fd, b->recs, bytes) != (ssize_t)bytes) return db_fail_errno(b->chunks_path, "write");
         int rc = embed_batch(b, count, b->vecs);
         if (rc) return rc;
         double t0 = joule_now();
@@ -358,11 +226,11 @@ static int add_all(build *b) {
         b->done += (uint64_t)count;
         batches++;
         bool go_on = report(b, "add", b->done, b->n);
-        bool due = b->o->checkpoint_every > 0 ? batches % b->o->checkpoint_every == 0
-                                             : joule_now() - last >= CHECKPOINT_SECONDS;
+        bool due = batches >= every || joule_now() - last >= CHECKPOINT_SECONDS;
         if (b->done < b->n && (due || !go_on)) {
-            if ((rc = checkpoint(b))) return rc;
+            if ((rc = db_checkpoint(b))) return rc;
             last = joule_now();
+            batches = 0;
         }
         if (!go_on && b->done < b->n)
             return joule_fail(JOULE_ERR_RUNTIME, "%s: interrupted after %llu of %llu entries; run again with --resume "
@@ -450,23 +318,21 @@ static void set_default_search(build *b) {
 }
 
 static int finish(build *b) {
-    if (fsync(b->fd) != 0) return fail_errno(b->chunks_path, "fsync");
+    if (fsync(b->fd) != 0) return db_fail_errno(b->chunks_path, "fsync");
     if (close(b->fd) != 0) {
         b->fd = -1;
-        return fail_errno(b->chunks_path, "close");
+        return db_fail_errno(b->chunks_path, "close");
     }
     b->fd = -1;
     set_default_search(b);
     double t0 = joule_now();
-    if (faiss_write_index_fname(b->index, b->index_path) != 0) return joule_faiss_fail(JOULE_ERR_IO, b->index_path);
+    int rc = joule_faiss_write(b->index, b->index_path);
     b->index_s += joule_now() - t0;
-    int rc = fsync_path(b->index_path, false);
-    if (!rc) rc = write_manifest(b);
-    if (!rc && (unlink(b->state_path) != 0 || unlink(b->snap_path) != 0)) rc = fail_errno(b->partial, "cleaning up");
-    if (!rc) rc = fsync_path(b->partial, true);
-    if (!rc && rename(b->partial, b->o->out_dir) != 0) rc = fail_errno(b->o->out_dir, "rename");
-    if (!rc) rc = fsync_parent(b->o->out_dir);
-    return rc;
+    if (rc) {
+        unlink(b->index_path); /* a full disk: resume writes it again */
+        return rc;
+    }
+    return write_manifest(b); /* atomic, and last: its presence means complete */
 }
 
 static int check_opts(const joule_db_build_opts *o) {
@@ -477,64 +343,74 @@ static int check_opts(const joule_db_build_opts *o) {
     if (o->batch < 1 || o->batch > (1 << 20)) return joule_fail(JOULE_ERR_ARG, "batch %d not in [1, 2^20]", o->batch);
     if (o->checkpoint_every < 0) return joule_fail(JOULE_ERR_ARG, "checkpoint_every must be >= 0");
     struct stat st;
-    if (stat(o->out_dir, &st) == 0)
+    if (!o->resume && stat(o->out_dir, &st) == 0) /* --resume decides for itself (db_resume) */
         return joule_fail(JOULE_ERR_ARG, "%s: already exists; remove it or choose another output", o->out_dir);
     return JOULE_OK;
+}
+
+/* Paths, the corpus walk, the embedder, batch buffers and the parameters of a build. */
+static int prepare(build *b) {
+    const joule_db_build_opts *o = b->o;
+    size_t plen = strlen(o->out_dir) + 16;
+    if (!(b->partial = malloc(plen))) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    snprintf(b->partial, plen, "%s.partial", o->out_dir);
+    b->chunks_path = joule_path_join(b->partial, JOULE_DB_CHUNKS);
+    b->index_path = joule_path_join(b->partial, JOULE_DB_INDEX);
+    b->state_path = joule_path_join(b->partial, JOULE_DB_STATE);
+    b->manifest_path = joule_path_join(b->partial, JOULE_DB_MANIFEST);
+    if (!b->chunks_path || !b->index_path || !b->state_path || !b->manifest_path)
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = joule_chunker_open(&b->ck, o->sources, o->n_sources, o->chunk);
+    if (rc) return rc;
+    count_entries(b);
+    if (b->n == 0) return joule_fail(JOULE_ERR_ARG, "%s: no tokens to build from", o->sources[0]);
+    if ((rc = joule_embedder_create(&b->emb, o->embedder))) return rc;
+    if (o->index && *o->index) snprintf(b->factory, sizeof b->factory, "%s", o->index);
+    else joule_db_default_index(b->n, b->factory, sizeof b->factory);
+    b->rec = joule_chunk_record_bytes(o->chunk);
+    b->recs = calloc((size_t)o->batch + 1, b->rec);
+    b->toks = malloc((size_t)o->batch * o->chunk * sizeof *b->toks);
+    b->vecs = malloc((size_t)o->batch * joule_embedder_dim(b->emb) * sizeof *b->vecs);
+    if (!b->recs || !b->toks || !b->vecs) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if ((rc = describe_sources(b))) return rc;
+    return make_params(b);
+}
+
+static void release(build *b) {
+    if (b->fd >= 0) close(b->fd);
+    if (b->index) faiss_Index_free(b->index);
+    joule_chunker_close(&b->ck);
+    joule_embedder_free(b->emb);
+    cJSON_Delete(b->sources);
+    free(b->params);
+    free(b->recs);
+    free(b->toks);
+    free(b->vecs);
+    free(b->partial);
+    free(b->chunks_path);
+    free(b->index_path);
+    free(b->state_path);
+    free(b->manifest_path);
 }
 
 int joule_db_build(const joule_db_build_opts *o, double *embed_s, double *index_s) {
     int rc = check_opts(o);
     if (rc) return rc;
     build b = {.o = o, .fd = -1};
-    size_t plen = strlen(o->out_dir) + 16;
-    b.partial = malloc(plen);
-    if (!b.partial) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    snprintf(b.partial, plen, "%s.partial", o->out_dir);
-    b.chunks_path = joule_path_join(b.partial, JOULE_DB_CHUNKS);
-    b.index_path = joule_path_join(b.partial, JOULE_DB_INDEX);
-    b.state_path = joule_path_join(b.partial, STATE);
-    b.snap_path = joule_path_join(b.partial, SNAPSHOT);
-    b.snap_tmp = joule_path_join(b.partial, SNAPSHOT_TMP);
-    b.manifest_path = joule_path_join(b.partial, JOULE_DB_MANIFEST);
-    if (!b.chunks_path || !b.index_path || !b.state_path || !b.snap_path || !b.snap_tmp || !b.manifest_path)
-        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    if (!rc) rc = joule_chunker_open(&b.ck, o->sources, o->n_sources, o->chunk);
-    if (!rc) {
-        count_entries(&b);
-        if (b.n == 0) rc = joule_fail(JOULE_ERR_ARG, "%s: no tokens to build from", o->sources[0]);
+    if (!(rc = prepare(&b))) rc = o->resume ? db_resume(&b) : db_start_fresh(&b);
+    if (!rc && !b.complete && !(rc = add_all(&b))) rc = finish(&b);
+    if (!rc && !b.built) rc = db_commit(&b);
+    if (rc && b.created && !b.have_point) {
+        /* nothing to resume from: leave no <out>.partial behind (the first error stands) */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", joule_last_error());
+        if (b.fd >= 0) close(b.fd);
+        b.fd = -1;
+        joule_db_partial_remove(b.partial);
+        joule_fail(rc, "%s", why);
     }
-    if (!rc) rc = joule_embedder_create(&b.emb, o->embedder);
-    if (!rc) {
-        if (o->index && *o->index) snprintf(b.factory, sizeof b.factory, "%s", o->index);
-        else joule_db_default_index(b.n, b.factory, sizeof b.factory);
-        b.rec = joule_chunk_record_bytes(o->chunk);
-        b.recs = calloc((size_t)o->batch + 1, b.rec);
-        b.toks = malloc((size_t)o->batch * o->chunk * sizeof *b.toks);
-        b.vecs = malloc((size_t)o->batch * joule_embedder_dim(b.emb) * sizeof *b.vecs);
-        if (!b.recs || !b.toks || !b.vecs) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    }
-    if (!rc) rc = describe_sources(&b);
-    if (!rc) rc = make_params(&b);
-    if (!rc) rc = o->resume ? resume(&b) : start_fresh(&b);
-    if (!rc) rc = add_all(&b);
-    if (!rc) rc = finish(&b);
-    if (b.fd >= 0) close(b.fd);
-    if (b.index) faiss_Index_free(b.index);
-    joule_chunker_close(&b.ck);
-    joule_embedder_free(b.emb);
-    cJSON_Delete(b.sources);
-    free(b.params);
-    free(b.recs);
-    free(b.toks);
-    free(b.vecs);
-    free(b.partial);
-    free(b.chunks_path);
-    free(b.index_path);
-    free(b.state_path);
-    free(b.snap_path);
-    free(b.snap_tmp);
-    free(b.manifest_path);
     if (embed_s) *embed_s = b.embed_s;
     if (index_s) *index_s = b.index_s;
+    release(&b);
     return rc;
 }

@@ -113,6 +113,35 @@ int joule_grid_window(const joule_grid *g, uint64_t a, int T, uint64_t *ids, int
  * neighbours), among those leaving T + 1 tokens. */
 int joule_grid_sample(const joule_grid *g, uint64_t seed, uint64_t step, int micro, int B, int T, uint64_t *starts);
 
+/* Size check of a FAISS index file of n vectors of dimension d before FAISS reads it
+ * (faiss_check.c): flat indexes are checked whole, others only for a readable header. */
+int joule_faiss_precheck(const char *path, int d, uint64_t n);
+/* Writes index to path and fsyncs it (no rename: callers name temporary files). */
+struct FaissIndex_H;
+int joule_faiss_write(const struct FaissIndex_H *index, const char *path);
+
+/* A whole number in [0, 2^53] at o[key] (a JSON object), range-checked before conversion;
+ * false when absent, not a number, fractional or out of range. */
+struct cJSON;
+bool joule_json_u64(const struct cJSON *o, const char *key, uint64_t *v);
+
+/* ---- the unfinished build folder <out>.partial/ (db_partial.c) ---- */
+#define JOULE_DB_STATE "state.json"
+/* index snapshots of resume points: index.ckpt.<entries>.faiss */
+#define JOULE_DB_SNAPSHOT_PREFIX "index.ckpt."
+#define JOULE_DB_SNAPSHOT_SUFFIX ".faiss"
+/* Whether name is a snapshot's, and of how many entries (done may be NULL). */
+bool joule_db_snapshot_name(const char *name, uint64_t *done);
+/* Removes the folder when it holds only files a build writes there; JOULE_ERR_ARG naming
+ * the first other file otherwise. A missing folder is fine. */
+int joule_db_partial_remove(const char *partial);
+/* Removes the snapshots in dir other than the one of `keep` entries, and their temporary
+ * files; best effort. */
+void joule_db_snapshots_drop(const char *dir, uint64_t keep);
+/* The build parameters a manifest records, in make_params' canonical JSON (caller frees);
+ * NULL when the manifest lacks them. */
+char *joule_db_manifest_params(const char *manifest_text);
+
 /* ---- neighbour search for listed chunks of a token file (neighbours.c) ----
  * Shared by the neighbour files (every retrieved chunk of the grid, in order) and on-demand
  * neighbours (retro_train.c: the chunks a batch needs). A chunk excludes its document. */

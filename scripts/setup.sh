@@ -18,8 +18,10 @@
 # Not root and something missing: prints what is missing and the command to run, exits 1.
 set -euo pipefail
 
+# strace: the fault tests kill joule at chosen system calls; clang, its libFuzzer and
+# sanitizer runtimes (libclang-rt-14-dev) and OpenMP (libomp-14-dev): the fuzz targets.
 PACKAGES=(cmake pkg-config gcc g++ make libopenblas-openmp-dev check libcjson-dev zlib1g-dev
-          libfaiss-dev dict-gcide fortunes dpkg-dev)
+          libfaiss-dev dict-gcide fortunes dpkg-dev strace clang libclang-rt-14-dev libomp-14-dev)
 PREFIX=/usr/local
 LIBDIR=$PREFIX/lib
 STAMP=$LIBDIR/libfaiss_c.stamp

@@ -465,8 +465,8 @@ START_TEST(test_bad_input_refused) {
     o.queries = 0;
     ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_ARG);
     small_opts(&o, &e, data, sizeof data);
-    o.data_dir = "/nonexistent/corpus";
-    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_IO);
+    o.data_dir = "/nonexistent/corpus"; /* a missing input: the caller's error (exit 2) */
+    ck_assert_int_eq(joule_bench_energy_run(m, "tiny", &o, &r), JOULE_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "/nonexistent/corpus/val.bin"));
     joule_model_free(m);
     joule_energy_close(&e);

@@ -700,7 +700,7 @@ START_TEST(test_reader_rejects) {
     case BAD_LAST_OFFSET: off[n_docs] -= 1; words = "last document offset"; break;
     case BAD_NDOCS_MISMATCH: bin[24] ^= 1; words = "documents but"; break;
     case BAD_TRUNCATED_IDX: idx_len -= 8; words = "does not match"; break;
-    case BAD_MISSING_IDX: idx_len = SIZE_MAX; rc_want = JOULE_ERR_IO; words = "cannot open"; break;
+    case BAD_MISSING_IDX: idx_len = SIZE_MAX; rc_want = JOULE_ERR_ARG; words = "cannot open"; break;
     case BAD_NO_EOD: bin[64 + off[1] - 1] = 'x'; words = "EOD"; break;
     case BAD_IDS_ORDER: off[n_docs + 2] = off[n_docs + 1]; words = "ids not increasing"; break;
     default: ck_abort();
@@ -715,7 +715,7 @@ END_TEST
 
 START_TEST(test_reader_rejects_misc) {
     joule_tokens t;
-    ck_assert_int_eq(joule_tokens_open(&t, tu_path("none.bin")), JOULE_ERR_IO);
+    ck_assert_int_eq(joule_tokens_open(&t, tu_path("none.bin")), JOULE_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(joule_last_error(), "none.bin"));
     ck_assert_int_eq(joule_tokens_open(&t, tu_path("tokens.dat")), JOULE_ERR_ARG);
     tu_write(tu_path("tiny.bin"), "JOULE", 5);

@@ -282,10 +282,11 @@ END_TEST
 
 /* ---- broken files ---- */
 
-START_TEST(test_nonexistent_is_io_error) {
+/* A missing file is the caller's mistake (JOULE_ERR_ARG: the CLI exits 2), not an I/O error. */
+START_TEST(test_nonexistent_is_arg_error) {
     const char *path = tu_path("missing.safetensors");
     joule_st_file *f = (joule_st_file *)1;
-    ASSERT_ERR(joule_st_open(&f, path), JOULE_ERR_IO, path, "cannot open");
+    ASSERT_ERR(joule_st_open(&f, path), JOULE_ERR_ARG, path, "cannot open");
     ck_assert_ptr_null(f);
 }
 END_TEST
@@ -620,7 +621,7 @@ static Suite *safetensors_suite(void) {
     tcase_add_test(tc, test_round_trip_edge_cases);
     tcase_add_test(tc, test_write_leaves_no_temp_files);
     tcase_add_test(tc, test_writer_rejects_bad_arguments);
-    tcase_add_test(tc, test_nonexistent_is_io_error);
+    tcase_add_test(tc, test_nonexistent_is_arg_error);
     tcase_add_test(tc, test_rejects_empty_file);
     tcase_add_test(tc, test_rejects_truncated_file);
     tcase_add_test(tc, test_rejects_header_length_past_eof);

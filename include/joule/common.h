@@ -29,8 +29,26 @@ typedef enum {
 const char *joule_last_error(void);
 
 /* Set this thread's error message (printf-style) and return `code`.
- * Used by every module: `return joule_fail(JOULE_ERR_FORMAT, "%s: bad magic", path);` */
+ * Used by every module: `return joule_fail(JOULE_ERR_FORMAT, "%s: bad magic", path);`
+ * The stored message is always one line of valid UTF-8: control bytes, escape sequences
+ * and invalid bytes that reach it are shown escaped (joule_sanitize_line). Strings read
+ * from files should still go through joule_q, which also bounds their length. */
 int joule_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- untrusted text in messages ----
+ * Escapes: \n \r \t, \xNN for other control bytes (ESC included) and for bytes that are not
+ * UTF-8, \u00NN for C1 controls, \u2028-style for line separators and bidirectional
+ * overrides. Output longer than the buffer ends in "...". */
+
+/* s with those escapes and every backslash doubled, into buf (cap bytes). Returns buf. */
+char *joule_escape(char *buf, size_t cap, const char *s);
+/* The same without doubling backslashes, for a message already built (idempotent). */
+char *joule_sanitize_line(char *buf, size_t cap, const char *s);
+/* joule_escape into one of 8 rotating thread-local buffers, for a printf argument:
+ * `joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' ...", path, joule_q(name))`. Shows at
+ * most JOULE_Q_MAX bytes of output; valid until 8 more calls on this thread. */
+#define JOULE_Q_MAX 160
+const char *joule_q(const char *s);
 
 /* Exit code a CLI should use for a status: 0 ok, 2 bad usage or bad input, 1 otherwise. */
 int joule_exit_code(int status);
@@ -64,7 +82,7 @@ void joule_free(void *p);
 int joule_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* Reads a whole text file (at most max_bytes; no NUL bytes) into a NUL-terminated string
- * the caller frees with free(). */
+ * the caller frees with free(). Missing or not a file: JOULE_ERR_ARG, as joule_mmap_open. */
 int joule_read_text(const char *path, size_t max_bytes, char **out);
 
 /* Helpers for atomic multi-part writes: open "<path>.tmp.<pid>" for writing; commit
@@ -74,8 +92,16 @@ int joule_atomic_open(joule_atomic_file *f, const char *path);
 int joule_atomic_write(joule_atomic_file *f, const void *data, size_t len);
 int joule_atomic_commit(joule_atomic_file *f);
 void joule_atomic_abort(joule_atomic_file *f);
+/* Removes "<path>.tmp.<pid>" files of writers that no longer run (killed mid-write);
+ * joule_atomic_open calls it, so the next write of the same path cleans up. */
+void joule_atomic_clean_stale(const char *path);
+/* fsync of the folder holding path, so a rename into it is durable. */
+int joule_fsync_parent(const char *path);
+/* rename(from, to) then joule_fsync_parent(to). */
+int joule_rename_durable(const char *from, const char *to);
 
-/* Read-only memory map of a whole file. */
+/* Read-only memory map of a whole file. A missing path or one that is not a regular file
+ * is JOULE_ERR_ARG (the caller named it), other failures JOULE_ERR_IO. */
 typedef struct { void *data; size_t size; } joule_mmap;
 int joule_mmap_open(joule_mmap *m, const char *path);
 void joule_mmap_close(joule_mmap *m);

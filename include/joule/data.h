@@ -172,7 +172,8 @@ typedef struct {
 } joule_tokens;
 
 /* Memory-map bin_path (must end in ".bin") and the .idx beside it, and validate both.
- * JOULE_ERR_IO if a file is missing or unreadable, JOULE_ERR_FORMAT if invalid. */
+ * JOULE_ERR_ARG if a file is missing or not a file, JOULE_ERR_IO if it cannot be read,
+ * JOULE_ERR_FORMAT if invalid. */
 int joule_tokens_open(joule_tokens *t, const char *bin_path);
 void joule_tokens_close(joule_tokens *t);
 

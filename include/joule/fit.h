@@ -29,7 +29,10 @@ typedef struct {
 
 /* CSV with a header row, or JSON lines. Column/key names (case-insensitive): N | params |
  * model size; D | tokens; C | flops | compute | training flop; loss | L. Rows need a loss
- * and either C or both N and D; a missing D is C / (6 N), a missing C is 6 N D. */
+ * and either C or both N and D; a missing D is C / (6 N), a missing C is 6 N D. Every
+ * value, given or derived, must be finite and at most JOULE_FIT_MAX (JOULE_ERR_FORMAT
+ * naming the line otherwise). */
+#define JOULE_FIT_MAX 1e40
 int joule_runs_load(const char *path, joule_run **runs, size_t *n);
 
 #define JOULE_FIT_DELTA 1e-3

@@ -22,6 +22,13 @@ typedef struct {
 } joule_adamw_opts;
 
 joule_adamw_opts joule_adamw_defaults(void);
+/* JOULE_ERR_ARG unless every value is finite and in its range: lr in [JOULE_LR_MIN,
+ * JOULE_LR_MAX] (below it float32 updates vanish against weights of ~0.02), min_lr in
+ * [0, JOULE_LR_MAX], betas in [0, 1), eps > 0, weight_decay in [0, 100], grad_clip
+ * in [0, 1e6], warmup_steps >= 0. */
+#define JOULE_LR_MIN 1e-9
+#define JOULE_LR_MAX 10.0
+int joule_adamw_opts_check(const joule_adamw_opts *p);
 
 /* First and second moments, mirroring the parameter arena. Free with joule_adamw_free. */
 typedef struct {

@@ -83,15 +83,19 @@ int joule_embedder_embed(joule_embedder *e, const int32_t *chunks, int n, int m,
 typedef struct {
     const char *const *sources; /* token files (.bin with their .idx), entries in this order */
     int n_sources;
-    const char *out_dir;        /* the database directory; must not exist */
+    const char *out_dir;        /* the database directory; must not exist (but see resume) */
     int chunk;                  /* m (default 64) */
     const char *embedder;       /* spec (default "ngram") */
     const char *index;          /* FAISS index_factory string; NULL = by size (joule_db_default_index) */
     uint64_t seed;              /* training sample (default 1) */
     uint64_t max_chunks;        /* 0 = all; else only the first max_chunks entries */
     int batch;                  /* entries embedded and added per batch (default 4096) */
-    int checkpoint_every;       /* resume point every N batches; 0 = every 60 s (default) */
-    bool resume;                /* continue <out_dir>.partial instead of starting afresh */
+    int checkpoint_every;       /* resume point every N batches or 60 s, whichever comes first;
+                                 * 0 = 16 batches (default) */
+    bool resume;                /* continue <out_dir>.partial instead of starting afresh; also
+                                 * finishes a build killed after its manifest, accepts an
+                                 * out_dir already built with the same parameters, and starts
+                                 * afresh when the kill came before the first resume point */
     /* progress(ctx, phase, done, total): phase "train" (embedding the sample) or "add";
      * returning false stops the build after saving a resume point (interrupt). */
     bool (*progress)(void *ctx, const char *phase, uint64_t done, uint64_t total);
@@ -104,9 +108,12 @@ void joule_db_build_opts_init(joule_db_build_opts *o);
 void joule_db_default_index(uint64_t n, char *buf, size_t n_buf);
 /* The IVF part of that rule alone: "IVF<nlist>,Flat" for n entries. */
 void joule_db_ivf_index(uint64_t n, char *buf, size_t n_buf);
-/* Builds into <out_dir>.partial/ and renames it to out_dir at the end. Stopped by
- * progress: returns JOULE_ERR_RUNTIME with an "interrupted" message and leaves the
- * partial directory for resume. Timings (seconds) go to *embed_s / *index_s when non-NULL. */
+/* Builds into <out_dir>.partial/ and renames it to out_dir at the end; a kill at any
+ * instant leaves a state that resume finishes (docs/FORMATS.md, "Building: resume points
+ * and crash windows"). Stopped by progress: returns JOULE_ERR_RUNTIME with an
+ * "interrupted" message and leaves the partial directory for resume. A failure before the
+ * first resume point removes the partial directory it made. Timings (seconds) go to
+ * *embed_s / *index_s when non-NULL. */
 int joule_db_build(const joule_db_build_opts *o, double *embed_s, double *index_s);
 
 /* ---- inspection ---- */

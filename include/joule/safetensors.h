@@ -13,8 +13,9 @@
  * tensors out contiguously in the order they were added.
  *
  * Errors follow joule/common.h: functions return a joule_status and leave a one-line
- * message naming the file in joule_last_error(). A missing or unreadable file is
- * JOULE_ERR_IO; a file whose contents are wrong is JOULE_ERR_FORMAT.
+ * message naming the file in joule_last_error(). A missing path (or one that is not a
+ * file) is JOULE_ERR_ARG, an unreadable file JOULE_ERR_IO, and a file whose contents are
+ * wrong JOULE_ERR_FORMAT.
  */
 #ifndef JOULE_SAFETENSORS_H
 #define JOULE_SAFETENSORS_H

@@ -26,7 +26,8 @@ typedef struct {
     uint64_t flops_analytic; /* 3 x the analytic forward of each micro-batch (batch_flops, or
                               * joule_model_forward_flops) */
     double loss, lr, grad_norm;
-    double wall_s;
+    double wall_s;           /* steps' wall time since the run began (resumes continue the log's) */
+    double run_wall_s;       /* steps' wall time in this call of joule_train */
     double tokens_per_s;     /* of the last step */
     double val_loss;         /* NaN when not evaluated at this step */
     double mfu;              /* analytic FLOPs/s of the last step over opts.peak_flops; 0 without a peak */
@@ -83,6 +84,9 @@ typedef struct {
 
 void joule_train_opts_init(joule_train_opts *o);
 
+/* Largest FLOP budget joule_train accepts (1e30: far past any run, and finite). */
+#define JOULE_TRAIN_MAX_FLOPS 1e30
+
 /* Optimizer steps the budget of o buys for a model of config c (the schedule length
  * joule_train uses without batch_flops; with it, a FLOP budget is planned over the training
  * file's batches, step by step); 0 when o gives no budget. */
@@ -92,6 +96,11 @@ uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c
  * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
  * holds the final progress. */
 int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last);
+
+/* On resume at `step`: the cumulative wall_s of the log's line for that step (0 when the
+ * log or the line is missing), and the log rewritten without the lines of later steps (a
+ * killed run may have logged steps after its last checkpoint). */
+int joule_train_log_resume(const char *log_path, uint64_t step, double *wall_s);
 
 typedef struct {
     double loss;     /* mean next-token cross-entropy in nats */
