@@ -135,7 +135,7 @@ int joule_retro_decoder_set_neighbours(joule_decoder *dec, int last, const int32
     if (last < 1 - m || last >= s->d.ctx)
         return joule_fail(JOULE_ERR_ARG, "set neighbours: a chunk ending at position %d, outside [%d, %d)", last,
                           1 - m, s->d.ctx);
-    if (last < dec->pos)
+    if (dec->pos > 0 && last < dec->pos) /* an empty cache also takes one that ended before it */
         return joule_fail(JOULE_ERR_ARG, "set neighbours: position %d is already in the cache (%d tokens)", last,
                           dec->pos);
     const int slot = (last + m - 1) / m;

@@ -417,6 +417,38 @@ START_TEST(test_decoder_matches_forward) {
 }
 END_TEST
 
+/* Any layout, as evaluation windows have them (a chunk that ended before the window, chunks
+ * not on the window's own grid): a prefill of the first rows, then steps, gives the batched
+ * forward's logits at every position. */
+START_TEST(test_decoder_matches_forward_any_layout) {
+    joule_config c = retro_config(TK);
+    joule_model *m = tu_model(&c, 1, 45);
+    tu_randomise_cca_out(m, 0.5f, 46);
+    const int V = c.vocab, per = TK * 2 * TM;
+    const joule_retro_chunk ch[] = {{0, -2}, {0, 2}, {0, 9}, {0, 14}};
+    int32_t in[TT], nb[4 * TK * 2 * TM];
+    tu_random_tokens(in, TT, 47);
+    random_neighbours(nb, 4 * per, true, 48);
+    ck_assert_int_eq(joule_retro_set_chunks(m, ch, 4, nb, 1, TT), JOULE_OK);
+    ck_assert_int_eq(joule_model_forward(m, in, NULL, 1, TT, NULL), JOULE_OK);
+    const float *ref = joule_model_logits(m);
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    for (int i = 0; i < 4; i++)
+        ck_assert_msg(joule_retro_decoder_set_neighbours(d, ch[i].last, nb + i * per) == JOULE_OK, "%s", joule_last_error());
+    const float *lg;
+    ck_assert_int_eq(joule_decoder_prefill(d, in, 6, &lg), JOULE_OK);
+    tu_expect_near(lg, ref + 5 * V, (size_t)V, 1e-4, "prefill");
+    ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, 3, nb), JOULE_ERR_ARG); /* already in the cache */
+    for (int p = 6; p < TT; p++) {
+        ck_assert_int_eq(joule_decoder_step(d, in[p], &lg), JOULE_OK);
+        tu_expect_near(lg, ref + p * V, (size_t)V, 1e-4, "step");
+    }
+    joule_decoder_free(d);
+    joule_model_free(m);
+}
+END_TEST
+
 /* The accountant's RETRO terms of a query over n positions, from the sizes: the encoder of
  * each of the n/m completed chunks (as a batched forward counts it for one chunk), and per
  * CCA layer q, o and attention at positions m-1 .. n-1 plus keys/values per encoding. */
@@ -613,6 +645,46 @@ START_TEST(test_checkpoint_round_trip) {
 }
 END_TEST
 
+/* The positions field: written, read back; a config from before it existed reads as
+ * "none" (the maths it was trained with); anything else is refused. */
+START_TEST(test_positions_in_config) {
+    joule_config c = retro_config(TK);
+    ck_assert_int_eq(c.retro.positions, JOULE_RETRO_POS_ROPE);
+    char *json = joule_config_to_json(&c);
+    ck_assert_ptr_nonnull(strstr(json, "\"positions\":\"rope\""));
+    joule_config r;
+    ck_assert_int_eq(joule_config_from_json(&r, json, "t"), JOULE_OK);
+    ck_assert_int_eq(r.retro.positions, JOULE_RETRO_POS_ROPE);
+    char *old = strstr(json, ",\"positions\":\"rope\"");
+    memmove(old, old + strlen(",\"positions\":\"rope\""), strlen(old + strlen(",\"positions\":\"rope\"")) + 1);
+    ck_assert_int_eq(joule_config_from_json(&r, json, "t"), JOULE_OK);
+    ck_assert_int_eq(r.retro.positions, JOULE_RETRO_POS_NONE);
+    free(json);
+    c.retro.positions = JOULE_RETRO_POS_NONE;
+    json = joule_config_to_json(&c);
+    char *p = strstr(json, "\"none\"");
+    ck_assert_ptr_nonnull(p);
+    memcpy(p + 1, "nope", 4);
+    ck_assert_int_eq(joule_config_from_json(&r, json, "t"), JOULE_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(joule_last_error(), "retro.positions"));
+    free(json);
+    /* without positions a model computes, and decodes, as well: only the maths differs */
+    joule_model *a = tu_model(&c, 1, 5), *b;
+    joule_config cr = retro_config(TK);
+    b = tu_model(&cr, 1, 5);
+    tu_randomise_cca_out(a, 0.5f, 6);
+    tu_randomise_cca_out(b, 0.5f, 6);
+    int32_t in[TT], nb[TNCH * TK * 2 * TM];
+    tu_random_tokens(in, TT, 7);
+    random_neighbours(nb, TNCH * TK * 2 * TM, false, 8);
+    forward_ok(a, nb, in, NULL, 1, NULL);
+    forward_ok(b, nb, in, NULL, 1, NULL);
+    ck_assert_int_ne(memcmp(joule_model_logits(a) + (TT - 1) * 256, joule_model_logits(b) + (TT - 1) * 256, 256 * 4), 0);
+    joule_model_free(a);
+    joule_model_free(b);
+}
+END_TEST
+
 /* Same inputs and two threads: bit-identical gradients run to run. */
 START_TEST(test_determinism) {
     joule_set_threads(2);
@@ -680,12 +752,14 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_flops_counted_equal_analytic);
     tcase_add_test(c, test_search_cost_formulas);
     tcase_add_test(c, test_decoder_matches_forward);
+    tcase_add_test(c, test_decoder_matches_forward_any_layout);
     tcase_add_test(c, test_decode_flops_exact);
     tcase_add_test(c, test_decode_flops_exact_moe);
     tcase_add_test(c, test_prefill_equals_steps);
     tcase_add_test(c, test_prefill_equals_steps_moe);
     tcase_add_test(c, test_prefill_missing_chunk);
     tcase_add_test(c, test_checkpoint_round_trip);
+    tcase_add_test(c, test_positions_in_config);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
     return s;

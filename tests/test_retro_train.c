@@ -434,7 +434,7 @@ START_TEST(test_eval_retrieval_on_off) {
 END_TEST
 
 typedef struct {
-    int32_t tok[64];
+    int32_t tok[128];
     int n;
 } collected;
 
@@ -467,6 +467,14 @@ START_TEST(test_generate_live_retrieval) {
     ck_assert_int_eq(joule_generate(m, (const uint8_t *)prompt, np, ng, &s, 1, collect, &plain), JOULE_OK);
     ck_assert_int_eq(memcmp(without.tok, plain.tok, sizeof plain.tok), 0);
     ck_assert_int_ne(memcmp(with.tok, plain.tok, sizeof plain.tok), 0);
+    /* past the context the window slides (it restarts at a chunk's last token, its chunks
+     * searched again) and generation goes on; no end-of-document stop here */
+    collected longer = {0};
+    ck_assert_msg(joule_retro_generate(m, db, (const uint8_t *)prompt, np, 0, 60, &s, 1, collect, &longer, &st) ==
+                      JOULE_OK,
+                  "%s", joule_last_error());
+    ck_assert_uint_eq(st.tokens, 60);
+    ck_assert_uint_gt(st.retrievals, (uint64_t)(np + 59) / M);
     joule_db_close(db);
     joule_model_free(m);
 }
