@@ -77,19 +77,6 @@ static bool is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* The search parameters the index stores (manifest index.default_params, e.g. "nprobe=16"),
- * which every search uses; 0 where none is stored (FAISS's defaults then). */
-static void stored_search_params(const joule_retro_db *db, int *nprobe, int *ef) {
-    cJSON *j = cJSON_Parse(joule_db_manifest_json(db));
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "index"), "default_params");
-    if (cJSON_IsString(p)) {
-        const char *np = strstr(p->valuestring, "nprobe="), *es = strstr(p->valuestring, "efSearch=");
-        if (np) *nprobe = atoi(np + 7);
-        if (es) *ef = atoi(es + 9);
-    }
-    cJSON_Delete(j);
-}
-
 /* The comparison's default index for the train split's chunks: exact search for a small
  * database; else IVF with about sqrt(N) lists, which builds the whole default corpus (1.33M
  * chunks of 32) in about a minute here, where joule db build's 4 sqrt(N) took 161 s. */
@@ -156,13 +143,13 @@ static int setup_retrieval(const compare_plan *p, const char *train_path, const 
     double nbr_s = joule_now() - t1;
     joule_retro_db *db = joule_retro_data_db(rd);
     joule_search_cost cost;
-    int nprobe = 0, ef = 0;
-    stored_search_params(db, &nprobe, &ef);
     if (s->db_nprobe > 0 && strncmp(joule_db_factory(db), "IVF", 3) == 0) { /* what every run applies */
-        nprobe = s->db_nprobe;
-        snprintf(params, 32, "nprobe=%d", nprobe);
+        snprintf(params, 32, "nprobe=%d", s->db_nprobe);
+        rc = joule_db_set_params(db, params);
     }
-    rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &cost);
+    int nprobe, ef;
+    joule_db_search_settings(db, &nprobe, &ef);
+    if (!rc) rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &cost);
     if (!rc) {
         *search_flops = cost.flops;
         char path[4200];

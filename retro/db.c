@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <faiss/c_api/AutoTune_c.h>
+#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_io_c.h>
@@ -250,6 +251,14 @@ int joule_db_set_params(joule_retro_db *db, const char *params) {
         return joule_faiss_fail(JOULE_ERR_ARG, what);
     }
     return JOULE_OK;
+}
+
+void joule_db_search_settings(const joule_retro_db *db, int *nprobe, int *ef_search) {
+    FaissIndexIVF *ivf = faiss_IndexIVF_cast(db->index);
+    *nprobe = ivf ? (int)faiss_IndexIVF_nprobe(ivf) : 0;
+    /* the C API reads no HNSW parameter: the manifest's stored default */
+    const char *es = db->manifest ? strstr(db->manifest, "efSearch=") : NULL;
+    *ef_search = es ? atoi(es + 9) : 0;
 }
 
 /* ---- search ---- */
