@@ -22,10 +22,12 @@
  *
  * The config rules (joule_moe_config, joule_retro_config: their JSON keys and validation)
  * stay in core/config.c rather than behind hooks here: a config is data the core owns and
- * reads without building a model (checkpoint headers, `joule info`, the accountant describing
- * GPT-3), so it must parse and validate the same whether or not a module is registered, and
- * the fuzz harness and tests that read configs register nothing. A registry-dependent parser
- * would accept a malformed "moe" block in a program that forgot joule_moe_register().
+ * reads without building a model (checkpoint headers, `joule account --config`, the
+ * accountant describing GLaM), so it must parse and validate the same, with the same
+ * messages, whether or not a module is registered: a registry-dependent parser would accept
+ * a malformed "moe" block in a program that never called joule_moe_register(). Both blocks
+ * are plain fields of joule_config, so the rules are a few lines of data checks each, not
+ * behaviour; a hook would add an indirection and a registration order for no gain.
  *
  * model.h includes this header for the struct definitions; include it directly to write an
  * extension. Not thread-safe: register before creating models.
@@ -51,7 +53,7 @@ typedef struct {
     /* required: appends layer l's tensors with joule_model_add_tensor (called while the
      * layout is built; the first tensor's index is m->ext_first[l][kind], the count
      * m->ext_count). It may set the flags (decay, embedding, init_mult) of the tensors it
-     * adds, and stops at the first that fails (joule_model_create then fails). */
+     * adds, and may stop at the first that fails (-1: joule_model_create then fails). */
     void (*layout)(joule_model *m, int l);
     /* required: activation state for batches up to max_batch (training); stores it in
      * m->ext[kind]. */
