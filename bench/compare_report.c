@@ -380,12 +380,12 @@ static void add_retrieval(const char *dir, FILE *f, cJSON *fit, const joule_comp
     cJSON_AddItemToObject(fit, "retrieval", j);
 }
 
-static double fit_curve(const void *ctx, double C) { return joule_pow_loss(ctx, C); }
-
-static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_fit *dense) {
+/* Both plots; the loss plot with the dense fit and its bootstrap interval when there are. */
+static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_fit *dense, const joule_pow_fit *boot,
+                       int reps, double level) {
     compare_series s[JOULE_ARCH_COUNT];
-    double xs[JOULE_ARCH_COUNT][MAX_ROWS], ys[JOULE_ARCH_COUNT][MAX_ROWS];
-    double ex[JOULE_ARCH_COUNT][MAX_ROWS], ey[JOULE_ARCH_COUNT][MAX_ROWS];
+    double xs[JOULE_ARCH_COUNT][MAX_ROWS], ys[JOULE_ARCH_COUNT][MAX_ROWS], bs[JOULE_ARCH_COUNT][MAX_ROWS];
+    double ex[JOULE_ARCH_COUNT][MAX_ROWS], ey[JOULE_ARCH_COUNT][MAX_ROWS], eb[JOULE_ARCH_COUNT][MAX_ROWS];
     compare_series es[JOULE_ARCH_COUNT];
     int ns = 0, nq = 0;
     for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
@@ -394,26 +394,34 @@ static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_f
         for (int i = 0; i < runs[a].n; i++) {
             xs[ns][i] = runs[a].pts[i].C;
             ys[ns][i] = runs[a].pts[i].loss;
+            bs[ns][i] = runs[a].rows[i]->budget;
             if (isfinite(runs[a].rows[i]->query_j)) {
                 ex[ns][q] = runs[a].rows[i]->val_bpb;
+                eb[ns][q] = runs[a].rows[i]->budget;
                 ey[ns][q++] = runs[a].rows[i]->query_j;
             }
         }
-        s[ns] = (compare_series){joule_arch_names[a], xs[ns], ys[ns], runs[a].n};
-        es[ns] = (compare_series){joule_arch_names[a], ex[ns], ey[ns], q};
+        s[ns] = (compare_series){joule_arch_names[a], xs[ns], ys[ns], bs[ns], runs[a].n};
+        es[ns] = (compare_series){joule_arch_names[a], ex[ns], ey[ns], eb[ns], q};
         nq += q;
         ns++;
     }
-    char label[128];
+    char label[128], band[64];
     if (dense) snprintf(label, sizeof label, "dense fit %.3g C^%.3f + %.3g", dense->a, dense->b, dense->c);
-    compare_plot lp = {"Validation bits per byte vs training compute", "training FLOPs (counted)", "val bits per byte",
-                       true, true, s, ns, dense ? fit_curve : NULL, dense, label, NULL};
+    snprintf(band, sizeof band, "%.0f%% bootstrap interval (%d resamples)", 100 * level, reps);
+    double *scratch = boot && reps >= 2 ? malloc((size_t)reps * sizeof *scratch) : NULL;
+    joule_svg_pow fc = {dense, scratch ? boot : NULL, reps, level, scratch};
+    compare_plot lp = {"Validation bits per byte vs training compute (labels: budget in FLOPs)",
+                       "training FLOPs (counted)", "val bits per byte", true, true, s, ns,
+                       dense ? joule_svg_pow_loss : NULL, &fc, label,
+                       scratch ? joule_svg_pow_lo : NULL, scratch ? joule_svg_pow_hi : NULL, band, NULL};
     char *svg = compare_svg(&lp);
+    free(scratch);
     int rc = write_text(dir, "loss_vs_compute.svg", svg);
     free(svg);
     if (rc) return rc;
-    compare_plot ep = {"Energy per query vs validation bits per byte", "val bits per byte", "joules per query",
-                       false, true, es, ns, NULL, NULL, NULL,
+    compare_plot ep = {"Energy per query vs validation bits per byte (labels: budget in FLOPs)", "val bits per byte",
+                       "joules per query", false, true, es, ns, NULL, NULL, NULL, NULL, NULL, NULL,
                        nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)"};
     svg = compare_svg(&ep);
     rc = write_text(dir, "energy_vs_bpb.svg", svg);
@@ -549,7 +557,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
     fs = NULL;
     char *json = cJSON_Print(fit);
     if ((rc = write_text(dir, "fit.json", json)) == JOULE_OK && (rc = write_text(dir, "report.md", md)) == JOULE_OK)
-        rc = write_plots(dir, runs, have_dense ? &dense : NULL);
+        rc = write_plots(dir, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     free(json);
     if (!rc && summary) {
         *summary = sum;

@@ -1,105 +1,103 @@
-/* The comparison's two plots as hand-written SVG: series of points per architecture on
- * log or linear axes, with an optional curve (the dense L(C) fit). */
+/* The comparison's two plots as hand-written SVG (joule/svg.h draws the axes): series of
+ * points per architecture, each labelled with its budget, on log or linear axes, with an
+ * optional curve (the dense L(C) fit) and its bootstrap interval. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "compare_svg.h"
 
-enum { PW = 760, PH = 480, LM = 76, RM = 150, TM = 40, BM = 56 };
+enum { PW = 760, PH = 500, LM = 84, RM = 24, TM = 40, BM = 60, MAX_MARKS = 1024 };
 
 static const char *const COLOURS[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"};
 
+/* Pixel positions the legend should not hide: the points and samples of the curve. */
 typedef struct {
-    double lo, hi;
-    bool log;
-} span;
+    double x[MAX_MARKS], y[MAX_MARKS];
+    int n;
+} marks;
 
-static double tr(const span *s, double v) { return s->log ? log10(v) : v; }
-
-static double to_x(const span *s, double v) { return LM + (tr(s, v) - s->lo) / (s->hi - s->lo) * (PW - LM - RM); }
-static double to_y(const span *s, double v) { return PH - BM - (tr(s, v) - s->lo) / (s->hi - s->lo) * (PH - TM - BM); }
-
-static bool usable(const span *s, double v) { return isfinite(v) && (!s->log || v > 0); }
-
-static void widen(span *s, double v) {
-    if (!usable(s, v)) return;
-    s->lo = fmin(s->lo, tr(s, v));
-    s->hi = fmax(s->hi, tr(s, v));
+static void mark(marks *m, double x, double y) {
+    if (m->n < MAX_MARKS) m->x[m->n] = x, m->y[m->n++] = y;
 }
 
-static void finish_span(span *s) {
-    if (!isfinite(s->lo)) s->lo = 0, s->hi = 1;
-    if (s->hi - s->lo < 1e-9) s->lo -= 0.5, s->hi += 0.5;
-    double pad = 0.06 * (s->hi - s->lo);
-    s->lo -= pad;
-    s->hi += pad;
+/* A faint line through a series' points in the order of their budgets: which way an
+ * architecture moves as it gets more compute. */
+static void trajectory(FILE *f, const compare_series *se, const joule_svg_axis *sx, const joule_svg_axis *sy,
+                       const char *colour) {
+    int order[256], n = 0;
+    for (int i = 0; i < se->n && n < 256; i++) {
+        if (!joule_svg_usable(sx, se->x[i]) || !joule_svg_usable(sy, se->y[i])) continue;
+        int k = n++;
+        for (; k > 0 && se->budget[order[k - 1]] > se->budget[i]; k--) order[k] = order[k - 1];
+        order[k] = i;
+    }
+    fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-opacity=\"0.35\" points=\"", colour);
+    for (int k = 0; k < n; k++) fprintf(f, "%.1f,%.1f ", joule_svg_px(sx, se->x[order[k]]), joule_svg_px(sy, se->y[order[k]]));
+    fputs("\"/>\n", f);
 }
 
-static void ticks(FILE *f, const span *s, bool horizontal) {
-    for (int k = 0; k <= 5; k++) {
-        double t = s->lo + (s->hi - s->lo) * k / 5, v = s->log ? pow(10, t) : t;
-        double pos = horizontal ? to_x(s, v) : to_y(s, v);
-        if (horizontal) {
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", pos, TM, pos, PH - BM);
-            fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%.3g</text>\n", pos, PH - BM + 16, v);
-        } else {
-            fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", LM, pos, PW - RM, pos);
-            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", LM - 6, pos + 4, v);
+static void points(FILE *f, const compare_plot *p, const joule_svg_axis *sx, const joule_svg_axis *sy, marks *m) {
+    for (int s = 0; s < p->n_series; s++) {
+        const compare_series *se = &p->series[s];
+        if (se->budget && se->n > 1) trajectory(f, se, sx, sy, COLOURS[s % 4]);
+        for (int i = 0; i < se->n; i++) {
+            if (!joule_svg_usable(sx, se->x[i]) || !joule_svg_usable(sy, se->y[i])) continue;
+            char label[32];
+            if (se->budget) joule_svg_number(label, sizeof label, se->budget[i]);
+            double px = joule_svg_px(sx, se->x[i]), py = joule_svg_px(sy, se->y[i]);
+            joule_svg_point(f, px, py, COLOURS[s % 4], se->budget ? label : NULL);
+            mark(m, px, py);
+            mark(m, px + 24, py - 8); /* the label */
         }
     }
 }
 
 char *compare_svg(const compare_plot *p) {
-    span sx = {INFINITY, -INFINITY, p->log_x}, sy = {INFINITY, -INFINITY, p->log_y};
+    joule_svg_axis sx = joule_svg_axis_new(p->log_x), sy = joule_svg_axis_new(p->log_y);
     for (int s = 0; s < p->n_series; s++)
         for (int i = 0; i < p->series[s].n; i++) {
-            if (!usable(&sx, p->series[s].x[i]) || !usable(&sy, p->series[s].y[i])) continue;
-            widen(&sx, p->series[s].x[i]);
-            widen(&sy, p->series[s].y[i]);
+            if (!joule_svg_usable(&sx, p->series[s].x[i]) || !joule_svg_usable(&sy, p->series[s].y[i])) continue;
+            joule_svg_widen(&sx, p->series[s].x[i]);
+            joule_svg_widen(&sy, p->series[s].y[i]);
         }
-    finish_span(&sx);
-    finish_span(&sy);
+    joule_svg_finish(&sx, 0.06, LM, PW - RM);
+    joule_svg_finish(&sy, 0.08, PH - BM, TM);
+    marks *m = calloc(1, sizeof *m);
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return NULL;
-    fprintf(f,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
-            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
-            PW, PH);
-    fprintf(f, "<text x=\"%d\" y=\"24\" font-size=\"15\">%s</text>\n", LM, p->title);
-    ticks(f, &sx, true);
-    ticks(f, &sy, false);
-    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", LM, TM,
-            PW - LM - RM, PH - TM - BM);
-    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", (PW - RM + LM) / 2, PH - 16, p->x_label);
-    fprintf(f, "<text x=\"18\" y=\"%d\" transform=\"rotate(-90 18 %d)\" text-anchor=\"middle\">%s</text>\n",
-            (PH - BM + TM) / 2, (PH - BM + TM) / 2, p->y_label);
+    FILE *f = m ? open_memstream(&buf, &len) : NULL;
+    if (!f) {
+        free(m);
+        return NULL;
+    }
+    joule_svg_begin(f, PW, PH, LM, p->title);
+    joule_svg_frame(f, &sx, &sy, p->x_label, p->y_label);
+    joule_svg_key keys[8];
+    int nk = 0;
+    if (p->curve && p->band_lo && p->band_hi) {
+        joule_svg_band(f, &sx, &sy, p->band_lo, p->band_hi, p->curve_ctx, COLOURS[0]);
+        keys[nk++] = (joule_svg_key){JOULE_SVG_BAND, COLOURS[0], p->band_label ? p->band_label : "interval"};
+    }
     if (p->curve) {
-        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\" points=\"",
-                COLOURS[0]);
-        for (int k = 0; k <= 160; k++) {
-            double t = sx.lo + (sx.hi - sx.lo) * k / 160, x = sx.log ? pow(10, t) : t, y = p->curve(p->curve_ctx, x);
-            if (usable(&sy, y)) fprintf(f, "%.1f,%.1f ", to_x(&sx, x), fmin(fmax(to_y(&sy, y), TM), PH - BM));
+        joule_svg_curve(f, &sx, &sy, p->curve, p->curve_ctx, COLOURS[0], true);
+        keys[nk++] = (joule_svg_key){JOULE_SVG_DASH, COLOURS[0], p->curve_label ? p->curve_label : "fit"};
+        for (int k = 0; k <= 40; k++) {
+            double x = joule_svg_at(&sx, k / 40.0), y = p->curve(p->curve_ctx, x);
+            if (joule_svg_usable(&sy, y)) mark(m, joule_svg_px(&sx, x), joule_svg_px(&sy, y));
         }
-        fprintf(f, "\"/>\n<text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", PW - RM + 8, TM + 20 * (p->n_series + 1),
-                COLOURS[0], p->curve_label ? p->curve_label : "fit");
     }
-    for (int s = 0; s < p->n_series; s++) {
-        const char *col = COLOURS[s % 4];
-        for (int i = 0; i < p->series[s].n; i++) {
-            double x = p->series[s].x[i], y = p->series[s].y[i];
-            if (!usable(&sx, x) || !usable(&sy, y)) continue;
-            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\" fill-opacity=\"0.8\"/>\n", to_x(&sx, x),
-                    to_y(&sy, y), col);
-        }
-        fprintf(f, "<circle cx=\"%d\" cy=\"%d\" r=\"4\" fill=\"%s\"/><text x=\"%d\" y=\"%d\">%s</text>\n", PW - RM + 12,
-                TM + 16 + 20 * s, col, PW - RM + 22, TM + 20 + 20 * s, p->series[s].name);
+    points(f, p, &sx, &sy, m);
+    for (int s = 0; s < p->n_series && nk < 8; s++)
+        keys[nk++] = (joule_svg_key){JOULE_SVG_DOT, COLOURS[s % 4], p->series[s].name};
+    joule_svg_legend(f, &sx, &sy, keys, nk, m->x, m->y, m->n);
+    if (p->note) {
+        fprintf(f, "<text x=\"%d\" y=\"%d\" fill=\"#666\">", LM + 10, (PH - BM + TM) / 2);
+        joule_svg_text(f, p->note);
+        fputs("</text>\n", f);
     }
-    if (p->note)
-        fprintf(f, "<text x=\"%d\" y=\"%d\" fill=\"#666\">%s</text>\n", LM + 8, TM + 18, p->note);
     fputs("</svg>\n", f);
+    free(m);
     if (fclose(f)) {
         free(buf);
         return NULL;

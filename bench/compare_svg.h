@@ -4,9 +4,12 @@
 
 #include <stdbool.h>
 
+#include "joule/svg.h"
+
 typedef struct {
     const char *name;
     const double *x, *y;
+    const double *budget; /* each point's budget, written beside it; may be NULL */
     int n;
 } compare_series;
 
@@ -15,9 +18,11 @@ typedef struct {
     bool log_x, log_y;
     const compare_series *series;
     int n_series;
-    double (*curve)(const void *ctx, double x); /* may be NULL */
+    joule_svg_fn curve; /* may be NULL */
     const void *curve_ctx;
     const char *curve_label;
+    joule_svg_fn band_lo, band_hi; /* the curve's interval (same ctx); may be NULL */
+    const char *band_label;
     const char *note; /* may be NULL: a line shown inside the plot */
 } compare_plot;
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "joule/bench_energy.h"
+#include "joule/svg.h"
 
 /* ---------------------------------------------------------------- JSON */
 
@@ -156,38 +157,37 @@ int joule_bench_energy_write_csv(const char *path, const joule_bench_energy_resu
     return write_stream(path, &buf, &len, f);
 }
 
-static void xml_text(FILE *f, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
-        case '<': fputs("&lt;", f); break;
-        case '>': fputs("&gt;", f); break;
-        case '&': fputs("&amp;", f); break;
-        case '"': fputs("&quot;", f); break;
-        default: fputc(*s, f);
-        }
-    }
-}
+enum { SVG_W = 760, SVG_LABEL = 180, SVG_BAR = 22, SVG_GAP = 10, SVG_PANEL_TOP = 56, SVG_AXIS = 30 };
 
-enum { SVG_W = 760, SVG_LABEL = 180, SVG_BAR = 22, SVG_GAP = 10, SVG_PANEL_TOP = 56 };
-
-/* One panel of horizontal bars: value i of each model, scaled to the largest. */
+/* One panel of horizontal bars, value i of each model, on a value axis from 0 with round
+ * ticks (joule/svg.h) so that bars read against numbers, not only against each other. */
 static int svg_panel(FILE *f, int y, const char *title, const char *unit, const double *v,
                      const joule_bench_energy_result *r, int n, const char *colour) {
-    double mx = 0;
-    for (int i = 0; i < n; i++) mx = v[i] > mx ? v[i] : mx;
-    fprintf(f, "<text x=\"10\" y=\"%d\" font-weight=\"bold\">%s</text>\n", y, title);
+    joule_svg_axis ax = joule_svg_axis_new(false);
+    joule_svg_widen(&ax, 0);
+    for (int i = 0; i < n; i++) joule_svg_widen(&ax, v[i]);
+    if (ax.hi <= 0) ax.hi = 1;
+    ax.p0 = SVG_LABEL;
+    ax.p1 = SVG_W - 110;
+    fprintf(f, "<text x=\"10\" y=\"%d\" font-weight=\"bold\">", y);
+    joule_svg_text(f, title);
+    fprintf(f, " (%s)</text>\n", unit);
     y += 12;
-    const int span = SVG_W - SVG_LABEL - 110;
+    const int bottom = y + n * (SVG_BAR + SVG_GAP);
+    joule_svg_ticks(f, &ax, bottom, y, true);
     for (int i = 0; i < n; i++) {
-        double w = mx > 0 && isfinite(v[i]) ? v[i] / mx * span : 0;
+        double w = isfinite(v[i]) && v[i] > 0 ? joule_svg_px(&ax, v[i]) - SVG_LABEL : 0;
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">", SVG_LABEL - 8, y + 16);
-        xml_text(f, r[i].label);
+        joule_svg_text(f, r[i].label);
         fprintf(f, "</text>\n<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", SVG_LABEL, y, w,
                 SVG_BAR, colour);
-        fprintf(f, "<text x=\"%.1f\" y=\"%d\">%.4g %s</text>\n", SVG_LABEL + w + 6, y + 16, v[i], unit);
+        char num[32];
+        joule_svg_number(num, sizeof num, v[i]);
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\">%s %s</text>\n", SVG_LABEL + w + 6, y + 16, num, unit);
         y += SVG_BAR + SVG_GAP;
     }
-    return y + 20;
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"black\"/>\n", SVG_LABEL, bottom, SVG_W - 110, bottom);
+    return bottom + SVG_AXIS + 20;
 }
 
 int joule_bench_energy_write_svg(const char *path, const joule_bench_energy_result *r, int n) {
@@ -203,7 +203,7 @@ int joule_bench_energy_write_svg(const char *path, const joule_bench_energy_resu
         v[i] = r[i].j_per_query;
         v[n + i] = r[i].tokens_per_s;
     }
-    const int height = SVG_PANEL_TOP + 2 * (12 + n * (SVG_BAR + SVG_GAP) + 20) + 30;
+    const int height = SVG_PANEL_TOP + 2 * (12 + n * (SVG_BAR + SVG_GAP) + SVG_AXIS + 20);
     fprintf(f,
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
             "font-size=\"13\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
@@ -212,7 +212,7 @@ int joule_bench_energy_write_svg(const char *path, const joule_bench_energy_resu
                "batch %d</text>\n",
             n ? r[0].queries : 0, n ? r[0].prompt : 0, n ? r[0].generate : 0, n ? r[0].batch : 0);
     fprintf(f, "<text x=\"10\" y=\"40\" fill=\"#555\">energy method: ");
-    xml_text(f, n ? r[0].energy.method : "none");
+    joule_svg_text(f, n ? r[0].energy.method : "none");
     fprintf(f, " (steady-state window, warm-up excluded)</text>\n");
     int y = svg_panel(f, SVG_PANEL_TOP + 14, "Energy per query", "J", v, r, n, "#d95f02");
     svg_panel(f, y, "Generated tokens per second", "tok/s", v + n, r, n, "#1b9e77");

@@ -300,7 +300,13 @@ static int cmd_build(int argc, char **argv) {
     }
     for (int i = 0; i < n; i++)
         if ((rc = cli_check_input(cmd, srcs[i], "prepare a corpus with 'joule data prepare'"))) return rc;
-    if ((rc = cli_check_writable_parent(cmd, o.out))) return rc;
+    /* --out DIR/ names DIR (its .partial sibling is built beside it, not inside) */
+    static char out[4096];
+    snprintf(out, sizeof out, "%s", o.out);
+    for (size_t k = strlen(out); k > 1 && out[k - 1] == '/'; k--) out[k - 1] = '\0';
+    o.out = out;
+    /* like train --out: the folders above DIR are made here, DIR itself by the crash-safe build */
+    if ((rc = cli_make_parent_dirs(cmd, o.out)) || (rc = cli_check_writable_parent(cmd, o.out))) return rc;
     joule_db_build_opts b;
     joule_db_build_opts_init(&b);
     b.sources = srcs;

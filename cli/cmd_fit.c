@@ -505,7 +505,7 @@ int cmd_fit(int argc, char **argv) {
     if (!ret && a.svg) {
         fit_plot p = {"joule fit: loss against compute", runs,   n,
                       a.backtest ? held : NULL,          &f.pow, f.have_chin ? &f.chin : NULL,
-                      fmax(a.predict, a.budget)};
+                      fmax(a.predict, a.budget),         f.bpow, f.nb, a.level};
         char *svg = fit_svg(&p);
         ret = svg ? write_text(a.svg, svg) : cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
         free(svg);

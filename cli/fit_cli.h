@@ -2,7 +2,6 @@
 #ifndef JOULE_FIT_CLI_H
 #define JOULE_FIT_CLI_H
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -16,6 +15,9 @@ typedef struct {
     const joule_pow_fit *pow;   /* may be NULL */
     const joule_chin_fit *chin; /* may be NULL */
     double c_extra;             /* widen the compute axis to include this (0 = none) */
+    const joule_pow_fit *boot;  /* bootstrap fits of pow (n_boot), shaded as its interval; may be NULL */
+    int n_boot;
+    double level;
 } fit_plot;
 
 /* The SVG document (caller frees), or NULL when out of memory. */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "joule/ext.h"
 #include "joule/ops.h"
 
 static const char *const CONV_NAMES[] = {"joule", "kaplan", "palm"};

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "joule/model.h"
+#include "joule/ext.h"
 #include "joule/ops.h"
 
 int joule_decoder_create(joule_decoder **out, const joule_model *m) {

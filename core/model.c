@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "joule/ext.h"
 #include "joule/ops.h"
 
 struct joule_acts {

@@ -5,6 +5,7 @@
  *              expert of moe/experts.c, so each expert's weights are read once per call. */
 #include <stdlib.h>
 
+#include "joule/ext.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "joule/ext.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
 
@@ -127,16 +128,17 @@ static void moe_layout(joule_model *m, int l) {
     const float out_scale = 1.0f / sqrtf(2.0f * (float)c->n_layers);
     char name[96];
     snprintf(name, sizeof name, "layers.%d.moe.router.weight", l);
-    joule_model_add_tensor(m, name, c->moe.n_experts, C);
-    for (int e = 0; e < c->moe.n_experts && !m->layout_failed; e++) {
+    if (joule_model_add_tensor(m, name, c->moe.n_experts, C) < 0) return;
+    for (int e = 0; e < c->moe.n_experts; e++) {
         /* w1|w3 adjacent: one fused [2Fe, C] matmul per expert, as in the dense FFN. */
         snprintf(name, sizeof name, "layers.%d.moe.experts.%d.w1.weight", l, e);
-        joule_model_add_tensor(m, name, Fe, C);
+        if (joule_model_add_tensor(m, name, Fe, C) < 0) return;
         snprintf(name, sizeof name, "layers.%d.moe.experts.%d.w3.weight", l, e);
-        joule_model_add_tensor(m, name, Fe, C);
+        if (joule_model_add_tensor(m, name, Fe, C) < 0) return;
         snprintf(name, sizeof name, "layers.%d.moe.experts.%d.w2.weight", l, e);
         int t = joule_model_add_tensor(m, name, C, Fe);
-        if (t >= 0) m->tensors[t].init_mult = out_scale;
+        if (t < 0) return; /* joule_model_create fails on it */
+        m->tensors[t].init_mult = out_scale;
     }
 }
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "joule/ext.h"
 #include "joule/model.h"
 #include "joule/retro.h"
 

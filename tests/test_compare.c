@@ -246,6 +246,9 @@ START_TEST(test_report_files_parse) {
         ck_assert_ptr_nonnull(strstr(svg, "<circle"));
         free(svg);
     }
+    /* points labelled with their budgets, the dense fit's bootstrap interval shaded */
+    tu_expect_in("c/loss_vs_compute.svg", ">1.2e9</text>");
+    tu_expect_in("c/loss_vs_compute.svg", "bootstrap interval");
     tu_expect_in("c/report.md", "## Effective compute multiplier");
     tu_expect_in("c/report.md", "## Leakage (RETRO)");
     tu_expect_in("c/report.md", "without encoder+CCA");

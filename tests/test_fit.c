@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "joule/fit.h"
+#include "joule/svg.h"
 #include "testutil.h"
 
 static const joule_chin_fit TRUTH = {1.69, 406.4, 410.7, 0.34, 0.28, 0};
@@ -169,6 +170,18 @@ START_TEST(test_runs_reader) {
 }
 END_TEST
 
+/* Tick and point labels: short, and never printf's "1e+04". */
+START_TEST(test_svg_numbers) {
+    const double v[] = {1e12, 2e11, 2.5e11, 9.99996e11, 15000, 0.05, 2.2, 0, 1e-4};
+    const char *want[] = {"1e12", "2e11", "2.5e11", "1e12", "15000", "0.05", "2.2", "0", "1e-4"};
+    for (int i = 0; i < 9; i++) {
+        char b[32];
+        joule_svg_number(b, sizeof b, v[i]);
+        ck_assert_str_eq(b, want[i]);
+    }
+}
+END_TEST
+
 START_TEST(test_cli_fit) {
     tu_make_dir("joule_fitcli_");
     joule_run runs[36];
@@ -199,6 +212,10 @@ START_TEST(test_cli_fit) {
         cJSON_GetObjectItem(cJSON_GetObjectItem(o, "effective_compute"), "multiplier_chinchilla_optimal"));
     ck_assert_ptr_nonnull(strstr(svg, "<svg") ? strstr(svg, "</svg>") : NULL);
     ck_assert_ptr_nonnull(strstr(svg, "<polyline"));
+    /* decade ticks, the formulas in the legend, the L(C) interval */
+    ck_assert_ptr_nonnull(strstr(svg, ">1e22</text>"));
+    ck_assert_ptr_nonnull(strstr(svg, ">L(C) = "));
+    ck_assert_ptr_nonnull(strstr(svg, "bootstrap interval"));
     cJSON_Delete(o);
     free(js);
     free(svg);
@@ -225,6 +242,7 @@ static Suite *fit_suite(void) {
     TCase *c = tu_tcase(s, "io", 120, NULL, NULL);
     tcase_add_test(c, test_runs_reader);
     tcase_add_test(c, test_cli_fit);
+    tcase_add_test(f, test_svg_numbers);
     return s;
 }
 

@@ -647,6 +647,10 @@ START_TEST(test_cli) {
     ck_assert_int_eq(tu_joule("db recall ivf --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 2);
     tu_expect_one_line("err.txt", "do not hold the same entries"); /* ivf also holds val */
     ck_assert_int_eq(tu_joule("db build --data corpus --out ivf2 --chunk 16 --embedder ngram:32 --index IVF8,Flat"), 0);
+    /* missing folders above --out are made, as train --out makes them; a trailing / names the folder */
+    ck_assert_int_eq(tu_joule("db build --data corpus --out new/deeper/db/ --chunk 16 --embedder ngram:32"), 0);
+    tu_expect_in("out.txt", "built new/deeper/db:");
+    ck_assert(tu_exists(tu_path("new/deeper/db/manifest.json")));
     ck_assert_int_eq(tu_joule("db recall ivf2 --exact flat --queries corpus -n 50 -k 5 --nprobe 8"), 0);
     tu_expect_in("out.txt", "recall@5");
     ck_assert_int_eq(tu_joule("db neighbours flat --tokens corpus/train.bin -k 2"), 0);

@@ -13,6 +13,7 @@
 #include "gradcheck.h"
 #include "joule/account.h"
 #include "joule/checkpoint.h"
+#include "joule/ext.h"
 #include "joule/model.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
@@ -736,6 +737,17 @@ START_TEST(test_bad_neighbours_refused) {
 }
 END_TEST
 
+/* Both modules fill every hook joule/ext.h marks required (the core calls them unchecked). */
+START_TEST(test_required_hooks) {
+    for (int k = 0; k < JOULE_EXT_COUNT; k++) {
+        const joule_ext_ops *o = joule_ext_get((joule_ext_kind)k);
+        ck_assert_ptr_nonnull(o);
+        ck_assert(o->name && o->layout && o->alloc && o->forward && o->backward && o->forward_flops &&
+                  o->flop_terms && o->decode_step);
+    }
+}
+END_TEST
+
 static Suite *retro_suite(void) {
     Suite *s = suite_create("retro_model");
     TCase *g = tu_tcase(s, "gradients", 120, NULL, NULL);
@@ -762,6 +774,7 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_positions_in_config);
     tcase_add_test(c, test_determinism);
     tcase_add_test(c, test_bad_neighbours_refused);
+    tcase_add_test(c, test_required_hooks);
     return s;
 }
 

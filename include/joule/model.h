@@ -127,103 +127,10 @@ typedef struct {
 } joule_weights;
 
 typedef struct joule_acts joule_acts; /* activation arena, private to core/model.c */
+/* Defined, with each field marked public / read-only / private, in joule/ext.h (included at
+ * the end of this header): the fields are the extensions' contract as much as the callers'. */
 typedef struct joule_model joule_model;
 typedef struct joule_decoder joule_decoder;
-
-/* ---- extension sub-layers ----
- * The core never includes moe/ or retro/. A layer kind other than the dense FFN is an
- * extension: a table of functions the module registers once (joule_moe_register(),
- * joule_retro_register()) and core/model.c calls at fixed points.
- *   JOULE_EXT_MOE  replaces a layer's FFN:   y += FFN(xn), xn = RMSNorm_ffn(x) (norm stays in core)
- *   JOULE_EXT_CCA  a residual sub-layer between attention and FFN: y = x + CCA(x, ...)
- * Both are op pairs with explicit buffers; the extension keeps its activations in its own
- * state (m->ext[kind]), allocated by alloc() for the model's maximum batch. */
-typedef enum { JOULE_EXT_MOE = 0, JOULE_EXT_CCA = 1, JOULE_EXT_COUNT = 2 } joule_ext_kind;
-
-typedef struct {
-    const char *name;
-    /* Appends layer l's tensors with joule_model_add_tensor (called while the layout is
-     * built; the first tensor's index is m->ext_first[l][kind], the count m->ext_count). */
-    void (*layout)(joule_model *m, int l);
-    /* Activation state for batches up to max_batch (training); stores it in m->ext[kind]. */
-    int (*alloc)(joule_model *m, int max_batch);
-    void (*free)(joule_model *m);
-    /* MOE: y[N,C] += FFN_l(xn[N,C]).  CCA: y[N,C] = x[N,C] + CCA_l(x).  `train` selects
-     * training behaviour (capacity factor, random choices). */
-    int (*forward)(joule_model *m, int l, const float *x, float *y, int B, int T, bool train);
-    /* MOE: dx[N,C] = dL/dxn given dy (overwrites).  CCA: dres holds dL/dy on entry and
-     * dL/dx on return. Parameter gradients accumulate into m->grads, auxiliary losses'
-     * gradients scaled by grad_scale. */
-    int (*backward)(joule_model *m, int l, const float *dy, float *dx, int B, int T, float grad_scale);
-    /* Analytic matmul FLOPs of forward for layer l over B x T tokens (no drops). */
-    uint64_t (*forward_flops)(const joule_config *c, int l, int B, int T);
-    /* The same FLOPs by named term (e.g. "router", "experts"; "cca", "encoder"): fills up to
-     * max (name, flops) pairs and returns how many; the terms sum to forward_flops. */
-    int (*flop_terms)(const joule_config *c, int l, int B, int T, const char **names, uint64_t *flops, int max);
-    /* Adds this kind's statistics of the last forward (e.g. routing) to a cJSON object
-     * (passed as void* so this header needs no cJSON); may be NULL. */
-    void (*stats_json)(const joule_model *m, void *cjson_object);
-    /* Sum of auxiliary losses (already weighted) of the last forward, 0 if none. */
-    double (*aux_loss)(const joule_model *m);
-    /* One-token inference: x[C] is the residual stream at layer l (MOE: xn is its
-     * normed input and x receives += FFN(xn)). State per decoder in d->ext[kind]. */
-    int (*decoder_create)(joule_decoder *d);
-    void (*decoder_free)(joule_decoder *d);
-    int (*decode_step)(joule_decoder *d, int l, const float *xn, float *x);
-    /* MOE only: n rows at once, x[n,C] += FFN_l(xn[n,C]), each row as decode_step would
-     * (to float rounding); the rows may be one prompt's or one token of each of n sequences.
-     * May be NULL (the core then calls decode_step row by row). */
-    int (*decode_rows)(joule_decoder *d, int l, const float *xn, float *x, int n);
-    /* FLOPs decode_step counts in layer l at position pos, by named term as flop_terms (the
-     * accountant's query cost). NULL: a token costs flop_terms(c, l, 1, 1) at any position.
-     * CCA: "encoder" where pos completes a chunk, "cca" where a chunk's neighbours are in
-     * view, every completed chunk's neighbours handed. */
-    int (*decode_flop_terms)(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max);
-    /* CCA, batched prefill: x[n, C] holds the residual rows of positions 0 .. n-1 of an
-     * empty cache at layer l; changes them as n decode_step calls would. NULL: a model
-     * with this kind is prefilled token by token. */
-    int (*prefill_rows)(joule_decoder *d, int l, float *x, int n);
-} joule_ext_ops;
-
-/* Registers (or replaces) the implementation of an extension kind. Not thread-safe:
- * call before creating models. */
-void joule_ext_register(joule_ext_kind kind, const joule_ext_ops *ops);
-/* NULL when the kind has not been registered. */
-const joule_ext_ops *joule_ext_get(joule_ext_kind kind);
-
-struct joule_model {
-    joule_config cfg;
-    size_t n_params;                 /* floats in the arena */
-    int n_tensors;
-    joule_param_info *tensors;       /* owned; n_tensors of them */
-    int cap_tensors;
-    bool layout_failed;              /* joule_model_add_tensor ran out of room */
-    float *params;                   /* owned */
-    float *grads;                    /* owned; NULL until joule_model_alloc_train */
-    joule_weights w;                 /* views into params */
-    joule_weights g;                 /* views into grads */
-    float *rope_cos, *rope_sin;      /* [ctx, hs/2] */
-    joule_acts *acts;                /* NULL until joule_model_alloc_train */
-    int max_batch;
-    bool training;                   /* joule_model_set_training */
-    uint64_t noise_seed;             /* random choices of a training forward (MoE random second
-                                      * expert); core/train.c sets it per (seed, step, micro) */
-    /* extensions: first tensor index and count per layer and kind (-1/0 when absent), and
-     * each kind's private state */
-    int ext_first[JOULE_MAX_LAYERS][JOULE_EXT_COUNT];
-    int ext_count[JOULE_MAX_LAYERS][JOULE_EXT_COUNT];
-    void *ext[JOULE_EXT_COUNT];
-    const joule_ext_ops *ext_ops[JOULE_EXT_COUNT]; /* non-NULL for kinds the config uses */
-};
-
-/* Parameter / gradient pointer of tensor index i (grads NULL before alloc_train). */
-static inline float *joule_model_param(const joule_model *m, int i) { return m->params + m->tensors[i].offset; }
-static inline float *joule_model_grad(const joule_model *m, int i) {
-    return m->grads ? m->grads + m->tensors[i].offset : NULL;
-}
-/* For extension layouts: appends a tensor (d1 = 0 for a vector). Returns its index, or -1
- * when out of memory or past JOULE_MAX_PARAMS (joule_model_create then fails). */
-int joule_model_add_tensor(joule_model *m, const char *name, int64_t d0, int64_t d1);
 
 /* Builds the parameter table and arena (zeroed). Caller frees with joule_model_free. */
 int joule_model_create(joule_model **out, const joule_config *cfg);
@@ -272,16 +179,6 @@ void joule_model_zero_grad(joule_model *m);
 uint64_t joule_model_forward_flops(const joule_config *c, int B, int T);
 
 /* ---- inference with a KV cache ---- */
-struct joule_decoder {
-    const joule_model *m;
-    int pos;            /* tokens in the cache */
-    float *k_cache;     /* [L, ctx, C] */
-    float *v_cache;     /* [L, ctx, C] */
-    float *x, *xn, *qkv, *att_out, *h13, *g, *scores, *logits; /* one-token scratch */
-    void *ext[JOULE_EXT_COUNT];                                /* extensions' state */
-    float *pf; /* joule_decoder_prefill's scratch for ctx rows, allocated at its first call */
-};
-
 /* Caller frees with joule_decoder_free. */
 int joule_decoder_create(joule_decoder **out, const joule_model *m);
 void joule_decoder_free(joule_decoder *d);
@@ -323,4 +220,6 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
 #ifdef __cplusplus
 }
 #endif
+
+#include "joule/ext.h" /* struct joule_model, struct joule_decoder, the extension table */
 #endif
