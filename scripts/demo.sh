@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# scripts/demo.sh <path-to-joule> — the main job in about 8 minutes on 2 cores (measured: 8 min
-# 5 s from a clean folder; RETRO searches each chunk its runs read, on demand; a rerun reuses
-# the finished runs):
+# scripts/demo.sh <path-to-joule> — the main job in about 14 minutes on 2 cores (measured: 14 min
+# 2 s from a clean folder on a quiet machine; RETRO searches each chunk its runs read, on
+# demand; a rerun reuses the finished runs):
 #   1. prepare the default corpus (GCIDE dictionary + fortunes) into data/default
-#   2. joule compare: dense, MoE and RETRO models at 4 training budgets (equal counted
+#   2. joule compare: dense, MoE, RETRO and RETRO-fit models at 4 training budgets (equal counted
 #      FLOPs), val bits-per-byte and 8-byte exact match, the dense scaling law, effective
 #      compute multipliers, backtests, energy per query  -> runs/demo/compare/
 #   3. joule bench energy on the dense and MoE models of the largest budget, side by side
@@ -13,7 +13,7 @@
 # DEMO_THREADS overrides the thread count (default 1: these models are small, and on a busy
 # machine one thread is far faster: measured here, a 2 x 48 model trained at 128k tok/s on
 # one thread and 5.5k tok/s on two while other jobs ran); DEMO_BUDGETS the training budgets
-# (FLOPs) the ten minutes were measured with.
+# (FLOPs) the fourteen minutes were measured with.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
