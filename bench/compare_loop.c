@@ -57,7 +57,7 @@ static int pin_settings(const char *dir, const joule_compare_settings *s) {
 /* ---- RETRO's database: built once per folder from the train split ---- */
 
 typedef struct {
-    const compare_plan *p;
+    const joule_compare_plan *p;
 } retrieval_progress;
 
 static bool on_build(void *ctx, const char *phase, uint64_t done, uint64_t total) {
@@ -99,7 +99,7 @@ static int default_index(const joule_compare_settings *s, const char *train_path
  * RETRO run; on demand, each run searches what it reads), records what it cost in
  * DIR/retrieval.json, and gives the analytic FLOPs of one search and the search parameters
  * every run applies ("" for the index's own). */
-static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
+static int setup_retrieval(const joule_compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
                            double *search_flops, char params[32]) {
     const joule_compare_settings *s = p->settings;
     retrieval_progress rp = {p};
@@ -200,7 +200,7 @@ static void run_stem(char *buf, size_t n, const char *dir, const char *arch, dou
     snprintf(buf, n, "%s/runs/%s-%s", dir, arch, b);
 }
 
-static int add_row(compare_outcome *out, const joule_compare_row *r) {
+static int add_row(joule_compare_outcome *out, const joule_compare_row *r) {
     joule_compare_row *g = realloc(out->rows, (size_t)(out->n_rows + 1) * sizeof *g);
     if (!g) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     out->rows = g;
@@ -209,7 +209,7 @@ static int add_row(compare_outcome *out, const joule_compare_row *r) {
 }
 
 /* Does any run that retrieves (RETRO, RETRO-fit) remain to be done? */
-static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
+static bool todo_retro(const joule_compare_plan *p, const joule_compare_outcome *out) {
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = JOULE_ARCH_RETRO; a <= JOULE_ARCH_RETROFIT; a++) {
             int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
@@ -218,7 +218,7 @@ static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
     return false;
 }
 
-int compare_loop(const compare_plan *p, compare_outcome *out) {
+int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out) {
     memset(out, 0, sizeof *out);
     char path[4096], train_path[4096], val_path[4096], log_path[4200];
     snprintf(path, sizeof path, "%s/runs", p->out_dir);

@@ -9,7 +9,6 @@
 
 #include "acct_cli.h"
 #include "cli.h"
-#include "compare_run.h"
 #include "joule/compare.h"
 
 static const char USAGE[] =
@@ -260,7 +259,7 @@ int cmd_compare(int argc, char **argv) {
     };
     joule_compare_settings s;
     joule_compare_settings_init(&s);
-    compare_plan p;
+    joule_compare_plan p;
     memset(&p, 0, sizeof p);
     double budgets[JOULE_COMPARE_MAX_BUDGETS];
     p.archs[JOULE_ARCH_DENSE] = p.archs[JOULE_ARCH_MOE] = p.archs[JOULE_ARCH_RETRO] = true;
@@ -325,7 +324,7 @@ int cmd_compare(int argc, char **argv) {
 
     joule_compare_row *rows = NULL;
     int n_rows = 0;
-    compare_outcome oc;
+    joule_compare_outcome oc;
     memset(&oc, 0, sizeof oc);
     int ret = 0;
     if (report_only) {
@@ -370,7 +369,7 @@ int cmd_compare(int argc, char **argv) {
         sigemptyset(&sa.sa_mask);
         g_interrupt = 0;
         for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &sa, &old[i]);
-        rc = compare_loop(&p, &oc);
+        rc = joule_compare_grid(&p, &oc);
         for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
         if (metered) joule_energy_close(&meters);
         if (rc) {
