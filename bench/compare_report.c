@@ -125,11 +125,6 @@ typedef struct {
     bool have;
 } multiplier;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Dense compute reaching r's loss over C (the run's counted FLOPs, or less a part of them). */
 static multiplier effective_over(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
                                  const joule_compare_row *r, double C) {
@@ -142,7 +137,7 @@ static multiplier effective_over(const joule_pow_fit *full, const joule_pow_fit 
     for (int i = 0; i < reps; i++) v[i] = joule_pow_compute_for(&boot[i], r->val_bpb) / C;
     /* nearest-rank percentiles: a resample whose floor c lies above the loss gives an
      * infinite multiplier, which interpolation would turn into NaN */
-    qsort(v, (size_t)reps, sizeof *v, cmp_double);
+    qsort(v, (size_t)reps, sizeof *v, joule_cmp_double);
     double q = (1 - level) / 2;
     m.lo = v[(size_t)floor(q * (reps - 1))];
     m.hi = v[(size_t)ceil((1 - q) * (reps - 1))];

@@ -128,8 +128,6 @@ void cli_phase_end(cli_phases *p, bool ok);
 /* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
 const char *cli_fmt_count(char *buf, size_t n, double v);
 const char *cli_fmt_duration(char *buf, size_t n, double seconds);
-/* Median of v[0..n) (n >= 1); sorts v in place. For benchmarks' repeated timings. */
-double cli_median(double *v, int n);
 
 /* Subcommands (argv[0] is the subcommand name). */
 int cmd_data(int argc, char **argv);
