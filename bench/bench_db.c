@@ -1,280 +1,170 @@
-#define _GNU_SOURCE /* nftw flags */
-/* `joule bench db`: retrieval database build throughput (embedding and indexing apart), query
- * latency and throughput of Flat / IVF / HNSW, their recall@k against Flat, and the overhead of
- * joule's search path over calling FAISS directly on the same pre-embedded queries. The FAISS
- * baseline is the one place outside retro/ that calls FAISS: it is what is being compared. */
-#include <ftw.h>
-#include <getopt.h>
-#include <inttypes.h>
+/* Retrieval databases: build throughput (embedding and indexing apart), query latency and
+ * throughput, recall@k against Flat, and the overhead of joule's search path over calling
+ * FAISS directly on the same pre-embedded queries. The FAISS baseline is the one place
+ * outside retro/ that calls FAISS: it is what is being compared. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/index_io_c.h>
 
-#include "cli.h"
+#include "joule/bench.h"
 #include "joule/ops.h"
-#include "joule/retro_db.h"
 
-typedef struct {
-    const char *data, *work, *ivf, *hnsw;
-    uint64_t max_chunks;
-    int chunk, queries, k, reps, threads;
-    bool keep, reuse;
-} dbb_opts;
-
-static void usage(void) {
-    puts("Usage: joule bench db [options]\n"
-         "\n"
-         "Builds Flat, IVF and HNSW databases over the first --max-chunks entries of a prepared\n"
-         "corpus's train.bin (ngram embedder), then searches query chunks sampled from its val.bin.\n"
-         "Reports: build throughput (chunks/s, embedding and indexing measured apart); query latency\n"
-         "(batch 1, p50/p90) and throughput (one batch of all queries); recall@k against Flat for\n"
-         "several nprobe / efSearch; and joule's search path against faiss_Index_search on the same\n"
-         "pre-embedded queries (alternating repetitions, medians).\n"
-         "\n"
-         "options:\n"
-         "  --data DIR        prepared corpus (data/default)\n"
-         "  --max-chunks N    entries per database, a prefix of train.bin (200000; 0 = all)\n"
-         "  --chunk M         chunk size (64)\n"
-         "  --queries N       query chunks (1000)\n"
-         "  -k N              neighbours (10)\n"
-         "  --reps N          repetitions of each timed search (5)\n"
-         "  --ivf STRING      IVF factory (default IVF<nlist>,Flat, nlist the power of two nearest 4 sqrt(N))\n"
-         "  --hnsw STRING     HNSW factory (HNSW32)\n"
-         "  --work DIR        where the databases are built (a fresh folder under /tmp)\n"
-         "  --keep            keep the databases\n"
-         "  --reuse           with --work: use the databases already there instead of building\n"
-         "  --threads N       OpenMP/BLAS threads (all cores)");
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static int fail(int rc) {
-    fprintf(stderr, "joule bench db: %s\n", joule_last_error());
-    return joule_exit_code(rc);
-}
-
-static int build_one(const dbb_opts *o, const char *factory, const char *dir, const char *src) {
-    struct stat st;
-    if (o->reuse && stat(dir, &st) == 0) {
-        printf("build %-14s reusing %s\n", factory, dir);
-        return 0;
-    }
+int joule_bench_db_build(const char *src, const char *dir, const char *factory, int chunk, uint64_t max_chunks,
+                         joule_bench_db_build_result *r) {
+    memset(r, 0, sizeof *r);
     joule_db_build_opts b;
     joule_db_build_opts_init(&b);
     b.sources = &src;
     b.n_sources = 1;
     b.out_dir = dir;
-    b.chunk = o->chunk;
+    b.chunk = chunk;
     b.index = factory;
-    b.max_chunks = o->max_chunks;
-    double t0 = joule_now(), emb = 0, idx = 0;
-    int rc = joule_db_build(&b, &emb, &idx);
-    if (rc) return fail(rc);
-    double wall = joule_now() - t0;
+    b.max_chunks = max_chunks;
+    double t0 = joule_now();
+    int rc = joule_db_build(&b, &r->embed_s, &r->index_s);
+    if (rc) return rc;
+    r->wall_s = joule_now() - t0;
     joule_retro_db *db;
-    if ((rc = joule_db_open(&db, dir))) return fail(rc);
-    double n = (double)joule_db_size(db);
-    printf("build %-14s %8.0f entries  wall %6.1fs  embedding %6.2fs (%8.0f chunks/s)  indexing %6.2fs (%8.0f "
-           "chunks/s, train+add+write)\n",
-           joule_db_factory(db), n, wall, emb, n / emb, idx, n / idx);
+    if ((rc = joule_db_open(&db, dir))) return rc;
+    r->entries = (double)joule_db_size(db);
+    snprintf(r->factory, sizeof r->factory, "%s", joule_db_factory(db));
     joule_db_close(db);
-    return 0;
+    return JOULE_OK;
 }
 
 /* Latency (batch 1) and throughput (one batch) of joule_db_search, and recall against flat. */
-static int query_one(const dbb_opts *o, const char *dir, const char *params, joule_retro_db *flat,
-                     const int32_t *q) {
-    joule_retro_db *db;
-    int rc = joule_db_open(&db, dir);
-    if (!rc) rc = joule_db_set_params(db, params);
-    if (rc) return fail(rc);
-    const int m = joule_db_chunk(db), Q = o->queries, k = o->k;
-    int64_t *ids = malloc((size_t)Q * k * sizeof *ids);
-    double *lat = malloc((size_t)Q * sizeof *lat), *tp = malloc((size_t)o->reps * sizeof *tp);
-    if (!ids || !lat || !tp) return fail(joule_fail(JOULE_ERR_NOMEM, "out of memory"));
-    rc = joule_db_search(db, q, 1, k, NULL, ids, NULL); /* warm-up */
+static int query_run(joule_retro_db *db, joule_retro_db *flat, const int32_t *q, int Q, int k, int reps,
+                     int64_t *ids, double *lat, double *tp, joule_bench_db_query_result *r) {
+    const int m = joule_db_chunk(db);
+    int rc = joule_db_search(db, q, 1, k, NULL, ids, NULL); /* warm-up */
     for (int i = 0; i < Q && !rc; i++) {
         double t0 = joule_now();
         rc = joule_db_search(db, q + (size_t)i * m, 1, k, NULL, ids, NULL);
         lat[i] = joule_now() - t0;
     }
-    for (int r = 0; r < o->reps && !rc; r++) {
+    for (int i = 0; i < reps && !rc; i++) {
         double t0 = joule_now();
         rc = joule_db_search(db, q, Q, k, NULL, ids, NULL);
-        tp[r] = joule_now() - t0;
+        tp[i] = joule_now() - t0;
     }
-    double recall = 1;
-    if (!rc && flat) rc = joule_db_recall(db, flat, q, Q, k, &recall);
-    if (rc) return fail(rc);
-    qsort(lat, (size_t)Q, sizeof *lat, cmp_double);
-    char name[300];
-    snprintf(name, sizeof name, "%s%s%s", joule_db_factory(db), *params ? " " : "", params);
-    printf("query %-26s latency p50 %8.3f ms  p90 %8.3f ms (batch 1)  throughput %9.0f q/s (batch %d)  "
-           "recall@%d %.4f\n",
-           name, lat[Q / 2] * 1e3, lat[(Q * 9) / 10] * 1e3, Q / median(tp, o->reps), Q, k, recall);
+    r->recall = 1;
+    if (!rc && flat) rc = joule_db_recall(db, flat, q, Q, k, &r->recall);
+    if (rc) return rc;
+    qsort(lat, (size_t)Q, sizeof *lat, joule_cmp_double);
+    r->p50_s = lat[Q / 2];
+    r->p90_s = lat[(Q * 9) / 10];
+    r->batch_s = joule_median(tp, reps);
+    return JOULE_OK;
+}
+
+int joule_bench_db_query(const char *dir, const char *params, joule_retro_db *flat, const int32_t *q, int nq, int k,
+                         int reps, joule_bench_db_query_result *r) {
+    memset(r, 0, sizeof *r);
+    joule_retro_db *db;
+    int rc = joule_db_open(&db, dir);
+    if (rc) return rc;
+    int64_t *ids = malloc((size_t)nq * k * sizeof *ids);
+    double *lat = malloc((size_t)nq * sizeof *lat), *tp = malloc((size_t)reps * sizeof *tp);
+    if (!ids || !lat || !tp) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = joule_db_set_params(db, params);
+    if (!rc) rc = query_run(db, flat, q, nq, k, reps, ids, lat, tp, r);
+    if (!rc) snprintf(r->name, sizeof r->name, "%s%s%s", joule_db_factory(db), *params ? " " : "", params);
     free(ids);
     free(lat);
     free(tp);
     joule_db_close(db);
-    return 0;
+    return rc;
 }
 
-/* joule_db_search_vectors against faiss_Index_search on the same pre-embedded queries and
- * the same index file (loaded twice: joule's handle and a bare FAISS one, default search
- * parameters on both), all nq queries in batches of `batch`, alternating, medians of reps. */
-static int overhead(const dbb_opts *o, const char *dir, const int32_t *q, int nq, int batch) {
+/* The buffers of one overhead measurement. */
+typedef struct {
+    float *x, *dist;
+    int64_t *ids;
+    double *tj, *tf, *ratio;
+} overhead_bufs;
+
+static void free_overhead(overhead_bufs *b) {
+    free(b->x);
+    free(b->dist);
+    free(b->ids);
+    free(b->tj);
+    free(b->tf);
+    free(b->ratio);
+}
+
+/* All nq queries in batches of `batch` through joule (joule true) or bare FAISS; seconds. */
+static int search_all(joule_retro_db *db, FaissIndex *raw, bool joule, const overhead_bufs *b, int nq, int batch,
+                      int d, int k, double *secs) {
+    int rc = JOULE_OK;
+    double t0 = joule_now();
+    for (int i = 0; i < nq && !rc; i += batch) {
+        int n = nq - i < batch ? nq - i : batch;
+        if (joule)
+            rc = joule_db_search_vectors(db, b->x + (size_t)i * d, n, k, NULL, NULL, b->ids + (size_t)i * k,
+                                         b->dist + (size_t)i * k);
+        else if (faiss_Index_search(raw, n, b->x + (size_t)i * d, k, b->dist + (size_t)i * k, b->ids + (size_t)i * k))
+            rc = joule_fail(JOULE_ERR_RUNTIME, "faiss search failed");
+    }
+    *secs = joule_now() - t0;
+    return rc;
+}
+
+static int overhead_run(joule_retro_db *db, FaissIndex *raw, const int32_t *q, int nq, int batch, int k, int reps,
+                        overhead_bufs *b, joule_bench_db_overhead_result *r) {
+    const int d = joule_db_dim(db), m = joule_db_chunk(db);
+    int rc = joule_embedder_embed((joule_embedder *)joule_db_embedder(db), q, nq, m, b->x);
+    /* rep 0 warms up both; the order alternates so neither side always runs second */
+    for (int i = 0; i < reps + 1 && !rc; i++) {
+        double t[2] = {0, 0};
+        for (int side = 0; side < 2 && !rc; side++) {
+            bool joule = (side ^ (i & 1)) == 0;
+            rc = search_all(db, raw, joule, b, nq, batch, d, k, &t[joule ? 0 : 1]);
+        }
+        if (i > 0) {
+            b->tj[i - 1] = t[0];
+            b->tf[i - 1] = t[1];
+            b->ratio[i - 1] = t[0] / t[1];
+        }
+    }
+    if (rc) return rc;
+    double minj = b->tj[0], minf = b->tf[0];
+    for (int i = 1; i < reps; i++) {
+        minj = fmin(minj, b->tj[i]);
+        minf = fmin(minf, b->tf[i]);
+    }
+    r->joule_s = joule_median(b->tj, reps);
+    r->faiss_s = joule_median(b->tf, reps);
+    r->ratio_median = joule_median(b->ratio, reps);
+    r->ratio_min = minj / minf;
+    snprintf(r->factory, sizeof r->factory, "%s", joule_db_factory(db));
+    return JOULE_OK;
+}
+
+int joule_bench_db_overhead(const char *dir, const int32_t *q, int nq, int batch, int k, int reps,
+                            joule_bench_db_overhead_result *r) {
+    memset(r, 0, sizeof *r);
     joule_retro_db *db;
     int rc = joule_db_open(&db, dir);
-    if (rc) return fail(rc);
+    if (rc) return rc;
     char path[4200];
     snprintf(path, sizeof path, "%s/index.faiss", dir);
     FaissIndex *raw = NULL;
-    if (faiss_read_index_fname(path, 0, &raw) != 0) return fail(joule_fail(JOULE_ERR_IO, "%s: cannot read", path));
-    const int d = joule_db_dim(db), k = o->k, m = joule_db_chunk(db);
-    float *x = malloc((size_t)nq * d * sizeof *x), *dist = malloc((size_t)nq * k * sizeof *dist);
-    int64_t *ids = malloc((size_t)nq * k * sizeof *ids);
-    double *tj = malloc((size_t)o->reps * sizeof *tj), *tf = malloc((size_t)o->reps * sizeof *tf);
-    if (!x || !dist || !ids || !tj || !tf) return fail(joule_fail(JOULE_ERR_NOMEM, "out of memory"));
-    rc = joule_embedder_embed((joule_embedder *)joule_db_embedder(db), q, nq, m, x);
-    if (rc) return fail(rc);
-    double *ratio = malloc((size_t)o->reps * sizeof *ratio);
-    if (!ratio) return fail(joule_fail(JOULE_ERR_NOMEM, "out of memory"));
-    /* rep 0 warms up both; the order alternates so neither side always runs second */
-    for (int r = 0; r < o->reps + 1 && !rc; r++) {
-        double t[2] = {0, 0};
-        for (int side = 0; side < 2 && !rc; side++) {
-            bool joule = (side ^ (r & 1)) == 0;
-            double t0 = joule_now();
-            for (int i = 0; i < nq && !rc; i += batch) {
-                int n = nq - i < batch ? nq - i : batch;
-                if (joule)
-                    rc = joule_db_search_vectors(db, x + (size_t)i * d, n, k, NULL, NULL, ids + (size_t)i * k,
-                                                 dist + (size_t)i * k);
-                else if (faiss_Index_search(raw, n, x + (size_t)i * d, k, dist + (size_t)i * k, ids + (size_t)i * k))
-                    rc = joule_fail(JOULE_ERR_RUNTIME, "faiss search failed");
-            }
-            t[joule ? 0 : 1] = joule_now() - t0;
-        }
-        if (r > 0) {
-            tj[r - 1] = t[0];
-            tf[r - 1] = t[1];
-            ratio[r - 1] = t[0] / t[1];
-        }
+    if (faiss_read_index_fname(path, 0, &raw) != 0) {
+        joule_db_close(db);
+        return joule_fail(JOULE_ERR_IO, "%s: cannot read", path);
     }
-    if (rc) return fail(rc);
-    double minj = tj[0], minf = tf[0];
-    for (int r = 1; r < o->reps; r++) {
-        minj = fmin(minj, tj[r]);
-        minf = fmin(minf, tf[r]);
-    }
-    double mj = median(tj, o->reps), mf = median(tf, o->reps), mr = median(ratio, o->reps);
-    printf("overhead %-14s %d queries in batches of %4d: joule %9.3f ms  faiss %9.3f ms (medians of %d)  "
-           "joule/faiss: median of ratios %.4f (%+.2f%%), ratio of minima %.4f (%+.2f%%)\n",
-           joule_db_factory(db), nq, batch, mj * 1e3, mf * 1e3, o->reps, mr, 100 * (mr - 1), minj / minf,
-           100 * (minj / minf - 1));
-    free(ratio);
+    const int d = joule_db_dim(db);
+    overhead_bufs b = {malloc((size_t)nq * d * sizeof *b.x), malloc((size_t)nq * k * sizeof *b.dist),
+                       malloc((size_t)nq * k * sizeof *b.ids), malloc((size_t)reps * sizeof *b.tj),
+                       malloc((size_t)reps * sizeof *b.tf), malloc((size_t)reps * sizeof *b.ratio)};
+    if (!b.x || !b.dist || !b.ids || !b.tj || !b.tf || !b.ratio) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) rc = overhead_run(db, raw, q, nq, batch, k, reps, &b, r);
+    free_overhead(&b);
     faiss_Index_free(raw);
-    free(x);
-    free(dist);
-    free(ids);
-    free(tj);
-    free(tf);
     joule_db_close(db);
-    return 0;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) { return remove(path); }
-
-int bench_db(int argc, char **argv) {
-    dbb_opts o = {"data/default", NULL, NULL, "HNSW32", 200000, 64, 1000, 10, 5, 0, false, false};
-    static const struct option opts[] = {
-        {"data", 1, 0, 'D'}, {"max-chunks", 1, 0, 'M'}, {"chunk", 1, 0, 'c'}, {"queries", 1, 0, 'q'},
-        {"reps", 1, 0, 'r'}, {"ivf", 1, 0, 'I'},        {"hnsw", 1, 0, 'H'},  {"work", 1, 0, 'w'},
-        {"keep", 0, 0, 'K'}, {"threads", 1, 0, 't'},    {"help", 0, 0, 'h'},  {"reuse", 0, 0, 'R'},
-        {0, 0, 0, 0}};
-    optind = 0;
-    opterr = 0;
-    int ch;
-    while ((ch = getopt_long(argc, argv, ":hk:", opts, NULL)) != -1) {
-        bool ok = true;
-        switch (ch) {
-        case 'h': usage(); return 0;
-        case 'D': o.data = optarg; break;
-        case 'I': o.ivf = optarg; break;
-        case 'H': o.hnsw = optarg; break;
-        case 'w': o.work = optarg; break;
-        case 'K': o.keep = true; break;
-        case 'R': o.reuse = o.keep = true; break;
-        case 'M': ok = cli_parse_u64(optarg, &o.max_chunks); break;
-        case 'c': ok = cli_parse_int(optarg, 1, 4096, &o.chunk); break;
-        case 'q': ok = cli_parse_int(optarg, 1, 1 << 20, &o.queries); break;
-        case 'k': ok = cli_parse_int(optarg, 1, 1024, &o.k); break;
-        case 'r': ok = cli_parse_int(optarg, 1, 1000, &o.reps); break;
-        case 't': ok = cli_parse_int(optarg, 0, 4096, &o.threads); break;
-        default: return cli_bad_option("bench db", ch, argv);
-        }
-        if (!ok) return cli_usage_error("bench db", "invalid value '%s' for %s", optarg, argv[optind - 1]);
-    }
-    if (optind < argc) return cli_usage_error("bench db", "unexpected argument '%s'", argv[optind]);
-    cli_setup_threads(o.threads);
-    setvbuf(stdout, NULL, _IOLBF, 0); /* results as they come: the whole run takes minutes */
-    char train[4200], val[4200], work[4200], flat[4300], ivf[4300], hnsw[4300];
-    snprintf(train, sizeof train, "%s/train.bin", o.data);
-    snprintf(val, sizeof val, "%s/val.bin", o.data);
-    int rc = cli_check_input("bench db", train, "prepare it with 'joule data prepare --preset default'");
-    if (!rc) rc = cli_check_input("bench db", val, NULL);
-    if (rc) return rc;
-    if (o.work) snprintf(work, sizeof work, "%s", o.work);
-    else snprintf(work, sizeof work, "/tmp/joule_bench_db.%d", (int)getpid());
-    if (mkdir(work, 0777) != 0 && !(o.reuse && o.work)) {
-        fprintf(stderr, "joule bench db: %s: cannot create (exists?)\n", work);
-        return EXIT_RUNTIME;
-    }
-    snprintf(flat, sizeof flat, "%s/flat", work);
-    snprintf(ivf, sizeof ivf, "%s/ivf", work);
-    snprintf(hnsw, sizeof hnsw, "%s/hnsw", work);
-    printf("joule bench db: %s, first %" PRIu64 " entries of %s, chunk %d, ngram embedder, %d queries from %s, "
-           "k %d, threads %d\n",
-           o.data, o.max_chunks, train, o.chunk, o.queries, val, o.k, joule_get_threads());
-    int32_t *q = malloc((size_t)o.queries * o.chunk * sizeof *q);
-    if (!q) return EXIT_RUNTIME;
-    if ((rc = joule_db_sample_queries(val, o.chunk, o.queries, 1, q))) return fail(rc);
-    rc = build_one(&o, "Flat", flat, train);
-    joule_retro_db *fdb = NULL;
-    if (!rc && (rc = joule_db_open(&fdb, flat))) rc = fail(rc);
-    char ivf_factory[64];
-    if (!rc && !o.ivf) {
-        joule_db_ivf_index(joule_db_size(fdb), ivf_factory, sizeof ivf_factory);
-        o.ivf = ivf_factory;
-    }
-    if (!rc) rc = build_one(&o, o.ivf, ivf, train);
-    if (!rc) rc = build_one(&o, o.hnsw, hnsw, train);
-    if (!rc) rc = query_one(&o, flat, "", NULL, q);
-    static const char *ivf_params[] = {"nprobe=1", "nprobe=8", "nprobe=32"};
-    static const char *hnsw_params[] = {"efSearch=16", "efSearch=64", "efSearch=256"};
-    for (int i = 0; i < 3 && !rc; i++) rc = query_one(&o, ivf, ivf_params[i], fdb, q);
-    for (int i = 0; i < 3 && !rc; i++) rc = query_one(&o, hnsw, hnsw_params[i], fdb, q);
-    const char *dirs[] = {flat, ivf, hnsw};
-    for (int i = 0; i < 3 && !rc; i++) rc = overhead(&o, dirs[i], q, o.queries, o.queries);
-    /* batch 1 pays per call: fewer queries keep the Flat run short */
-    for (int i = 0; i < 3 && !rc; i++) rc = overhead(&o, dirs[i], q, o.queries < 200 ? o.queries : 200, 1);
-    joule_db_close(fdb);
-    free(q);
-    if (!o.keep) nftw(work, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    else printf("databases kept in %s\n", work);
     return rc;
 }

@@ -57,7 +57,7 @@ static int pin_settings(const char *dir, const joule_compare_settings *s) {
 /* ---- RETRO's database: built once per folder from the train split ---- */
 
 typedef struct {
-    const compare_plan *p;
+    const joule_compare_plan *p;
 } retrieval_progress;
 
 static bool on_build(void *ctx, const char *phase, uint64_t done, uint64_t total) {
@@ -99,7 +99,7 @@ static int default_index(const joule_compare_settings *s, const char *train_path
  * RETRO run; on demand, each run searches what it reads), records what it cost in
  * DIR/retrieval.json, and gives the analytic FLOPs of one search and the search parameters
  * every run applies ("" for the index's own). */
-static int setup_retrieval(const compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
+static int setup_retrieval(const joule_compare_plan *p, const char *train_path, const char *val_path, const char *db_dir,
                            double *search_flops, char params[32]) {
     const joule_compare_settings *s = p->settings;
     retrieval_progress rp = {p};
@@ -200,7 +200,7 @@ static void run_stem(char *buf, size_t n, const char *dir, const char *arch, dou
     snprintf(buf, n, "%s/runs/%s-%s", dir, arch, b);
 }
 
-static int add_row(compare_outcome *out, const joule_compare_row *r) {
+static int add_row(joule_compare_outcome *out, const joule_compare_row *r) {
     joule_compare_row *g = realloc(out->rows, (size_t)(out->n_rows + 1) * sizeof *g);
     if (!g) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     out->rows = g;
@@ -209,7 +209,7 @@ static int add_row(compare_outcome *out, const joule_compare_row *r) {
 }
 
 /* Does any run that retrieves (RETRO, RETRO-fit) remain to be done? */
-static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
+static bool todo_retro(const joule_compare_plan *p, const joule_compare_outcome *out) {
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = JOULE_ARCH_RETRO; a <= JOULE_ARCH_RETROFIT; a++) {
             int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
@@ -218,9 +218,9 @@ static bool todo_retro(const compare_plan *p, const compare_outcome *out) {
     return false;
 }
 
-int compare_loop(const compare_plan *p, compare_outcome *out) {
-    memset(out, 0, sizeof *out);
-    char path[4096], train_path[4096], val_path[4096], log_path[4200];
+/* The folder: created, its settings pinned, its rows loaded. */
+static int open_folder(const joule_compare_plan *p, joule_compare_outcome *out) {
+    char path[4096];
     snprintf(path, sizeof path, "%s/runs", p->out_dir);
     if (mkdir(p->out_dir, 0777) && errno != EEXIST)
         return joule_fail(JOULE_ERR_IO, "%s: cannot create: %s", p->out_dir, strerror(errno));
@@ -230,20 +230,82 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
     int rc = pin_settings(p->out_dir, p->settings);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/results.jsonl", p->out_dir);
-    if ((rc = joule_compare_rows_load(path, &out->rows, &out->n_rows))) return rc;
+    return joule_compare_rows_load(path, &out->rows, &out->n_rows);
+}
+
+/* Is (arch a, budget) asked for and not finished? */
+static bool to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
+    if (!p->archs[a]) return false;
+    int i = find_row(out->rows, out->n_rows, joule_arch_names[a], budget);
+    return !(i >= 0 && out->rows[i].ok);
+}
+
+/* The ETA's bookkeeping: FLOPs and seconds of the finished runs, FLOPs left. */
+typedef struct {
+    double flops_done, secs_done, flops_left;
+    int k, todo; /* runs started, runs to do */
+} grid_clock;
+
+/* One cell of the grid: sizes (for the progress line), runs, records and saves the row. */
+static int run_cell(const joule_compare_plan *p, compare_run_ctx *x, char *log_path, size_t log_n,
+                    joule_compare_outcome *out, int a, double budget, grid_clock *clk) {
+    const char *arch = joule_arch_names[a];
+    int i = find_row(out->rows, out->n_rows, arch, budget);
+    joule_compare_row r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.arch, sizeof r.arch, "%s", arch);
+    r.budget = budget;
+    r.val_bpb = r.exact_match = r.query_j = r.query_s = r.retrieval_s = NAN;
+    char stem[sizeof r.checkpoint - 16];
+    run_stem(stem, sizeof stem, p->out_dir, arch, budget);
+    snprintf(r.checkpoint, sizeof r.checkpoint, "%s.safetensors", stem);
+    snprintf(log_path, log_n, "%s.log.jsonl", stem);
+    if (p->on_run_start) {
+        joule_config c;
+        uint64_t steps = 0;
+        bool sized = joule_compare_size(p->settings, (joule_arch)a, budget, &c, &steps) == JOULE_OK;
+        double eta = clk->secs_done > 0 ? clk->secs_done / clk->flops_done * clk->flops_left : NAN;
+        p->on_run_start(p->ctx, ++clk->k, clk->todo, arch, budget, sized ? &c : NULL, steps, eta);
+    }
+    const int di = find_row(out->rows, out->n_rows, "dense", budget);
+    x->dense = di >= 0 && out->rows[di].ok ? &out->rows[di] : NULL;
+    if (compare_run_one(x, (joule_arch)a, budget, &r) == COMPARE_INTERRUPTED) {
+        out->interrupted = true;
+        return JOULE_OK;
+    }
+    clk->flops_left -= budget;
+    if (r.ok) { /* a failed run says nothing about the time a budget takes */
+        clk->flops_done += budget;
+        clk->secs_done += r.wall_s;
+    }
+    out->ran++;
+    int rc = JOULE_OK;
+    if (i >= 0) out->rows[i] = r;
+    else if ((rc = add_row(out, &r))) return rc;
+    if (p->on_run_end) p->on_run_end(p->ctx, &r);
+    rc = joule_compare_rows_save(p->out_dir, out->rows, out->n_rows);
+    if (p->interrupt && *p->interrupt) out->interrupted = true;
+    return rc;
+}
+
+int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out) {
+    memset(out, 0, sizeof *out);
+    int rc = open_folder(p, out);
+    if (rc) return rc;
+    char train_path[4096], val_path[4096], log_path[4200];
     snprintf(train_path, sizeof train_path, "%s/train.bin", p->data_dir);
     snprintf(val_path, sizeof val_path, "%s/val.bin", p->data_dir);
-
-    /* what is left to do */
-    int todo = 0;
+    grid_clock clk = {0, 0, 0, 0, 0};
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
             if (!p->archs[a]) continue;
-            int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
-            if (i >= 0 && out->rows[i].ok) out->skipped++;
-            else todo++;
+            if (to_do(p, out, a, p->budgets[b])) {
+                clk.todo++;
+                clk.flops_left += p->budgets[b];
+            } else {
+                out->skipped++;
+            }
         }
-
     compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
                          NULL, NULL, NULL, 0, NULL};
     char db_params[32] = "";
@@ -262,56 +324,9 @@ int compare_loop(const compare_plan *p, compare_outcome *out) {
         }
         x.retro_error = retro_error;
     }
-    double flops_done = 0, secs_done = 0, flops_left = 0;
-    for (int b = 0; b < p->n_budgets; b++)
-        for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
-            int i = p->archs[a] ? find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]) : 0;
-            if (p->archs[a] && !(i >= 0 && out->rows[i].ok)) flops_left += p->budgets[b];
-        }
-    int k = 0;
-    for (int b = 0; b < p->n_budgets && !rc && !out->interrupted; b++) {
-        for (int a = 0; a < JOULE_ARCH_COUNT && !rc && !out->interrupted; a++) {
-            if (!p->archs[a]) continue;
-            const char *arch = joule_arch_names[a];
-            const double budget = p->budgets[b];
-            int i = find_row(out->rows, out->n_rows, arch, budget);
-            if (i >= 0 && out->rows[i].ok) continue;
-            joule_compare_row r;
-            memset(&r, 0, sizeof r);
-            snprintf(r.arch, sizeof r.arch, "%s", arch);
-            r.budget = budget;
-            r.val_bpb = r.exact_match = r.query_j = r.query_s = r.retrieval_s = NAN;
-            char stem[sizeof r.checkpoint - 16];
-            run_stem(stem, sizeof stem, p->out_dir, arch, budget);
-            snprintf(r.checkpoint, sizeof r.checkpoint, "%s.safetensors", stem);
-            snprintf(log_path, sizeof log_path, "%s.log.jsonl", stem);
-            joule_config c;
-            uint64_t steps = 0;
-            if (p->on_run_start) {
-                bool sized = joule_compare_size(p->settings, (joule_arch)a, budget, &c, &steps) == JOULE_OK;
-                double eta = secs_done > 0 ? secs_done / flops_done * flops_left : NAN;
-                p->on_run_start(p->ctx, ++k, todo, arch, budget, sized ? &c : NULL, steps, eta);
-            }
-            const int di = find_row(out->rows, out->n_rows, "dense", budget);
-            x.dense = di >= 0 && out->rows[di].ok ? &out->rows[di] : NULL;
-            int st = compare_run_one(&x, (joule_arch)a, budget, &r);
-            if (st == COMPARE_INTERRUPTED) {
-                out->interrupted = true;
-                break;
-            }
-            flops_left -= budget;
-            if (r.ok) { /* a failed run says nothing about the time a budget takes */
-                flops_done += budget;
-                secs_done += r.wall_s;
-            }
-            out->ran++;
-            if (i >= 0) out->rows[i] = r;
-            else if ((rc = add_row(out, &r))) break;
-            if (p->on_run_end) p->on_run_end(p->ctx, &r);
-            rc = joule_compare_rows_save(p->out_dir, out->rows, out->n_rows);
-            if (p->interrupt && *p->interrupt) out->interrupted = true;
-        }
-    }
+    for (int b = 0; b < p->n_budgets && !rc && !out->interrupted; b++)
+        for (int a = 0; a < JOULE_ARCH_COUNT && !rc && !out->interrupted; a++)
+            if (to_do(p, out, a, p->budgets[b])) rc = run_cell(p, &x, log_path, sizeof log_path, out, a, p->budgets[b], &clk);
     for (int i = 0; i < out->n_rows; i++)
         if (!out->rows[i].ok) out->failed++;
     return rc;

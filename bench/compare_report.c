@@ -125,11 +125,6 @@ typedef struct {
     bool have;
 } multiplier;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Dense compute reaching r's loss over C (the run's counted FLOPs, or less a part of them). */
 static multiplier effective_over(const joule_pow_fit *full, const joule_pow_fit *boot, int reps, double level,
                                  const joule_compare_row *r, double C) {
@@ -142,7 +137,7 @@ static multiplier effective_over(const joule_pow_fit *full, const joule_pow_fit 
     for (int i = 0; i < reps; i++) v[i] = joule_pow_compute_for(&boot[i], r->val_bpb) / C;
     /* nearest-rank percentiles: a resample whose floor c lies above the loss gives an
      * infinite multiplier, which interpolation would turn into NaN */
-    qsort(v, (size_t)reps, sizeof *v, cmp_double);
+    qsort(v, (size_t)reps, sizeof *v, joule_cmp_double);
     double q = (1 - level) / 2;
     m.lo = v[(size_t)floor(q * (reps - 1))];
     m.hi = v[(size_t)ceil((1 - q) * (reps - 1))];
@@ -429,61 +424,38 @@ static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_f
     return rc;
 }
 
-int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, const joule_compare_report_opts *o,
-                         char **summary) {
-    if (summary) *summary = NULL;
-    arch_runs *runs = calloc(JOULE_ARCH_COUNT, sizeof *runs);
-    char *md = NULL, *sum = NULL;
-    size_t md_len = 0, sum_len = 0;
-    FILE *f = open_memstream(&md, &md_len), *fs = open_memstream(&sum, &sum_len);
-    cJSON *fit = cJSON_CreateObject();
-    joule_pow_fit dense, *boot = NULL;
-    bool have_dense = false;
-    int rc = JOULE_OK;
-    if (!runs || !f || !fs || !fit) {
-        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    for (int a = 0; a < JOULE_ARCH_COUNT; a++) collect(rows, n, joule_arch_names[a], &runs[a]);
-    cJSON_AddNumberToObject(fit, "format_version", 1);
-    cJSON_AddStringToObject(fit, "loss", "validation bits per byte");
-    cJSON_AddStringToObject(fit, "compute", "counted training FLOPs");
-
-    /* the dense fit and its bootstrap */
-    const arch_runs *d = &runs[JOULE_ARCH_DENSE];
-    char note[256] = "";
-    if (d->n >= 3 && joule_fit_power(d->pts, (size_t)d->n, 0, &dense) == JOULE_OK) {
-        have_dense = true;
-        cJSON *df = pow_json(&dense, d->n);
-        if (o->bootstrap >= 2 &&
-            joule_bootstrap_power(d->pts, (size_t)d->n, 0, &dense, o->bootstrap, o->seed, NULL, NULL, &boot) == JOULE_OK) {
-            cJSON *iv = cJSON_AddObjectToObject(df, "interval");
-            cJSON_AddNumberToObject(iv, "level", o->level);
-            cJSON_AddNumberToObject(iv, "resamples", o->bootstrap);
-            for (int p = 0; p < 3; p++) {
-                double *v = malloc((size_t)o->bootstrap * sizeof *v), lo, hi, sd;
-                if (!v) break;
-                for (int i = 0; i < o->bootstrap; i++) v[i] = p == 0 ? boot[i].a : p == 1 ? boot[i].b : boot[i].c;
-                joule_interval(v, (size_t)o->bootstrap, o->level, &lo, &hi, &sd);
-                free(v);
-                cJSON *pair = cJSON_AddArrayToObject(iv, p == 0 ? "a" : p == 1 ? "b" : "c");
-                cJSON_AddItemToArray(pair, num_or_null(lo));
-                cJSON_AddItemToArray(pair, num_or_null(hi));
-            }
-        }
-        cJSON_AddItemToObject(fit, "dense_fit", df);
-    } else {
-        snprintf(note, sizeof note, "no dense fit: %s", d->n < 3 ? "it needs 3 finished dense budgets" : joule_last_error());
+/* The dense fit L(C) = a C^b + c and its bootstrap into fit.json; false (note says why)
+ * when there is none. */
+static bool dense_fit(const arch_runs *d, const joule_compare_report_opts *o, cJSON *fit, joule_pow_fit *dense,
+                      joule_pow_fit **boot, char *note, size_t note_n) {
+    if (!(d->n >= 3 && joule_fit_power(d->pts, (size_t)d->n, 0, dense) == JOULE_OK)) {
+        snprintf(note, note_n, "no dense fit: %s", d->n < 3 ? "it needs 3 finished dense budgets" : joule_last_error());
         cJSON_AddStringToObject(fit, "dense_fit_missing", note);
+        return false;
     }
+    cJSON *df = pow_json(dense, d->n);
+    if (o->bootstrap >= 2 &&
+        joule_bootstrap_power(d->pts, (size_t)d->n, 0, dense, o->bootstrap, o->seed, NULL, NULL, boot) == JOULE_OK) {
+        cJSON *iv = cJSON_AddObjectToObject(df, "interval");
+        cJSON_AddNumberToObject(iv, "level", o->level);
+        cJSON_AddNumberToObject(iv, "resamples", o->bootstrap);
+        for (int p = 0; p < 3; p++) {
+            double *v = malloc((size_t)o->bootstrap * sizeof *v), lo, hi, sd;
+            if (!v) break;
+            for (int i = 0; i < o->bootstrap; i++) v[i] = p == 0 ? (*boot)[i].a : p == 1 ? (*boot)[i].b : (*boot)[i].c;
+            joule_interval(v, (size_t)o->bootstrap, o->level, &lo, &hi, &sd);
+            free(v);
+            cJSON *pair = cJSON_AddArrayToObject(iv, p == 0 ? "a" : p == 1 ? "b" : "c");
+            cJSON_AddItemToArray(pair, num_or_null(lo));
+            cJSON_AddItemToArray(pair, num_or_null(hi));
+        }
+    }
+    cJSON_AddItemToObject(fit, "dense_fit", df);
+    return true;
+}
 
-    /* report.md: the runs */
-    fprintf(f, "# joule compare: equal-compute comparison\n\n");
-    fprintf(f, "Loss is validation bits per byte; compute is the counted training FLOPs (every matmul, router and "
-               "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
-               "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
-            JOULE_COMPARE_EM_BYTES);
-    write_headline(f, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
+/* report.md's table of finished runs, then the failed ones (also into fit.json). */
+static void write_runs(FILE *f, cJSON *fit, const joule_compare_row *rows, int n) {
     fprintf(f, "## Runs\n\n| arch | budget | layers x d_model | experts | params total | params active | tokens | "
                "counted FLOPs | spent/budget | val bpb | exact match | train s | train energy | J/query |\n"
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
@@ -503,30 +475,22 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
                 r->spent, r->val_bpb, r->exact_match, r->train_s, r->energy_j,
                 r->energy_method[0] ? r->energy_method : "not measured", q);
     }
-    if (failed) {
-        fprintf(f, "\n## Failed runs\n\n| arch | budget | error |\n|---|---|---|\n");
-        cJSON *fa = cJSON_AddArrayToObject(fit, "failed");
-        for (int i = 0; i < n; i++) {
-            if (rows[i].ok) continue;
-            fprintf(f, "| %s | %.3g | %s |\n", rows[i].arch, rows[i].budget, rows[i].error);
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddStringToObject(e, "arch", rows[i].arch);
-            cJSON_AddNumberToObject(e, "budget", rows[i].budget);
-            cJSON_AddStringToObject(e, "error", rows[i].error);
-            cJSON_AddItemToArray(fa, e);
-        }
+    if (!failed) return;
+    fprintf(f, "\n## Failed runs\n\n| arch | budget | error |\n|---|---|---|\n");
+    cJSON *fa = cJSON_AddArrayToObject(fit, "failed");
+    for (int i = 0; i < n; i++) {
+        if (rows[i].ok) continue;
+        fprintf(f, "| %s | %.3g | %s |\n", rows[i].arch, rows[i].budget, rows[i].error);
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "arch", rows[i].arch);
+        cJSON_AddNumberToObject(e, "budget", rows[i].budget);
+        cJSON_AddStringToObject(e, "error", rows[i].error);
+        cJSON_AddItemToArray(fa, e);
     }
+}
 
-    /* the dense fit and the effective compute multipliers */
-    fprintf(f, "\n## Dense scaling law L(C) = a C^b + c\n\n");
-    if (have_dense)
-        fprintf(f, "a = %.5g, b = %.5f, c = %.5g (%d dense runs; Huber objective %.3g)%s\n", dense.a, dense.b, dense.c,
-                d->n, dense.objective, boot ? "" : "; no bootstrap");
-    else
-        fprintf(f, "%s\n", note);
-    write_multipliers(f, fs, fit, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
-
-    /* predictable scaling */
+/* Predictable scaling: the loss and the exact-match backtests of every arch. */
+static void write_backtests(FILE *f, cJSON *fit, const arch_runs *runs) {
     fprintf(f, "\n## Predictable scaling: loss\n\nL(C) fitted on the smaller budgets only, predicting the largest.\n\n"
                "| arch | fitted on | predicted bpb | actual bpb | error |\n|---|---|---|---|---|\n");
     cJSON *bt = cJSON_AddObjectToObject(fit, "backtest_loss");
@@ -548,6 +512,46 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
         fputs(line, f);
         if (o1) cJSON_AddItemToObject(mb, joule_arch_names[a], o1);
     }
+}
+
+int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, const joule_compare_report_opts *o,
+                         char **summary) {
+    if (summary) *summary = NULL;
+    arch_runs *runs = calloc(JOULE_ARCH_COUNT, sizeof *runs);
+    char *md = NULL, *sum = NULL;
+    size_t md_len = 0, sum_len = 0;
+    FILE *f = open_memstream(&md, &md_len), *fs = open_memstream(&sum, &sum_len);
+    cJSON *fit = cJSON_CreateObject();
+    joule_pow_fit dense, *boot = NULL;
+    int rc = JOULE_OK;
+    if (!runs || !f || !fs || !fit) {
+        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) collect(rows, n, joule_arch_names[a], &runs[a]);
+    cJSON_AddNumberToObject(fit, "format_version", 1);
+    cJSON_AddStringToObject(fit, "loss", "validation bits per byte");
+    cJSON_AddStringToObject(fit, "compute", "counted training FLOPs");
+    const arch_runs *d = &runs[JOULE_ARCH_DENSE];
+    char note[256] = "";
+    const bool have_dense = dense_fit(d, o, fit, &dense, &boot, note, sizeof note);
+
+    fprintf(f, "# joule compare: equal-compute comparison\n\n");
+    fprintf(f, "Loss is validation bits per byte; compute is the counted training FLOPs (every matmul, router and "
+               "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
+               "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
+            JOULE_COMPARE_EM_BYTES);
+    write_headline(f, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
+    write_runs(f, fit, rows, n);
+    /* the dense fit and the effective compute multipliers */
+    fprintf(f, "\n## Dense scaling law L(C) = a C^b + c\n\n");
+    if (have_dense)
+        fprintf(f, "a = %.5g, b = %.5f, c = %.5g (%d dense runs; Huber objective %.3g)%s\n", dense.a, dense.b, dense.c,
+                d->n, dense.objective, boot ? "" : "; no bootstrap");
+    else
+        fprintf(f, "%s\n", note);
+    write_multipliers(f, fs, fit, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
+    write_backtests(f, fit, runs);
     add_retrieval(dir, f, fit, rows, n);
     add_leakage(f, fit, runs);
     fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n");

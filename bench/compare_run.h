@@ -1,5 +1,5 @@
-/* bench/compare_run.h — the driver's private pieces: one run, and the loop over
- * budgets x archs (bench/compare.c, bench/compare_loop.c). */
+/* bench/compare_run.h — the driver's private piece: one run (bench/compare.c), which the
+ * loop over budgets x archs (bench/compare_loop.c, joule_compare_grid) calls. */
 #ifndef JOULE_COMPARE_RUN_H
 #define JOULE_COMPARE_RUN_H
 
@@ -36,35 +36,5 @@ typedef struct {
 /* Sizes, trains (checkpoint at r->checkpoint, set by the caller), evaluates and measures
  * one run into r. JOULE_OK with r->ok, an error (r->error holds it) or COMPARE_INTERRUPTED. */
 int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r);
-
-/* The whole grid: budgets (ascending) x archs, skipping the runs results.jsonl records as
- * finished, rerunning failed ones, saving the rows after every run. */
-typedef struct {
-    const joule_compare_settings *settings;
-    const char *data_dir, *out_dir;
-    const double *budgets;
-    int n_budgets;
-    bool archs[JOULE_ARCH_COUNT];
-    const joule_energy *meters;
-    volatile int *interrupt;
-    /* k of n runs (1-based, over the runs still to do), with the ETA of the remaining ones
-     * in seconds (NaN before the first run ends) */
-    void (*on_run_start)(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
-                         uint64_t steps, double eta_s);
-    void (*on_run_end)(void *ctx, const joule_compare_row *r);
-    /* RETRO's one-off set-up (database build, neighbour files): a phase and its progress */
-    void (*on_retrieval)(void *ctx, const char *what, uint64_t done, uint64_t total);
-    void (*on_step)(void *ctx, const joule_train_progress *p);
-    void *ctx;
-} compare_plan;
-
-typedef struct {
-    joule_compare_row *rows; /* every row of the folder, caller frees */
-    int n_rows;
-    int ran, skipped, failed; /* this invocation: runs done, found finished, failed (incl. earlier) */
-    bool interrupted;
-} compare_outcome;
-
-int compare_loop(const compare_plan *p, compare_outcome *out);
 
 #endif

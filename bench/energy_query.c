@@ -61,14 +61,9 @@ static uint64_t peak_rss_bytes(void) {
     return (uint64_t)kb * 1024;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Nearest-rank percentiles of v[n] (sorted here). */
 static void percentiles(double *v, int n, double *p50, double *p95, double *p99) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, joule_cmp_double);
     const double p[3] = {0.50, 0.95, 0.99};
     double *out[3] = {p50, p95, p99};
     for (int i = 0; i < 3; i++) {

@@ -1,5 +1,5 @@
 /* cli/cli.h — what every `joule` subcommand shares: number parsing, usage errors,
- * progress display, thread set-up. Only cli/ and bench/ print for humans. */
+ * progress display, thread set-up. Only cli/ prints for humans. */
 #ifndef JOULE_CLI_H
 #define JOULE_CLI_H
 
@@ -128,8 +128,6 @@ void cli_phase_end(cli_phases *p, bool ok);
 /* Human formats into a caller buffer: 1.23M, 4.5e15, 1m02s. */
 const char *cli_fmt_count(char *buf, size_t n, double v);
 const char *cli_fmt_duration(char *buf, size_t n, double seconds);
-/* Median of v[0..n) (n >= 1); sorts v in place. For benchmarks' repeated timings. */
-double cli_median(double *v, int n);
 
 /* Subcommands (argv[0] is the subcommand name). */
 int cmd_data(int argc, char **argv);
@@ -137,8 +135,13 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
-int cmd_bench(int argc, char **argv); /* bench/ */
 int cmd_db(int argc, char **argv);
-int bench_db(int argc, char **argv); /* bench/bench_db.c: `joule bench db` */
+/* `joule bench ...` (cli/cmd_bench*.c; the measurements are bench/'s, joule/bench.h):
+ * cmd_bench dispatches; moe and energy take the whole argv, db and retro argv + 1. */
+int cmd_bench(int argc, char **argv);
+int cmd_bench_moe(int argc, char **argv);
+int cmd_bench_energy(int argc, char **argv);
+int cmd_bench_db(int argc, char **argv);
+int cmd_bench_retro(int argc, char **argv);
 
 #endif

@@ -9,7 +9,6 @@
 
 #include "acct_cli.h"
 #include "cli.h"
-#include "compare_run.h"
 #include "joule/compare.h"
 
 static const char USAGE[] =
@@ -221,189 +220,230 @@ static void on_retrieval(void *ctx, const char *what, uint64_t done, uint64_t to
     }
 }
 
+static const struct option LONG[] = {
+    {"budgets", required_argument, NULL, OPT_BUDGETS},
+    {"archs", required_argument, NULL, OPT_ARCHS},
+    {"data", required_argument, NULL, OPT_DATA},
+    {"out", required_argument, NULL, OPT_OUT},
+    {"tokens-per-param", required_argument, NULL, OPT_TPP},
+    {"aspect", required_argument, NULL, OPT_ASPECT},
+    {"ffn-mult", required_argument, NULL, OPT_FFN_MULT},
+    {"ctx", required_argument, NULL, OPT_CTX},
+    {"min-steps", required_argument, NULL, OPT_MIN_STEPS},
+    {"experts", required_argument, NULL, OPT_EXPERTS},
+    {"top-k", required_argument, NULL, OPT_TOP_K},
+    {"moe-every", required_argument, NULL, OPT_MOE_EVERY},
+    {"batch", required_argument, NULL, OPT_BATCH},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
+    {"em-windows", required_argument, NULL, OPT_EM_WINDOWS},
+    {"bootstrap", required_argument, NULL, OPT_BOOTSTRAP},
+    {"level", required_argument, NULL, OPT_LEVEL},
+    {"report-only", no_argument, NULL, OPT_REPORT_ONLY},
+    {"threads", required_argument, NULL, OPT_THREADS},
+    {"retro-chunk", required_argument, NULL, OPT_RETRO_CHUNK},
+    {"db-chunks", required_argument, NULL, OPT_DB_CHUNKS},
+    {"queries", required_argument, NULL, OPT_QUERIES},
+    {"neighbour-files", no_argument, NULL, OPT_NEIGHBOURS},
+    {"retro-enc-layers", required_argument, NULL, OPT_ENC_LAYERS},
+    {"retro-enc-d-model", required_argument, NULL, OPT_ENC_D_MODEL},
+    {"retrofit-fraction", required_argument, NULL, OPT_RETROFIT},
+    {"db-index", required_argument, NULL, OPT_DB_INDEX},
+    {"db-nprobe", required_argument, NULL, OPT_DB_NPROBE},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct {
+    joule_compare_settings s;
+    joule_compare_plan p;
+    double budgets[JOULE_COMPARE_MAX_BUDGETS];
+    const char *data, *out;
+    joule_compare_report_opts ro;
+    bool report_only;
+    int threads;
+} compare_opts;
+
 #define INT_OPT(var, lo, hi, name) CLI_CHECK(cli_int_option(CMD, name, optarg, lo, hi, &(var)))
 
-int cmd_compare(int argc, char **argv) {
-    static const struct option LONG[] = {
-        {"budgets", required_argument, NULL, OPT_BUDGETS},
-        {"archs", required_argument, NULL, OPT_ARCHS},
-        {"data", required_argument, NULL, OPT_DATA},
-        {"out", required_argument, NULL, OPT_OUT},
-        {"tokens-per-param", required_argument, NULL, OPT_TPP},
-        {"aspect", required_argument, NULL, OPT_ASPECT},
-        {"ffn-mult", required_argument, NULL, OPT_FFN_MULT},
-        {"ctx", required_argument, NULL, OPT_CTX},
-        {"min-steps", required_argument, NULL, OPT_MIN_STEPS},
-        {"experts", required_argument, NULL, OPT_EXPERTS},
-        {"top-k", required_argument, NULL, OPT_TOP_K},
-        {"moe-every", required_argument, NULL, OPT_MOE_EVERY},
-        {"batch", required_argument, NULL, OPT_BATCH},
-        {"lr", required_argument, NULL, OPT_LR},
-        {"seed", required_argument, NULL, OPT_SEED},
-        {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
-        {"em-windows", required_argument, NULL, OPT_EM_WINDOWS},
-        {"bootstrap", required_argument, NULL, OPT_BOOTSTRAP},
-        {"level", required_argument, NULL, OPT_LEVEL},
-        {"report-only", no_argument, NULL, OPT_REPORT_ONLY},
-        {"threads", required_argument, NULL, OPT_THREADS},
-        {"retro-chunk", required_argument, NULL, OPT_RETRO_CHUNK},
-        {"db-chunks", required_argument, NULL, OPT_DB_CHUNKS},
-        {"queries", required_argument, NULL, OPT_QUERIES},
-        {"neighbour-files", no_argument, NULL, OPT_NEIGHBOURS},
-        {"retro-enc-layers", required_argument, NULL, OPT_ENC_LAYERS},
-        {"retro-enc-d-model", required_argument, NULL, OPT_ENC_D_MODEL},
-        {"retrofit-fraction", required_argument, NULL, OPT_RETROFIT},
-        {"db-index", required_argument, NULL, OPT_DB_INDEX},
-        {"db-nprobe", required_argument, NULL, OPT_DB_NPROBE},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    joule_compare_settings s;
-    joule_compare_settings_init(&s);
-    compare_plan p;
-    memset(&p, 0, sizeof p);
-    double budgets[JOULE_COMPARE_MAX_BUDGETS];
-    p.archs[JOULE_ARCH_DENSE] = p.archs[JOULE_ARCH_MOE] = p.archs[JOULE_ARCH_RETRO] = true;
-    const char *data = "data/default", *out = "runs/compare";
-    joule_compare_report_opts ro = {200, 0.9, 1};
-    bool report_only = false;
-    int threads = 0, rc;
-    int c;
+/* One option of getopt's: 0, or the exit code of a bad value. */
+static int one_option(compare_opts *o, int c, char **argv) {
+    int rc;
+    switch (c) {
+    case OPT_BUDGETS:
+        if ((rc = parse_budgets(optarg, o->budgets, &o->p.n_budgets))) return rc;
+        break;
+    case OPT_ARCHS:
+        if ((rc = parse_archs(optarg, o->p.archs))) return rc;
+        break;
+    case OPT_DATA: o->data = optarg; break;
+    case OPT_OUT: o->out = optarg; break;
+    case OPT_TPP: CLI_CHECK(cli_number_option(CMD, "--tokens-per-param", optarg, true, &o->s.tokens_per_param)); break;
+    case OPT_ASPECT: INT_OPT(o->s.aspect, 1, 4096, "--aspect"); break;
+    case OPT_FFN_MULT: INT_OPT(o->s.ffn_mult, 1, 64, "--ffn-mult"); break;
+    case OPT_CTX: INT_OPT(o->s.ctx, JOULE_COMPARE_EM_BYTES + 1, 1 << 16, "--ctx"); break;
+    case OPT_MIN_STEPS: INT_OPT(o->s.min_steps, 1, 1 << 30, "--min-steps"); break;
+    case OPT_EXPERTS: INT_OPT(o->s.experts, 2, 4096, "--experts"); break;
+    case OPT_TOP_K: INT_OPT(o->s.top_k, 1, 2, "--top-k"); break;
+    case OPT_MOE_EVERY: INT_OPT(o->s.moe_every, 1, JOULE_MAX_LAYERS, "--moe-every"); break;
+    case OPT_BATCH: INT_OPT(o->s.batch, 1, 1 << 16, "--batch"); break;
+    case OPT_LR: CLI_CHECK(cli_number_option(CMD, "--lr", optarg, true, &o->s.lr)); break;
+    case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &o->s.seed)); break;
+    case OPT_EVAL_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--eval-windows", optarg, &o->s.eval_windows)); break;
+    case OPT_EM_WINDOWS: INT_OPT(o->s.em_windows, 1, 1 << 24, "--em-windows"); break;
+    case OPT_BOOTSTRAP: INT_OPT(o->ro.bootstrap, 0, 100000, "--bootstrap"); break;
+    case OPT_LEVEL:
+        if (!cli_parse_double(optarg, &o->ro.level) || !(o->ro.level > 0 && o->ro.level < 1))
+            return cli_usage_error(CMD, "--level: '%s' is not a number in (0, 1)", optarg);
+        break;
+    case OPT_REPORT_ONLY: o->report_only = true; break;
+    case OPT_THREADS: INT_OPT(o->threads, 0, 4096, "--threads"); break;
+    case OPT_QUERIES: INT_OPT(o->s.queries, 0, 1 << 20, "--queries"); break;
+    case OPT_RETRO_CHUNK: INT_OPT(o->s.retro_chunk, 1, 4096, "--retro-chunk"); break;
+    case OPT_NEIGHBOURS: o->s.neighbour_files = true; break;
+    case OPT_DB_CHUNKS: CLI_CHECK(cli_u64_option(CMD, "--db-chunks", optarg, &o->s.db_chunks)); break;
+    case OPT_ENC_LAYERS: INT_OPT(o->s.retro_enc_layers, 1, 64, "--retro-enc-layers"); break;
+    case OPT_ENC_D_MODEL: INT_OPT(o->s.retro_enc_d_model, 0, 65536, "--retro-enc-d-model"); break;
+    case OPT_RETROFIT: CLI_CHECK(cli_number_option(CMD, "--retrofit-fraction", optarg, true, &o->s.retrofit_fraction)); break;
+    case OPT_DB_NPROBE: INT_OPT(o->s.db_nprobe, 0, 1 << 20, "--db-nprobe"); break;
+    case OPT_DB_INDEX:
+        if (strlen(optarg) >= sizeof o->s.db_index)
+            return cli_usage_error(CMD, "--db-index: longer than %zu bytes", sizeof o->s.db_index - 1);
+        snprintf(o->s.db_index, sizeof o->s.db_index, "%s", optarg);
+        break;
+    default: return cli_bad_option(CMD, c, argv);
+    }
+    return 0;
+}
+
+/* 0 to run, -1 after --help, else the exit code. */
+static int parse(int argc, char **argv, compare_opts *o) {
+    joule_compare_settings_init(&o->s);
+    memset(&o->p, 0, sizeof o->p);
+    o->p.archs[JOULE_ARCH_DENSE] = o->p.archs[JOULE_ARCH_MOE] = o->p.archs[JOULE_ARCH_RETRO] = true;
+    o->data = "data/default";
+    o->out = "runs/compare";
+    o->ro = (joule_compare_report_opts){200, 0.9, 1};
+    o->report_only = false;
+    o->threads = 0;
+    int c, rc;
     cli_opt_start();
     while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        switch (c) {
-        case CLI_HELP: return 0;
-        case OPT_BUDGETS:
-            if ((rc = parse_budgets(optarg, budgets, &p.n_budgets))) return rc;
-            break;
-        case OPT_ARCHS:
-            if ((rc = parse_archs(optarg, p.archs))) return rc;
-            break;
-        case OPT_DATA: data = optarg; break;
-        case OPT_OUT: out = optarg; break;
-        case OPT_TPP: CLI_CHECK(cli_number_option(CMD, "--tokens-per-param", optarg, true, &s.tokens_per_param)); break;
-        case OPT_ASPECT: INT_OPT(s.aspect, 1, 4096, "--aspect"); break;
-        case OPT_FFN_MULT: INT_OPT(s.ffn_mult, 1, 64, "--ffn-mult"); break;
-        case OPT_CTX: INT_OPT(s.ctx, JOULE_COMPARE_EM_BYTES + 1, 1 << 16, "--ctx"); break;
-        case OPT_MIN_STEPS: INT_OPT(s.min_steps, 1, 1 << 30, "--min-steps"); break;
-        case OPT_EXPERTS: INT_OPT(s.experts, 2, 4096, "--experts"); break;
-        case OPT_TOP_K: INT_OPT(s.top_k, 1, 2, "--top-k"); break;
-        case OPT_MOE_EVERY: INT_OPT(s.moe_every, 1, JOULE_MAX_LAYERS, "--moe-every"); break;
-        case OPT_BATCH: INT_OPT(s.batch, 1, 1 << 16, "--batch"); break;
-        case OPT_LR: CLI_CHECK(cli_number_option(CMD, "--lr", optarg, true, &s.lr)); break;
-        case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &s.seed)); break;
-        case OPT_EVAL_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--eval-windows", optarg, &s.eval_windows)); break;
-        case OPT_EM_WINDOWS: INT_OPT(s.em_windows, 1, 1 << 24, "--em-windows"); break;
-        case OPT_BOOTSTRAP: INT_OPT(ro.bootstrap, 0, 100000, "--bootstrap"); break;
-        case OPT_LEVEL:
-            if (!cli_parse_double(optarg, &ro.level) || !(ro.level > 0 && ro.level < 1))
-                return cli_usage_error(CMD, "--level: '%s' is not a number in (0, 1)", optarg);
-            break;
-        case OPT_REPORT_ONLY: report_only = true; break;
-        case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
-        case OPT_QUERIES: INT_OPT(s.queries, 0, 1 << 20, "--queries"); break;
-        case OPT_RETRO_CHUNK: INT_OPT(s.retro_chunk, 1, 4096, "--retro-chunk"); break;
-        case OPT_NEIGHBOURS: s.neighbour_files = true; break;
-        case OPT_DB_CHUNKS: CLI_CHECK(cli_u64_option(CMD, "--db-chunks", optarg, &s.db_chunks)); break;
-        case OPT_ENC_LAYERS: INT_OPT(s.retro_enc_layers, 1, 64, "--retro-enc-layers"); break;
-        case OPT_ENC_D_MODEL: INT_OPT(s.retro_enc_d_model, 0, 65536, "--retro-enc-d-model"); break;
-        case OPT_RETROFIT: CLI_CHECK(cli_number_option(CMD, "--retrofit-fraction", optarg, true, &s.retrofit_fraction)); break;
-        case OPT_DB_NPROBE: INT_OPT(s.db_nprobe, 0, 1 << 20, "--db-nprobe"); break;
-        case OPT_DB_INDEX:
-            if (strlen(optarg) >= sizeof s.db_index)
-                return cli_usage_error(CMD, "--db-index: longer than %zu bytes", sizeof s.db_index - 1);
-            snprintf(s.db_index, sizeof s.db_index, "%s", optarg);
-            break;
-        default: return cli_bad_option(CMD, c, argv);
-        }
+        if (c == CLI_HELP) return -1;
+        if ((rc = one_option(o, c, argv))) return rc;
     }
+    const joule_compare_settings *s = &o->s;
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (s.top_k > s.experts) return cli_usage_error(CMD, "--top-k %d is more than --experts %d", s.top_k, s.experts);
-    if (s.retro_enc_d_model % s.head_dim)
-        return cli_usage_error(CMD, "--retro-enc-d-model %d is not a multiple of %d", s.retro_enc_d_model, s.head_dim);
-    if (ro.bootstrap == 1) return cli_usage_error(CMD, "--bootstrap: give 0 (none) or at least 2 resamples");
+    if (s->top_k > s->experts) return cli_usage_error(CMD, "--top-k %d is more than --experts %d", s->top_k, s->experts);
+    if (s->retro_enc_d_model % s->head_dim)
+        return cli_usage_error(CMD, "--retro-enc-d-model %d is not a multiple of %d", s->retro_enc_d_model, s->head_dim);
+    if (o->ro.bootstrap == 1) return cli_usage_error(CMD, "--bootstrap: give 0 (none) or at least 2 resamples");
+    if (o->report_only) return 0;
+    if (o->p.n_budgets == 0) return cli_usage_error(CMD, "no budgets: give --budgets LIST, e.g. 1e12,2e12,4e12,8e12");
+    char train[4096], val[4096];
+    snprintf(train, sizeof train, "%s/train.bin", o->data);
+    snprintf(val, sizeof val, "%s/val.bin", o->data);
+    const char *hint = "prepare it with 'joule data prepare --preset default' or give --data DIR";
+    if ((rc = cli_check_input(CMD, train, hint)) || (rc = cli_check_input(CMD, val, hint))) return rc;
+    return 0;
+}
 
-    joule_compare_row *rows = NULL;
-    int n_rows = 0;
-    compare_outcome oc;
-    memset(&oc, 0, sizeof oc);
-    int ret = 0;
-    if (report_only) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s/results.jsonl", out);
-        if ((rc = cli_check_input(CMD, path, "nothing to report (check --out)"))) return rc;
-        if ((rc = joule_compare_rows_load(path, &rows, &n_rows))) return cli_fail(CMD, rc);
-    } else {
-        if (p.n_budgets == 0) return cli_usage_error(CMD, "no budgets: give --budgets LIST, e.g. 1e12,2e12,4e12,8e12");
-        char train[4096], val[4096];
-        snprintf(train, sizeof train, "%s/train.bin", data);
-        snprintf(val, sizeof val, "%s/val.bin", data);
-        const char *hint = "prepare it with 'joule data prepare --preset default' or give --data DIR";
-        if ((rc = cli_check_input(CMD, train, hint)) || (rc = cli_check_input(CMD, val, hint))) return rc;
-        cli_setup_threads(threads);
-        /* every run's energy comes from one set of meters, so the methods agree */
-        joule_energy meters;
-        const char *w = getenv("JOULE_POWER_WATTS");
-        double watts = 0;
-        if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
-        char profile[64];
-        bool metered = cli_energy_open(&meters, getenv("JOULE_HARDWARE"), watts, NULL, profile, sizeof profile) == 0;
-        if (!metered) fprintf(stderr, "joule %s: energy not measured: %s\n", CMD, joule_last_error());
-        else printf("energy: %s%s%s\n", meters.method, strstr(meters.method, "tdp") ? ", profile " : "",
-                    strstr(meters.method, "tdp") ? profile : "");
-        compare_ui ui;
-        memset(&ui, 0, sizeof ui);
-        p.settings = &s;
-        p.data_dir = data;
-        p.out_dir = out;
-        p.budgets = budgets;
-        p.meters = metered ? &meters : NULL;
-        p.interrupt = &g_interrupt;
-        p.on_run_start = on_run_start;
-        p.on_run_end = on_run_end;
-        p.on_step = on_step;
-        p.on_retrieval = on_retrieval;
-        p.ctx = &ui;
-        if ((rc = cli_make_parent_dirs(CMD, out))) return rc;
-        static const int SIGNALS[2] = {SIGINT, SIGTERM};
-        struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART}, old[2];
-        sigemptyset(&sa.sa_mask);
-        g_interrupt = 0;
-        for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &sa, &old[i]);
-        rc = compare_loop(&p, &oc);
-        for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
+/* Every run's energy comes from one set of meters, so the methods agree. */
+static bool open_meters(joule_energy *meters) {
+    const char *w = getenv("JOULE_POWER_WATTS");
+    double watts = 0;
+    if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
+    char profile[64];
+    bool metered = cli_energy_open(meters, getenv("JOULE_HARDWARE"), watts, NULL, profile, sizeof profile) == 0;
+    if (!metered) fprintf(stderr, "joule %s: energy not measured: %s\n", CMD, joule_last_error());
+    else printf("energy: %s%s%s\n", meters->method, strstr(meters->method, "tdp") ? ", profile " : "",
+                strstr(meters->method, "tdp") ? profile : "");
+    return metered;
+}
+
+/* The grid, with progress and Ctrl-C handling; oc receives the rows. */
+static int run_grid(compare_opts *o, joule_compare_outcome *oc) {
+    cli_setup_threads(o->threads);
+    joule_energy meters;
+    bool metered = open_meters(&meters);
+    compare_ui ui;
+    memset(&ui, 0, sizeof ui);
+    joule_compare_plan *p = &o->p;
+    p->settings = &o->s;
+    p->data_dir = o->data;
+    p->out_dir = o->out;
+    p->budgets = o->budgets;
+    p->meters = metered ? &meters : NULL;
+    p->interrupt = &g_interrupt;
+    p->on_run_start = on_run_start;
+    p->on_run_end = on_run_end;
+    p->on_step = on_step;
+    p->on_retrieval = on_retrieval;
+    p->ctx = &ui;
+    int rc = cli_make_parent_dirs(CMD, o->out);
+    if (rc) {
         if (metered) joule_energy_close(&meters);
-        if (rc) {
-            free(oc.rows);
-            return cli_fail(CMD, rc);
-        }
-        rows = oc.rows;
-        n_rows = oc.n_rows;
-        printf("%d run%s done, %d already finished, %d failed in %s\n", oc.ran, oc.ran == 1 ? "" : "s", oc.skipped,
-               oc.failed, out);
+        return rc;
     }
+    static const int SIGNALS[2] = {SIGINT, SIGTERM};
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART}, old[2];
+    sigemptyset(&sa.sa_mask);
+    g_interrupt = 0;
+    for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &sa, &old[i]);
+    rc = joule_compare_grid(p, oc);
+    for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
+    if (metered) joule_energy_close(&meters);
+    if (rc) return cli_fail(CMD, rc);
+    printf("%d run%s done, %d already finished, %d failed in %s\n", oc->ran, oc->ran == 1 ? "" : "s", oc->skipped,
+           oc->failed, o->out);
+    return 0;
+}
+
+/* The report from the rows, and the exit code the runs call for. */
+static int report(const compare_opts *o, const joule_compare_row *rows, int n_rows, bool interrupted) {
     char *summary = NULL;
-    if ((rc = joule_compare_report(out, rows, n_rows, &ro, &summary))) {
-        ret = cli_fail(CMD, rc);
-    } else {
-        printf("\n%s\nreport: %s/report.md, fit.json, results.csv, loss_vs_compute.svg, energy_vs_bpb.svg\n",
-               summary ? summary : "", out);
+    int rc = joule_compare_report(o->out, rows, n_rows, &o->ro, &summary);
+    if (rc) {
+        free(summary);
+        fflush(stdout);
+        return cli_fail(CMD, rc);
     }
+    printf("\n%s\nreport: %s/report.md, fit.json, results.csv, loss_vs_compute.svg, energy_vs_bpb.svg\n",
+           summary ? summary : "", o->out);
     free(summary);
     int failed = 0;
     for (int i = 0; i < n_rows; i++) failed += !rows[i].ok;
-    free(rows);
     fflush(stdout);
-    if (ret) return ret;
-    if (oc.interrupted) {
+    if (interrupted) {
         fprintf(stderr, "joule %s: interrupted; finished runs are kept in %s: run the same command to continue\n", CMD,
-                out);
+                o->out);
         return EXIT_INTERRUPTED;
     }
     if (failed) {
         fprintf(stderr, "joule %s: %d run%s failed (see %s/report.md); fix the cause and rerun to retry them\n", CMD,
-                failed, failed == 1 ? " has" : "s have", out);
+                failed, failed == 1 ? " has" : "s have", o->out);
         return EXIT_RUNTIME;
     }
     return 0;
+}
+
+int cmd_compare(int argc, char **argv) {
+    compare_opts o;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    joule_compare_outcome oc;
+    memset(&oc, 0, sizeof oc);
+    if (o.report_only) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/results.jsonl", o.out);
+        if ((rc = cli_check_input(CMD, path, "nothing to report (check --out)"))) return rc;
+        if ((rc = joule_compare_rows_load(path, &oc.rows, &oc.n_rows))) return cli_fail(CMD, rc);
+    } else if ((rc = run_grid(&o, &oc))) {
+        free(oc.rows);
+        return rc;
+    }
+    rc = report(&o, oc.rows, oc.n_rows, oc.interrupted);
+    free(oc.rows);
+    return rc;
 }

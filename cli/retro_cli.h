@@ -110,7 +110,4 @@ void retro_cli_print_terms(const joule_config *cfg);
  * printed. m: tokens per query chunk. */
 void retro_cli_retrieval_cost(struct joule_retro_db *db, int m, void *o);
 
-/* `joule bench retro` (bench/bench_retro.c). */
-int bench_retro(int argc, char **argv);
-
 #endif

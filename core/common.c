@@ -218,3 +218,13 @@ int joule_read_text(const char *path, size_t max_bytes, char **out) {
     *out = buf;
     return JOULE_OK;
 }
+
+int joule_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double joule_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, joule_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}

@@ -464,15 +464,10 @@ int joule_bootstrap_power(const joule_run *runs, size_t n, double delta, const j
     return rc;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 void joule_interval(double *x, size_t n, double level, double *lo, double *hi, double *sd) {
     *lo = *hi = *sd = NAN;
     if (n == 0) return;
-    qsort(x, n, sizeof *x, cmp_double);
+    qsort(x, n, sizeof *x, joule_cmp_double);
     double q = (1 - level) / 2, mean = 0, ss = 0;
     /* linear interpolation between order statistics */
     double pl = q * (double)(n - 1), ph = (1 - q) * (double)(n - 1);
@@ -499,7 +494,7 @@ int joule_runs_drop_highest_loss(const joule_run *runs, size_t n, size_t k, joul
     }
     for (size_t i = 0; i < n; i++)
         l[i] = runs[i].loss;
-    qsort(l, n, sizeof *l, cmp_double);
+    qsort(l, n, sizeof *l, joule_cmp_double);
     /* drop the k largest; ties at the threshold are dropped in input order until k are gone */
     double thr = k ? l[n - k] : INFINITY;
     size_t above = 0, m = 0;

@@ -15,8 +15,8 @@
  * Energy comes from the caller's open meter set (joule_energy_open) and carries its method
  * ("measured:rapl", "modeled:tdp", ...): on a machine without a meter it is modelled.
  *
- * Implemented in bench/energy_query.c (runner) and bench/energy_report.c (writers), linked
- * into the `joule` executable, not into libjoule (bench/ drives the library like a user).
+ * Implemented in bench/energy_query.c (runner) and bench/energy_report.c (writers), part of
+ * libjoule (bench/ drives the rest of the library like a user would).
  * Ownership: plain value types; the caller owns the model, the meters and every buffer.
  */
 #ifndef JOULE_BENCH_ENERGY_H

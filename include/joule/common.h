@@ -56,6 +56,12 @@ int joule_exit_code(int status);
 /* Monotonic wall clock in seconds. */
 double joule_now(void);
 
+/* qsort comparison of doubles, ascending. */
+int joule_cmp_double(const void *a, const void *b);
+/* Median of v[0..n) (n >= 1; the mean of the two middle values when n is even); sorts v in
+ * place, so v[0] is then the smallest. For repeated timings. */
+double joule_median(double *v, int n);
+
 /* Deterministic RNG (xoshiro256** seeded through splitmix64). Plain value type: copy to fork. */
 typedef struct { uint64_t s[4]; } joule_rng;
 void joule_rng_seed(joule_rng *r, uint64_t seed);

@@ -8,8 +8,8 @@
  * plus a row of DIR/results.jsonl; a rerun skips finished rows. The report (fit.json,
  * report.md, SVGs) is rebuilt from the rows.
  *
- * The implementation lives in bench/ (it drives the library like a user would); the CLI
- * (cli/cmd_compare.c) parses flags and prints. Ownership: rows are plain values; arrays
+ * The implementation lives in bench/, part of libjoule (it drives the library like a user
+ * would); the CLI (cli/cmd_compare.c) parses flags and prints. Ownership: rows are plain values; arrays
  * returned through pointers are malloc'd and freed by the caller with free().
  */
 #ifndef JOULE_COMPARE_H
@@ -18,7 +18,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "joule/energy.h"
 #include "joule/model.h"
+#include "joule/train.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -149,6 +151,43 @@ int joule_compare_rows_save(const char *dir, const joule_compare_row *rows, int 
 struct joule_retro_db;
 int joule_exact_match(const joule_model *m, struct joule_retro_db *db, const char *val_path, int prompt, int windows,
                       double *rate, uint64_t *hits);
+
+/* ---- the driver (bench/compare_loop.c) ---- */
+
+/* The whole grid: budgets (ascending) x archs, skipping the runs results.jsonl records as
+ * finished, rerunning failed ones, saving the rows after every run. Creates out_dir (its
+ * parent must exist) and pins the settings in out_dir/compare.json. JOULE_OK also when a
+ * run failed (its row says why) or *interrupt stopped the grid (out->interrupted); an error
+ * when the folder or its files cannot be used. out->rows is the caller's to free, also on
+ * error. The callbacks are optional. */
+typedef struct {
+    const joule_compare_settings *settings;
+    const char *data_dir, *out_dir;
+    const double *budgets;
+    int n_budgets;
+    bool archs[JOULE_ARCH_COUNT];
+    const joule_energy *meters;
+    volatile int *interrupt;
+    /* k of n runs (1-based, over the runs still to do), with the ETA of the remaining ones
+     * in seconds (NaN before the first run ends) */
+    void (*on_run_start)(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
+                         uint64_t steps, double eta_s);
+    void (*on_run_end)(void *ctx, const joule_compare_row *r);
+    /* RETRO's one-off set-up (database build, neighbour files): a phase and its progress */
+    void (*on_retrieval)(void *ctx, const char *what, uint64_t done, uint64_t total);
+    void (*on_step)(void *ctx, const joule_train_progress *p);
+    void *ctx;
+} joule_compare_plan;
+
+typedef struct {
+    joule_compare_row *rows; /* every row of the folder, caller frees */
+    int n_rows;
+    int ran, skipped, failed; /* this invocation: runs done, found finished, failed (incl. earlier) */
+    bool interrupted;
+} joule_compare_outcome;
+
+int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out);
+
 
 /* ---- the report (bench/compare_report.c) ---- */
 
