@@ -314,7 +314,68 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
     }
 }
 
-int cmd_account(int argc, char **argv) {
+/* One option into a; 0, or EXIT_USAGE after one line naming it. */
+static int parse_option(account_args *a, int c, char **argv) {
+    switch (c) {
+    case OPT_CONFIG: a->config = optarg; return 0;
+    case OPT_PRESET: a->preset = optarg; return 0;
+    case OPT_MODEL: a->model = optarg; return 0;
+    case OPT_TOKENS: return cli_number_option(CMD, "--tokens", optarg, true, &a->ao.tokens);
+    case OPT_CTX:
+        if (!cli_parse_int(optarg, 1, 1 << 24, &a->ao.ctx))
+            return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
+        return 0;
+    case OPT_ATTN:
+        if (joule_attn_convention_parse(optarg, &a->ao.conv))
+            return cli_usage_error(CMD, "--attention: %s", joule_last_error());
+        return 0;
+    case OPT_PROMPT:
+        if (!cli_parse_int(optarg, 1, 1 << 24, &a->prompt))
+            return cli_usage_error(CMD, "--prompt: '%s' is not in [1, 16777216]", optarg);
+        return 0;
+    case OPT_GEN:
+        if (!cli_parse_int(optarg, 0, 1 << 24, &a->generate))
+            return cli_usage_error(CMD, "--generate: '%s' is not in [0, 16777216]", optarg);
+        return 0;
+    case OPT_BYTES:
+        if (!cli_parse_int(optarg, 1, 8, &a->ao.bytes_per_param))
+            return cli_usage_error(CMD, "--bytes: '%s' is not in [1, 8]", optarg);
+        return 0;
+    case OPT_HW: a->hardware = optarg; return 0;
+    case OPT_PREC:
+        if (joule_hw_precision_index(optarg) < 0)
+            return cli_usage_error(CMD, "--precision: '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", optarg);
+        a->precision = optarg;
+        return 0;
+    case OPT_UTIL:
+        if (!cli_parse_double(optarg, &a->util) || !(a->util > 0 && a->util <= 1))
+            return cli_usage_error(CMD, "--utilization: '%s' is not in (0, 1]", optarg);
+        return 0;
+    case OPT_DEV:
+        if (!cli_parse_int(optarg, 1, 1 << 24, &a->devices))
+            return cli_usage_error(CMD, "--devices: '%s' is not a positive integer", optarg);
+        return 0;
+    case OPT_PUE:
+        if (!cli_parse_double(optarg, &a->pue) || !(a->pue >= 1 && a->pue < 10))
+            return cli_usage_error(CMD, "--pue: '%s' is not in [1, 10)", optarg);
+        return 0;
+    case OPT_GRID:
+        if (!cli_parse_double(optarg, &a->grid) || !(a->grid >= 0 && a->grid < 1e4))
+            return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
+        return 0;
+    case OPT_PEAK: return cli_number_option(CMD, "--peak-gflops", optarg, true, &a->peak_gflops);
+    case OPT_METERS: a->meters = true; return 0;
+    case OPT_WATTS:
+        if (!cli_parse_double(optarg, &a->watts) || !(a->watts > 0 && a->watts < 1e7))
+            return cli_usage_error(CMD, "--power-watts: '%s' is not a positive power", optarg);
+        return 0;
+    case OPT_JSON: a->json = true; return 0;
+    default: return cli_bad_option(CMD, c, argv);
+    }
+}
+
+/* The command line into a; 0, -1 after --help, or the exit status of bad usage. */
+static int parse_args(int argc, char **argv, account_args *a) {
     static const struct option LONG[] = {
         {"config", required_argument, NULL, OPT_CONFIG},
         {"preset", required_argument, NULL, OPT_PRESET},
@@ -338,6 +399,17 @@ int cmd_account(int argc, char **argv) {
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    int c;
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
+        if (c == CLI_HELP) return -1;
+        CLI_CHECK(parse_option(a, c, argv));
+    }
+    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+int cmd_account(int argc, char **argv) {
     account_args a;
     memset(&a, 0, sizeof a);
     joule_acct_opts_init(&a.ao);
@@ -347,68 +419,8 @@ int cmd_account(int argc, char **argv) {
     a.util = 0.4;
     a.pue = JOULE_DEFAULT_PUE;
     a.grid = JOULE_DEFAULT_GRID_G_PER_KWH;
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        switch (c) {
-        case CLI_HELP: return 0;
-        case OPT_CONFIG: a.config = optarg; break;
-        case OPT_PRESET: a.preset = optarg; break;
-        case OPT_MODEL: a.model = optarg; break;
-        case OPT_TOKENS: CLI_CHECK(cli_number_option(CMD, "--tokens", optarg, true, &a.ao.tokens)); break;
-        case OPT_CTX:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.ao.ctx))
-                return cli_usage_error(CMD, "--ctx: '%s' is not in [1, 16777216]", optarg);
-            break;
-        case OPT_ATTN:
-            if (joule_attn_convention_parse(optarg, &a.ao.conv))
-                return cli_usage_error(CMD, "--attention: %s", joule_last_error());
-            break;
-        case OPT_PROMPT:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.prompt))
-                return cli_usage_error(CMD, "--prompt: '%s' is not in [1, 16777216]", optarg);
-            break;
-        case OPT_GEN:
-            if (!cli_parse_int(optarg, 0, 1 << 24, &a.generate))
-                return cli_usage_error(CMD, "--generate: '%s' is not in [0, 16777216]", optarg);
-            break;
-        case OPT_BYTES:
-            if (!cli_parse_int(optarg, 1, 8, &a.ao.bytes_per_param))
-                return cli_usage_error(CMD, "--bytes: '%s' is not in [1, 8]", optarg);
-            break;
-        case OPT_HW: a.hardware = optarg; break;
-        case OPT_PREC:
-            if (joule_hw_precision_index(optarg) < 0)
-                return cli_usage_error(CMD, "--precision: '%s' is not one of fp64 fp32 tf32 bf16 fp16 int8", optarg);
-            a.precision = optarg;
-            break;
-        case OPT_UTIL:
-            if (!cli_parse_double(optarg, &a.util) || !(a.util > 0 && a.util <= 1))
-                return cli_usage_error(CMD, "--utilization: '%s' is not in (0, 1]", optarg);
-            break;
-        case OPT_DEV:
-            if (!cli_parse_int(optarg, 1, 1 << 24, &a.devices))
-                return cli_usage_error(CMD, "--devices: '%s' is not a positive integer", optarg);
-            break;
-        case OPT_PUE:
-            if (!cli_parse_double(optarg, &a.pue) || !(a.pue >= 1 && a.pue < 10))
-                return cli_usage_error(CMD, "--pue: '%s' is not in [1, 10)", optarg);
-            break;
-        case OPT_GRID:
-            if (!cli_parse_double(optarg, &a.grid) || !(a.grid >= 0 && a.grid < 1e4))
-                return cli_usage_error(CMD, "--grid: '%s' is not in [0, 10000) gCO2e/kWh", optarg);
-            break;
-        case OPT_PEAK: CLI_CHECK(cli_number_option(CMD, "--peak-gflops", optarg, true, &a.peak_gflops)); break;
-        case OPT_METERS: a.meters = true; break;
-        case OPT_WATTS:
-            if (!cli_parse_double(optarg, &a.watts) || !(a.watts > 0 && a.watts < 1e7))
-                return cli_usage_error(CMD, "--power-watts: '%s' is not a positive power", optarg);
-            break;
-        case OPT_JSON: a.json = true; break;
-        default: return cli_bad_option(CMD, c, argv);
-        }
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
     if (a.meters) return print_meters(&a);
     if (!!a.config + !!a.preset + !!a.model != 1)
         return cli_usage_error(CMD, "give exactly one of --config FILE, --preset NAME or --model CHECKPOINT");
@@ -418,7 +430,7 @@ int cmd_account(int argc, char **argv) {
     joule_acct_result r;
     joule_acct_query q;
     cost_part cost;
-    int rc = load_model(&a, &m);
+    rc = load_model(&a, &m);
     if (rc) return cli_fail(CMD, rc);
     if ((rc = joule_account(&m, &a.ao, &r)) || (rc = joule_account_query(&m, &a.ao, a.prompt, a.generate, &q)) ||
         (rc = costs(&a, &r, &q, &cost)))

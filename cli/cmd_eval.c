@@ -75,7 +75,44 @@ static void on_eval_progress(void *ctx, uint64_t done, uint64_t total) {
     cli_progress_update(&ep->bar, (double)(done * (uint64_t)ep->seq), NULL);
 }
 
-int cmd_eval(int argc, char **argv) {
+typedef struct {
+    const char *model_path, *data_dir, *split, *tokens_path;
+    uint64_t max_windows;
+    int batch, seq, threads;
+    bool json;
+    retro_db_cli rdb;
+    char buf[4096];
+} eval_args;
+
+static int parse_option(eval_args *a, int c, char **argv) {
+    switch (c) {
+    case OPT_MODEL: a->model_path = optarg; return 0;
+    case OPT_DATA: a->data_dir = optarg; return 0;
+    case OPT_SPLIT:
+        if (strcmp(optarg, "val") && strcmp(optarg, "train"))
+            return cli_usage_error(CMD, "--split: '%s' is not val or train", optarg);
+        a->split = optarg;
+        return 0;
+    case OPT_TOKENS: a->tokens_path = optarg; return 0;
+    case OPT_WINDOWS: return cli_u64_option(CMD, "--windows", optarg, &a->max_windows);
+    case OPT_BATCH:
+        if (!cli_parse_int(optarg, 1, 1 << 16, &a->batch))
+            return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
+        return 0;
+    case OPT_SEQ:
+        if (!cli_parse_int(optarg, 1, 1 << 16, &a->seq))
+            return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
+        return 0;
+    case OPT_JSON: a->json = true; return 0;
+    case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
+    }
+    const int r = retro_db_cli_option(&a->rdb, CMD, c, optarg);
+    return r < 0 ? cli_bad_option(CMD, c, argv) : r;
+}
+
+/* The command line into a; 0, -1 after --help, or the exit status of bad usage. Also
+ * checks the input files. */
+static int parse_args(int argc, char **argv, eval_args *a) {
     static const struct option LONG[] = {
         {"model", required_argument, NULL, OPT_MODEL},
         {"data", required_argument, NULL, OPT_DATA},
@@ -90,153 +127,139 @@ int cmd_eval(int argc, char **argv) {
         RETRO_EVAL_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *model_path = NULL, *data_dir = NULL, *split = NULL, *tokens_path = NULL;
-    uint64_t max_windows = 0;
-    int batch = 8, seq = 0, threads = 0;
-    bool json = false;
-    retro_db_cli rdb = {0};
+    const retro_db_cli *rdb = &a->rdb;
     int c;
     cli_opt_start();
     while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        switch (c) {
-        case CLI_HELP: return 0;
-        case OPT_MODEL: model_path = optarg; break;
-        case OPT_DATA: data_dir = optarg; break;
-        case OPT_SPLIT:
-            if (strcmp(optarg, "val") && strcmp(optarg, "train"))
-                return cli_usage_error(CMD, "--split: '%s' is not val or train", optarg);
-            split = optarg;
-            break;
-        case OPT_TOKENS: tokens_path = optarg; break;
-        case OPT_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--windows", optarg, &max_windows)); break;
-        case OPT_BATCH:
-            if (!cli_parse_int(optarg, 1, 1 << 16, &batch))
-                return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
-            break;
-        case OPT_SEQ:
-            if (!cli_parse_int(optarg, 1, 1 << 16, &seq))
-                return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
-            break;
-        case OPT_JSON: json = true; break;
-        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
-        default:
-        {
-            const int r = retro_db_cli_option(&rdb, CMD, c, optarg);
-            if (r) return r < 0 ? cli_bad_option(CMD, c, argv) : r;
-        }
-        }
+        if (c == CLI_HELP) return -1;
+        CLI_CHECK(parse_option(a, c, argv));
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
-    if (rdb.own_doc && !rdb.dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
-    if (rdb.on_demand && !rdb.dir) return cli_usage_error(CMD, "--neighbours-on-demand needs --db DIR");
-    if ((rdb.leakage || rdb.baseline || rdb.leak_k) && !rdb.dir) return cli_usage_error(CMD, "--leakage needs --db DIR");
-    if ((rdb.baseline || rdb.leak_k) && !rdb.leakage)
+    if (!a->model_path) return cli_usage_error(CMD, "--model PATH is required");
+    if (rdb->own_doc && !rdb->dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
+    if (rdb->on_demand && !rdb->dir) return cli_usage_error(CMD, "--neighbours-on-demand needs --db DIR");
+    if ((rdb->leakage || rdb->baseline || rdb->leak_k) && !rdb->dir)
+        return cli_usage_error(CMD, "--leakage needs --db DIR");
+    if ((rdb->baseline || rdb->leak_k) && !rdb->leakage)
         return cli_usage_error(CMD, "--baseline and --leakage-neighbours go with --leakage");
-    if (tokens_path && (data_dir || split)) return cli_usage_error(CMD, "give either --data/--split or --tokens");
-    char buf[4096];
-    if (!tokens_path) {
-        snprintf(buf, sizeof buf, "%s/%s.bin", data_dir ? data_dir : "data/default", split ? split : "val");
-        tokens_path = buf;
+    if (a->tokens_path && (a->data_dir || a->split))
+        return cli_usage_error(CMD, "give either --data/--split or --tokens");
+    if (!a->tokens_path) {
+        snprintf(a->buf, sizeof a->buf, "%s/%s.bin", a->data_dir ? a->data_dir : "data/default",
+                 a->split ? a->split : "val");
+        a->tokens_path = a->buf;
     }
-    int rc;
-    if ((rc = cli_check_input(CMD, model_path, NULL))) return rc;
-    if ((rc = cli_check_input(CMD, tokens_path, data_dir || !strstr(tokens_path, "data/default/")
-                                                    ? NULL
-                                                    : "prepare it with 'joule data prepare --preset default'")))
-        return rc;
+    CLI_CHECK(cli_check_input(CMD, a->model_path, NULL));
+    return cli_check_input(CMD, a->tokens_path, a->data_dir || !strstr(a->tokens_path, "data/default/")
+                                                     ? NULL
+                                                     : "prepare it with 'joule data prepare --preset default'");
+}
 
-    joule_model *m = NULL;
-    joule_tokens t = {0};
-    bool t_open = false;
-    int ret = 0, st;
-    if ((st = joule_checkpoint_load(&m, model_path, NULL))) return cli_fail(CMD, st);
-    if (!seq) seq = m->cfg.ctx;
-    if (seq > m->cfg.ctx) {
-        ret = cli_usage_error(CMD, "--seq %d is longer than the model's context %d", seq, m->cfg.ctx);
-        goto done;
-    }
-    if ((st = joule_tokens_open(&t, tokens_path))) {
-        ret = cli_fail(CMD, st);
-        goto done;
-    }
-    t_open = true;
-    uint64_t nw = joule_eval_windows(&t, seq);
-    if (max_windows && nw > max_windows) nw = max_windows;
-    if (nw == 0) {
-        fprintf(stderr, "joule %s: %s: %" PRIu64 " tokens is too short for one window of %d\n", CMD, tokens_path,
-                t.n_tokens, seq);
-        ret = EXIT_USAGE;
-        goto done;
-    }
-    cli_setup_threads(threads);
-    if ((st = joule_model_alloc_train(m, batch))) {
-        ret = cli_fail(CMD, st);
-        goto done;
-    }
-    if (rdb.dir) {
-        ret = retro_cli_eval(CMD, m, &t, &rdb, seq, batch, nw, json, model_path);
-        goto done;
-    }
-
-    const double peak = cli_peak_flops();
-    cli_energy energy;
-    cli_energy_begin(&energy, "eval");
-    eval_progress ep = {.seq = seq};
-    cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)seq));
+/* The measurement the report prints. */
+typedef struct {
     joule_eval_result r;
-    if ((st = joule_evaluate(m, &t, seq, batch, nw, &r, on_eval_progress, &ep))) {
-        if (ep.bar.tty && ep.bar.printed) fputc('\n', stderr);
-        joule_energy_close(&energy.meters);
-        ret = cli_fail(CMD, st);
-        goto done;
-    }
-    if (ep.bar.printed) cli_progress_finish(&ep.bar, (double)r.tokens, NULL);
-    double wall = r.wall_s, loss = r.loss, bpb = r.bpb;
-    uint64_t tokens = r.tokens, flops = r.flops;
-    double tps = wall > 0 ? (double)tokens / wall : 0;
-    const double analytic = (double)nw * (double)joule_model_forward_flops(&m->cfg, 1, seq);
+    uint64_t nw;     /* windows */
+    double analytic; /* forward FLOPs */
+    double peak;     /* FLOP/s */
+} eval_run;
+
+static void report_json(const eval_args *a, const joule_model *m, const eval_run *e, cli_energy *energy) {
+    const joule_eval_result *r = &e->r;
+    double tps = r->wall_s > 0 ? (double)r->tokens / r->wall_s : 0;
     joule_energy_report er;
     memset(&er, 0, sizeof er);
-    if (json) {
-        cli_energy_end(&energy, tokens, 0, true, &er);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "model", model_path);
-        cJSON_AddStringToObject(o, "tokens_file", tokens_path);
-        cJSON_AddNumberToObject(o, "loss", loss);
-        cJSON_AddNumberToObject(o, "bpb", bpb);
-        cJSON_AddNumberToObject(o, "tokens", (double)tokens);
-        cJSON_AddNumberToObject(o, "windows", (double)nw);
-        cJSON_AddNumberToObject(o, "seq", seq);
-        cJSON_AddNumberToObject(o, "batch", batch);
-        cJSON_AddNumberToObject(o, "flops", (double)flops);
-        cJSON_AddNumberToObject(o, "flops_analytic", analytic);
-        cJSON_AddNumberToObject(o, "peak_gflops", peak / 1e9);
-        cJSON_AddNumberToObject(o, "mfu", wall > 0 && peak > 0 ? analytic / wall / peak : 0);
-        cJSON_AddNumberToObject(o, "energy_j", er.joules);
-        cJSON_AddStringToObject(o, "energy_method", er.method[0] ? er.method : "none");
-        cJSON_AddNumberToObject(o, "J_per_token", tokens ? er.joules / (double)tokens : 0);
-        cJSON_AddNumberToObject(o, "wall_s", wall);
-        cJSON_AddNumberToObject(o, "tokens_per_s", tps);
-        cJSON_AddNumberToObject(o, "threads", joule_get_threads());
-        cli_moe_eval_report(m, o);
-        cli_print_json(o);
-    } else {
-        char b[32];
-        printf("model:  %s\n", model_path);
-        printf("data:   %s (%" PRIu64 " windows of %d tokens%s)\n", tokens_path, nw, seq,
-               max_windows && nw == max_windows ? ", limited by --windows" : "");
-        printf("loss:   %.4f nats/token\n", loss);
-        printf("bpb:    %.4f bits/byte\n", bpb);
-        printf("tokens: %" PRIu64 "\n", tokens);
-        printf("FLOPs:  %.3g counted, %.3g analytic (forward)\n", (double)flops, analytic);
-        printf("time:   %.2fs (%s tok/s, %d threads)\n", wall, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
-        cli_print_mfu(stdout, analytic, (double)flops, wall, peak);
-        cli_energy_end(&energy, tokens, 0, false, &er);
-        cli_moe_eval_report(m, NULL);
+    cli_energy_end(energy, r->tokens, 0, true, &er);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", a->model_path);
+    cJSON_AddStringToObject(o, "tokens_file", a->tokens_path);
+    cJSON_AddNumberToObject(o, "loss", r->loss);
+    cJSON_AddNumberToObject(o, "bpb", r->bpb);
+    cJSON_AddNumberToObject(o, "tokens", (double)r->tokens);
+    cJSON_AddNumberToObject(o, "windows", (double)e->nw);
+    cJSON_AddNumberToObject(o, "seq", a->seq);
+    cJSON_AddNumberToObject(o, "batch", a->batch);
+    cJSON_AddNumberToObject(o, "flops", (double)r->flops);
+    cJSON_AddNumberToObject(o, "flops_analytic", e->analytic);
+    cJSON_AddNumberToObject(o, "peak_gflops", e->peak / 1e9);
+    cJSON_AddNumberToObject(o, "mfu", r->wall_s > 0 && e->peak > 0 ? e->analytic / r->wall_s / e->peak : 0);
+    cJSON_AddNumberToObject(o, "energy_j", er.joules);
+    cJSON_AddStringToObject(o, "energy_method", er.method[0] ? er.method : "none");
+    cJSON_AddNumberToObject(o, "J_per_token", r->tokens ? er.joules / (double)r->tokens : 0);
+    cJSON_AddNumberToObject(o, "wall_s", r->wall_s);
+    cJSON_AddNumberToObject(o, "tokens_per_s", tps);
+    cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+    cli_moe_eval_report(m, o);
+    cli_print_json(o);
+}
+
+static void report_text(const eval_args *a, const joule_model *m, const eval_run *e, cli_energy *energy) {
+    const joule_eval_result *r = &e->r;
+    double tps = r->wall_s > 0 ? (double)r->tokens / r->wall_s : 0;
+    char b[32];
+    printf("model:  %s\n", a->model_path);
+    printf("data:   %s (%" PRIu64 " windows of %d tokens%s)\n", a->tokens_path, e->nw, a->seq,
+           a->max_windows && e->nw == a->max_windows ? ", limited by --windows" : "");
+    printf("loss:   %.4f nats/token\n", r->loss);
+    printf("bpb:    %.4f bits/byte\n", r->bpb);
+    printf("tokens: %" PRIu64 "\n", r->tokens);
+    printf("FLOPs:  %.3g counted, %.3g analytic (forward)\n", (double)r->flops, e->analytic);
+    printf("time:   %.2fs (%s tok/s, %d threads)\n", r->wall_s, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
+    cli_print_mfu(stdout, e->analytic, (double)r->flops, r->wall_s, e->peak);
+    joule_energy_report er;
+    memset(&er, 0, sizeof er);
+    cli_energy_end(energy, r->tokens, 0, false, &er);
+    cli_moe_eval_report(m, NULL);
+}
+
+/* The evaluation of nw windows of t, timed and metered, then its report. */
+static int evaluate(const eval_args *a, joule_model *m, joule_tokens *t, uint64_t nw) {
+    eval_run e = {.nw = nw, .peak = cli_peak_flops()};
+    cli_energy energy;
+    cli_energy_begin(&energy, "eval");
+    eval_progress ep = {.seq = a->seq};
+    cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)a->seq));
+    int st = joule_evaluate(m, t, a->seq, a->batch, nw, &e.r, on_eval_progress, &ep);
+    if (st) {
+        if (ep.bar.tty && ep.bar.printed) fputc('\n', stderr);
+        joule_energy_close(&energy.meters);
+        return cli_fail(CMD, st);
     }
-done:
-    if (t_open) joule_tokens_close(&t);
+    if (ep.bar.printed) cli_progress_finish(&ep.bar, (double)e.r.tokens, NULL);
+    e.analytic = (double)nw * (double)joule_model_forward_flops(&m->cfg, 1, a->seq);
+    if (a->json) report_json(a, m, &e, &energy);
+    else report_text(a, m, &e, &energy);
+    return 0;
+}
+
+/* The windows to score (nw), the model's buffers, then RETRO's evaluation or evaluate. */
+static int run(eval_args *a, joule_model *m, joule_tokens *t) {
+    if (!a->seq) a->seq = m->cfg.ctx;
+    if (a->seq > m->cfg.ctx)
+        return cli_usage_error(CMD, "--seq %d is longer than the model's context %d", a->seq, m->cfg.ctx);
+    int st = joule_tokens_open(t, a->tokens_path);
+    if (st) return cli_fail(CMD, st);
+    uint64_t nw = joule_eval_windows(t, a->seq);
+    if (a->max_windows && nw > a->max_windows) nw = a->max_windows;
+    if (nw == 0) {
+        fprintf(stderr, "joule %s: %s: %" PRIu64 " tokens is too short for one window of %d\n", CMD, a->tokens_path,
+                t->n_tokens, a->seq);
+        return EXIT_USAGE;
+    }
+    cli_setup_threads(a->threads);
+    if ((st = joule_model_alloc_train(m, a->batch))) return cli_fail(CMD, st);
+    if (a->rdb.dir) return retro_cli_eval(CMD, m, t, &a->rdb, a->seq, a->batch, nw, a->json, a->model_path);
+    return evaluate(a, m, t, nw);
+}
+
+int cmd_eval(int argc, char **argv) {
+    eval_args a = {.batch = 8};
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    joule_model *m = NULL;
+    if ((rc = joule_checkpoint_load(&m, a.model_path, NULL))) return cli_fail(CMD, rc);
+    joule_tokens t = {0};
+    rc = run(&a, m, &t);
+    joule_tokens_close(&t); /* safe on a zeroed or failed one */
     joule_model_free(m);
-    return ret;
+    return rc;
 }

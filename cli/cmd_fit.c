@@ -340,182 +340,228 @@ static int write_text(const char *path, const char *text) {
     return 0;
 }
 
-int cmd_fit(int argc, char **argv) {
-    fit_args a = {NULL, NULL, NULL, 0, 200, 1, JOULE_FIT_DELTA, 0.95, 0, 0, 0, 0, false, false};
-    int prc = parse_args(argc, argv, &a);
-    if (prc) return prc < 0 ? 0 : prc;
-    if (cli_check_input(CMD, a.runs, NULL)) return EXIT_USAGE;
-    joule_run *all, *runs;
-    size_t n_all, n;
-    int rc = joule_runs_load(a.runs, &all, &n_all);
-    if (rc) return cli_fail(CMD, rc);
-    rc = joule_runs_drop_highest_loss(all, n_all, (size_t)a.drop, &runs, &n);
-    free(all);
-    if (rc) return cli_usage_error(CMD, "--drop-highest: %s", joule_last_error());
-    bool nd = true;
-    for (size_t i = 0; i < n; i++)
-        nd &= runs[i].N > 0 && runs[i].D > 0;
-    if (a.budget > 0 && !nd) {
-        free(runs);
-        return cli_usage_error(CMD, "--budget needs N and D for every run (%s)", a.runs);
-    }
-    fits f;
-    cli_progress bar;
-    const double total_fits = (nd ? 2.0 : 1.0) * a.boot;
-    cli_progress_start(&bar, "bootstrap", "fit", total_fits);
-    rc = fit_all(&a, runs, n, nd, &f, &bar);
-    if (bar.printed) cli_progress_finish(&bar, total_fits, NULL);
-    double *x = malloc((size_t)(a.boot > 0 ? a.boot : 1) * sizeof *x);
-    bool *held = calloc(n, sizeof *held);
-    cJSON *o = cJSON_CreateObject();
-    if (!rc && (!x || !held || !o)) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    if (rc) {
-        free(runs), free(x), free(held), cJSON_Delete(o), free_fits(&f);
-        return cli_fail(CMD, rc);
-    }
-    const double lv = a.level;
-    cJSON_AddStringToObject(o, "runs_file", a.runs);
-    cJSON_AddNumberToObject(o, "runs", (double)n);
-    cJSON_AddNumberToObject(o, "dropped_highest_loss", a.drop);
-    cJSON_AddNumberToObject(o, "huber_delta", a.delta);
-    cJSON_AddNumberToObject(o, "bootstrap", a.boot);
-    cJSON_AddNumberToObject(o, "seed", (double)a.seed);
-    cJSON_AddNumberToObject(o, "level", lv);
-    cJSON *po = cJSON_AddObjectToObject(o, "power_law");
+/* What a fit reports, into the JSON object and (unless --json) as text. */
+typedef struct {
+    const fit_args *a;
+    fits *f;
+    cJSON *o;
+    double *x; /* scratch of the bootstrap intervals */
+    bool text;
+} fit_out;
+
+static void report_power(const fit_out *r, size_t n) {
+    const fit_args *a = r->a;
+    fits *f = r->f;
+    const double lv = a->level;
+    cJSON_AddStringToObject(r->o, "runs_file", a->runs);
+    cJSON_AddNumberToObject(r->o, "runs", (double)n);
+    cJSON_AddNumberToObject(r->o, "dropped_highest_loss", a->drop);
+    cJSON_AddNumberToObject(r->o, "huber_delta", a->delta);
+    cJSON_AddNumberToObject(r->o, "bootstrap", a->boot);
+    cJSON_AddNumberToObject(r->o, "seed", (double)a->seed);
+    cJSON_AddNumberToObject(r->o, "level", lv);
+    cJSON *po = cJSON_AddObjectToObject(r->o, "power_law");
     cJSON_AddStringToObject(po, "form", "L = a C^b + c");
-    add_iv(po, "a", f.pow.a, pow_iv(&f, p_a, NULL, lv, x));
-    add_iv(po, "b", f.pow.b, pow_iv(&f, p_b, NULL, lv, x));
-    add_iv(po, "c", f.pow.c, pow_iv(&f, p_c, NULL, lv, x));
-    cJSON_AddNumberToObject(po, "objective", f.pow.objective);
-    if (!a.json) {
-        printf("%zu runs from %s%s; Huber delta %g; %d bootstrap resamples (seed %llu)\n", n, a.runs,
-               a.drop ? " (highest-loss runs dropped)" : "", a.delta, a.boot, (unsigned long long)a.seed);
-        printf("L(C) = a C^b + c   objective %.6g\n", f.pow.objective);
-        print_iv("a", f.pow.a, pow_iv(&f, p_a, NULL, lv, x), lv);
-        print_iv("b", f.pow.b, pow_iv(&f, p_b, NULL, lv, x), lv);
-        print_iv("c", f.pow.c, pow_iv(&f, p_c, NULL, lv, x), lv);
+    add_iv(po, "a", f->pow.a, pow_iv(f, p_a, NULL, lv, r->x));
+    add_iv(po, "b", f->pow.b, pow_iv(f, p_b, NULL, lv, r->x));
+    add_iv(po, "c", f->pow.c, pow_iv(f, p_c, NULL, lv, r->x));
+    cJSON_AddNumberToObject(po, "objective", f->pow.objective);
+    if (!r->text) return;
+    printf("%zu runs from %s%s; Huber delta %g; %d bootstrap resamples (seed %llu)\n", n, a->runs,
+           a->drop ? " (highest-loss runs dropped)" : "", a->delta, a->boot, (unsigned long long)a->seed);
+    printf("L(C) = a C^b + c   objective %.6g\n", f->pow.objective);
+    print_iv("a", f->pow.a, pow_iv(f, p_a, NULL, lv, r->x), lv);
+    print_iv("b", f->pow.b, pow_iv(f, p_b, NULL, lv, r->x), lv);
+    print_iv("c", f->pow.c, pow_iv(f, p_c, NULL, lv, r->x), lv);
+}
+
+static void report_chinchilla(const fit_out *r) {
+    fits *f = r->f;
+    const double lv = r->a->level;
+    cJSON *co = cJSON_AddObjectToObject(r->o, "chinchilla");
+    cJSON_AddStringToObject(co, "form", "L = E + A/N^alpha + B/D^beta");
+    const struct { const char *name; double v; chin_fn g; } P[] = {
+        {"E", f->chin.E, c_E}, {"A", f->chin.A, c_A}, {"B", f->chin.B, c_B},
+        {"alpha", f->chin.alpha, c_al}, {"beta", f->chin.beta, c_be}};
+    for (int i = 0; i < 5; i++) add_iv(co, P[i].name, P[i].v, chin_iv(f, P[i].g, NULL, lv, r->x));
+    cJSON_AddNumberToObject(co, "objective", f->chin.objective);
+    if (!r->text) return;
+    printf("L(N, D) = E + A/N^alpha + B/D^beta   objective %.6g\n", f->chin.objective);
+    for (int i = 0; i < 5; i++) print_iv(P[i].name, P[i].v, chin_iv(f, P[i].g, NULL, lv, r->x), lv);
+}
+
+/* --predict C: the loss at C on each fit. */
+static void report_prediction(const fit_out *r) {
+    fits *f = r->f;
+    const double lv = r->a->level, *c = &r->a->predict;
+    cJSON *pr = cJSON_AddObjectToObject(r->o, "prediction");
+    cJSON_AddNumberToObject(pr, "C", *c);
+    interval ip = pow_iv(f, p_pred, c, lv, r->x);
+    add_iv(pr, "loss_power", joule_pow_loss(&f->pow, *c), ip);
+    if (r->text) printf("prediction at C = %.4g:\n", *c), print_iv("L(C)", joule_pow_loss(&f->pow, *c), ip, lv);
+    if (f->have_chin) {
+        interval ic = chin_iv(f, c_pred, c, lv, r->x);
+        add_iv(pr, "loss_chinchilla_optimal", c_pred(&f->chin, c), ic);
+        if (r->text) print_iv("L*(C)", c_pred(&f->chin, c), ic, lv);
     }
-    if (f.have_chin) {
-        cJSON *co = cJSON_AddObjectToObject(o, "chinchilla");
-        cJSON_AddStringToObject(co, "form", "L = E + A/N^alpha + B/D^beta");
-        add_iv(co, "E", f.chin.E, chin_iv(&f, c_E, NULL, lv, x));
-        add_iv(co, "A", f.chin.A, chin_iv(&f, c_A, NULL, lv, x));
-        add_iv(co, "B", f.chin.B, chin_iv(&f, c_B, NULL, lv, x));
-        add_iv(co, "alpha", f.chin.alpha, chin_iv(&f, c_al, NULL, lv, x));
-        add_iv(co, "beta", f.chin.beta, chin_iv(&f, c_be, NULL, lv, x));
-        cJSON_AddNumberToObject(co, "objective", f.chin.objective);
-        if (!a.json) {
-            printf("L(N, D) = E + A/N^alpha + B/D^beta   objective %.6g\n", f.chin.objective);
-            print_iv("E", f.chin.E, chin_iv(&f, c_E, NULL, lv, x), lv);
-            print_iv("A", f.chin.A, chin_iv(&f, c_A, NULL, lv, x), lv);
-            print_iv("B", f.chin.B, chin_iv(&f, c_B, NULL, lv, x), lv);
-            print_iv("alpha", f.chin.alpha, chin_iv(&f, c_al, NULL, lv, x), lv);
-            print_iv("beta", f.chin.beta, chin_iv(&f, c_be, NULL, lv, x), lv);
-        }
+}
+
+/* --budget C: the compute-optimal N, D and loss of the Chinchilla fit. */
+static void report_budget(const fit_out *r) {
+    fits *f = r->f;
+    const double lv = r->a->level, *c = &r->a->budget;
+    cJSON *bu = cJSON_AddObjectToObject(r->o, "compute_optimal");
+    cJSON_AddNumberToObject(bu, "C", *c);
+    interval iN = chin_iv(f, c_N, c, lv, r->x);
+    add_iv(bu, "N", c_N(&f->chin, c), iN);
+    interval iD = chin_iv(f, c_D, c, lv, r->x);
+    add_iv(bu, "D", c_D(&f->chin, c), iD);
+    interval iL = chin_iv(f, c_pred, c, lv, r->x);
+    add_iv(bu, "loss", c_pred(&f->chin, c), iL);
+    if (!r->text) return;
+    printf("compute-optimal at C = %.4g (C = 6ND):\n", *c);
+    print_iv("N", c_N(&f->chin, c), iN, lv);
+    print_iv("D", c_D(&f->chin, c), iD, lv);
+    print_iv("loss", c_pred(&f->chin, c), iL, lv);
+}
+
+/* --effective C:L: the dense compute reaching L, and the multiplier over C. */
+static void report_effective(const fit_out *r) {
+    const fit_args *a = r->a;
+    fits *f = r->f;
+    const double lv = a->level;
+    double cl[2] = {a->eff_c, a->eff_l};
+    double cd = joule_pow_compute_for(&f->pow, a->eff_l);
+    interval im = pow_iv(f, p_eff, cl, lv, r->x);
+    cJSON *ef = cJSON_AddObjectToObject(r->o, "effective_compute");
+    cJSON_AddNumberToObject(ef, "C", a->eff_c);
+    cJSON_AddNumberToObject(ef, "loss", a->eff_l);
+    cJSON_AddNumberToObject(ef, "dense_compute", isfinite(cd) ? cd : -1);
+    add_iv(ef, "multiplier", isfinite(cd) ? cd / a->eff_c : -1, im);
+    double cc = f->have_chin ? joule_chin_compute_for(&f->chin, a->eff_l) : NAN;
+    interval ic = f->have_chin ? chin_iv(f, c_eff, cl, lv, r->x) : (interval){NAN, NAN, NAN};
+    if (f->have_chin) {
+        cJSON_AddNumberToObject(ef, "dense_compute_chinchilla_optimal", isfinite(cc) ? cc : -1);
+        add_iv(ef, "multiplier_chinchilla_optimal", isfinite(cc) ? cc / a->eff_c : -1, ic);
     }
-    if (a.predict > 0) {
-        cJSON *pr = cJSON_AddObjectToObject(o, "prediction");
-        cJSON_AddNumberToObject(pr, "C", a.predict);
-        interval ip = pow_iv(&f, p_pred, &a.predict, lv, x);
-        add_iv(pr, "loss_power", joule_pow_loss(&f.pow, a.predict), ip);
-        if (!a.json)
-            printf("prediction at C = %.4g:\n", a.predict), print_iv("L(C)", joule_pow_loss(&f.pow, a.predict), ip, lv);
-        if (f.have_chin) {
-            interval ic = chin_iv(&f, c_pred, &a.predict, lv, x);
-            add_iv(pr, "loss_chinchilla_optimal", c_pred(&f.chin, &a.predict), ic);
-            if (!a.json) print_iv("L*(C)", c_pred(&f.chin, &a.predict), ic, lv);
-        }
+    if (!r->text) return;
+    if (isfinite(cd))
+        printf("effective compute of (C %.4g, loss %.4g): L(C) needs C = %.4g; multiplier %.4g\n", a->eff_c,
+               a->eff_l, cd, cd / a->eff_c);
+    else
+        printf("effective compute: loss %.4g is at or below the L(C) fit's irreducible loss c = %.4g "
+               "(unreachable densely)\n",
+               a->eff_l, f->pow.c);
+    print_iv("multiplier", isfinite(cd) ? cd / a->eff_c : INFINITY, im, lv);
+    if (f->have_chin) {
+        printf("  on the compute-optimal L*(C) of the Chinchilla fit: C = %.4g\n", cc);
+        print_iv("multiplier", isfinite(cc) ? cc / a->eff_c : INFINITY, ic, lv);
     }
-    if (a.budget > 0) {
-        cJSON *bu = cJSON_AddObjectToObject(o, "compute_optimal");
-        cJSON_AddNumberToObject(bu, "C", a.budget);
-        interval iN = chin_iv(&f, c_N, &a.budget, lv, x);
-        add_iv(bu, "N", c_N(&f.chin, &a.budget), iN);
-        interval iD = chin_iv(&f, c_D, &a.budget, lv, x);
-        add_iv(bu, "D", c_D(&f.chin, &a.budget), iD);
-        interval iL = chin_iv(&f, c_pred, &a.budget, lv, x);
-        add_iv(bu, "loss", c_pred(&f.chin, &a.budget), iL);
-        if (!a.json) {
-            printf("compute-optimal at C = %.4g (C = 6ND):\n", a.budget);
-            print_iv("N", c_N(&f.chin, &a.budget), iN, lv);
-            print_iv("D", c_D(&f.chin, &a.budget), iD, lv);
-            print_iv("loss", c_pred(&f.chin, &a.budget), iL, lv);
-        }
-    }
-    if (a.eff_c > 0) {
-        double cl[2] = {a.eff_c, a.eff_l};
-        double cd = joule_pow_compute_for(&f.pow, a.eff_l);
-        interval im = pow_iv(&f, p_eff, cl, lv, x);
-        cJSON *ef = cJSON_AddObjectToObject(o, "effective_compute");
-        cJSON_AddNumberToObject(ef, "C", a.eff_c);
-        cJSON_AddNumberToObject(ef, "loss", a.eff_l);
-        cJSON_AddNumberToObject(ef, "dense_compute", isfinite(cd) ? cd : -1);
-        add_iv(ef, "multiplier", isfinite(cd) ? cd / a.eff_c : -1, im);
-        double cc = f.have_chin ? joule_chin_compute_for(&f.chin, a.eff_l) : NAN;
-        interval ic = f.have_chin ? chin_iv(&f, c_eff, cl, lv, x) : (interval){NAN, NAN, NAN};
-        if (f.have_chin) {
-            cJSON_AddNumberToObject(ef, "dense_compute_chinchilla_optimal", isfinite(cc) ? cc : -1);
-            add_iv(ef, "multiplier_chinchilla_optimal", isfinite(cc) ? cc / a.eff_c : -1, ic);
-        }
-        if (!a.json) {
-            if (isfinite(cd))
-                printf("effective compute of (C %.4g, loss %.4g): L(C) needs C = %.4g; multiplier %.4g\n", a.eff_c,
-                       a.eff_l, cd, cd / a.eff_c);
-            else
-                printf("effective compute: loss %.4g is at or below the L(C) fit's irreducible loss c = %.4g "
-                       "(unreachable densely)\n",
-                       a.eff_l, f.pow.c);
-            print_iv("multiplier", isfinite(cd) ? cd / a.eff_c : INFINITY, im, lv);
-            if (f.have_chin) {
-                printf("  on the compute-optimal L*(C) of the Chinchilla fit: C = %.4g\n", cc);
-                print_iv("multiplier", isfinite(cc) ? cc / a.eff_c : INFINITY, ic, lv);
-            }
-        }
-    }
-    if (a.backtest) {
-        if ((rc = backtest(&a, runs, n, nd, o, held))) {
-            free(runs), free(x), free(held), cJSON_Delete(o), free_fits(&f);
-            return cli_fail(CMD, rc);
-        }
-        if (!a.json) {
-            cJSON *bt = cJSON_GetObjectItem(o, "backtest");
-            printf("backtest: fitted on %d runs below C = %.4g; mean |relative error| on the held-out runs: L(C) %.4g",
-                   (int)cJSON_GetObjectItem(bt, "train_runs")->valuedouble,
-                   cJSON_GetObjectItem(bt, "held_out_compute")->valuedouble,
-                   cJSON_GetObjectItem(bt, "mean_abs_rel_error_power")->valuedouble);
-            if (nd) printf(", L(N, D) %.4g", cJSON_GetObjectItem(bt, "mean_abs_rel_error_chinchilla")->valuedouble);
-            printf("\n");
-        }
-    }
+}
+
+/* --backtest: fitted below the largest compute, the error on the runs held out. */
+static int report_backtest(const fit_out *r, const joule_run *runs, size_t n, bool nd, bool *held) {
+    int rc = backtest(r->a, runs, n, nd, r->o, held);
+    if (rc || !r->text) return rc;
+    cJSON *bt = cJSON_GetObjectItem(r->o, "backtest");
+    printf("backtest: fitted on %d runs below C = %.4g; mean |relative error| on the held-out runs: L(C) %.4g",
+           (int)cJSON_GetObjectItem(bt, "train_runs")->valuedouble,
+           cJSON_GetObjectItem(bt, "held_out_compute")->valuedouble,
+           cJSON_GetObjectItem(bt, "mean_abs_rel_error_power")->valuedouble);
+    if (nd) printf(", L(N, D) %.4g", cJSON_GetObjectItem(bt, "mean_abs_rel_error_chinchilla")->valuedouble);
+    printf("\n");
+    return 0;
+}
+
+/* The JSON (printed with --json, written with --out) and the --svg plot; the exit status. */
+static int write_outputs(const fit_args *a, cJSON *o, const joule_run *runs, size_t n, const bool *held,
+                         const fits *f) {
     char *js = cJSON_PrintUnformatted(o);
     int ret = 0;
     if (!js) ret = cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
-    if (!ret && a.json) printf("%s\n", js);
-    if (!ret && a.out) {
+    if (!ret && a->json) printf("%s\n", js);
+    if (!ret && a->out) {
         size_t len = strlen(js);
         char *withnl = malloc(len + 2);
         if (withnl) {
             memcpy(withnl, js, len);
             memcpy(withnl + len, "\n", 2);
-            ret = write_text(a.out, withnl);
+            ret = write_text(a->out, withnl);
             free(withnl);
         }
-        if (!ret && !a.json) printf("wrote %s\n", a.out);
+        if (!ret && !a->json) printf("wrote %s\n", a->out);
     }
-    if (!ret && a.svg) {
-        fit_plot p = {"joule fit: loss against compute", runs,   n,
-                      a.backtest ? held : NULL,          &f.pow, f.have_chin ? &f.chin : NULL,
-                      fmax(a.predict, a.budget),         f.bpow, f.nb, a.level};
+    if (!ret && a->svg) {
+        fit_plot p = {"joule fit: loss against compute", runs,    n,
+                      a->backtest ? held : NULL,         &f->pow, f->have_chin ? &f->chin : NULL,
+                      fmax(a->predict, a->budget),        f->bpow, f->nb, a->level};
         char *svg = fit_svg(&p);
-        ret = svg ? write_text(a.svg, svg) : cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
+        ret = svg ? write_text(a->svg, svg) : cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
         free(svg);
-        if (!ret && !a.json) printf("wrote %s\n", a.svg);
+        if (!ret && !a->json) printf("wrote %s\n", a->svg);
     }
     free(js);
-    free(runs);
-    free(x);
+    return ret;
+}
+
+/* The runs of --runs, less the --drop-highest; *nd: every run has N and D. Caller frees. */
+static int load_runs(const fit_args *a, joule_run **runs, size_t *n, bool *nd) {
+    if (cli_check_input(CMD, a->runs, NULL)) return EXIT_USAGE;
+    joule_run *all;
+    size_t n_all;
+    int rc = joule_runs_load(a->runs, &all, &n_all);
+    if (rc) return cli_fail(CMD, rc);
+    rc = joule_runs_drop_highest_loss(all, n_all, (size_t)a->drop, runs, n);
+    free(all);
+    if (rc) return cli_usage_error(CMD, "--drop-highest: %s", joule_last_error());
+    *nd = true;
+    for (size_t i = 0; i < *n; i++)
+        *nd &= (*runs)[i].N > 0 && (*runs)[i].D > 0;
+    if (a->budget > 0 && !*nd) {
+        free(*runs);
+        *runs = NULL;
+        return cli_usage_error(CMD, "--budget needs N and D for every run (%s)", a->runs);
+    }
+    return 0;
+}
+
+/* The fits and their bootstrap, then every section the options ask for. */
+static int fit_and_report(const fit_args *a, joule_run *runs, size_t n, bool nd) {
+    fits f;
+    cli_progress bar;
+    const double total_fits = (nd ? 2.0 : 1.0) * a->boot;
+    cli_progress_start(&bar, "bootstrap", "fit", total_fits);
+    int rc = fit_all(a, runs, n, nd, &f, &bar);
+    if (bar.printed) cli_progress_finish(&bar, total_fits, NULL);
+    fit_out r = {a, &f, cJSON_CreateObject(), malloc((size_t)(a->boot > 0 ? a->boot : 1) * sizeof(double)),
+                 !a->json};
+    bool *held = calloc(n, sizeof *held);
+    if (!rc && (!r.x || !held || !r.o)) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        report_power(&r, n);
+        if (f.have_chin) report_chinchilla(&r);
+        if (a->predict > 0) report_prediction(&r);
+        if (a->budget > 0) report_budget(&r);
+        if (a->eff_c > 0) report_effective(&r);
+        if (a->backtest) rc = report_backtest(&r, runs, n, nd, held);
+    }
+    int ret = rc ? cli_fail(CMD, rc) : write_outputs(a, r.o, runs, n, held, &f);
+    free(r.x);
     free(held);
-    cJSON_Delete(o);
+    cJSON_Delete(r.o);
     free_fits(&f);
     return ret;
+}
+
+int cmd_fit(int argc, char **argv) {
+    fit_args a = {NULL, NULL, NULL, 0, 200, 1, JOULE_FIT_DELTA, 0.95, 0, 0, 0, 0, false, false};
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    joule_run *runs = NULL;
+    size_t n;
+    bool nd = true;
+    if ((rc = load_runs(&a, &runs, &n, &nd))) return rc;
+    rc = fit_and_report(&a, runs, n, nd);
+    free(runs);
+    return rc;
 }

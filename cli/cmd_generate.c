@@ -69,7 +69,49 @@ static int on_token(void *ctx, int32_t token) {
     return 0;
 }
 
-int cmd_generate(int argc, char **argv) {
+typedef struct {
+    const char *model_path, *prompt, *prompt_file;
+    size_t n_prompt;
+    char *file_text; /* the --prompt-file's bytes; freed by the command */
+    int n_gen, threads;
+    joule_sampler s;
+    uint64_t seed;
+    bool no_stop, echo;
+    retro_db_cli rdb;
+} gen_args;
+
+static int parse_option(gen_args *a, int c, char **argv) {
+    switch (c) {
+    case OPT_MODEL: a->model_path = optarg; return 0;
+    case OPT_PROMPT: a->prompt = optarg; return 0;
+    case OPT_PROMPT_FILE: a->prompt_file = optarg; return 0;
+    case 'n':
+        if (!cli_parse_int(optarg, 0, INT32_MAX / 2, &a->n_gen))
+            return cli_usage_error(CMD, "-n: '%s' is not a non-negative integer", optarg);
+        return 0;
+    case OPT_TEMP:
+        if (!cli_parse_float(optarg, &a->s.temperature) || a->s.temperature < 0)
+            return cli_usage_error(CMD, "--temperature: '%s' is not a non-negative number", optarg);
+        return 0;
+    case OPT_TOP_K:
+        if (!cli_parse_int(optarg, 0, 1 << 20, &a->s.top_k))
+            return cli_usage_error(CMD, "--top-k: '%s' is not a non-negative integer", optarg);
+        return 0;
+    case OPT_TOP_P:
+        if (!cli_parse_float(optarg, &a->s.top_p) || !(a->s.top_p > 0 && a->s.top_p <= 1))
+            return cli_usage_error(CMD, "--top-p: '%s' is not a number in (0, 1]", optarg);
+        return 0;
+    case OPT_SEED: return cli_u64_option(CMD, "--seed", optarg, &a->seed);
+    case OPT_NO_STOP: a->no_stop = true; return 0;
+    case OPT_NO_ECHO: a->echo = false; return 0;
+    case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
+    }
+    const int r = retro_db_cli_option(&a->rdb, CMD, c, optarg);
+    return r < 0 ? cli_bad_option(CMD, c, argv) : r;
+}
+
+/* The command line into a, the prompt read; 0, -1 after --help, or an exit status. */
+static int parse_args(int argc, char **argv, gen_args *a) {
     static const struct option LONG[] = {
         {"model", required_argument, NULL, OPT_MODEL},
         {"prompt", required_argument, NULL, OPT_PROMPT},
@@ -86,113 +128,81 @@ int cmd_generate(int argc, char **argv) {
         RETRO_DB_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    const char *model_path = NULL, *prompt = NULL, *prompt_file = NULL;
-    int n_gen = 200, threads = 0;
-    joule_sampler s = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f};
-    uint64_t seed = 1;
-    bool no_stop = false, echo = true;
-    retro_db_cli rdb = {0};
     int c;
     cli_opt_start();
     while ((c = cli_getopt(argc, argv, ":hn:", LONG, USAGE)) != -1) {
-        switch (c) {
-        case CLI_HELP: return 0;
-        case OPT_MODEL: model_path = optarg; break;
-        case OPT_PROMPT: prompt = optarg; break;
-        case OPT_PROMPT_FILE: prompt_file = optarg; break;
-        case 'n':
-            if (!cli_parse_int(optarg, 0, INT32_MAX / 2, &n_gen))
-                return cli_usage_error(CMD, "-n: '%s' is not a non-negative integer", optarg);
-            break;
-        case OPT_TEMP:
-            if (!cli_parse_float(optarg, &s.temperature) || s.temperature < 0)
-                return cli_usage_error(CMD, "--temperature: '%s' is not a non-negative number", optarg);
-            break;
-        case OPT_TOP_K:
-            if (!cli_parse_int(optarg, 0, 1 << 20, &s.top_k))
-                return cli_usage_error(CMD, "--top-k: '%s' is not a non-negative integer", optarg);
-            break;
-        case OPT_TOP_P:
-            if (!cli_parse_float(optarg, &s.top_p) || !(s.top_p > 0 && s.top_p <= 1))
-                return cli_usage_error(CMD, "--top-p: '%s' is not a number in (0, 1]", optarg);
-            break;
-        case OPT_SEED: CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &seed)); break;
-        case OPT_NO_STOP: no_stop = true; break;
-        case OPT_NO_ECHO: echo = false; break;
-        case OPT_THREADS: CLI_CHECK(cli_int_option(CMD, "--threads", optarg, 0, 4096, &threads)); break;
-        default:
-        {
-            const int r = retro_db_cli_option(&rdb, CMD, c, optarg);
-            if (r) return r < 0 ? cli_bad_option(CMD, c, argv) : r;
-        }
-        }
+        if (c == CLI_HELP) return -1;
+        CLI_CHECK(parse_option(a, c, argv));
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (!model_path) return cli_usage_error(CMD, "--model PATH is required");
-    if (prompt && prompt_file) return cli_usage_error(CMD, "give either --prompt or --prompt-file");
-    int rc;
-    if ((rc = cli_check_input(CMD, model_path, NULL))) return rc;
-    char *file_text = NULL;
-    size_t n_prompt = prompt ? strlen(prompt) : 0;
-    if (prompt_file) {
-        if ((rc = cli_check_input(CMD, prompt_file, NULL))) return rc;
-        file_text = cli_read_file(prompt_file, &n_prompt);
-        if (!file_text) {
-            fprintf(stderr, "joule %s: %s: %s\n", CMD, prompt_file, strerror(errno));
+    if (!a->model_path) return cli_usage_error(CMD, "--model PATH is required");
+    if (a->prompt && a->prompt_file) return cli_usage_error(CMD, "give either --prompt or --prompt-file");
+    CLI_CHECK(cli_check_input(CMD, a->model_path, NULL));
+    a->n_prompt = a->prompt ? strlen(a->prompt) : 0;
+    if (a->prompt_file) {
+        CLI_CHECK(cli_check_input(CMD, a->prompt_file, NULL));
+        a->file_text = cli_read_file(a->prompt_file, &a->n_prompt);
+        if (!a->file_text) {
+            fprintf(stderr, "joule %s: %s: %s\n", CMD, a->prompt_file, strerror(errno));
             return EXIT_RUNTIME;
         }
-        prompt = file_text;
+        a->prompt = a->file_text;
     }
-    if (n_prompt > INT32_MAX / 2) {
-        free(file_text);
-        return cli_usage_error(CMD, "the prompt is too long (%zu bytes)", n_prompt);
-    }
+    if (a->n_prompt > INT32_MAX / 2) return cli_usage_error(CMD, "the prompt is too long (%zu bytes)", a->n_prompt);
+    return 0;
+}
 
-    joule_model *m = NULL;
-    int st = joule_checkpoint_load(&m, model_path, NULL);
-    if (st) {
-        free(file_text);
-        return cli_fail(CMD, st);
-    }
-    cli_setup_threads(threads);
-    struct joule_retro_db *db = NULL;
-    if (rdb.dir && (rc = retro_cli_open_db(CMD, m, rdb.dir, rdb.allow_mismatch, &db))) {
-        joule_model_free(m);
-        free(file_text);
-        return rc;
-    }
+/* Samples from m (with retrieval from db when open), the prompt echoed first; the speed
+ * and retrieval share to stderr. */
+static int generate(const gen_args *a, joule_model *m, struct joule_retro_db *db) {
+    const char *prompt = a->prompt;
+    const size_t n_prompt = a->n_prompt;
     joule_retro_gen_stats rs;
-    if (echo && n_prompt) {
+    if (a->echo && n_prompt) {
         fwrite(prompt, 1, n_prompt, stdout);
         fflush(stdout);
     }
-    gen_state g = {.stop_at_eod = !no_stop, .n = 0, .last = n_prompt ? (unsigned char)prompt[n_prompt - 1] : '\n'};
-    if (!echo) g.last = '\n';
+    gen_state g = {.stop_at_eod = !a->no_stop, .n = 0, .last = n_prompt ? (unsigned char)prompt[n_prompt - 1] : '\n'};
+    if (!a->echo) g.last = '\n';
     cli_energy energy;
     cli_energy_begin(&energy, "generate");
     double t0 = joule_now();
+    int st;
     if (db)
-        st = joule_retro_generate(m, db, (const uint8_t *)prompt, (int)n_prompt, 0, n_gen, &s, seed, on_token, &g, &rs);
+        st = joule_retro_generate(m, db, (const uint8_t *)prompt, (int)n_prompt, 0, a->n_gen, &a->s, a->seed,
+                                  on_token, &g, &rs);
     else
-        st = joule_generate(m, (const uint8_t *)prompt, (int)n_prompt, n_gen, &s, seed, on_token, &g);
+        st = joule_generate(m, (const uint8_t *)prompt, (int)n_prompt, a->n_gen, &a->s, a->seed, on_token, &g);
     double dt = joule_now() - t0;
-    int ret = 0;
-    if ((echo && n_prompt) || g.n) {
+    if ((a->echo && n_prompt) || g.n) {
         if (g.last != '\n') fputc('\n', stdout);
         fflush(stdout);
     }
     if (st) {
         joule_energy_close(&energy.meters);
-        ret = cli_fail(CMD, st);
-    } else {
-        fprintf(stderr, "(%" PRIu64 " tokens, %.1f tok/s)\n", g.n, dt > 0 ? (double)g.n / dt : 0.0);
-        if (db)
-            fprintf(stderr, "(retrieval: %" PRIu64 " searches, %.2f ms, %.1f%% of generation time)\n", rs.retrievals,
-                    1e3 * rs.retrieval_s, rs.total_s > 0 ? 100.0 * rs.retrieval_s / rs.total_s : 0.0);
-        cli_energy_end(&energy, g.n, 1, true, NULL);
+        return cli_fail(CMD, st);
+    }
+    fprintf(stderr, "(%" PRIu64 " tokens, %.1f tok/s)\n", g.n, dt > 0 ? (double)g.n / dt : 0.0);
+    if (db)
+        fprintf(stderr, "(retrieval: %" PRIu64 " searches, %.2f ms, %.1f%% of generation time)\n", rs.retrievals,
+                1e3 * rs.retrieval_s, rs.total_s > 0 ? 100.0 * rs.retrieval_s / rs.total_s : 0.0);
+    cli_energy_end(&energy, g.n, 1, true, NULL);
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+    gen_args a = {.n_gen = 200, .s = {.temperature = 0.8f, .top_k = 0, .top_p = 0.95f}, .seed = 1, .echo = true};
+    int rc = parse_args(argc, argv, &a);
+    joule_model *m = NULL;
+    struct joule_retro_db *db = NULL;
+    if (!rc && (rc = joule_checkpoint_load(&m, a.model_path, NULL))) rc = cli_fail(CMD, rc);
+    if (!rc) {
+        cli_setup_threads(a.threads);
+        if (!(a.rdb.dir && (rc = retro_cli_open_db(CMD, m, a.rdb.dir, a.rdb.allow_mismatch, &db))))
+            rc = generate(&a, m, db);
     }
     joule_db_close(db);
     joule_model_free(m);
-    free(file_text);
-    return ret;
+    free(a.file_text);
+    return rc < 0 ? 0 : rc;
 }

@@ -1,5 +1,4 @@
 /* joule train — train a model under a step, token or FLOP budget. */
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -158,7 +157,7 @@ static void on_signal(int sig) {
 
 typedef struct {
     cli_progress bar;
-    uint64_t start_step;
+    uint64_t start_step, start_tokens, start_flops; /* where this call began */
     bool resumed;
     double val_bpb;
     uint64_t val_step;
@@ -204,27 +203,9 @@ static const char *sci(char *buf, size_t n, double v) {
     return buf;
 }
 
-/* A number field of the saved training options (checkpoint metadata, so untrusted): left
- * as it is when absent; 0, or EXIT_USAGE after one line when it is outside [lo, hi]. */
-static int saved_num(const cJSON *o, const char *key, double lo, double hi, double *out, const char *path) {
-    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    if (!v) return 0;
-    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) {
-        return cli_error(EXIT_USAGE, CMD, "%s: saved option '%s' is not a number in [%g, %g]", path, key, lo, hi);
-    }
-    *out = v->valuedouble;
-    return 0;
-}
-
-/* The same for a whole number. */
-static int saved_int(const cJSON *o, const char *key, int lo, int hi, int *out, const char *path) {
-    double v = *out;
-    int rc = saved_num(o, key, lo, hi, &v, path);
-    if (!rc && v != floor(v)) {
-        return cli_error(EXIT_USAGE, CMD, "%s: saved option '%s' is not a whole number", path, key);
-    }
-    if (!rc) *out = (int)v;
-    return rc;
+/* Analytic FLOPs of one training step: 3 x the forward of each micro-batch. */
+static double step_flops(const joule_config *c, const joule_train_opts *o) {
+    return 3.0 * (double)joule_model_forward_flops(c, o->batch, o->seq) * o->accum;
 }
 
 static char *layer_summary(const joule_config *c) {
@@ -250,316 +231,241 @@ static int check_outputs(const char *out, const char *optim_path, const char *lo
     return rc;
 }
 
+/* The command line: training options parsed straight into o, the rest beside them. */
+typedef struct {
+    joule_train_opts o;
+    unsigned given;      /* JOULE_TRAIN_GIVEN_* of the options given (the rest may come from a resume) */
+    int n_budgets;
+    /* model */
+    const char *config_path;
+    int sizes[5];        /* layers, d_model, heads, d_ff, ctx */
+    unsigned sizes_set;  /* bit i: sizes[i] given */
+    bool untied, arch_given;
+    cli_moe_opts moe;
+    retro_train_cli rt;
+    /* data and output */
+    const char *data_dir, *log_opt;
+    char train_buf[4096], val_buf[4096];
+    bool no_log;
+    int threads;
+} train_args;
+
+enum { SIZE_LAYERS, SIZE_D_MODEL, SIZE_HEADS, SIZE_D_FF, SIZE_CTX };
+
+static void args_init(train_args *a) {
+    memset(a, 0, sizeof *a);
+    joule_train_opts_init(&a->o);
+    a->o.out_path = "runs/model.safetensors";
+    a->o.interrupt = &g_interrupt;
+    int sizes[5] = {DEF_LAYERS, DEF_D_MODEL, DEF_HEADS, DEF_D_FF, DEF_CTX};
+    memcpy(a->sizes, sizes, sizeof sizes);
+    retro_train_cli_init(&a->rt);
+}
+
+static bool model_flags(const train_args *a) {
+    return a->config_path || a->sizes_set || a->untied || cli_moe_any(&a->moe);
+}
+
 #define INT_OPT(var, lo, hi, name) CLI_CHECK(cli_int_option(CMD, name, optarg, lo, hi, &(var)))
 
-int cmd_train(int argc, char **argv) {
-    /* model */
-    const char *config_path = NULL;
-    int layers = DEF_LAYERS, d_model = DEF_D_MODEL, heads = DEF_HEADS, d_ff = DEF_D_FF, ctx = DEF_CTX;
-    bool layers_set = false, d_model_set = false, heads_set = false, d_ff_set = false, ctx_set = false;
-    bool untied = false;
-    /* data and output */
-    const char *data_dir = NULL, *train_path = NULL, *val_path = NULL;
-    const char *out = "runs/model.safetensors", *log_opt = NULL;
-    bool no_log = false, resume = false;
-    int save_every = 0;
-    uint64_t stop_after = 0;
-    /* budget */
-    uint64_t steps = 0, tokens = 0;
-    double flops = 0;
-    int n_budgets = 0;
-    /* optimisation */
-    int batch = 8, accum = 1, seq = 0, warmup = -1, eval_every = 100, threads = 0;
-    bool batch_set = false, accum_set = false, seq_set = false, seed_set = false;
-    double lr = 1e-3, min_lr = -1, wd = 0.1, clip = 1.0;
-    bool lr_set = false, wd_set = false, clip_set = false;
-    uint64_t seed = 1, eval_windows = 64;
-    cli_moe_opts moe_opts;
-    memset(&moe_opts, 0, sizeof moe_opts);
-    retro_train_cli rt;
-    retro_train_cli_init(&rt);
-    bool arch_given = false;
+/* One size of the model: sizes[i] in [lo, hi]. */
+static int size_option(train_args *a, int i, int lo, int hi, const char *name) {
+    a->sizes_set |= 1u << i;
+    return cli_int_option(CMD, name, optarg, lo, hi, &a->sizes[i]);
+}
 
+/* A number option of AdamW into *dst, within [lo, hi]; *v gets the double given. */
+static int real_option(train_args *a, unsigned bit, const char *name, double lo, double hi, float *dst, double *v) {
+    CLI_CHECK(cli_range_option(CMD, name, optarg, lo, hi, v));
+    *dst = (float)*v;
+    a->given |= bit;
+    return 0;
+}
+
+static int budget_option(train_args *a, int c) {
+    joule_train_opts *o = &a->o;
+    a->n_budgets++;
+    a->given |= JOULE_TRAIN_GIVEN_BUDGET;
+    if (c == OPT_FLOPS) return cli_range_option(CMD, "--flops", optarg, 1, JOULE_TRAIN_MAX_FLOPS, &o->max_flops);
+    uint64_t *dst = c == OPT_STEPS ? &o->max_steps : &o->max_tokens;
+    if (cli_parse_u64(optarg, dst) && *dst) return 0;
+    if (c == OPT_STEPS) return cli_usage_error(CMD, "--steps: '%s' is not a positive integer", optarg);
+    return cli_usage_error(CMD, "--tokens: '%s' is not a positive integer (k/M/G suffixes allowed)", optarg);
+}
+
+static int arch_option(train_args *a) {
+    if (strcmp(optarg, "dense") && strcmp(optarg, "moe") && strcmp(optarg, "retro"))
+        return cli_usage_error(CMD, "--arch: '%s' is not dense, moe or retro", optarg);
+    /* The kinds compose: --arch retro with MoE options gives a RETRO model whose FFNs are MoE. */
+    a->rt.retro = strcmp(optarg, "retro") == 0;
+    a->moe.arch = a->rt.retro ? NULL : strcmp(optarg, "moe") == 0 ? "moe" : "dense";
+    a->arch_given = true;
+    return 0;
+}
+
+/* One option of the command line; 0, or the exit status after one line naming it. */
+static int parse_option(train_args *a, int c, char **argv) {
+    joule_train_opts *o = &a->o;
+    double v;
+    switch (c) {
+    case OPT_STEPS: case OPT_TOKENS: case OPT_FLOPS: return budget_option(a, c);
+    case OPT_CONFIG: a->config_path = optarg; return 0;
+    case OPT_LAYERS: return size_option(a, SIZE_LAYERS, 1, JOULE_MAX_LAYERS, "--layers");
+    case OPT_D_MODEL: return size_option(a, SIZE_D_MODEL, 2, 65536, "--d-model");
+    case OPT_HEADS: return size_option(a, SIZE_HEADS, 1, 65536, "--heads");
+    case OPT_D_FF: return size_option(a, SIZE_D_FF, 1, 1 << 20, "--d-ff");
+    case OPT_CTX: return size_option(a, SIZE_CTX, 1, 1 << 16, "--ctx");
+    case OPT_UNTIED: a->untied = true; return 0;
+    case OPT_DATA: a->data_dir = optarg; return 0;
+    case OPT_TRAIN: o->train_path = optarg; return 0;
+    case OPT_VAL: o->val_path = optarg; return 0;
+    case OPT_OUT: o->out_path = optarg; return 0;
+    case OPT_LOG: a->log_opt = optarg; return 0;
+    case OPT_NO_LOG: a->no_log = true; return 0;
+    case OPT_SAVE_EVERY: INT_OPT(o->save_every, 0, INT32_MAX, "--save-every"); return 0;
+    case OPT_RESUME: o->resume = 1; return 0;
+    case OPT_STOP_AFTER: return cli_u64_option(CMD, "--stop-after", optarg, &o->stop_after);
+    case OPT_BATCH: a->given |= JOULE_TRAIN_GIVEN_BATCH; return cli_int_option(CMD, "--batch", optarg, 1, 1 << 16, &o->batch);
+    case OPT_ACCUM: a->given |= JOULE_TRAIN_GIVEN_ACCUM; return cli_int_option(CMD, "--accum", optarg, 1, 1 << 16, &o->accum);
+    case OPT_SEQ: a->given |= JOULE_TRAIN_GIVEN_SEQ; return cli_int_option(CMD, "--seq", optarg, 1, 1 << 16, &o->seq);
+    case OPT_LR:
+        CLI_CHECK(real_option(a, JOULE_TRAIN_GIVEN_LR, "--lr", JOULE_LR_MIN, JOULE_LR_MAX, &o->adam.lr, &v));
+        if (!(a->given & JOULE_TRAIN_GIVEN_MIN_LR)) o->adam.min_lr = joule_adamw_min_lr(v);
+        return 0;
+    case OPT_MIN_LR: return real_option(a, JOULE_TRAIN_GIVEN_MIN_LR, "--min-lr", 0, JOULE_LR_MAX, &o->adam.min_lr, &v);
+    case OPT_WARMUP:
+        a->given |= JOULE_TRAIN_GIVEN_WARMUP;
+        return cli_int_option(CMD, "--warmup", optarg, 0, INT32_MAX, &o->adam.warmup_steps);
+    case OPT_WD: return real_option(a, JOULE_TRAIN_GIVEN_WEIGHT_DECAY, "--weight-decay", 0, 100, &o->adam.weight_decay, &v);
+    case OPT_CLIP: return real_option(a, JOULE_TRAIN_GIVEN_GRAD_CLIP, "--clip", 0, 1e6, &o->adam.grad_clip, &v);
+    case OPT_SEED: a->given |= JOULE_TRAIN_GIVEN_SEED; return cli_u64_option(CMD, "--seed", optarg, &o->seed);
+    case OPT_EVAL_EVERY: return cli_int_option(CMD, "--eval-every", optarg, 0, INT32_MAX, &o->eval_every);
+    case OPT_EVAL_WINDOWS: return cli_u64_option(CMD, "--eval-windows", optarg, &o->eval_windows);
+    case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
+    case OPT_ARCH: return arch_option(a);
+    }
+    if (c >= OPT_MOE_FIRST && c < OPT_MOE_LAST) return cli_moe_parse(CMD, &a->moe, c, optarg);
+    int r = retro_train_cli_option(&a->rt, CMD, c, optarg);
+    return r < 0 ? cli_bad_option(CMD, c, argv) : r;
+}
+
+/* The command line into a; 0, -1 after --help, or the exit status of bad usage. Also
+ * checks the input files and fills in the default data paths. */
+static int parse_args(int argc, char **argv, train_args *a) {
+    joule_train_opts *o = &a->o;
     int c;
     cli_opt_start();
     while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        switch (c) {
-        case CLI_HELP: return 0;
-        case OPT_STEPS:
-            if (!cli_parse_u64(optarg, &steps) || steps == 0)
-                return cli_usage_error(CMD, "--steps: '%s' is not a positive integer", optarg);
-            n_budgets++;
-            break;
-        case OPT_TOKENS:
-            if (!cli_parse_u64(optarg, &tokens) || tokens == 0)
-                return cli_usage_error(CMD, "--tokens: '%s' is not a positive integer (k/M/G suffixes allowed)",
-                                       optarg);
-            n_budgets++;
-            break;
-        case OPT_FLOPS:
-            CLI_CHECK(cli_range_option(CMD, "--flops", optarg, 1, JOULE_TRAIN_MAX_FLOPS, &flops));
-            n_budgets++;
-            break;
-        case OPT_CONFIG: config_path = optarg; break;
-        case OPT_LAYERS: INT_OPT(layers, 1, JOULE_MAX_LAYERS, "--layers"); layers_set = true; break;
-        case OPT_D_MODEL: INT_OPT(d_model, 2, 65536, "--d-model"); d_model_set = true; break;
-        case OPT_HEADS: INT_OPT(heads, 1, 65536, "--heads"); heads_set = true; break;
-        case OPT_D_FF: INT_OPT(d_ff, 1, 1 << 20, "--d-ff"); d_ff_set = true; break;
-        case OPT_CTX: INT_OPT(ctx, 1, 1 << 16, "--ctx"); ctx_set = true; break;
-        case OPT_UNTIED: untied = true; break;
-        case OPT_DATA: data_dir = optarg; break;
-        case OPT_TRAIN: train_path = optarg; break;
-        case OPT_VAL: val_path = optarg; break;
-        case OPT_OUT: out = optarg; break;
-        case OPT_LOG: log_opt = optarg; break;
-        case OPT_NO_LOG: no_log = true; break;
-        case OPT_SAVE_EVERY: INT_OPT(save_every, 0, INT32_MAX, "--save-every"); break;
-        case OPT_RESUME: resume = true; break;
-        case OPT_STOP_AFTER: CLI_CHECK(cli_u64_option(CMD, "--stop-after", optarg, &stop_after)); break;
-        case OPT_BATCH: INT_OPT(batch, 1, 1 << 16, "--batch"); batch_set = true; break;
-        case OPT_ACCUM: INT_OPT(accum, 1, 1 << 16, "--accum"); accum_set = true; break;
-        case OPT_SEQ: INT_OPT(seq, 1, 1 << 16, "--seq"); seq_set = true; break;
-        case OPT_LR:
-            CLI_CHECK(cli_range_option(CMD, "--lr", optarg, JOULE_LR_MIN, JOULE_LR_MAX, &lr));
-            lr_set = true;
-            break;
-        case OPT_MIN_LR: CLI_CHECK(cli_range_option(CMD, "--min-lr", optarg, 0, JOULE_LR_MAX, &min_lr)); break;
-        case OPT_WARMUP: INT_OPT(warmup, 0, INT32_MAX, "--warmup"); break;
-        case OPT_WD:
-            CLI_CHECK(cli_range_option(CMD, "--weight-decay", optarg, 0, 100, &wd));
-            wd_set = true;
-            break;
-        case OPT_CLIP:
-            CLI_CHECK(cli_range_option(CMD, "--clip", optarg, 0, 1e6, &clip));
-            clip_set = true;
-            break;
-        case OPT_SEED:
-            CLI_CHECK(cli_u64_option(CMD, "--seed", optarg, &seed));
-            seed_set = true;
-            break;
-        case OPT_EVAL_EVERY: INT_OPT(eval_every, 0, INT32_MAX, "--eval-every"); break;
-        case OPT_EVAL_WINDOWS: CLI_CHECK(cli_u64_option(CMD, "--eval-windows", optarg, &eval_windows)); break;
-        case OPT_THREADS: INT_OPT(threads, 0, 4096, "--threads"); break;
-        case OPT_ARCH:
-            if (strcmp(optarg, "dense") && strcmp(optarg, "moe") && strcmp(optarg, "retro"))
-                return cli_usage_error(CMD, "--arch: '%s' is not dense, moe or retro", optarg);
-            /* The kinds compose: --arch retro with MoE options gives a RETRO model whose
-             * FFNs are MoE. */
-            rt.retro = strcmp(optarg, "retro") == 0;
-            moe_opts.arch = rt.retro ? NULL : strcmp(optarg, "moe") == 0 ? "moe" : "dense";
-            arch_given = true;
-            break;
-        default:
-            if (c >= OPT_MOE_FIRST && c < OPT_MOE_LAST) {
-                int bad = cli_moe_parse(CMD, &moe_opts, c, optarg);
-                if (bad) return bad;
-                break;
-            } else {
-                int r = retro_train_cli_option(&rt, CMD, c, optarg);
-                if (r < 0) return cli_bad_option(CMD, c, argv);
-                if (r > 0) return r;
-            }
-        }
+        if (c == CLI_HELP) return -1;
+        CLI_CHECK(parse_option(a, c, argv));
     }
     if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (n_budgets > 1) return cli_usage_error(CMD, "give exactly one budget: --steps, --tokens or --flops");
-    if (n_budgets == 0 && !resume)
+    if (a->n_budgets > 1) return cli_usage_error(CMD, "give exactly one budget: --steps, --tokens or --flops");
+    if (a->n_budgets == 0 && !o->resume)
         return cli_usage_error(CMD, "no budget: give one of --steps N, --tokens N or --flops F");
-    if (data_dir && (train_path || val_path)) return cli_usage_error(CMD, "give either --data or --train/--val");
-    if (val_path && !train_path) return cli_usage_error(CMD, "--val needs --train");
-    if (no_log && log_opt) return cli_usage_error(CMD, "give either --log or --no-log");
-    bool model_flags = config_path || layers_set || d_model_set || heads_set || d_ff_set || ctx_set || untied ||
-                       cli_moe_any(&moe_opts);
-
-    /* Data files. */
-    char train_buf[4096], val_buf[4096];
-    if (!train_path) {
-        const char *dir = data_dir ? data_dir : "data/default";
-        snprintf(train_buf, sizeof train_buf, "%s/train.bin", dir);
-        snprintf(val_buf, sizeof val_buf, "%s/val.bin", dir);
-        train_path = train_buf;
-        val_path = val_buf;
+    if (a->data_dir && (o->train_path || o->val_path)) return cli_usage_error(CMD, "give either --data or --train/--val");
+    if (o->val_path && !o->train_path) return cli_usage_error(CMD, "--val needs --train");
+    if (a->no_log && a->log_opt) return cli_usage_error(CMD, "give either --log or --no-log");
+    if (!o->train_path) {
+        const char *dir = a->data_dir ? a->data_dir : "data/default";
+        snprintf(a->train_buf, sizeof a->train_buf, "%s/train.bin", dir);
+        snprintf(a->val_buf, sizeof a->val_buf, "%s/val.bin", dir);
+        o->train_path = a->train_buf;
+        o->val_path = a->val_buf;
     }
-    const char *hint = data_dir || strcmp(train_path, "data/default/train.bin")
+    const char *hint = a->data_dir || strcmp(o->train_path, "data/default/train.bin")
                            ? "prepare it with 'joule data prepare'"
                            : "prepare it with 'joule data prepare --preset default' or give --data DIR";
-    int rc = cli_check_input(CMD, train_path, hint);
-    if (rc) return rc;
-    if (val_path && (rc = cli_check_input(CMD, val_path, hint))) return rc;
+    CLI_CHECK(cli_check_input(CMD, o->train_path, hint));
+    return o->val_path ? cli_check_input(CMD, o->val_path, hint) : 0;
+}
 
-    /* The model: from flags/config, or from the checkpoint when resuming. */
-    joule_config cfg = joule_config_default(layers, d_model, heads, d_ff, ctx);
-    if (config_path) {
-        if ((rc = cli_check_input(CMD, config_path, NULL))) return rc;
-        char *text = cli_read_file(config_path, NULL);
-        if (!text) {
-            return cli_error(EXIT_RUNTIME, CMD, "%s: %s", config_path, strerror(errno));
-        }
-        int st = joule_config_from_json(&cfg, text, config_path);
+/* The model the options describe: the sizes, over a --config file's, then MoE and RETRO. */
+static int build_config(train_args *a, joule_config *cfg) {
+    const int *s = a->sizes;
+    *cfg = joule_config_default(s[SIZE_LAYERS], s[SIZE_D_MODEL], s[SIZE_HEADS], s[SIZE_D_FF], s[SIZE_CTX]);
+    if (a->config_path) {
+        CLI_CHECK(cli_check_input(CMD, a->config_path, NULL));
+        char *text = cli_read_file(a->config_path, NULL);
+        if (!text) return cli_error(EXIT_RUNTIME, CMD, "%s: %s", a->config_path, strerror(errno));
+        int st = joule_config_from_json(cfg, text, a->config_path);
         free(text);
         if (st) return cli_fail(CMD, st);
-        if (layers_set) cfg.n_layers = layers;
-        if (d_model_set) cfg.d_model = d_model;
-        if (heads_set) cfg.n_heads = heads;
-        if (d_ff_set) cfg.d_ff = d_ff;
-        if (ctx_set) cfg.ctx = ctx;
+        int *f[5] = {&cfg->n_layers, &cfg->d_model, &cfg->n_heads, &cfg->d_ff, &cfg->ctx};
+        for (int i = 0; i < 5; i++)
+            if (a->sizes_set & (1u << i)) *f[i] = s[i];
     }
-    if (untied) cfg.tied = false;
-    if (arch_given && rt.retro && moe_opts.given) moe_opts.arch = "moe";
-    if ((rc = cli_moe_finish(CMD, &moe_opts, &cfg))) return rc;
-    if ((rc = retro_train_cli_config(&rt, CMD, &cfg, resume, model_flags))) {
-        retro_train_cli_free(&rt);
-        return rc;
-    }
-    int st = joule_config_validate(&cfg, config_path ? config_path : "model options");
-    if (st) {
-        retro_train_cli_free(&rt);
-        return cli_fail(CMD, st);
-    }
+    if (a->untied) cfg->tied = false;
+    if (a->arch_given && a->rt.retro && a->moe.given) a->moe.arch = "moe";
+    CLI_CHECK(cli_moe_finish(CMD, &a->moe, cfg));
+    CLI_CHECK(retro_train_cli_config(&a->rt, CMD, cfg, a->o.resume, model_flags(a)));
+    int st = joule_config_validate(cfg, a->config_path ? a->config_path : "model options");
+    return st ? cli_fail(CMD, st) : 0;
+}
 
-    joule_model *m = NULL;
-    joule_train_state saved;
-    memset(&saved, 0, sizeof saved);
-    cJSON *saved_opts = NULL;
-    char *log_path = NULL, *optim_path = NULL;
-    int ret = 0;
-    if (resume) {
-        if ((rc = cli_check_input(CMD, out, "nothing to resume (check --out)"))) return rc;
-        if ((st = joule_checkpoint_recover(out)) || (st = joule_checkpoint_load(&m, out, &saved)))
-            return cli_fail(CMD, st);
-        if (saved.run_id[0] == '\0') {
-            ret = cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
-            goto done;
-        }
-        if (model_flags) {
-            char *a = joule_config_to_json(&cfg), *b = joule_config_to_json(&m->cfg);
-            bool same = a && b && strcmp(a, b) == 0;
-            if (!same)
-                cli_error(0, CMD, "%s: the checkpoint's model %s differs from the model options %s", out, b ? b : "?",
-                          a ? a : "?");
-            free(a);
-            free(b);
-            if (!same) {
-                ret = EXIT_USAGE;
-                goto done;
-            }
-        }
-        cfg = m->cfg;
-        /* Options not given come from the saved run, in the ranges the options have. */
-        saved_opts = cJSON_Parse(saved.opts_json);
-        if ((!batch_set && (ret = saved_int(saved_opts, "batch", 1, 1 << 16, &batch, out))) ||
-            (!accum_set && (ret = saved_int(saved_opts, "accum", 1, 1 << 16, &accum, out))) ||
-            (!seq_set && (ret = saved_int(saved_opts, "seq", 1, 1 << 16, &seq, out))) ||
-            (!lr_set && (ret = saved_num(saved_opts, "lr", JOULE_LR_MIN, JOULE_LR_MAX, &lr, out))) ||
-            (min_lr < 0 && !lr_set && (ret = saved_num(saved_opts, "min_lr", 0, JOULE_LR_MAX, &min_lr, out))) ||
-            (!wd_set && (ret = saved_num(saved_opts, "weight_decay", 0, 100, &wd, out))) ||
-            (!clip_set && (ret = saved_num(saved_opts, "grad_clip", 0, 1e6, &clip, out))) ||
-            (warmup < 0 && (ret = saved_int(saved_opts, "warmup_steps", 0, INT32_MAX, &warmup, out))))
-            goto done;
-        if (!seed_set) seed = saved.seed;
-        if (n_budgets == 0) steps = saved.total_steps;
+/* Resuming: the model and training state saved at --out, which model options given must
+ * match; options not given come from the saved run (joule_train_opts_resume). */
+static int load_saved(train_args *a, joule_config *cfg, joule_model **m, joule_train_state *saved) {
+    const char *out = a->o.out_path;
+    CLI_CHECK(cli_check_input(CMD, out, "nothing to resume (check --out)"));
+    int st = joule_checkpoint_recover(out);
+    if (st || (st = joule_checkpoint_load(m, out, saved))) return cli_fail(CMD, st);
+    if (saved->run_id[0] == '\0')
+        return cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
+    if (model_flags(a)) {
+        char *want = joule_config_to_json(cfg), *have = joule_config_to_json(&(*m)->cfg);
+        bool same = want && have && strcmp(want, have) == 0;
+        if (!same)
+            cli_error(0, CMD, "%s: the checkpoint's model %s differs from the model options %s", out,
+                      have ? have : "?", want ? want : "?");
+        free(want);
+        free(have);
+        if (!same) return EXIT_USAGE;
     }
-    if (!seq) seq = cfg.ctx;
-    if (seq > cfg.ctx) {
-        ret = cli_usage_error(CMD, "--seq %d is longer than the model's context %d", seq, cfg.ctx);
-        goto done;
-    }
-    joule_train_opts o;
-    joule_train_opts_init(&o);
-    o.train_path = train_path;
-    o.val_path = val_path;
-    o.out_path = out;
-    o.resume = resume;
-    o.batch = batch;
-    o.accum = accum;
-    o.seq = seq;
-    o.seed = seed;
-    o.max_steps = steps;
-    o.max_tokens = tokens;
-    o.max_flops = flops;
-    o.stop_after = stop_after;
-    uint64_t total = joule_train_plan_steps(&o, &cfg);
-    if (min_lr < 0) min_lr = lr / 10;
-    if (warmup < 0) warmup = (int)(total / 5 < 100 ? total / 5 : 100);
-    o.adam.lr = (float)lr;
-    o.adam.min_lr = (float)min_lr;
-    o.adam.weight_decay = (float)wd;
-    o.adam.grad_clip = (float)clip;
-    o.adam.warmup_steps = warmup;
-    if (saved_opts) { /* betas and eps are not command-line options: keep the saved ones */
-        double b1 = o.adam.beta1, b2 = o.adam.beta2, eps = o.adam.eps;
-        if ((ret = saved_num(saved_opts, "beta1", 0, 0.99999, &b1, out)) ||
-            (ret = saved_num(saved_opts, "beta2", 0, 0.99999, &b2, out)) ||
-            (ret = saved_num(saved_opts, "eps", 1e-30, 1, &eps, out)))
-            goto done;
-        o.adam.beta1 = (float)b1;
-        o.adam.beta2 = (float)b2;
-        o.adam.eps = (float)eps;
-    }
-    o.eval_every = eval_every;
-    o.eval_windows = eval_windows;
-    o.save_every = save_every;
-    o.interrupt = &g_interrupt;
+    *cfg = (*m)->cfg;
+    st = joule_train_opts_resume(&a->o, saved, a->given, out);
+    return st ? cli_fail(CMD, st) : 0;
+}
 
-    /* Output paths. */
-    if (!no_log) {
-        log_path = log_opt ? strdup(log_opt) : path_with_suffix(out, ".log.jsonl");
-        if (!log_path) {
-            ret = cli_error(EXIT_RUNTIME, CMD, "out of memory");
-            goto done;
-        }
+/* The log path, the folders, and every file a save writes, checked before training so that
+ * a bad --out costs nothing. *log_path and *optim_path: caller frees. */
+static int prepare_outputs(const train_args *a, char **log_path, char **optim_path) {
+    const char *out = a->o.out_path;
+    if (!a->no_log) {
+        *log_path = a->log_opt ? strdup(a->log_opt) : path_with_suffix(out, ".log.jsonl");
+        if (!*log_path) return cli_error(EXIT_RUNTIME, CMD, "out of memory");
     }
-    if ((ret = cli_make_parent_dirs(CMD, out))) goto done;
-    if (log_path && (ret = cli_make_parent_dirs(CMD, log_path))) goto done;
-    optim_path = joule_checkpoint_optim_path(out);
-    if ((ret = check_outputs(out, optim_path, log_path))) goto done;
-    o.log_path = log_path;
+    CLI_CHECK(cli_make_parent_dirs(CMD, out));
+    if (*log_path) CLI_CHECK(cli_make_parent_dirs(CMD, *log_path));
+    *optim_path = joule_checkpoint_optim_path(out);
+    return check_outputs(out, *optim_path, *log_path);
+}
 
-    cli_setup_threads(threads);
-    if (!m) {
-        if ((st = joule_model_create(&m, &cfg))) {
-            ret = cli_fail(CMD, st);
-            goto done;
-        }
-        joule_model_init(m, seed);
-    }
-    if ((st = joule_model_alloc_train(m, batch))) {
-        ret = cli_fail(CMD, st);
-        goto done;
-    }
-    if ((ret = retro_train_cli_attach(&rt, CMD, m, &o, resume, train_path, val_path))) goto done;
-
-
-    /* Summary of what is about to run. */
+/* The model and what is about to run, before the progress bar. */
+static void print_plan(const joule_model *m, const joule_config *cfg, const joule_train_opts *o, uint64_t total,
+                       const joule_train_state *saved) {
     joule_param_counts pc = joule_model_param_counts(m);
-    uint64_t tok_step = (uint64_t)batch * (uint64_t)seq * (uint64_t)accum;
-    double flops_step = 3.0 * (double)joule_model_forward_flops(&cfg, batch, seq) * accum;
-    char b1[32], b2[32], b3[32], b4[32];
-    printf("model: %s\n", layer_summary(&cfg));
+    uint64_t tok_step = (uint64_t)o->batch * (uint64_t)o->seq * (uint64_t)o->accum;
+    char b1[32], b2[32], b3[32];
+    printf("model: %s\n", layer_summary(cfg));
     cli_moe_print_summary(m);
     printf("plan: %s params (%s non-embedding), %" PRIu64 " tokens/step (batch %d x seq %d x accum %d), "
            "%" PRIu64 " steps, %s FLOPs/step analytic, %d threads, OpenBLAS %s\n",
            cli_fmt_count(b1, sizeof b1, (double)pc.total), cli_fmt_count(b2, sizeof b2, (double)pc.non_embedding),
-           tok_step, batch, seq, accum, total, sci(b3, sizeof b3, flops_step), joule_get_threads(),
+           tok_step, o->batch, o->seq, o->accum, total, sci(b3, sizeof b3, step_flops(cfg, o)), joule_get_threads(),
            joule_blas_corename());
-    if (resume)
-        printf("resuming %s at step %" PRIu64 " of %" PRIu64 " (run %s)\n", out, saved.step, saved.total_steps,
-               saved.run_id);
+    if (o->resume)
+        printf("resuming %s at step %" PRIu64 " of %" PRIu64 " (run %s)\n", o->out_path, saved->step,
+               saved->total_steps, saved->run_id);
     fflush(stdout);
-    if (resume && saved.step >= total && saved.total_steps == total) {
-        printf("nothing to do: %s is already at step %" PRIu64 " of %" PRIu64 "\n", out, saved.step, total);
-        goto done;
-    }
+}
 
-    train_ui ui;
-    memset(&ui, 0, sizeof ui);
-    ui.start_step = saved.step;
-    ui.resumed = resume;
-    ui.val_bpb = NAN;
-    o.on_step = on_step;
-    o.ctx = &ui;
-    cli_progress_start(&ui.bar, "train", "step", (double)(total - saved.step));
-
+/* joule_train with Ctrl-C caught (save and stop) and the energy window around it. */
+static int run_training(joule_model *m, joule_train_opts *o, train_ui *ui, uint64_t total, cli_energy *energy,
+                        joule_train_progress *last, double *elapsed) {
+    o->on_step = on_step;
+    o->ctx = ui;
+    cli_progress_start(&ui->bar, "train", "step", (double)(total - ui->start_step));
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -568,57 +474,112 @@ int cmd_train(int argc, char **argv) {
     g_interrupt = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    o.peak_flops = cli_peak_flops();
-    cli_energy energy;
-    cli_energy_begin(&energy, "train");
+    o->peak_flops = cli_peak_flops();
+    cli_energy_begin(energy, "train");
     double t0 = joule_now();
-    joule_train_progress last;
-    memset(&last, 0, sizeof last);
-    st = joule_train(m, &o, &last);
-    double elapsed = joule_now() - t0;
+    memset(last, 0, sizeof *last);
+    int st = joule_train(m, o, last);
+    *elapsed = joule_now() - t0;
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (st) {
-        if (ui.bar.tty && ui.bar.printed) fputc('\n', stderr);
-        joule_energy_close(&energy.meters);
-        ret = cli_fail(CMD, st);
-        goto done;
+        if (ui->bar.tty && ui->bar.printed) fputc('\n', stderr);
+        joule_energy_close(&energy->meters);
+        return cli_fail(CMD, st);
     }
-    format_extra(&ui, &last);
-    cli_progress_finish(&ui.bar, (double)(last.step - saved.step), ui.extra);
+    format_extra(ui, last);
+    cli_progress_finish(&ui->bar, (double)(last->step - ui->start_step), ui->extra);
+    return 0;
+}
 
-    uint64_t run_steps = last.step - saved.step, run_tokens = last.tokens - saved.tokens;
-    double step_wall = last.run_wall_s;
+/* What the run did: throughput, FLOPs, MFU, energy, losses, files; the exit status. */
+static int report(const joule_config *cfg, const joule_train_opts *o, const train_ui *ui, const joule_train_progress *last,
+                  uint64_t total, double elapsed, cli_energy *energy, const char *optim_path) {
+    uint64_t run_steps = last->step - ui->start_step, run_tokens = last->tokens - ui->start_tokens;
+    double step_wall = last->run_wall_s;
+    char b1[32], b2[32], b3[32], b4[32];
     printf("trained %" PRIu64 " steps (%" PRIu64 " of %" PRIu64 " done), %s tokens in %s (%s in steps): %s tok/s\n",
-           run_steps, last.step, total, cli_fmt_count(b1, sizeof b1, (double)run_tokens),
+           run_steps, last->step, total, cli_fmt_count(b1, sizeof b1, (double)run_tokens),
            cli_fmt_duration(b2, sizeof b2, elapsed), cli_fmt_duration(b3, sizeof b3, step_wall),
            cli_fmt_count(b4, sizeof b4, step_wall > 0 ? (double)run_tokens / step_wall : 0));
     printf("FLOPs (whole run): counted %s, analytic %s, counted/analytic %.4f\n",
-           sci(b1, sizeof b1, (double)last.flops), sci(b2, sizeof b2, (double)last.flops_analytic),
-           last.flops_analytic ? (double)last.flops / (double)last.flops_analytic : 0.0);
-    cli_print_mfu(stdout, (double)run_steps * flops_step, (double)(last.flops - saved.flops), step_wall,
-                  o.peak_flops);
-    cli_energy_end(&energy, run_tokens, 0, false, NULL);
-    if (!val_path) snprintf(b3, sizeof b3, "n/a (no validation file)");
-    else if (isnan(ui.val_bpb)) snprintf(b3, sizeof b3, "n/a (not evaluated)");
-    else if (ui.val_step == last.step) snprintf(b3, sizeof b3, "%.4f", ui.val_bpb);
-    else snprintf(b3, sizeof b3, "%.4f (at step %" PRIu64 ")", ui.val_bpb, ui.val_step);
-    printf("final: train loss %.4f, val bpb %s\n", last.loss, b3);
-    printf("checkpoint: %s (optimizer state: %s)\n", out, optim_path ? optim_path : "?");
-    printf("log: %s\n", log_path ? log_path : "none");
+           sci(b1, sizeof b1, (double)last->flops), sci(b2, sizeof b2, (double)last->flops_analytic),
+           last->flops_analytic ? (double)last->flops / (double)last->flops_analytic : 0.0);
+    cli_print_mfu(stdout, (double)run_steps * step_flops(cfg, o), (double)(last->flops - ui->start_flops),
+                  step_wall, o->peak_flops);
+    cli_energy_end(energy, run_tokens, 0, false, NULL);
+    if (!o->val_path) snprintf(b3, sizeof b3, "n/a (no validation file)");
+    else if (isnan(ui->val_bpb)) snprintf(b3, sizeof b3, "n/a (not evaluated)");
+    else if (ui->val_step == last->step) snprintf(b3, sizeof b3, "%.4f", ui->val_bpb);
+    else snprintf(b3, sizeof b3, "%.4f (at step %" PRIu64 ")", ui->val_bpb, ui->val_step);
+    printf("final: train loss %.4f, val bpb %s\n", last->loss, b3);
+    printf("checkpoint: %s (optimizer state: %s)\n", o->out_path, optim_path ? optim_path : "?");
+    printf("log: %s\n", o->log_path ? o->log_path : "none");
     if (g_interrupt) {
-        cli_error(0, CMD, "interrupted at step %" PRIu64 " of %" PRIu64 "; saved; add --resume to continue", last.step,
-                  total);
-        ret = EXIT_INTERRUPTED;
-    } else if (last.step < total) {
-        printf("stopped after step %" PRIu64 " of %" PRIu64 " (--stop-after); add --resume to continue\n",
-               last.step, total);
+        cli_error(0, CMD, "interrupted at step %" PRIu64 " of %" PRIu64 "; saved; add --resume to continue",
+                  last->step, total);
+        return EXIT_INTERRUPTED;
     }
-done:
-    retro_train_cli_free(&rt);
-    cJSON_Delete(saved_opts);
+    if (last->step < total)
+        printf("stopped after step %" PRIu64 " of %" PRIu64 " (--stop-after); add --resume to continue\n",
+               last->step, total);
+    return 0;
+}
+
+/* From the parsed command line to the end of training: the model (new or resumed), the
+ * outputs, the plan, the run and its report. */
+static int train(train_args *a, joule_model **m, char **log_path, char **optim_path) {
+    joule_train_opts *o = &a->o;
+    joule_config cfg;
+    joule_train_state saved;
+    memset(&saved, 0, sizeof saved);
+    CLI_CHECK(build_config(a, &cfg));
+    if (o->resume) CLI_CHECK(load_saved(a, &cfg, m, &saved));
+    if (!o->seq) o->seq = cfg.ctx;
+    if (o->seq > cfg.ctx) return cli_usage_error(CMD, "--seq %d is longer than the model's context %d", o->seq, cfg.ctx);
+    uint64_t total = joule_train_plan_steps(o, &cfg);
+    CLI_CHECK(prepare_outputs(a, log_path, optim_path));
+    o->log_path = *log_path;
+
+    cli_setup_threads(a->threads);
+    int st;
+    if (!*m) {
+        if ((st = joule_model_create(m, &cfg))) return cli_fail(CMD, st);
+        joule_model_init(*m, o->seed);
+    }
+    if ((st = joule_model_alloc_train(*m, o->batch))) return cli_fail(CMD, st);
+    CLI_CHECK(retro_train_cli_attach(&a->rt, CMD, *m, o, o->resume, o->train_path, o->val_path));
+    print_plan(*m, &cfg, o, total, &saved);
+    if (o->resume && saved.step >= total && saved.total_steps == total) {
+        printf("nothing to do: %s is already at step %" PRIu64 " of %" PRIu64 "\n", o->out_path, saved.step, total);
+        return 0;
+    }
+
+    train_ui ui;
+    memset(&ui, 0, sizeof ui);
+    ui.start_step = saved.step;
+    ui.start_tokens = saved.tokens;
+    ui.start_flops = saved.flops;
+    ui.resumed = o->resume;
+    ui.val_bpb = NAN;
+    cli_energy energy;
+    joule_train_progress last;
+    double elapsed;
+    CLI_CHECK(run_training(*m, o, &ui, total, &energy, &last, &elapsed));
+    return report(&cfg, o, &ui, &last, total, elapsed, &energy, *optim_path);
+}
+
+int cmd_train(int argc, char **argv) {
+    train_args a;
+    args_init(&a);
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc < 0 ? 0 : rc;
+    joule_model *m = NULL;
+    char *log_path = NULL, *optim_path = NULL;
+    rc = train(&a, &m, &log_path, &optim_path);
+    retro_train_cli_free(&a.rt);
     free(log_path);
     free(optim_path);
     joule_model_free(m);
-    return ret;
+    return rc;
 }

@@ -5,10 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+float joule_adamw_min_lr(double lr) {
+    return (float)(lr / 10);
+}
+
 joule_adamw_opts joule_adamw_defaults(void) {
     joule_adamw_opts p = {
         .lr = 1e-3f,
-        .min_lr = 1e-4f,
+        .min_lr = joule_adamw_min_lr(1e-3),
         .beta1 = 0.9f,
         .beta2 = 0.95f,
         .eps = 1e-8f,

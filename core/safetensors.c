@@ -164,22 +164,16 @@ static int parse_metadata(joule_st_file *f, const cJSON *m) {
     return JOULE_OK;
 }
 
-/* Fill t from one header entry; checks everything that concerns this tensor alone. */
-static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned char *data,
-                        size_t data_size, joule_st_tensor *t) {
-    /* the name is shown escaped: it comes from the file */
-    const char *path = f->path, *name = joule_q(e->string);
-    char vbuf[64];
-    if (!cJSON_IsObject(e))
-        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' entry is not an object", path, name);
-
-    /* Walk the fields rather than look them up so that a repeated field is an error
-     * instead of silently using the first. Unknown fields are ignored. */
-    const cJSON *dtype = NULL, *shape = NULL, *offs = NULL, *c;
+/* The dtype, shape and data_offsets fields of tensor entry e. Walks the fields rather
+ * than look them up so that a repeated field is an error instead of silently using the
+ * first. Unknown fields are ignored. */
+static int tensor_fields(const char *path, const char *name, const cJSON *e, const cJSON **dtype,
+                         const cJSON **shape, const cJSON **offs) {
+    const cJSON *c;
     cJSON_ArrayForEach(c, e) {
-        const cJSON **slot = strcmp(c->string, "dtype") == 0          ? &dtype
-                             : strcmp(c->string, "shape") == 0        ? &shape
-                             : strcmp(c->string, "data_offsets") == 0 ? &offs
+        const cJSON **slot = strcmp(c->string, "dtype") == 0          ? dtype
+                             : strcmp(c->string, "shape") == 0        ? shape
+                             : strcmp(c->string, "data_offsets") == 0 ? offs
                                                                       : NULL;
         if (!slot) continue;
         if (*slot)
@@ -187,19 +181,16 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                               joule_q(c->string));
         *slot = c;
     }
-    if (!dtype || !shape || !offs)
+    if (!*dtype || !*shape || !*offs)
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' has no %s", path, name,
-                          !dtype   ? "dtype"
-                          : !shape ? "shape"
-                                   : "data_offsets");
+                          !*dtype   ? "dtype"
+                          : !*shape ? "shape"
+                                    : "data_offsets");
+    return JOULE_OK;
+}
 
-    if (!cJSON_IsString(dtype))
-        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' dtype %s is not a string", path, name,
-                          describe(dtype, vbuf, sizeof vbuf));
-    if (!dtype_from_name(dtype->valuestring, &t->dtype))
-        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, name,
-                          joule_q(dtype->valuestring));
-
+static int tensor_shape(const char *path, const char *name, const cJSON *shape, joule_st_tensor *t) {
+    char vbuf[64];
     if (!cJSON_IsArray(shape))
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' shape is not an array", path, name);
     int nd = cJSON_GetArraySize(shape);
@@ -209,6 +200,7 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                           nd, JOULE_ST_MAX_DIMS);
     t->ndim = nd;
     int k = 0;
+    const cJSON *c;
     cJSON_ArrayForEach(c, shape) {
         uint64_t d;
         if (!json_u64(c, &d))
@@ -218,12 +210,18 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                 path, name, k, describe(c, vbuf, sizeof vbuf));
         t->shape[k++] = (int64_t)d;
     }
+    return JOULE_OK;
+}
 
-    uint64_t off[2];
+/* data_offsets [begin, end] within the data section of data_size bytes. */
+static int tensor_offsets(const char *path, const char *name, const cJSON *offs, size_t data_size,
+                          uint64_t off[2]) {
+    char vbuf[64];
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
         return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' data_offsets %s is not [begin, end]",
                           path, name, describe(offs, vbuf, sizeof vbuf));
-    k = 0;
+    int k = 0;
+    const cJSON *c;
     cJSON_ArrayForEach(c, offs) {
         if (!json_u64(c, &off[k]))
             return joule_fail(JOULE_ERR_FORMAT,
@@ -241,6 +239,29 @@ static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned c
                           "%s: tensor '%s' data_offsets [%" PRIu64 ", %" PRIu64
                           "] past end of data (%zu bytes)",
                           path, name, off[0], off[1], data_size);
+    return JOULE_OK;
+}
+
+/* Fill t from one header entry; checks everything that concerns this tensor alone. */
+static int parse_tensor(const joule_st_file *f, const cJSON *e, const unsigned char *data,
+                        size_t data_size, joule_st_tensor *t) {
+    /* the name is shown escaped: it comes from the file */
+    const char *path = f->path, *name = joule_q(e->string);
+    char vbuf[64];
+    if (!cJSON_IsObject(e))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' entry is not an object", path, name);
+    const cJSON *dtype = NULL, *shape = NULL, *offs = NULL;
+    int rc = tensor_fields(path, name, e, &dtype, &shape, &offs);
+    if (rc) return rc;
+    if (!cJSON_IsString(dtype))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' dtype %s is not a string", path, name,
+                          describe(dtype, vbuf, sizeof vbuf));
+    if (!dtype_from_name(dtype->valuestring, &t->dtype))
+        return joule_fail(JOULE_ERR_FORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, name,
+                          joule_q(dtype->valuestring));
+    uint64_t off[2];
+    if ((rc = tensor_shape(path, name, shape, t)) || (rc = tensor_offsets(path, name, offs, data_size, off)))
+        return rc;
 
     char sbuf[256];
     fmt_shape(sbuf, sizeof sbuf, t->shape, t->ndim);
@@ -275,34 +296,34 @@ static int cmp_name(const void *a, const void *b) {
                   (*(const joule_st_tensor *const *)b)->name);
 }
 
-static int parse_file(joule_st_file *f) {
-    const char *path = f->path;
-    const unsigned char *base = f->map.data;
-    size_t size = f->map.size;
-
+/* The 8-byte header length, checked against the file and the limit. */
+static int header_length(const char *path, const unsigned char *base, size_t size, uint64_t *hlen) {
     if (size == 0)
         return joule_fail(JOULE_ERR_FORMAT, "%s: file is empty, not a safetensors file", path);
     if (size < 8)
         return joule_fail(JOULE_ERR_FORMAT,
                           "%s: file is %zu bytes, too short for the 8-byte header length", path,
                           size);
-    uint64_t hlen = 0;
+    *hlen = 0;
     for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | base[i];
+        *hlen = (*hlen << 8) | base[i];
     /* Compare against what is left instead of computing 8 + hlen, which can wrap. */
-    if (hlen > JOULE_ST_MAX_HEADER)
+    if (*hlen > JOULE_ST_MAX_HEADER)
         return joule_fail(JOULE_ERR_FORMAT,
-                          "%s: header length %" PRIu64 " exceeds the %llu-byte limit", path, hlen,
+                          "%s: header length %" PRIu64 " exceeds the %llu-byte limit", path, *hlen,
                           JOULE_ST_MAX_HEADER);
-    if (hlen > size - 8)
+    if (*hlen > size - 8)
         return joule_fail(JOULE_ERR_FORMAT,
                           "%s: header length %" PRIu64 " past end of file (%zu bytes follow it)",
-                          path, hlen, size - 8);
-    const unsigned char *hdr = base + 8;
+                          path, *hlen, size - 8);
+    return JOULE_OK;
+}
+
+/* The header's bytes as JSON text, before cJSON sees them. */
+static int check_header_bytes(const char *path, const unsigned char *hdr, uint64_t hlen) {
     if (hlen == 0 || hdr[0] != '{')
         return joule_fail(JOULE_ERR_FORMAT,
                           "%s: header is not a JSON object (does not start with '{')", path);
-
     size_t good = utf8_valid_prefix(hdr, hlen);
     if (good != hlen)
         return joule_fail(JOULE_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", path, good);
@@ -312,7 +333,12 @@ static int parse_file(joule_st_file *f) {
             return joule_fail(JOULE_ERR_FORMAT,
                               "%s: header is not valid JSON (control byte 0x%02x at byte %zu)",
                               path, hdr[i], i);
+    return JOULE_OK;
+}
 
+/* f->root from the header: one JSON object and nothing after it but white space. */
+static int parse_header(joule_st_file *f, const unsigned char *hdr, uint64_t hlen) {
+    const char *path = f->path;
     /* cJSON may look one byte past the length it is given, which could be past the end of
      * the mapping, so parse a NUL-terminated copy of the header (the data stays mapped). */
     char *text = malloc(hlen + 1);
@@ -338,9 +364,12 @@ static int parse_file(joule_st_file *f) {
             trail);
     if (!cJSON_IsObject(f->root))
         return joule_fail(JOULE_ERR_FORMAT, "%s: header is not a JSON object", path);
+    return JOULE_OK;
+}
 
-    const unsigned char *data = hdr + hlen;
-    size_t data_size = size - 8 - (size_t)hlen;
+/* Every entry of the header: __metadata__ (at most once) and the tensors. */
+static int parse_entries(joule_st_file *f, const unsigned char *data, size_t data_size) {
+    const char *path = f->path;
     size_t cap = (size_t)cJSON_GetArraySize(f->root);
     f->tensors = calloc(cap ? cap : 1, sizeof *f->tensors);
     f->by_name = calloc(cap ? cap : 1, sizeof *f->by_name);
@@ -361,7 +390,14 @@ static int parse_file(joule_st_file *f) {
         }
         if (rc) return rc;
     }
+    return JOULE_OK;
+}
 
+/* Tensors in offset order, by_name in name order with no name twice, and (like the
+ * reference implementation) the tensors tiling the data section: that rules out overlap
+ * (two names aliasing bytes) and unexplained bytes. */
+static int index_tensors(joule_st_file *f, size_t data_size) {
+    const char *path = f->path;
     /* The array is final from here on, so by_name may point into it. */
     qsort(f->tensors, f->n, sizeof *f->tensors, cmp_offset);
     for (size_t i = 0; i < f->n; i++)
@@ -371,9 +407,6 @@ static int parse_file(joule_st_file *f) {
         if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0)
             return joule_fail(JOULE_ERR_FORMAT, "%s: duplicate tensor name '%s'", path,
                               joule_q(f->by_name[i]->name));
-
-    /* Like the reference implementation, require the tensors to tile the data section:
-     * that rules out overlap (two names aliasing bytes) and unexplained bytes. */
     uint64_t pos = 0;
     for (size_t i = 0; i < f->n; i++) {
         const joule_st_tensor *t = &f->tensors[i];
@@ -398,6 +431,18 @@ static int parse_file(joule_st_file *f) {
                           " (trailing bytes belong to no tensor)",
                           path, data_size, pos);
     return JOULE_OK;
+}
+
+static int parse_file(joule_st_file *f) {
+    const unsigned char *base = f->map.data;
+    size_t size = f->map.size;
+    uint64_t hlen = 0;
+    int rc = header_length(f->path, base, size, &hlen);
+    if (rc || (rc = check_header_bytes(f->path, base + 8, hlen)) || (rc = parse_header(f, base + 8, hlen)))
+        return rc;
+    size_t data_size = size - 8 - (size_t)hlen;
+    if ((rc = parse_entries(f, base + 8 + hlen, data_size))) return rc;
+    return index_tensors(f, data_size);
 }
 
 int joule_st_open(joule_st_file **out, const char *path) {

@@ -11,15 +11,6 @@
 
 #include "joule/ops.h"
 
-void joule_train_opts_init(joule_train_opts *o) {
-    memset(o, 0, sizeof *o);
-    o->batch = 8;
-    o->accum = 1;
-    o->seed = 1;
-    o->adam = joule_adamw_defaults();
-    o->eval_windows = 64;
-}
-
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
                    joule_eval_result *r, void (*progress)(void *ctx, uint64_t done, uint64_t total),
                    void *ctx) {
@@ -70,28 +61,6 @@ int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B,
     r->flops = joule_flops_counted() - f0;
     r->wall_s = joule_now() - t0;
     return JOULE_OK;
-}
-
-/* Options that shape the trajectory; a resume must use the same ones. */
-static char *trajectory_json(const joule_train_opts *o, int T, uint64_t total_steps, int frozen) {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "batch", o->batch);
-    cJSON_AddNumberToObject(j, "accum", o->accum);
-    cJSON_AddNumberToObject(j, "seq", T);
-    cJSON_AddNumberToObject(j, "total_steps", (double)total_steps);
-    cJSON_AddNumberToObject(j, "lr", joule_float_for_json(o->adam.lr));
-    cJSON_AddNumberToObject(j, "min_lr", joule_float_for_json(o->adam.min_lr));
-    cJSON_AddNumberToObject(j, "beta1", joule_float_for_json(o->adam.beta1));
-    cJSON_AddNumberToObject(j, "beta2", joule_float_for_json(o->adam.beta2));
-    cJSON_AddNumberToObject(j, "eps", joule_float_for_json(o->adam.eps));
-    cJSON_AddNumberToObject(j, "weight_decay", joule_float_for_json(o->adam.weight_decay));
-    cJSON_AddNumberToObject(j, "grad_clip", joule_float_for_json(o->adam.grad_clip));
-    cJSON_AddNumberToObject(j, "warmup_steps", o->adam.warmup_steps);
-    if (o->sample_windows) cJSON_AddStringToObject(j, "windows", o->windows_name ? o->windows_name : "custom");
-    if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
-    char *s = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return s;
 }
 
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c) {
@@ -223,9 +192,23 @@ static int draw_batch(const joule_train_opts *o, const joule_tokens *t, uint64_t
     return rc ? rc : joule_batch_windows(t, starts, o->batch, T, in, tg);
 }
 
-int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last) {
+/* One call of joule_train: its options (warm-up resolved), files, optimizer and buffers. */
+typedef struct {
+    joule_train_opts o;
+    int T;
+    uint64_t total;
+    joule_tokens train, val;
+    joule_adamw opt;
+    joule_train_state st;
+    FILE *log;
+    int32_t *in, *tg;
+    uint64_t *starts;
+    uint64_t analytic_done; /* analytic FLOPs of the steps done */
+    joule_train_progress p;
+} train_run;
+
+static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
     const joule_config *c = &m->cfg;
-    const int T = o->seq ? o->seq : c->ctx;
     if (T < 1 || T > c->ctx) return joule_fail(JOULE_ERR_ARG, "sequence length %d outside [1, %d]", T, c->ctx);
     if (o->batch < 1 || o->accum < 1) return joule_fail(JOULE_ERR_ARG, "batch and accum must be >= 1");
     if (!m->acts || m->max_batch < o->batch)
@@ -235,154 +218,175 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     int rc = joule_adamw_opts_check(&o->adam);
     if (rc) return rc;
     if (joule_train_plan_steps(o, c) == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
+    return JOULE_OK;
+}
 
-    uint64_t total = 0;
-    joule_tokens train = {0}, val = {0};
-    joule_adamw opt = {0};
-    joule_train_state st;
-    memset(&st, 0, sizeof st);
-    FILE *log = NULL;
-    int32_t *in = NULL, *tg = NULL;
-    uint64_t *starts = NULL;
+/* The optimizer and training state: the saved ones, which must have been saved with the
+ * same options (traj) and seed, or fresh ones. */
+static int load_or_start(train_run *r, joule_model *m, const char *traj) {
+    const joule_train_opts *o = &r->o;
+    if (!o->resume) {
+        int rc = joule_adamw_init(&r->opt, m->n_params);
+        if (rc) return rc;
+        r->st.seed = o->seed;
+        r->st.total_steps = r->total;
+        make_run_id(r->st.run_id, sizeof r->st.run_id, o->seed, traj, m, &r->train);
+        snprintf(r->st.opts_json, sizeof r->st.opts_json, "%s", traj);
+        return JOULE_OK;
+    }
+    int rc = joule_checkpoint_recover(o->out_path);
+    if (rc || (rc = joule_checkpoint_load_optim(o->out_path, m, &r->opt, &r->st))) return rc;
+    if (strcmp(r->st.opts_json, traj) != 0)
+        return joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)", o->out_path,
+                          r->st.opts_json, traj);
+    if (r->st.seed != o->seed)
+        return joule_fail(JOULE_ERR_ARG, "%s: saved with seed %" PRIu64 ", resuming with %" PRIu64, o->out_path,
+                          r->st.seed, o->seed);
+    return JOULE_OK;
+}
+
+/* Everything before the first step: the token files, the schedule, the state (fresh or
+ * saved), the log (a resume drops the lines of steps after the checkpoint) and buffers. */
+static int run_open(train_run *r, joule_model *m) {
+    const joule_train_opts *o = &r->o;
+    const joule_config *c = &m->cfg;
     int frozen = 0;
     for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
-    char *traj = NULL;
-    starts = malloc((size_t)o->batch * sizeof *starts);
-    if (!starts) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
-    rc = joule_tokens_open(&train, o->train_path);
-    if (rc || (rc = plan_total(o, c, &train, T, starts, &total))) goto done;
-    if (!(traj = trajectory_json(o, T, total, frozen))) {
-        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    if (o->val_path && (rc = joule_tokens_open(&val, o->val_path))) goto done;
-
-    if (o->resume) {
-        if ((rc = joule_checkpoint_recover(o->out_path)) ||
-            (rc = joule_checkpoint_load_optim(o->out_path, m, &opt, &st)))
-            goto done;
-        if (strcmp(st.opts_json, traj) != 0) {
-            rc = joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)",
-                            o->out_path, st.opts_json, traj);
-            goto done;
-        }
-        if (st.seed != o->seed) {
-            rc = joule_fail(JOULE_ERR_ARG, "%s: saved with seed %" PRIu64 ", resuming with %" PRIu64,
-                            o->out_path, st.seed, o->seed);
-            goto done;
-        }
-    } else {
-        if ((rc = joule_adamw_init(&opt, m->n_params))) goto done;
-        st.seed = o->seed;
-        st.total_steps = total;
-        make_run_id(st.run_id, sizeof st.run_id, o->seed, traj, m, &train);
-        snprintf(st.opts_json, sizeof st.opts_json, "%s", traj);
-    }
-    double wall0 = 0;
-    if (o->resume && o->log_path && (rc = joule_train_log_resume(o->log_path, st.step, &wall0))) goto done;
-    if (o->log_path) {
-        log = fopen(o->log_path, o->resume ? "a" : "w");
-        if (!log) {
-            rc = joule_fail(JOULE_ERR_IO, "%s: cannot open log for writing", o->log_path);
-            goto done;
-        }
-    }
-    in = malloc((size_t)o->batch * T * sizeof *in);
-    tg = malloc((size_t)o->batch * T * sizeof *tg);
-    if (!in || !tg) {
-        rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-
-    uint64_t analytic_done = 0, analytic_step = 0;
-    if ((rc = analytic_upto(o, c, &train, st.step, T, starts, &analytic_done))) goto done;
-    joule_train_progress p;
-    memset(&p, 0, sizeof p);
-    p.val_loss = NAN;
-    p.step = st.step;
-    p.total_steps = total;
-    p.tokens = st.tokens;
-    p.flops = st.flops;
-    p.flops_analytic = analytic_done;
-    p.wall_s = wall0;
-    while (st.step < total) {
-        if ((rc = step_analytic(o, c, &train, st.step, T, starts, &analytic_step))) goto done;
-        double t0 = joule_now();
-        uint64_t f0 = joule_flops_counted();
-        joule_model_zero_grad(m);
-        joule_model_set_training(m, true);
-        double loss_sum = 0.0;
-        for (int micro = 0; micro < o->accum; micro++) {
-            double loss;
-            /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
-            m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, st.step), (uint64_t)micro), 0x6d6f65);
-            if ((rc = draw_batch(o, &train, st.step, micro, T, in, tg, starts)) ||
-                (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &train, starts, o->batch, T))) ||
-                (rc = joule_model_forward(m, in, tg, o->batch, T, &loss)) ||
-                (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
-                goto done;
-            loss_sum += loss;
-        }
-        /* (distributed training: all-reduce m->grads here) */
-        for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
-            if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
-        double norm = joule_grad_norm(m);
-        if (!isfinite(norm)) {
-            rc = joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": gradient norm is %g (diverged)", st.step, norm);
-            goto done;
-        }
-        float clip = (o->adam.grad_clip > 0 && norm > o->adam.grad_clip) ? (float)(o->adam.grad_clip / norm) : 1.0f;
-        float lr = joule_lr_at(&o->adam, st.step, total);
-        joule_adamw_update(&opt, m, &o->adam, lr, clip);
-        double dt = joule_now() - t0;
-
-        st.step++;
-        st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
-        st.flops += joule_flops_counted() - f0;
-        p.step = st.step;
-        p.tokens = st.tokens;
-        p.flops = st.flops;
-        analytic_done += analytic_step;
-        p.flops_analytic = analytic_done;
-        p.loss = loss_sum / o->accum;
-        p.lr = lr;
-        p.grad_norm = norm;
-        p.wall_s += dt;
-        p.run_wall_s += dt;
-        p.tokens_per_s = (double)o->batch * T * o->accum / dt;
-        p.mfu = o->peak_flops > 0 ? (double)analytic_step / dt / o->peak_flops : 0;
-        p.val_loss = NAN;
-
-        bool finished = st.step == total;
-        bool stopping = finished || (o->stop_after && st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
-        joule_model_set_training(m, false);
-        char *stats = log ? ext_stats(m) : NULL;
-        if (o->val_path && ((o->eval_every && st.step % (uint64_t)o->eval_every == 0) || finished)) {
-            joule_eval_result er;
-            if ((rc = joule_evaluate_prepared(m, &val, T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx,
-                                              &er, NULL, NULL))) {
-                free(stats);
-                goto done;
-            }
-            p.val_loss = er.loss;
-        }
-        log_step(log, &p, stats);
-        free(stats);
-        if (o->on_step) o->on_step(o->ctx, &p);
-        if (stopping || (o->save_every && st.step % (uint64_t)o->save_every == 0))
-            if ((rc = joule_checkpoint_save(m, o->out_path, &opt, &st))) goto done;
-        if (stopping) break;
-    }
-    if (last) *last = p;
-done:
-    joule_model_set_training(m, false);
-    if (log) fclose(log);
-    free(in);
-    free(tg);
-    free(starts);
+    r->starts = malloc((size_t)o->batch * sizeof *r->starts);
+    if (!r->starts) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int rc = joule_tokens_open(&r->train, o->train_path);
+    if (rc || (rc = plan_total(o, c, &r->train, r->T, r->starts, &r->total))) return rc;
+    char *traj = joule_train_opts_to_json(o, r->T, r->total, frozen);
+    if (!traj) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (o->val_path) rc = joule_tokens_open(&r->val, o->val_path);
+    if (!rc) rc = load_or_start(r, m, traj);
     free(traj);
-    joule_adamw_free(&opt);
-    joule_tokens_close(&train);
-    if (o->val_path) joule_tokens_close(&val);
+    if (rc) return rc;
+    double wall0 = 0;
+    if (o->resume && o->log_path && (rc = joule_train_log_resume(o->log_path, r->st.step, &wall0))) return rc;
+    if (o->log_path && !(r->log = fopen(o->log_path, o->resume ? "a" : "w")))
+        return joule_fail(JOULE_ERR_IO, "%s: cannot open log for writing", o->log_path);
+    r->in = malloc((size_t)o->batch * r->T * sizeof *r->in);
+    r->tg = malloc((size_t)o->batch * r->T * sizeof *r->tg);
+    if (!r->in || !r->tg) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if ((rc = analytic_upto(o, c, &r->train, r->st.step, r->T, r->starts, &r->analytic_done))) return rc;
+    joule_train_progress *p = &r->p;
+    p->val_loss = NAN;
+    p->step = r->st.step;
+    p->total_steps = r->total;
+    p->tokens = r->st.tokens;
+    p->flops = r->st.flops;
+    p->flops_analytic = r->analytic_done;
+    p->wall_s = wall0;
+    return JOULE_OK;
+}
+
+static void run_close(train_run *r, joule_model *m) {
+    joule_model_set_training(m, false);
+    if (r->log) fclose(r->log);
+    free(r->in);
+    free(r->tg);
+    free(r->starts);
+    joule_adamw_free(&r->opt);
+    joule_tokens_close(&r->train);
+    if (r->o.val_path) joule_tokens_close(&r->val);
+}
+
+/* One optimizer step: accumulate the micro-batches' gradients, clip, update; the progress
+ * of the step in r->p (its validation loss still NaN). analytic: the step's analytic FLOPs. */
+static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
+    const joule_train_opts *o = &r->o;
+    const int T = r->T;
+    double t0 = joule_now();
+    uint64_t f0 = joule_flops_counted();
+    joule_model_zero_grad(m);
+    joule_model_set_training(m, true);
+    double loss_sum = 0.0;
+    for (int micro = 0; micro < o->accum; micro++) {
+        double loss;
+        /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
+        m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, r->st.step), (uint64_t)micro), 0x6d6f65);
+        int rc = draw_batch(o, &r->train, r->st.step, micro, T, r->in, r->tg, r->starts);
+        if (rc || (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &r->train, r->starts, o->batch, T))) ||
+            (rc = joule_model_forward(m, r->in, r->tg, o->batch, T, &loss)) ||
+            (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
+            return rc;
+        loss_sum += loss;
+    }
+    /* (distributed training: all-reduce m->grads here) */
+    for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
+        if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
+    double norm = joule_grad_norm(m);
+    if (!isfinite(norm))
+        return joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": gradient norm is %g (diverged)", r->st.step, norm);
+    float clip = (o->adam.grad_clip > 0 && norm > o->adam.grad_clip) ? (float)(o->adam.grad_clip / norm) : 1.0f;
+    float lr = joule_lr_at(&o->adam, r->st.step, r->total);
+    joule_adamw_update(&r->opt, m, &o->adam, lr, clip);
+    double dt = joule_now() - t0;
+
+    joule_train_progress *p = &r->p;
+    r->st.step++;
+    r->st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
+    r->st.flops += joule_flops_counted() - f0;
+    p->step = r->st.step;
+    p->tokens = r->st.tokens;
+    p->flops = r->st.flops;
+    r->analytic_done += analytic;
+    p->flops_analytic = r->analytic_done;
+    p->loss = loss_sum / o->accum;
+    p->lr = lr;
+    p->grad_norm = norm;
+    p->wall_s += dt;
+    p->run_wall_s += dt;
+    p->tokens_per_s = (double)o->batch * T * o->accum / dt;
+    p->mfu = o->peak_flops > 0 ? (double)analytic / dt / o->peak_flops : 0;
+    p->val_loss = NAN;
+    return JOULE_OK;
+}
+
+/* After a step: validation when due, the log line, the callback, a save when due. */
+static int after_step(train_run *r, joule_model *m, bool finished, bool stopping) {
+    const joule_train_opts *o = &r->o;
+    joule_model_set_training(m, false);
+    char *stats = r->log ? ext_stats(m) : NULL;
+    if (o->val_path && ((o->eval_every && r->st.step % (uint64_t)o->eval_every == 0) || finished)) {
+        joule_eval_result er;
+        int rc = joule_evaluate_prepared(m, &r->val, r->T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx, &er,
+                                         NULL, NULL);
+        if (rc) {
+            free(stats);
+            return rc;
+        }
+        r->p.val_loss = er.loss;
+    }
+    log_step(r->log, &r->p, stats);
+    free(stats);
+    if (o->on_step) o->on_step(o->ctx, &r->p);
+    if (stopping || (o->save_every && r->st.step % (uint64_t)o->save_every == 0))
+        return joule_checkpoint_save(m, o->out_path, &r->opt, &r->st);
+    return JOULE_OK;
+}
+
+int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress *last) {
+    train_run r;
+    memset(&r, 0, sizeof r);
+    r.o = *o;
+    r.o.adam.warmup_steps = joule_train_warmup_steps(o, &m->cfg);
+    r.T = o->seq ? o->seq : m->cfg.ctx;
+    int rc = check_opts(m, &r.o, r.T);
+    if (rc) return rc;
+    rc = run_open(&r, m);
+    while (!rc && r.st.step < r.total) {
+        uint64_t analytic;
+        if ((rc = step_analytic(&r.o, &m->cfg, &r.train, r.st.step, r.T, r.starts, &analytic)) ||
+            (rc = run_step(&r, m, analytic)))
+            break;
+        bool finished = r.st.step == r.total;
+        bool stopping =
+            finished || (o->stop_after && r.st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
+        if ((rc = after_step(&r, m, finished, stopping)) || stopping) break;
+    }
+    if (!rc && last) *last = r.p;
+    run_close(&r, m);
     return rc;
 }

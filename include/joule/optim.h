@@ -21,7 +21,12 @@ typedef struct {
     int warmup_steps;
 } joule_adamw_opts;
 
+/* lr 1e-3, min_lr its joule_adamw_min_lr, betas 0.9 and 0.95, eps 1e-8, weight decay 0.1,
+ * gradient clip 1.0, 100 warm-up steps. */
 joule_adamw_opts joule_adamw_defaults(void);
+/* The floor of the cosine decay that a peak learning rate brings when none is given:
+ * lr / 10, rounded to float once (from the double, so every caller agrees to the bit). */
+float joule_adamw_min_lr(double lr);
 /* JOULE_ERR_ARG unless every value is finite and in its range: lr in [JOULE_LR_MIN,
  * JOULE_LR_MAX] (below it float32 updates vanish against weights of ~0.02), min_lr in
  * [0, JOULE_LR_MAX], betas in [0, 1), eps > 0, weight_decay in [0, 100], grad_clip

@@ -82,7 +82,50 @@ typedef struct {
     void *prepare_ctx;              /* passed to prepare and sample_windows */
 } joule_train_opts;
 
+/* The defaults of every training option, the one place they are written (the command's
+ * help quotes them): batch 8, accum 1, seq 0 (the model's ctx), seed 1, AdamW as
+ * joule_adamw_defaults except the warm-up (JOULE_TRAIN_WARMUP_AUTO), validation every 100
+ * steps on 64 windows; no budget, no paths, no hooks. */
 void joule_train_opts_init(joule_train_opts *o);
+
+/* adam.warmup_steps meaning min(100, planned steps / 5): joule_train_warmup_steps. */
+#define JOULE_TRAIN_WARMUP_AUTO (-1)
+
+/* The warm-up o asks for on a model of config c: adam.warmup_steps, or with
+ * JOULE_TRAIN_WARMUP_AUTO min(100, joule_train_plan_steps / 5). */
+int joule_train_warmup_steps(const joule_train_opts *o, const joule_config *c);
+
+/* The options a run saves in its checkpoint ("train_opts" of the optimizer file): those
+ * that shape the trajectory, which a resume must repeat. seq is the resolved length,
+ * total_steps the schedule's, frozen the count of frozen tensors (written when non-zero),
+ * and the window sampler's name when one is set. NULL when out of memory; caller frees. */
+char *joule_train_opts_to_json(const joule_train_opts *o, int seq, uint64_t total_steps, int frozen);
+
+/* Bits of `given` for joule_train_opts_resume: the options the caller set itself. */
+enum {
+    JOULE_TRAIN_GIVEN_BATCH = 1u << 0,
+    JOULE_TRAIN_GIVEN_ACCUM = 1u << 1,
+    JOULE_TRAIN_GIVEN_SEQ = 1u << 2,
+    JOULE_TRAIN_GIVEN_LR = 1u << 3,
+    JOULE_TRAIN_GIVEN_MIN_LR = 1u << 4,
+    JOULE_TRAIN_GIVEN_WEIGHT_DECAY = 1u << 5,
+    JOULE_TRAIN_GIVEN_GRAD_CLIP = 1u << 6,
+    JOULE_TRAIN_GIVEN_WARMUP = 1u << 7,
+    JOULE_TRAIN_GIVEN_SEED = 1u << 8,
+    JOULE_TRAIN_GIVEN_BUDGET = 1u << 9, /* any of max_steps, max_tokens, max_flops */
+};
+
+/* The resume rules, in one place: the options of o that `given` does not name take the
+ * values of the run saved at path (st as joule_checkpoint_load filled it). From
+ * st->opts_json: batch, accum, seq, lr, weight_decay, grad_clip, warmup_steps; min_lr
+ * unless lr or min_lr is given (a new peak brings its own floor); AdamW's betas and eps
+ * always (no option sets them). The seed comes from st->seed, and without a budget
+ * max_steps from st->total_steps. A saved option that is absent, or an opts_json that is
+ * not JSON, leaves the field as it is (joule_train then refuses the mismatch). Checkpoint
+ * metadata is untrusted: JOULE_ERR_ARG, naming path and the option, when a saved value is
+ * not a number in the range its option accepts (or not whole, for a count); o may then be
+ * partly filled. Nothing of st is kept. */
+int joule_train_opts_resume(joule_train_opts *o, const joule_train_state *st, unsigned given, const char *path);
 
 /* Largest FLOP budget joule_train accepts (1e30: far past any run, and finite). */
 #define JOULE_TRAIN_MAX_FLOPS 1e30
