@@ -96,13 +96,9 @@ static int parse_option(eval_args *a, int c, char **argv) {
     case OPT_TOKENS: a->tokens_path = optarg; return 0;
     case OPT_WINDOWS: return cli_u64_option(CMD, "--windows", optarg, &a->max_windows);
     case OPT_BATCH:
-        if (!cli_parse_int(optarg, 1, 1 << 16, &a->batch))
-            return cli_usage_error(CMD, "--batch: '%s' is not an integer in [1, 65536]", optarg);
-        return 0;
+        return cli_int_option(CMD, "--batch", optarg, 1, 1 << 16, &a->batch);
     case OPT_SEQ:
-        if (!cli_parse_int(optarg, 1, 1 << 16, &a->seq))
-            return cli_usage_error(CMD, "--seq: '%s' is not an integer in [1, 65536]", optarg);
-        return 0;
+        return cli_int_option(CMD, "--seq", optarg, 1, 1 << 16, &a->seq);
     case OPT_JSON: a->json = true; return 0;
     case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
     }
