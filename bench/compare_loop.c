@@ -147,9 +147,7 @@ static int setup_retrieval(const joule_compare_plan *p, const char *train_path, 
         snprintf(params, 32, "nprobe=%d", s->db_nprobe);
         rc = joule_db_set_params(db, params);
     }
-    int nprobe, ef;
-    joule_db_search_settings(db, &nprobe, &ef);
-    if (!rc) rc = joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &cost);
+    if (!rc) rc = joule_retro_db_search_cost(db, &cost);
     if (!rc) {
         *search_flops = cost.flops;
         char path[4200];

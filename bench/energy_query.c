@@ -294,10 +294,7 @@ static int run_batch(run_bufs *b, const joule_tokens *val, const joule_bench_ene
 static void retrieval_figures(const run_bufs *b, joule_bench_energy_result *r) {
     const double Q = r->queries;
     joule_search_cost sc;
-    int nprobe, ef;
-    joule_db_search_settings(b->db, &nprobe, &ef);
-    bool known = joule_retro_search_cost(joule_db_factory(b->db), joule_db_dim(b->db), joule_db_size(b->db), nprobe, ef,
-                                         &sc) == JOULE_OK;
+    bool known = joule_retro_db_search_cost(b->db, &sc) == JOULE_OK;
     snprintf(r->search_method, sizeof r->search_method, "%s", known ? sc.method : joule_last_error());
     r->retrieval = true;
     r->searches_per_query = (double)b->searches / Q;

@@ -192,10 +192,7 @@ void retro_cli_retrieval_cost(joule_retro_db *db, int m, void *json) {
     const char *spec = joule_embedder_spec(joule_db_embedder(db));
     const bool ngram = strncmp(spec, "ngram", 5) == 0;
     const char *emb = ngram ? "hashed byte n-grams (no matmul FLOPs)" : "a forward pass of that model over the chunk";
-    int nprobe, ef;
-    joule_db_search_settings(db, &nprobe, &ef);
-    const bool known =
-        joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef, &sc) == 0;
+    const bool known = joule_retro_db_search_cost(db, &sc) == 0;
     if (json) {
         cJSON *o = cJSON_AddObjectToObject(json, "retrieval_cost");
         cJSON_AddNumberToObject(o, "tokens_per_search", m);

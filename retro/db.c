@@ -15,6 +15,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "joule/data.h"
+#include "joule/retro.h"
 #include "joule/retro_db.h"
 #include "retro_internal.h"
 
@@ -253,12 +254,13 @@ int joule_db_set_params(joule_retro_db *db, const char *params) {
     return JOULE_OK;
 }
 
-void joule_db_search_settings(const joule_retro_db *db, int *nprobe, int *ef_search) {
+int joule_retro_db_search_cost(const joule_retro_db *db, joule_search_cost *out) {
     FaissIndexIVF *ivf = faiss_IndexIVF_cast(db->index);
-    *nprobe = ivf ? (int)faiss_IndexIVF_nprobe(ivf) : 0;
+    const int nprobe = ivf ? (int)faiss_IndexIVF_nprobe(ivf) : 0;
     /* the C API reads no HNSW parameter: the manifest's stored default */
     const char *es = db->manifest ? strstr(db->manifest, "efSearch=") : NULL;
-    *ef_search = es ? atoi(es + 9) : 0;
+    const int ef_search = es ? atoi(es + 9) : 0;
+    return joule_retro_search_cost(joule_db_factory(db), joule_db_dim(db), joule_db_size(db), nprobe, ef_search, out);
 }
 
 /* ---- search ---- */

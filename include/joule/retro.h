@@ -227,6 +227,9 @@ typedef struct {
     char method[96]; /* the formula used, e.g. "Flat: 2*d*N" */
 } joule_search_cost;
 int joule_retro_search_cost(const char *factory, int dim, uint64_t n, int nprobe, int ef_search, joule_search_cost *out);
+/* The same for one search of db at the parameters in effect: the IVF lists it probes now,
+ * HNSW's efSearch as its manifest stores it (the C API cannot read it back). */
+int joule_retro_db_search_cost(const struct joule_retro_db *db, joule_search_cost *out);
 
 /* ---- grouped attention: the one kernel behind CCA and the encoder's attentions ----
  * Group g: queries q rows [qrow[g], qrow[g] + nq[g]) attend (no causal mask) to the nk

@@ -130,9 +130,6 @@ int joule_db_verify(joule_retro_db *db, double *self_recall);
 /* Search parameters for the following searches, FAISS ParameterSpace syntax, e.g.
  * "nprobe=16" or "efSearch=64" or "nprobe=8,efSearch=32"; "" or NULL resets nothing. */
 int joule_db_set_params(joule_retro_db *db, const char *params);
-/* The search parameters in effect: IVF lists probed (0: not an IVF index) and HNSW's
- * efSearch as the manifest stores it (0: none); for joule_retro_search_cost. */
-void joule_db_search_settings(const joule_retro_db *db, int *nprobe, int *ef_search);
 /* Searches already embedded queries (n x dim) — what joule_db_search does after
  * embedding. excl[i] (sorted doc ids, n_excl[i] of them) are skipped for query i when
  * excl != NULL. The exclusion rule: fetch k' = 2k + 16 results; a query left with fewer
