@@ -20,8 +20,11 @@ set -euo pipefail
 
 # strace: the fault tests kill joule at chosen system calls; clang, its libFuzzer and
 # sanitizer runtimes (libclang-rt-14-dev) and OpenMP (libomp-14-dev): the fuzz targets.
+# Open MPI (libopenmpi-dev, openmpi-bin): multi-process training, search and comparisons.
+# libmicrohttpd: the HTTP front of `joule serve`. curl: the serve tests' error cases.
 PACKAGES=(cmake pkg-config gcc g++ make libopenblas-openmp-dev check libcjson-dev zlib1g-dev
-          libfaiss-dev dict-gcide fortunes dpkg-dev strace clang libclang-rt-14-dev libomp-14-dev)
+          libfaiss-dev dict-gcide fortunes dpkg-dev strace clang libclang-rt-14-dev libomp-14-dev
+          libopenmpi-dev openmpi-bin libmicrohttpd-dev curl)
 PREFIX=/usr/local
 LIBDIR=$PREFIX/lib
 STAMP=$LIBDIR/libfaiss_c.stamp
