@@ -7,6 +7,7 @@
 
 #include "acct_cli.h"
 #include "cli.h"
+#include "joule/dist.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
@@ -106,10 +107,7 @@ static void avoid_two_spinning_pools(char **argv) {
     /* exec failed: carry on, slower rather than not at all */
 }
 
-int main(int argc, char **argv) {
-    joule_moe_register();
-    avoid_two_spinning_pools(argv);
-    joule_retro_register();
+static int run(int argc, char **argv) {
     static const struct option LONG[] = {
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -184,5 +182,21 @@ int main(int argc, char **argv) {
         fprintf(stderr, "joule %s: error writing to standard output\n", name);
         if (rc == 0) rc = EXIT_RUNTIME;
     }
+    return rc;
+}
+
+/* Under mpirun every rank runs the same command. A rank whose command fails has already
+ * said why; it then ends the whole job (MPI_Abort) so no other rank waits for it forever. */
+int main(int argc, char **argv) {
+    joule_moe_register();
+    avoid_two_spinning_pools(argv);
+    joule_retro_register();
+    if (joule_dist_init(&argc, &argv) != JOULE_OK) {
+        fprintf(stderr, "joule: %s\n", joule_last_error());
+        return EXIT_RUNTIME;
+    }
+    int rc = run(argc, argv);
+    if (rc != 0 && joule_dist_size() > 1) joule_dist_abort(rc, NULL);
+    joule_dist_finalize();
     return rc;
 }
