@@ -411,7 +411,12 @@ static int run_grid(compare_opts *o, joule_compare_outcome *oc) {
     rc = joule_compare_grid(p, oc);
     for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
     if (metered) joule_energy_close(&meters);
-    if (rc) return cli_fail(CMD, rc); /* spread: main ends every rank with this one's message */
+    if (rc && spread) { /* main then ends every rank: say which one failed */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", joule_last_error());
+        joule_fail(rc, "rank %d: %s", joule_dist_rank(), why);
+    }
+    if (rc) return cli_fail(CMD, rc);
     if (root)
         printf("%d run%s done, %d already finished, %d failed in %s\n", oc->ran, oc->ran == 1 ? "" : "s", oc->skipped,
            oc->failed, o->out);
