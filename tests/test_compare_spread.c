@@ -25,8 +25,11 @@
 
 #include "testutil.h"
 
-#define SETTINGS "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 0 --bootstrap 20 --retro-chunk 4"
-#define GRID "--budgets 1e3,6e8,1.2e9,2.4e9 --archs dense,moe,retro,retro-fit"
+/* test_compare.c's settings with 10 steps at least, so that budgets of 1.5e8 FLOPs train
+ * RETRO's smallest model and the whole grid takes seconds under ASan too */
+#define SETTINGS                                                                                                  \
+    "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 0 --bootstrap 20 --retro-chunk 4 --min-steps 10"
+#define GRID "--budgets 1e3,1.5e8,3e8,6e8 --archs dense,moe,retro,retro-fit"
 #define COMPARE "compare --data ../d --out cmp " SETTINGS
 
 /* Keeps Open MPI's components loaded and unwinds slowly so the ASan build's leak
@@ -214,7 +217,7 @@ START_TEST(test_spread_equals_serial) {
     expect_same(a, b, "fit.json");
     cJSON_Delete(a);
     cJSON_Delete(b);
-    const char *leak[] = {"retro-6e08", "retro-2.4e09", "retro-fit-1.2e09"};
+    const char *leak[] = {"retro-1.5e08", "retro-6e08", "retro-fit-3e08"};
     for (int i = 0; i < 3; i++) {
         char s[128], p[128];
         snprintf(s, sizeof s, "serial/cmp/runs/%s.leakage.json", leak[i]);
@@ -227,7 +230,7 @@ START_TEST(test_spread_equals_serial) {
     }
     char *ra = masked_report("serial"), *rb = masked_report("spread");
     ck_assert_msg(strcmp(ra, rb) == 0, "report.md differs:\n%s\n----\n%s", ra, rb);
-    ck_assert_ptr_nonnull(strstr(ra, "| retro-fit | 2.4e+09 |"));
+    ck_assert_ptr_nonnull(strstr(ra, "| retro-fit | 6e+08 |"));
     free(ra);
     free(rb);
     /* rank 0 gathered every row: no row file is left */
@@ -252,12 +255,12 @@ static bool is_file(const char *rel) {
 /* Rank 1's second run cannot record its row (a folder sits where its row file goes): the
  * job ends at once with that rank's line, though rank 0 is still running or waiting. */
 START_TEST(test_failing_rank_ends_the_job) {
-    /* the plan: moe-1.2e9 and then moe-6e8 on rank 1, the dense runs on rank 0 */
+    /* the plan: moe-3e8 and then moe-1.5e8 on rank 1, the dense runs on rank 0 */
     ck_assert_int_eq(mkdir(tu_path("fail"), 0777), 0);
     ck_assert_int_eq(mkdir(tu_path("fail/cmp"), 0777), 0);
     ck_assert_int_eq(mkdir(tu_path("fail/cmp/runs"), 0777), 0);
-    ck_assert_int_eq(mkdir(tu_path("fail/cmp/runs/moe-6e08.row.json"), 0777), 0);
-    int rc = joule_in("fail", true, COMPARE " --budgets 6e8,1.2e9 --archs dense,moe");
+    ck_assert_int_eq(mkdir(tu_path("fail/cmp/runs/moe-1.5e08.row.json"), 0777), 0);
+    int rc = joule_in("fail", true, COMPARE " --budgets 1.5e8,3e8 --archs dense,moe");
     ck_assert_msg(rc != 0 && rc != 124, "exit status %d (124: it hung)", rc);
     char *err = tu_read_in("fail/err.txt", NULL);
     ck_assert_ptr_nonnull(err);
@@ -266,19 +269,19 @@ START_TEST(test_failing_rank_ends_the_job) {
         /* mpirun's notice of the abort; rank 0 told to stop by the SIGTERM mpirun sends first */
         if (strncmp(l, "joule", 5) != 0 || strncmp(l, "joule compare: interrupt: ", 26) == 0) continue;
         lines++;
-        ck_assert_msg(strstr(l, "joule compare: rank 1: ") && strstr(l, "moe-6e08.row.json"), "%s", l);
+        ck_assert_msg(strstr(l, "joule compare: rank 1: ") && strstr(l, "moe-1.5e08.row.json"), "%s", l);
     }
     ck_assert_int_eq(lines, 1);
     free(err);
     /* rank 1's first run was finished and recorded */
-    ck_assert(is_file("fail/cmp/runs/moe-1.2e09.row.json"));
-    const double before = mtime_of("fail/cmp/runs/moe-1.2e09.safetensors");
+    ck_assert(is_file("fail/cmp/runs/moe-3e08.row.json"));
+    const double before = mtime_of("fail/cmp/runs/moe-3e08.safetensors");
     /* cause removed, the same comparison in one process takes the finished runs over */
-    ck_assert_int_eq(rmdir(tu_path("fail/cmp/runs/moe-6e08.row.json")), 0);
-    ck_assert_int_eq(joule_in("fail", false, COMPARE " --budgets 6e8,1.2e9 --archs dense,moe --threads 1"), 0);
+    ck_assert_int_eq(rmdir(tu_path("fail/cmp/runs/moe-1.5e08.row.json")), 0);
+    ck_assert_int_eq(joule_in("fail", false, COMPARE " --budgets 1.5e8,3e8 --archs dense,moe --threads 1"), 0);
     ck_assert(tu_file_has("fail/out.txt", "already finished"));
-    ck_assert_double_eq(mtime_of("fail/cmp/runs/moe-1.2e09.safetensors"), before);
-    ck_assert(!is_file("fail/cmp/runs/moe-1.2e09.row.json"));
+    ck_assert_double_eq(mtime_of("fail/cmp/runs/moe-3e08.safetensors"), before);
+    ck_assert(!is_file("fail/cmp/runs/moe-3e08.row.json"));
     expect_rows_of_reference("fail", 4, false);
 }
 END_TEST
@@ -311,9 +314,9 @@ static int children(pid_t parent, pid_t *out, int max) {
 START_TEST(test_resume_after_kill) {
     const char *bin = getenv("JOULE_BIN"), *mpirun = getenv("JOULE_MPIRUN");
     ck_assert_int_eq(mkdir(tu_path("kill"), 0777), 0);
-    /* the plan: dense-1e12 on rank 0, dense-1.2e9 then dense-6e8 on rank 1 */
+    /* the plan: dense-1e12 on rank 0, dense-3e8 then dense-1.5e8 on rank 1 */
     char cmd[8192];
-    snprintf(cmd, sizeof cmd, "exec " MPI_ENV "%s -np 2 '%s' " COMPARE " --budgets 6e8,1.2e9,1e12 --archs dense", mpirun,
+    snprintf(cmd, sizeof cmd, "exec " MPI_ENV "%s -np 2 '%s' " COMPARE " --budgets 1.5e8,3e8,1e12 --archs dense", mpirun,
              bin);
     pid_t sh = fork();
     ck_assert_int_ge(sh, 0);
@@ -326,7 +329,7 @@ START_TEST(test_resume_after_kill) {
     for (int i = 0; i < 2400 && !ready; i++) {
         usleep(50 * 1000);
         char *log = tu_read_in("kill/cmp/runs/dense-1e12.log.jsonl", NULL);
-        ready = is_file("kill/cmp/runs/dense-6e08.row.json") && is_file("kill/cmp/runs/dense-1.2e09.row.json") && log &&
+        ready = is_file("kill/cmp/runs/dense-1.5e08.row.json") && is_file("kill/cmp/runs/dense-3e08.row.json") && log &&
                 strchr(log, '\n') && strchr(strchr(log, '\n') + 1, '\n');
         free(log);
     }
@@ -343,13 +346,13 @@ START_TEST(test_resume_after_kill) {
     ck_assert_msg(ready, "rank 1's runs never finished while rank 0 trained");
     ck_assert_msg(n == 2 && w == sh && !(WIFEXITED(status) && WEXITSTATUS(status) == 0), "%d ranks; mpirun: %d", n,
                   status);
-    const double a = mtime_of("kill/cmp/runs/dense-6e08.safetensors"), b = mtime_of("kill/cmp/runs/dense-1.2e09.safetensors");
+    const double a = mtime_of("kill/cmp/runs/dense-1.5e08.safetensors"), b = mtime_of("kill/cmp/runs/dense-3e08.safetensors");
     /* resumed under mpirun, the long budget left out */
-    ck_assert_int_eq(joule_in("kill", true, COMPARE " --budgets 6e8,1.2e9 --archs dense"), 0);
+    ck_assert_int_eq(joule_in("kill", true, COMPARE " --budgets 1.5e8,3e8 --archs dense"), 0);
     ck_assert(tu_file_has("kill/out.txt", "0 runs done, 2 already finished, 0 failed"));
-    ck_assert_double_eq(mtime_of("kill/cmp/runs/dense-6e08.safetensors"), a);
-    ck_assert_double_eq(mtime_of("kill/cmp/runs/dense-1.2e09.safetensors"), b);
-    ck_assert(!is_file("kill/cmp/runs/dense-6e08.row.json"));
+    ck_assert_double_eq(mtime_of("kill/cmp/runs/dense-1.5e08.safetensors"), a);
+    ck_assert_double_eq(mtime_of("kill/cmp/runs/dense-3e08.safetensors"), b);
+    ck_assert(!is_file("kill/cmp/runs/dense-1.5e08.row.json"));
     expect_rows_of_reference("kill", 2, true);
 }
 END_TEST
