@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,12 +34,6 @@ static int arch_index(const char *name) {
     int a = 0;
     while (a < JOULE_ARCH_COUNT && strcmp(joule_arch_names[a], name) != 0) a++;
     return a;
-}
-
-static bool is_todo(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
-    if (!p->archs[a]) return false;
-    int i = compare_find_row(out->rows, out->n_rows, joule_arch_names[a], budget);
-    return !(i >= 0 && out->rows[i].ok);
 }
 
 /* The training FLOPs the run plans to spend (RETRO-fit: its fitting stage); 0 when sizing
@@ -92,9 +87,9 @@ int compare_spread_plan(compare_spread *s, const joule_compare_plan *p, const jo
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
             const double budget = p->budgets[b];
-            if (!is_todo(p, out, a, budget)) continue;
+            if (!compare_to_do(p, out, a, budget)) continue;
             compare_cell c = {a, budget, s->size > 1 ? planned_flops(p->settings, a, budget) : budget};
-            const bool waits = a >= JOULE_ARCH_RETRO && is_todo(p, out, JOULE_ARCH_DENSE, budget);
+            const bool waits = a >= JOULE_ARCH_RETRO && compare_to_do(p, out, JOULE_ARCH_DENSE, budget);
             if (waits && s->size > 1) second[n2++] = c;
             else first[n1++] = c;
         }
@@ -119,7 +114,7 @@ int compare_spread_share_rows(const compare_spread *s, joule_compare_outcome *ou
     int rc = joule_dist_bcast(&n, sizeof n, 0);
     if (rc) return rc;
     if (s->rank != 0) {
-        if (n < 0 || (uint64_t)n > SIZE_MAX / sizeof *out->rows)
+        if (n < 0 || n > INT_MAX || (uint64_t)n > SIZE_MAX / sizeof *out->rows)
             return joule_fail(JOULE_ERR_RUNTIME, "rank 0 sent %lld rows", (long long)n);
         out->rows = n ? malloc((size_t)n * sizeof *out->rows) : NULL;
         if (n && !out->rows) return joule_fail(JOULE_ERR_NOMEM, "out of memory for %lld rows", (long long)n);

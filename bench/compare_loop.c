@@ -234,8 +234,7 @@ static int open_folder(const joule_compare_plan *p, joule_compare_outcome *out) 
     return rc ? rc : compare_rows_adopt(p->out_dir, out);
 }
 
-/* Is (arch a, budget) asked for and not finished? */
-static bool to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
+bool compare_to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
     if (!p->archs[a]) return false;
     int i = compare_find_row(out->rows, out->n_rows, joule_arch_names[a], budget);
     return !(i >= 0 && out->rows[i].ok);
@@ -348,7 +347,7 @@ int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out) 
     for (int i = 0; i < sp.n_cells; i++) clk.flops_left += sp.cells[i].budget;
     for (int b = 0; b < p->n_budgets && !rc; b++)
         for (int a = 0; a < JOULE_ARCH_COUNT; a++)
-            if (p->archs[a] && !to_do(p, out, a, p->budgets[b])) out->skipped++;
+            if (p->archs[a] && !compare_to_do(p, out, a, p->budgets[b])) out->skipped++;
     compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, NULL, p->meters, p->interrupt, p->on_step, p->ctx,
                          NULL, NULL, NULL, 0, NULL};
     char db_params[32] = "", db_dir[600], retro_error[512] = "";
