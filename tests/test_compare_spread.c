@@ -8,6 +8,8 @@
  *   and a rerun in one process resumes from them;
  * - a job whose ranks are killed (kill -9) mid-run is resumed under mpirun: the runs it
  *   finished are skipped, checkpoints untouched.
+ * - the plan (compare_spread_plan) gives every run still to do to exactly one rank, RETRO
+ *   and RETRO-fit after a dense run of their budget that is also to do, balanced as its rule says.
  * Every job runs under `timeout`, so a hang fails the test instead of stalling ctest. */
 #define _GNU_SOURCE
 #include <check.h>
@@ -23,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../bench/compare_dist.h"
 #include "testutil.h"
 
 /* test_compare.c's settings with 10 steps at least, so that budgets of 1.5e8 FLOPs train
@@ -357,6 +360,80 @@ START_TEST(test_resume_after_kill) {
 }
 END_TEST
 
+/* The plan as rank r of `size` sees it, for a grid of 5 budgets x 4 archs in which dense 5e11
+ * is finished and retro 1e12 failed earlier. */
+static void plan_as(int r, int size, compare_spread *sp, joule_compare_settings *st, joule_compare_plan *p,
+                    joule_compare_outcome *out) {
+    static const double budgets[5] = {1e3, 5e11, 1e12, 2e12, 4e12};
+    static joule_compare_row rows[2];
+    memset(rows, 0, sizeof rows);
+    snprintf(rows[0].arch, sizeof rows[0].arch, "dense");
+    rows[0].budget = 5e11;
+    rows[0].ok = true;
+    snprintf(rows[1].arch, sizeof rows[1].arch, "retro");
+    rows[1].budget = 1e12;
+    joule_compare_settings_init(st);
+    memset(p, 0, sizeof *p);
+    p->settings = st;
+    p->budgets = budgets;
+    p->n_budgets = 5;
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++) p->archs[a] = true;
+    memset(out, 0, sizeof *out);
+    out->rows = rows;
+    out->n_rows = 2;
+    compare_spread_init(sp);
+    sp->rank = r;
+    sp->size = size;
+    ck_assert_int_eq(compare_spread_plan(sp, p, out), JOULE_OK);
+}
+
+START_TEST(test_plan_covers_every_run_once) {
+    const int sizes[4] = {1, 2, 3, 7};
+    for (int si = 0; si < 4; si++) {
+        const int size = sizes[si];
+        int seen[5][JOULE_ARCH_COUNT] = {{0}}, phase_of[5][JOULE_ARCH_COUNT];
+        double load[2][8] = {{0}}, biggest[2] = {0, 0};
+        for (int r = 0; r < size; r++) {
+            compare_spread sp;
+            joule_compare_settings st;
+            joule_compare_plan p;
+            joule_compare_outcome out;
+            plan_as(r, size, &sp, &st, &p, &out);
+            ck_assert_int_eq(sp.n_phases, size == 1 ? 1 : 2);
+            for (int i = 0; i < sp.n_cells; i++) {
+                const compare_cell *c = &sp.cells[i];
+                int b = 0;
+                while (b < 5 && p.budgets[b] != c->budget) b++;
+                ck_assert_int_lt(b, 5);
+                seen[b][c->arch]++;
+                const int ph = i < sp.phase_end[0] ? 0 : 1;
+                phase_of[b][c->arch] = ph;
+                load[ph][r] += c->cost;
+                if (c->cost > biggest[ph]) biggest[ph] = c->cost;
+                /* one process: grid order; spread, each rank longest first within a phase */
+                if (i > 0 && (size > 1 ? i != sp.phase_end[0] : true))
+                    ck_assert(size == 1 ? (c->budget > c[-1].budget || (c->budget == c[-1].budget && c->arch > c[-1].arch))
+                                        : c->cost <= c[-1].cost);
+            }
+            compare_spread_free(&sp);
+        }
+        for (int b = 0; b < 5; b++)
+            for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
+                /* dense 5e11 is finished; everything else, the failed retro 1e12 included, to do */
+                ck_assert_int_eq(seen[b][a], b == 1 && a == JOULE_ARCH_DENSE ? 0 : 1);
+                if (size == 1 || !seen[b][a]) continue;
+                /* after the dense run of its budget when that one is to do, else at once */
+                const bool waits = a >= JOULE_ARCH_RETRO && b != 1;
+                ck_assert_int_eq(phase_of[b][a], waits ? 1 : 0);
+            }
+        /* the greedy rule: no rank ends a phase more than its largest run above another */
+        for (int ph = 0; ph < 2 && size > 1; ph++)
+            for (int r = 0; r < size; r++)
+                for (int q = 0; q < size; q++) ck_assert(load[ph][r] - load[ph][q] <= biggest[ph]);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("compare_spread");
     /* the fixture's two comparisons take ~5 s here, about a minute under ASan */
@@ -365,5 +442,7 @@ int main(void) {
     tcase_add_test(tc, test_spread_equals_serial);
     tcase_add_test(tc, test_failing_rank_ends_the_job);
     tcase_add_test(tc, test_resume_after_kill);
+    TCase *plan = tu_tcase(s, "plan", 30, NULL, NULL);
+    tcase_add_test(plan, test_plan_covers_every_run_once);
     return tu_run_suite(s);
 }
