@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "compare_dist.h"
 #include "compare_run.h"
 #include "joule/retro.h"
 #include "joule/retro_db.h"
@@ -182,7 +183,7 @@ static int setup_retrieval(const joule_compare_plan *p, const char *train_path, 
 
 static bool same_budget(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
 
-static int find_row(const joule_compare_row *rows, int n, const char *arch, double budget) {
+int compare_find_row(const joule_compare_row *rows, int n, const char *arch, double budget) {
     for (int i = 0; i < n; i++)
         if (strcmp(rows[i].arch, arch) == 0 && same_budget(rows[i].budget, budget)) return i;
     return -1;
@@ -210,7 +211,7 @@ static int add_row(joule_compare_outcome *out, const joule_compare_row *r) {
 static bool todo_retro(const joule_compare_plan *p, const joule_compare_outcome *out) {
     for (int b = 0; b < p->n_budgets; b++)
         for (int a = JOULE_ARCH_RETRO; a <= JOULE_ARCH_RETROFIT; a++) {
-            int i = find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
+            int i = compare_find_row(out->rows, out->n_rows, joule_arch_names[a], p->budgets[b]);
             if (p->archs[a] && !(i >= 0 && out->rows[i].ok)) return true;
         }
     return false;
@@ -228,13 +229,14 @@ static int open_folder(const joule_compare_plan *p, joule_compare_outcome *out) 
     int rc = pin_settings(p->out_dir, p->settings);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/results.jsonl", p->out_dir);
-    return joule_compare_rows_load(path, &out->rows, &out->n_rows);
+    rc = joule_compare_rows_load(path, &out->rows, &out->n_rows);
+    /* runs a killed spread job finished (docs/COMPARE.md §8) count as finished here too */
+    return rc ? rc : compare_rows_adopt(p->out_dir, out);
 }
 
-/* Is (arch a, budget) asked for and not finished? */
-static bool to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
+bool compare_to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget) {
     if (!p->archs[a]) return false;
-    int i = find_row(out->rows, out->n_rows, joule_arch_names[a], budget);
+    int i = compare_find_row(out->rows, out->n_rows, joule_arch_names[a], budget);
     return !(i >= 0 && out->rows[i].ok);
 }
 
@@ -245,10 +247,10 @@ typedef struct {
 } grid_clock;
 
 /* One cell of the grid: sizes (for the progress line), runs, records and saves the row. */
-static int run_cell(const joule_compare_plan *p, compare_run_ctx *x, char *log_path, size_t log_n,
+static int run_cell(const joule_compare_plan *p, compare_spread *sp, compare_run_ctx *x, char *log_path, size_t log_n,
                     joule_compare_outcome *out, int a, double budget, grid_clock *clk) {
     const char *arch = joule_arch_names[a];
-    int i = find_row(out->rows, out->n_rows, arch, budget);
+    int i = compare_find_row(out->rows, out->n_rows, arch, budget);
     joule_compare_row r;
     memset(&r, 0, sizeof r);
     snprintf(r.arch, sizeof r.arch, "%s", arch);
@@ -265,7 +267,7 @@ static int run_cell(const joule_compare_plan *p, compare_run_ctx *x, char *log_p
         double eta = clk->secs_done > 0 ? clk->secs_done / clk->flops_done * clk->flops_left : NAN;
         p->on_run_start(p->ctx, ++clk->k, clk->todo, arch, budget, sized ? &c : NULL, steps, eta);
     }
-    const int di = find_row(out->rows, out->n_rows, "dense", budget);
+    const int di = compare_find_row(out->rows, out->n_rows, "dense", budget);
     x->dense = di >= 0 && out->rows[di].ok ? &out->rows[di] : NULL;
     if (compare_run_one(x, (joule_arch)a, budget, &r) == COMPARE_INTERRUPTED) {
         out->interrupted = true;
@@ -281,50 +283,78 @@ static int run_cell(const joule_compare_plan *p, compare_run_ctx *x, char *log_p
     if (i >= 0) out->rows[i] = r;
     else if ((rc = add_row(out, &r))) return rc;
     if (p->on_run_end) p->on_run_end(p->ctx, &r);
-    rc = joule_compare_rows_save(p->out_dir, out->rows, out->n_rows);
+    /* spread: the row file now, results.jsonl at the phase's end on rank 0 */
+    rc = sp->size > 1 ? compare_spread_record(sp, &r) : joule_compare_rows_save(p->out_dir, out->rows, out->n_rows);
     if (p->interrupt && *p->interrupt) out->interrupted = true;
+    return rc;
+}
+
+/* RETRO's database and search cost: set up by rank 0 (the only rank in one process), what it
+ * found shared with the others. */
+static int prepare_retrieval(const joule_compare_plan *p, const compare_spread *sp, const char *train_path,
+                             const char *val_path, compare_run_ctx *x, char db_dir[600], char db_params[32],
+                             char retro_error[512], joule_compare_outcome *out) {
+    compare_retrieval_info info;
+    memset(&info, 0, sizeof info);
+    snprintf(db_dir, 600, "%s/db", p->out_dir);
+    if (sp->rank == 0) {
+        info.ok = setup_retrieval(p, train_path, val_path, db_dir, &info.search_flops, info.params) == JOULE_OK;
+        if (!info.ok) snprintf(info.error, sizeof info.error, "%s", joule_last_error());
+        info.interrupted = !info.ok && p->interrupt && *p->interrupt;
+    }
+    int rc = sp->size > 1 ? compare_spread_share_retrieval(sp, &info) : JOULE_OK;
+    if (rc) return rc;
+    if (info.ok) {
+        snprintf(db_params, 32, "%s", info.params);
+        x->db_dir = db_dir;
+        x->db_params = db_params[0] ? db_params : NULL;
+        x->search_flops = info.search_flops;
+    } else {
+        snprintf(retro_error, 512, "%s", info.error);
+    }
+    x->retro_error = retro_error;
+    out->interrupted = info.interrupted;
+    return JOULE_OK;
+}
+
+/* The runs of this rank, phase by phase; spread, the rows are exchanged after each phase. */
+static int run_cells(const joule_compare_plan *p, compare_spread *sp, compare_run_ctx *x, joule_compare_outcome *out,
+                     grid_clock *clk) {
+    char log_path[4200];
+    x->log_path = log_path;
+    int rc = JOULE_OK;
+    for (int ph = 0; ph < sp->n_phases && !rc; ph++) {
+        for (int i = ph ? sp->phase_end[ph - 1] : 0; i < sp->phase_end[ph] && !rc && !out->interrupted; i++)
+            rc = run_cell(p, sp, x, log_path, sizeof log_path, out, sp->cells[i].arch, sp->cells[i].budget, clk);
+        if (!rc && sp->size > 1) rc = compare_spread_exchange(sp, p, out);
+        if (out->interrupted) break;
+    }
     return rc;
 }
 
 int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out) {
     memset(out, 0, sizeof *out);
-    int rc = open_folder(p, out);
-    if (rc) return rc;
-    char train_path[4096], val_path[4096], log_path[4200];
+    compare_spread sp;
+    compare_spread_init(&sp);
+    /* rank 0 alone creates and reads the folder, so every rank plans from the same rows */
+    int rc = sp.rank == 0 ? open_folder(p, out) : JOULE_OK;
+    if (!rc && sp.size > 1) rc = compare_spread_share_rows(&sp, out);
+    if (!rc) rc = compare_spread_plan(&sp, p, out);
+    char train_path[4096], val_path[4096];
     snprintf(train_path, sizeof train_path, "%s/train.bin", p->data_dir);
     snprintf(val_path, sizeof val_path, "%s/val.bin", p->data_dir);
-    grid_clock clk = {0, 0, 0, 0, 0};
-    for (int b = 0; b < p->n_budgets; b++)
-        for (int a = 0; a < JOULE_ARCH_COUNT; a++) {
-            if (!p->archs[a]) continue;
-            if (to_do(p, out, a, p->budgets[b])) {
-                clk.todo++;
-                clk.flops_left += p->budgets[b];
-            } else {
-                out->skipped++;
-            }
-        }
-    compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, log_path, p->meters, p->interrupt, p->on_step, p->ctx,
+    grid_clock clk = {0, 0, 0, 0, sp.n_cells};
+    for (int i = 0; i < sp.n_cells; i++) clk.flops_left += sp.cells[i].budget;
+    for (int b = 0; b < p->n_budgets && !rc; b++)
+        for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+            if (p->archs[a] && !compare_to_do(p, out, a, p->budgets[b])) out->skipped++;
+    compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, NULL, p->meters, p->interrupt, p->on_step, p->ctx,
                          NULL, NULL, NULL, 0, NULL};
-    char db_params[32] = "";
-    char db_dir[600], retro_error[512] = "";
-    if (todo_retro(p, out)) {
-        snprintf(db_dir, sizeof db_dir, "%s/db", p->out_dir);
-        if (setup_retrieval(p, train_path, val_path, db_dir, &x.search_flops, db_params) == JOULE_OK) {
-            x.db_dir = db_dir;
-            x.db_params = db_params[0] ? db_params : NULL;
-        } else {
-            snprintf(retro_error, sizeof retro_error, "%s", joule_last_error());
-            if (p->interrupt && *p->interrupt) {
-                out->interrupted = true;
-                return JOULE_OK;
-            }
-        }
-        x.retro_error = retro_error;
-    }
-    for (int b = 0; b < p->n_budgets && !rc && !out->interrupted; b++)
-        for (int a = 0; a < JOULE_ARCH_COUNT && !rc && !out->interrupted; a++)
-            if (to_do(p, out, a, p->budgets[b])) rc = run_cell(p, &x, log_path, sizeof log_path, out, a, p->budgets[b], &clk);
+    char db_params[32] = "", db_dir[600], retro_error[512] = "";
+    if (!rc && todo_retro(p, out))
+        rc = prepare_retrieval(p, &sp, train_path, val_path, &x, db_dir, db_params, retro_error, out);
+    if (!rc && !out->interrupted) rc = run_cells(p, &sp, &x, out, &clk);
+    compare_spread_free(&sp);
     for (int i = 0; i < out->n_rows; i++)
         if (!out->rows[i].ok) out->failed++;
     return rc;

@@ -11,6 +11,11 @@
  * least min_steps steps of the RETRO model. */
 double compare_fit_budget(const joule_compare_settings *s, const joule_config *c, double budget);
 
+/* The index of the row of (arch, budget) in rows, or -1. */
+int compare_find_row(const joule_compare_row *rows, int n, const char *arch, double budget);
+/* Is (arch a, budget) asked for by p and not finished in out->rows? */
+bool compare_to_do(const joule_compare_plan *p, const joule_compare_outcome *out, int a, double budget);
+
 /* compare_run_one's result when Ctrl-C stopped the training: no row is recorded. */
 #define COMPARE_INTERRUPTED 100
 

@@ -10,6 +10,7 @@
 #include "acct_cli.h"
 #include "cli.h"
 #include "joule/compare.h"
+#include "joule/dist.h"
 
 static const char USAGE[] =
     "Usage: joule compare --budgets LIST [options]\n"
@@ -25,6 +26,13 @@ static const char USAGE[] =
     "running the command again skips finished runs and retries failed ones. Ctrl-C stops the\n"
     "run in progress (it is redone next time) and keeps the rest; twice exits at once.\n"
     "A failed run is recorded with its error and the command exits 1 at the end.\n"
+    "\n"
+    "Spread over processes: 'mpirun -np N joule compare ...' runs the same grid with each run\n"
+    "on one rank (docs/COMPARE.md section 8): runs planned longest first (training FLOPs) onto\n"
+    "the least-loaded rank, RETRO and RETRO-fit after the dense run of their budget; every rank\n"
+    "writes its runs' files, rank 0 results.jsonl and the report. Same rows and numbers as one\n"
+    "process at the same --threads; a killed job is resumed by the same command, under mpirun\n"
+    "or not. The folder and --data must be on a file system every rank sees.\n"
     "\n"
     "What to run:\n"
     "  --budgets LIST        training FLOPs per run, comma-separated, e.g. 1e12,2e12,4e12,8e12\n"
@@ -83,8 +91,9 @@ static const char USAGE[] =
     "  --report-only         rebuild the report from DIR/results.jsonl without running anything\n"
     "\n"
     "Other:\n"
-    "  --threads N           threads for BLAS and joule's loops; 0 = all cores (default 0). Small\n"
-    "                        models often train fastest on 1, above all on a busy machine\n"
+    "  --threads N           threads for BLAS and joule's loops, per run; 0 = all cores, or 1 per\n"
+    "                        rank under mpirun (default 0). Small models often train fastest on\n"
+    "                        1, above all on a busy machine\n"
     "  -h, --help            show this help and exit\n"
     "\n"
     "Energy comes from the automatic meters (RAPL, perf, NVML, else modeled:tdp with the profile\n"
@@ -160,6 +169,7 @@ typedef struct {
     cli_progress bar;
     bool bar_on;
     const char *retrieval; /* the set-up phase being shown */
+    char who[32];          /* "rank R: " before each run's lines under mpirun, else "" */
 } compare_ui;
 
 static void on_run_start(void *ctx, int k, int n, const char *arch, double budget, const joule_config *c,
@@ -171,13 +181,13 @@ static void on_run_start(void *ctx, int k, int n, const char *arch, double budge
         snprintf(eta, sizeof eta, "ETA %s", cli_fmt_duration(d, sizeof d, eta_s));
     }
     if (c)
-        printf("run %d of %d: %s, budget %.3g FLOPs: %d layers x d_model %d%s, %llu steps; %s\n", k, n, arch, budget,
+        printf("%srun %d of %d: %s, budget %.3g FLOPs: %d layers x d_model %d%s, %llu steps; %s\n", ui->who, k, n, arch, budget,
                c->n_layers, c->d_model, joule_config_has_moe(c) ? " + experts" : "", (unsigned long long)steps, eta);
     else
-        printf("run %d of %d: %s, budget %.3g FLOPs; %s\n", k, n, arch, budget, eta);
+        printf("%srun %d of %d: %s, budget %.3g FLOPs; %s\n", ui->who, k, n, arch, budget, eta);
     fflush(stdout);
     cli_progress_start(&ui->bar, arch, "step", (double)steps);
-    ui->bar_on = c != NULL;
+    ui->bar_on = c != NULL && joule_dist_rank() == 0; /* one rank draws progress */
 }
 
 static void on_step(void *ctx, const joule_train_progress *p) {
@@ -190,12 +200,14 @@ static void on_step(void *ctx, const joule_train_progress *p) {
 static void on_run_end(void *ctx, const joule_compare_row *r) {
     compare_ui *ui = ctx;
     if (ui->bar.tty && ui->bar.printed) fputc('\n', stderr);
+    char tag[96] = ""; /* spread, the ranks' lines interleave: name the run */
+    if (ui->who[0]) snprintf(tag, sizeof tag, "%s%s %.3g:", ui->who, r->arch, r->budget);
     if (!r->ok) {
-        printf("  FAILED: %s\n", r->error);
+        printf("%s  FAILED: %s\n", tag, r->error);
     } else {
         char w[32];
-        printf("  val bpb %.4f, exact match %.4f, counted FLOPs %.4g (%.2f%% of the budget), %s, energy %.4g J [%s]\n",
-               r->val_bpb, r->exact_match, (double)r->flops_counted, 100 * r->spent,
+        printf("%s  val bpb %.4f, exact match %.4f, counted FLOPs %.4g (%.2f%% of the budget), %s, energy %.4g J [%s]\n",
+               tag, r->val_bpb, r->exact_match, (double)r->flops_counted, 100 * r->spent,
                cli_fmt_duration(w, sizeof w, r->wall_s), r->energy_j,
                r->energy_method[0] ? r->energy_method : "not measured");
     }
@@ -349,13 +361,15 @@ static int parse(int argc, char **argv, compare_opts *o) {
     return 0;
 }
 
-/* Every run's energy comes from one set of meters, so the methods agree. */
-static bool open_meters(joule_energy *meters) {
+/* Every run's energy comes from one set of meters per process, so the methods agree. Spread,
+ * each rank meters its own runs and rank 0 says which meter. */
+static bool open_meters(joule_energy *meters, bool say) {
     const char *w = getenv("JOULE_POWER_WATTS");
     double watts = 0;
     if (w && *w && !cli_parse_double(w, &watts)) watts = 0;
     char profile[64];
     bool metered = cli_energy_open(meters, getenv("JOULE_HARDWARE"), watts, NULL, profile, sizeof profile) == 0;
+    if (!say) return metered;
     if (!metered) fprintf(stderr, "joule %s: energy not measured: %s\n", CMD, joule_last_error());
     else printf("energy: %s%s%s\n", meters->method, strstr(meters->method, "tdp") ? ", profile " : "",
                 strstr(meters->method, "tdp") ? profile : "");
@@ -364,11 +378,14 @@ static bool open_meters(joule_energy *meters) {
 
 /* The grid, with progress and Ctrl-C handling; oc receives the rows. */
 static int run_grid(compare_opts *o, joule_compare_outcome *oc) {
-    cli_setup_threads(o->threads);
+    const bool spread = joule_dist_size() > 1, root = joule_dist_rank() == 0;
+    /* under mpirun the ranks share the cores: one thread each unless told */
+    cli_setup_threads(o->threads == 0 && spread ? 1 : o->threads);
     joule_energy meters;
-    bool metered = open_meters(&meters);
+    bool metered = open_meters(&meters, root);
     compare_ui ui;
     memset(&ui, 0, sizeof ui);
+    if (spread) snprintf(ui.who, sizeof ui.who, "rank %d: ", joule_dist_rank());
     joule_compare_plan *p = &o->p;
     p->settings = &o->s;
     p->data_dir = o->data;
@@ -378,10 +395,10 @@ static int run_grid(compare_opts *o, joule_compare_outcome *oc) {
     p->interrupt = &g_interrupt;
     p->on_run_start = on_run_start;
     p->on_run_end = on_run_end;
-    p->on_step = on_step;
-    p->on_retrieval = on_retrieval;
+    p->on_step = root ? on_step : NULL;
+    p->on_retrieval = on_retrieval; /* rank 0 alone sets retrieval up */
     p->ctx = &ui;
-    int rc = cli_make_parent_dirs(CMD, o->out);
+    int rc = root ? cli_make_parent_dirs(CMD, o->out) : 0; /* rank 0 alone creates the folder */
     if (rc) {
         if (metered) joule_energy_close(&meters);
         return rc;
@@ -394,8 +411,14 @@ static int run_grid(compare_opts *o, joule_compare_outcome *oc) {
     rc = joule_compare_grid(p, oc);
     for (int i = 0; i < 2; i++) sigaction(SIGNALS[i], &old[i], NULL);
     if (metered) joule_energy_close(&meters);
+    if (rc && spread) { /* main then ends every rank: say which one failed */
+        char why[1024];
+        snprintf(why, sizeof why, "%s", joule_last_error());
+        joule_fail(rc, "rank %d: %s", joule_dist_rank(), why);
+    }
     if (rc) return cli_fail(CMD, rc);
-    printf("%d run%s done, %d already finished, %d failed in %s\n", oc->ran, oc->ran == 1 ? "" : "s", oc->skipped,
+    if (root)
+        printf("%d run%s done, %d already finished, %d failed in %s\n", oc->ran, oc->ran == 1 ? "" : "s", oc->skipped,
            oc->failed, o->out);
     return 0;
 }
@@ -428,13 +451,24 @@ static int report(const compare_opts *o, const joule_compare_row *rows, int n_ro
     return 0;
 }
 
+/* Spread, rank 0 has written the report: every rank ends with its exit code, so that no rank
+ * returns (and, non-zero, ends the job) before the report is on disk. */
+static int agree_exit(int rc) {
+    if (joule_dist_size() == 1) return rc;
+    int32_t code = rc;
+    if (joule_dist_bcast(&code, sizeof code, 0) != JOULE_OK) return cli_fail(CMD, JOULE_ERR_RUNTIME);
+    return code;
+}
+
 int cmd_compare(int argc, char **argv) {
     compare_opts o;
     int rc = parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     joule_compare_outcome oc;
     memset(&oc, 0, sizeof oc);
+    const bool root = joule_dist_rank() == 0;
     if (o.report_only) {
+        if (!root) return agree_exit(0); /* rank 0 rebuilds the report alone */
         char path[4096];
         snprintf(path, sizeof path, "%s/results.jsonl", o.out);
         if ((rc = cli_check_input(CMD, path, "nothing to report (check --out)"))) return rc;
@@ -443,7 +477,7 @@ int cmd_compare(int argc, char **argv) {
         free(oc.rows);
         return rc;
     }
-    rc = report(&o, oc.rows, oc.n_rows, oc.interrupted);
+    rc = root ? report(&o, oc.rows, oc.n_rows, oc.interrupted) : 0;
     free(oc.rows);
-    return rc;
+    return agree_exit(rc);
 }
