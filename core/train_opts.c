@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "joule/dist.h"
 #include "joule/train.h"
 
 void joule_train_opts_init(joule_train_opts *o) {
@@ -66,6 +67,9 @@ char *joule_train_opts_to_json(const joule_train_opts *o, int seq, uint64_t tota
     }
     if (o->sample_windows) cJSON_AddStringToObject(j, "windows", o->windows_name ? o->windows_name : "custom");
     if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
+    /* the batches a step sees depend on the ranks (accum per rank); a single process writes
+     * nothing, so its checkpoints are byte-identical to those before data parallelism */
+    if (joule_dist_size() > 1) cJSON_AddNumberToObject(j, "ranks", joule_dist_size());
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
