@@ -317,13 +317,9 @@ static void run_close(train_run *r, joule_model *m) {
     if (r->o.val_path) joule_tokens_close(&r->val);
 }
 
-/* The gradients summed over ranks, in buckets (each a separate MPI_Allreduce, so no
- * single call is huge and Open MPI can pick its large-message algorithm per bucket). */
-#define GRAD_BUCKET ((size_t)1 << 20) /* floats: 4 MiB */
-
-static int allreduce_grads(joule_model *m) {
-    for (size_t at = 0; at < m->n_params; at += GRAD_BUCKET) {
-        size_t n = m->n_params - at < GRAD_BUCKET ? m->n_params - at : GRAD_BUCKET;
+int joule_train_allreduce_grads(joule_model *m) {
+    for (size_t at = 0; at < m->n_params; at += JOULE_TRAIN_GRAD_BUCKET) {
+        size_t n = m->n_params - at < JOULE_TRAIN_GRAD_BUCKET ? m->n_params - at : JOULE_TRAIN_GRAD_BUCKET;
         int rc = joule_dist_allreduce_sum_f32(m->grads + at, n);
         if (rc) return rc;
     }
@@ -369,7 +365,7 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     if (rc) return rc;
     sums[1] = (double)(joule_flops_counted() - f0);
     sums[2] = o->interrupt && *o->interrupt;
-    if ((rc = allreduce_grads(m)) || (rc = joule_dist_allreduce_sum_f64(sums, 3))) return rc;
+    if ((rc = joule_train_allreduce_grads(m)) || (rc = joule_dist_allreduce_sum_f64(sums, 3))) return rc;
     r->stop_asked = sums[2] > 0;
     for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
         if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
