@@ -194,6 +194,36 @@ START_TEST(test_rank_fails) {
 }
 END_TEST
 
+/* bench dist runs both sides (the 2-rank one under the launcher it is given) and reports
+ * the all-reduce of the model's whole gradient: 4 bytes per parameter. */
+START_TEST(test_bench_dist) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "bench dist --layers 1 --d-model 32 --heads 2 --d-ff 64 --ctx 32 --batch 2 --steps 2 --warmup 0 "
+             "--rounds 1 --json --mpirun '%s'",
+             getenv("JOULE_MPIRUN"));
+    ck_assert_msg(tu_joule("%s", cmd) == 0, "%s", tu_read_in("err.txt", NULL));
+    ck_assert(tu_file_has("out.txt", "2 ranks x 1 thread"));
+    char *out = tu_read_in("out.txt", NULL);
+    const char *line = strstr(out, "{\"bench\":\"dist_compare\"");
+    ck_assert_ptr_nonnull(line);
+    cJSON *j = cJSON_Parse(line);
+    ck_assert_ptr_nonnull(j);
+    joule_config c = joule_config_default(1, 32, 2, 64, 32);
+    joule_model *m;
+    ck_assert_int_eq(joule_model_create(&m, &c), JOULE_OK);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "grad_bytes")->valuedouble, 4.0 * (double)m->n_params);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "sent_bytes")->valuedouble, 4.0 * (double)m->n_params);
+    double share = cJSON_GetObjectItem(j, "allreduce_share")->valuedouble;
+    ck_assert(share > 0 && share < 1);
+    ck_assert(cJSON_GetObjectItem(j, "tokens_per_s_1rank")->valuedouble > 0);
+    ck_assert(cJSON_GetObjectItem(j, "tokens_per_s_2ranks")->valuedouble > 0);
+    joule_model_free(m);
+    cJSON_Delete(j);
+    free(out);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("dist_train");
     TCase *tc = tcase_create("data parallel");
@@ -204,6 +234,7 @@ int main(void) {
     tcase_add_test(tc, test_retro);
     tcase_add_test(tc, test_resume);
     tcase_add_test(tc, test_rank_fails);
+    tcase_add_test(tc, test_bench_dist);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
