@@ -29,8 +29,10 @@ typedef struct {
     int32_t *in, *tg; /* accum micro-batches */
 } dist_run;
 
-/* One step; *ar_s the seconds of its all-reduce. */
-static int one_step(dist_run *d, const joule_bench_model_opts *o, int accum, double *step_s, double *ar_s) {
+/* One step; *ar_s the seconds of its all-reduce, *skew_s of waiting for the other ranks
+ * to finish their backward. */
+static int one_step(dist_run *d, const joule_bench_model_opts *o, int accum, double *step_s, double *ar_s,
+                    double *skew_s) {
     const int N = o->batch * o->ctx, micros = accum * joule_dist_size();
     int rc = joule_dist_barrier(); /* every rank starts the step together */
     double t0 = joule_now(), loss;
@@ -40,6 +42,10 @@ static int one_step(dist_run *d, const joule_bench_model_opts *o, int accum, dou
         if (!rc) rc = joule_model_backward(d->m, 1.0f / (float)micros);
     }
     double t1 = joule_now();
+    /* a barrier first, so that the all-reduce's time is the transfer, not the wait for a
+     * slower rank's backward (that wait is the skew, reported apart) */
+    if (!rc) rc = joule_dist_barrier();
+    double t1b = joule_now();
     if (!rc) rc = joule_train_allreduce_grads(d->m);
     double t2 = joule_now();
     if (rc) return rc;
@@ -47,29 +53,33 @@ static int one_step(dist_run *d, const joule_bench_model_opts *o, int accum, dou
     float clip = (d->adam.grad_clip > 0 && norm > d->adam.grad_clip) ? (float)(d->adam.grad_clip / norm) : 1.0f;
     joule_adamw_update(&d->opt, d->m, &d->adam, d->adam.lr, clip);
     *step_s = joule_now() - t0;
-    *ar_s = t2 - t1;
+    *ar_s = t2 - t1b;
+    *skew_s = t1b - t1;
     return JOULE_OK;
 }
 
 static int measure(dist_run *d, const joule_bench_model_opts *o, int accum, joule_bench_dist_result *r) {
     double *step = calloc((size_t)o->steps, sizeof *step), *ar = calloc((size_t)o->steps, sizeof *ar),
-           *share = calloc((size_t)o->steps, sizeof *share);
-    int rc = step && ar && share ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "bench dist: out of memory");
+           *share = calloc((size_t)o->steps, sizeof *share), *skew = calloc((size_t)o->steps, sizeof *skew);
+    int rc = step && ar && share && skew ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "bench dist: out of memory");
     for (int s = 0; s < o->warmup + o->steps && !rc; s++) {
-        double t[2];
-        if ((rc = one_step(d, o, accum, &t[0], &t[1]))) break;
+        double t[3];
+        if ((rc = one_step(d, o, accum, &t[0], &t[1], &t[2]))) break;
         /* the step lasts as long as its slowest rank (outside the timed part) */
-        if ((rc = joule_dist_allreduce_max_f64(t, 2))) break;
+        if ((rc = joule_dist_allreduce_max_f64(t, 3))) break;
         if (s < o->warmup) continue;
         step[s - o->warmup] = t[0];
         ar[s - o->warmup] = t[1];
         share[s - o->warmup] = t[1] / t[0];
+        skew[s - o->warmup] = t[2];
     }
     if (!rc) {
         r->step_s = joule_median(step, o->steps);
         r->allreduce_s = joule_median(ar, o->steps);
         r->allreduce_share = joule_median(share, o->steps);
+        r->skew_s = joule_median(skew, o->steps);
     }
+    free(skew);
     free(step);
     free(ar);
     free(share);

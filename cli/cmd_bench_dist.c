@@ -24,7 +24,8 @@ static const char USAGE[] =
     "Data-parallel training step of the reference model (bench train's): tokens/s of 1 rank\n"
     "x 2 threads (accumulating 2 micro-batches) against 2 ranks x 1 thread (a micro-batch\n"
     "each, gradients summed with MPI_Allreduce in joule train's buckets), the same 2 x batch x\n"
-    "ctx tokens per step; the share of the step spent in the all-reduce and the bytes moved.\n"
+    "ctx tokens per step; the share of the step spent in the all-reduce (timed after a\n"
+    "barrier; the wait at that barrier for the slower rank is shown apart) and the bytes moved.\n"
     "Run plainly, it measures the 1-rank side in this process and runs the 2-rank side as\n"
     "'MPIRUN -np 2 joule bench dist ... --threads 1', alternating for --rounds rounds;\n"
     "medians of steps, then of rounds. Under mpirun it measures the N ranks it was given.\n"
@@ -96,20 +97,21 @@ static int run_ranks(const dist_opts *o) {
     if (rc) return cli_fail(CMD, rc);
     if (joule_dist_rank() != 0) return 0;
     printf("%d ranks x %d thread%s: %.0f tokens/s (step %.1f ms), all-reduce %.1f ms = %.1f%% of the step, "
-           "%.1f MB of gradients all-reduced per rank per step (ring: %.1f MB sent per rank)\n",
+           "waiting for the slowest rank %.1f ms, %.1f MB of gradients all-reduced per rank per step (ring: %.1f MB "
+           "sent per rank)\n",
            r.ranks, r.threads, r.threads == 1 ? "" : "s", r.tokens_per_step / r.step_s, r.step_s * 1e3,
-           r.allreduce_s * 1e3, 100 * r.allreduce_share, r.grad_bytes / 1e6, r.sent_bytes / 1e6);
+           r.allreduce_s * 1e3, 100 * r.allreduce_share, r.skew_s * 1e3, r.grad_bytes / 1e6, r.sent_bytes / 1e6);
     if (o->json)
         printf("{\"bench\":\"dist\",\"ranks\":%d,\"threads\":%d,\"tokens_per_step\":%.0f,\"step_ms\":%.3f,"
-               "\"tokens_per_s\":%.1f,\"allreduce_ms\":%.3f,\"allreduce_share\":%.5f,\"grad_bytes\":%.0f,"
-               "\"sent_bytes\":%.0f}\n",
+               "\"tokens_per_s\":%.1f,\"allreduce_ms\":%.3f,\"allreduce_share\":%.5f,\"skew_ms\":%.3f,"
+               "\"grad_bytes\":%.0f,\"sent_bytes\":%.0f}\n",
                r.ranks, r.threads, r.tokens_per_step, r.step_s * 1e3, r.tokens_per_step / r.step_s,
-               r.allreduce_s * 1e3, r.allreduce_share, r.grad_bytes, r.sent_bytes);
+               r.allreduce_s * 1e3, r.allreduce_share, r.skew_s * 1e3, r.grad_bytes, r.sent_bytes);
     return 0;
 }
 
 typedef struct {
-    double tps, step_ms, allreduce_ms, share, grad_bytes, sent_bytes;
+    double tps, step_ms, allreduce_ms, share, grad_bytes, sent_bytes, skew_ms;
 } side;
 
 /* The 2-rank side: this binary under the launcher, its JSON line read back. */
@@ -136,9 +138,10 @@ static int run_child(const dist_opts *o, side *s) {
         cJSON_Delete(j);
         return cli_error(EXIT_RUNTIME, CMD, "the 2-rank side failed (exit %d): %s", st, cmd);
     }
-    const char *keys[] = {"tokens_per_s", "step_ms", "allreduce_ms", "allreduce_share", "grad_bytes", "sent_bytes"};
-    double *dst[] = {&s->tps, &s->step_ms, &s->allreduce_ms, &s->share, &s->grad_bytes, &s->sent_bytes};
-    for (int i = 0; i < 6; i++) {
+    const char *keys[] = {"tokens_per_s", "step_ms", "allreduce_ms", "allreduce_share", "grad_bytes", "sent_bytes",
+                          "skew_ms"};
+    double *dst[] = {&s->tps, &s->step_ms, &s->allreduce_ms, &s->share, &s->grad_bytes, &s->sent_bytes, &s->skew_ms};
+    for (int i = 0; i < 7; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         *dst[i] = cJSON_IsNumber(v) ? v->valuedouble : 0;
     }
@@ -171,8 +174,8 @@ static int compare(const dist_opts *o) {
         CLI_CHECK(run_child(o, &b));
         one[i] = a.tps, two[i] = b.tps, ratio[i] = b.tps / a.tps, share[i] = b.share, ar[i] = b.allreduce_ms;
         printf("round %d: 1 rank x %d threads %.0f tokens/s (step %.0f ms); 2 ranks x 1 thread %.0f tokens/s (step "
-               "%.0f ms, all-reduce %.1f ms = %.1f%%); ratio %.3f\n",
-               i + 1, T, a.tps, a.step_ms, b.tps, b.step_ms, b.allreduce_ms, 100 * b.share, ratio[i]);
+               "%.0f ms, all-reduce %.1f ms = %.1f%%, waiting for the slower rank %.1f ms); ratio %.3f\n",
+               i + 1, T, a.tps, a.step_ms, b.tps, b.step_ms, b.allreduce_ms, 100 * b.share, b.skew_ms, ratio[i]);
         fflush(stdout);
     }
     double mr = joule_median(ratio, o->rounds), ms = joule_median(share, o->rounds);

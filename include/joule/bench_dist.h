@@ -18,7 +18,10 @@ typedef struct {
     int ranks, accum, threads;
     double tokens_per_step;   /* ranks x accum x batch x ctx */
     double step_s;            /* median over steps of the slowest rank's whole step */
-    double allreduce_s;       /* median over steps of the slowest rank's gradient all-reduce */
+    double allreduce_s;       /* median over steps of the slowest rank's gradient all-reduce,
+                                 timed after a barrier: the transfer alone */
+    double skew_s;            /* median over steps of the longest wait at that barrier for
+                                 the other ranks' backward (load imbalance) */
     double allreduce_share;   /* median over steps of allreduce / step (slowest rank's each) */
     double grad_bytes;        /* gradient bytes each rank all-reduces per step (4 x params) */
     double sent_bytes;        /* per rank per step by a ring all-reduce: 2 (N-1)/N x grad_bytes */
