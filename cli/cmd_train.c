@@ -266,6 +266,7 @@ static void args_init(train_args *a) {
     joule_train_opts_init(&a->o);
     a->o.out_path = "runs/model.safetensors";
     a->o.interrupt = &g_interrupt;
+    a->o.data_parallel = 1; /* under mpirun, the ranks train one model together */
     int sizes[5] = {DEF_LAYERS, DEF_D_MODEL, DEF_HEADS, DEF_D_FF, DEF_CTX};
     memcpy(a->sizes, sizes, sizeof sizes);
     retro_train_cli_init(&a->rt);

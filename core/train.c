@@ -66,7 +66,7 @@ int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B,
 
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c) {
     const int T = o->seq ? o->seq : c->ctx;
-    const uint64_t micros = (uint64_t)o->accum * (uint64_t)joule_dist_size();
+    const uint64_t micros = (uint64_t)o->accum * (uint64_t)joule_train_ranks(o);
     uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * micros;
     if (o->max_steps) return o->max_steps;
     if (o->max_tokens) return o->max_tokens / tokens_per_step + (o->max_tokens % tokens_per_step != 0);
@@ -144,7 +144,7 @@ static int draw_starts(const joule_train_opts *o, const joule_tokens *t, uint64_
 static int step_analytic(const joule_train_opts *o, const joule_config *c, const joule_tokens *t, uint64_t step,
                          int T, uint64_t *starts, uint64_t *out) {
     *out = 0;
-    const int micros = o->accum * joule_dist_size();
+    const int micros = o->accum * joule_train_ranks(o);
     if (!o->batch_flops) {
         *out = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)micros;
         return JOULE_OK;
@@ -209,7 +209,7 @@ typedef struct {
     uint64_t *starts;
     uint64_t analytic_done; /* analytic FLOPs of the steps done */
     joule_train_progress p;
-    int rank, ranks;        /* joule_dist_rank/size: 0 and 1 in a plain run */
+    int rank, ranks;        /* of the data-parallel step: 0 and 1 in a plain run, or without data_parallel */
     int stop_asked;         /* some rank was interrupted during the last step */
     int64_t fail_step;      /* test hook: fail at this step on rank fail_rank; -1 = never */
     int fail_rank;
@@ -231,14 +231,14 @@ static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
 
 /* A data-parallel run's batches depend on its ranks (each draws accum micro-batches), so a
  * resume needs the number of ranks that saved the run. */
-static int check_ranks(const char *path, const char *opts_json) {
+static int check_ranks(const char *path, const char *opts_json, int ranks) {
     cJSON *j = cJSON_Parse(opts_json);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "ranks");
     double saved = cJSON_IsNumber(v) ? v->valuedouble : 1;
     cJSON_Delete(j);
-    if (saved == (double)joule_dist_size()) return JOULE_OK;
+    if (saved == (double)ranks) return JOULE_OK;
     return joule_fail(JOULE_ERR_ARG, "%s: saved by a run of %g rank%s, resuming with %d (resume with the same mpirun -np)",
-                      path, saved, saved == 1 ? "" : "s", joule_dist_size());
+                      path, saved, saved == 1 ? "" : "s", ranks);
 }
 
 /* The optimizer and training state: the saved ones, which must have been saved with the
@@ -256,9 +256,10 @@ static int load_or_start(train_run *r, joule_model *m, const char *traj) {
     }
     /* rank 0 alone finishes an interrupted save (renames), the others then read the files */
     int rc = r->rank == 0 ? joule_checkpoint_recover(o->out_path) : JOULE_OK;
-    if (rc || (rc = joule_dist_barrier()) || (rc = joule_checkpoint_load_optim(o->out_path, m, &r->opt, &r->st)))
+    if (rc || (r->ranks > 1 && (rc = joule_dist_barrier())) ||
+        (rc = joule_checkpoint_load_optim(o->out_path, m, &r->opt, &r->st)))
         return rc;
-    if ((rc = check_ranks(o->out_path, r->st.opts_json))) return rc;
+    if ((rc = check_ranks(o->out_path, r->st.opts_json, r->ranks))) return rc;
     if (strcmp(r->st.opts_json, traj) != 0)
         return joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)", o->out_path,
                           r->st.opts_json, traj);
@@ -344,7 +345,7 @@ static int run_micros(train_run *r, joule_model *m, double *loss_sum) {
             return rc;
         *loss_sum += loss;
     }
-    if (r->fail_step == (int64_t)r->st.step && r->fail_rank == r->rank)
+    if (r->fail_step == (int64_t)r->st.step && r->fail_rank == joule_dist_rank())
         return joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": failing as JOULE_TEST_FAIL_RANK asks", r->st.step);
     return JOULE_OK;
 }
@@ -365,7 +366,8 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     if (rc) return rc;
     sums[1] = (double)(joule_flops_counted() - f0);
     sums[2] = o->interrupt && *o->interrupt;
-    if ((rc = joule_train_allreduce_grads(m)) || (rc = joule_dist_allreduce_sum_f64(sums, 3))) return rc;
+    if (r->ranks > 1 && ((rc = joule_train_allreduce_grads(m)) || (rc = joule_dist_allreduce_sum_f64(sums, 3))))
+        return rc;
     r->stop_asked = sums[2] > 0;
     for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
         if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
@@ -443,8 +445,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     r.o = *o;
     r.o.adam.warmup_steps = joule_train_warmup_steps(o, &m->cfg);
     r.T = o->seq ? o->seq : m->cfg.ctx;
-    r.rank = joule_dist_rank();
-    r.ranks = joule_dist_size();
+    r.ranks = joule_train_ranks(o);
+    r.rank = r.ranks > 1 ? joule_dist_rank() : 0;
     int rc = check_opts(m, &r.o, r.T);
     if (rc || (rc = fail_hook(&r))) return rc;
     rc = run_open(&r, m);

@@ -6,7 +6,8 @@
  * one AdamW update. Batches come from (seed, step, micro) alone, so a resumed run sees
  * exactly the batches it would have seen.
  *
- * Data parallel (`mpirun -np N`, joule/dist.h): a step is N x accum micro-batches, rank r
+ * Data parallel (`mpirun -np N`, joule/dist.h, with opts.data_parallel set): a step is
+ * N x accum micro-batches, rank r
  * drawing micro-batches r*accum .. r*accum+accum-1, so N ranks see exactly the batches of
  * one process with accum N x accum; every rank applies the same update to the same
  * weights. Rank 0 alone validates and writes the log and the checkpoints; the step's
@@ -64,6 +65,10 @@ typedef struct {
     const char *out_path;   /* checkpoint to write (and to resume from) */
     const char *log_path;   /* JSON-lines step log; NULL for none */
     int resume;             /* continue from out_path and its optimizer file */
+    /* 1: the step spans every rank of the MPI job (joule_train_ranks); 0 (the default):
+     * this process alone, even under mpirun (callers that train different runs on
+     * different ranks, such as a spread comparison, keep 0) */
+    int data_parallel;
     int batch, accum, seq;  /* seq <= ctx; 0 means ctx */
     uint64_t seed;
     /* Budget: the first non-zero of max_steps, max_tokens, max_flops fixes the schedule. */
@@ -142,6 +147,9 @@ int joule_train_opts_resume(joule_train_opts *o, const joule_train_state *st, un
  * joule_train uses without batch_flops; with it, a FLOP budget is planned over the training
  * file's batches, step by step); 0 when o gives no budget. */
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c);
+
+/* The ranks a step of o spans: joule_dist_size() when o->data_parallel, else 1. */
+int joule_train_ranks(const joule_train_opts *o);
 
 /* Floats per MPI_Allreduce of the gradients (4 MiB): several calls for a large model, so
  * no single call is huge; measured in docs/SCALING.md. */
