@@ -95,7 +95,8 @@ void cli_json_numbers(struct cJSON *o, const cli_json_number *f, size_t n);
                      sizeof((const cli_json_number[]){__VA_ARGS__}) / sizeof(cli_json_number))
 void cli_print_json(struct cJSON *o);
 
-/* Applies --threads (0 = all cores) to OpenMP and BLAS. */
+/* Applies --threads (0 = all cores; under mpirun, the cores divided among the node's ranks)
+ * to OpenMP and BLAS. */
 void cli_setup_threads(int threads);
 
 /* Progress: a redrawn bar with rate and ETA on a terminal, plain lines every few seconds

@@ -44,6 +44,8 @@ static double energy_per_token(const joule_energy_report *er) {
     return er->tokens ? er->joules / (double)er->tokens : 0.0;
 }
 
+int cmd_bench_dist(int argc, char **argv); /* cli/cmd_bench_dist.c */
+
 static int bench_train(const bench_opts *o) {
     bench_header("train");
     const int B = o->run.batch, T = o->run.ctx, N = B * T;
@@ -118,6 +120,8 @@ static void usage(void) {
            "  retro    RETRO model: train step and generation with retrieval vs without (bench retro --help)\n"
            "  energy   energy per query of checkpoints: latency, tokens/s, FLOPs, J/query\n"
            "           (its own options: joule bench energy --help)\n"
+           "  dist     data-parallel training: 1 rank x 2 threads against 2 ranks x 1 thread (MPI),\n"
+           "           all-reduce share of the step (its own options: joule bench dist --help)\n"
            "\n"
            "options (defaults: the reference model of the foundation issue):\n"
            "  --layers N      layers (6)\n"
@@ -146,6 +150,7 @@ int cmd_bench(int argc, char **argv) {
     const char *what = argv[1];
     if (!strcmp(what, "db")) return cmd_bench_db(argc - 1, argv + 1); /* its own options */
     if (!strcmp(what, "retro")) return cmd_bench_retro(argc - 1, argv + 1); /* its own options */
+    if (!strcmp(what, "dist")) return cmd_bench_dist(argc - 1, argv + 1); /* its own options */
     static const struct option opts[] = {
         {"layers", 1, 0, 'L'}, {"d-model", 1, 0, 'd'}, {"heads", 1, 0, 'H'}, {"d-ff", 1, 0, 'f'},
         {"ctx", 1, 0, 'c'},    {"batch", 1, 0, 'b'},   {"steps", 1, 0, 's'}, {"warmup", 1, 0, 'w'},

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "retro_cli.h"
 #include "joule/checkpoint.h"
+#include "joule/dist.h"
 #include "joule/model.h"
 #include "joule/ops.h"
 #include "joule/train.h"
@@ -82,8 +83,15 @@ static const char USAGE[] =
     "  --eval-windows N   validation windows (of seq tokens) per evaluation; 0 = all (default 64)\n"
     "\n"
     "Other:\n"
-    "  --threads N        threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
+    "  --threads N        threads for BLAS and joule's loops; 0 = all cores, divided among\n"
+    "                     the ranks on the node under mpirun (default 0)\n"
     "  -h, --help         show this help and exit\n"
+    "\n"
+    "Data parallel: 'mpirun -np N joule train ...' runs N ranks, each drawing accum\n"
+    "micro-batches of the step (rank r the step's micro-batches r*accum .. r*accum+accum-1),\n"
+    "gradients summed over ranks with MPI_Allreduce: the same batches as one process with\n"
+    "--accum N x accum. Rank 0 alone prints, validates and writes the checkpoint and log;\n"
+    "--resume needs the same N and a checkpoint every rank can read.\n"
     RETRO_TRAIN_USAGE;
 
 enum {
@@ -161,6 +169,7 @@ typedef struct {
     bool resumed;
     double val_bpb;
     uint64_t val_step;
+    bool quiet; /* a rank other than 0 of a data-parallel run */
     char extra[160];
 } train_ui;
 
@@ -181,7 +190,7 @@ static void on_step(void *ctx, const joule_train_progress *p) {
         ui->val_step = p->step;
     }
     format_extra(ui, p);
-    if (p->step < p->total_steps) /* the last step is shown by cli_progress_finish */
+    if (!ui->quiet && p->step < p->total_steps) /* the last step is shown by cli_progress_finish */
         cli_progress_update(&ui->bar, (double)(p->step - ui->start_step), ui->extra);
 }
 
@@ -203,9 +212,9 @@ static const char *sci(char *buf, size_t n, double v) {
     return buf;
 }
 
-/* Analytic FLOPs of one training step: 3 x the forward of each micro-batch. */
+/* Analytic FLOPs of one training step: 3 x the forward of each micro-batch, all ranks'. */
 static double step_flops(const joule_config *c, const joule_train_opts *o) {
-    return 3.0 * (double)joule_model_forward_flops(c, o->batch, o->seq) * o->accum;
+    return 3.0 * (double)joule_model_forward_flops(c, o->batch, o->seq) * o->accum * joule_dist_size();
 }
 
 static char *layer_summary(const joule_config *c) {
@@ -257,6 +266,7 @@ static void args_init(train_args *a) {
     joule_train_opts_init(&a->o);
     a->o.out_path = "runs/model.safetensors";
     a->o.interrupt = &g_interrupt;
+    a->o.data_parallel = 1; /* under mpirun, the ranks train one model together */
     int sizes[5] = {DEF_LAYERS, DEF_D_MODEL, DEF_HEADS, DEF_D_FF, DEF_CTX};
     memcpy(a->sizes, sizes, sizeof sizes);
     retro_train_cli_init(&a->rt);
@@ -408,8 +418,9 @@ static int build_config(train_args *a, joule_config *cfg) {
 static int load_saved(train_args *a, joule_config *cfg, joule_model **m, joule_train_state *saved) {
     const char *out = a->o.out_path;
     CLI_CHECK(cli_check_input(CMD, out, "nothing to resume (check --out)"));
-    int st = joule_checkpoint_recover(out);
-    if (st || (st = joule_checkpoint_load(m, out, saved))) return cli_fail(CMD, st);
+    /* rank 0 alone finishes an interrupted save (renames); the others wait, then read */
+    int st = joule_dist_rank() == 0 ? joule_checkpoint_recover(out) : JOULE_OK;
+    if (st || (st = joule_dist_barrier()) || (st = joule_checkpoint_load(m, out, saved))) return cli_fail(CMD, st);
     if (saved->run_id[0] == '\0')
         return cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
     if (model_flags(a)) {
@@ -435,9 +446,10 @@ static int prepare_outputs(const train_args *a, char **log_path, char **optim_pa
         *log_path = a->log_opt ? strdup(a->log_opt) : path_with_suffix(out, ".log.jsonl");
         if (!*log_path) return cli_error(EXIT_RUNTIME, CMD, "out of memory");
     }
+    *optim_path = joule_checkpoint_optim_path(out);
+    if (joule_dist_rank() != 0) return *optim_path ? 0 : cli_error(EXIT_RUNTIME, CMD, "out of memory");
     CLI_CHECK(cli_make_parent_dirs(CMD, out));
     if (*log_path) CLI_CHECK(cli_make_parent_dirs(CMD, *log_path));
-    *optim_path = joule_checkpoint_optim_path(out);
     return check_outputs(out, *optim_path, *log_path);
 }
 
@@ -445,7 +457,7 @@ static int prepare_outputs(const train_args *a, char **log_path, char **optim_pa
 static void print_plan(const joule_model *m, const joule_config *cfg, const joule_train_opts *o, uint64_t total,
                        const joule_train_state *saved) {
     joule_param_counts pc = joule_model_param_counts(m);
-    uint64_t tok_step = (uint64_t)o->batch * (uint64_t)o->seq * (uint64_t)o->accum;
+    uint64_t tok_step = (uint64_t)o->batch * (uint64_t)o->seq * (uint64_t)o->accum * (uint64_t)joule_dist_size();
     char b1[32], b2[32], b3[32];
     printf("model: %s\n", layer_summary(cfg));
     cli_moe_print_summary(m);
@@ -454,6 +466,9 @@ static void print_plan(const joule_model *m, const joule_config *cfg, const joul
            cli_fmt_count(b1, sizeof b1, (double)pc.total), cli_fmt_count(b2, sizeof b2, (double)pc.non_embedding),
            tok_step, o->batch, o->seq, o->accum, total, sci(b3, sizeof b3, step_flops(cfg, o)), joule_get_threads(),
            joule_blas_corename());
+    if (joule_dist_size() > 1)
+        printf("data parallel: %d ranks x batch %d x accum %d, gradients summed with MPI_Allreduce\n",
+               joule_dist_size(), o->batch, o->accum);
     if (o->resume)
         printf("resuming %s at step %" PRIu64 " of %" PRIu64 " (run %s)\n", o->out_path, saved->step,
                saved->total_steps, saved->run_id);
@@ -465,7 +480,7 @@ static int run_training(joule_model *m, joule_train_opts *o, train_ui *ui, uint6
                         joule_train_progress *last, double *elapsed) {
     o->on_step = on_step;
     o->ctx = ui;
-    cli_progress_start(&ui->bar, "train", "step", (double)(total - ui->start_step));
+    if (!ui->quiet) cli_progress_start(&ui->bar, "train", "step", (double)(total - ui->start_step));
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -483,13 +498,32 @@ static int run_training(joule_model *m, joule_train_opts *o, train_ui *ui, uint6
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (st) {
-        if (ui->bar.tty && ui->bar.printed) fputc('\n', stderr);
+        if (!ui->quiet && ui->bar.tty && ui->bar.printed) fputc('\n', stderr);
         joule_energy_close(&energy->meters);
         return cli_fail(CMD, st);
     }
     format_extra(ui, last);
-    cli_progress_finish(&ui->bar, (double)(last->step - ui->start_step), ui->extra);
+    if (!ui->quiet) cli_progress_finish(&ui->bar, (double)(last->step - ui->start_step), ui->extra);
     return 0;
+}
+
+/* The energy line; under mpirun rank 0's, then every rank's meter or model summed (each
+ * rank measures with its own meters, labelled with their method). */
+static void report_energy(cli_energy *energy, uint64_t tokens) {
+    joule_energy_report er;
+    memset(&er, 0, sizeof er);
+    er.joules = NAN;
+    cli_energy_end(energy, tokens / (uint64_t)joule_dist_size(), 0, false, &er); /* this rank's tokens */
+    if (joule_dist_size() < 2) return;
+    double sum[2] = {isfinite(er.joules) ? er.joules : 0, isfinite(er.joules) ? 0 : 1};
+    if (joule_dist_allreduce_sum_f64(sum, 2) != JOULE_OK) {
+        printf("energy, all ranks: not summed (%s)\n", joule_last_error());
+        return;
+    }
+    if (sum[1] > 0) printf("energy, all %d ranks: not measured on %g rank(s)\n", joule_dist_size(), sum[1]);
+    else
+        printf("energy, all %d ranks: %.4g J [%s per rank, summed over ranks], %.4g J/token\n", joule_dist_size(),
+               sum[0], er.method, tokens ? sum[0] / (double)tokens : 0.0);
 }
 
 /* What the run did: throughput, FLOPs, MFU, energy, losses, files; the exit status. */
@@ -507,7 +541,7 @@ static int report(const joule_config *cfg, const joule_train_opts *o, const trai
            last->flops_analytic ? (double)last->flops / (double)last->flops_analytic : 0.0);
     cli_print_mfu(stdout, (double)run_steps * step_flops(cfg, o), (double)(last->flops - ui->start_flops),
                   step_wall, o->peak_flops);
-    cli_energy_end(energy, run_tokens, 0, false, NULL);
+    report_energy(energy, run_tokens);
     if (!o->val_path) snprintf(b3, sizeof b3, "n/a (no validation file)");
     else if (isnan(ui->val_bpb)) snprintf(b3, sizeof b3, "n/a (not evaluated)");
     else if (ui->val_step == last->step) snprintf(b3, sizeof b3, "%.4f", ui->val_bpb);
@@ -562,6 +596,7 @@ static int train(train_args *a, joule_model **m, char **log_path, char **optim_p
     ui.start_flops = saved.flops;
     ui.resumed = o->resume;
     ui.val_bpb = NAN;
+    ui.quiet = joule_dist_rank() != 0;
     cli_energy energy;
     joule_train_progress last;
     double elapsed;
@@ -570,6 +605,8 @@ static int train(train_args *a, joule_model **m, char **log_path, char **optim_p
 }
 
 int cmd_train(int argc, char **argv) {
+    /* data parallel: rank 0 alone prints (errors still come from the rank that has them) */
+    if (joule_dist_rank() != 0 && !freopen("/dev/null", "w", stdout)) return cli_error(EXIT_RUNTIME, CMD, "/dev/null: cannot open");
     train_args a;
     args_init(&a);
     int rc = parse_args(argc, argv, &a);

@@ -30,6 +30,7 @@ static const char USAGE[] =
     "  bench moe       MoE over dense tokens/s at the same active FLOPs (train, decode)\n"
     "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
     "  bench retro     RETRO train step and generation with retrieval on vs off\n"
+    "  bench dist      data-parallel training (MPI): 1 rank x 2 threads vs 2 ranks x 1 thread\n"
     "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"

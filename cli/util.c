@@ -12,14 +12,25 @@
 
 #include "cli.h"
 #include "joule/common.h"
+#include "joule/dist.h"
 #include "joule/ops.h"
+
+/* Under mpirun a message names its rank ("rank 1: "), so the job's one line says which
+ * process failed; a plain run prints nothing extra. */
+static const char *rank_prefix(void) {
+    static char buf[32];
+    if (joule_dist_size() <= 1) return "";
+    snprintf(buf, sizeof buf, "rank %d: ", joule_dist_rank());
+    return buf;
+}
 
 /* "joule <cmd>: <message><tail>" on one line: the message may quote arguments and file
  * contents, so it is sanitised (joule_sanitize_line) before it reaches the terminal. */
 static void print_error(const char *cmd, const char *tail, const char *fmt, va_list ap) {
     char raw[4096], safe[4096];
     vsnprintf(raw, sizeof raw, fmt, ap);
-    fprintf(stderr, "joule%s%s: %s%s\n", *cmd ? " " : "", cmd, joule_sanitize_line(safe, sizeof safe, raw), tail);
+    fprintf(stderr, "joule%s%s: %s%s%s\n", *cmd ? " " : "", cmd, rank_prefix(),
+            joule_sanitize_line(safe, sizeof safe, raw), tail);
 }
 
 const char *cli_text(const char *s) {
@@ -165,7 +176,7 @@ char *cli_read_file(const char *path, size_t *len) {
 }
 
 int cli_fail(const char *cmd, int status) {
-    fprintf(stderr, "joule%s%s: %s\n", *cmd ? " " : "", cmd, joule_last_error());
+    fprintf(stderr, "joule%s%s: %s%s\n", *cmd ? " " : "", cmd, rank_prefix(), joule_last_error());
     return joule_exit_code(status);
 }
 
@@ -273,7 +284,8 @@ bool cli_parse_u64(const char *s, uint64_t *out) {
 
 void cli_setup_threads(int threads) {
     if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        /* ranks sharing a node share its cores */
+        long n = sysconf(_SC_NPROCESSORS_ONLN) / joule_dist_local_size();
         threads = n > 0 ? (int)n : 1;
     }
     joule_set_threads(threads);

@@ -252,3 +252,10 @@ int joule_dist_barrier(void) {
 
 const joule_dist_stats *joule_dist_get_stats(void) { return &g_stats; }
 void joule_dist_stats_reset(void) { memset(&g_stats, 0, sizeof g_stats); }
+
+int joule_dist_local_size(void) {
+    if (!g_active) return 1;
+    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int n = s ? atoi(s) : 0;
+    return n >= 1 && n <= g_size ? n : 1;
+}

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "joule/dist.h"
 #include "joule/ops.h"
 
 int joule_evaluate(joule_model *m, const joule_tokens *t, int T, int B, uint64_t max_windows,
@@ -65,11 +66,12 @@ int joule_evaluate_prepared(joule_model *m, const joule_tokens *t, int T, int B,
 
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c) {
     const int T = o->seq ? o->seq : c->ctx;
-    uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * (uint64_t)o->accum;
+    const uint64_t micros = (uint64_t)o->accum * (uint64_t)joule_train_ranks(o);
+    uint64_t tokens_per_step = (uint64_t)o->batch * (uint64_t)T * micros;
     if (o->max_steps) return o->max_steps;
     if (o->max_tokens) return o->max_tokens / tokens_per_step + (o->max_tokens % tokens_per_step != 0);
     if (o->max_flops > 0) {
-        double per_step = 3.0 * (double)joule_model_forward_flops(c, o->batch, T) * o->accum;
+        double per_step = 3.0 * (double)joule_model_forward_flops(c, o->batch, T) * (double)micros;
         double s = floor(o->max_flops / per_step);
         /* converting a double past 2^64 is undefined: more than 2^53 steps is "forever" anyway */
         if (!(s < 9007199254740992.0)) s = 9007199254740992.0;
@@ -137,15 +139,17 @@ static int draw_starts(const joule_train_opts *o, const joule_tokens *t, uint64_
     return joule_batch_sample_aligned(t, o->seed, step, micro, o->batch, T, 1, NULL, NULL, starts);
 }
 
-/* Analytic FLOPs of training step `step`: 3 x the forward of each micro-batch. */
+/* Analytic FLOPs of training step `step`: 3 x the forward of each micro-batch of every
+ * rank (the step of a data-parallel run is all ranks' micro-batches). */
 static int step_analytic(const joule_train_opts *o, const joule_config *c, const joule_tokens *t, uint64_t step,
                          int T, uint64_t *starts, uint64_t *out) {
     *out = 0;
+    const int micros = o->accum * joule_train_ranks(o);
     if (!o->batch_flops) {
-        *out = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)o->accum;
+        *out = 3 * joule_model_forward_flops(c, o->batch, T) * (uint64_t)micros;
         return JOULE_OK;
     }
-    for (int micro = 0; micro < o->accum; micro++) {
+    for (int micro = 0; micro < micros; micro++) {
         uint64_t f = 0;
         int rc = draw_starts(o, t, step, micro, T, starts);
         if (!rc) rc = o->batch_flops(o->prepare_ctx, c, t, starts, o->batch, T, &f);
@@ -205,6 +209,10 @@ typedef struct {
     uint64_t *starts;
     uint64_t analytic_done; /* analytic FLOPs of the steps done */
     joule_train_progress p;
+    int rank, ranks;        /* of the data-parallel step: 0 and 1 in a plain run, or without data_parallel */
+    int stop_asked;         /* some rank was interrupted during the last step */
+    int64_t fail_step;      /* test hook: fail at this step on rank fail_rank; -1 = never */
+    int fail_rank;
 } train_run;
 
 static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
@@ -221,6 +229,18 @@ static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
     return JOULE_OK;
 }
 
+/* A data-parallel run's batches depend on its ranks (each draws accum micro-batches), so a
+ * resume needs the number of ranks that saved the run. */
+static int check_ranks(const char *path, const char *opts_json, int ranks) {
+    cJSON *j = cJSON_Parse(opts_json);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "ranks");
+    double saved = cJSON_IsNumber(v) ? v->valuedouble : 1;
+    cJSON_Delete(j);
+    if (saved == (double)ranks) return JOULE_OK;
+    return joule_fail(JOULE_ERR_ARG, "%s: saved by a run of %g rank%s, resuming with %d (resume with the same mpirun -np)",
+                      path, saved, saved == 1 ? "" : "s", ranks);
+}
+
 /* The optimizer and training state: the saved ones, which must have been saved with the
  * same options (traj) and seed, or fresh ones. */
 static int load_or_start(train_run *r, joule_model *m, const char *traj) {
@@ -234,8 +254,12 @@ static int load_or_start(train_run *r, joule_model *m, const char *traj) {
         snprintf(r->st.opts_json, sizeof r->st.opts_json, "%s", traj);
         return JOULE_OK;
     }
-    int rc = joule_checkpoint_recover(o->out_path);
-    if (rc || (rc = joule_checkpoint_load_optim(o->out_path, m, &r->opt, &r->st))) return rc;
+    /* rank 0 alone finishes an interrupted save (renames), the others then read the files */
+    int rc = r->rank == 0 ? joule_checkpoint_recover(o->out_path) : JOULE_OK;
+    if (rc || (r->ranks > 1 && (rc = joule_dist_barrier())) ||
+        (rc = joule_checkpoint_load_optim(o->out_path, m, &r->opt, &r->st)))
+        return rc;
+    if ((rc = check_ranks(o->out_path, r->st.opts_json, r->ranks))) return rc;
     if (strcmp(r->st.opts_json, traj) != 0)
         return joule_fail(JOULE_ERR_ARG, "%s: cannot resume with different options (saved %s, now %s)", o->out_path,
                           r->st.opts_json, traj);
@@ -263,8 +287,10 @@ static int run_open(train_run *r, joule_model *m) {
     free(traj);
     if (rc) return rc;
     double wall0 = 0;
-    if (o->resume && o->log_path && (rc = joule_train_log_resume(o->log_path, r->st.step, &wall0))) return rc;
-    if (o->log_path && !(r->log = fopen(o->log_path, o->resume ? "a" : "w")))
+    /* only rank 0 writes the log (and the checkpoints) */
+    const char *log_path = r->rank == 0 ? o->log_path : NULL;
+    if (o->resume && log_path && (rc = joule_train_log_resume(log_path, r->st.step, &wall0))) return rc;
+    if (log_path && !(r->log = fopen(log_path, o->resume ? "a" : "w")))
         return joule_fail(JOULE_ERR_IO, "%s: cannot open log for writing", o->log_path);
     r->in = malloc((size_t)o->batch * r->T * sizeof *r->in);
     r->tg = malloc((size_t)o->batch * r->T * sizeof *r->tg);
@@ -292,28 +318,57 @@ static void run_close(train_run *r, joule_model *m) {
     if (r->o.val_path) joule_tokens_close(&r->val);
 }
 
-/* One optimizer step: accumulate the micro-batches' gradients, clip, update; the progress
- * of the step in r->p (its validation loss still NaN). analytic: the step's analytic FLOPs. */
-static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
+int joule_train_allreduce_grads(joule_model *m) {
+    for (size_t at = 0; at < m->n_params; at += JOULE_TRAIN_GRAD_BUCKET) {
+        size_t n = m->n_params - at < JOULE_TRAIN_GRAD_BUCKET ? m->n_params - at : JOULE_TRAIN_GRAD_BUCKET;
+        int rc = joule_dist_allreduce_sum_f32(m->grads + at, n);
+        if (rc) return rc;
+    }
+    return JOULE_OK;
+}
+
+/* The micro-batches of this rank: global micro-batches rank*accum .. rank*accum+accum-1 of
+ * the step, so N ranks see exactly the batches of one process with accumulation N x accum;
+ * gradients scaled by 1 / (N x accum) and summed over ranks. */
+static int run_micros(train_run *r, joule_model *m, double *loss_sum) {
     const joule_train_opts *o = &r->o;
-    const int T = r->T;
-    double t0 = joule_now();
-    uint64_t f0 = joule_flops_counted();
-    joule_model_zero_grad(m);
-    joule_model_set_training(m, true);
-    double loss_sum = 0.0;
-    for (int micro = 0; micro < o->accum; micro++) {
+    const int T = r->T, micros = o->accum * r->ranks;
+    for (int a = 0; a < o->accum; a++) {
+        const int micro = r->rank * o->accum + a;
         double loss;
         /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
         m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, r->st.step), (uint64_t)micro), 0x6d6f65);
         int rc = draw_batch(o, &r->train, r->st.step, micro, T, r->in, r->tg, r->starts);
         if (rc || (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &r->train, r->starts, o->batch, T))) ||
             (rc = joule_model_forward(m, r->in, r->tg, o->batch, T, &loss)) ||
-            (rc = joule_model_backward(m, 1.0f / (float)o->accum)))
+            (rc = joule_model_backward(m, 1.0f / (float)micros)))
             return rc;
-        loss_sum += loss;
+        *loss_sum += loss;
     }
-    /* (distributed training: all-reduce m->grads here) */
+    if (r->fail_step == (int64_t)r->st.step && r->fail_rank == joule_dist_rank())
+        return joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": failing as JOULE_TEST_FAIL_RANK asks", r->st.step);
+    return JOULE_OK;
+}
+
+/* One optimizer step: accumulate the micro-batches' gradients (all ranks'), clip, update;
+ * the progress of the step in r->p (its validation loss still NaN). analytic: the step's
+ * analytic FLOPs. */
+static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
+    const joule_train_opts *o = &r->o;
+    const int T = r->T, micros = o->accum * r->ranks;
+    double t0 = joule_now();
+    uint64_t f0 = joule_flops_counted();
+    joule_model_zero_grad(m);
+    joule_model_set_training(m, true);
+    /* loss, counted FLOPs and "interrupted" of this rank, summed over ranks */
+    double sums[3] = {0, 0, 0};
+    int rc = run_micros(r, m, &sums[0]);
+    if (rc) return rc;
+    sums[1] = (double)(joule_flops_counted() - f0);
+    sums[2] = o->interrupt && *o->interrupt;
+    if (r->ranks > 1 && ((rc = joule_train_allreduce_grads(m)) || (rc = joule_dist_allreduce_sum_f64(sums, 3))))
+        return rc;
+    r->stop_asked = sums[2] > 0;
     for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
         if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
     double norm = joule_grad_norm(m);
@@ -325,21 +380,22 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     double dt = joule_now() - t0;
 
     joule_train_progress *p = &r->p;
+    const uint64_t step_tokens = (uint64_t)o->batch * T * (uint64_t)micros;
     r->st.step++;
-    r->st.tokens += (uint64_t)o->batch * T * (uint64_t)o->accum;
-    r->st.flops += joule_flops_counted() - f0;
+    r->st.tokens += step_tokens;
+    r->st.flops += (uint64_t)sums[1];
     p->step = r->st.step;
     p->tokens = r->st.tokens;
     p->flops = r->st.flops;
     r->analytic_done += analytic;
     p->flops_analytic = r->analytic_done;
-    p->loss = loss_sum / o->accum;
+    p->loss = sums[0] / micros;
     p->lr = lr;
     p->grad_norm = norm;
     p->wall_s += dt;
     p->run_wall_s += dt;
-    p->tokens_per_s = (double)o->batch * T * o->accum / dt;
-    p->mfu = o->peak_flops > 0 ? (double)analytic / dt / o->peak_flops : 0;
+    p->tokens_per_s = (double)step_tokens / dt;
+    p->mfu = o->peak_flops > 0 ? (double)analytic / dt / o->peak_flops / r->ranks : 0;
     p->val_loss = NAN;
     return JOULE_OK;
 }
@@ -349,7 +405,8 @@ static int after_step(train_run *r, joule_model *m, bool finished, bool stopping
     const joule_train_opts *o = &r->o;
     joule_model_set_training(m, false);
     char *stats = r->log ? ext_stats(m) : NULL;
-    if (o->val_path && ((o->eval_every && r->st.step % (uint64_t)o->eval_every == 0) || finished)) {
+    /* rank 0 validates, logs and saves; the others go on to the next step's all-reduce */
+    if (r->rank == 0 && o->val_path && ((o->eval_every && r->st.step % (uint64_t)o->eval_every == 0) || finished)) {
         joule_eval_result er;
         int rc = joule_evaluate_prepared(m, &r->val, r->T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx, &er,
                                          NULL, NULL);
@@ -362,8 +419,23 @@ static int after_step(train_run *r, joule_model *m, bool finished, bool stopping
     log_step(r->log, &r->p, stats);
     free(stats);
     if (o->on_step) o->on_step(o->ctx, &r->p);
-    if (stopping || (o->save_every && r->st.step % (uint64_t)o->save_every == 0))
+    if (r->rank == 0 && (stopping || (o->save_every && r->st.step % (uint64_t)o->save_every == 0)))
         return joule_checkpoint_save(m, o->out_path, &r->opt, &r->st);
+    return JOULE_OK;
+}
+
+/* Test hook: JOULE_TEST_FAIL_RANK=R:step=S makes rank R fail in step S (after its
+ * backward, before the all-reduce), to test that a failing rank ends the job. */
+static int fail_hook(train_run *r) {
+    r->fail_step = -1;
+    const char *s = getenv("JOULE_TEST_FAIL_RANK");
+    if (!s || !*s) return JOULE_OK;
+    int rank, n = 0;
+    long long step;
+    if (sscanf(s, "%d:step=%lld%n", &rank, &step, &n) != 2 || s[n] || rank < 0 || step < 0)
+        return joule_fail(JOULE_ERR_ARG, "JOULE_TEST_FAIL_RANK: '%s' is not RANK:step=STEP", s);
+    r->fail_rank = rank;
+    r->fail_step = step;
     return JOULE_OK;
 }
 
@@ -373,8 +445,10 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     r.o = *o;
     r.o.adam.warmup_steps = joule_train_warmup_steps(o, &m->cfg);
     r.T = o->seq ? o->seq : m->cfg.ctx;
+    r.ranks = joule_train_ranks(o);
+    r.rank = r.ranks > 1 ? joule_dist_rank() : 0;
     int rc = check_opts(m, &r.o, r.T);
-    if (rc) return rc;
+    if (rc || (rc = fail_hook(&r))) return rc;
     rc = run_open(&r, m);
     while (!rc && r.st.step < r.total) {
         uint64_t analytic;
@@ -383,7 +457,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
             break;
         bool finished = r.st.step == r.total;
         bool stopping =
-            finished || (o->stop_after && r.st.step >= o->stop_after) || (o->interrupt && *o->interrupt);
+            finished || (o->stop_after && r.st.step >= o->stop_after) || r.stop_asked;
         if ((rc = after_step(&r, m, finished, stopping)) || stopping) break;
     }
     if (!rc && last) *last = r.p;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "joule/dist.h"
 #include "joule/train.h"
 
 void joule_train_opts_init(joule_train_opts *o) {
@@ -18,6 +19,8 @@ void joule_train_opts_init(joule_train_opts *o) {
     o->eval_every = 100;
     o->eval_windows = 64;
 }
+
+int joule_train_ranks(const joule_train_opts *o) { return o->data_parallel ? joule_dist_size() : 1; }
 
 int joule_train_warmup_steps(const joule_train_opts *o, const joule_config *c) {
     if (o->adam.warmup_steps != JOULE_TRAIN_WARMUP_AUTO) return o->adam.warmup_steps;
@@ -66,6 +69,9 @@ char *joule_train_opts_to_json(const joule_train_opts *o, int seq, uint64_t tota
     }
     if (o->sample_windows) cJSON_AddStringToObject(j, "windows", o->windows_name ? o->windows_name : "custom");
     if (frozen) cJSON_AddNumberToObject(j, "frozen_tensors", frozen);
+    /* the batches a step sees depend on the ranks (accum per rank); a single process writes
+     * nothing, so its checkpoints are byte-identical to those before data parallelism */
+    if (joule_train_ranks(o) > 1) cJSON_AddNumberToObject(j, "ranks", joule_train_ranks(o));
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;

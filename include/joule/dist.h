@@ -90,6 +90,10 @@ int joule_dist_barrier(void);
 const joule_dist_stats *joule_dist_get_stats(void);
 void joule_dist_stats_reset(void);
 
+/* Ranks of this job on this node (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; 1 without MPI or
+ * when the launcher does not say): commands divide the cores among them by default. */
+int joule_dist_local_size(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,9 +1,20 @@
 /* joule/train.h — the training loop and evaluation.
  *
  * A step: zero gradients; for each of `accum` micro-batches, forward + backward (gradients
- * accumulate scaled by 1/accum); [a gradient all-reduce slots in here when training spans
- * machines]; global-norm clipping; one AdamW update. Batches come from (seed, step, micro)
- * alone, so a resumed run sees exactly the batches it would have seen.
+ * accumulate scaled by 1/(accum x ranks)); the gradients summed over ranks (MPI_Allreduce
+ * in buckets, joule_train_allreduce_grads; nothing in a plain run); global-norm clipping;
+ * one AdamW update. Batches come from (seed, step, micro) alone, so a resumed run sees
+ * exactly the batches it would have seen.
+ *
+ * Data parallel (`mpirun -np N`, joule/dist.h, with opts.data_parallel set): a step is
+ * N x accum micro-batches, rank r
+ * drawing micro-batches r*accum .. r*accum+accum-1, so N ranks see exactly the batches of
+ * one process with accum N x accum; every rank applies the same update to the same
+ * weights. Rank 0 alone validates and writes the log and the checkpoints; the step's
+ * loss, counted FLOPs and tokens are over all ranks (its extension statistics, e.g. MoE
+ * routing, are rank 0's last micro-batch's). The saved options record "ranks" (when
+ * N > 1) and a resume with another N is refused. Test hook: JOULE_TEST_FAIL_RANK=R:step=S
+ * in the environment makes rank R fail in step S (tests/test_dist_train.c).
  */
 #ifndef JOULE_TRAIN_H
 #define JOULE_TRAIN_H
@@ -56,6 +67,10 @@ typedef struct {
     const char *out_path;   /* checkpoint to write (and to resume from) */
     const char *log_path;   /* JSON-lines step log; NULL for none */
     int resume;             /* continue from out_path and its optimizer file */
+    /* 1: the step spans every rank of the MPI job (joule_train_ranks); 0 (the default):
+     * this process alone, even under mpirun (callers that train different runs on
+     * different ranks, such as a spread comparison, keep 0) */
+    int data_parallel;
     int batch, accum, seq;  /* seq <= ctx; 0 means ctx */
     uint64_t seed;
     /* Budget: the first non-zero of max_steps, max_tokens, max_flops fixes the schedule. */
@@ -134,6 +149,17 @@ int joule_train_opts_resume(joule_train_opts *o, const joule_train_state *st, un
  * joule_train uses without batch_flops; with it, a FLOP budget is planned over the training
  * file's batches, step by step); 0 when o gives no budget. */
 uint64_t joule_train_plan_steps(const joule_train_opts *o, const joule_config *c);
+
+/* The ranks a step of o spans: joule_dist_size() when o->data_parallel, else 1. */
+int joule_train_ranks(const joule_train_opts *o);
+
+/* Floats per MPI_Allreduce of the gradients (4 MiB): several calls for a large model, so
+ * no single call is huge; measured in docs/SCALING.md. */
+#define JOULE_TRAIN_GRAD_BUCKET ((size_t)1 << 20)
+
+/* Sums m->grads over the ranks in buckets of JOULE_TRAIN_GRAD_BUCKET floats (a no-op
+ * without mpirun). Every rank must call it with the same model. */
+int joule_train_allreduce_grads(joule_model *m);
 
 /* Trains m (already initialised or loaded from out_path when resuming) under o. m must
  * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
