@@ -134,6 +134,7 @@ int cmd_data(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_serve(int argc, char **argv); /* cli/cmd_serve.c, cli/serve_*.c */
 int cmd_info(int argc, char **argv);
 int cmd_db(int argc, char **argv);
 /* `joule bench ...` (cli/cmd_bench*.c; the measurements are bench/'s, joule/bench.h):
