@@ -1,9 +1,11 @@
 /* `joule serve` internals: the server state shared by cli/serve_*.c.
  *
  * Threads: libmicrohttpd runs one thread per connection (serve_http.c); one loop thread
- * (serve_state.c) steps the scheduler. Everything below `mu` is guarded by it, and the
- * scheduler's callbacks run in the loop thread with it held. A request (srv_req) is shared
- * by its connection and the scheduler: refs counts both, and the last to let go frees it.
+ * (serve_state.c) owns the scheduler and steps it without holding `mu`, so connections
+ * never wait a step for the lock. Connections hand it work through the inbox and the
+ * cancel list (under `mu`); the scheduler's callbacks take `mu` for each token. Everything
+ * else below `mu` is guarded by it. A request (srv_req) is shared by its connection and
+ * the scheduler: refs counts both, and the last to let go frees it.
  */
 #ifndef JOULE_CLI_SERVE_H
 #define JOULE_CLI_SERVE_H
@@ -35,8 +37,11 @@ typedef struct {
 
 typedef struct server server;
 
-typedef struct {
+typedef struct srv_req srv_req;
+struct srv_req {
     server *srv;
+    srv_req *next_in, *next_cancel; /* inbox and cancel list links */
+    bool cancelling;
     int refs; /* the connection + the scheduler */
     uint64_t id, num;
     srv_params p;
@@ -51,7 +56,7 @@ typedef struct {
     char *out; /* the stream's next server-sent event, out_off of out_n bytes sent */
     size_t out_n, out_off;
     int stream_state; /* 0 text, 1 final event queued, 2 ended */
-} srv_req;
+};
 
 typedef struct {
     double sum;
@@ -78,6 +83,9 @@ struct server {
     pthread_t loop;
     bool loop_started, stopping;
     uint64_t next_num;
+    srv_req *inbox, *inbox_tail, *cancels; /* for the loop thread */
+    int inbox_n;
+    joule_sched_stats st; /* the scheduler's, after its last step */
     /* metrics (mu) */
     uint64_t by_code[SRV_CODES], disconnects, prompt_tokens, completion_tokens;
     srv_hist ttft, tpot, e2e;

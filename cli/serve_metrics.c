@@ -65,7 +65,7 @@ static void energy(text *t, server *s) {
 
 char *srv_metrics_text(server *s) {
     text t = {0};
-    const joule_sched_stats st = joule_sched_get_stats(s->sched);
+    const joule_sched_stats st = s->st;
     metric(&t, "joule_requests_total", "counter", "HTTP requests answered, by status code.");
     for (int i = 0; i < SRV_CODES; i++)
         if (srv_codes[i]) put(&t, "joule_requests_total{code=\"%d\"} %llu\n", srv_codes[i], (unsigned long long)s->by_code[i]);

@@ -31,22 +31,26 @@ static void unref(srv_req *r) {
 static int on_token(void *ctx, int32_t tok) {
     srv_req *r = ctx;
     const double now = joule_now();
+    int stop = 0;
+    pthread_mutex_lock(&r->srv->mu);
     if (r->completion_tokens++ == 0) r->t_first = now;
     r->t_last = now;
     if (r->n < r->cap) r->text[r->n++] = (char)(uint8_t)tok;
-    for (int i = 0; i < r->p.n_stop; i++) {
+    for (int i = 0; i < r->p.n_stop && !stop; i++) {
         const size_t k = strlen(r->p.stop[i]);
         if (k <= r->n && memcmp(r->text + r->n - k, r->p.stop[i], k) == 0) {
             r->n -= k;
-            return 1;
+            stop = 1;
         }
     }
-    return 0;
+    pthread_mutex_unlock(&r->srv->mu);
+    return stop;
 }
 
 static void on_finish(void *ctx, joule_sched_finish why, int status) {
     srv_req *r = ctx;
     server *s = r->srv;
+    pthread_mutex_lock(&s->mu);
     r->done = true;
     r->why = why;
     r->status = status;
@@ -58,15 +62,17 @@ static void on_finish(void *ctx, joule_sched_finish why, int status) {
         srv_hist_add(&s->e2e, now - r->t_submit);
     }
     unref(r);
+    pthread_mutex_unlock(&s->mu);
 }
 
 int srv_submit(server *s, srv_params *p, srv_req **out) {
     *out = NULL;
     if (s->stopping) return 503;
-    if (joule_sched_full(s->sched)) return 429;
+    if (s->st.queued + s->inbox_n >= s->o.sched.max_queue) return 429;
     srv_req *r = calloc(1, sizeof *r);
     if (!r || !(r->text = malloc((size_t)p->max_tokens + 1))) {
         free(r);
+        joule_fail(JOULE_ERR_NOMEM, "out of memory accepting a request");
         return 500;
     }
     r->srv = s;
@@ -75,25 +81,49 @@ int srv_submit(server *s, srv_params *p, srv_req **out) {
     r->cap = (size_t)r->p.max_tokens;
     r->num = ++s->next_num;
     r->t_submit = joule_now();
-    joule_sched_request q = {.prompt = (const uint8_t *)r->p.prompt, .n_prompt = r->p.n_prompt,
-                             .max_tokens = r->p.max_tokens,
-                             .sampler = {.temperature = r->p.temperature, .top_k = 0, .top_p = r->p.top_p},
-                             .seed = r->p.have_seed ? r->p.seed : r->num, .stop_at_eod = true,
-                             .on_token = on_token, .on_finish = on_finish, .ctx = r};
-    if (joule_sched_submit(s->sched, &q, &r->id)) {
-        req_free(r);
-        return 500;
-    }
     r->refs = 2;
+    if (s->inbox_tail) s->inbox_tail->next_in = r;
+    else s->inbox = r;
+    s->inbox_tail = r;
+    s->inbox_n++;
     s->prompt_tokens += (uint64_t)r->p.n_prompt;
     pthread_cond_signal(&s->work);
     *out = r;
     return 200;
 }
 
+/* Loop thread, mu held: the inbox into the scheduler (its callbacks do not run here). */
+static void take_inbox(server *s) {
+    for (srv_req *r = s->inbox, *next; r; r = next) {
+        next = r->next_in;
+        joule_sched_request q = {.prompt = (const uint8_t *)r->p.prompt, .n_prompt = r->p.n_prompt,
+                                 .max_tokens = r->p.max_tokens,
+                                 .sampler = {.temperature = r->p.temperature, .top_k = 0, .top_p = r->p.top_p},
+                                 .seed = r->p.have_seed ? r->p.seed : r->num, .stop_at_eod = true,
+                                 .on_token = on_token, .on_finish = on_finish, .ctx = r};
+        if (joule_sched_submit(s->sched, &q, &r->id)) { /* cannot happen: srv_submit kept room */
+            r->done = true;
+            r->why = JOULE_FINISH_ERROR;
+            r->status = JOULE_ERR_RUNTIME;
+            unref(r);
+        }
+    }
+    s->inbox = s->inbox_tail = NULL;
+    s->inbox_n = 0;
+    for (srv_req *r = s->cancels, *next; r; r = next) {
+        next = r->next_cancel;
+        joule_sched_cancel(s->sched, r->id);
+        unref(r); /* the cancel list's ref */
+    }
+    s->cancels = NULL;
+}
+
 void srv_release(srv_req *r, bool disconnected) {
-    if (!r->done) {
-        joule_sched_cancel(r->srv->sched, r->id);
+    if (!r->done && !r->cancelling) { /* the loop thread cancels it before its next step */
+        r->cancelling = true;
+        r->refs++;
+        r->next_cancel = r->srv->cancels;
+        r->srv->cancels = r;
         pthread_cond_signal(&r->srv->work);
     }
     if (disconnected) r->srv->disconnects++;
@@ -130,17 +160,22 @@ void srv_wait(server *s) {
     pthread_cond_timedwait(&s->progress, &s->mu, &t);
 }
 
-/* One step whenever there is work; progress wakes the connections after each. */
+/* One step whenever there is work, outside the lock; progress wakes the connections after
+ * each. */
 static void *loop(void *arg) {
     server *s = arg;
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
-        joule_sched_stats st = joule_sched_get_stats(s->sched);
-        if (st.running + st.queued == 0) {
+        take_inbox(s);
+        s->st = joule_sched_get_stats(s->sched);
+        if (s->st.running + s->st.queued == 0) {
             pthread_cond_wait(&s->work, &s->mu);
             continue;
         }
+        pthread_mutex_unlock(&s->mu);
         joule_sched_step(s->sched, NULL);
+        pthread_mutex_lock(&s->mu);
+        s->st = joule_sched_get_stats(s->sched);
         pthread_cond_broadcast(&s->progress);
     }
     pthread_mutex_unlock(&s->mu);
@@ -180,9 +215,10 @@ void srv_stop(server *s) {
 void srv_free(server *s) {
     srv_stop(s);
     pthread_mutex_lock(&s->mu);
-    joule_sched_free(s->sched); /* on_finish(CANCEL) for whatever is left */
-    s->sched = NULL;
+    take_inbox(s); /* what is left reaches the scheduler, to be cancelled with the rest */
     pthread_mutex_unlock(&s->mu);
+    joule_sched_free(s->sched); /* on_finish(CANCEL), which takes mu, for whatever is left */
+    s->sched = NULL;
     pthread_cond_destroy(&s->work);
     pthread_cond_destroy(&s->progress);
     pthread_mutex_destroy(&s->mu);
