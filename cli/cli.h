@@ -144,5 +144,6 @@ int cmd_bench_moe(int argc, char **argv);
 int cmd_bench_energy(int argc, char **argv);
 int cmd_bench_db(int argc, char **argv);
 int cmd_bench_retro(int argc, char **argv);
+int cmd_bench_serve(int argc, char **argv); /* argv + 1, as db and retro */
 
 #endif

@@ -27,7 +27,7 @@ static const char USAGE[] =
     "\n"
     "  POST /v1/completions  prompt, max_tokens (16), temperature (1), top_p (1), seed,\n"
     "                        stop (up to 4 strings), stream (server-sent events); byte 0\n"
-    "                        (end of document) stops a completion\n"
+    "                        (end of document) stops a completion unless ignore_eos is true\n"
     "  GET  /v1/models       the one model served\n"
     "  GET  /health          {\"status\":\"ok\"}\n"
     "  GET  /metrics         Prometheus text: requests by code, tokens, queue depth, batch\n"

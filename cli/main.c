@@ -32,6 +32,7 @@ static const char USAGE[] =
     "  bench db        retrieval database build and search speed, recall, overhead over FAISS\n"
     "  bench retro     RETRO train step and generation with retrieval on vs off\n"
     "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
+    "  bench serve     open-loop load at request rates: TTFT, TPOT, goodput, J/request\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
     "  compare         dense vs MoE vs RETRO at equal training compute: fits, multipliers, energy\n"

@@ -30,7 +30,7 @@ typedef struct {
     int max_tokens;
     float temperature, top_p;
     uint64_t seed;
-    bool have_seed, stream;
+    bool have_seed, stream, ignore_eos;
     char stop[SRV_MAX_STOP][SRV_STOP_LEN + 1];
     int n_stop;
 } srv_params;
@@ -96,6 +96,10 @@ struct server {
     joule_energy meters;
     joule_energy_window win;
     bool energy_ok;
+    /* the same meters while the scheduler has work (mu): server overhead without idle gaps */
+    joule_energy_window busy_win;
+    bool busy;
+    double busy_j;
 };
 
 /* serve_state.c */

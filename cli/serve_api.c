@@ -80,6 +80,8 @@ static int unsupported(const cJSON *o, char *err, size_t errn, const char **para
         return bad(err, errn, param, "logprobs", "is not supported");
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(o, "stream");
     if (s && !cJSON_IsNull(s) && !cJSON_IsBool(s)) return bad(err, errn, param, "stream", "must be true or false");
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(o, "ignore_eos");
+    if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie)) return bad(err, errn, param, "ignore_eos", "must be true or false");
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "model");
     if (m && !cJSON_IsNull(m) && !cJSON_IsString(m)) return bad(err, errn, param, "model", "must be a string");
     return 0;
@@ -111,6 +113,7 @@ int srv_parse_completion(const char *body, size_t n, int ctx, int max_tokens, sr
         p->have_seed = seed >= 0;
         p->seed = p->have_seed ? (uint64_t)seed : 0;
         p->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "stream"));
+        p->ignore_eos = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "ignore_eos"));
     } else {
         srv_params_free(p);
     }

@@ -59,6 +59,11 @@ static void energy(text *t, server *s) {
     metric(t, "joule_energy_joules_total", "counter",
            "Device energy since the server started, with its method (measured or modeled).");
     put(t, "joule_energy_joules_total{method=\"%s\"} %.6f\n", r.method, r.joules);
+    joule_energy_report b;
+    const double busy = s->busy_j + (s->busy && joule_energy_window_stop(&s->busy_win, &b) == JOULE_OK ? b.joules : 0);
+    metric(t, "joule_energy_busy_joules_total", "counter",
+           "Device energy while the scheduler had work (requests queued or running), same method.");
+    put(t, "joule_energy_busy_joules_total{method=\"%s\"} %.6f\n", r.method, busy);
     metric(t, "joule_energy_seconds_total", "counter", "Wall time of the energy window.");
     put(t, "joule_energy_seconds_total %.6f\n", r.duration_s);
 }

@@ -99,7 +99,7 @@ static void take_inbox(server *s) {
         joule_sched_request q = {.prompt = (const uint8_t *)r->p.prompt, .n_prompt = r->p.n_prompt,
                                  .max_tokens = r->p.max_tokens,
                                  .sampler = {.temperature = r->p.temperature, .top_k = 0, .top_p = r->p.top_p},
-                                 .seed = r->p.have_seed ? r->p.seed : r->num, .stop_at_eod = true,
+                                 .seed = r->p.have_seed ? r->p.seed : r->num, .stop_at_eod = !r->p.ignore_eos,
                                  .on_token = on_token, .on_finish = on_finish, .ctx = r};
         if (joule_sched_submit(s->sched, &q, &r->id)) { /* cannot happen: srv_submit kept room */
             r->done = true;
@@ -160,6 +160,17 @@ void srv_wait(server *s) {
     pthread_cond_timedwait(&s->progress, &s->mu, &t);
 }
 
+/* Busy energy: a window from the moment the scheduler has work to the moment it has none. */
+static void busy_edge(server *s, bool busy) {
+    joule_energy_report r;
+    if (!s->energy_ok || busy == s->busy) return;
+    if (busy) s->busy = joule_energy_window_start(&s->busy_win, &s->meters) == JOULE_OK;
+    else {
+        if (joule_energy_window_stop(&s->busy_win, &r) == JOULE_OK) s->busy_j += r.joules;
+        s->busy = false;
+    }
+}
+
 /* One step whenever there is work, outside the lock; progress wakes the connections after
  * each. */
 static void *loop(void *arg) {
@@ -168,6 +179,7 @@ static void *loop(void *arg) {
     while (!s->stopping) {
         take_inbox(s);
         s->st = joule_sched_get_stats(s->sched);
+        busy_edge(s, s->st.running + s->st.queued > 0);
         if (s->st.running + s->st.queued == 0) {
             pthread_cond_wait(&s->work, &s->mu);
             continue;
