@@ -7,6 +7,10 @@ set -u
 J=$1 B=$2 SRC=$3
 OPENAI_VERSION=4.95.0
 NPM_DIR="$B/npm"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "SKIP: node and npm are not installed (Node 20 with npm; scripts/setup.sh does not install them)"
+  exit 77
+fi
 if [ ! -f "$NPM_DIR/node_modules/openai/package.json" ]; then
   mkdir -p "$NPM_DIR"
   if ! npm install --prefix "$NPM_DIR" --no-audit --no-fund --no-save "openai@$OPENAI_VERSION" >"$NPM_DIR/install.log" 2>&1; then
