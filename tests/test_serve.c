@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "joule/checkpoint.h"
 #include "testutil.h"
 
@@ -140,17 +142,22 @@ START_TEST(test_queue_full_and_disconnect) {
     start("--max-batch 1 --max-queue 1 --max-tokens 10000000");
     const char *slow = "{\"prompt\": \"x\", \"max_tokens\": 10000000, \"stream\": true, \"temperature\": 0}";
     tu_write_text(tu_path("slow.json"), slow);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd,
-             "cd '%s' && for i in 1 2; do (curl -sN --max-time 2 http://127.0.0.1:%d/v1/completions --data-binary @slow.json"
-             " >/dev/null 2>&1 &) ; sleep 0.3; done",
-             tu_dir, g_port);
-    ck_assert_int_eq(system(cmd), 0);
+    /* the second is sent once the first holds the slot, so it waits in the queue */
+    const char *gauge[2] = {"joule_running_requests", "joule_queue_depth"};
+    for (int k = 0; k < 2; k++) {
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd,
+                 "cd '%s' && (curl -sN --max-time 10 http://127.0.0.1:%d/v1/completions --data-binary @slow.json"
+                 " >/dev/null 2>&1 &)",
+                 tu_dir, g_port);
+        ck_assert_int_eq(system(cmd), 0);
+        for (int i = 0; i < 200 && metric(gauge[k]) != 1; i++) usleep(50000); /* a loaded machine */
+    }
     ck_assert_int_eq((int)metric("joule_running_requests"), 1);
     ck_assert_int_eq((int)metric("joule_queue_depth"), 1);
     expect_error("{\"prompt\": \"y\", \"max_tokens\": 3}", 429, "rate_limit_error");
-    /* both clients give up after 2 s: both requests are cancelled, the slot frees */
-    for (int i = 0; i < 100 && metric("joule_client_disconnects_total") < 2; i++) usleep(100000);
+    /* both clients give up after 10 s: both requests are cancelled, the slot frees */
+    for (int i = 0; i < 300 && metric("joule_client_disconnects_total") < 2; i++) usleep(100000);
     ck_assert_int_eq((int)metric("joule_client_disconnects_total"), 2);
     for (int i = 0; i < 50 && metric("joule_running_requests") != 0; i++) usleep(100000); /* the next step drops it */
     ck_assert_int_eq((int)metric("joule_running_requests"), 0);
@@ -192,6 +199,78 @@ START_TEST(test_connection_burst) {
 }
 END_TEST
 
+/* The completion's text from body.txt (caller frees). */
+static char *completion_text(const char **finish) {
+    char *t = tu_read_in("body.txt", NULL);
+    cJSON *o = cJSON_Parse(t);
+    free(t);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    ck_assert_msg(cJSON_IsString(cJSON_GetObjectItem(c, "text")), "no text");
+    char *text = strdup(cJSON_GetObjectItem(c, "text")->valuestring);
+    static char fin[16];
+    snprintf(fin, sizeof fin, "%s", cJSON_GetObjectItem(c, "finish_reason")->valuestring);
+    *finish = fin;
+    cJSON_Delete(o);
+    return text;
+}
+
+/* A stop string cuts the text before it (finish_reason stop); the stream's events add up
+ * to the text of the same request unstreamed; the same seed gives the same sample. */
+START_TEST(test_stop_and_stream) {
+    start("");
+    const char *fin;
+    ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0}"), 200);
+    char *full = completion_text(&fin);
+    ck_assert_str_eq(fin, "length");
+    ck_assert_int_ge((int)strlen(full), 12);
+    /* 3 printable ASCII bytes after the first two as the stop string (JSON-safe) */
+    char stop_s[4] = {0}, req[512];
+    for (size_t i = 2; i + 3 <= strlen(full) && !stop_s[0]; i++) {
+        bool ok = true;
+        for (int k = 0; k < 3; k++) ok &= full[i + k] >= 32 && full[i + k] < 127 && full[i + k] != '"' && full[i + k] != '\\';
+        if (ok) memcpy(stop_s, full + i, 3);
+    }
+    ck_assert_msg(stop_s[0], "no printable run in %s", full);
+    snprintf(req, sizeof req, "{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0, \"stop\": [\"%s\"]}", stop_s);
+    ck_assert_int_eq(post(req), 200);
+    char *cut = completion_text(&fin);
+    ck_assert_str_eq(fin, "stop");
+    const size_t at = (size_t)(strstr(full, stop_s) - full);
+    ck_assert_uint_eq(strlen(cut), at);
+    ck_assert_int_eq(strncmp(cut, full, at), 0);
+    free(cut);
+    /* streamed: "data: {...}" events, then "data: [DONE]" */
+    tu_write_text(tu_path("req.json"), "{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0, \"stream\": true}");
+    ck_assert_int_eq(curl("-N http://127.0.0.1:%d/v1/completions --data-binary @req.json", g_port), 200);
+    char *sse = tu_read_in("body.txt", NULL), *acc = calloc(1, strlen(sse) + 1);
+    ck_assert(strstr(sse, "data: [DONE]\n\n") != NULL);
+    for (char *p = strstr(sse, "data: {"); p; p = strstr(p + 1, "data: {")) {
+        char *end = strstr(p, "\n\n");
+        *end = 0;
+        cJSON *o = cJSON_Parse(p + 6);
+        strcat(acc, cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "text")->valuestring);
+        cJSON_Delete(o);
+        p = end;
+    }
+    ck_assert_str_eq(acc, full);
+    free(sse);
+    free(acc);
+    /* sampling: the same seed, the same text; another seed, another */
+    char *a, *b, *c;
+    ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 1, \"seed\": 5}"), 200);
+    a = completion_text(&fin);
+    ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 1, \"seed\": 5}"), 200);
+    b = completion_text(&fin);
+    ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 1, \"seed\": 6}"), 200);
+    c = completion_text(&fin);
+    ck_assert_str_eq(a, b);
+    ck_assert_str_ne(a, c);
+    free(a), free(b), free(c);
+    free(full);
+    stop();
+}
+END_TEST
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("serve");
@@ -199,5 +278,6 @@ int main(void) {
     tcase_add_test(t, test_bad_requests);
     tcase_add_test(t, test_queue_full_and_disconnect);
     tcase_add_test(t, test_connection_burst);
+    tcase_add_test(t, test_stop_and_stream);
     return tu_run_suite(s);
 }
