@@ -2,6 +2,8 @@
  * waits on the scheduler's progress while its request runs). Every answer is JSON (or
  * Prometheus text, or server-sent events), every error an OpenAI-style error object. */
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,8 +223,13 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx, enum MHD_ConnectionNotificationCode t) {
     server *s = cls;
-    (void)c, (void)socket_ctx;
+    (void)socket_ctx;
     atomic_fetch_add(&s->conns, t == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int one = 1;
+    /* each streamed event is a small write: without this, Nagle's algorithm holds it until
+     * the client's delayed ACK of the previous one (tens of ms per token) */
+    if (t == MHD_CONNECTION_NOTIFY_STARTED && ci) setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 int srv_http_start(server *s, const char *host, int port, struct MHD_Daemon **d, int *bound_port) {
