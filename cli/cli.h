@@ -135,6 +135,7 @@ int cmd_data(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_serve(int argc, char **argv); /* cli/cmd_serve.c, cli/serve_*.c */
 int cmd_info(int argc, char **argv);
 int cmd_db(int argc, char **argv);
 /* `joule bench ...` (cli/cmd_bench*.c; the measurements are bench/'s, joule/bench.h):
@@ -144,5 +145,6 @@ int cmd_bench_moe(int argc, char **argv);
 int cmd_bench_energy(int argc, char **argv);
 int cmd_bench_db(int argc, char **argv);
 int cmd_bench_retro(int argc, char **argv);
+int cmd_bench_serve(int argc, char **argv); /* argv + 1, as db and retro */
 
 #endif

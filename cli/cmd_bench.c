@@ -122,6 +122,8 @@ static void usage(void) {
            "           (its own options: joule bench energy --help)\n"
            "  dist     data-parallel training: 1 rank x 2 threads against 2 ranks x 1 thread (MPI),\n"
            "           all-reduce share of the step (its own options: joule bench dist --help)\n"
+           "  serve    open-loop load at request rates on the batching scheduler or a server URL\n"
+           "           (its own options: joule bench serve --help)\n"
            "\n"
            "options (defaults: the reference model of the foundation issue):\n"
            "  --layers N      layers (6)\n"
@@ -147,6 +149,7 @@ int cmd_bench(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "moe")) return cmd_bench_moe(argc, argv);
     if (!strcmp(argv[1], "energy")) return cmd_bench_energy(argc, argv);
+    if (!strcmp(argv[1], "serve")) return cmd_bench_serve(argc - 1, argv + 1); /* its own options */
     const char *what = argv[1];
     if (!strcmp(what, "db")) return cmd_bench_db(argc - 1, argv + 1); /* its own options */
     if (!strcmp(what, "retro")) return cmd_bench_retro(argc - 1, argv + 1); /* its own options */
@@ -187,5 +190,5 @@ int cmd_bench(int argc, char **argv) {
     cli_setup_threads(o.threads);
     if (!strcmp(what, "train")) return bench_train(&o);
     if (!strcmp(what, "decode")) return bench_decode(&o);
-    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe, energy)", what);
+    return cli_usage_error("bench", "unknown benchmark '%s' (train, decode, moe, energy, serve)", what);
 }

@@ -97,8 +97,8 @@ static const char USAGE[] =
     "  -h, --help            show this help and exit\n"
     "\n"
     "Energy comes from the automatic meters (RAPL, perf, NVML, else modeled:tdp with the profile\n"
-    "$JOULE_HARDWARE or " CLI_DEFAULT_CPU_PROFILE "; $JOULE_POWER_WATTS for a constant power); the method is in\n"
-    "every row.\n";
+    "$JOULE_HARDWARE, else the one matching this CPU, else modeled:tdp-generic; $JOULE_POWER_WATTS\n"
+    "for a constant power); the method is in every row.\n";
 
 enum {
     OPT_BUDGETS = 256, OPT_ARCHS, OPT_DATA, OPT_OUT, OPT_TPP, OPT_ASPECT, OPT_FFN_MULT, OPT_CTX, OPT_MIN_STEPS,

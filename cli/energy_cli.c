@@ -39,8 +39,10 @@ int cli_energy_open(joule_energy *e, const char *hardware, double power_watts, c
     }
     char dirs[8192];
     cli_data_dirs("hardware", dirs, sizeof dirs);
-    const char *name = hardware && *hardware && strcmp(hardware, "local") != 0 ? hardware : CLI_DEFAULT_CPU_PROFILE;
-    int rc = joule_hw_load(&o.cpu, name, dirs);
+    /* no profile named: the one matching this CPU, else a generic per-core TDP */
+    const bool named = hardware && *hardware && strcmp(hardware, "local") != 0;
+    const char *name = named ? hardware : "(detected)";
+    int rc = named ? joule_hw_load(&o.cpu, name, dirs) : joule_hw_detect_cpu(&o.cpu, dirs, NULL, &o.cpu_generic);
     if (rc == JOULE_OK && strcmp(o.cpu.kind, "cpu") != 0)
         rc = joule_fail(JOULE_ERR_ARG, "hardware profile '%s' is a %s; the modeled meter needs a CPU profile", name,
                         o.cpu.kind);

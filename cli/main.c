@@ -23,6 +23,7 @@ static const char USAGE[] =
     "  train           train a model under a step, token or FLOP budget\n"
     "  eval            validation loss and bits-per-byte of a checkpoint\n"
     "  generate        sample text from a checkpoint\n"
+    "  serve           OpenAI-compatible HTTP server with continuous batching\n"
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  db              RETRO retrieval databases: build, info, query, verify, recall, neighbours\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
@@ -32,6 +33,7 @@ static const char USAGE[] =
     "  bench retro     RETRO train step and generation with retrieval on vs off\n"
     "  bench dist      data-parallel training (MPI): 1 rank x 2 threads vs 2 ranks x 1 thread\n"
     "  bench energy    energy per query of checkpoints (latency, tokens/s, FLOPs, J, gCO2e)\n"
+    "  bench serve     open-loop load at request rates: TTFT, TPOT, goodput, J/request\n"
     "  account         parameters, FLOPs, memory, time, energy and CO2 of a config or preset\n"
     "  fit             scaling-law fits (L(C) and Chinchilla L(N, D)) of training runs\n"
     "  compare         dense vs MoE vs RETRO at equal training compute: fits, multipliers, energy\n"
@@ -62,6 +64,7 @@ static const command COMMANDS[] = {
     {"account", cmd_account, false}, {"fit", cmd_fit, false},
     {"db", cmd_db, true},
     {"compare", cmd_compare, true},
+    {"serve", cmd_serve, true},
 };
 
 static const command *find_command(const char *name) {

@@ -126,6 +126,12 @@ int joule_energy_open(joule_energy *e, const joule_energy_opts *o) {
         return joule_fail(JOULE_ERR_ARG, "no energy meter can be used (%s)", msg);
     }
     joule_energy_method(e->on, e->method, sizeof e->method);
+    char *tdp = e->on[JOULE_METER_MODELED] && o->cpu_generic ? strstr(e->method, "modeled:tdp") : NULL;
+    if (tdp) { /* a guessed CPU says so in every figure's method */
+        char rest[96];
+        snprintf(rest, sizeof rest, "%s", tdp + strlen("modeled:tdp"));
+        snprintf(tdp, sizeof e->method - (size_t)(tdp - e->method), "modeled:tdp-generic%s", rest);
+    }
     return JOULE_OK;
 }
 

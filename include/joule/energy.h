@@ -52,6 +52,14 @@ int joule_hw_load(joule_hw_profile *hw, const char *name_or_path, const char *di
  * (may be NULL: then 0), scaled to the share of its cores this machine has. */
 void joule_hw_local(joule_hw_profile *hw, double seconds, const joule_hw_profile *power);
 
+/* The profile of this machine's CPU when none is named: the first CPU profile in `dirs`
+ * whose name's words ("amd-epyc-7763") are all words of /proc/cpuinfo's model name
+ * (cpuinfo: another file, for tests; NULL = /proc/cpuinfo); else a generic profile
+ * "generic-cpu" of JOULE_GENERIC_CORE_TDP_W per online CPU, idle a third, and *generic
+ * true (its energy is labelled "modeled:tdp-generic"). */
+#define JOULE_GENERIC_CORE_TDP_W 5.6 /* mean of amd-epyc-7763 (280/64) and xeon-8380 (270/40) */
+int joule_hw_detect_cpu(joule_hw_profile *hw, const char *dirs, const char *cpuinfo, bool *generic);
+
 /* Best-of-repeats GFLOP/s of square n x n sgemms through joule_sgemm for about `seconds`
  * (the FLOPs it spends are counted like any others). NaN when out of memory. */
 double joule_sgemm_peak_gflops(int n, double seconds);
@@ -95,6 +103,8 @@ typedef struct {
     double constant_watts;        /* > 0: the "constant" meter with this power */
     joule_hw_profile cpu;         /* profile of the CPU for modeled:tdp */
     bool have_cpu_profile;
+    bool cpu_generic;             /* cpu is joule_hw_detect_cpu's generic profile: the label
+                                     says "modeled:tdp-generic" */
     int cpus; /* CPUs this process may use (0 = online CPUs) */
 } joule_energy_opts;
 

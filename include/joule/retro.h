@@ -22,6 +22,7 @@
 #include "joule/data.h"
 #include "joule/model.h"
 #include "joule/sample.h"
+#include "joule/serve.h"
 #include "joule/train.h"
 
 #ifdef __cplusplus
@@ -217,6 +218,15 @@ int joule_retro_decoder_retrieve(joule_decoder *d, struct joule_retro_db *db, co
 int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
                          int phase, int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
                          void *ctx, joule_retro_gen_stats *stats);
+/* Continuous batching with live retrieval (retro_feeder.c): a joule_sched_feeder that
+ * decodes each sequence as joule_retro_generate does (phase 0), searching db (NULL:
+ * retrieval off) and adding every sequence's searches to stats. The caller owns the
+ * joule_retro_feed and keeps it (and db) alive while the scheduler runs. */
+typedef struct {
+    struct joule_retro_db *db;
+    joule_retro_gen_stats stats;
+} joule_retro_feed;
+void joule_retro_feeder(joule_sched_feeder *f, joule_retro_feed *feed);
 
 /* ---- accounting (retro_cost.c) ----
  * Analytic FLOPs of one search of a FAISS index built with `factory` ("Flat", "IVF<nlist>[,
