@@ -34,6 +34,8 @@ static const char BUILD_USAGE[] =
     "its continuation (the next m tokens of the document) and document id, embeds the chunks and\n"
     "indexes them with FAISS. Writes DIR/{manifest.json, index.faiss, chunks.bin} through\n"
     "DIR.partial/, renamed when complete. Ctrl-C saves a resume point; --resume continues.\n"
+    "With --shards S, index.faiss is replaced by S indexes shard.<s>.faiss over contiguous\n"
+    "ranges of entries; every search merges them into the single index's results.\n"
     "\n"
     "Options:\n"
     "  --data PATH        a prepared corpus folder (its train.bin) or a token file (.bin);\n"
@@ -48,6 +50,8 @@ static const char BUILD_USAGE[] =
     "  --seed S           seed of the index's training sample (default 1)\n"
     "  --max-chunks N     only the first N entries (default: all)\n"
     "  --batch N          entries per batch (default 4096)\n"
+    "  --shards S         S index files, shard s holding entries [floor(s*N/S), floor((s+1)*N/S))\n"
+    "                     (default 1: one index.faiss; at most 256, at most N)\n"
     "  --checkpoint-every N  a resume point every N batches or 60 s, whichever comes first\n"
     "                     (default 16)\n"
     "  --resume           continue the interrupted build in DIR.partial (from its last resume\n"
@@ -128,7 +132,8 @@ static const char NBR_USAGE[] =
 
 enum {
     O_DATA = 256, O_WITH_VAL, O_OUT, O_CHUNK, O_EMBEDDER, O_INDEX, O_SEED, O_MAX_CHUNKS, O_BATCH, O_RESUME,
-    O_THREADS, O_JSON, O_TEXT, O_NPROBE, O_EF, O_PARAMS, O_EXCLUDE, O_EXACT, O_QUERIES, O_TOKENS, O_DB, O_CKPT
+    O_THREADS, O_JSON, O_TEXT, O_NPROBE, O_EF, O_PARAMS, O_EXCLUDE, O_EXACT, O_QUERIES, O_TOKENS, O_DB, O_CKPT,
+    O_SHARDS
 };
 
 typedef struct {
@@ -136,7 +141,7 @@ typedef struct {
     int n_data;
     bool with_val, resume, json;
     const char *out, *embedder, *index, *text, *params_raw, *exact, *queries, *tokens, *db;
-    int chunk, batch, threads, k, n, nprobe, ef, checkpoint_every;
+    int chunk, batch, threads, k, n, nprobe, ef, checkpoint_every, shards;
     uint64_t seed, max_chunks, exclude;
     char params[256];
 } db_opts;
@@ -159,7 +164,8 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         {"text", 1, 0, O_TEXT},         {"nprobe", 1, 0, O_NPROBE},     {"ef-search", 1, 0, O_EF},
         {"params", 1, 0, O_PARAMS},     {"exclude-doc", 1, 0, O_EXCLUDE}, {"exact", 1, 0, O_EXACT},
         {"queries", 1, 0, O_QUERIES},   {"tokens", 1, 0, O_TOKENS},     {"db", 1, 0, O_DB},
-        {"checkpoint-every", 1, 0, O_CKPT}, {"help", 0, 0, 'h'},        {NULL, 0, NULL, 0},
+        {"checkpoint-every", 1, 0, O_CKPT}, {"shards", 1, 0, O_SHARDS}, {"help", 0, 0, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     cli_opt_start();
@@ -190,6 +196,9 @@ static int parse(const char *cmd, const char *usage, const char *allowed, int ar
         case O_DB: o->db = optarg; break;
         case O_CHUNK:
             if (!cli_parse_int(optarg, 1, 4096, &o->chunk)) return cli_usage_error(cmd, "%s: '%s' is not in [1, 4096]", name, optarg);
+            break;
+        case O_SHARDS:
+            if (!cli_parse_int(optarg, 1, 256, &o->shards)) return cli_usage_error(cmd, "%s: '%s' is not in [1, 256]", name, optarg);
             break;
         case O_CKPT:
             if (!cli_parse_int(optarg, 1, 1 << 20, &o->checkpoint_every))
@@ -275,7 +284,7 @@ static bool on_build_progress(void *ctx, const char *phase, uint64_t done, uint6
 static int cmd_build(int argc, char **argv) {
     const char *cmd = "db build";
     db_opts o = {.chunk = 64, .batch = 4096, .seed = 1};
-    int rc = parse(cmd, BUILD_USAGE, "ABCDEFGHIJKV", argc, argv, &o);
+    int rc = parse(cmd, BUILD_USAGE, "ABCDEFGHIJKVW", argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     if (o.db) return cli_usage_error(cmd, "unexpected argument '%s' (the output is --out DIR)", o.db);
     if (o.n_data == 0) return cli_usage_error(cmd, "--data is required");
@@ -319,6 +328,7 @@ static int cmd_build(int argc, char **argv) {
     b.max_chunks = o.max_chunks;
     b.batch = o.batch;
     b.checkpoint_every = o.checkpoint_every;
+    b.shards = o.shards;
     b.resume = o.resume;
     cli_phases ui = {0};
     b.progress = on_build_progress;
@@ -340,9 +350,10 @@ static int cmd_build(int argc, char **argv) {
     joule_retro_db *db;
     if ((rc = joule_db_open(&db, o.out))) return cli_fail(cmd, rc);
     uint64_t N = joule_db_size(db);
-    printf("built %s: %" PRIu64 " entries of %d tokens, embedder %s (%d dims), index %s, id %s\n", o.out, N,
-           joule_db_chunk(db), joule_embedder_spec(joule_db_embedder(db)), joule_db_dim(db), joule_db_factory(db),
-           joule_db_id(db));
+    printf("built %s: %" PRIu64 " entries of %d tokens, embedder %s (%d dims), index %s", o.out, N, joule_db_chunk(db),
+           joule_embedder_spec(joule_db_embedder(db)), joule_db_dim(db), joule_db_factory(db));
+    if (joule_db_n_shards(db) > 1) printf(" in %d shards", joule_db_n_shards(db));
+    printf(", id %s\n", joule_db_id(db));
     if (o.resume) /* only part of the entries went through this run */
         printf("  resumed: %.1fs in this run: embedding %.1fs, index add+write %.1fs\n", wall, emb_s, idx_s);
     else
@@ -361,6 +372,21 @@ static uint64_t file_size(const char *dir, const char *name) {
     return stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
+/* The shards a (validated) manifest lists: name, size, entry range, checksum. */
+static void print_shards(const char *dir, const cJSON *m) {
+    const cJSON *sh;
+    cJSON_ArrayForEach(sh, cJSON_GetObjectItem(m, "shards")) {
+        char b[32];
+        const char *f = cJSON_GetStringValue(cJSON_GetObjectItem(sh, "file"));
+        double first = cJSON_GetNumberValue(cJSON_GetObjectItem(sh, "first"));
+        double n = cJSON_GetNumberValue(cJSON_GetObjectItem(sh, "entries"));
+        uint64_t size = file_size(dir, f);
+        printf("  %-13s %" PRIu64 " bytes (%sB), entries [%.0f, %.0f), crc32 %s\n", cli_text(f), size,
+               cli_fmt_count(b, sizeof b, (double)size), first, first + n,
+               cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(sh, "crc32"))));
+    }
+}
+
 static int cmd_info_db(int argc, char **argv) {
     const char *cmd = "db info";
     db_opts o = {0};
@@ -372,7 +398,13 @@ static int cmd_info_db(int argc, char **argv) {
     cJSON *m = cJSON_Parse(joule_db_manifest_json(db));
     if (o.json) {
         cJSON *sizes = cJSON_CreateObject();
-        for (int i = 0; i < 3; i++) cJSON_AddNumberToObject(sizes, files[i], (double)file_size(o.db, files[i]));
+        for (int i = 0; i < 3; i++)
+            if (i != 1 || joule_db_n_shards(db) == 1) cJSON_AddNumberToObject(sizes, files[i], (double)file_size(o.db, files[i]));
+        const cJSON *sh;
+        cJSON_ArrayForEach(sh, cJSON_GetObjectItem(m, "shards")) {
+            const char *f = cJSON_GetStringValue(cJSON_GetObjectItem(sh, "file"));
+            if (f) cJSON_AddNumberToObject(sizes, f, (double)file_size(o.db, f));
+        }
         cJSON *all = cJSON_CreateObject();
         cJSON_AddStringToObject(all, "id", joule_db_id(db));
         cJSON_AddItemToObject(all, "manifest", m);
@@ -401,6 +433,10 @@ static int cmd_info_db(int argc, char **argv) {
                    cli_text(cJSON_GetStringValue(cJSON_GetObjectItem(s, "crc32"))));
         const cJSON *fl = cJSON_GetObjectItem(m, "files");
         for (int i = 0; i < 3; i++) {
+            if (i == 1 && joule_db_n_shards(db) > 1) {
+                print_shards(o.db, m);
+                continue;
+            }
             char b[32];
             const cJSON *f = cJSON_GetObjectItem(fl, files[i]);
             printf("  %-13s %" PRIu64 " bytes (%sB)%s%s\n", files[i], file_size(o.db, files[i]),
@@ -501,7 +537,9 @@ static int cmd_verify(int argc, char **argv) {
     rc = joule_db_verify(db, &self);
     if (!rc)
         printf("%s: ok: %" PRIu64 " entries, checksums match, every record valid, %.1f%% of sampled entries find "
-               "themselves (index %s)\n", o.db, joule_db_size(db), 100 * self, cli_text(joule_db_factory(db)));
+               "themselves (index %s", o.db, joule_db_size(db), 100 * self, cli_text(joule_db_factory(db)));
+    if (!rc && joule_db_n_shards(db) > 1) printf(" in %d shards", joule_db_n_shards(db));
+    if (!rc) printf(")\n");
     joule_db_close(db);
     return rc ? cli_fail(cmd, rc) : 0;
 }

@@ -17,6 +17,7 @@
 #include "joule/data.h"
 #include "joule/retro.h"
 #include "joule/retro_db.h"
+#include "db_shards.h"
 #include "retro_internal.h"
 
 #define MANIFEST_MAX (1u << 20)
@@ -30,10 +31,11 @@ struct joule_retro_db {
     char factory[256];
     int m, dim;
     uint64_t n;
-    uint32_t index_crc, chunks_crc;
-    uint64_t index_bytes, chunks_bytes;
+    uint32_t chunks_crc;
+    uint64_t chunks_bytes;
     joule_embedder *emb;
-    FaissIndex *index;
+    joule_db_shards shards; /* the index files (one, or S shards) */
+    FaissIndex *index;      /* the first shard's (its search settings stand for all) */
     FaissParameterSpace *ps;
     joule_chunk_store store;
     /* search scratch, grown as needed (searching allocates only when a batch is larger
@@ -57,6 +59,7 @@ const char *joule_db_id(const joule_retro_db *db) { return db->id; }
 const char *joule_db_manifest_json(const joule_retro_db *db) { return db->manifest; }
 const char *joule_db_factory(const joule_retro_db *db) { return db->factory; }
 int joule_db_dim(const joule_retro_db *db) { return db->dim; }
+int joule_db_n_shards(const joule_retro_db *db) { return db->shards.n; }
 const joule_embedder *joule_db_embedder(const joule_retro_db *db) { return db->emb; }
 
 static const char *faiss_msg(void) {
@@ -87,20 +90,10 @@ bool joule_json_u64(const cJSON *o, const char *key, uint64_t *v) {
     return true;
 }
 
-static bool get_crc(const cJSON *o, const char *key, uint32_t *v) {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsString(x) || strlen(x->valuestring) != 8) return false;
-    char *end;
-    unsigned long c = strtoul(x->valuestring, &end, 16);
-    if (*end) return false;
-    *v = (uint32_t)c;
-    return true;
-}
-
 /* The manifest's description of one of the other files. */
 static bool get_file(const cJSON *files, const char *name, uint64_t *bytes, uint32_t *crc) {
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, name);
-    return cJSON_IsObject(f) && joule_json_u64(f, "bytes", bytes) && get_crc(f, "crc32", crc);
+    return cJSON_IsObject(f) && joule_json_u64(f, "bytes", bytes) && joule_json_crc(f, "crc32", crc);
 }
 
 static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out, uint64_t *ckpt_bytes,
@@ -109,6 +102,7 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
     if (!j) return joule_fail(JOULE_ERR_FORMAT, "%s: not valid JSON", path);
     const char *why = NULL;
     uint64_t ver = 0, m = 0, dim = 0;
+    const cJSON *shards = cJSON_GetObjectItemCaseSensitive(j, "shards");
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(j, "format");
     const cJSON *emb = cJSON_GetObjectItemCaseSensitive(j, "embedder");
     const cJSON *idx = cJSON_GetObjectItemCaseSensitive(j, "index");
@@ -117,7 +111,8 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
     const cJSON *spec = emb ? cJSON_GetObjectItemCaseSensitive(emb, "spec") : NULL;
     const cJSON *fac = idx ? cJSON_GetObjectItemCaseSensitive(idx, "factory") : NULL;
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "joule-retro-db") != 0) why = "not a joule retrieval database manifest";
-    else if (!joule_json_u64(j, "format_version", &ver) || ver != JOULE_DB_FORMAT_VERSION) why = "unsupported format_version";
+    else if (!joule_json_u64(j, "format_version", &ver) || (ver != 1 && ver != JOULE_DB_FORMAT_VERSION)) why = "unsupported format_version";
+    else if ((ver == JOULE_DB_FORMAT_VERSION) != (shards != NULL)) why = "format_version 2 and a shards list go together";
     else if (!joule_json_u64(j, "chunk", &m) || m < 1 || m > JOULE_DB_MAX_CHUNK) why = "missing or invalid chunk";
     else if (!cJSON_IsString(tok) || strcmp(tok->valuestring, "bytes") != 0) why = "unsupported tokenizer";
     else if (!joule_json_u64(j, "entries", &db->n) || db->n < 1) why = "missing or invalid entries";
@@ -125,13 +120,13 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
         why = "missing or invalid embedder";
     else if (!cJSON_IsObject(idx) || !cJSON_IsString(fac) || strlen(fac->valuestring) >= sizeof db->factory)
         why = "missing or invalid index";
-    else if (!cJSON_IsObject(files) || !get_file(files, JOULE_DB_INDEX, &db->index_bytes, &db->index_crc) ||
-             !get_file(files, JOULE_DB_CHUNKS, &db->chunks_bytes, &db->chunks_crc))
+    else if (!cJSON_IsObject(files) || !get_file(files, JOULE_DB_CHUNKS, &db->chunks_bytes, &db->chunks_crc))
         why = "missing or invalid files";
     else if (strncmp(spec->valuestring, "model:", 6) == 0 &&
-             (!joule_json_u64(emb, "checkpoint_bytes", ckpt_bytes) || !get_crc(emb, "checkpoint_crc32", ckpt_crc)))
+             (!joule_json_u64(emb, "checkpoint_bytes", ckpt_bytes) || !joule_json_crc(emb, "checkpoint_crc32", ckpt_crc)))
         why = "model embedder without checkpoint_bytes/checkpoint_crc32";
-    if (!why) {
+    int rc = why ? JOULE_OK : joule_db_shards_parse(&db->shards, j, db->n, path);
+    if (!why && !rc) {
         db->m = (int)m;
         db->dim = (int)dim;
         snprintf(db->factory, sizeof db->factory, "%s", fac->valuestring);
@@ -139,23 +134,7 @@ static int parse_manifest(joule_retro_db *db, const char *path, char **spec_out,
         if (!*spec_out) why = "out of memory";
     }
     cJSON_Delete(j);
-    return why ? joule_fail(JOULE_ERR_FORMAT, "%s: %s", path, why) : JOULE_OK;
-}
-
-/* Size and checksum of one database file against the manifest. */
-static int check_file(const char *path, uint64_t bytes, uint32_t crc, bool full) {
-    struct stat st;
-    if (stat(path, &st) != 0) return joule_fail(JOULE_ERR_IO, "%s: missing", path);
-    if ((uint64_t)st.st_size != bytes)
-        return joule_fail(JOULE_ERR_FORMAT, "%s: %llu bytes, the manifest says %llu (truncated or replaced)", path,
-                          (unsigned long long)st.st_size, (unsigned long long)bytes);
-    if (!full) return JOULE_OK;
-    uint32_t got;
-    int rc = joule_file_crc32(path, &got, NULL);
-    if (rc) return rc;
-    if (got != crc)
-        return joule_fail(JOULE_ERR_FORMAT, "%s: checksum %08x, the manifest says %08x (corrupted)", path, got, crc);
-    return JOULE_OK;
+    return why ? joule_fail(JOULE_ERR_FORMAT, "%s: %s", path, why) : rc;
 }
 
 static int check_checkpoint(const char *spec, uint64_t bytes, uint32_t crc) {
@@ -183,38 +162,32 @@ int joule_db_open(joule_retro_db **out, const char *dir) {
     joule_retro_db *db = calloc(1, sizeof *db);
     if (!db) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     char *mpath = joule_path_join(dir, JOULE_DB_MANIFEST);
-    char *ipath = joule_path_join(dir, JOULE_DB_INDEX);
     char *cpath = joule_path_join(dir, JOULE_DB_CHUNKS);
     char *spec = NULL;
     uint64_t ckpt_bytes = 0;
     uint32_t ckpt_crc = 0;
     int rc = JOULE_OK;
     db->dir = strdup(dir);
-    if (!mpath || !ipath || !cpath || !db->dir) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    if (!mpath || !cpath || !db->dir) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
     struct stat st;
     if (!rc && (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)))
         rc = joule_fail(JOULE_ERR_IO, "%s: not a database directory (missing)", dir);
     if (!rc) rc = joule_read_text(mpath, MANIFEST_MAX, &db->manifest);
     if (!rc) rc = parse_manifest(db, mpath, &spec, &ckpt_bytes, &ckpt_crc);
     if (!rc) joule_hash_hex(db->manifest, strlen(db->manifest), db->id);
-    /* the index is read whole anyway, so its checksum costs little; chunks.bin is mapped
-     * lazily and only its header and size are checked here (joule_db_verify does the rest) */
-    if (!rc) rc = check_file(ipath, db->index_bytes, db->index_crc, true);
-    if (!rc) rc = check_file(cpath, db->chunks_bytes, db->chunks_crc, false);
+    /* the index files are read whole anyway, so their checksums cost little; chunks.bin is
+     * mapped lazily and only its header and size are checked here (joule_db_verify does the rest) */
+    if (!rc) rc = joule_db_shards_check(&db->shards, dir, true);
+    if (!rc) rc = joule_db_check_file(cpath, db->chunks_bytes, db->chunks_crc, false);
     if (!rc) rc = joule_chunk_store_open(&db->store, cpath, db->m, db->n);
     if (!rc) rc = open_embedder(db, mpath, spec, ckpt_bytes, ckpt_crc);
     if (!rc && joule_embedder_dim(db->emb) != db->dim)
         rc = joule_fail(JOULE_ERR_FORMAT, "%s: embedder %s gives dimension %d, the manifest says %d", mpath, joule_q(spec),
                         joule_embedder_dim(db->emb), db->dim);
-    if (!rc) rc = joule_faiss_precheck(ipath, db->dim, db->n);
-    if (!rc && faiss_read_index_fname(ipath, 0, &db->index) != 0) rc = joule_faiss_fail(JOULE_ERR_FORMAT, ipath);
-    if (!rc && (faiss_Index_d(db->index) != db->dim || (uint64_t)faiss_Index_ntotal(db->index) != db->n))
-        rc = joule_fail(JOULE_ERR_FORMAT, "%s: index holds %lld vectors of dimension %d, the manifest says %llu of %d",
-                        ipath, (long long)faiss_Index_ntotal(db->index), faiss_Index_d(db->index),
-                        (unsigned long long)db->n, db->dim);
+    if (!rc) rc = joule_db_shards_open(&db->shards, dir, db->dim);
+    if (!rc) db->index = db->shards.s[0].index;
     if (!rc && faiss_ParameterSpace_new(&db->ps) != 0) rc = joule_faiss_fail(JOULE_ERR_RUNTIME, "ParameterSpace");
     free(mpath);
-    free(ipath);
     free(cpath);
     free(spec);
     if (rc) {
@@ -227,7 +200,7 @@ int joule_db_open(joule_retro_db **out, const char *dir) {
 
 void joule_db_close(joule_retro_db *db) {
     if (!db) return;
-    if (db->index) faiss_Index_free(db->index);
+    joule_db_shards_close(&db->shards);
     if (db->ps) faiss_ParameterSpace_free(db->ps);
     joule_chunk_store_close(&db->store);
     joule_embedder_free(db->emb);
@@ -245,13 +218,7 @@ void joule_db_close(joule_retro_db *db) {
 
 int joule_db_set_params(joule_retro_db *db, const char *params) {
     if (!params || !*params) return JOULE_OK;
-    if (faiss_ParameterSpace_set_index_parameters(db->ps, db->index, params) != 0) {
-        char what[512];
-        snprintf(what, sizeof what, "%s: search parameters '%s' do not apply to index '%s'", db->dir, params,
-                 db->factory);
-        return joule_faiss_fail(JOULE_ERR_ARG, what);
-    }
-    return JOULE_OK;
+    return joule_db_shards_set_params(&db->shards, db->ps, params, db->dir, db->factory);
 }
 
 int joule_retro_db_search_cost(const joule_retro_db *db, joule_search_cost *out) {
@@ -304,13 +271,10 @@ static bool excluded(uint64_t doc, const uint64_t *list, int n) {
     return lo < n && list[lo] == doc;
 }
 
+/* Every search of the database goes through here: one index or all shards, results in
+ * (distance, id) order. */
 static int faiss_search(joule_retro_db *db, const float *q, int n, int64_t kk, float *dist, int64_t *ids) {
-    if (faiss_Index_search(db->index, n, q, kk, dist, ids) != 0) {
-        char what[512];
-        snprintf(what, sizeof what, "%s: search failed", db->dir);
-        return joule_faiss_fail(JOULE_ERR_RUNTIME, what);
-    }
-    return JOULE_OK;
+    return joule_db_shards_search(&db->shards, db->dir, q, n, kk, dist, ids);
 }
 
 /* Exclusion rule: fetch k' = 2k + 16 candidates, keep those not excluded; a query left
@@ -422,10 +386,10 @@ static bool same_chunk(const joule_chunk_record *a, const joule_chunk_record *b,
 }
 
 int joule_db_verify(joule_retro_db *db, double *self_recall) {
-    char *ipath = joule_path_join(db->dir, JOULE_DB_INDEX), *cpath = joule_path_join(db->dir, JOULE_DB_CHUNKS);
-    int rc = !ipath || !cpath ? joule_fail(JOULE_ERR_NOMEM, "out of memory") : JOULE_OK;
-    if (!rc) rc = check_file(ipath, db->index_bytes, db->index_crc, true);
-    if (!rc) rc = check_file(cpath, db->chunks_bytes, db->chunks_crc, true);
+    char *cpath = joule_path_join(db->dir, JOULE_DB_CHUNKS);
+    int rc = !cpath ? joule_fail(JOULE_ERR_NOMEM, "out of memory") : JOULE_OK;
+    if (!rc) rc = joule_db_shards_check(&db->shards, db->dir, true);
+    if (!rc) rc = joule_db_check_file(cpath, db->chunks_bytes, db->chunks_crc, true);
     if (!rc) rc = joule_chunk_store_check(&db->store, cpath);
     int ns = db->n < VERIFY_SAMPLE ? (int)db->n : VERIFY_SAMPLE;
     int k = VERIFY_K < (int)db->n ? VERIFY_K : (int)db->n;
@@ -461,12 +425,11 @@ int joule_db_verify(joule_retro_db *db, double *self_recall) {
         bool exact = strcmp(db->factory, "Flat") == 0;
         if ((exact && found < ns) || rec < 0.5)
             rc = joule_fail(JOULE_ERR_FORMAT, "%s: only %d of %d sampled entries find themselves in the first %d "
-                            "results: the index does not match the chunk store", ipath, found, ns, k);
+                            "results: the index does not match the chunk store", db->dir, found, ns, k);
     }
     free(chunks);
     free(sid);
     free(ids);
-    free(ipath);
     free(cpath);
     return rc;
 }

@@ -25,6 +25,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "db_build.h"
+#include "db_shards.h"
 
 #define FLAT_BELOW 50000
 #define MAX_TRAIN 262144 /* training vectors at most (FAISS uses at most 256 per centroid) */
@@ -119,6 +120,7 @@ static int make_params(build *b) {
     cJSON_AddNumberToObject(p, "seed", (double)b->o->seed);
     cJSON_AddNumberToObject(p, "entries", (double)b->n);
     cJSON_AddItemReferenceToObject(p, "sources", b->sources);
+    if (b->o->shards > 1) cJSON_AddNumberToObject(p, "shards", b->o->shards); /* absent: one index, as before */
     b->params = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
     return b->params ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
@@ -137,7 +139,7 @@ static void records_to_tokens(build *b, int count) {
     }
 }
 
-static int embed_batch(build *b, int count, float *out) {
+int db_embed_batch(build *b, int count, float *out) {
     double t0 = joule_now();
     records_to_tokens(b, count);
     int rc = joule_embedder_embed(b->emb, b->toks, count, b->o->chunk, out);
@@ -167,7 +169,7 @@ static int train_index(build *b) {
         if (joule_rng_below(&r, b->n - i) >= want - got - (uint64_t)in_batch) continue;
         memcpy(b->recs + (size_t)in_batch * b->rec, rec, b->rec);
         if (++in_batch == B || got + (uint64_t)in_batch == want) {
-            rc = embed_batch(b, in_batch, x + got * dim);
+            rc = db_embed_batch(b, in_batch, x + got * dim);
             got += (uint64_t)in_batch;
             in_batch = 0;
             if (!report(b, "train", got, want)) rc = joule_fail(JOULE_ERR_RUNTIME, "%s: interrupted while sampling", b->partial);
@@ -218,7 +220,7 @@ static int add_all(build *b) {
         if (count == 0) return joule_fail(JOULE_ERR_RUNTIME, "%s: the corpus changed while building", b->partial);
         size_t bytes = (size_t)count * b->rec;
         if (write(b->fd, b->recs, bytes) != (ssize_t)bytes) return db_fail_errno(b->chunks_path, "write");
-        int rc = embed_batch(b, count, b->vecs);
+        int rc = db_embed_batch(b, count, b->vecs);
         if (rc) return rc;
         double t0 = joule_now();
         if (faiss_Index_add(b->index, count, b->vecs) != 0) return joule_faiss_fail(JOULE_ERR_RUNTIME, "adding to the index");
@@ -257,7 +259,8 @@ static int write_manifest(build *b) {
     cJSON *j = cJSON_CreateObject();
     if (!j) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     cJSON_AddStringToObject(j, "format", "joule-retro-db");
-    cJSON_AddNumberToObject(j, "format_version", JOULE_DB_FORMAT_VERSION);
+    /* format 1 when unsharded: such a manifest (and so its id) stays what it was */
+    cJSON_AddNumberToObject(j, "format_version", b->o->shards > 1 ? JOULE_DB_FORMAT_VERSION : 1);
     cJSON_AddNumberToObject(j, "chunk", b->o->chunk);
     cJSON_AddStringToObject(j, "tokenizer", "bytes");
     cJSON_AddNumberToObject(j, "vocab_size", 256);
@@ -288,8 +291,9 @@ static int write_manifest(build *b) {
     cJSON_AddNumberToObject(j, "documents", (double)b->docs);
     cJSON_AddItemReferenceToObject(j, "sources", b->sources);
     cJSON *files = cJSON_AddObjectToObject(j, "files");
-    if (!rc) rc = add_file_entry(files, JOULE_DB_INDEX, b->index_path);
+    if (!rc && b->o->shards <= 1) rc = add_file_entry(files, JOULE_DB_INDEX, b->index_path);
     if (!rc) rc = add_file_entry(files, JOULE_DB_CHUNKS, b->chunks_path);
+    if (!rc && b->o->shards > 1) rc = db_shards_manifest(b, j);
     cJSON_AddStringToObject(j, "created_by", "joule " JOULE_VERSION_STRING);
     char *text = rc ? NULL : cJSON_Print(j);
     cJSON_Delete(j);
@@ -325,6 +329,10 @@ static int finish(build *b) {
     }
     b->fd = -1;
     set_default_search(b);
+    if (b->o->shards > 1) {
+        int rc = db_write_shards(b);
+        return rc ? rc : write_manifest(b);
+    }
     double t0 = joule_now();
     int rc = joule_faiss_write(b->index, b->index_path);
     b->index_s += joule_now() - t0;
@@ -342,6 +350,8 @@ static int check_opts(const joule_db_build_opts *o) {
         return joule_fail(JOULE_ERR_ARG, "chunk size %d not in [1, %d]", o->chunk, JOULE_DB_MAX_CHUNK);
     if (o->batch < 1 || o->batch > (1 << 20)) return joule_fail(JOULE_ERR_ARG, "batch %d not in [1, 2^20]", o->batch);
     if (o->checkpoint_every < 0) return joule_fail(JOULE_ERR_ARG, "checkpoint_every must be >= 0");
+    if (o->shards < 0 || o->shards > JOULE_DB_MAX_SHARDS)
+        return joule_fail(JOULE_ERR_ARG, "shards %d not in [1, %d]", o->shards, JOULE_DB_MAX_SHARDS);
     struct stat st;
     if (!o->resume && stat(o->out_dir, &st) == 0) /* --resume decides for itself (db_resume) */
         return joule_fail(JOULE_ERR_ARG, "%s: already exists; remove it or choose another output", o->out_dir);
@@ -364,6 +374,9 @@ static int prepare(build *b) {
     if (rc) return rc;
     count_entries(b);
     if (b->n == 0) return joule_fail(JOULE_ERR_ARG, "%s: no tokens to build from", o->sources[0]);
+    if ((uint64_t)o->shards > b->n)
+        return joule_fail(JOULE_ERR_ARG, "%d shards for %llu entries: each shard needs at least one", o->shards,
+                          (unsigned long long)b->n);
     if ((rc = joule_embedder_create(&b->emb, o->embedder))) return rc;
     if (o->index && *o->index) snprintf(b->factory, sizeof b->factory, "%s", o->index);
     else joule_db_default_index(b->n, b->factory, sizeof b->factory);

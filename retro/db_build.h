@@ -41,6 +41,15 @@ int db_fail_errno(const char *path, const char *what);
 /* fsync of a file, or of a folder when dir. */
 int db_fsync_path(const char *path, bool dir);
 
+/* db_build.c: embeds the records in b->recs[0, count) into out (timed). */
+int db_embed_batch(build *b, int count, float *out);
+
+/* db_build_shards.c (o->shards > 1): empties b->index and writes the shard files from
+ * chunks.bin (complete, synced); then the manifest's "shards" list of them. */
+int db_write_shards(build *b);
+struct cJSON;
+int db_shards_manifest(build *b, struct cJSON *manifest);
+
 /* db_build.c: a new build in a fresh <out>.partial (trains the index when it needs it). */
 int db_start_fresh(build *b);
 

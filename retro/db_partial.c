@@ -46,6 +46,8 @@ static bool ours(const char *name) {
         *tmp = '\0'; /* <name>.tmp (FAISS snapshots) or <name>.tmp.<pid> (atomic writes) */
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         if (strcmp(base, fixed[i]) == 0) return true;
+    if (strncmp(base, "shard.", 6) == 0 && strlen(base) > 12 && strcmp(base + strlen(base) - 6, ".faiss") == 0)
+        return all_digits(base + 6, strlen(base) - 12, NULL); /* shard.<s>.faiss */
     return joule_db_snapshot_name(base, NULL);
 }
 
@@ -102,6 +104,8 @@ char *joule_db_manifest_params(const char *manifest_text) {
         cJSON_AddNumberToObject(p, "seed", seed->valuedouble);
         cJSON_AddNumberToObject(p, "entries", entries->valuedouble);
         cJSON_AddItemReferenceToObject(p, "sources", (cJSON *)src);
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(m, "shards");
+        if (cJSON_IsArray(sh)) cJSON_AddNumberToObject(p, "shards", cJSON_GetArraySize(sh));
         out = cJSON_PrintUnformatted(p);
     }
     cJSON_Delete(p);

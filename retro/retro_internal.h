@@ -77,7 +77,7 @@ void joule_hash_hex(const void *data, size_t len, char hex[17]);
 /* "<dir>/<name>" into a malloc'd string (NULL when out of memory). */
 char *joule_path_join(const char *dir, const char *name);
 
-#define JOULE_DB_FORMAT_VERSION 1
+#define JOULE_DB_FORMAT_VERSION 2 /* written only for sharded databases; 1 still read */
 #define JOULE_DB_MANIFEST "manifest.json"
 #define JOULE_DB_INDEX "index.faiss"
 #define JOULE_DB_CHUNKS "chunks.bin"

@@ -127,20 +127,30 @@ END_TEST
 
 /* ---- database builds ---- */
 
-static void build_recovers(const char *sc) {
+/* shards: 0 for one index.faiss, else --shards (shard.<s>.faiss) */
+static void build_recovers(const char *sc, int shards) {
     int points = 0;
+    char args[512], resume[600];
+    snprintf(args, sizeof args, BUILD " --shards %d --out k", shards ? shards : 1);
+    snprintf(resume, sizeof resume, "%s --resume", args);
     for (int n = 1;; n++) {
         sh("rm -rf k k.partial");
-        int st = killed_at(sc, n, BUILD " --out k");
+        int st = killed_at(sc, n, args);
         if (st == 0) break;
         ck_assert_msg(st == 1009, "%s %d: strace run ended with %d", sc, n, st);
         points++;
-        int rc = tu_joule(BUILD " --out k --resume");
-        if (rc == 2 && tu_file_has("err.txt", "no unfinished build")) rc = tu_joule(BUILD " --out k");
+        int rc = tu_joule("%s", resume);
+        if (rc == 2 && tu_file_has("err.txt", "no unfinished build")) rc = tu_joule("%s", args);
         ck_assert_msg(rc == 0, "%s %d: recovery failed", sc, n);
-        same_file("k/manifest.json", "ref/manifest.json");
-        same_file("k/chunks.bin", "ref/chunks.bin");
-        same_file("k/index.faiss", "ref/index.faiss");
+        const char *ref = shards ? "ref_sharded" : "ref";
+        char a[64], b[96];
+        static const char *const files[] = {"manifest.json", "chunks.bin", "index.faiss"};
+        for (int f = 0; f < 3 + (shards ? shards - 1 : 0); f++) {
+            if (f >= 2 && shards) snprintf(a, sizeof a, "k/shard.%d.faiss", f - 2);
+            else snprintf(a, sizeof a, "k/%s", files[f]);
+            snprintf(b, sizeof b, "%s%s", ref, a + 1);
+            same_file(a, b);
+        }
         no_leftovers("k");
         ck_assert(!tu_exists(tu_path("k.partial")));
     }
@@ -149,8 +159,15 @@ static void build_recovers(const char *sc) {
 
 START_TEST(test_build_kills) {
     ck_assert_int_eq(tu_joule(BUILD " --out ref"), 0);
-    build_recovers("rename");
-    build_recovers("fsync");
+    build_recovers("rename", 0);
+    build_recovers("fsync", 0);
+}
+END_TEST
+
+/* The same with 2 shards, killed at every fsync (the shards' writes included). */
+START_TEST(test_sharded_build_kills) {
+    ck_assert_int_eq(tu_joule(BUILD " --shards 2 --out ref_sharded"), 0);
+    build_recovers("fsync", 2);
 }
 END_TEST
 
@@ -279,6 +296,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "kills", 600, setup, teardown);
     tcase_add_test(tc, test_checkpoint_kills);
     tcase_add_test(tc, test_build_kills);
+    tcase_add_test(tc, test_sharded_build_kills);
     tc = tu_tcase(s, "full_disk", 300, setup, teardown);
     tcase_add_test(tc, test_checkpoint_full_disk);
     tcase_add_test(tc, test_build_full_disk);

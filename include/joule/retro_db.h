@@ -92,6 +92,8 @@ typedef struct {
     int batch;                  /* entries embedded and added per batch (default 4096) */
     int checkpoint_every;       /* resume point every N batches or 60 s, whichever comes first;
                                  * 0 = 16 batches (default) */
+    int shards;                 /* S > 1: S index files over contiguous entry ranges
+                                 * (shard s from floor(s*n/S)); 0 or 1: one index.faiss */
     bool resume;                /* continue <out_dir>.partial instead of starting afresh; also
                                  * finishes a build killed after its manifest, accepts an
                                  * out_dir already built with the same parameters, and starts
@@ -120,6 +122,8 @@ int joule_db_build(const joule_db_build_opts *o, double *embed_s, double *index_
 const char *joule_db_manifest_json(const joule_retro_db *db); /* the manifest text */
 const char *joule_db_factory(const joule_retro_db *db);
 int joule_db_dim(const joule_retro_db *db);
+/* Index files: 1 (index.faiss) or the S shards of a database built with shards. */
+int joule_db_n_shards(const joule_retro_db *db);
 const joule_embedder *joule_db_embedder(const joule_retro_db *db);
 /* Full check: checksums of every file, every store record, the index's size and
  * dimension, and that a seeded sample of entries finds itself (Flat: always; others:
