@@ -361,7 +361,9 @@ static int prompt_metrics(const compare_run_ctx *x, joule_model *m, joule_retro_
     joule_prompt_score *sc = malloc((size_t)s->em_windows * sizeof *sc);
     if (!sc) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     joule_prompt_means mean;
+    const double t0 = joule_now();
     int rc = joule_prompt_metrics(m, rd, val, &o, sc, &mean);
+    r->prompts_s = joule_now() - t0;
     if (!rc) {
         char path[600];
         snprintf(path, sizeof path, "%.*s.prompts.jsonl", (int)(strlen(r->checkpoint) - strlen(".safetensors")),

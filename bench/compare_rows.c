@@ -29,7 +29,7 @@ static const field FIELDS[] = {
     F(flops_encoder_cca, 'u'), F(flops_base, 'u'),     F(fit_budget, 'd'),
     /* the metrics on the same prompts: absent (NaN) in rows written before them */
     F(match_bytes, 'i'),   F(samples, 'i'),       F(byte_accuracy, 'd'), F(logprob, 'd'),
-    F(edit_distance, 'd'), F(pass_rate, 'd'),
+    F(edit_distance, 'd'), F(pass_rate, 'd'),     F(prompts_s, 'd'),
 };
 #define FIRST_OPTIONAL 31 /* FIELDS[31..] may be missing */
 #undef F

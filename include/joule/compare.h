@@ -122,6 +122,7 @@ typedef struct {
      * <checkpoint stem>.prompts.jsonl */
     int match_bytes, samples;
     double byte_accuracy, logprob, edit_distance, pass_rate;
+    double prompts_s;    /* wall time of those metrics (part of wall_s) */
     double wall_s;       /* whole run: training, evaluation, metric */
     double train_s;
     double energy_j;     /* training window */
