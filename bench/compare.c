@@ -43,6 +43,9 @@ void joule_compare_settings_init(joule_compare_settings *s) {
     s->seed = 1;
     s->eval_windows = 256;
     s->em_windows = 128;
+    s->match_bytes = JOULE_COMPARE_EM_BYTES;
+    s->samples = 0;
+    s->temperature = 1.0;
     s->queries = 16;
 }
 
@@ -72,6 +75,9 @@ char *joule_compare_settings_json(const joule_compare_settings *s) {
     cJSON_AddNumberToObject(j, "seed", (double)s->seed);
     cJSON_AddNumberToObject(j, "eval_windows", (double)s->eval_windows);
     cJSON_AddNumberToObject(j, "em_windows", s->em_windows);
+    cJSON_AddNumberToObject(j, "match_bytes", s->match_bytes);
+    cJSON_AddNumberToObject(j, "samples", s->samples);
+    cJSON_AddNumberToObject(j, "temperature", s->temperature);
     cJSON_AddNumberToObject(j, "queries", s->queries);
     char *out = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -345,7 +351,39 @@ static int leakage_file(const compare_run_ctx *x, joule_model *m, joule_retro_da
     return rc;
 }
 
-/* Validation bpb, the exact-match metric, RETRO's leakage table, energy per query. */
+/* The metrics on the same prompts (val split, prompts of ctx - n bytes) into r and
+ * <checkpoint stem>.prompts.jsonl. */
+static int prompt_metrics(const compare_run_ctx *x, joule_model *m, joule_retro_data *rd, const joule_tokens *val,
+                          joule_compare_row *r) {
+    const joule_compare_settings *s = x->settings;
+    joule_prompt_opts o = {s->ctx - s->match_bytes, s->match_bytes, s->em_windows, s->samples, (float)s->temperature,
+                           s->seed};
+    joule_prompt_score *sc = malloc((size_t)s->em_windows * sizeof *sc);
+    if (!sc) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    joule_prompt_means mean;
+    const double t0 = joule_now();
+    int rc = joule_prompt_metrics(m, rd, val, &o, sc, &mean);
+    r->prompts_s = joule_now() - t0;
+    if (!rc) {
+        char path[600];
+        snprintf(path, sizeof path, "%.*s.prompts.jsonl", (int)(strlen(r->checkpoint) - strlen(".safetensors")),
+                 r->checkpoint);
+        rc = joule_prompt_scores_save(path, &o, sc, s->em_windows);
+    }
+    free(sc);
+    if (rc) return rc;
+    r->exact_match = mean.exact_match;
+    r->em_windows = (uint64_t)s->em_windows;
+    r->match_bytes = s->match_bytes;
+    r->samples = s->samples;
+    r->byte_accuracy = mean.byte_accuracy;
+    r->logprob = mean.logprob;
+    r->edit_distance = mean.edit_distance;
+    r->pass_rate = mean.pass_rate;
+    return JOULE_OK;
+}
+
+/* Validation bpb, the metrics on the same prompts, RETRO's leakage table, energy per query. */
 static int measure(const compare_run_ctx *x, joule_model *m, joule_retro_data *rd, joule_compare_row *r) {
     const joule_compare_settings *s = x->settings;
     joule_tokens val = {0};
@@ -356,10 +394,7 @@ static int measure(const compare_run_ctx *x, joule_model *m, joule_retro_data *r
                                  NULL, NULL);
     if (!rc) {
         r->val_bpb = ev.bpb;
-        uint64_t hits;
-        rc = joule_exact_match(m, rd ? joule_retro_data_db(rd) : NULL, x->val_path, s->ctx - JOULE_COMPARE_EM_BYTES,
-                               s->em_windows, &r->exact_match, &hits);
-        r->em_windows = (uint64_t)s->em_windows;
+        rc = prompt_metrics(x, m, rd, &val, r);
     }
     if (!rc && rd) rc = leakage_file(x, m, rd, &val, r);
     joule_tokens_close(&val);

@@ -256,6 +256,7 @@ static int run_cell(const joule_compare_plan *p, compare_spread *sp, compare_run
     snprintf(r.arch, sizeof r.arch, "%s", arch);
     r.budget = budget;
     r.val_bpb = r.exact_match = r.query_j = r.query_s = r.retrieval_s = NAN;
+    r.byte_accuracy = r.logprob = r.edit_distance = r.pass_rate = r.prompts_s = NAN;
     char stem[sizeof r.checkpoint - 16];
     run_stem(stem, sizeof stem, p->out_dir, arch, budget);
     snprintf(r.checkpoint, sizeof r.checkpoint, "%s.safetensors", stem);

@@ -10,19 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "compare_report.h"
 #include "compare_svg.h"
-#include "joule/compare.h"
-#include "joule/fit.h"
-
-#define MAX_ROWS 512
-
-/* The finished runs of one arch as fit points (C = counted training FLOPs, loss = val bpb),
- * ascending in budget, and their rows. */
-typedef struct {
-    joule_run pts[MAX_ROWS];
-    const joule_compare_row *rows[MAX_ROWS];
-    int n;
-} arch_runs;
 
 static int by_budget(const void *a, const void *b) {
     const joule_compare_row *x = *(const joule_compare_row *const *)a, *y = *(const joule_compare_row *const *)b;
@@ -409,7 +398,7 @@ static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_f
     compare_plot lp = {"Validation bits per byte vs training compute (labels: budget in FLOPs)",
                        "training FLOPs (counted)", "val bits per byte", true, true, s, ns,
                        dense ? joule_svg_pow_loss : NULL, &fc, label,
-                       scratch ? joule_svg_pow_lo : NULL, scratch ? joule_svg_pow_hi : NULL, band, NULL};
+                       scratch ? joule_svg_pow_lo : NULL, scratch ? joule_svg_pow_hi : NULL, band, NULL, false};
     char *svg = compare_svg(&lp);
     free(scratch);
     int rc = write_text(dir, "loss_vs_compute.svg", svg);
@@ -417,7 +406,7 @@ static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_f
     if (rc) return rc;
     compare_plot ep = {"Energy per query vs validation bits per byte (labels: budget in FLOPs)", "val bits per byte",
                        "joules per query", false, true, es, ns, NULL, NULL, NULL, NULL, NULL, NULL,
-                       nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)"};
+                       nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)", false};
     svg = compare_svg(&ep);
     rc = write_text(dir, "energy_vs_bpb.svg", svg);
     free(svg);
@@ -537,10 +526,13 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
     const bool have_dense = dense_fit(d, o, fit, &dense, &boot, note, sizeof note);
 
     fprintf(f, "# joule compare: equal-compute comparison\n\n");
+    int nbytes = JOULE_COMPARE_EM_BYTES;
+    for (int i = 0; i < n; i++)
+        if (rows[i].ok && rows[i].match_bytes > 0) nbytes = rows[i].match_bytes;
     fprintf(f, "Loss is validation bits per byte; compute is the counted training FLOPs (every matmul, router and "
                "extension included); exact match is the share of validation prompts whose next %d bytes greedy "
                "decoding reproduces. Energy is the training run's measurement window (method in brackets).\n\n",
-            JOULE_COMPARE_EM_BYTES);
+            nbytes);
     write_headline(f, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     write_runs(f, fit, rows, n);
     /* the dense fit and the effective compute multipliers */
@@ -552,15 +544,18 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
         fprintf(f, "%s\n", note);
     write_multipliers(f, fs, fit, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     write_backtests(f, fit, runs);
+    compare_capability(f, fit, runs, o);
+    rc = compare_emergence(dir, f, fit, runs);
     add_retrieval(dir, f, fit, rows, n);
     add_leakage(f, fit, runs);
-    fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n");
+    fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n\n"
+               "![emergence panel](emergence.svg)\n");
     fclose(f);
     f = NULL;
     fclose(fs);
     fs = NULL;
-    char *json = cJSON_Print(fit);
-    if ((rc = write_text(dir, "fit.json", json)) == JOULE_OK && (rc = write_text(dir, "report.md", md)) == JOULE_OK)
+    char *json = rc ? NULL : cJSON_Print(fit);
+    if (!rc && (rc = write_text(dir, "fit.json", json)) == JOULE_OK && (rc = write_text(dir, "report.md", md)) == JOULE_OK)
         rc = write_plots(dir, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
     free(json);
     if (!rc && summary) {

@@ -27,7 +27,11 @@ static const field FIELDS[] = {
     F(wall_s, 'd'),        F(train_s, 'd'),       F(energy_j, 'd'),      F(query_j, 'd'),
     F(query_s, 'd'),       F(retrieval_flops, 'd'), F(retrieval_searches, 'u'), F(retrieval_s, 'd'),
     F(flops_encoder_cca, 'u'), F(flops_base, 'u'),     F(fit_budget, 'd'),
+    /* the metrics on the same prompts: absent (NaN) in rows written before them */
+    F(match_bytes, 'i'),   F(samples, 'i'),       F(byte_accuracy, 'd'), F(logprob, 'd'),
+    F(edit_distance, 'd'), F(pass_rate, 'd'),     F(prompts_s, 'd'),
 };
+#define FIRST_OPTIONAL 31 /* FIELDS[31..] may be missing */
 #undef F
 #define N_FIELDS (sizeof FIELDS / sizeof FIELDS[0])
 
@@ -89,7 +93,8 @@ static int parse_row(const char *text, joule_compare_row *r, const char *path, i
     if (!rc) rc = get_str(j, "checkpoint", r->checkpoint, sizeof r->checkpoint, path, line);
     for (size_t i = 0; i < N_FIELDS && !rc; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, FIELDS[i].name);
-        if (cJSON_IsNull(v)) set_num(r, &FIELDS[i], NAN);
+        if (!v && i >= FIRST_OPTIONAL) set_num(r, &FIELDS[i], FIELDS[i].type == 'd' ? NAN : 0);
+        else if (cJSON_IsNull(v)) set_num(r, &FIELDS[i], NAN);
         else if (cJSON_IsNumber(v) && (FIELDS[i].type == 'd' || v->valuedouble >= 0)) set_num(r, &FIELDS[i], v->valuedouble);
         else rc = joule_fail(JOULE_ERR_FORMAT, "%s:%d: '%s' is missing or not a valid number", path, line, FIELDS[i].name);
     }

@@ -7,9 +7,10 @@
 
 #include "compare_svg.h"
 
-enum { PW = 760, PH = 500, LM = 84, RM = 24, TM = 40, BM = 60, MAX_MARKS = 1024 };
+enum { PW = COMPARE_SVG_W, PH = COMPARE_SVG_H, LM = 84, RM = 24, TM = 40, BM = 60, MAX_MARKS = 1024 };
 
-static const char *const COLOURS[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"};
+static const char *const COLOURS[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"};
+#define N_COLOURS 6
 
 /* Pixel positions the legend should not hide: the points and samples of the curve. */
 typedef struct {
@@ -40,15 +41,16 @@ static void trajectory(FILE *f, const compare_series *se, const joule_svg_axis *
 static void points(FILE *f, const compare_plot *p, const joule_svg_axis *sx, const joule_svg_axis *sy, marks *m) {
     for (int s = 0; s < p->n_series; s++) {
         const compare_series *se = &p->series[s];
-        if (se->budget && se->n > 1) trajectory(f, se, sx, sy, COLOURS[s % 4]);
+        if (se->budget && se->n > 1) trajectory(f, se, sx, sy, COLOURS[s % N_COLOURS]);
         for (int i = 0; i < se->n; i++) {
             if (!joule_svg_usable(sx, se->x[i]) || !joule_svg_usable(sy, se->y[i])) continue;
             char label[32];
-            if (se->budget) joule_svg_number(label, sizeof label, se->budget[i]);
+            const bool labelled = se->budget && !p->no_labels;
+            if (labelled) joule_svg_number(label, sizeof label, se->budget[i]);
             double px = joule_svg_px(sx, se->x[i]), py = joule_svg_px(sy, se->y[i]);
-            joule_svg_point(f, px, py, COLOURS[s % 4], se->budget ? label : NULL);
+            joule_svg_point(f, px, py, COLOURS[s % N_COLOURS], labelled ? label : NULL);
             mark(m, px, py);
-            mark(m, px + 24, py - 8); /* the label */
+            if (labelled) mark(m, px + 24, py - 8); /* the label */
         }
     }
 }
@@ -89,7 +91,7 @@ char *compare_svg(const compare_plot *p) {
     }
     points(f, p, &sx, &sy, m);
     for (int s = 0; s < p->n_series && nk < 8; s++)
-        keys[nk++] = (joule_svg_key){JOULE_SVG_DOT, COLOURS[s % 4], p->series[s].name};
+        keys[nk++] = (joule_svg_key){JOULE_SVG_DOT, COLOURS[s % N_COLOURS], p->series[s].name};
     joule_svg_legend(f, &sx, &sy, keys, nk, m->x, m->y, m->n);
     if (p->note) {
         fprintf(f, "<text x=\"%d\" y=\"%d\" fill=\"#666\">", LM + 10, (PH - BM + TM) / 2);

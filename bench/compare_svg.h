@@ -24,7 +24,10 @@ typedef struct {
     joule_svg_fn band_lo, band_hi; /* the curve's interval (same ctx); may be NULL */
     const char *band_label;
     const char *note; /* may be NULL: a line shown inside the plot */
+    bool no_labels;   /* points without their budget labels (lines still follow the budgets) */
 } compare_plot;
+
+enum { COMPARE_SVG_W = 760, COMPARE_SVG_H = 500 }; /* one plot's size in pixels */
 
 /* The SVG document (caller frees), NULL when out of memory. */
 char *compare_svg(const compare_plot *p);

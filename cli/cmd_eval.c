@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "retro_cli.h"
 #include "joule/checkpoint.h"
+#include "joule/compare.h"
 #include "joule/data.h"
 #include "joule/ops.h"
 #include "joule/train.h"
@@ -47,6 +48,17 @@ static const char USAGE[] =
     "  --leakage-neighbours N  entries searched per chunk for r (default 10)\n"
     "  --neighbours-on-demand  with --db: no neighbour file; search each chunk of the evaluated\n"
     "                   windows when first read (a few windows of a large split pay for only those)\n"
+    "  --prompts N      also score N prompts of ctx-n bytes evenly spaced over the file, as\n"
+    "                   'joule compare' does (docs/COMPARE.md section 3): exact match of the\n"
+    "                   next n bytes under greedy decoding and, on the same prompts, per-byte\n"
+    "                   accuracy and mean log-probability under teacher forcing and the edit\n"
+    "                   distance of the greedy continuation (not with --db: a RETRO model is\n"
+    "                   scored with retrieval off)\n"
+    "  --match-bytes N  with --prompts: n, 1..64 (default 8)\n"
+    "  --samples S      with --prompts: continuations sampled per prompt; the pass rate is the\n"
+    "                   share equal to the target (default 0: none)\n"
+    "  --temperature F  of the samples, > 0 (default 1)\n"
+    "  --seed N         of the samples (default 1)\n"
     "  --json           print one JSON object instead of text\n"
     "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help       show this help and exit\n"
@@ -56,11 +68,17 @@ static const char USAGE[] =
     "the energy with its method (docs/ACCOUNTING.md; $JOULE_HARDWARE, $JOULE_POWER_WATTS).\n"
     "JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch, flops,\n"
     "flops_analytic, peak_gflops, mfu, energy_j, energy_method, J_per_token, wall_s,\n"
-    "tokens_per_s, threads; for an MoE model also moe: per-layer routing statistics over the\n"
+    "tokens_per_s, threads; with --prompts also prompts: prompts, prompt_bytes, n, samples,\n"
+    "temperature, seed, the means (exact_match, byte_accuracy, logprob, edit_distance,\n"
+    "pass_rate) and per_prompt (start, exact, edit, tf_correct, logprob, passes); for an MoE\n"
+    "model also moe: per-layer routing statistics over the\n"
     "whole evaluation (tokens per expert min/max and max/mean, fractions of first and second\n"
     "choices dropped, router entropy, lb and z losses).\n";
 
-enum { OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS };
+enum {
+    OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS,
+    OPT_PROMPTS, OPT_MATCH_BYTES, OPT_SAMPLES, OPT_TEMPERATURE, OPT_SEED
+};
 
 static const char *CMD = "eval";
 
@@ -80,6 +98,7 @@ typedef struct {
     uint64_t max_windows;
     int batch, seq, threads;
     bool json;
+    joule_prompt_opts po; /* po.windows = 0: no prompt metrics */
     retro_db_cli rdb;
     char buf[4096];
 } eval_args;
@@ -101,6 +120,16 @@ static int parse_option(eval_args *a, int c, char **argv) {
         return cli_int_option(CMD, "--seq", optarg, 1, 1 << 16, &a->seq);
     case OPT_JSON: a->json = true; return 0;
     case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
+    case OPT_PROMPTS: return cli_int_option(CMD, "--prompts", optarg, 1, 1 << 24, &a->po.windows);
+    case OPT_MATCH_BYTES: return cli_int_option(CMD, "--match-bytes", optarg, 1, 64, &a->po.n);
+    case OPT_SAMPLES: return cli_int_option(CMD, "--samples", optarg, 0, 1 << 16, &a->po.samples);
+    case OPT_TEMPERATURE: {
+        double t;
+        CLI_CHECK(cli_number_option(CMD, "--temperature", optarg, true, &t));
+        a->po.temperature = (float)t;
+        return 0;
+    }
+    case OPT_SEED: return cli_u64_option(CMD, "--seed", optarg, &a->po.seed);
     }
     const int r = retro_db_cli_option(&a->rdb, CMD, c, optarg);
     return r < 0 ? cli_bad_option(CMD, c, argv) : r;
@@ -119,6 +148,11 @@ static int parse_args(int argc, char **argv, eval_args *a) {
         {"seq", required_argument, NULL, OPT_SEQ},
         {"json", no_argument, NULL, OPT_JSON},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"prompts", required_argument, NULL, OPT_PROMPTS},
+        {"match-bytes", required_argument, NULL, OPT_MATCH_BYTES},
+        {"samples", required_argument, NULL, OPT_SAMPLES},
+        {"temperature", required_argument, NULL, OPT_TEMPERATURE},
+        {"seed", required_argument, NULL, OPT_SEED},
         {"help", no_argument, NULL, 'h'},
         RETRO_EVAL_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
@@ -138,6 +172,9 @@ static int parse_args(int argc, char **argv, eval_args *a) {
         return cli_usage_error(CMD, "--leakage needs --db DIR");
     if ((rdb->baseline || rdb->leak_k) && !rdb->leakage)
         return cli_usage_error(CMD, "--baseline and --leakage-neighbours go with --leakage");
+    if (a->po.windows && rdb->dir) return cli_usage_error(CMD, "--prompts does not go with --db");
+    if (!a->po.windows && (a->po.samples || a->po.n != JOULE_COMPARE_EM_BYTES))
+        return cli_usage_error(CMD, "--match-bytes and --samples go with --prompts N");
     if (a->tokens_path && (a->data_dir || a->split))
         return cli_usage_error(CMD, "give either --data/--split or --tokens");
     if (!a->tokens_path) {
@@ -153,11 +190,43 @@ static int parse_args(int argc, char **argv, eval_args *a) {
 
 /* The measurement the report prints. */
 typedef struct {
+    joule_prompt_score *ps; /* NULL without --prompts */
+    joule_prompt_means pm;
     joule_eval_result r;
     uint64_t nw;     /* windows */
     double analytic; /* forward FLOPs */
     double peak;     /* FLOP/s */
 } eval_run;
+
+static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
+/* --prompts: the means and every prompt's scores. */
+static void prompts_json(cJSON *o, const joule_prompt_opts *po, const eval_run *e) {
+    cJSON *p = cJSON_AddObjectToObject(o, "prompts");
+    cJSON_AddNumberToObject(p, "prompts", po->windows);
+    cJSON_AddNumberToObject(p, "prompt_bytes", po->prompt);
+    cJSON_AddNumberToObject(p, "n", po->n);
+    cJSON_AddNumberToObject(p, "samples", po->samples);
+    cJSON_AddNumberToObject(p, "temperature", po->temperature);
+    cJSON_AddNumberToObject(p, "seed", (double)po->seed);
+    cJSON_AddNumberToObject(p, "exact_match", e->pm.exact_match);
+    cJSON_AddNumberToObject(p, "byte_accuracy", e->pm.byte_accuracy);
+    cJSON_AddNumberToObject(p, "logprob", e->pm.logprob);
+    cJSON_AddNumberToObject(p, "edit_distance", e->pm.edit_distance);
+    cJSON_AddItemToObject(p, "pass_rate", num_or_null(e->pm.pass_rate));
+    cJSON *arr = cJSON_AddArrayToObject(p, "per_prompt");
+    for (int w = 0; w < po->windows; w++) {
+        const joule_prompt_score *s = &e->ps[w];
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddNumberToObject(x, "start", (double)s->start);
+        cJSON_AddBoolToObject(x, "exact", s->edit == 0);
+        cJSON_AddNumberToObject(x, "edit", s->edit);
+        cJSON_AddNumberToObject(x, "tf_correct", s->tf_correct);
+        cJSON_AddNumberToObject(x, "logprob", s->logprob);
+        cJSON_AddNumberToObject(x, "passes", s->passes);
+        cJSON_AddItemToArray(arr, x);
+    }
+}
 
 static void report_json(const eval_args *a, const joule_model *m, const eval_run *e, cli_energy *energy) {
     const joule_eval_result *r = &e->r;
@@ -184,6 +253,7 @@ static void report_json(const eval_args *a, const joule_model *m, const eval_run
     cJSON_AddNumberToObject(o, "wall_s", r->wall_s);
     cJSON_AddNumberToObject(o, "tokens_per_s", tps);
     cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+    if (e->ps) prompts_json(o, &a->po, e);
     cli_moe_eval_report(m, o);
     cli_print_json(o);
 }
@@ -201,6 +271,15 @@ static void report_text(const eval_args *a, const joule_model *m, const eval_run
     printf("FLOPs:  %.3g counted, %.3g analytic (forward)\n", (double)r->flops, e->analytic);
     printf("time:   %.2fs (%s tok/s, %d threads)\n", r->wall_s, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
     cli_print_mfu(stdout, e->analytic, (double)r->flops, r->wall_s, e->peak);
+    if (e->ps) {
+        const joule_prompt_opts *po = &a->po;
+        printf("prompts: %d of %d bytes + the next %d: exact match %.4f, byte accuracy %.4f, log-prob %.4f nats/byte, "
+               "edit distance %.3f", po->windows, po->prompt, po->n, e->pm.exact_match, e->pm.byte_accuracy,
+               e->pm.logprob, e->pm.edit_distance);
+        if (po->samples) printf(", pass rate %.4f (%d samples at temperature %g, seed %llu)", e->pm.pass_rate,
+                                po->samples, po->temperature, (unsigned long long)po->seed);
+        printf("\n");
+    }
     joule_energy_report er;
     memset(&er, 0, sizeof er);
     cli_energy_end(energy, r->tokens, 0, false, &er);
@@ -208,8 +287,10 @@ static void report_text(const eval_args *a, const joule_model *m, const eval_run
 }
 
 /* The evaluation of nw windows of t, timed and metered, then its report. */
-static int evaluate(const eval_args *a, joule_model *m, joule_tokens *t, uint64_t nw) {
-    eval_run e = {.nw = nw, .peak = cli_peak_flops()};
+static int evaluate(const eval_args *a, joule_model *m, joule_tokens *t, uint64_t nw, eval_run *pre) {
+    eval_run e = *pre;
+    e.nw = nw;
+    e.peak = cli_peak_flops();
     cli_energy energy;
     cli_energy_begin(&energy, "eval");
     eval_progress ep = {.seq = a->seq};
@@ -244,11 +325,24 @@ static int run(eval_args *a, joule_model *m, joule_tokens *t) {
     cli_setup_threads(a->threads);
     if ((st = joule_model_alloc_train(m, a->batch))) return cli_fail(CMD, st);
     if (a->rdb.dir) return retro_cli_eval(CMD, m, t, &a->rdb, a->seq, a->batch, nw, a->json, a->model_path);
-    return evaluate(a, m, t, nw);
+    eval_run e = {0};
+    if (a->po.windows) {
+        a->po.prompt = m->cfg.ctx - a->po.n;
+        if (a->po.prompt < 1)
+            return cli_usage_error(CMD, "--match-bytes %d leaves no prompt in the model's context %d", a->po.n, m->cfg.ctx);
+        if (!(e.ps = malloc((size_t)a->po.windows * sizeof *e.ps))) return cli_fail(CMD, joule_fail(JOULE_ERR_NOMEM, "out of memory"));
+        if ((st = joule_prompt_metrics(m, NULL, t, &a->po, e.ps, &e.pm))) {
+            free(e.ps);
+            return cli_fail(CMD, st);
+        }
+    }
+    st = evaluate(a, m, t, nw, &e);
+    free(e.ps);
+    return st;
 }
 
 int cmd_eval(int argc, char **argv) {
-    eval_args a = {.batch = 8};
+    eval_args a = {.batch = 8, .po = {.n = JOULE_COMPARE_EM_BYTES, .temperature = 1.0f, .seed = 1}};
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
     joule_model *m = NULL;

@@ -54,6 +54,15 @@ void joule_decoder_free(joule_decoder *d) {
 
 void joule_decoder_reset(joule_decoder *d) { d->pos = 0; }
 
+int joule_decoder_truncate(joule_decoder *d, int pos) {
+    if (joule_config_has_cca(&d->m->cfg))
+        return joule_fail(JOULE_ERR_ARG, "truncating a decoder with chunked cross-attention is not supported");
+    if (pos < 0 || pos > d->pos)
+        return joule_fail(JOULE_ERR_ARG, "cannot truncate a decoder of %d tokens to %d", d->pos, pos);
+    d->pos = pos;
+    return JOULE_OK;
+}
+
 /* Head h of one query q (a qkv row) over the cached positions [0, pos] of layer l; s holds
  * ctx scores, o the head's slice of the output row. */
 static void attend_head(const joule_decoder *d, int l, int pos, int h, const float *q, float *s, float *o) {

@@ -4,8 +4,10 @@
 # demand; a rerun reuses the finished runs):
 #   1. prepare the default corpus (GCIDE dictionary + fortunes) into data/default
 #   2. joule compare: dense, MoE, RETRO and RETRO-fit models at 4 training budgets (equal counted
-#      FLOPs), val bits-per-byte and 8-byte exact match, the dense scaling law, effective
-#      compute multipliers, backtests, energy per query  -> runs/demo/compare/
+#      FLOPs), val bits-per-byte and, on 128 prompts, 8-byte exact match beside the smooth
+#      metrics and pass rates of 8 samples, the dense scaling law, effective compute
+#      multipliers, backtests, the capability prediction per difficulty bucket, the emergence
+#      panel, energy per query  -> runs/demo/compare/
 #   3. joule bench energy on the dense and MoE models of the largest budget, side by side
 #   4. the summary table, and a 200-byte sample from the largest dense model
 # Run from anywhere; data/ and runs/ are created in the repository root. The comparison is
@@ -13,7 +15,8 @@
 # DEMO_THREADS overrides the thread count (default 1: these models are small, and on a busy
 # machine one thread is far faster: measured here, a 2 x 48 model trained at 128k tok/s on
 # one thread and 5.5k tok/s on two while other jobs ran); DEMO_BUDGETS the training budgets
-# (FLOPs) the fourteen minutes were measured with.
+# (FLOPs) the fourteen minutes were measured with; DEMO_SAMPLES the samples per prompt (default
+# 8; 0 = none, no capability prediction) and DEMO_TEMPERATURE theirs (default 1).
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -30,8 +33,11 @@ THREADS=${DEMO_THREADS:-1}
 # whole train split as its database; RETRO-fit on each dense run.
 BUDGETS=${DEMO_BUDGETS:-5e11,1e12,2e12,4e12}
 OUT=runs/demo/compare
+SAMPLES=${DEMO_SAMPLES:-8}
+TEMPERATURE=${DEMO_TEMPERATURE:-1}
 PRESET=(--budgets "$BUDGETS" --archs dense,moe,retro,retro-fit --ctx 256 --batch 8 --retro-chunk 32
-        --queries 16 --bootstrap 200 --data data/default --out "$OUT")
+        --queries 16 --em-windows 128 --match-bytes 8 --samples "$SAMPLES" --temperature "$TEMPERATURE"
+        --bootstrap 200 --data data/default --out "$OUT")
 
 section() { printf '\n==== %s ====\n' "$*"; }
 t_start=$SECONDS
@@ -62,11 +68,13 @@ section "3/4 joule bench energy: dense and moe at $largest FLOPs"
 section "4/4 summary"
 ("$JOULE" compare --out "$OUT" --report-only || true) | sed -n '/^| arch/,/^$/p'
 sed -n '/^## At /,/^## Runs/p' "$OUT/report.md" | grep '^|' || true
-sed -n '/## Predictable scaling: loss/,/## Retrieval/p' "$OUT/report.md" | grep '^|' || true
+sed -n '/## Predictable scaling: loss/,/## Capability prediction/p' "$OUT/report.md" | grep '^|' || true
+sed -n '/^## Capability prediction/,/^## Emergence panel/p' "$OUT/report.md" | grep -v '^## Emergence' || true
+sed -n '/^## Emergence panel/,/^## Retrieval/p' "$OUT/report.md" | grep -v '^## Retrieval' || true
 sed -n '/^## Leakage/,/^## Plots/p' "$OUT/report.md" | grep -v '^## Plots' || true
 echo
 "$JOULE" generate --model "$OUT/runs/dense-$stem.safetensors" --prompt "The meaning of " -n 200 \
   --temperature 0.8 --threads "$THREADS"
 
 section "done in $((SECONDS - t_start)) s"
-echo "report: $OUT/report.md (plots loss_vs_compute.svg, energy_vs_bpb.svg; fit.json, results.csv)"
+echo "report: $OUT/report.md (plots loss_vs_compute.svg, energy_vs_bpb.svg, emergence.svg; fit.json, results.csv)"

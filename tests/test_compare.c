@@ -24,7 +24,8 @@ static int g_first_rc = -1;
  * steps) plus one too small for any model. */
 #define BUDGETS "1e3,6e8,1.2e9,2.4e9"
 #define SETTINGS                                                                                              \
-    "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --queries 2 --bootstrap 20 --threads 1 --retro-chunk 4 " \
+    "--ctx 16 --batch 4 --eval-windows 16 --em-windows 8 --samples 3 --queries 2 --bootstrap 20 --threads 1 "     \
+    "--retro-chunk 4 " \
     "--archs dense,moe,retro,retro-fit"
 #define COMPARE "compare --data d --out c --budgets " BUDGETS " " SETTINGS
 
@@ -117,6 +118,17 @@ START_TEST(test_every_arch_spends_its_budget) {
         double bpb = num(r, "val_bpb"), em = num(r, "exact_match");
         ck_assert_msg(bpb > 0 && bpb < 9, "val bpb %g", bpb);
         ck_assert(em >= 0 && em <= 1);
+        /* the smooth metrics on the same prompts, and the pass rate of 3 samples each */
+        ck_assert_int_eq((int)num(r, "match_bytes"), 8);
+        ck_assert_int_eq((int)num(r, "samples"), 3);
+        ck_assert(num(r, "byte_accuracy") >= 0 && num(r, "byte_accuracy") <= 1);
+        ck_assert(num(r, "logprob") < 0);
+        ck_assert(num(r, "edit_distance") >= 0 && num(r, "edit_distance") <= 8);
+        ck_assert(num(r, "pass_rate") >= 0 && num(r, "pass_rate") <= 1);
+        char *prompts = tu_read(tu_path("%.*s.prompts.jsonl", (int)strlen(str(r, "checkpoint")) - 12, str(r, "checkpoint")),
+                                NULL);
+        ck_assert_msg(prompts && tu_count_lines(prompts) == 1 + 8, "%s: no prompt file of 8 prompts", str(r, "checkpoint"));
+        free(prompts);
         ck_assert(num(r, "params_active") <= num(r, "params_total"));
         if (strcmp(arch, "moe") == 0) {
             ck_assert_int_eq((int)num(r, "experts"), 8);
@@ -230,7 +242,6 @@ START_TEST(test_report_files_parse) {
     ck_assert_str_eq(str(ret, "neighbours"), "on-demand");
     const char *nbr = tu_path("d/train.%s.nbr", str(ret, "id"));
     ck_assert_msg(access(nbr, F_OK) != 0, "%s: a neighbour file was computed in on-demand mode", nbr);
-    cJSON_Delete(fit);
 
     char *csv = tu_read_in("c/results.csv", NULL);
     ck_assert_ptr_nonnull(csv);
@@ -255,9 +266,58 @@ START_TEST(test_report_files_parse) {
     tu_expect_in("c/report.md", "## At 2.4e+09 FLOPs"); /* the headline: the largest budget all archs finished */
     tu_expect_in("c/report.md", "| dense | ");
     tu_expect_in("c/report.md", "needs 4 budgets, has 3"); /* the loss backtest holds one out */
+    tu_expect_in("c/report.md", "## Emergence panel");
+    tu_expect_in("c/report.md", "## Capability prediction (GPT-4 report, section 3.2)");
+    tu_expect_in("c/report.md", "| retro-fit | 6e+08 | ");
+    tu_expect_in("c/emergence.svg", "<svg x=");
+    const cJSON *em = cJSON_GetObjectItemCaseSensitive(fit, "emergence");
+    ck_assert_int_eq(cJSON_GetArraySize(em), 4);
+    cJSON_Delete(fit);
     /* --report-only rebuilds the same report from the rows */
     ck_assert_int_eq(tu_joule("compare --out c --report-only --bootstrap 20"), 1);
     tu_expect_in("out.txt", "| retro | 2.4e+09 |");
+}
+END_TEST
+
+/* The same seed and threads give the same per-prompt files (samples included); joule eval
+ * --prompts scores the same prompts as compare did. */
+START_TEST(test_prompt_metrics_repeat) {
+    ck_assert_int_eq(tu_joule("compare --data d --out c2 --budgets 6e8 " SETTINGS), 0);
+    const char *runs[] = {"dense-6e08", "moe-6e08", "retro-6e08", "retro-fit-6e08"};
+    for (int i = 0; i < 4; i++) {
+        size_t la = 0, lb = 0;
+        char *a = tu_read(tu_path("c/runs/%s.prompts.jsonl", runs[i]), &la);
+        char *b = tu_read(tu_path("c2/runs/%s.prompts.jsonl", runs[i]), &lb);
+        ck_assert_msg(a && b && la == lb && memcmp(a, b, la) == 0, "%s: the prompt files differ", runs[i]);
+        free(a);
+        free(b);
+    }
+    ck_assert_int_eq(tu_joule("eval --model c/runs/dense-6e08.safetensors --data d --prompts 8 --samples 3 --json "
+                              "--threads 1"), 0);
+    char *text = tu_read_in("out.txt", NULL);
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "prompts"), "per_prompt");
+    ck_assert_int_eq(cJSON_GetArraySize(pp), 8);
+    char *file = tu_read_in("c/runs/dense-6e08.prompts.jsonl", NULL);
+    int w = 0;
+    for (char *save = NULL, *line = strtok_r(file, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        cJSON *row = cJSON_Parse(line);
+        if (cJSON_GetObjectItemCaseSensitive(row, "prompt")) {
+            const cJSON *e = cJSON_GetArrayItem(pp, w++);
+            static const char *const keys[4] = {"start", "edit", "tf_correct", "passes"};
+            for (int k = 0; k < 4; k++) ck_assert_double_eq(num(e, keys[k]), num(row, keys[k]));
+            ck_assert_double_eq_tol(num(e, "logprob"), num(row, "logprob"), 1e-5);
+        }
+        cJSON_Delete(row);
+    }
+    ck_assert_int_eq(w, 8);
+    free(file);
+    cJSON_Delete(j);
+    ck_assert_int_eq(tu_joule("eval --model c/runs/dense-6e08.safetensors --data d --samples 3"), 2);
+    tu_expect_in("err.txt", "--samples go with --prompts");
+    ck_assert_int_eq(tu_joule("compare --data d --out u --budgets 1e9 --ctx 16 --match-bytes 16"), 2);
+    tu_expect_in("err.txt", "--match-bytes 16 leaves no prompt");
 }
 END_TEST
 
@@ -315,6 +375,7 @@ int main(void) {
     tcase_add_test(tc, test_failed_run_is_a_row);
     tcase_add_test(tc, test_report_files_parse);
     tcase_add_test(tc, test_rerun_skips_finished_runs);
+    tcase_add_test(tc, test_prompt_metrics_repeat);
     tcase_add_test(tc, test_usage_errors);
     tcase_add_test(tc, test_interrupt_keeps_finished_runs);
     return tu_run_suite(s);

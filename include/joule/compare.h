@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "joule/data.h"
 #include "joule/energy.h"
 #include "joule/model.h"
 #include "joule/train.h"
@@ -27,7 +28,8 @@ extern "C" {
 #endif
 
 #define JOULE_COMPARE_MAX_BUDGETS 32
-#define JOULE_COMPARE_EM_BYTES 8 /* exact match of the next 8 bytes */
+#define JOULE_COMPARE_EM_BYTES 8 /* default n: exact match of the next 8 bytes */
+#define JOULE_PROMPT_MAX_BYTES 256 /* largest n */
 
 /* RETROFIT: the dense run of the same budget, frozen, with CCA and an encoder trained on
  * top (the paper's cheap path); its compute is the dense run's plus the fitting's. */
@@ -80,7 +82,10 @@ typedef struct {
     uint64_t seed;
     /* evaluation */
     uint64_t eval_windows; /* validation windows of ctx bytes for bpb; 0 = all */
-    int em_windows;        /* exact-match prompts */
+    int em_windows;        /* prompts of the metrics on the same prompts (exact match and the rest) */
+    int match_bytes;       /* n: each prompt's target is the next n bytes (default 8) */
+    int samples;           /* S continuations sampled per prompt for the pass rate; 0 = none */
+    double temperature;    /* of the samples (> 0; default 1) */
     /* energy per query (joule/bench_energy.h): queries of ctx/2 prompt and ctx/2 generated
      * tokens after 2 warm-up ones; 0 = not measured */
     int queries;
@@ -110,8 +115,14 @@ typedef struct {
     uint64_t flops_counted, flops_analytic; /* training, counted by joule_sgemm and analytic */
     double spent;        /* flops_counted / budget */
     double val_bpb;
-    double exact_match;  /* fraction of em_windows prompts whose next 8 bytes are matched */
+    double exact_match;  /* fraction of em_windows prompts whose next match_bytes bytes greedy decoding matches */
     uint64_t em_windows;
+    /* the smooth metrics on the same prompts (joule_prompt_means; NaN in rows of an older
+     * folder) and the pass rate from samples (NaN without samples); per prompt in
+     * <checkpoint stem>.prompts.jsonl */
+    int match_bytes, samples;
+    double byte_accuracy, logprob, edit_distance, pass_rate;
+    double prompts_s;    /* wall time of those metrics (part of wall_s) */
     double wall_s;       /* whole run: training, evaluation, metric */
     double train_s;
     double energy_j;     /* training window */
@@ -142,15 +153,68 @@ int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n);
 /* results.jsonl and results.csv in dir, both written atomically. */
 int joule_compare_rows_save(const char *dir, const joule_compare_row *rows, int n);
 
-/* ---- the discontinuous metric (bench/compare_metric.c) ---- */
+/* ---- metrics on the same prompts (bench/compare_prompts.c) ----
+ * The discontinuous metric (exact match of the next n bytes under greedy decoding) and
+ * smooth ones on the very same prompts, so a report can tell a real jump from one the
+ * metric makes (Schaeffer et al. 2023), and pass rates from samples for capability
+ * prediction (GPT-4 technical report, section 3.2). docs/COMPARE.md section 3. */
 
-/* Greedy decoding: for `windows` prompts of `prompt` bytes evenly spaced over the token
- * file, decode JOULE_COMPARE_EM_BYTES bytes with the KV cache and count a hit when all of
- * them equal the file's next bytes. *rate = hits / windows. A RETRO model retrieves from
- * db (its database) for every completed chunk, as in generation; db is NULL otherwise. */
-struct joule_retro_db;
-int joule_exact_match(const joule_model *m, struct joule_retro_db *db, const char *val_path, int prompt, int windows,
-                      double *rate, uint64_t *hits);
+struct joule_retro_data;
+
+typedef struct {
+    int prompt;        /* bytes of each prompt (prompt + n <= the model's ctx) */
+    int n;             /* its target: the next n bytes of the file (1..JOULE_PROMPT_MAX_BYTES) */
+    int windows;       /* prompts, evenly spaced over the file: the same for every model */
+    int samples;       /* continuations sampled per prompt; 0 = no pass rate */
+    float temperature; /* of the samples (> 0) */
+    uint64_t seed;     /* of the samples: sample j of prompt w uses joule_prompt_seed(seed, w, j) */
+} joule_prompt_opts;
+
+typedef struct {
+    uint64_t start;  /* token offset of the prompt in the file */
+    int edit;        /* Levenshtein distance of the greedy continuation (n bytes) to the target */
+    int tf_correct;  /* target bytes that are the argmax given the true bytes before them */
+    double logprob;  /* mean ln p(target byte | true bytes before it), nats */
+    int passes;      /* sampled continuations equal to the target */
+} joule_prompt_score;
+
+/* Means over the prompts. exact_match = share with edit == 0; byte_accuracy = mean
+ * tf_correct / n; pass_rate = mean passes / samples (NaN without samples). */
+typedef struct {
+    double exact_match, byte_accuracy, logprob, edit_distance, pass_rate;
+} joule_prompt_means;
+
+/* Scores o->windows prompts of t into scores[o->windows] (caller's) and their means.
+ * Teacher forcing runs batched forwards of up to m->max_batch windows (m needs
+ * joule_model_alloc_train); rd (NULL unless RETRO) hands them their neighbours, and
+ * greedy decoding and samples retrieve live from its database, as joule generate --db.
+ * Deterministic in o->seed. */
+int joule_prompt_metrics(joule_model *m, struct joule_retro_data *rd, const joule_tokens *t, const joule_prompt_opts *o,
+                         joule_prompt_score *scores, joule_prompt_means *means);
+
+/* The definitions, for tests: Levenshtein distance of a[na] and b[nb] (na, nb <=
+ * JOULE_PROMPT_MAX_BYTES; unit costs); teacher-forced hits and mean ln p of target[n]
+ * given logits [n][V] (row i predicts target[i]; argmax ties go to the lower byte, as
+ * greedy decoding's); the seed of sample j of prompt w. */
+int joule_edit_distance(const uint8_t *a, int na, const uint8_t *b, int nb);
+void joule_teacher_forced(const float *logits, int V, const uint8_t *target, int n, int *correct, double *logprob);
+uint64_t joule_prompt_seed(uint64_t seed, int w, int j);
+
+/* <stem>.prompts.jsonl: one line per prompt (prompt, start, exact, edit, tf_correct,
+ * logprob, passes) after a header line (n, samples, temperature). Written atomically;
+ * loading checks every field and names path:line; *scores is the caller's to free. */
+int joule_prompt_scores_save(const char *path, const joule_prompt_opts *o, const joule_prompt_score *s, int n);
+int joule_prompt_scores_load(const char *path, joule_prompt_score **scores, int *n, int *samples);
+
+/* ---- capability prediction (bench/compare_predict.c; GPT-4 report section 3.2) ---- */
+
+/* Difficulty buckets: prompts ordered by rate[] descending (ties by index), cut into
+ * n_buckets groups of sizes differing by at most one; bucket[i] = 0 for the easiest. */
+void joule_difficulty_buckets(const double *rate, int n, int n_buckets, int *bucket);
+
+/* y = alpha C^-k by least squares of log y on log C over the points with y > 0 and C > 0.
+ * Returns the points used; alpha and k NaN when fewer than 2 or the C are all equal. */
+int joule_capability_fit(const double *C, const double *y, int n, double *alpha, double *k);
 
 /* ---- the driver (bench/compare_loop.c) ---- */
 
@@ -195,6 +259,7 @@ typedef struct {
     int bootstrap;    /* resamples for the intervals */
     double level;     /* interval level, e.g. 0.9 */
     uint64_t seed;
+    int buckets;      /* difficulty buckets of the capability prediction (0: 3) */
 } joule_compare_report_opts;
 
 /* fit.json, report.md, loss_vs_compute.svg and energy_vs_bpb.svg in dir from the rows

@@ -183,6 +183,11 @@ uint64_t joule_model_forward_flops(const joule_config *c, int B, int T);
 int joule_decoder_create(joule_decoder **out, const joule_model *m);
 void joule_decoder_free(joule_decoder *d);
 void joule_decoder_reset(joule_decoder *d);
+/* Drops the tokens after the first pos (0 <= pos <= d->pos): the next step appends at pos,
+ * overwriting what the cache held there. Lets a caller decode several continuations of one
+ * prompt after a single prefill. Refused (JOULE_ERR_ARG) for models with chunked
+ * cross-attention, whose retrieved chunks follow the positions decoded. */
+int joule_decoder_truncate(joule_decoder *d, int pos);
 /* Appends one token at position d->pos and returns its next-token logits [V] (owned by the
  * decoder, valid until the next call). Fails when the cache is full (pos == ctx). */
 int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits);
