@@ -410,6 +410,7 @@ static int load_saved(train_args *a, joule_config *cfg, joule_model **m, joule_t
     CLI_CHECK(cli_check_input(CMD, out, "nothing to resume (check --out)"));
     int st = joule_checkpoint_recover(out);
     if (st || (st = joule_checkpoint_load(m, out, saved))) return cli_fail(CMD, st);
+    if ((*m)->quant) return cli_quantised_refusal(CMD, out, *m);
     if (saved->run_id[0] == '\0')
         return cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
     if (model_flags(a)) {

@@ -23,6 +23,7 @@ static const char USAGE[] =
     "  train           train a model under a step, token or FLOP budget\n"
     "  eval            validation loss and bits-per-byte of a checkpoint\n"
     "  generate        sample text from a checkpoint\n"
+    "  quantize        a bf16 or int8 copy of a checkpoint for inference\n"
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  db              RETRO retrieval databases: build, info, query, verify, recall, neighbours\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
@@ -61,6 +62,7 @@ static const command COMMANDS[] = {
     {"account", cmd_account, false}, {"fit", cmd_fit, false},
     {"db", cmd_db, true},
     {"compare", cmd_compare, true},
+    {"quantize", cmd_quantize, false},
 };
 
 static const command *find_command(const char *name) {
