@@ -285,6 +285,19 @@ START_TEST(test_cli) {
     tu_tokens_commit(w);
     ck_assert_int_eq(tu_joule("eval --model q.safetensors --tokens t.bin --windows 4"), 0);
     tu_expect_in("out.txt", "bpb:");
+    /* KL from the fp32 model: positive for the int8 copy, exactly 0 for the model itself */
+    for (int self = 0; self < 2; self++) {
+        ck_assert_int_eq(tu_joule("eval --model %s --reference m.safetensors --tokens t.bin --windows 4 --json",
+                                  self ? "m.safetensors" : "q.safetensors"), 0);
+        char *out = tu_read_in("out.txt", NULL);
+        cJSON *o = cJSON_Parse(out);
+        ck_assert_ptr_nonnull(o);
+        const double kl = cJSON_GetObjectItem(o, "kl_bits")->valuedouble;
+        ck_assert_msg(self ? kl == 0 : kl > 1e-9 && kl < 0.01, "kl %g", kl);
+        ck_assert_str_eq(cJSON_GetObjectItem(o, "precision")->valuestring, self ? "fp32" : "int8");
+        cJSON_Delete(o);
+        free(out);
+    }
     ck_assert_int_eq(tu_joule("train --resume --out q.safetensors --steps 1 --train t.bin"), 2);
     tu_expect_one_line("err.txt", "q.safetensors: a int8 (quantised) checkpoint is for inference only");
     ck_assert(!tu_exists(tu_path("x.safetensors")));

@@ -30,6 +30,7 @@
 
 #include "joule/common.h"
 #include "joule/model.h"
+#include "joule/train.h" /* joule_tokens, joule_eval_result */
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,6 +88,15 @@ int joule_quant_file_precision(const struct joule_st_file *f, joule_precision *p
 int joule_quant_check_file(const struct joule_st_file *f, const joule_model *d, joule_precision p);
 /* Fills m's arena (dequantised) and m->quant from a checked file. */
 int joule_quant_load_file(const struct joule_st_file *f, joule_model *m, joule_precision p);
+
+/* ---- quality (core/quant_eval.c) ---- */
+/* joule_evaluate of m over the windows of t, and over the same windows the mean
+ * KL(reference || m) of the next-token distributions (nats per token, in *kl_nats) and the
+ * reference's mean loss (*ref_loss). Both models need training buffers (joule_model_alloc_train);
+ * r's wall time and counted FLOPs are m's forwards only. */
+int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
+                      uint64_t max_windows, joule_eval_result *r, double *kl_nats, double *ref_loss,
+                      void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
 
 /* ---- kernels (core/kernels_bf16.c, core/kernels_int8.c) ---- */
 /* Which kernel family runs: "avx512bf16" / "avx512vnni" or "portable". */
