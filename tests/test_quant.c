@@ -298,6 +298,18 @@ START_TEST(test_cli) {
         cJSON_Delete(o);
         free(out);
     }
+    /* the energy table with precision, bytes per token, bpb and KL */
+    ck_assert_int_eq(mkdir(tu_path("d"), 0755), 0);
+    ck_assert_int_eq(rename(tu_path("t.bin"), tu_path("d/val.bin")), 0);
+    ck_assert_int_eq(rename(tu_path("t.idx"), tu_path("d/val.idx")), 0);
+    ck_assert_int_eq(tu_joule("bench energy --model m.safetensors --model q.safetensors --data d --queries 1 --prompt 4 "
+                              "--generate 2 --warmup 0 --quality-windows 2 --compare --out e --meter tdp"), 0);
+    tu_expect_in("out.txt", "precision (kernels)              | fp32 (sgemm)");
+    tu_expect_in("out.txt", "| int8 (");
+    tu_expect_in("out.txt", "bpb / KL bits (vs 1st model)     | ");
+    ck_assert(tu_file_has("e/energy.json", "\"kl_bits\""));
+    ck_assert_int_eq(rename(tu_path("d/val.bin"), tu_path("t.bin")), 0);
+    ck_assert_int_eq(rename(tu_path("d/val.idx"), tu_path("t.idx")), 0);
     ck_assert_int_eq(tu_joule("train --resume --out q.safetensors --steps 1 --train t.bin"), 2);
     tu_expect_one_line("err.txt", "q.safetensors: a int8 (quantised) checkpoint is for inference only");
     ck_assert(!tu_exists(tu_path("x.safetensors")));
