@@ -298,6 +298,8 @@ START_TEST(test_cli) {
         cJSON_Delete(o);
         free(out);
     }
+    ck_assert_int_eq(tu_joule("account --model q.safetensors --hardware nvidia-a100-sxm4-80gb"), 0);
+    tu_expect_in("out.txt", "at int8, utilisation");
     /* the energy table with precision, bytes per token, bpb and KL */
     ck_assert_int_eq(mkdir(tu_path("d"), 0755), 0);
     ck_assert_int_eq(rename(tu_path("t.bin"), tu_path("d/val.bin")), 0);
