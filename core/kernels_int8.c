@@ -48,7 +48,30 @@ static void block_portable(float *out, const int8_t *xq, const float *sx, const 
 
 /* vpdpbusd multiplies unsigned by signed bytes, so the activations enter as q + 128 and
  * each row's sum of weights times 128 comes off afterwards: exact in int32. */
+/* Four rows with named accumulators, so they stay in registers (same sums as dot4). */
+VNNI_TARGET static void dot4_full(int32_t *dot, const uint8_t *xu, const int8_t *w, int32_t wsum, int IC) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512(), a2 = _mm512_setzero_si512(),
+            a3 = _mm512_setzero_si512();
+    const uint8_t *x0 = xu, *x1 = xu + IC, *x2 = xu + 2 * (size_t)IC, *x3 = xu + 3 * (size_t)IC;
+    for (int k = 0; k < IC; k += 64) {
+        const __mmask64 mk = IC - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (IC - k)) - 1);
+        const __m512i wv = _mm512_maskz_loadu_epi8(mk, w + k);
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_maskz_loadu_epi8(mk, x0 + k), wv);
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_maskz_loadu_epi8(mk, x1 + k), wv);
+        a2 = _mm512_dpbusd_epi32(a2, _mm512_maskz_loadu_epi8(mk, x2 + k), wv);
+        a3 = _mm512_dpbusd_epi32(a3, _mm512_maskz_loadu_epi8(mk, x3 + k), wv);
+    }
+    dot[0] = _mm512_reduce_add_epi32(a0) - 128 * wsum;
+    dot[1] = _mm512_reduce_add_epi32(a1) - 128 * wsum;
+    dot[2] = _mm512_reduce_add_epi32(a2) - 128 * wsum;
+    dot[3] = _mm512_reduce_add_epi32(a3) - 128 * wsum;
+}
+
 VNNI_TARGET static void dot4(int32_t *dot, const uint8_t *xu, int r, const int8_t *w, int32_t wsum, int IC) {
+    if (r == 4) {
+        dot4_full(dot, xu, w, wsum, IC);
+        return;
+    }
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                       _mm512_setzero_si512()};
     for (int k = 0; k < IC; k += 64) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "joule/moe.h"
 #include "joule/quant.h"
 #include "joule/safetensors.h"
 #include "testutil.h"
@@ -331,6 +332,41 @@ START_TEST(test_rejects_damaged) {
 }
 END_TEST
 
+/* MoE models share the loader: router and experts are stored int8 and dequantised into the
+ * arena (their products stay fp32); the attention and dense layers run the kernels. */
+START_TEST(test_moe_loads_and_decodes) {
+    joule_config c = joule_config_default(2, 32, 2, 48, 16);
+    joule_moe_config e = joule_moe_config_default(48);
+    e.n_experts = 4;
+    e.every = 2;
+    e.d_ff_expert = 24;
+    joule_moe_apply(&c, &e);
+    joule_model *m = tu_model(&c, 1, 9), *q = tu_model(&c, 1, 9), *l;
+    joule_quant *qq;
+    ck_assert_int_eq(joule_quant_from_model(&qq, q, JOULE_PREC_INT8), JOULE_OK);
+    q->quant = qq;
+    const joule_param_info *router = joule_model_find(q, "layers.1.moe.router.weight");
+    ck_assert_ptr_nonnull(router);
+    ck_assert(qq->quantised[router - q->tensors]);
+    ck_assert_int_eq(joule_quant_save(q, tu_path("moe.safetensors")), JOULE_OK);
+    ck_assert_msg(joule_checkpoint_load(&l, tu_path("moe.safetensors"), NULL) == JOULE_OK, "%s", joule_last_error());
+    ck_assert(memcmp(l->params, q->params, q->n_params * sizeof(float)) == 0);
+    joule_decoder *dl, *dm;
+    ck_assert_int_eq(joule_decoder_create(&dl, l), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_create(&dm, m), JOULE_OK);
+    int32_t tok[8];
+    tu_random_tokens(tok, 8, 11);
+    for (int t = 0; t < 8; t++) {
+        const float *a, *b;
+        ck_assert_int_eq(joule_decoder_step(dl, tok[t], &a), JOULE_OK);
+        ck_assert_int_eq(joule_decoder_step(dm, tok[t], &b), JOULE_OK);
+        tu_expect_near(a, b, (size_t)c.vocab, 0.05, "int8 MoE vs fp32");
+    }
+    joule_decoder_free(dl), joule_decoder_free(dm);
+    joule_model_free(l), joule_model_free(q), joule_model_free(m);
+}
+END_TEST
+
 static Suite *quant_suite(void) {
     Suite *s = suite_create("quant");
     TCase *tc = tu_tcase(s, "core", 60, setup, tu_remove_dir);
@@ -342,7 +378,11 @@ static Suite *quant_suite(void) {
     tcase_add_loop_test(tc, test_batch_and_prefill_match_steps, 0, 2);
     tcase_add_test(tc, test_cli);
     tcase_add_test(tc, test_rejects_damaged);
+    tcase_add_test(tc, test_moe_loads_and_decodes);
     return s;
 }
 
-int main(void) { return tu_run_suite(quant_suite()); }
+int main(void) {
+    joule_moe_register();
+    return tu_run_suite(quant_suite());
+}

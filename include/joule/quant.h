@@ -9,8 +9,9 @@
  *
  * A loaded quantised model keeps two copies: the fp32 arena holds the dequantised weights
  * (what extensions, attention and training-shaped code read), and a joule_quant holds the
- * quantised ones at the same element offsets, which joule_quant_matmul uses for the dense
- * layers' products (decode, prefill, batched steps and the evaluation forward):
+ * quantised ones at the same element offsets, which joule_quant_matmul uses for the core's
+ * layer products, attention q/k/v/o and the dense SwiGLU (decode, prefill, batched steps and
+ * the evaluation forward; MoE experts and RETRO's encoder and CCA use the fp32 arena):
  *   bf16: activations rounded to bf16, products summed in fp32 (AVX512-BF16 vdpbf16ps or
  *         the portable loop);
  *   int8: each activation row quantised to int8 with its own scale (max |x| / 127), exact
