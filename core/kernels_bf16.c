@@ -82,8 +82,43 @@ BF16_TARGET static void dot4(float *acc_out, const uint16_t *xb, int r, const ui
     for (int i = 0; i < r; i++) acc_out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* One row against four weight rows: four independent accumulator chains, so a GEMV is not
+ * bound by the latency of one chain of vdpbf16ps (each output's sums as in dot4). */
+BF16_TARGET static void gemv4(float *acc_out, const uint16_t *x, const uint16_t *w, int IC) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    const uint16_t *w1 = w + IC, *w2 = w + 2 * (size_t)IC, *w3 = w + 3 * (size_t)IC;
+    for (int k = 0; k < IC; k += 32) {
+        const __mmask32 mk = IC - k >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (IC - k)) - 1);
+        const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w1 + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w2 + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w3 + k));
+    }
+    acc_out[0] = _mm512_reduce_add_ps(a0);
+    acc_out[1] = _mm512_reduce_add_ps(a1);
+    acc_out[2] = _mm512_reduce_add_ps(a2);
+    acc_out[3] = _mm512_reduce_add_ps(a3);
+}
+
+BF16_TARGET static void gemv_avx512(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, float beta) {
+#pragma omp parallel for schedule(static) if ((size_t)IC * OC > JOULE_QUANT_PAR_WORK)
+    for (int ob = 0; ob < (OC + 3) / 4; ob++) {
+        const int o0 = 4 * ob, no = OC - o0 < 4 ? OC - o0 : 4;
+        float acc[4];
+        if (no == 4) gemv4(acc, xb, W + (size_t)o0 * IC, IC);
+        else
+            for (int j = 0; j < no; j++) dot4(acc + j, xb, 1, W + (size_t)(o0 + j) * IC, IC);
+        for (int j = 0; j < no; j++) out[o0 + j] = beta != 0.0f ? acc[j] + beta * out[o0 + j] : acc[j];
+    }
+}
+
 BF16_TARGET static void block_avx512(float *out, const uint16_t *xb, const uint16_t *W, int r, int IC, int OC,
                                      float beta) {
+    if (r == 1) {
+        gemv_avx512(out, xb, W, IC, OC, beta);
+        return;
+    }
 #pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
     for (int o = 0; o < OC; o++) {
         float acc[4];
