@@ -12,6 +12,7 @@
 
 #include "joule/account.h"
 #include "joule/bench_energy.h"
+#include "joule/quant.h"
 #include "joule/data.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
@@ -327,6 +328,10 @@ int joule_bench_energy_run(const joule_model *m, const char *label, const joule_
     r->seed = o->seed;
     r->threads = joule_get_threads();
     snprintf(r->blas_core, sizeof r->blas_core, "%s", joule_blas_corename());
+    const joule_precision prec = m->quant ? m->quant->prec : JOULE_PREC_F32;
+    snprintf(r->precision, sizeof r->precision, "%s", joule_precision_name(prec));
+    snprintf(r->kernels, sizeof r->kernels, "%s", joule_quant_kernel_name(prec));
+    r->weight_bytes_per_token = (double)joule_quant_decode_weight_bytes(m);
     if ((rc = analytic_flops(m, o->prompt, o->generate, r))) return rc;
 
     char path[4096];

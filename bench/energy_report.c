@@ -74,6 +74,13 @@ static cJSON *result_json(const joule_bench_energy_result *r) {
     }
     cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)r->peak_rss_bytes);
     cJSON_AddBoolToObject(o, "peak_rss_reset", r->peak_rss_reset);
+    cJSON_AddStringToObject(o, "precision", r->precision);
+    cJSON_AddStringToObject(o, "kernels", r->kernels);
+    cJSON_AddNumberToObject(o, "weight_bytes_per_token", r->weight_bytes_per_token);
+    if (r->quality) {
+        cJSON_AddNumberToObject(o, "bpb", r->bpb);
+        cJSON_AddNumberToObject(o, "kl_bits", r->kl_bits);
+    }
     /* the window's whole report, CodeCarbon-compatible fields included */
     char *e = joule_energy_report_json(&r->energy, r->label);
     cJSON *ej = e ? cJSON_Parse(e) : NULL;
@@ -269,6 +276,12 @@ static const char *table_cell(int row, const joule_bench_energy_result *r, char 
     case 13: snprintf(b, n, "%.1f%s", r->peak_rss_bytes / 1048576.0, r->peak_rss_reset ? "" : " (process)");
         return "peak RSS MiB";
     case 14: snprintf(b, n, "%s x %d", r->blas_core, r->threads); return "BLAS kernels x threads";
+    case 16: snprintf(b, n, "%s (%s)", r->precision, r->kernels); return "precision (kernels)";
+    case 17: snprintf(b, n, "%.2f", r->weight_bytes_per_token / 1e6); return "weights read MB/token";
+    case 18:
+        if (r->quality) snprintf(b, n, "%.4f / %.3g", r->bpb, r->kl_bits);
+        else snprintf(b, n, "-");
+        return "bpb / KL bits (vs 1st model)";
     default: return NULL;
     }
 }

@@ -134,6 +134,10 @@ const char *cli_fmt_duration(char *buf, size_t n, double seconds);
 int cmd_data(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_quantize(int argc, char **argv); /* cli/cmd_quantize.c */
+/* "PATH: a bf16 (quantised) checkpoint is for inference only; ...", exit 2 (training paths). */
+struct joule_model;
+int cli_quantised_refusal(const char *cmd, const char *path, const struct joule_model *m);
 int cmd_generate(int argc, char **argv);
 int cmd_serve(int argc, char **argv); /* cli/cmd_serve.c, cli/serve_*.c */
 int cmd_info(int argc, char **argv);

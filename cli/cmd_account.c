@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "joule/account.h"
 #include "joule/checkpoint.h"
+#include "joule/quant.h"
 #include "joule/ops.h"
 
 static const char USAGE[] =
@@ -37,7 +38,8 @@ static const char USAGE[] =
     "  --bytes N           bytes per parameter for weights: 4 (fp32, default) or 2\n"
     "  --hardware NAME     profile from docs/hardware (or a .json path), or 'local' (measures the\n"
     "                      sgemm peak here); adds time, energy and CO2\n"
-    "  --precision P       fp32, bf16, fp16, tf32, fp64, int8 (default: fp32 on CPUs, bf16 on GPUs)\n"
+    "  --precision P       fp32, bf16, fp16, tf32, fp64, int8 (default: a quantised --model's\n"
+    "                      precision when the profile has its peak, else fp32 on CPUs, bf16 on GPUs)\n"
     "  --utilization U     fraction of the peak achieved, (0, 1] (default 0.4)\n"
     "  --devices N         devices working together (default 1)\n"
     "  --pue X             data-centre power usage effectiveness, >= 1 (default 1.0)\n"
@@ -103,6 +105,9 @@ static int print_meters(const account_args *a) {
     return rc ? cli_fail(CMD, rc) : 0;
 }
 
+/* The precision of a quantised --model ("bf16", "int8"); NULL for fp32 or no model. */
+static const char *g_model_precision;
+
 static int load_model(const account_args *a, joule_acct_model *m) {
     char path[4096], dirs[8192];
     const char *p = a->config;
@@ -112,6 +117,7 @@ static int load_model(const account_args *a, joule_acct_model *m) {
         if ((rc = joule_checkpoint_load(&jm, a->model, NULL))) return rc;
         joule_acct_from_config(m, &jm->cfg);
         snprintf(m->name, sizeof m->name, "%s", a->model);
+        g_model_precision = jm->quant ? joule_precision_name(jm->quant->prec) : NULL;
         joule_model_free(jm);
         return JOULE_OK;
     }
@@ -166,6 +172,9 @@ static int costs(const account_args *a, const joule_acct_result *r, const joule_
         return rc;
     }
     c->precision = a->precision ? a->precision : strcmp(c->hw.kind, "gpu") == 0 ? "bf16" : "fp32";
+    /* a quantised checkpoint runs at its own precision where the profile gives that peak */
+    if (!a->precision && g_model_precision && c->hw.peak_flops[joule_hw_precision_index(g_model_precision)] > 0)
+        c->precision = g_model_precision;
     double train = r->train_exact + r->train_search;
     if ((rc = joule_account_cost(train > 0 ? train : 0, &c->hw, c->precision, a->util, a->devices, a->pue, a->grid,
                                  &c->train)) ||

@@ -1,6 +1,7 @@
 /* `joule bench energy`: energy per query of one or more checkpoints (bench/energy_query.c),
  * one model after another in this process, then JSON + CSV + SVG and the tables. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "joule/bench_energy.h"
 #include "joule/checkpoint.h"
 #include "joule/ops.h"
+#include "joule/quant.h"
 
 #define MAX_MODELS 32
 
@@ -46,6 +48,10 @@ static const char USAGE[] =
     "  --meter M           auto, rapl, perf, nvml, constant, tdp (auto)\n"
     "  --power-watts W     the constant meter: W watts for the wall time\n"
     "  --threads N         OpenMP/BLAS threads (all cores)\n"
+    "  --quality-windows N after the energy runs, bits-per-byte of each model over the first N\n"
+    "                      windows (ctx tokens) of DIR/val.bin and the mean KL divergence of its\n"
+    "                      next-byte distributions from the first model's (give the fp32 model\n"
+    "                      first, then its 'joule quantize' copies); 0 = skip (0)\n"
     "  -h, --help          this help\n"
     "Exit status: 0 ok, 2 bad usage or input (missing model or corpus, prompt too long), 1 a\n"
     "model failed at run time (the others are still reported).\n";
@@ -55,7 +61,7 @@ typedef struct {
     int n_models;
     const char *data, *out, *hardware, *meter;
     double power_watts;
-    int threads;
+    int threads, quality_windows;
     bool compare;
     joule_bench_energy_opts run;
 } energy_cli_opts;
@@ -80,7 +86,7 @@ static int parse(int argc, char **argv, energy_cli_opts *o) {
         {"generate", 1, 0, 'g'}, {"batch", 1, 0, 'b'},  {"warmup", 1, 0, 'w'},  {"seed", 1, 0, 's'},
         {"out", 1, 0, 'o'},    {"compare", 0, 0, 'c'},  {"pue", 1, 0, 'P'},     {"grid", 1, 0, 'G'},
         {"hardware", 1, 0, 'H'}, {"meter", 1, 0, 'M'},  {"power-watts", 1, 0, 'W'}, {"threads", 1, 0, 't'},
-        {"db", 1, 0, 'd'},     {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"db", 1, 0, 'd'},     {"help", 0, 0, 'h'},   {"quality-windows", 1, 0, 'Q'}, {0, 0, 0, 0}};
     const char *cmd = "bench energy";
     opterr = 0;
     optind = 0;
@@ -105,6 +111,7 @@ static int parse(int argc, char **argv, energy_cli_opts *o) {
         case 'b': dst = &o->run.batch; break;
         case 'w': dst = &o->run.warmup; lo = 0; break;
         case 't': dst = &o->threads; lo = 0; break;
+        case 'Q': dst = &o->quality_windows; lo = 0; break;
         case 's':
             if (!cli_parse_u64(optarg, &o->run.seed))
                 return cli_usage_error(cmd, "invalid value '%s' for --seed", optarg);
@@ -160,6 +167,33 @@ static int run_model(const energy_cli_opts *o, const char *path, joule_bench_ene
     return JOULE_OK;
 }
 
+/* --quality-windows: each result's bpb and KL from the first model, after every energy
+ * run, so the reference's memory never shows in another model's peak RSS. */
+static int quality(const energy_cli_opts *o, joule_bench_energy_result *res, int n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/val.bin", o->data);
+    joule_tokens t = {0};
+    joule_model *ref = NULL, *m = NULL;
+    int rc = joule_tokens_open(&t, path);
+    if (!rc && !(rc = joule_checkpoint_load(&ref, o->models[0], NULL))) rc = joule_model_alloc_train(ref, 8);
+    for (int k = 0; !rc && k < n; k++) { /* every model ran (the caller checks), so res[k] is models[k] */
+        if ((rc = joule_checkpoint_load(&m, o->models[k], NULL))) break;
+        joule_eval_result er;
+        double kl = 0, ref_loss = 0;
+        if (!(rc = joule_model_alloc_train(m, 8)) &&
+            !(rc = joule_evaluate_kl(m, ref, &t, m->cfg.ctx, 8, (uint64_t)o->quality_windows, &er, &kl, &ref_loss, NULL, NULL))) {
+            res[k].quality = true;
+            res[k].bpb = er.bpb;
+            res[k].kl_bits = kl / M_LN2;
+        }
+        joule_model_free(m);
+        m = NULL;
+    }
+    joule_model_free(ref);
+    joule_tokens_close(&t);
+    return rc ? cli_fail("bench energy", rc) : 0;
+}
+
 static int write_outputs(const char *dir, const joule_bench_energy_result *r, int n) {
     static const char *names[3] = {"energy.json", "energy.csv", "energy.svg"};
     int (*writers[3])(const char *, const joule_bench_energy_result *, int) = {
@@ -212,6 +246,7 @@ int cmd_bench_energy(int argc, char **argv) {
         n++;
     }
     joule_energy_close(&meters);
+    if (n == o.n_models && o.quality_windows > 0 && (rc = quality(&o, res, n))) worst = worst ? worst : rc;
     if (n > 0 && o.compare) joule_bench_energy_print_compare(stdout, res, n);
     if (n > 0 && (rc = write_outputs(o.out, res, n))) worst = worst ? worst : rc;
     free(res);

@@ -218,8 +218,7 @@ static void on_run_end(void *ctx, const joule_compare_row *r) {
         printf("%s  FAILED: %s\n", tag, r->error);
     } else {
         char w[32];
-        printf("%s  val bpb %.4f, exact match %.4f, byte accuracy %.4f, counted FLOPs %.4g (%.2f%% of the budget), %s, energy %.4g J [%s]
-",
+        printf("%s  val bpb %.4f, exact match %.4f, byte accuracy %.4f, counted FLOPs %.4g (%.2f%% of the budget), %s, energy %.4g J [%s]\n",
                tag, r->val_bpb, r->exact_match, r->byte_accuracy, (double)r->flops_counted, 100 * r->spent,
                cli_fmt_duration(w, sizeof w, r->wall_s), r->energy_j,
                r->energy_method[0] ? r->energy_method : "not measured");

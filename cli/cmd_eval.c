@@ -14,6 +14,7 @@
 #include "joule/compare.h"
 #include "joule/data.h"
 #include "joule/ops.h"
+#include "joule/quant.h"
 #include "joule/train.h"
 #include "moe_cli.h"
 
@@ -59,6 +60,10 @@ static const char USAGE[] =
     "                   share equal to the target (default 0: none)\n"
     "  --temperature F  of the samples, > 0 (default 1)\n"
     "  --seed N         of the samples (default 1)\n"
+    "  --reference PATH another checkpoint of the same vocabulary (e.g. the fp32 model a\n"
+    "                   quantised one came from): also reports its bpb on the same windows and\n"
+    "                   the mean KL divergence KL(reference || model) of the next-byte\n"
+    "                   distributions, in bits per byte (time and FLOPs stay the model's own)\n"
     "  --json           print one JSON object instead of text\n"
     "  --threads N      threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help       show this help and exit\n"
@@ -68,8 +73,9 @@ static const char USAGE[] =
     "the energy with its method (docs/ACCOUNTING.md; $JOULE_HARDWARE, $JOULE_POWER_WATTS).\n"
     "JSON keys: model, tokens_file, loss, bpb, tokens, windows, seq, batch, flops,\n"
     "flops_analytic, peak_gflops, mfu, energy_j, energy_method, J_per_token, wall_s,\n"
-    "tokens_per_s, threads; with --prompts also prompts: prompts, prompt_bytes, n, samples,\n"
-    "temperature, seed, the means (exact_match, byte_accuracy, logprob, edit_distance,\n"
+    "tokens_per_s, threads, precision; with --reference also reference, reference_bpb and\n"
+    "kl_bits (mean KL, bits per byte); with --prompts also prompts: prompts, prompt_bytes, n,\n"
+    "samples, temperature, seed, the means (exact_match, byte_accuracy, logprob, edit_distance,\n"
     "pass_rate) and per_prompt (start, exact, edit, tf_correct, logprob, passes); for an MoE\n"
     "model also moe: per-layer routing statistics over the\n"
     "whole evaluation (tokens per expert min/max and max/mean, fractions of first and second\n"
@@ -77,7 +83,7 @@ static const char USAGE[] =
 
 enum {
     OPT_MODEL = 256, OPT_DATA, OPT_SPLIT, OPT_TOKENS, OPT_WINDOWS, OPT_BATCH, OPT_SEQ, OPT_JSON, OPT_THREADS,
-    OPT_PROMPTS, OPT_MATCH_BYTES, OPT_SAMPLES, OPT_TEMPERATURE, OPT_SEED
+    OPT_PROMPTS, OPT_MATCH_BYTES, OPT_SAMPLES, OPT_TEMPERATURE, OPT_SEED, OPT_REF
 };
 
 static const char *CMD = "eval";
@@ -94,7 +100,8 @@ static void on_eval_progress(void *ctx, uint64_t done, uint64_t total) {
 }
 
 typedef struct {
-    const char *model_path, *data_dir, *split, *tokens_path;
+    const char *model_path, *data_dir, *split, *tokens_path, *ref_path;
+    joule_model *ref; /* --reference, loaded */
     uint64_t max_windows;
     int batch, seq, threads;
     bool json;
@@ -119,6 +126,7 @@ static int parse_option(eval_args *a, int c, char **argv) {
     case OPT_SEQ:
         return cli_int_option(CMD, "--seq", optarg, 1, 1 << 16, &a->seq);
     case OPT_JSON: a->json = true; return 0;
+    case OPT_REF: a->ref_path = optarg; return 0;
     case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
     case OPT_PROMPTS: return cli_int_option(CMD, "--prompts", optarg, 1, 1 << 24, &a->po.windows);
     case OPT_MATCH_BYTES: return cli_int_option(CMD, "--match-bytes", optarg, 1, 64, &a->po.n);
@@ -147,6 +155,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
         {"batch", required_argument, NULL, OPT_BATCH},
         {"seq", required_argument, NULL, OPT_SEQ},
         {"json", no_argument, NULL, OPT_JSON},
+        {"reference", required_argument, NULL, OPT_REF},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"prompts", required_argument, NULL, OPT_PROMPTS},
         {"match-bytes", required_argument, NULL, OPT_MATCH_BYTES},
@@ -183,6 +192,8 @@ static int parse_args(int argc, char **argv, eval_args *a) {
         a->tokens_path = a->buf;
     }
     CLI_CHECK(cli_check_input(CMD, a->model_path, NULL));
+    if (a->ref_path && rdb->dir) return cli_usage_error(CMD, "--reference does not go with --db");
+    if (a->ref_path) CLI_CHECK(cli_check_input(CMD, a->ref_path, NULL));
     return cli_check_input(CMD, a->tokens_path, a->data_dir || !strstr(a->tokens_path, "data/default/")
                                                      ? NULL
                                                      : "prepare it with 'joule data prepare --preset default'");
@@ -196,6 +207,7 @@ typedef struct {
     uint64_t nw;     /* windows */
     double analytic; /* forward FLOPs */
     double peak;     /* FLOP/s */
+    double kl, ref_loss; /* with --reference: nats per token */
 } eval_run;
 
 static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
@@ -253,6 +265,12 @@ static void report_json(const eval_args *a, const joule_model *m, const eval_run
     cJSON_AddNumberToObject(o, "wall_s", r->wall_s);
     cJSON_AddNumberToObject(o, "tokens_per_s", tps);
     cJSON_AddNumberToObject(o, "threads", joule_get_threads());
+    cJSON_AddStringToObject(o, "precision", joule_precision_name(m->quant ? m->quant->prec : JOULE_PREC_F32));
+    if (a->ref) {
+        cJSON_AddStringToObject(o, "reference", a->ref_path);
+        cJSON_AddNumberToObject(o, "reference_bpb", e->ref_loss / M_LN2);
+        cJSON_AddNumberToObject(o, "kl_bits", e->kl / M_LN2);
+    }
     if (e->ps) prompts_json(o, &a->po, e);
     cli_moe_eval_report(m, o);
     cli_print_json(o);
@@ -267,6 +285,10 @@ static void report_text(const eval_args *a, const joule_model *m, const eval_run
            a->max_windows && e->nw == a->max_windows ? ", limited by --windows" : "");
     printf("loss:   %.4f nats/token\n", r->loss);
     printf("bpb:    %.4f bits/byte\n", r->bpb);
+    if (a->ref) {
+        printf("ref:    %.4f bits/byte (%s on the same windows)\n", e->ref_loss / M_LN2, a->ref_path);
+        printf("KL:     %.3g bits/byte, mean KL(reference || model) of the next-byte distributions\n", e->kl / M_LN2);
+    }
     printf("tokens: %" PRIu64 "\n", r->tokens);
     printf("FLOPs:  %.3g counted, %.3g analytic (forward)\n", (double)r->flops, e->analytic);
     printf("time:   %.2fs (%s tok/s, %d threads)\n", r->wall_s, cli_fmt_count(b, sizeof b, tps), joule_get_threads());
@@ -295,7 +317,8 @@ static int evaluate(const eval_args *a, joule_model *m, joule_tokens *t, uint64_
     cli_energy_begin(&energy, "eval");
     eval_progress ep = {.seq = a->seq};
     cli_progress_start(&ep.bar, "eval", "tok", (double)(nw * (uint64_t)a->seq));
-    int st = joule_evaluate(m, t, a->seq, a->batch, nw, &e.r, on_eval_progress, &ep);
+    int st = a->ref ? joule_evaluate_kl(m, a->ref, t, a->seq, a->batch, nw, &e.r, &e.kl, &e.ref_loss, on_eval_progress, &ep)
+                    : joule_evaluate(m, t, a->seq, a->batch, nw, &e.r, on_eval_progress, &ep);
     if (st) {
         if (ep.bar.tty && ep.bar.printed) fputc('\n', stderr);
         joule_energy_close(&energy.meters);
@@ -324,6 +347,13 @@ static int run(eval_args *a, joule_model *m, joule_tokens *t) {
     }
     cli_setup_threads(a->threads);
     if ((st = joule_model_alloc_train(m, a->batch))) return cli_fail(CMD, st);
+    if (a->ref_path) {
+        if ((st = joule_checkpoint_load(&a->ref, a->ref_path, NULL)) || (st = joule_model_alloc_train(a->ref, a->batch)))
+            return cli_fail(CMD, st);
+        if (a->ref->cfg.vocab != m->cfg.vocab || a->ref->cfg.ctx < a->seq)
+            return cli_usage_error(CMD, "--reference %s: vocabulary %d, context %d; the model needs %d and %d", a->ref_path,
+                                   a->ref->cfg.vocab, a->ref->cfg.ctx, m->cfg.vocab, a->seq);
+    }
     if (a->rdb.dir) return retro_cli_eval(CMD, m, t, &a->rdb, a->seq, a->batch, nw, a->json, a->model_path);
     eval_run e = {0};
     if (a->po.windows) {
@@ -350,6 +380,7 @@ int cmd_eval(int argc, char **argv) {
     joule_tokens t = {0};
     rc = run(&a, m, &t);
     joule_tokens_close(&t); /* safe on a zeroed or failed one */
+    joule_model_free(a.ref);
     joule_model_free(m);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include "joule/checkpoint.h"
 #include "joule/model.h"
 #include "joule/moe.h"
+#include "joule/quant.h"
 
 static const char USAGE[] =
     "Usage: joule info --model PATH [--json]\n"
@@ -23,6 +24,9 @@ static const char USAGE[] =
     "context (all matmuls, attention over the whole window), training FLOPs (3x forward)\n"
     "and 6N (N = non-embedding parameters) for comparison. For an MoE model, also the\n"
     "active parameters per token (all but the E - k experts a token skips in each MoE layer).\n"
+    "Also the weights' precision (fp32, or bf16/int8 from 'joule quantize') with the kernels\n"
+    "that run it, and the bytes of weights a batch-1 decode step reads (JSON: precision,\n"
+    "decode_weight_bytes).\n"
     "\n"
     "Options:\n"
     "  --model PATH   checkpoint (.safetensors) to describe (required)\n"
@@ -85,6 +89,8 @@ static void report_json(const info *in) {
     cJSON_AddNumberToObject(p, "active", (double)joule_moe_active_params(m, false));
     cJSON_AddNumberToObject(p, "active_non_embedding", (double)joule_moe_active_params(m, true));
     cJSON_AddNumberToObject(o, "tensors", m->n_tensors);
+    cJSON_AddStringToObject(o, "precision", joule_precision_name(m->quant ? m->quant->prec : JOULE_PREC_F32));
+    cJSON_AddNumberToObject(o, "decode_weight_bytes", (double)joule_quant_decode_weight_bytes(m));
     cJSON *f = cJSON_AddObjectToObject(o, "flops_per_token");
     cJSON_AddNumberToObject(f, "forward", in->fwd_tok);
     cJSON_AddNumberToObject(f, "train", 3 * in->fwd_tok);
@@ -129,6 +135,10 @@ static void report_text(const info *in) {
            cfg->vocab, cfg->tied ? "tied embedding" : "untied embedding");
     printf("            rope_theta %g, norm_eps %g, init_std %g\n", cfg->rope_theta, cfg->norm_eps, cfg->init_std);
     printf("layers:     %s\n", runs);
+    printf("precision:  %s (%s kernels), %.1f MB of weights read per decoded token\n",
+           joule_precision_name(m->quant ? m->quant->prec : JOULE_PREC_F32),
+           joule_quant_kernel_name(m->quant ? m->quant->prec : JOULE_PREC_F32),
+           (double)joule_quant_decode_weight_bytes(m) / 1e6);
     printf("params:     %" PRIu64 " total (%s), embedding %" PRIu64 " (%s), non-embedding %" PRIu64 " (%s)\n",
            pc->total, cli_fmt_count(a, sizeof a, (double)pc->total), pc->embedding,
            cli_fmt_count(b, sizeof b, (double)pc->embedding), pc->non_embedding,

@@ -421,6 +421,7 @@ static int load_saved(train_args *a, joule_config *cfg, joule_model **m, joule_t
     /* rank 0 alone finishes an interrupted save (renames); the others wait, then read */
     int st = joule_dist_rank() == 0 ? joule_checkpoint_recover(out) : JOULE_OK;
     if (st || (st = joule_dist_barrier()) || (st = joule_checkpoint_load(m, out, saved))) return cli_fail(CMD, st);
+    if ((*m)->quant) return cli_quantised_refusal(CMD, out, *m);
     if (saved->run_id[0] == '\0')
         return cli_error(EXIT_USAGE, CMD, "%s: no training state to resume (not written by 'joule train')", out);
     if (model_flags(a)) {

@@ -24,6 +24,7 @@ static const char USAGE[] =
     "  eval            validation loss and bits-per-byte of a checkpoint\n"
     "  generate        sample text from a checkpoint\n"
     "  serve           OpenAI-compatible HTTP server with continuous batching\n"
+    "  quantize        a bf16 or int8 copy of a checkpoint for inference\n"
     "  info            a checkpoint's config, parameter counts, FLOPs and training state\n"
     "  db              RETRO retrieval databases: build, info, query, verify, recall, neighbours\n"
     "  bench train     training-step throughput and MFU against the measured sgemm peak\n"
@@ -65,6 +66,7 @@ static const command COMMANDS[] = {
     {"db", cmd_db, true},
     {"compare", cmd_compare, true},
     {"serve", cmd_serve, true},
+    {"quantize", cmd_quantize, false},
 };
 
 static const command *find_command(const char *name) {

@@ -70,6 +70,7 @@ int retro_train_cli_config(retro_train_cli *r, const char *cmd, joule_config *cf
         int rc = cli_check_input(cmd, r->init, NULL);
         if (rc) return rc;
         if ((st = joule_checkpoint_load(&r->base, r->init, NULL))) return cli_fail(cmd, st);
+        if (r->base->quant) return cli_quantised_refusal(cmd, r->init, r->base);
         if (joule_config_has_cca(&r->base->cfg) || joule_config_has_moe(&r->base->cfg))
             return cli_usage_error(cmd, "--init %s: not a dense checkpoint (arch %s)", r->init, r->base->cfg.arch);
         *cfg = r->base->cfg;

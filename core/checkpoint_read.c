@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "joule/checkpoint.h"
+#include "joule/quant.h"
 #include "joule/safetensors.h"
 
 static int parse_u64(const joule_st_file *f, const char *key, uint64_t *out) {
@@ -92,7 +93,7 @@ static void copy_tensors(const joule_st_file *f, const joule_model *m, const cha
 
 /* The config of a weights file, validated, and its tensors checked against a description
  * of that config (no arena yet). */
-static int check_weights(const joule_st_file *f, joule_config *cfg) {
+static int check_weights(const joule_st_file *f, joule_config *cfg, joule_precision *prec) {
     const char *path = joule_st_path(f);
     int rc = expect_format(f, "joule");
     if (rc) return rc;
@@ -102,7 +103,8 @@ static int check_weights(const joule_st_file *f, joule_config *cfg) {
     joule_model *d = NULL;
     if ((rc = joule_model_describe(&d, cfg))) return joule_fail(rc, "%s: %s", path, joule_last_error());
     static const char *const none[1] = {""};
-    rc = check_tensors(f, d, none, 1);
+    if (!(rc = joule_quant_file_precision(f, prec)))
+        rc = *prec == JOULE_PREC_F32 ? check_tensors(f, d, none, 1) : joule_quant_check_file(f, d, *prec);
     joule_model_free(d);
     return rc;
 }
@@ -114,10 +116,12 @@ int joule_checkpoint_load(joule_model **out, const char *path, joule_train_state
     if (rc) return rc;
     joule_model *m = NULL;
     joule_config cfg;
-    if (!(rc = check_weights(f, &cfg)) && st) rc = read_state(f, st);
+    joule_precision prec = JOULE_PREC_F32;
+    if (!(rc = check_weights(f, &cfg, &prec)) && st) rc = read_state(f, st);
     /* the tensors fit in the file, so the arena is no larger than the file */
     if (!rc && (rc = joule_model_create(&m, &cfg))) rc = joule_fail(rc, "%s: %s", path, joule_last_error());
-    if (!rc) copy_tensors(f, m, "", m->params);
+    if (!rc && prec == JOULE_PREC_F32) copy_tensors(f, m, "", m->params);
+    else if (!rc) rc = joule_quant_load_file(f, m, prec);
     joule_st_close(f);
     if (rc) joule_model_free(m);
     else *out = m;

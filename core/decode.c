@@ -7,6 +7,18 @@
 #include "joule/model.h"
 #include "joule/ext.h"
 #include "joule/ops.h"
+#include "joule/quant.h"
+
+/* y[OC] = W x + beta y: the quantised kernel when m is a quantised model, else sgemv. */
+static void mv(const joule_model *m, float *y, const float *W, const float *x, int IC, int OC, float beta) {
+    if (!joule_quant_matmul(m, W, y, x, 1, IC, OC, beta)) joule_sgemv(OC, IC, 1.0f, W, IC, x, beta, y);
+}
+
+/* out[n,OC] = in[n,IC] W^T + beta out: the quantised kernel, else one sgemm. */
+static void mm(const joule_model *m, float *out, const float *in, const float *W, int n, int IC, int OC, float beta) {
+    if (!joule_quant_matmul(m, W, out, in, n, IC, OC, beta))
+        joule_sgemm(false, true, n, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+}
 
 int joule_decoder_create(joule_decoder **out, const joule_model *m) {
     *out = NULL;
@@ -132,13 +144,13 @@ int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(d->xn, &rstd, d->x, w->attn_norm, 1, C, c->norm_eps);
-        joule_sgemv(3 * C, C, 1.0f, w->wqkv, C, d->xn, 0.0f, d->qkv);
+        mv(m, d->qkv, w->wqkv, d->xn, C, 3 * C, 0.0f);
         joule_rope_forward(d->qkv, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
         joule_rope_forward(d->qkv + C, 3 * C, 1, 1, H, hs, pos, m->rope_cos, m->rope_sin);
         memcpy(d->k_cache + ((size_t)l * T + pos) * C, d->qkv + C, (size_t)C * sizeof(float));
         memcpy(d->v_cache + ((size_t)l * T + pos) * C, d->qkv + 2 * C, (size_t)C * sizeof(float));
         attend(d, l, pos);
-        joule_sgemv(C, C, 1.0f, w->wo, C, d->att_out, 1.0f, d->x);
+        mv(m, d->x, w->wo, d->att_out, C, C, 1.0f);
         int rc;
         if (c->kinds[l].cca && (rc = m->ext_ops[JOULE_EXT_CCA]->decode_step(d, l, NULL, d->x))) return rc;
 
@@ -147,9 +159,9 @@ int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
             if ((rc = m->ext_ops[JOULE_EXT_MOE]->decode_step(d, l, d->xn, d->x))) return rc;
             continue;
         }
-        joule_sgemv(2 * F, C, 1.0f, w->w13, C, d->xn, 0.0f, d->h13);
+        mv(m, d->h13, w->w13, d->xn, C, 2 * F, 0.0f);
         joule_swiglu_forward(d->g, d->h13, 1, F);
-        joule_sgemv(C, F, 1.0f, w->w2, F, d->g, 1.0f, d->x);
+        mv(m, d->x, w->w2, d->g, F, C, 1.0f);
     }
     joule_rmsnorm_forward(d->xn, &rstd, d->x, m->w.norm, 1, C, c->norm_eps);
     joule_sgemv(V, C, 1.0f, m->w.lm_head, C, d->xn, 0.0f, d->logits);
@@ -207,7 +219,7 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->attn_norm, n, C, c->norm_eps);
-        joule_linear_forward(b.qkv, b.xn, w->wqkv, n, C, 3 * C);
+        mm(m, b.qkv, b.xn, w->wqkv, n, C, 3 * C, 0.0f);
         joule_rope_forward(b.qkv, 3 * C, 1, n, H, hs, 0, m->rope_cos, m->rope_sin);
         joule_rope_forward(b.qkv + C, 3 * C, 1, n, H, hs, 0, m->rope_cos, m->rope_sin);
         float *kc = d->k_cache + (size_t)l * T * C, *vc = d->v_cache + (size_t)l * T * C;
@@ -216,16 +228,16 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
             memcpy(vc + (size_t)t * C, b.qkv + (size_t)t * 3 * C + 2 * C, (size_t)C * sizeof(float));
         }
         joule_attention_forward(b.ao, b.att, b.qkv, 1, n, C, H);
-        joule_sgemm(false, true, n, C, C, 1.0f, b.ao, C, w->wo, C, 1.0f, b.x, C);
+        mm(m, b.x, b.ao, w->wo, n, C, C, 1.0f);
         if (c->kinds[l].cca && (rc = cca->prefill_rows(d, l, b.x, n))) return rc;
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             if ((rc = moe_rows(d, l, b.xn, b.x, n, true))) return rc;
             continue;
         }
-        joule_linear_forward(b.h13, b.xn, w->w13, n, C, 2 * F);
+        mm(m, b.h13, b.xn, w->w13, n, C, 2 * F, 0.0f);
         joule_swiglu_forward(b.g, b.h13, n, F);
-        joule_sgemm(false, true, n, C, F, 1.0f, b.g, F, w->w2, F, 1.0f, b.x, C);
+        mm(m, b.x, b.g, w->w2, n, F, C, 1.0f);
     }
     float rstd;
     memcpy(d->x, b.x + (size_t)(n - 1) * C, (size_t)C * sizeof(float));
@@ -298,7 +310,9 @@ static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, i
 static bool rows_as_gemm(int n) { return n >= 4 * joule_get_threads(); }
 
 /* out[n,OC] = in[n,IC] W[OC,IC]^T + beta out: one sgemm, or n gemvs for few rows. */
-static void rows_matmul(float *out, const float *in, const float *W, int n, int IC, int OC, float beta) {
+static void rows_matmul(const joule_model *m, float *out, const float *in, const float *W, int n, int IC, int OC,
+                        float beta) {
+    if (joule_quant_matmul(m, W, out, in, n, IC, OC, beta)) return;
     if (rows_as_gemm(n)) {
         joule_sgemm(false, true, n, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
         return;
@@ -341,7 +355,7 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->attn_norm, n, C, c->norm_eps);
-        rows_matmul(b->qkv, b->xn, w->wqkv, n, C, 3 * C, 0.0f);
+        rows_matmul(m, b->qkv, b->xn, w->wqkv, n, C, 3 * C, 0.0f);
         for (int i = 0; i < n; i++) {
             float *q = b->qkv + (size_t)i * 3 * C;
             const int pos = ds[i]->pos;
@@ -351,19 +365,19 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
             memcpy(ds[i]->v_cache + ((size_t)l * T + pos) * C, q + 2 * C, (size_t)C * sizeof(float));
         }
         attend_batch(b, ds, n, l);
-        rows_matmul(b->x, b->ao, w->wo, n, C, C, 1.0f);
+        rows_matmul(m, b->x, b->ao, w->wo, n, C, C, 1.0f);
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             /* Rows of different sequences: the routing is per token, so they mix freely. */
             if ((rc = moe_rows(ds[0], l, b->xn, b->x, n, rows_as_gemm(n)))) return rc;
             continue;
         }
-        rows_matmul(b->h13, b->xn, w->w13, n, C, 2 * F, 0.0f);
+        rows_matmul(m, b->h13, b->xn, w->w13, n, C, 2 * F, 0.0f);
         joule_swiglu_forward(b->g, b->h13, n, F);
-        rows_matmul(b->x, b->g, w->w2, n, F, C, 1.0f);
+        rows_matmul(m, b->x, b->g, w->w2, n, F, C, 1.0f);
     }
     joule_rmsnorm_forward(b->xn, b->rstd, b->x, m->w.norm, n, C, c->norm_eps);
-    rows_matmul(b->logits, b->xn, m->w.lm_head, n, C, V, 0.0f);
+    rows_matmul(m, b->logits, b->xn, m->w.lm_head, n, C, V, 0.0f);
     for (int i = 0; i < n; i++) ds[i]->pos++;
     *logits = b->logits;
     return JOULE_OK;

@@ -9,6 +9,7 @@
 
 #include "joule/ext.h"
 #include "joule/ops.h"
+#include "joule/quant.h"
 
 struct joule_acts {
     int B, T; /* capacity */
@@ -237,6 +238,7 @@ void joule_model_free(joule_model *m) {
     if (!m) return;
     for (int k = 0; k < JOULE_EXT_COUNT; k++)
         if (m->ext_ops[k] && m->ext[k] && m->ext_ops[k]->free) m->ext_ops[k]->free(m);
+    joule_quant_free(m->quant);
     free(m->tensors);
     joule_free(m->params);
     joule_free(m->grads);
@@ -360,6 +362,13 @@ static void copy_par(float *dst, const float *src, size_t n) {
 
 /* ---------------------------------------------------------------- forward */
 
+/* out[N,OC] = in W^T + beta out; a quantised model's layer matrices go through its
+ * kernels, so evaluation scores what decoding computes. */
+static void linear(const joule_model *m, float *out, const float *in, const float *W, int N, int IC, int OC, float beta) {
+    if (!joule_quant_matmul(m, W, out, in, N, IC, OC, beta))
+        joule_sgemm(false, true, N, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+}
+
 int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *targets, int B,
                         int T, double *loss) {
     const joule_config *c = &m->cfg;
@@ -392,12 +401,12 @@ int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *ta
         float *ao = a->attn_out + (size_t)l * NA * C;
         float *mid = a->mid + (size_t)l * NA * C;
         joule_rmsnorm_forward(xn, a->attn_rstd + (size_t)l * NA, x, w->attn_norm, (int)N, C, c->norm_eps);
-        joule_linear_forward(qkv, xn, w->wqkv, (int)N, C, 3 * C);
+        linear(m, qkv, xn, w->wqkv, (int)N, C, 3 * C, 0.0f);
         joule_rope_forward(qkv, 3 * C, B, T, H, hs, 0, m->rope_cos, m->rope_sin);
         joule_rope_forward(qkv + C, 3 * C, B, T, H, hs, 0, m->rope_cos, m->rope_sin);
         joule_attention_forward(ao, att, qkv, B, T, C, H);
         copy_par(mid, x, NC);
-        joule_sgemm(false, true, (int)N, C, C, 1.0f, ao, C, w->wo, C, 1.0f, mid, C);
+        linear(m, mid, ao, w->wo, (int)N, C, C, 1.0f);
 
         if (c->kinds[l].cca) {
             float *mc = a->mid_cca + (size_t)l * NA * C;
@@ -415,9 +424,9 @@ int joule_model_forward(joule_model *m, const int32_t *inputs, const int32_t *ta
         }
         float *h13 = a->h13 + (size_t)a->ffn_slot[l] * NA * 2 * F;
         float *g = a->g + (size_t)a->ffn_slot[l] * NA * F;
-        joule_linear_forward(h13, fxn, w->w13, (int)N, C, 2 * F);
+        linear(m, h13, fxn, w->w13, (int)N, C, 2 * F, 0.0f);
         joule_swiglu_forward(g, h13, (int)N, F);
-        joule_sgemm(false, true, (int)N, C, F, 1.0f, g, F, w->w2, F, 1.0f, next, C);
+        linear(m, next, g, w->w2, (int)N, F, C, 1.0f);
     }
     const float *xL = a->res + (size_t)c->n_layers * NA * C;
     joule_rmsnorm_forward(a->xf, a->rstd_f, xL, m->w.norm, (int)N, C, c->norm_eps);

@@ -93,6 +93,14 @@ typedef struct {
      * allows it (/proc/self/clear_refs), else the process's high-water mark so far */
     uint64_t peak_rss_bytes;
     bool peak_rss_reset; /* set by the caller that called joule_bench_energy_reset_peak_rss */
+    /* precision of the weights (joule/quant.h) and its kernels; bytes of weights a batch-1
+     * decode step reads (joule_quant_decode_weight_bytes) */
+    char precision[8], kernels[16];
+    double weight_bytes_per_token;
+    /* set by the caller (joule bench energy --quality-windows): bpb over the first windows
+     * of the validation split and mean KL (bits per byte) from the first model's */
+    bool quality;
+    double bpb, kl_bits;
 } joule_bench_energy_result;
 
 /* Resets the process's peak-RSS mark (Linux /proc/self/clear_refs "5"); true when done.

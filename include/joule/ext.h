@@ -122,6 +122,8 @@ struct joule_model {
     const joule_ext_ops *ext_ops[JOULE_EXT_COUNT]; /* non-NULL for kinds the config uses */
     int ext_first[JOULE_MAX_LAYERS][JOULE_EXT_COUNT]; /* first tensor index per layer and kind (-1 if absent) */
     int ext_count[JOULE_MAX_LAYERS][JOULE_EXT_COUNT]; /* tensors per layer and kind (0 if absent) */
+    struct joule_quant *quant;       /* bf16/int8 weights of a quantised checkpoint (joule/quant.h),
+                                      * owned by the model; NULL for fp32 */
     /* read-only: set by joule_model_alloc_train / joule_model_set_training */
     int max_batch;
     bool training;
