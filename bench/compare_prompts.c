@@ -137,43 +137,59 @@ static int decode_pass(const joule_model *m, const joule_tokens *t, const joule_
     return rc;
 }
 
+/* Continuation 0 of a prompt is the greedy one, kept whole; 1 .. S the samples, each
+ * stopped at its first byte that differs from the target. */
 typedef struct {
-    const uint8_t *want; /* NULL: keep every byte */
-    uint8_t *out;
-    int got;
+    const uint8_t *want;
+    uint8_t out[JOULE_PROMPT_MAX_BYTES];
+    int got, sample_got, passes, n;
 } collect_state;
 
-static int on_token(void *ctx, int32_t token) {
+static int on_token(void *ctx, int seq, int32_t token) {
     collect_state *s = ctx;
-    if (s->want && token != s->want[s->got]) return 1; /* a sample that missed: no need to go on */
-    s->out[s->got++] = (uint8_t)token;
+    if (seq == 0) {
+        s->out[s->got++] = (uint8_t)token;
+        return 0;
+    }
+    if (token != s->want[s->sample_got]) { /* a sample that missed: no need to go on */
+        s->sample_got = 0;
+        return 1;
+    }
+    if (++s->sample_got == s->n) { /* all n bytes right: it passed */
+        s->passes++;
+        s->sample_got = 0;
+    }
     return 0;
 }
 
-/* The same with live retrieval (RETRO): joule_retro_generate per continuation, on the
- * prompt's place in its document's chunk grid, as generation retrieves. */
+/* The same with live retrieval (RETRO), on the prompt's place in its document's chunk grid,
+ * as generation retrieves: the greedy continuation and the samples from one prefill of the
+ * prompt (joule_retro_generate_each). */
 static int retro_decode_pass(const joule_model *m, struct joule_retro_data *rd, const joule_tokens *t,
                              const joule_prompt_opts *o, joule_prompt_score *sc) {
     struct joule_retro_db *db = rd ? joule_retro_data_db(rd) : NULL;
-    const joule_sampler greedy = {0.0f, 0, 1.0f}, hot = {o->temperature, 0, 1.0f};
-    uint8_t out[JOULE_PROMPT_MAX_BYTES];
-    int rc = JOULE_OK;
+    const int S = o->samples;
+    joule_sampler *samplers = malloc((size_t)(S + 1) * sizeof *samplers);
+    uint64_t *seeds = malloc((size_t)(S + 1) * sizeof *seeds);
+    int rc = samplers && seeds ? JOULE_OK : joule_fail(JOULE_ERR_NOMEM, "out of memory");
     for (int w = 0; w < o->windows && !rc; w++) {
         const uint64_t start = sc[w].start;
-        const uint8_t *p = t->tok + start, *want = p + o->prompt;
+        const uint8_t *p = t->tok + start;
         const int phase = (int)((start - t->doc_offsets[joule_tokens_doc_at(t, start)]) % (uint64_t)m->cfg.retro.chunk);
-        joule_retro_gen_stats st;
-        collect_state cs = {NULL, out, 0};
-        rc = joule_retro_generate(m, db, p, o->prompt, phase, o->n, &greedy, 1, on_token, &cs, &st);
-        sc[w].edit = joule_edit_distance(out, cs.got, want, o->n);
-        sc[w].passes = 0;
-        for (int j = 0; j < o->samples && !rc; j++) {
-            collect_state ss = {want, out, 0};
-            rc = joule_retro_generate(m, db, p, o->prompt, phase, o->n, &hot, joule_prompt_seed(o->seed, w, j), on_token,
-                                      &ss, &st);
-            sc[w].passes += ss.got == o->n;
+        samplers[0] = (joule_sampler){0.0f, 0, 1.0f};
+        seeds[0] = 1; /* greedy draws nothing from it */
+        for (int j = 0; j < S; j++) {
+            samplers[j + 1] = (joule_sampler){o->temperature, 0, 1.0f};
+            seeds[j + 1] = joule_prompt_seed(o->seed, w, j);
         }
+        collect_state cs = {.want = p + o->prompt, .n = o->n};
+        joule_retro_gen_stats st;
+        rc = joule_retro_generate_each(m, db, p, o->prompt, phase, o->n, S + 1, samplers, seeds, on_token, &cs, &st);
+        sc[w].edit = joule_edit_distance(cs.out, cs.got, cs.want, o->n);
+        sc[w].passes = cs.passes;
     }
+    free(samplers);
+    free(seeds);
     return rc;
 }
 

@@ -67,10 +67,13 @@ void joule_decoder_free(joule_decoder *d) {
 void joule_decoder_reset(joule_decoder *d) { d->pos = 0; }
 
 int joule_decoder_truncate(joule_decoder *d, int pos) {
-    if (joule_config_has_cca(&d->m->cfg))
-        return joule_fail(JOULE_ERR_ARG, "truncating a decoder with chunked cross-attention is not supported");
     if (pos < 0 || pos > d->pos)
         return joule_fail(JOULE_ERR_ARG, "cannot truncate a decoder of %d tokens to %d", d->pos, pos);
+    for (int k = 0; k < JOULE_EXT_COUNT; k++) {
+        const joule_ext_ops *o = d->m->ext_ops[k];
+        int rc = o && o->decoder_truncate ? o->decoder_truncate(d, pos) : JOULE_OK;
+        if (rc) return rc;
+    }
     d->pos = pos;
     return JOULE_OK;
 }

@@ -382,6 +382,7 @@ static const joule_ext_ops RETRO_OPS = {
     .decode_step = retro_decode_step,
     .decode_flop_terms = retro_decode_flop_terms,
     .prefill_rows = retro_prefill_rows,
+    .decoder_truncate = retro_decoder_truncate,
 };
 
 void joule_retro_register(void) { joule_ext_register(JOULE_EXT_CCA, &RETRO_OPS); }

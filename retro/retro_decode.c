@@ -3,7 +3,10 @@
  * p is the last token of a chunk whose neighbours were handed, they are encoded against H
  * of that chunk's rows, and every CCA layer projects them to keys/values once. Positions
  * p .. p+m-1 then attend to them: the same m-1 shift as the batched forward. Handed
- * neighbours serve one encoding (a reset decoder never reuses a past query's). */
+ * neighbours serve one encoding (a reset decoder never reuses a past query's). Each chunk
+ * that comes into view leaves a copy of its keys/values in its slot, so a truncation back to
+ * any position at or after the prefill restores the chunk in view there without encoding
+ * anything again (retro_decoder_truncate). */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +48,12 @@ typedef struct {
     int *kv_gen;         /* [ncca] encoding whose keys/values kv holds */
     float *q, *o, *P;    /* [C], [C], [H, k*2m] */
     retro_prefill *pf;   /* NULL until the first batched prefill */
+    /* what truncation restores: per slot, the chunk that came into view (NO_CHUNK none),
+     * its neighbours' mask and every CCA layer's keys/values */
+    int *seen_last;      /* [nslots] */
+    uint8_t *seen_valid; /* [nslots][k*2m] */
+    float *seen_kv;      /* [nslots][ncca][k*2m, 2C] */
+    int pf_n;            /* rows of the prefill since the last reset: truncation stops there */
 } retro_dec;
 
 static void prefill_free(retro_prefill *p) {
@@ -62,7 +71,7 @@ static void prefill_free(retro_prefill *p) {
 void retro_decoder_free(joule_decoder *dec) {
     retro_dec *s = dec->ext[JOULE_EXT_CCA];
     if (!s) return;
-    float *bufs[] = {s->xn, s->H, s->kv, s->q, s->o, s->P, s->rope.cos, s->rope.sin};
+    float *bufs[] = {s->xn, s->H, s->kv, s->q, s->o, s->P, s->rope.cos, s->rope.sin, s->seen_kv};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) joule_free(bufs[i]);
     joule_free(s->tok);
     joule_free(s->valid);
@@ -71,6 +80,8 @@ void retro_decoder_free(joule_decoder *dec) {
     free(s->act_valid);
     free(s->hpos);
     free(s->kv_gen);
+    free(s->seen_last);
+    joule_free(s->seen_valid);
     free(s->ew);
     retro_enc_free(&s->enc);
     prefill_free(s->pf);
@@ -104,6 +115,14 @@ int retro_decoder_create(joule_decoder *dec) {
     s->o = joule_alloc(C * f);
     s->P = joule_alloc(((size_t)d->H * R + 1) * f);
     s->ew = calloc((size_t)d->Le + 1, sizeof *s->ew);
+    s->seen_last = malloc((size_t)s->nslots * sizeof(int));
+    s->seen_valid = joule_alloc(NR + 1);
+    s->seen_kv = joule_alloc(((size_t)s->nslots * d->ncca * R * 2 * C + 1) * f);
+    if (!s->seen_last || !s->seen_valid || !s->seen_kv) {
+        retro_decoder_free(dec);
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the RETRO decoder");
+    }
+    for (int i = 0; i < s->nslots; i++) s->seen_last[i] = NO_CHUNK;
     if (!s->xn || !s->H || !s->rope.cos || !s->rope.sin || !s->tok || !s->valid || !s->slot_last || !s->handed ||
         !s->act_valid || !s->hpos || !s->kv || !s->kv_gen || !s->q || !s->o || !s->P || !s->ew) {
         retro_decoder_free(dec);
@@ -155,12 +174,38 @@ int joule_retro_decoder_set_neighbours(joule_decoder *dec, int last, const int32
     return JOULE_OK;
 }
 
+/* Forgets the chunks seen at or after position from (NO_CHUNK: all of them). */
+static void forget_seen(retro_dec *s, int from) {
+    for (int i = 0; i < s->nslots; i++)
+        if (s->seen_last[i] != NO_CHUNK && s->seen_last[i] >= from) s->seen_last[i] = NO_CHUNK;
+}
+
+static int slot_of(const retro_dec *s, int last) { return (last + s->d.m - 1) / s->d.m; }
+
+/* The chunk now in view (act_last) is recorded in its slot with its mask ... */
+static void seen_valid_save(retro_dec *s) {
+    const size_t R = (size_t)s->d.k * 2 * s->d.m;
+    const int slot = slot_of(s, s->act_last);
+    s->seen_last[slot] = s->act_last;
+    memcpy(s->seen_valid + (size_t)slot * R, s->act_valid, R);
+}
+
+/* ... and with CCA layer c's keys/values, as they are computed. */
+static void seen_kv_save(retro_dec *s, int c) {
+    const size_t n = (size_t)s->d.k * 2 * s->d.m * 2 * s->d.C;
+    memcpy(s->seen_kv + ((size_t)slot_of(s, s->act_last) * s->d.ncca + c) * n, s->kv + (size_t)c * n, n * sizeof(float));
+}
+
 /* First CCA layer, position p: the chunk ending at p (if handed) is encoded against its rows
  * of H and comes into view. */
 static void step_encode(retro_dec *s, const joule_model *m, int p) {
     const retro_dims *d = &s->d;
     const int mm = d->m, R = d->k * 2 * mm, slot = (p + mm - 1) / mm;
-    if (p == 0) s->act_last = NO_CHUNK; /* a new sequence: nothing of the last one stays in view */
+    if (p == 0) { /* a new sequence: nothing of the last one stays in view */
+        s->act_last = NO_CHUNK;
+        forget_seen(s, NO_CHUNK);
+        s->pf_n = 0;
+    }
     if (!s->handed[slot] || s->slot_last[slot] != p) return;
     const int hlen = p + 1 < mm ? p + 1 : mm, zero = 0;
     const enc_chunks ch = {.G = 1, .NH = hlen, .hoff = &zero, .hlen = &hlen, .hpos = s->hpos + (mm - hlen)};
@@ -172,6 +217,7 @@ static void step_encode(retro_dec *s, const joule_model *m, int p) {
     s->handed[slot] = 0;
     s->act_last = p;
     s->enc_gen++;
+    seen_valid_save(s);
 }
 
 int retro_decode_step(joule_decoder *dec, int l, const float *unused, float *x) {
@@ -195,6 +241,7 @@ int retro_decode_step(joule_decoder *dec, int l, const float *unused, float *x) 
         joule_linear_forward(kv, s->enc.out, w.wkv, R, d->D, 2 * C);
         if (d->rope) joule_rope_forward(kv, 2 * C, d->k, 2 * mm, d->H, d->hs, 0, s->rope.cos, s->rope.sin);
         s->kv_gen[c] = s->enc_gen;
+        seen_kv_save(s, c);
     }
     joule_sgemv(C, C, 1.0f, w.wq, C, s->xn, 0.0f, s->q);
     const int qpos = p - s->act_last + mm - 1;
@@ -249,11 +296,14 @@ static int prefill_encode(retro_dec *s, const joule_model *m, int n) {
     int rc = retro_layout_build(&p->L, d, p->ch, G, 1, n);
     if (rc) return rc;
     s->act_last = NO_CHUNK;
+    forget_seen(s, NO_CHUNK);
+    s->pf_n = n;
     if (G == 0) return JOULE_OK;
     const int last = p->ch[G - 1].last;
     if (last + mm > n) { /* rows after the prompt still read it */
         s->act_last = last;
         memcpy(s->act_valid, p->valid + (size_t)(G - 1) * R, (size_t)R);
+        seen_valid_save(s);
     }
     enc_w ew = {.layers = s->ew};
     retro_enc_views(m, m->params, d, &ew);
@@ -287,6 +337,35 @@ int retro_prefill_rows(joule_decoder *dec, int l, float *x, int n) {
     if (s->act_last != NO_CHUNK) { /* hand the last chunk's keys/values to the steps that follow */
         memcpy(s->kv + (size_t)c * R * 2 * C, p->ca.kv + (size_t)(G - 1) * R * 2 * C, (size_t)R * 2 * C * sizeof(float));
         s->kv_gen[c] = s->enc_gen;
+        seen_kv_save(s, c);
     }
+    return JOULE_OK;
+}
+
+/* ---------------------------------------------------------------- truncation */
+
+int retro_decoder_truncate(joule_decoder *dec, int pos) {
+    retro_dec *s = dec->ext[JOULE_EXT_CCA];
+    const retro_dims *d = &s->d;
+    if (pos > 0 && pos < s->pf_n)
+        return joule_fail(JOULE_ERR_ARG,
+                          "cannot truncate a RETRO decoder to %d tokens, inside its prefill of %d (only the last "
+                          "prefilled chunk's neighbours are kept)",
+                          pos, s->pf_n);
+    /* neighbours handed for chunks not decoded yet came with the dropped tokens */
+    for (int i = 0; i < s->nslots; i++)
+        if (s->handed[i] && s->slot_last[i] >= pos) s->handed[i] = 0;
+    forget_seen(s, pos);
+    int best = -1;
+    for (int i = 0; i < s->nslots; i++)
+        if (s->seen_last[i] != NO_CHUNK && (best < 0 || s->seen_last[i] > s->seen_last[best])) best = i;
+    s->act_last = best < 0 || pos == 0 ? NO_CHUNK : s->seen_last[best];
+    if (s->act_last == NO_CHUNK) return JOULE_OK;
+    /* the chunk in view at pos, exactly as it was: its mask and keys/values, no encoding */
+    const size_t R = (size_t)d->k * 2 * d->m, n = R * 2 * (size_t)d->C;
+    memcpy(s->act_valid, s->seen_valid + (size_t)best * R, R);
+    memcpy(s->kv, s->seen_kv + (size_t)best * d->ncca * n, (size_t)d->ncca * n * sizeof(float));
+    s->enc_gen++;
+    for (int c = 0; c < d->ncca; c++) s->kv_gen[c] = s->enc_gen;
     return JOULE_OK;
 }

@@ -157,6 +157,8 @@ void retro_decoder_free(joule_decoder *d);
 int retro_decode_step(joule_decoder *d, int l, const float *xn, float *x);
 /* The op table's prefill_rows: CCA over the rows of an empty cache's batched prefill. */
 int retro_prefill_rows(joule_decoder *d, int l, float *x, int n);
+/* The op table's decoder_truncate: the chunk in view at pos restored from its slot. */
+int retro_decoder_truncate(joule_decoder *d, int pos);
 /* The op table's decode_flop_terms (retro_cost.c): what retro_decode_step counts. */
 int retro_decode_flop_terms(const joule_config *c, int l, int pos, const char **names, uint64_t *flops, int max);
 

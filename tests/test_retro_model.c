@@ -619,6 +619,84 @@ END_TEST
 START_TEST(test_prefill_missing_chunk) { check_prefill(retro_config(TK), ~2u); }
 END_TEST
 
+/* Steps from position `from` to `to` of tokens tok, neighbours nb handed at every chunk end
+ * (the chunk's own in nb: a continuation's chunks retrieve their own), logits into out[to - from][V]. */
+static void steps_from(joule_decoder *d, const int32_t *tok, const int32_t *nb, int per, int from, int to, float *out) {
+    const int V = d->m->cfg.vocab;
+    for (int p = from; p < to; p++) {
+        if ((p + 1) % TM == 0)
+            ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, p, nb + ((p + 1) / TM - 1) * per), JOULE_OK);
+        const float *lg;
+        ck_assert_int_eq(joule_decoder_step(d, tok[p], &lg), JOULE_OK);
+        memcpy(out + (size_t)(p - from) * V, lg, (size_t)V * sizeof(float));
+    }
+}
+
+/* Truncation of a RETRO decoder: after a continuation that completed chunks (new neighbours
+ * encoded, another chunk in view), truncating back to the prompt (or into the continuation)
+ * and decoding again gives bit-identical logits to the first time, for prompts ending
+ * inside, at the end of and right after a chunk, from a prefill and from steps. */
+static void check_truncate(bool prefilled) {
+    decode_case k;
+    decode_case_init(&k, retro_config(TK), 95);
+    const int per = k.per, V = k.m->cfg.vocab;
+    int32_t other[TT], nb2[TNCH * TK * 2 * TM + 1];
+    tu_random_tokens(other, TT, 96); /* another continuation, with other neighbours */
+    random_neighbours(nb2, TNCH * per, true, 97);
+    float *first = malloc((size_t)TT * V * sizeof(float)), *again = malloc((size_t)TT * V * sizeof(float));
+    float *scratch = malloc((size_t)TT * V * sizeof(float));
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, k.m), JOULE_OK);
+    static const int prompts[] = {2, 4, 5, 7, 8, 9};
+    for (size_t i = 0; i < sizeof prompts / sizeof *prompts; i++) {
+        const int P = prompts[i], E = P + 7; /* the continuation completes one or two chunks */
+        joule_decoder_reset(d);
+        ck_assert_int_eq(joule_retro_decoder_clear(d), JOULE_OK);
+        if (prefilled) {
+            for (int u = 0; (u + 1) * TM <= P; u++)
+                ck_assert_int_eq(joule_retro_decoder_set_neighbours(d, (u + 1) * TM - 1, k.nb + u * per), JOULE_OK);
+            const float *lg;
+            ck_assert_int_eq(joule_decoder_prefill(d, k.in, P, &lg), JOULE_OK);
+            ck_assert_int_eq(joule_decoder_truncate(d, P - 1), P > 1 ? JOULE_ERR_ARG : JOULE_OK); /* inside it */
+            if (P == 1) continue;
+        } else {
+            steps_from(d, k.in, k.nb, per, 0, P, scratch);
+        }
+        steps_from(d, k.in, k.nb, per, P, E, first);
+        ck_assert_int_eq(joule_decoder_truncate(d, P), JOULE_OK);
+        steps_from(d, other, nb2, per, P, E, scratch); /* a different continuation in between */
+        ck_assert_int_eq(joule_decoder_truncate(d, P), JOULE_OK);
+        steps_from(d, k.in, k.nb, per, P, E, again);
+        ck_assert_msg(memcmp(first, again, (size_t)(E - P) * V * sizeof(float)) == 0, "prompt %d: logits differ", P);
+        const int Q = P + 5; /* into the continuation, past a chunk it completed */
+        ck_assert_int_eq(joule_decoder_truncate(d, Q), JOULE_OK);
+        steps_from(d, k.in, k.nb, per, Q, E, again);
+        ck_assert_msg(memcmp(first + (size_t)(Q - P) * V, again, (size_t)(E - Q) * V * sizeof(float)) == 0,
+                      "prompt %d, truncated to %d: logits differ", P, Q);
+        /* the neighbours of the continuation's chunks matter here: without them it decodes otherwise */
+        ck_assert_int_eq(joule_decoder_truncate(d, P), JOULE_OK);
+        for (int p = P; p < E; p++) {
+            const float *lg;
+            ck_assert_int_eq(joule_decoder_step(d, k.in[p], &lg), JOULE_OK);
+            memcpy(again + (size_t)(p - P) * V, lg, (size_t)V * sizeof(float));
+        }
+        const int c1 = (P / TM + 1) * TM - 1; /* the first chunk the continuation completes */
+        ck_assert_msg(memcmp(first + (size_t)(c1 - P) * V, again + (size_t)(c1 - P) * V, (size_t)V * sizeof(float)) != 0,
+                      "prompt %d: the continuation's neighbours changed nothing", P);
+    }
+    joule_decoder_free(d);
+    free(first);
+    free(again);
+    free(scratch);
+    joule_model_free(k.m);
+}
+
+START_TEST(test_truncate_after_prefill) { check_truncate(true); }
+END_TEST
+
+START_TEST(test_truncate_after_steps) { check_truncate(false); }
+END_TEST
+
 START_TEST(test_checkpoint_round_trip) {
     joule_config c = retro_config(TK);
     joule_model *m = tu_model(&c, TB, 51);
@@ -770,6 +848,8 @@ static Suite *retro_suite(void) {
     tcase_add_test(c, test_prefill_equals_steps);
     tcase_add_test(c, test_prefill_equals_steps_moe);
     tcase_add_test(c, test_prefill_missing_chunk);
+    tcase_add_test(c, test_truncate_after_prefill);
+    tcase_add_test(c, test_truncate_after_steps);
     tcase_add_test(c, test_checkpoint_round_trip);
     tcase_add_test(c, test_positions_in_config);
     tcase_add_test(c, test_determinism);

@@ -480,6 +480,68 @@ START_TEST(test_generate_live_retrieval) {
 }
 END_TEST
 
+enum { NSEQ = 6 };
+
+/* continuation seq's tokens; the third stops at its 4th token, as a missed sample does */
+static int collect_each(void *ctx, int seq, int32_t tok) {
+    collected *c = ctx;
+    c[seq].tok[c[seq].n++] = tok;
+    return seq == 2 && c[seq].n == 4;
+}
+
+static int collect_stop4(void *ctx, int32_t tok) {
+    collected *c = ctx;
+    c->tok[c->n++] = tok;
+    return c->n == 4;
+}
+
+/* Continuations from one prefill are, token for token, the continuations joule_retro_generate
+ * decodes alone (greedy and sampled, crossing chunk ends, one stopped early, with and
+ * without a sliding window), with fewer searches: the prompt's chunks once. */
+START_TEST(test_generate_each_equals_alone) {
+    joule_config c = retro_config();
+    joule_model *m = tu_model(&c, 1, 23);
+    tu_randomise_cca_out(m, 0.5f, 24);
+    joule_retro_db *db;
+    ck_assert_int_eq(joule_db_open(&db, g_db), JOULE_OK);
+    const char *prompt = "alpha beta gamma river stone";
+    const int np = (int)strlen(prompt);
+    joule_sampler s[NSEQ];
+    uint64_t seeds[NSEQ];
+    for (int i = 0; i < NSEQ; i++) {
+        s[i] = (joule_sampler){.temperature = i == 0 ? 0.0f : 1.5f, .top_k = 0, .top_p = 1.0f};
+        seeds[i] = 100 + (uint64_t)i;
+    }
+    static const int lengths[] = {5, 12, 40}; /* within one chunk; across chunk ends; past the context */
+    for (int phase = 0; phase < 2; phase++)
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+            const int ng = lengths[li];
+            collected each[NSEQ];
+            memset(each, 0, sizeof each);
+            joule_retro_gen_stats st, st1;
+            ck_assert_msg(joule_retro_generate_each(m, db, (const uint8_t *)prompt, np, 3 * phase, ng, NSEQ, s, seeds,
+                                                    collect_each, each, &st) == JOULE_OK,
+                          "%s", joule_last_error());
+            uint64_t alone_searches = 0;
+            for (int i = 0; i < NSEQ; i++) {
+                collected one = {0};
+                ck_assert_int_eq(joule_retro_generate(m, db, (const uint8_t *)prompt, np, 3 * phase, ng, &s[i], seeds[i],
+                                                      i == 2 ? collect_stop4 : collect, &one, &st1),
+                                 JOULE_OK);
+                alone_searches += st1.retrievals;
+                ck_assert_int_eq(each[i].n, one.n);
+                ck_assert_msg(memcmp(each[i].tok, one.tok, sizeof one.tok) == 0, "phase %d, %d tokens, continuation %d differs",
+                              3 * phase, ng, i);
+            }
+            /* the sampled ones differ from each other (the test would pass on copies otherwise) */
+            ck_assert_int_ne(memcmp(each[3].tok, each[4].tok, sizeof each[3].tok), 0);
+            ck_assert_uint_lt(st.retrievals, alone_searches);
+        }
+    joule_db_close(db);
+    joule_model_free(m);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- the CLI */
 
 #define RTINY "--train train.bin --val val.bin --layers 2 --d-model 16 --heads 2 --d-ff 32 --ctx 32 --batch 2 " \
@@ -560,6 +622,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_database_mismatch_refused);
     tcase_add_test(tc, test_eval_retrieval_on_off);
     tcase_add_test(tc, test_generate_live_retrieval);
+    tcase_add_test(tc, test_generate_each_equals_alone);
     tcase_add_test(tc, test_cli_end_to_end);
     return s;
 }

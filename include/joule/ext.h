@@ -98,6 +98,11 @@ typedef struct {
      * of an empty cache at layer l; changes them as n decode_step calls would. NULL: a
      * model with this kind is prefilled token by token. */
     int (*prefill_rows)(joule_decoder *d, int l, float *x, int n);
+    /* optional: joule_decoder_truncate to pos (0 <= pos <= d->pos, checked; d->pos not yet
+     * changed): restores the kind's state at pos, or refuses (JOULE_ERR_ARG). NULL: the kind
+     * keeps nothing that depends on the positions decoded. CCA: the chunk in view at pos,
+     * exactly as it was; refused inside a prefill (0 < pos < its rows). */
+    int (*decoder_truncate)(joule_decoder *d, int pos);
 } joule_ext_ops;
 
 /* Registers (or replaces) the implementation of an extension kind. Not thread-safe:

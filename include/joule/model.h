@@ -184,9 +184,11 @@ int joule_decoder_create(joule_decoder **out, const joule_model *m);
 void joule_decoder_free(joule_decoder *d);
 void joule_decoder_reset(joule_decoder *d);
 /* Drops the tokens after the first pos (0 <= pos <= d->pos): the next step appends at pos,
- * overwriting what the cache held there. Lets a caller decode several continuations of one
- * prompt after a single prefill. Refused (JOULE_ERR_ARG) for models with chunked
- * cross-attention, whose retrieved chunks follow the positions decoded. */
+ * overwriting what the cache held there, and decodes exactly (bit for bit) as it did the
+ * first time. Lets a caller decode several continuations of one prompt after a single
+ * prefill. Models with chunked cross-attention (RETRO) get back the chunk in view at pos and
+ * drop the neighbours handed for chunks ending at or after pos; truncating one into its
+ * prefill (0 < pos < the prefill's rows) is refused (JOULE_ERR_ARG). */
 int joule_decoder_truncate(joule_decoder *d, int pos);
 /* Appends one token at position d->pos and returns its next-token logits [V] (owned by the
  * decoder, valid until the next call). Fails when the cache is full (pos == ctx). */

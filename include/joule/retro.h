@@ -218,6 +218,17 @@ int joule_retro_decoder_retrieve(joule_decoder *d, struct joule_retro_db *db, co
 int joule_retro_generate(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
                          int phase, int n_gen, const joule_sampler *s, uint64_t seed, int (*on_token)(void *ctx, int32_t token),
                          void *ctx, joule_retro_gen_stats *stats);
+/* n_seqs continuations of one prompt, continuation i decoded with samplers[i] and seeds[i]
+ * exactly (bit for bit) as joule_retro_generate would decode it alone, but from one prefill
+ * of the prompt and one search of its chunks: between continuations the decoder is
+ * truncated back to the prompt (joule_decoder_truncate), and only the chunks a continuation
+ * completes are searched (a continuation that slides the window refills the prompt's).
+ * on_token(ctx, i, token) as joule_retro_generate's (non-zero ends continuation i); stats
+ * add up over the continuations. */
+int joule_retro_generate_each(const joule_model *m, struct joule_retro_db *db, const uint8_t *prompt, int n_prompt,
+                              int phase, int n_gen, int n_seqs, const joule_sampler *samplers, const uint64_t *seeds,
+                              int (*on_token)(void *ctx, int seq, int32_t token), void *ctx,
+                              joule_retro_gen_stats *stats);
 /* Continuous batching with live retrieval (retro_feeder.c): a joule_sched_feeder that
  * decodes each sequence as joule_retro_generate does (phase 0), searching db (NULL:
  * retrieval off) and adding every sequence's searches to stats. The caller owns the
