@@ -204,12 +204,15 @@ static void fill_sizes(joule_compare_row *r, const joule_config *c) {
 }
 
 /* Energy per query of the trained model with the energy benchmark's steady-state window. */
-static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_compare_row *r) {
+static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_retro_data *rd, joule_compare_row *r) {
     joule_bench_energy_opts o;
     joule_bench_energy_opts_init(&o);
     o.data_dir = x->data_dir;
     o.db_dir = x->db_dir;
     o.db_params = x->db_params;
+    /* the run's database, its search parameters already set: loading the index again
+     * cost seconds per run */
+    o.db = rd ? joule_retro_data_db(rd) : NULL;
     o.queries = x->settings->queries;
     o.warmup = 2;
     o.prompt = m->cfg.ctx / 2;
@@ -398,7 +401,7 @@ static int measure(const compare_run_ctx *x, joule_model *m, joule_retro_data *r
     }
     if (!rc && rd) rc = leakage_file(x, m, rd, &val, r);
     joule_tokens_close(&val);
-    if (!rc && s->queries > 0 && x->meters) rc = query_energy(x, m, r);
+    if (!rc && s->queries > 0 && x->meters) rc = query_energy(x, m, rd, r);
     return rc;
 }
 

@@ -118,7 +118,7 @@ static int check_opts(const joule_model *m, const char *label, const joule_bench
     if (!(o->pue >= 1) || !(o->grid_g_per_kwh >= 0))
         return joule_fail(JOULE_ERR_ARG, "bench energy: PUE must be >= 1 and grid intensity >= 0");
     if (!o->data_dir) return joule_fail(JOULE_ERR_ARG, "bench energy: no corpus folder given");
-    if (joule_config_has_cca(&m->cfg) && !o->db_dir)
+    if (joule_config_has_cca(&m->cfg) && !o->db_dir && !o->db)
         return joule_fail(JOULE_ERR_ARG, "%s: a RETRO model needs its retrieval database (--db DIR)", label);
     return JOULE_OK;
 }
@@ -136,6 +136,7 @@ typedef struct {
     /* RETRO: the database, the tokens of each sequence by position [batch][ctx], one
      * chunk's neighbours [k][2m], and what retrieval cost in the window */
     joule_retro_db *db;
+    bool db_borrowed; /* o->db: the caller's, not closed here */
     int chunk, k, ctx;
     int32_t *win, *nbr;
     joule_retro_grid *grid; /* [batch] each sequence's chunk grid */
@@ -159,7 +160,7 @@ static void free_bufs(run_bufs *b, int batch) {
     free(b->grid);
     free(b->nbr);
     free(b->ids);
-    joule_db_close(b->db);
+    if (!b->db_borrowed) joule_db_close(b->db);
 }
 
 static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energy_opts *o, int n_steps) {
@@ -190,15 +191,18 @@ static int alloc_bufs(run_bufs *b, const joule_model *m, const joule_bench_energ
     b->ids = malloc(((size_t)b->k + 1) * sizeof *b->ids);
     b->grid = calloc(B, sizeof *b->grid);
     if (!b->win || !b->nbr || !b->ids || !b->grid) return joule_fail(JOULE_ERR_NOMEM, "bench energy: out of memory");
-    int st = joule_db_open(&b->db, o->db_dir);
-    if (!st && o->db_params) st = joule_db_set_params(b->db, o->db_params);
+    const char *db_name = o->db_dir ? o->db_dir : "the run's database";
+    b->db_borrowed = o->db != NULL;
+    int st = b->db_borrowed ? JOULE_OK : joule_db_open(&b->db, o->db_dir);
+    if (b->db_borrowed) b->db = o->db;
+    else if (!st && o->db_params) st = joule_db_set_params(b->db, o->db_params);
     if (st) return st;
     if (joule_db_chunk(b->db) != rc->chunk)
-        return joule_fail(JOULE_ERR_ARG, "%s: database chunks are %d tokens, the model's are %d", o->db_dir,
+        return joule_fail(JOULE_ERR_ARG, "%s: database chunks are %d tokens, the model's are %d", db_name,
                           joule_db_chunk(b->db), rc->chunk);
     if (rc->db_id[0] && strcmp(rc->db_id, joule_db_id(b->db)) != 0)
         return joule_fail(JOULE_ERR_ARG, "%s: not the database the model was trained with (id %s, model's %s)",
-                          o->db_dir, joule_db_id(b->db), rc->db_id);
+                          db_name, joule_db_id(b->db), rc->db_id);
     return JOULE_OK;
 }
 

@@ -14,6 +14,7 @@
 #include "joule/bench_energy.h"
 #include "joule/checkpoint.h"
 #include "joule/model.h"
+#include "joule/retro_db.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
 #include "joule/retro.h"
@@ -404,6 +405,20 @@ START_TEST(test_runner_retro) {
     ck_assert(r.flops_search > 0 && r.search_method[0]);
     ck_assert_uint_eq(r.energy.queries, 5);
     ck_assert_str_eq(r.energy.method, "modeled:tdp");
+    /* an open database instead of the folder: the same work, and it stays open */
+    joule_retro_db *open_db;
+    ck_assert_int_eq(joule_db_open(&open_db, db), JOULE_OK);
+    joule_bench_energy_opts ob = o;
+    ob.db_dir = NULL;
+    ob.db = open_db;
+    joule_bench_energy_result rb;
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(joule_bench_energy_run(m, "retro", &ob, &rb) == JOULE_OK, "%s", joule_last_error());
+        ck_assert_uint_eq(rb.tokens_digest, r.tokens_digest);
+        ck_assert_double_eq(rb.searches_per_query, r.searches_per_query);
+    }
+    ck_assert_int_eq(joule_db_size(open_db) > 0, 1);
+    joule_db_close(open_db);
     /* the accountant's query counts what decoding does: each completed chunk's neighbours
      * encoded once, CCA from position m-1 on; the prompt fed token by token */
     ck_assert_msg(r.flops_counted > 0 && fabs(r.flops_counted - r.flops_analytic) <= 0.01 * r.flops_analytic,

@@ -33,10 +33,16 @@
 extern "C" {
 #endif
 
+struct joule_retro_db;
+
 typedef struct {
     const char *data_dir; /* prepared corpus: prompts come from <data_dir>/val.bin */
     const char *db_dir;   /* RETRO database for RETRO checkpoints (NULL otherwise) */
     const char *db_params; /* FAISS search parameters for it, e.g. "nprobe=4"; NULL: the index's defaults */
+    /* Optional: an open database to search instead of opening db_dir (borrowed: not closed,
+     * db_params not applied; joule compare passes its run's, whose index takes seconds to
+     * load). NULL: db_dir. */
+    struct joule_retro_db *db;
     int queries;          /* measured queries (32) */
     int prompt;           /* P tokens per prompt (64) */
     int generate;         /* G generated tokens per query (32), >= 1; P + G - 1 <= ctx */
