@@ -265,6 +265,26 @@ START_TEST(test_bench_dist) {
     joule_model_free(m);
     cJSON_Delete(j);
     free(out);
+    /* --expert-parallel: the MoE version, data against expert parallel; the all-to-alls
+     * move bytes and take part of the step, and the experts leave the all-reduce */
+    snprintf(cmd, sizeof cmd,
+             "bench dist --expert-parallel --layers 2 --d-model 32 --heads 2 --d-ff 64 --ctx 32 --batch 2 --steps 2 "
+             "--warmup 0 --rounds 1 --json --mpirun '%s'",
+             getenv("JOULE_MPIRUN"));
+    ck_assert_msg(tu_joule("%s", cmd) == 0, "%s", tu_read_in("err.txt", NULL));
+    out = tu_read_in("out.txt", NULL);
+    line = strstr(out, "{\"bench\":\"dist_ep_compare\"");
+    ck_assert_ptr_nonnull(line);
+    j = cJSON_Parse(line);
+    ck_assert_ptr_nonnull(j);
+    share = cJSON_GetObjectItem(j, "alltoall_share")->valuedouble;
+    ck_assert(share > 0 && share < 1);
+    ck_assert(cJSON_GetObjectItem(j, "alltoall_bytes")->valuedouble > 0);
+    /* the 8 experts of d_ff 32 in layer 1 (3 x 32 x 32 floats each) are not all-reduced */
+    const double dp = cJSON_GetObjectItem(j, "grad_bytes_dp")->valuedouble, ep = cJSON_GetObjectItem(j, "grad_bytes_ep")->valuedouble;
+    ck_assert_double_eq(dp - ep, 4.0 * 8 * 3 * 32 * 32);
+    cJSON_Delete(j);
+    free(out);
 }
 END_TEST
 
