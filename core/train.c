@@ -451,7 +451,7 @@ static int after_step(train_run *r, joule_model *m, bool finished, bool stopping
     if (r->rank == 0 && validate) {
         joule_eval_result er;
         rc = joule_evaluate_prepared(m, &r->val, r->T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx, &er,
-                                         NULL, NULL);
+                                     NULL, NULL);
         if (rc) {
             free(stats);
             return rc;

@@ -172,7 +172,11 @@ int joule_train_allreduce_grads(joule_model *m);
 
 /* Expert parallelism on m over `ranks` ranks of the MPI job (its extensions'
  * expert_parallel hooks; ranks 1 turns it off). JOULE_ERR_ARG when m has no experts or E
- * does not split over the ranks. joule_train calls it; exposed for tests. */
+ * does not split over the ranks. While on, training forwards (joule_model_set_training
+ * true) are collective and use each expert on its owner; a forward with training off runs
+ * locally on this rank's copies, stale for other ranks' experts until
+ * joule_train_sync_owned. joule_train turns it on and off itself; exposed for tests and
+ * bench dist. */
 int joule_train_expert_parallel(joule_model *m, int ranks);
 /* Every tensor held by one rank (joule_param_info.owner >= 0) broadcast from its owner to
  * all ranks, with its AdamW moments when opt is non-NULL. Collective. */
