@@ -15,6 +15,10 @@
  * routing, are rank 0's last micro-batch's). The saved options record "ranks" (when
  * N > 1) and a resume with another N is refused. Test hook: JOULE_TEST_FAIL_RANK=R:step=S
  * in the environment makes rank R fail in step S (tests/test_dist_train.c).
+ *
+ * Expert parallel (opts.expert_parallel too, MoE): see the field; the routing statistics
+ * are then the global micro-batch's, and the experts are synced to every rank
+ * (joule_train_sync_owned) before each validation and save and at the end of the call.
  */
 #ifndef JOULE_TRAIN_H
 #define JOULE_TRAIN_H
