@@ -104,7 +104,7 @@ static char *ext_stats(const joule_model *m) {
     return out;
 }
 
-static void log_step(FILE *log, const joule_train_progress *p, const char *ext) {
+static void log_step(FILE *log, const joule_train_progress *p, const char *ext, const char *comm) {
     if (!log) return;
     fprintf(log,
             "{\"step\":%" PRIu64 ",\"tokens\":%" PRIu64 ",\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,"
@@ -115,6 +115,7 @@ static void log_step(FILE *log, const joule_train_progress *p, const char *ext) 
     if (!isnan(p->val_loss))
         fprintf(log, ",\"val_loss\":%.6f,\"val_bpb\":%.6f", p->val_loss, p->val_loss / M_LN2);
     if (ext) fputs(ext, log);
+    if (comm) fputs(comm, log);
     fputs("}\n", log);
     fflush(log);
 }
@@ -214,7 +215,21 @@ typedef struct {
     int stop_asked;         /* some rank was interrupted during the last step */
     int64_t fail_step;      /* test hook: fail at this step on rank fail_rank; -1 = never */
     int fail_rank;
+    joule_dist_stats comm0; /* the collectives' totals when the step began */
+    char comm[256];         /* the step's collectives as a log field ("" for one rank) */
 } train_run;
+
+/* The step's all-reduces and all-to-alls on this rank since comm0, as a log field. */
+static void step_comm(train_run *r) {
+    const joule_dist_stats *s = joule_dist_get_stats();
+    r->comm[0] = '\0';
+    if (r->ranks < 2) return;
+    const int A = JOULE_DIST_ALLREDUCE, X = JOULE_DIST_ALLTOALL;
+    snprintf(r->comm, sizeof r->comm,
+             ",\"comm\":{\"allreduce_s\":%.6f,\"allreduce_bytes\":%.0f,\"alltoall_s\":%.6f,\"alltoall_bytes\":%.0f}",
+             s->seconds[A] - r->comm0.seconds[A], s->bytes[A] - r->comm0.bytes[A], s->seconds[X] - r->comm0.seconds[X],
+             s->bytes[X] - r->comm0.bytes[X]);
+}
 
 static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
     const joule_config *c = &m->cfg;
@@ -391,6 +406,7 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     const int T = r->T, micros = o->accum * r->ranks;
     double t0 = joule_now();
     uint64_t f0 = joule_flops_counted();
+    r->comm0 = *joule_dist_get_stats();
     joule_model_zero_grad(m);
     joule_model_set_training(m, true);
     /* loss, counted FLOPs and "interrupted" of this rank, summed over ranks */
@@ -412,6 +428,7 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     float lr = joule_lr_at(&o->adam, r->st.step, r->total);
     joule_adamw_update(&r->opt, m, &o->adam, lr, clip);
     double dt = joule_now() - t0;
+    step_comm(r);
 
     joule_train_progress *p = &r->p;
     const uint64_t step_tokens = (uint64_t)o->batch * T * (uint64_t)micros;
@@ -458,7 +475,7 @@ static int after_step(train_run *r, joule_model *m, bool finished, bool stopping
         }
         r->p.val_loss = er.loss;
     }
-    log_step(r->log, &r->p, stats);
+    log_step(r->log, &r->p, stats, r->comm);
     free(stats);
     if (o->on_step) o->on_step(o->ctx, &r->p);
     if (r->rank == 0 && save) return joule_checkpoint_save(m, o->out_path, &r->opt, &r->st);

@@ -182,6 +182,9 @@ START_TEST(test_expert_parallel) {
     printf("expert parallel: 2 ranks x batch 2 vs batch 4: weights differ by <= %.3g\n", d);
     ck_assert(tu_file_has("ep2.log.jsonl", "\"alltoall\":{\"ranks\":2,\"bytes\":"));
     ck_assert(tu_file_has("ep2.log.jsonl", "\"drop_first\":0."));
+    /* and every step's own collectives, the all-to-alls included */
+    ck_assert(tu_file_has("ep2.log.jsonl", "\"comm\":{\"allreduce_s\":"));
+    ck_assert(!tu_file_has("ep2.log.jsonl", "\"alltoall_bytes\":0}"));
     ck_assert_int_eq(tu_joule("eval --model ep2.safetensors --data d --windows 2 --threads 1"), 0);
     /* E % N, a dense model (even as one process) */
     ck_assert_int_eq(mpi_joule(NULL, "train " TINY " --arch moe --experts 3 --expert-parallel --out bad.safetensors"), 2);

@@ -12,7 +12,8 @@
  * one process with accum N x accum; every rank applies the same update to the same
  * weights. Rank 0 alone validates and writes the log and the checkpoints; the step's
  * loss, counted FLOPs and tokens are over all ranks (its extension statistics, e.g. MoE
- * routing, are rank 0's last micro-batch's). The saved options record "ranks" (when
+ * routing, are rank 0's last micro-batch's; its "comm" field holds rank 0's all-reduce and
+ * all-to-all seconds and bytes of the step). The saved options record "ranks" (when
  * N > 1) and a resume with another N is refused. Test hook: JOULE_TEST_FAIL_RANK=R:step=S
  * in the environment makes rank R fail in step S (tests/test_dist_train.c).
  *
