@@ -92,13 +92,17 @@ static const char USAGE[] =
     "gradients summed over ranks with MPI_Allreduce: the same batches as one process with\n"
     "--accum N x accum. Rank 0 alone prints, validates and writes the checkpoint and log;\n"
     "--resume needs the same N and a checkpoint every rank can read.\n"
+    "  --expert-parallel  MoE only, under mpirun -np N (N must divide the experts; N = 1 does\n"
+    "                     nothing): each rank holds E/N experts of each MoE layer and takes\n"
+    "                     batch windows of each micro-batch of N x batch; routed rows travel\n"
+    "                     by MPI_Alltoallv. Equals one process with --batch N x batch\n"
     RETRO_TRAIN_USAGE;
 
 enum {
     OPT_STEPS = 256, OPT_TOKENS, OPT_FLOPS, OPT_CONFIG, OPT_LAYERS, OPT_D_MODEL, OPT_HEADS, OPT_D_FF, OPT_CTX,
     OPT_UNTIED, OPT_DATA, OPT_TRAIN, OPT_VAL, OPT_OUT, OPT_LOG, OPT_NO_LOG, OPT_SAVE_EVERY, OPT_RESUME,
     OPT_STOP_AFTER, OPT_BATCH, OPT_ACCUM, OPT_SEQ, OPT_LR, OPT_MIN_LR, OPT_WARMUP, OPT_WD, OPT_CLIP, OPT_SEED,
-    OPT_EVAL_EVERY, OPT_EVAL_WINDOWS, OPT_THREADS, OPT_ARCH,
+    OPT_EVAL_EVERY, OPT_EVAL_WINDOWS, OPT_THREADS, OPT_ARCH, OPT_EXPERT_PARALLEL,
 };
 
 static const struct option LONG[] = {
@@ -134,6 +138,7 @@ static const struct option LONG[] = {
     {"eval-windows", required_argument, NULL, OPT_EVAL_WINDOWS},
     {"threads", required_argument, NULL, OPT_THREADS},
     {"arch", required_argument, NULL, OPT_ARCH},
+    {"expert-parallel", no_argument, NULL, OPT_EXPERT_PARALLEL},
     CLI_MOE_LONG_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     RETRO_TRAIN_LONG_OPTIONS,
@@ -353,6 +358,7 @@ static int parse_option(train_args *a, int c, char **argv) {
     case OPT_EVAL_WINDOWS: return cli_u64_option(CMD, "--eval-windows", optarg, &o->eval_windows);
     case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
     case OPT_ARCH: return arch_option(a);
+    case OPT_EXPERT_PARALLEL: o->expert_parallel = 1; return 0;
     }
     if (c >= OPT_MOE_FIRST && c < OPT_MOE_LAST) return cli_moe_parse(CMD, &a->moe, c, optarg);
     int r = retro_train_cli_option(&a->rt, CMD, c, optarg);
@@ -413,6 +419,27 @@ static int build_config(train_args *a, joule_config *cfg) {
     return st ? cli_fail(CMD, st) : 0;
 }
 
+/* --expert-parallel on this model and job: refused with one line (printed by rank 0 alone,
+ * since every rank reaches the same verdict) for a model without experts, a RETRO model,
+ * or experts that do not split evenly over the ranks. */
+static int check_expert_parallel(const joule_config *cfg) {
+    bool moe = false, retro = false;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        moe |= cfg->kinds[l].ffn == JOULE_FFN_MOE;
+        retro |= cfg->kinds[l].cca;
+    }
+    const int n = joule_dist_size();
+    const char *why = !moe ? "needs an MoE model (--arch moe); this one is dense"
+                      : retro ? "is not supported for RETRO models"
+                      : cfg->moe.n_experts % n ? "needs the experts to split evenly over the ranks" : NULL;
+    if (!why) return 0;
+    if (joule_dist_rank() != 0) return EXIT_USAGE;
+    if (moe && !retro)
+        return cli_usage_error(CMD, "--expert-parallel: %d experts do not split over %d ranks (E %% N must be 0)",
+                               cfg->moe.n_experts, n);
+    return cli_usage_error(CMD, "--expert-parallel %s", why);
+}
+
 /* Resuming: the model and training state saved at --out, which model options given must
  * match; options not given come from the saved run (joule_train_opts_resume). */
 static int load_saved(train_args *a, joule_config *cfg, joule_model **m, joule_train_state *saved) {
@@ -467,9 +494,16 @@ static void print_plan(const joule_model *m, const joule_config *cfg, const joul
            cli_fmt_count(b1, sizeof b1, (double)pc.total), cli_fmt_count(b2, sizeof b2, (double)pc.non_embedding),
            tok_step, o->batch, o->seq, o->accum, total, sci(b3, sizeof b3, step_flops(cfg, o)), joule_get_threads(),
            joule_blas_corename());
-    if (joule_dist_size() > 1)
+    if (joule_dist_size() > 1 && o->expert_parallel)
+        printf("expert parallel: %d ranks x batch %d x accum %d, %d of %d experts per rank, routed rows by "
+               "MPI_Alltoallv, the rest all-reduced (as one process with --batch %d)\n",
+               joule_dist_size(), o->batch, o->accum, cfg->moe.n_experts / joule_dist_size(), cfg->moe.n_experts,
+               o->batch * joule_dist_size());
+    else if (joule_dist_size() > 1)
         printf("data parallel: %d ranks x batch %d x accum %d, gradients summed with MPI_Allreduce\n",
                joule_dist_size(), o->batch, o->accum);
+    else if (o->expert_parallel)
+        printf("expert parallel: 1 rank, nothing to split (runs as one process)\n");
     if (o->resume)
         printf("resuming %s at step %" PRIu64 " of %" PRIu64 " (run %s)\n", o->out_path, saved->step,
                saved->total_steps, saved->run_id);
@@ -570,6 +604,7 @@ static int train(train_args *a, joule_model **m, char **log_path, char **optim_p
     memset(&saved, 0, sizeof saved);
     CLI_CHECK(build_config(a, &cfg));
     if (o->resume) CLI_CHECK(load_saved(a, &cfg, m, &saved));
+    if (o->expert_parallel) CLI_CHECK(check_expert_parallel(&cfg));
     if (!o->seq) o->seq = cfg.ctx;
     if (o->seq > cfg.ctx) return cli_usage_error(CMD, "--seq %d is longer than the model's context %d", o->seq, cfg.ctx);
     uint64_t total = joule_train_plan_steps(o, &cfg);

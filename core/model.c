@@ -64,6 +64,7 @@ int joule_model_add_tensor(joule_model *m, const char *name, int64_t d0, int64_t
     t->decay = t->ndim == 2;
     t->embedding = false;
     t->init_mult = 1.0f;
+    t->owner = -1;
     m->n_params += t->numel;
     return m->n_tensors - 1;
 }

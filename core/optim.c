@@ -1,5 +1,6 @@
 /* AdamW, learning-rate schedule and gradient norm over the flat parameter arena. */
 #include "joule/optim.h"
+#include "joule/dist.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -95,9 +96,11 @@ void joule_adamw_update(joule_adamw *o, joule_model *m, const joule_adamw_opts *
     o->t++;
     const float b1 = p->beta1, b2 = p->beta2;
     const float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
+    const int rank = joule_dist_rank();
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const joule_param_info *t = &m->tensors[ti];
-        if (t->frozen) continue;
+        /* expert parallelism: another rank trains it (this copy is refreshed from there) */
+        if (t->frozen || (t->owner >= 0 && t->owner != rank)) continue;
         const float wd = t->decay ? p->weight_decay : 0.0f;
         float *w = m->params + t->offset, *g = m->grads + t->offset;
         float *mm = o->m + t->offset, *vv = o->v + t->offset;

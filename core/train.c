@@ -104,7 +104,7 @@ static char *ext_stats(const joule_model *m) {
     return out;
 }
 
-static void log_step(FILE *log, const joule_train_progress *p, const char *ext) {
+static void log_step(FILE *log, const joule_train_progress *p, const char *ext, const char *comm) {
     if (!log) return;
     fprintf(log,
             "{\"step\":%" PRIu64 ",\"tokens\":%" PRIu64 ",\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,"
@@ -115,6 +115,7 @@ static void log_step(FILE *log, const joule_train_progress *p, const char *ext) 
     if (!isnan(p->val_loss))
         fprintf(log, ",\"val_loss\":%.6f,\"val_bpb\":%.6f", p->val_loss, p->val_loss / M_LN2);
     if (ext) fputs(ext, log);
+    if (comm) fputs(comm, log);
     fputs("}\n", log);
     fflush(log);
 }
@@ -210,10 +211,25 @@ typedef struct {
     uint64_t analytic_done; /* analytic FLOPs of the steps done */
     joule_train_progress p;
     int rank, ranks;        /* of the data-parallel step: 0 and 1 in a plain run, or without data_parallel */
+    int ep;                 /* expert parallelism is on (expert_parallel over ranks > 1) */
     int stop_asked;         /* some rank was interrupted during the last step */
     int64_t fail_step;      /* test hook: fail at this step on rank fail_rank; -1 = never */
     int fail_rank;
+    joule_dist_stats comm0; /* the collectives' totals when the step began */
+    char comm[256];         /* the step's collectives as a log field ("" for one rank) */
 } train_run;
+
+/* The step's all-reduces and all-to-alls on this rank since comm0, as a log field. */
+static void step_comm(train_run *r) {
+    const joule_dist_stats *s = joule_dist_get_stats();
+    r->comm[0] = '\0';
+    if (r->ranks < 2) return;
+    const int A = JOULE_DIST_ALLREDUCE, X = JOULE_DIST_ALLTOALL;
+    snprintf(r->comm, sizeof r->comm,
+             ",\"comm\":{\"allreduce_s\":%.6f,\"allreduce_bytes\":%.0f,\"alltoall_s\":%.6f,\"alltoall_bytes\":%.0f}",
+             s->seconds[A] - r->comm0.seconds[A], s->bytes[A] - r->comm0.bytes[A], s->seconds[X] - r->comm0.seconds[X],
+             s->bytes[X] - r->comm0.bytes[X]);
+}
 
 static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
     const joule_config *c = &m->cfg;
@@ -226,6 +242,10 @@ static int check_opts(const joule_model *m, const joule_train_opts *o, int T) {
     int rc = joule_adamw_opts_check(&o->adam);
     if (rc) return rc;
     if (joule_train_plan_steps(o, c) == 0) return joule_fail(JOULE_ERR_ARG, "no budget: give max steps, tokens or FLOPs");
+    if (o->expert_parallel && !o->data_parallel)
+        return joule_fail(JOULE_ERR_ARG, "expert parallelism needs data_parallel (the step spans the ranks)");
+    if (o->expert_parallel && (o->prepare || o->sample_windows || o->batch_flops))
+        return joule_fail(JOULE_ERR_ARG, "expert parallelism: not with per-batch preparation or window samplers (RETRO)");
     return JOULE_OK;
 }
 
@@ -276,7 +296,8 @@ static int run_open(train_run *r, joule_model *m) {
     const joule_config *c = &m->cfg;
     int frozen = 0;
     for (int i = 0; i < m->n_tensors; i++) frozen += m->tensors[i].frozen;
-    r->starts = malloc((size_t)o->batch * sizeof *r->starts);
+    /* expert parallelism draws every rank's windows of a micro-batch */
+    r->starts = malloc((size_t)o->batch * (size_t)(r->ep ? r->ranks : 1) * sizeof *r->starts);
     if (!r->starts) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     int rc = joule_tokens_open(&r->train, o->train_path);
     if (rc || (rc = plan_total(o, c, &r->train, r->T, r->starts, &r->total))) return rc;
@@ -304,11 +325,12 @@ static int run_open(train_run *r, joule_model *m) {
     p->flops = r->st.flops;
     p->flops_analytic = r->analytic_done;
     p->wall_s = wall0;
-    return JOULE_OK;
+    return r->ep ? joule_train_expert_parallel(m, r->ranks) : JOULE_OK;
 }
 
 static void run_close(train_run *r, joule_model *m) {
     joule_model_set_training(m, false);
+    if (r->ep) joule_train_expert_parallel(m, 1); /* off: later forwards are this process's */
     if (r->log) fclose(r->log);
     free(r->in);
     free(r->tg);
@@ -318,13 +340,38 @@ static void run_close(train_run *r, joule_model *m) {
     if (r->o.val_path) joule_tokens_close(&r->val);
 }
 
-int joule_train_allreduce_grads(joule_model *m) {
-    for (size_t at = 0; at < m->n_params; at += JOULE_TRAIN_GRAD_BUCKET) {
-        size_t n = m->n_params - at < JOULE_TRAIN_GRAD_BUCKET ? m->n_params - at : JOULE_TRAIN_GRAD_BUCKET;
+/* Buckets of the floats [lo, hi) of the gradient arena. */
+static int allreduce_range(joule_model *m, size_t lo, size_t hi) {
+    for (size_t at = lo; at < hi; at += JOULE_TRAIN_GRAD_BUCKET) {
+        size_t n = hi - at < JOULE_TRAIN_GRAD_BUCKET ? hi - at : JOULE_TRAIN_GRAD_BUCKET;
         int rc = joule_dist_allreduce_sum_f32(m->grads + at, n);
         if (rc) return rc;
     }
     return JOULE_OK;
+}
+
+int joule_train_allreduce_grads(joule_model *m) {
+    /* runs of adjacent shared tensors; without expert parallelism, the whole arena */
+    size_t lo = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const joule_param_info *t = &m->tensors[i];
+        if (t->owner < 0) continue;
+        int rc = allreduce_range(m, lo, t->offset);
+        if (rc) return rc;
+        lo = t->offset + t->numel;
+    }
+    return allreduce_range(m, lo, m->n_params);
+}
+
+/* Expert parallelism: the N x batch windows of micro-batch `micro`, as one process with
+ * batch N x batch draws them; this rank's are windows rank*batch .. rank*batch+batch-1. */
+static int draw_ep_batch(train_run *r, int micro) {
+    const joule_train_opts *o = &r->o;
+    int rc = joule_batch_sample_aligned(&r->train, o->seed, r->st.step, micro, o->batch * r->ranks, r->T, 1, NULL,
+                                        NULL, r->starts);
+    return rc ? rc
+              : joule_batch_windows(&r->train, r->starts + (size_t)r->rank * (size_t)o->batch, o->batch, r->T, r->in,
+                                    r->tg);
 }
 
 /* The micro-batches of this rank: global micro-batches rank*accum .. rank*accum+accum-1 of
@@ -334,11 +381,12 @@ static int run_micros(train_run *r, joule_model *m, double *loss_sum) {
     const joule_train_opts *o = &r->o;
     const int T = r->T, micros = o->accum * r->ranks;
     for (int a = 0; a < o->accum; a++) {
-        const int micro = r->rank * o->accum + a;
+        /* expert parallelism: every rank takes its rows of the step's micro-batch a */
+        const int micro = r->ep ? a : r->rank * o->accum + a;
         double loss;
         /* Random routing choices depend on (seed, step, micro) only, so resume is exact. */
         m->noise_seed = joule_mix64(joule_mix64(joule_mix64(o->seed, r->st.step), (uint64_t)micro), 0x6d6f65);
-        int rc = draw_batch(o, &r->train, r->st.step, micro, T, r->in, r->tg, r->starts);
+        int rc = r->ep ? draw_ep_batch(r, micro) : draw_batch(o, &r->train, r->st.step, micro, T, r->in, r->tg, r->starts);
         if (rc || (o->prepare && (rc = o->prepare(o->prepare_ctx, m, &r->train, r->starts, o->batch, T))) ||
             (rc = joule_model_forward(m, r->in, r->tg, o->batch, T, &loss)) ||
             (rc = joule_model_backward(m, 1.0f / (float)micros)))
@@ -358,6 +406,7 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     const int T = r->T, micros = o->accum * r->ranks;
     double t0 = joule_now();
     uint64_t f0 = joule_flops_counted();
+    r->comm0 = *joule_dist_get_stats();
     joule_model_zero_grad(m);
     joule_model_set_training(m, true);
     /* loss, counted FLOPs and "interrupted" of this rank, summed over ranks */
@@ -371,13 +420,15 @@ static int run_step(train_run *r, joule_model *m, uint64_t analytic) {
     r->stop_asked = sums[2] > 0;
     for (int i = 0; i < m->n_tensors; i++) /* frozen tensors neither clip nor move */
         if (m->tensors[i].frozen) memset(joule_model_grad(m, i), 0, m->tensors[i].numel * sizeof(float));
-    double norm = joule_grad_norm(m);
+    double norm = r->ep ? 0 : joule_grad_norm(m);
+    if (r->ep && (rc = joule_train_grad_norm_owned(m, &norm))) return rc;
     if (!isfinite(norm))
         return joule_fail(JOULE_ERR_RUNTIME, "step %" PRIu64 ": gradient norm is %g (diverged)", r->st.step, norm);
     float clip = (o->adam.grad_clip > 0 && norm > o->adam.grad_clip) ? (float)(o->adam.grad_clip / norm) : 1.0f;
     float lr = joule_lr_at(&o->adam, r->st.step, r->total);
     joule_adamw_update(&r->opt, m, &o->adam, lr, clip);
     double dt = joule_now() - t0;
+    step_comm(r);
 
     joule_train_progress *p = &r->p;
     const uint64_t step_tokens = (uint64_t)o->batch * T * (uint64_t)micros;
@@ -405,22 +456,29 @@ static int after_step(train_run *r, joule_model *m, bool finished, bool stopping
     const joule_train_opts *o = &r->o;
     joule_model_set_training(m, false);
     char *stats = r->log ? ext_stats(m) : NULL;
+    const bool validate = o->val_path && ((o->eval_every && r->st.step % (uint64_t)o->eval_every == 0) || finished);
+    const bool save = stopping || (o->save_every && r->st.step % (uint64_t)o->save_every == 0);
+    /* expert parallelism: every expert to every rank first (their moments too for a save) */
+    int rc = r->ep && (validate || save) ? joule_train_sync_owned(m, save ? &r->opt : NULL) : JOULE_OK;
+    if (rc) {
+        free(stats);
+        return rc;
+    }
     /* rank 0 validates, logs and saves; the others go on to the next step's all-reduce */
-    if (r->rank == 0 && o->val_path && ((o->eval_every && r->st.step % (uint64_t)o->eval_every == 0) || finished)) {
+    if (r->rank == 0 && validate) {
         joule_eval_result er;
-        int rc = joule_evaluate_prepared(m, &r->val, r->T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx, &er,
-                                         NULL, NULL);
+        rc = joule_evaluate_prepared(m, &r->val, r->T, o->batch, o->eval_windows, o->prepare, o->prepare_ctx, &er,
+                                     NULL, NULL);
         if (rc) {
             free(stats);
             return rc;
         }
         r->p.val_loss = er.loss;
     }
-    log_step(r->log, &r->p, stats);
+    log_step(r->log, &r->p, stats, r->comm);
     free(stats);
     if (o->on_step) o->on_step(o->ctx, &r->p);
-    if (r->rank == 0 && (stopping || (o->save_every && r->st.step % (uint64_t)o->save_every == 0)))
-        return joule_checkpoint_save(m, o->out_path, &r->opt, &r->st);
+    if (r->rank == 0 && save) return joule_checkpoint_save(m, o->out_path, &r->opt, &r->st);
     return JOULE_OK;
 }
 
@@ -447,6 +505,7 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
     r.T = o->seq ? o->seq : m->cfg.ctx;
     r.ranks = joule_train_ranks(o);
     r.rank = r.ranks > 1 ? joule_dist_rank() : 0;
+    r.ep = o->expert_parallel && r.ranks > 1;
     int rc = check_opts(m, &r.o, r.T);
     if (rc || (rc = fail_hook(&r))) return rc;
     rc = run_open(&r, m);
@@ -460,6 +519,8 @@ int joule_train(joule_model *m, const joule_train_opts *o, joule_train_progress 
             finished || (o->stop_after && r.st.step >= o->stop_after) || r.stop_asked;
         if ((rc = after_step(&r, m, finished, stopping)) || stopping) break;
     }
+    /* expert parallelism: the caller gets the whole model on every rank */
+    if (!rc && r.ep) rc = joule_train_sync_owned(m, NULL);
     if (!rc && last) *last = r.p;
     run_close(&r, m);
     return rc;

@@ -72,6 +72,8 @@ char *joule_train_opts_to_json(const joule_train_opts *o, int seq, uint64_t tota
     /* the batches a step sees depend on the ranks (accum per rank); a single process writes
      * nothing, so its checkpoints are byte-identical to those before data parallelism */
     if (joule_train_ranks(o) > 1) cJSON_AddNumberToObject(j, "ranks", joule_train_ranks(o));
+    /* expert parallelism draws other batches than data parallelism over as many ranks */
+    if (joule_train_ranks(o) > 1 && o->expert_parallel) cJSON_AddNumberToObject(j, "expert_parallel", 1);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;

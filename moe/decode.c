@@ -61,7 +61,7 @@ int joule_moe_decoder_create(joule_decoder *d) {
 
 /* Dropless inference routing: no capacity, no random second expert. */
 static joule_moe_router_opts inference_opts(const joule_moe_config *e) {
-    const joule_moe_router_opts o = {e->n_experts, e->top_k, 0.0f, e->renormalize, false, 0, e->aux_alpha, e->z_beta};
+    const joule_moe_router_opts o = {e->n_experts, e->top_k, 0.0f, e->renormalize, false, 0, e->aux_alpha, e->z_beta, 0};
     return o;
 }
 

@@ -7,6 +7,7 @@
 
 #include "joule/moe.h"
 #include "joule/ops.h"
+#include "moe_internal.h"
 
 /* Experts run side by side, each on one thread with single-threaded BLAS (OpenBLAS runs
  * single-threaded inside a parallel region), when there are enough of them to keep every
@@ -70,10 +71,14 @@ void joule_moe_dispatch_build(joule_moe_dispatch *d, const joule_moe_route *r, i
     }
     for (int e = E; e > 0; e--) off[e] = off[e - 1];
     off[0] = 0;
+    moe_order_experts(d->order, d->keys, off, E);
+}
+
+void moe_order_experts(int32_t *order, uint64_t *keys, const int32_t *off, int n) {
     /* Largest experts first (ties: lower index), so side-by-side threads finish together. */
-    for (int e = 0; e < E; e++) d->keys[e] = (uint64_t)(off[e + 1] - off[e]) << 12 | (uint64_t)(4095 - e);
-    qsort(d->keys, (size_t)E, sizeof *d->keys, descending);
-    for (int i = 0; i < E; i++) d->order[i] = 4095 - (int32_t)(d->keys[i] & 4095);
+    for (int e = 0; e < n; e++) keys[e] = (uint64_t)(off[e + 1] - off[e]) << 12 | (uint64_t)(4095 - e);
+    qsort(keys, (size_t)n, sizeof *keys, descending);
+    for (int i = 0; i < n; i++) order[i] = 4095 - (int32_t)(keys[i] & 4095);
 }
 
 /* Adds the time since *t0 to *slot (when timing) and restarts the clock. */
@@ -84,38 +89,36 @@ static void lap(joule_moe_timing *tm, double *slot, double *t0) {
     *t0 = now;
 }
 
-static void gather(float *xperm, const float *x, const joule_moe_dispatch *d, int C, int k) {
+void moe_gather_rows(float *xperm, const float *x, const joule_moe_dispatch *d, int C, int k) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < d->rows; r++)
         memcpy(xperm + (size_t)r * C, x + (size_t)(d->assign[r] / k) * C, (size_t)C * sizeof(float));
 }
 
-void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, float *out, const float *x,
-                               const float *W, const joule_moe_dispatch *d, const float *gate,
-                               const joule_moe_dims *dm, joule_moe_timing *tm) {
-    const int C = dm->C, Fe = dm->Fe, k = dm->k;
+void moe_ffn_forward(float *h13, float *g, float *out, const float *xin, const float *W, const int32_t *off,
+                     const int32_t *order, int n, const joule_moe_dims *dm) {
+    const int C = dm->C, Fe = dm->Fe;
     const size_t stride = 3 * (size_t)Fe * C;
-    double t0 = tm ? joule_now() : 0;
-    gather(xperm, x, d, C, k);
-    lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
-    const bool side = side_by_side(dm->E);
+    const bool side = side_by_side(n);
 #pragma omp parallel for schedule(dynamic, 1) if (side)
-    for (int i = 0; i < dm->E; i++) {
-        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
+    for (int i = 0; i < n; i++) {
+        const int e = order[i], o = off[e], R = off[e + 1] - o;
         if (R == 0) continue; /* an idle expert costs nothing */
         const float *w13 = W + e * stride;
-        joule_sgemm(false, true, R, 2 * Fe, C, 1.0f, xperm + (size_t)o * C, C, w13, C, 0.0f, h13 + (size_t)o * 2 * Fe,
+        joule_sgemm(false, true, R, 2 * Fe, C, 1.0f, xin + (size_t)o * C, C, w13, C, 0.0f, h13 + (size_t)o * 2 * Fe,
                     2 * Fe);
     }
-    joule_swiglu_forward(g, h13, d->rows, Fe);
+    joule_swiglu_forward(g, h13, off[n], Fe);
 #pragma omp parallel for schedule(dynamic, 1) if (side)
-    for (int i = 0; i < dm->E; i++) {
-        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
+    for (int i = 0; i < n; i++) {
+        const int e = order[i], o = off[e], R = off[e + 1] - o;
         if (R == 0) continue;
         const float *w2 = W + e * stride + 2 * (size_t)Fe * C;
         joule_sgemm(false, true, R, C, Fe, 1.0f, g + (size_t)o * Fe, Fe, w2, Fe, 0.0f, out + (size_t)o * C, C);
     }
-    lap(tm, tm ? &tm->experts_fwd : NULL, &t0);
+}
+
+void moe_combine(float *y, const float *out, const joule_moe_dispatch *d, const float *gate, int C, int k) {
     /* Scatter-add per token (each token owns its row of y): deterministic, no atomics. */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < d->N; n++) {
@@ -129,18 +132,22 @@ void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, flo
             for (int c = 0; c < C; c++) yn[c] += gv * on[c];
         }
     }
+}
+
+void joule_moe_experts_forward(float *y, float *xperm, float *h13, float *g, float *out, const float *x,
+                               const float *W, const joule_moe_dispatch *d, const float *gate,
+                               const joule_moe_dims *dm, joule_moe_timing *tm) {
+    double t0 = tm ? joule_now() : 0;
+    moe_gather_rows(xperm, x, d, dm->C, dm->k);
+    lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
+    moe_ffn_forward(h13, g, out, xperm, W, d->offset, d->order, dm->E, dm);
+    lap(tm, tm ? &tm->experts_fwd : NULL, &t0);
+    moe_combine(y, out, d, gate, dm->C, dm->k);
     lap(tm, tm ? &tm->permute_fwd : NULL, &t0);
 }
 
-void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm, float *dout, float *dg,
-                                float *dh13, const float *dy, const float *x, const float *W,
-                                const float *h13, const float *g, const float *out,
-                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm,
-                                joule_moe_timing *tm) {
-    const int C = dm->C, Fe = dm->Fe, k = dm->k;
-    const size_t stride = 3 * (size_t)Fe * C;
-    double t0 = tm ? joule_now() : 0;
-    gather(xperm, x, d, C, k);
+void moe_gated_dout(float *dout, float *dgate, const float *dy, const float *out, const joule_moe_dispatch *d,
+                    const float *gate, int C, int k) {
     memset(dgate, 0, (size_t)d->N * k * sizeof(float));
     /* Row r carries gate * dy of its token; its gate's gradient is dy . (ungated output). */
 #pragma omp parallel for schedule(static)
@@ -157,30 +164,38 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
         }
         dgate[a] = dot;
     }
-    lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
-    const bool side = side_by_side(dm->E);
+}
+
+void moe_ffn_backward(float *xin, float *dW, float *dg, float *dh13, const float *dout, const float *W,
+                      const float *h13, const float *g, const int32_t *off, const int32_t *order, int n,
+                      const joule_moe_dims *dm) {
+    const int C = dm->C, Fe = dm->Fe;
+    const size_t stride = 3 * (size_t)Fe * C;
+    const bool side = side_by_side(n);
 #pragma omp parallel for schedule(dynamic, 1) if (side)
-    for (int i = 0; i < dm->E; i++) {
-        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
+    for (int i = 0; i < n; i++) {
+        const int e = order[i], o = off[e], R = off[e + 1] - o;
         if (R == 0) continue;
         const size_t w2 = e * stride + 2 * (size_t)Fe * C;
         joule_linear_backward(dg + (size_t)o * Fe, dW + w2, dout + (size_t)o * C, g + (size_t)o * Fe, W + w2, R, Fe,
                               C, false);
     }
-    joule_swiglu_backward(dh13, dg, h13, d->rows, Fe);
+    joule_swiglu_backward(dh13, dg, h13, off[n], Fe);
 #pragma omp parallel for schedule(dynamic, 1) if (side)
-    for (int i = 0; i < dm->E; i++) {
-        const int e = d->order[i], o = d->offset[e], R = d->offset[e + 1] - o;
+    for (int i = 0; i < n; i++) {
+        const int e = order[i], o = off[e], R = off[e + 1] - o;
         if (R == 0) continue;
         const size_t w13 = e * stride;
         /* dW first: it reads the gathered inputs, which the input gradient then overwrites. */
-        joule_linear_backward(NULL, dW + w13, dh13 + (size_t)o * 2 * Fe, xperm + (size_t)o * C, W + w13, R, C,
+        joule_linear_backward(NULL, dW + w13, dh13 + (size_t)o * 2 * Fe, xin + (size_t)o * C, W + w13, R, C,
                               2 * Fe, false);
-        joule_linear_backward(xperm + (size_t)o * C, NULL, dh13 + (size_t)o * 2 * Fe, NULL, W + w13, R, C, 2 * Fe,
+        joule_linear_backward(xin + (size_t)o * C, NULL, dh13 + (size_t)o * 2 * Fe, NULL, W + w13, R, C, 2 * Fe,
                               false);
     }
-    lap(tm, tm ? &tm->experts_bwd : NULL, &t0);
-    /* xperm now holds d(gathered input); sum each token's rows in slot order. */
+}
+
+void moe_sum_dx(float *dx, const float *dxperm, const joule_moe_dispatch *d, int C, int k) {
+    /* Sum each token's rows in slot order. */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < d->N; n++) {
         float *dxn = dx + (size_t)n * C;
@@ -188,10 +203,25 @@ void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm
         for (int s = 0; s < k; s++) {
             const int32_t r = d->row_of[(size_t)n * k + s];
             if (r < 0) continue;
-            const float *src = xperm + (size_t)r * C;
+            const float *src = dxperm + (size_t)r * C;
 #pragma omp simd
             for (int c = 0; c < C; c++) dxn[c] += src[c];
         }
     }
+}
+
+void joule_moe_experts_backward(float *dx, float *dgate, float *dW, float *xperm, float *dout, float *dg,
+                                float *dh13, const float *dy, const float *x, const float *W,
+                                const float *h13, const float *g, const float *out,
+                                const joule_moe_dispatch *d, const float *gate, const joule_moe_dims *dm,
+                                joule_moe_timing *tm) {
+    double t0 = tm ? joule_now() : 0;
+    moe_gather_rows(xperm, x, d, dm->C, dm->k);
+    moe_gated_dout(dout, dgate, dy, out, d, gate, dm->C, dm->k);
+    lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
+    moe_ffn_backward(xperm, dW, dg, dh13, dout, W, h13, g, d->offset, d->order, dm->E, dm);
+    lap(tm, tm ? &tm->experts_bwd : NULL, &t0);
+    /* xperm now holds d(gathered input) */
+    moe_sum_dx(dx, xperm, d, dm->C, dm->k);
     lap(tm, tm ? &tm->permute_bwd : NULL, &t0);
 }

@@ -9,6 +9,7 @@
 #include "joule/ext.h"
 #include "joule/moe.h"
 #include "joule/ops.h"
+#include "moe_internal.h"
 
 joule_moe_config joule_moe_config_default(int d_ff) {
     joule_moe_config e;
@@ -35,27 +36,6 @@ void joule_moe_apply(joule_config *c, const joule_moe_config *e) {
 
 /* ---------------------------------------------------------------- state */
 
-typedef struct {
-    joule_moe_route route;
-    joule_moe_dispatch disp;
-    joule_moe_router_opts opts; /* of the last forward, reused by its backward */
-    float *logits;              /* [N,E] */
-    float *h13, *g, *out;       /* [N*k, 2Fe], [N*k, Fe], [N*k, C] */
-    const float *x; /* the forward's input (the core keeps it until the next forward) */
-    /* sums over forwards since the last reset (joule eval reports them) */
-    uint64_t acc_tokens, acc_dropped[2], acc_skipped;
-    uint64_t *acc_routed; /* [E] */
-    double acc_entropy, acc_lb, acc_z; /* token-weighted sums */
-} moe_layer;
-
-typedef struct {
-    int slot[JOULE_MAX_LAYERS]; /* model layer -> index in layers[], -1 for dense */
-    int n;
-    moe_layer *layers;
-    float *xperm, *dout, *dg, *dh13, *dlogits, *dgate; /* backward scratch shared by layers */
-    joule_moe_timing timing;
-} moe_state;
-
 static moe_layer *layer_of(const joule_model *m, int l) {
     const moe_state *st = m->ext[JOULE_EXT_MOE];
     if (!st || l < 0 || l >= m->cfg.n_layers || st->slot[l] < 0) return NULL;
@@ -79,6 +59,7 @@ static void moe_free(joule_model *m) {
         free(ly->acc_routed);
     }
     free(st->layers);
+    moe_ep_free(st);
     float *bufs[] = {st->xperm, st->dout, st->dg, st->dh13, st->dlogits, st->dgate};
     for (size_t b = 0; b < sizeof bufs / sizeof *bufs; b++) joule_free(bufs[b]);
     free(st);
@@ -147,14 +128,14 @@ static void moe_layout(joule_model *m, int l) {
 /* Adds the last forward's routing to the layer's running sums. */
 static void accumulate(moe_layer *ly, int E) {
     const joule_moe_route *r = &ly->route;
-    ly->acc_tokens += (uint64_t)r->N;
+    ly->acc_tokens += (uint64_t)r->n_total;
     ly->acc_dropped[0] += (uint64_t)r->dropped[0];
     ly->acc_dropped[1] += (uint64_t)r->dropped[1];
     ly->acc_skipped += (uint64_t)r->skipped;
     for (int i = 0; i < E; i++) ly->acc_routed[i] += (uint64_t)r->routed[i];
-    ly->acc_entropy += r->entropy * r->N;
-    ly->acc_lb += r->lb * r->N;
-    ly->acc_z += r->z * r->N;
+    ly->acc_entropy += r->entropy * r->n_total;
+    ly->acc_lb += r->lb * r->n_total;
+    ly->acc_z += r->z * r->n_total;
 }
 
 static int moe_forward(joule_model *m, int l, const float *x, float *y, int B, int T, bool train) {
@@ -167,9 +148,17 @@ static int moe_forward(joule_model *m, int l, const float *x, float *y, int B, i
     const joule_moe_config *e = &c->moe;
     joule_moe_router_opts o = {e->n_experts, e->top_k, train ? e->capacity_train : e->capacity_eval, e->renormalize,
                                train && e->random_second, joule_mix64(m->noise_seed, (uint64_t)l), e->aux_alpha,
-                               e->z_beta};
-    ly->opts = o;
+                               e->z_beta, 0};
     moe_state *st = m->ext[JOULE_EXT_MOE];
+    ly->ep_ran = train && st->ep;
+    if (ly->ep_ran) {
+        int rc = moe_ep_forward(m, l, ly, x, y, N, &o);
+        if (rc) return rc;
+        ly->x = x;
+        accumulate(ly, dm.E);
+        return JOULE_OK;
+    }
+    ly->opts = o;
     const double t0 = joule_now();
     joule_linear_forward(ly->logits, x, Wr, N, dm.C, dm.E);
     joule_moe_route_forward(&ly->route, ly->logits, N, &o);
@@ -187,6 +176,7 @@ static int moe_backward(joule_model *m, int l, const float *dy, float *dx, int B
     moe_state *st = m->ext[JOULE_EXT_MOE];
     if (!ly || !ly->x || ly->route.N != B * T)
         return joule_fail(JOULE_ERR_ARG, "MoE layer %d: backward without a matching forward", l);
+    if (ly->ep_ran) return moe_ep_backward(m, l, ly, dy, dx, grad_scale);
     const joule_moe_dims dm = dims_of(&m->cfg);
     const int N = B * T, first = m->ext_first[l][JOULE_EXT_MOE];
     const float *Wr = joule_model_param(m, first), *W = joule_model_param(m, first + 1);
@@ -291,7 +281,7 @@ void joule_moe_stats_json(const joule_model *m, void *cjson_object, bool cumulat
         const joule_moe_route *r = &ly->route;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "layer", l);
-        double tokens = cumulative ? (double)ly->acc_tokens : (double)r->N;
+        double tokens = cumulative ? (double)ly->acc_tokens : (double)r->n_total;
         double d1 = cumulative ? (double)ly->acc_dropped[0] : r->dropped[0];
         double d2 = cumulative ? (double)ly->acc_dropped[1] : r->dropped[1];
         double lb = cumulative ? ly->acc_lb / tokens : r->lb, z = cumulative ? ly->acc_z / tokens : r->z;
@@ -308,6 +298,19 @@ void joule_moe_stats_json(const joule_model *m, void *cjson_object, bool cumulat
     }
     cJSON_AddNumberToObject(root, "aux", aux);
     cJSON_AddItemToObject(root, "layers", arr);
+    const moe_state *st = m->ext[JOULE_EXT_MOE];
+    double s, b;
+    int64_t calls;
+    int ranks;
+    if (st && st->ep) {
+        moe_ep_stats(st, &s, &b, &calls, &ranks);
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddNumberToObject(a, "ranks", ranks);
+        cJSON_AddNumberToObject(a, "bytes", b);
+        cJSON_AddNumberToObject(a, "seconds", s);
+        cJSON_AddNumberToObject(a, "calls", (double)calls);
+        cJSON_AddItemToObject(root, "alltoall", a);
+    }
 }
 
 static void moe_stats_json(const joule_model *m, void *cjson_object) { joule_moe_stats_json(m, cjson_object, false); }
@@ -322,6 +325,7 @@ void joule_moe_stats_reset(joule_model *m) {
         memset(ly->acc_routed, 0, (size_t)m->cfg.moe.n_experts * sizeof *ly->acc_routed);
         ly->acc_entropy = ly->acc_lb = ly->acc_z = 0.0;
     }
+    moe_ep_stats_reset(st);
 }
 
 joule_moe_timing *joule_moe_timing_of(const joule_model *m) {
@@ -346,6 +350,7 @@ static const joule_ext_ops MOE_OPS = {
     .decoder_free = joule_moe_decoder_free,
     .decode_step = joule_moe_decode_step,
     .decode_rows = joule_moe_decode_rows,
+    .expert_parallel = moe_ep_enable,
 };
 
 void joule_moe_register(void) { joule_ext_register(JOULE_EXT_MOE, &MOE_OPS); }

@@ -55,8 +55,9 @@ static float token_uniform(uint64_t key, int n) {
     return (float)(joule_mix64(key, (uint64_t)n) >> 40) * (1.0f / 16777216.0f);
 }
 
-/* Softmax, top-k and gates of one token. Returns whether a second choice was sampled. */
-static bool route_token(joule_moe_route *r, const float *logit, int n, const joule_moe_router_opts *o) {
+/* Softmax, top-k and gates of token n (its random draw keyed by its index in the whole
+ * batch, at). Returns whether a second choice was sampled. */
+static bool route_token(joule_moe_route *r, const float *logit, int n, int at, const joule_moe_router_opts *o) {
     const int E = o->n_experts, k = o->top_k;
     float *p = r->probs + (size_t)n * E;
     float mx = logit[0];
@@ -89,27 +90,33 @@ static bool route_token(joule_moe_route *r, const float *logit, int n, const jou
     g[0] = o->renormalize ? p[e1] / s : p[e1];
     g[1] = o->renormalize ? p[e2] / s : p[e2];
     /* GShard: the second expert is used with probability 2 * (its renormalised gate). */
-    return !o->random_second || token_uniform(o->noise_key, n) < 2.0f * (p[e2] / s);
+    return !o->random_second || token_uniform(o->noise_key, at) < 2.0f * (p[e2] / s);
 }
 
-void joule_moe_route_forward(joule_moe_route *r, const float *logits, int N, const joule_moe_router_opts *o) {
-    const int E = o->n_experts, k = o->top_k;
+void joule_moe_route_tokens(joule_moe_route *r, const float *logits, int N, const joule_moe_router_opts *o) {
+    const int k = o->top_k;
     r->N = N;
-    r->capacity = joule_moe_capacity(o->capacity_factor, k, N, E);
+    r->n_total = N;
 #pragma omp parallel for schedule(static) if (N > 16)
     for (int n = 0; n < N; n++) {
-        bool second = route_token(r, logits + (size_t)n * E, n, o);
+        bool second = route_token(r, logits + (size_t)n * o->n_experts, n, o->token_base + n, o);
         r->kept[(size_t)n * k] = 1;
         if (k == 2) r->kept[(size_t)n * k + 1] = second;
     }
+}
+
+void joule_moe_route_place(joule_moe_route *r, const joule_moe_router_opts *o, int capacity, const int32_t *start) {
+    const int E = o->n_experts, k = o->top_k, N = r->N;
+    r->capacity = capacity;
     /* Placement: every first choice, in token order, before any second choice; an
      * assignment finding its expert full is dropped. */
     int32_t fill[MAX_EXPERTS];
-    memset(fill, 0, (size_t)E * sizeof *fill);
     memset(r->routed, 0, (size_t)E * sizeof *r->routed);
     memset(r->first, 0, (size_t)E * sizeof *r->first);
     r->dropped[0] = r->dropped[1] = r->skipped = 0;
     for (int s = 0; s < k; s++) {
+        if (start) memcpy(fill, start + (size_t)s * E, (size_t)E * sizeof *fill);
+        else if (s == 0) memset(fill, 0, (size_t)E * sizeof *fill);
         for (int n = 0; n < N; n++) {
             const size_t a = (size_t)n * k + s;
             const int e = r->expert[a];
@@ -119,7 +126,7 @@ void joule_moe_route_forward(joule_moe_route *r, const float *logits, int N, con
                 continue;
             }
             r->routed[e]++;
-            if (r->capacity && fill[e] >= r->capacity) {
+            if (capacity && fill[e] >= capacity) {
                 r->kept[a] = 0;
                 r->dropped[s]++;
             } else {
@@ -127,33 +134,54 @@ void joule_moe_route_forward(joule_moe_route *r, const float *logits, int N, con
             }
         }
     }
-    /* Statistics and losses in double, in a fixed order. */
+}
+
+void joule_moe_route_sums(const joule_moe_route *r, int E, double *prob_sum, double *ent_sum, double *z_sum) {
     double ent = 0.0, z = 0.0;
-    for (int j = 0; j < E; j++) r->mean_prob[j] = 0.0;
-    for (int n = 0; n < N; n++) {
+    for (int j = 0; j < E; j++) prob_sum[j] = 0.0;
+    for (int n = 0; n < r->N; n++) {
         const float *p = r->probs + (size_t)n * E;
         for (int j = 0; j < E; j++) {
-            r->mean_prob[j] += p[j];
+            prob_sum[j] += p[j];
             if (p[j] > 0) ent -= (double)p[j] * log((double)p[j]);
         }
         z += (double)r->lse[n] * r->lse[n];
     }
+    *ent_sum = ent;
+    *z_sum = z;
+}
+
+void joule_moe_route_losses(joule_moe_route *r, const joule_moe_router_opts *o, const double *prob_sum, double ent_sum,
+                            double z_sum, int n_total) {
+    const int E = o->n_experts;
+    r->n_total = n_total;
     double lb = 0.0;
     for (int j = 0; j < E; j++) {
-        r->mean_prob[j] /= N;
-        lb += (double)r->first[j] / N * r->mean_prob[j];
+        r->mean_prob[j] = prob_sum[j] / n_total;
+        lb += (double)r->first[j] / n_total * r->mean_prob[j];
     }
     r->lb = (double)o->aux_alpha * E * lb;
-    r->z = (double)o->z_beta * z / N;
-    r->entropy = ent / N;
+    r->z = (double)o->z_beta * z_sum / n_total;
+    r->entropy = ent_sum / n_total;
+}
+
+void joule_moe_route_forward(joule_moe_route *r, const float *logits, int N, const joule_moe_router_opts *o) {
+    joule_moe_route_tokens(r, logits, N, o);
+    joule_moe_route_place(r, o, joule_moe_capacity(o->capacity_factor, o->top_k, N, o->n_experts), NULL);
+    /* Statistics and losses in double, in a fixed order; mean_prob holds the sums first. */
+    double ent, z;
+    joule_moe_route_sums(r, o->n_experts, r->mean_prob, &ent, &z);
+    joule_moe_route_losses(r, o, r->mean_prob, ent, z, N);
 }
 
 void joule_moe_route_backward(float *dlogits, const joule_moe_route *r, const float *dgate,
                               const joule_moe_router_opts *o, float aux_scale) {
     const int E = o->n_experts, k = o->top_k, N = r->N;
-    /* d lb / d p[n][j] = alpha * E * f_j / N; d z / d logit[n][j] = beta * 2 lse_n p[n][j] / N. */
-    const float lb_coef = aux_scale * o->aux_alpha * (float)E / (float)N / (float)N; /* times first[j] */
-    const float z_coef = aux_scale * o->z_beta * 2.0f / (float)N;
+    /* d lb / d p[n][j] = alpha * E * f_j / Nt; d z / d logit[n][j] = beta * 2 lse_n p[n][j] / Nt,
+     * Nt the tokens the losses are over (N, or every rank's under expert parallelism). */
+    const float Nt = (float)r->n_total;
+    const float lb_coef = aux_scale * o->aux_alpha * (float)E / Nt / Nt; /* times first[j] */
+    const float z_coef = aux_scale * o->z_beta * 2.0f / Nt;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *p = r->probs + (size_t)n * E;

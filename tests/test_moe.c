@@ -33,7 +33,7 @@ static joule_config moe_config(int layers, int every, int E, int k) {
 }
 
 static joule_moe_router_opts router_opts(int E, int k, float cf) {
-    joule_moe_router_opts o = {E, k, cf, true, false, 0, 1e-2f, 1e-3f};
+    joule_moe_router_opts o = {E, k, cf, true, false, 0, 1e-2f, 1e-3f, 0};
     return o;
 }
 

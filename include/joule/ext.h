@@ -103,6 +103,12 @@ typedef struct {
      * keeps nothing that depends on the positions decoded. CCA: the chunk in view at pos,
      * exactly as it was; refused inside a prefill (0 < pos < its rows). */
     int (*decoder_truncate)(joule_decoder *d, int pos);
+    /* optional, MOE: expert parallelism over `ranks` ranks of the MPI job (joule/dist.h),
+     * this one `rank`: sets the owner of each tensor held by one rank and makes training
+     * forwards and backwards exchange rows with the other ranks (every rank must then run
+     * them in step); ranks 1 turns it off. JOULE_ERR_ARG when the model cannot be split
+     * so. NULL: the kind has no expert parallelism. */
+    int (*expert_parallel)(joule_model *m, int ranks, int rank);
 } joule_ext_ops;
 
 /* Registers (or replaces) the implementation of an extension kind. Not thread-safe:

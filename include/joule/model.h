@@ -106,6 +106,9 @@ typedef struct {
     bool embedding;
     float init_mult; /* matrices: N(0, init_std * init_mult); 0 gives zeros. Vectors: ones. */
     bool frozen;     /* training leaves it bit-identical (RETRO-fitting's --freeze-base) */
+    int owner;       /* expert parallelism: the one rank that holds and trains it (its
+                      * gradient is not all-reduced; the other ranks' copies are stale
+                      * until joule_train syncs them); -1 (the default): every rank */
 } joule_param_info;
 
 /* Per-layer views into the parameter (or gradient) arena. wq|wk|wv are adjacent, so

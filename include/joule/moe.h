@@ -47,6 +47,8 @@ typedef struct {
     bool random_second;    /* keep the 2nd choice with probability min(1, 2*g2) */
     uint64_t noise_key;    /* random_second: token n draws from joule_mix64(noise_key, n) */
     float aux_alpha, z_beta;
+    int token_base;        /* index of token 0 in the whole batch (expert parallelism: the
+                            * rank's offset), for random_second's draws; 0 otherwise */
 } joule_moe_router_opts;
 
 /* Routing of N tokens. Buffers are sized for max_tokens by joule_moe_route_alloc. */
@@ -59,7 +61,10 @@ typedef struct {
     int32_t *routed;   /* [E] assignments routed to each expert before capacity */
     int32_t *first;    /* [E] tokens whose first choice is the expert (f_i = first/N) */
     double *mean_prob; /* [E] P_i, mean router probability */
-    int N, capacity;   /* capacity per expert; 0 = dropless */
+    int N, capacity;   /* tokens routed here; capacity per expert (0 = dropless) */
+    int n_total;       /* tokens the statistics, losses and capacity are over: N, or every
+                        * rank's under expert parallelism (moe/ep.c), where routed, first,
+                        * dropped, skipped and the losses are also every rank's */
     int dropped[2];    /* first / second choices dropped by capacity */
     int skipped;       /* second choices not sampled (random_second) */
     double lb, z;      /* weighted load-balancing and z losses */
@@ -71,6 +76,17 @@ void joule_moe_route_free(joule_moe_route *r);
 /* Softmax, top-k, gates, capacity (all first choices before any second, in token order),
  * statistics and the two auxiliary losses for logits[N,E]. */
 void joule_moe_route_forward(joule_moe_route *r, const float *logits, int N, const joule_moe_router_opts *o);
+/* joule_moe_route_forward in its phases, for a batch spread over ranks (moe/ep.c):
+ * tokens: softmax, top-k, gates, random second choices (kept = sampled); sets N, n_total = N.
+ * place: capacity and drops in placement order, each expert's fill starting from
+ *   start[s*E + e] for choice s (NULL: 0); sets routed, first, dropped, skipped, capacity.
+ * sums: this batch's sums of router probabilities [E], entropies and squared lse.
+ * losses: mean_prob, lb, z, entropy from such sums over n_total tokens and r->first. */
+void joule_moe_route_tokens(joule_moe_route *r, const float *logits, int N, const joule_moe_router_opts *o);
+void joule_moe_route_place(joule_moe_route *r, const joule_moe_router_opts *o, int capacity, const int32_t *start);
+void joule_moe_route_sums(const joule_moe_route *r, int E, double *prob_sum, double *ent_sum, double *z_sum);
+void joule_moe_route_losses(joule_moe_route *r, const joule_moe_router_opts *o, const double *prob_sum,
+                            double ent_sum, double z_sum, int n_total);
 /* dlogits[N,E] (overwritten) = gradient through the gates given dgate[N,k] (zero where
  * dropped), plus aux_scale times the gradient of lb + z. */
 void joule_moe_route_backward(float *dlogits, const joule_moe_route *r, const float *dgate,

@@ -12,9 +12,14 @@
  * one process with accum N x accum; every rank applies the same update to the same
  * weights. Rank 0 alone validates and writes the log and the checkpoints; the step's
  * loss, counted FLOPs and tokens are over all ranks (its extension statistics, e.g. MoE
- * routing, are rank 0's last micro-batch's). The saved options record "ranks" (when
+ * routing, are rank 0's last micro-batch's; its "comm" field holds rank 0's all-reduce and
+ * all-to-all seconds and bytes of the step). The saved options record "ranks" (when
  * N > 1) and a resume with another N is refused. Test hook: JOULE_TEST_FAIL_RANK=R:step=S
  * in the environment makes rank R fail in step S (tests/test_dist_train.c).
+ *
+ * Expert parallel (opts.expert_parallel too, MoE): see the field; the routing statistics
+ * are then the global micro-batch's, and the experts are synced to every rank
+ * (joule_train_sync_owned) before each validation and save and at the end of the call.
  */
 #ifndef JOULE_TRAIN_H
 #define JOULE_TRAIN_H
@@ -71,6 +76,14 @@ typedef struct {
      * this process alone, even under mpirun (callers that train different runs on
      * different ranks, such as a spread comparison, keep 0) */
     int data_parallel;
+    /* 1 (with data_parallel, under mpirun with N > 1 ranks): expert parallelism for an MoE
+     * model. Each rank holds all non-expert parameters (all-reduced as in data parallel)
+     * and E/N experts of each MoE layer (expert e on rank e / (E/N); their gradients are not
+     * all-reduced); routed rows go to their experts' ranks by all-to-all. Rank r's
+     * micro-batch a is rows r*batch .. r*batch+batch-1 of micro-batch a of batch N x batch,
+     * so a step equals one process with --batch N x batch (docs/SCALING.md). Needs E % N
+     * == 0 and no window sampler or batch preparation (RETRO); with N == 1 it does nothing. */
+    int expert_parallel;
     int batch, accum, seq;  /* seq <= ctx; 0 means ctx */
     uint64_t seed;
     /* Budget: the first non-zero of max_steps, max_tokens, max_flops fixes the schedule. */
@@ -158,8 +171,24 @@ int joule_train_ranks(const joule_train_opts *o);
 #define JOULE_TRAIN_GRAD_BUCKET ((size_t)1 << 20)
 
 /* Sums m->grads over the ranks in buckets of JOULE_TRAIN_GRAD_BUCKET floats (a no-op
- * without mpirun). Every rank must call it with the same model. */
+ * without mpirun), leaving out tensors held by one rank (expert parallelism). Every rank
+ * must call it with the same model. */
 int joule_train_allreduce_grads(joule_model *m);
+
+/* Expert parallelism on m over `ranks` ranks of the MPI job (its extensions'
+ * expert_parallel hooks; ranks 1 turns it off). JOULE_ERR_ARG when m has no experts or E
+ * does not split over the ranks. While on, training forwards (joule_model_set_training
+ * true) are collective and use each expert on its owner; a forward with training off runs
+ * locally on this rank's copies, stale for other ranks' experts until
+ * joule_train_sync_owned. joule_train turns it on and off itself; exposed for tests and
+ * bench dist. */
+int joule_train_expert_parallel(joule_model *m, int ranks);
+/* Every tensor held by one rank (joule_param_info.owner >= 0) broadcast from its owner to
+ * all ranks, with its AdamW moments when opt is non-NULL. Collective. */
+int joule_train_sync_owned(joule_model *m, joule_adamw *opt);
+/* Global gradient norm under expert parallelism, after the all-reduce of the shared
+ * gradients: shared ones once, each rank's owned ones summed over ranks. Collective. */
+int joule_train_grad_norm_owned(const joule_model *m, double *norm);
 
 /* Trains m (already initialised or loaded from out_path when resuming) under o. m must
  * have training buffers (joule_model_alloc_train with batch >= o->batch). On return *last
