@@ -98,6 +98,11 @@ int joule_quant_load_file(const struct joule_st_file *f, joule_model *m, joule_p
 int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
                       uint64_t max_windows, joule_eval_result *r, double *kl_nats, double *ref_loss,
                       void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
+/* The same with a batch hook (RETRO: joule_retro_prepare) that hands both models each
+ * batch's extra inputs before their forwards; prepare NULL is joule_evaluate_kl. */
+int joule_evaluate_kl_prepared(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
+                               uint64_t max_windows, joule_batch_prepare_fn prepare, void *prepare_ctx,
+                               joule_eval_result *r, double *kl_nats, double *ref_loss);
 
 /* ---- kernels (core/kernels_bf16.c, core/kernels_int8.c) ---- */
 /* Which kernel family runs: "avx512bf16" / "avx512vnni" or "portable". */
