@@ -203,8 +203,8 @@ static void fill_sizes(joule_compare_row *r, const joule_config *c) {
     }
 }
 
-/* Energy per query of the trained model with the energy benchmark's steady-state window. */
-static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_retro_data *rd, joule_compare_row *r) {
+int compare_query_bench(const compare_run_ctx *x, const joule_model *m, joule_retro_data *rd, const char *label,
+                        joule_bench_energy_result *b) {
     joule_bench_energy_opts o;
     joule_bench_energy_opts_init(&o);
     o.data_dir = x->data_dir;
@@ -219,8 +219,13 @@ static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_re
     o.generate = m->cfg.ctx - o.prompt;
     o.seed = x->settings->seed;
     o.meters = x->meters;
+    return joule_bench_energy_run(m, label, &o, b);
+}
+
+/* Energy per query of the trained model with the energy benchmark's steady-state window. */
+static int query_energy(const compare_run_ctx *x, const joule_model *m, joule_retro_data *rd, joule_compare_row *r) {
     joule_bench_energy_result b;
-    int rc = joule_bench_energy_run(m, r->arch, &o, &b);
+    int rc = compare_query_bench(x, m, rd, r->arch, &b);
     if (rc) return rc;
     if (joule_config_has_cca(&m->cfg) && !b.retrieval) {
         /* decoding without its neighbours is not the RETRO model's cost: report none */

@@ -352,9 +352,14 @@ int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out) 
     compare_run_ctx x = {p->settings, p->data_dir, train_path, val_path, NULL, p->meters, p->interrupt, p->on_step, p->ctx,
                          NULL, NULL, NULL, 0, NULL};
     char db_params[32] = "", db_dir[600], retro_error[512] = "";
-    if (!rc && todo_retro(p, out))
+    /* quantised RETRO models are evaluated and benchmarked with the folder's database too */
+    const bool quantise = p->n_precisions > 1 || (p->n_precisions == 1 && p->precisions[0] != JOULE_PREC_F32);
+    const bool quantise_retro = quantise && (p->archs[JOULE_ARCH_RETRO] || p->archs[JOULE_ARCH_RETROFIT]);
+    if (!rc && (todo_retro(p, out) || quantise_retro))
         rc = prepare_retrieval(p, &sp, train_path, val_path, &x, db_dir, db_params, retro_error, out);
     if (!rc && !out->interrupted) rc = run_cells(p, &sp, &x, out, &clk);
+    /* spread, every rank now holds every row: rank 0 measures the precisions alone */
+    if (!rc && !out->interrupted && quantise && sp.rank == 0) rc = compare_precisions(p, &x, out);
     compare_spread_free(&sp);
     for (int i = 0; i < out->n_rows; i++)
         if (!out->rows[i].ok) out->failed++;

@@ -364,9 +364,47 @@ static void add_retrieval(const char *dir, FILE *f, cJSON *fit, const joule_comp
     cJSON_AddItemToObject(fit, "retrieval", j);
 }
 
-/* Both plots; the loss plot with the dense fit and its bootstrap interval when there are. */
+/* energy_vs_bpb.svg with one series per (arch, precision) from the precision points. */
+static int energy_plot_prec(const char *dir, const joule_compare_prec_row *pr, int n_pr) {
+    enum { NS = JOULE_ARCH_COUNT * 3 };
+    static const char *const PREC[3] = {"fp32", "bf16", "int8"};
+    compare_series es[NS];
+    char names[NS][32];
+    double (*v)[3][MAX_ROWS] = calloc(NS, sizeof *v); /* bpb, J/query, budget */
+    if (!v) return joule_fail(JOULE_ERR_NOMEM, "out of memory");
+    int ns = 0, nq = 0;
+    for (int a = 0; a < JOULE_ARCH_COUNT; a++)
+        for (int k = 0; k < 3; k++) {
+            int q = 0;
+            for (int i = 0; i < n_pr && q < MAX_ROWS; i++) {
+                const joule_compare_prec_row *r = &pr[i];
+                if (!r->ok || strcmp(r->arch, joule_arch_names[a]) || strcmp(r->precision, PREC[k]) ||
+                    !isfinite(r->query_j))
+                    continue;
+                v[ns][0][q] = r->val_bpb;
+                v[ns][1][q] = r->query_j;
+                v[ns][2][q++] = r->budget;
+            }
+            if (!q) continue;
+            snprintf(names[ns], sizeof names[ns], "%s %s", joule_arch_names[a], PREC[k]);
+            es[ns] = (compare_series){names[ns], v[ns][0], v[ns][1], v[ns][2], q};
+            nq += q;
+            ns++;
+        }
+    compare_plot ep = {"Energy per query vs validation bits per byte, per precision (labels: budget in FLOPs)",
+                       "val bits per byte", "joules per query", false, true, es, ns, NULL, NULL, NULL, NULL, NULL, NULL,
+                       nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)", false};
+    char *svg = compare_svg(&ep);
+    free(v);
+    int rc = write_text(dir, "energy_vs_bpb.svg", svg);
+    free(svg);
+    return rc;
+}
+
+/* Both plots; the loss plot with the dense fit and its bootstrap interval when there are;
+ * the energy plot per precision when there are precision points. */
 static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_fit *dense, const joule_pow_fit *boot,
-                       int reps, double level) {
+                       int reps, double level, const joule_compare_prec_row *pr, int n_pr) {
     compare_series s[JOULE_ARCH_COUNT];
     double xs[JOULE_ARCH_COUNT][MAX_ROWS], ys[JOULE_ARCH_COUNT][MAX_ROWS], bs[JOULE_ARCH_COUNT][MAX_ROWS];
     double ex[JOULE_ARCH_COUNT][MAX_ROWS], ey[JOULE_ARCH_COUNT][MAX_ROWS], eb[JOULE_ARCH_COUNT][MAX_ROWS];
@@ -404,6 +442,7 @@ static int write_plots(const char *dir, const arch_runs *runs, const joule_pow_f
     int rc = write_text(dir, "loss_vs_compute.svg", svg);
     free(svg);
     if (rc) return rc;
+    if (n_pr > 0) return energy_plot_prec(dir, pr, n_pr);
     compare_plot ep = {"Energy per query vs validation bits per byte (labels: budget in FLOPs)", "val bits per byte",
                        "joules per query", false, true, es, ns, NULL, NULL, NULL, NULL, NULL, NULL,
                        nq ? NULL : "no energy-per-query measurements yet (run the energy benchmark)", false};
@@ -512,7 +551,8 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
     FILE *f = open_memstream(&md, &md_len), *fs = open_memstream(&sum, &sum_len);
     cJSON *fit = cJSON_CreateObject();
     joule_pow_fit dense, *boot = NULL;
-    int rc = JOULE_OK;
+    joule_compare_prec_row *prec = NULL;
+    int rc = JOULE_OK, n_prec = 0;
     if (!runs || !f || !fs || !fit) {
         rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
         goto done;
@@ -548,6 +588,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
     rc = compare_emergence(dir, f, fit, runs);
     add_retrieval(dir, f, fit, rows, n);
     add_leakage(f, fit, runs);
+    if (!rc) rc = compare_prec_section(dir, f, fit, &prec, &n_prec);
     fprintf(f, "\n## Plots\n\n![loss vs compute](loss_vs_compute.svg)\n\n![energy per query vs bpb](energy_vs_bpb.svg)\n\n"
                "![emergence panel](emergence.svg)\n");
     fclose(f);
@@ -556,7 +597,7 @@ int joule_compare_report(const char *dir, const joule_compare_row *rows, int n, 
     fs = NULL;
     char *json = rc ? NULL : cJSON_Print(fit);
     if (!rc && (rc = write_text(dir, "fit.json", json)) == JOULE_OK && (rc = write_text(dir, "report.md", md)) == JOULE_OK)
-        rc = write_plots(dir, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level);
+        rc = write_plots(dir, runs, have_dense ? &dense : NULL, boot, boot ? o->bootstrap : 0, o->level, prec, n_prec);
     free(json);
     if (!rc && summary) {
         *summary = sum;
@@ -568,6 +609,7 @@ done:
     free(md);
     free(sum);
     free(boot);
+    free(prec);
     free(runs);
     cJSON_Delete(fit);
     return rc;

@@ -28,4 +28,9 @@ void compare_capability(FILE *f, cJSON *fit, const arch_runs *runs, const joule_
  * dir/emergence.svg. */
 int compare_emergence(const char *dir, FILE *f, cJSON *fit, const arch_runs *runs);
 
+/* The Precision section from dir/precisions.jsonl (nothing when there is none): report.md's
+ * table into f, fit.json's "precisions". *out receives the points, sorted by arch, budget
+ * and precision, for the energy plot (caller frees; NULL when none). */
+int compare_prec_section(const char *dir, FILE *f, cJSON *fit, joule_compare_prec_row **out, int *n_out);
+
 #endif

@@ -9,8 +9,10 @@
 
 enum { PW = COMPARE_SVG_W, PH = COMPARE_SVG_H, LM = 84, RM = 24, TM = 40, BM = 60, MAX_MARKS = 1024 };
 
-static const char *const COLOURS[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"};
-#define N_COLOURS 6
+/* one per series: an arch, or an arch at a precision (4 x 3 in the energy plot) */
+static const char *const COLOURS[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
+                                      "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"};
+#define N_COLOURS 12
 
 /* Pixel positions the legend should not hide: the points and samples of the curve. */
 typedef struct {
@@ -75,7 +77,7 @@ char *compare_svg(const compare_plot *p) {
     }
     joule_svg_begin(f, PW, PH, LM, p->title);
     joule_svg_frame(f, &sx, &sy, p->x_label, p->y_label);
-    joule_svg_key keys[8];
+    joule_svg_key keys[2 + N_COLOURS];
     int nk = 0;
     if (p->curve && p->band_lo && p->band_hi) {
         joule_svg_band(f, &sx, &sy, p->band_lo, p->band_hi, p->curve_ctx, COLOURS[0]);
@@ -90,7 +92,7 @@ char *compare_svg(const compare_plot *p) {
         }
     }
     points(f, p, &sx, &sy, m);
-    for (int s = 0; s < p->n_series && nk < 8; s++)
+    for (int s = 0; s < p->n_series && nk < 2 + N_COLOURS; s++)
         keys[nk++] = (joule_svg_key){JOULE_SVG_DOT, COLOURS[s % N_COLOURS], p->series[s].name};
     joule_svg_legend(f, &sx, &sy, keys, nk, m->x, m->y, m->n);
     if (p->note) {

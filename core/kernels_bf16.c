@@ -82,23 +82,70 @@ BF16_TARGET static void dot4(float *acc_out, const uint16_t *xb, int r, const ui
     for (int i = 0; i < r; i++) acc_out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* The four accumulators' totals in one vector: a transpose-and-add tree (9 shuffles and
+ * adds for four outputs, where four _mm512_reduce_add_ps take ~40; at d 384 a row's
+ * reduction cost as much as its twelve vdpbf16ps). The fp32 sums come in another order
+ * than _mm512_reduce_add_ps's: within the kernels' stated 1e-5 sum |x w|. */
+BF16_TARGET static __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1));
+    /* each 128-bit lane: partial sums of a0, a1, a2, a3 */
+    const __m512 u = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 /* One row against four weight rows: four independent accumulator chains, so a GEMV is not
- * bound by the latency of one chain of vdpbf16ps (each output's sums as in dot4). */
+ * bound by the latency of one chain of vdpbf16ps. Full 32-element steps unmasked, the
+ * tail masked. */
 BF16_TARGET static void gemv4(float *acc_out, const uint16_t *x, const uint16_t *w, int IC) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
     const uint16_t *w1 = w + IC, *w2 = w + 2 * (size_t)IC, *w3 = w + 3 * (size_t)IC;
-    for (int k = 0; k < IC; k += 32) {
-        const __mmask32 mk = IC - k >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (IC - k)) - 1);
+    int k = 0;
+    for (; k + 32 <= IC; k += 32) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(w + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(w1 + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(w2 + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(w3 + k));
+    }
+    if (k < IC) {
+        const __mmask32 mk = ((__mmask32)1 << (IC - k)) - 1;
         const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, x + k);
         a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w + k));
         a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w1 + k));
         a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w2 + k));
         a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_maskz_loadu_epi16(mk, w3 + k));
     }
-    acc_out[0] = _mm512_reduce_add_ps(a0);
-    acc_out[1] = _mm512_reduce_add_ps(a1);
-    acc_out[2] = _mm512_reduce_add_ps(a2);
-    acc_out[3] = _mm512_reduce_add_ps(a3);
+    _mm_storeu_ps(acc_out, hsum4(a0, a1, a2, a3));
+}
+
+/* Four activation rows x four weight rows: 16 accumulators, each weight and activation
+ * vector loaded once for four products; out rows 0..3, columns o0..o0+3. */
+BF16_TARGET static void tile4x4(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, int o0, float beta) {
+    __m512 a[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) a[i][j] = _mm512_setzero_ps();
+    const uint16_t *w = W + (size_t)o0 * IC;
+    for (int k = 0; k < IC; k += 32) {
+        const __mmask32 mk = IC - k >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (IC - k)) - 1);
+        __m512bh wv[4];
+        for (int j = 0; j < 4; j++) wv[j] = (__m512bh)_mm512_maskz_loadu_epi16(mk, w + (size_t)j * IC + k);
+        for (int i = 0; i < 4; i++) {
+            const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mk, xb + (size_t)i * IC + k);
+            for (int j = 0; j < 4; j++) a[i][j] = _mm512_dpbf16_ps(a[i][j], xv, wv[j]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        float acc[4];
+        _mm_storeu_ps(acc, hsum4(a[i][0], a[i][1], a[i][2], a[i][3]));
+        for (int j = 0; j < 4; j++) {
+            float *y = out + (size_t)i * OC + o0 + j;
+            *y = beta != 0.0f ? acc[j] + beta * *y : acc[j];
+        }
+    }
 }
 
 BF16_TARGET static void gemv_avx512(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, float beta) {
@@ -119,15 +166,23 @@ BF16_TARGET static void block_avx512(float *out, const uint16_t *xb, const uint1
         gemv_avx512(out, xb, W, IC, OC, beta);
         return;
     }
+    /* blocks of four weight rows; the rows past a multiple of 4 (activations or weights)
+     * one weight row at a time */
+    const int r4 = r & ~3, ob = (OC + 3) / 4;
 #pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int o = 0; o < OC; o++) {
-        float acc[4];
-        for (int i0 = 0; i0 < r; i0 += 4) {
-            const int rr = r - i0 < 4 ? r - i0 : 4;
-            dot4(acc, xb + (size_t)i0 * IC, rr, W + (size_t)o * IC, IC);
-            for (int i = 0; i < rr; i++) {
-                float *y = out + (size_t)(i0 + i) * OC + o;
-                *y = beta != 0.0f ? acc[i] + beta * *y : acc[i];
+    for (int b = 0; b < ob; b++) {
+        const int o0 = 4 * b, no = OC - o0 < 4 ? OC - o0 : 4;
+        if (no == 4)
+            for (int i0 = 0; i0 < r4; i0 += 4) tile4x4(out + (size_t)i0 * OC, xb + (size_t)i0 * IC, W, IC, OC, o0, beta);
+        for (int o = o0; o < o0 + no; o++) {
+            float acc[4];
+            for (int i0 = no == 4 ? r4 : 0; i0 < r; i0 += 4) {
+                const int rr = r - i0 < 4 ? r - i0 : 4;
+                dot4(acc, xb + (size_t)i0 * IC, rr, W + (size_t)o * IC, IC);
+                for (int i = 0; i < rr; i++) {
+                    float *y = out + (size_t)(i0 + i) * OC + o;
+                    *y = beta != 0.0f ? acc[i] + beta * *y : acc[i];
+                }
             }
         }
     }

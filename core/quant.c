@@ -179,6 +179,7 @@ bool joule_quant_matmul(const joule_model *m, const float *W, float *out, const 
     if (!q || q->prec == JOULE_PREC_F32 || n < 1 || IC > JOULE_QUANT_MAX_IC || W < m->params ||
         W >= m->params + m->n_params)
         return false;
+    if (q->prec == JOULE_PREC_BF16 && n >= JOULE_QUANT_BF16_SGEMM_ROWS) return false; /* sgemm is faster there */
     const size_t off = (size_t)(W - m->params), end = off + (size_t)IC * (size_t)OC;
     const int first = tensor_at(m, off);
     if (first < 0) return false;

@@ -25,9 +25,15 @@ static double kl_rows(const float *ref, const float *q, size_t rows, int V) {
     return sum;
 }
 
-int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B, uint64_t max_windows,
-                      joule_eval_result *r, double *kl_nats, double *ref_loss,
-                      void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
+typedef struct {
+    joule_batch_prepare_fn prepare;
+    void *prepare_ctx;
+    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void *ctx;
+} kl_hooks;
+
+static int evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                       const kl_hooks *h, joule_eval_result *r, double *kl_nats, double *ref_loss) {
     memset(r, 0, sizeof *r);
     if (m->cfg.vocab != ref->cfg.vocab || T > ref->cfg.ctx)
         return joule_fail(JOULE_ERR_ARG, "the reference model has another vocabulary or a context below %d", T);
@@ -37,17 +43,25 @@ int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, i
     if (max_windows && nw > max_windows) nw = max_windows;
     if (nw == 0) return joule_fail(JOULE_ERR_ARG, "%s: too short for one window of %d", t->path, T);
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
-    if (!in || !tg) {
+    uint64_t *starts = malloc((size_t)B * sizeof *starts);
+    if (!in || !tg || !starts) {
         free(in);
         free(tg);
+        free(starts);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory");
     }
     double sum = 0, rsum = 0, kl = 0;
     int rc = JOULE_OK;
     for (uint64_t w = 0; w < nw && !rc; w += (uint64_t)B) {
         const int b = (int)((nw - w) < (uint64_t)B ? (nw - w) : (uint64_t)B);
-        for (int i = 0; i < b; i++) joule_eval_window(t, T, w + (uint64_t)i, in + (size_t)i * T, tg + (size_t)i * T);
+        for (int i = 0; i < b; i++) {
+            joule_eval_window(t, T, w + (uint64_t)i, in + (size_t)i * T, tg + (size_t)i * T);
+            starts[i] = (w + (uint64_t)i) * (uint64_t)T; /* as joule_evaluate_prepared's */
+        }
         double loss = 0, rloss = 0;
+        if (h->prepare && ((rc = h->prepare(h->prepare_ctx, m, t, starts, b, T)) ||
+                           (rc = h->prepare(h->prepare_ctx, ref, t, starts, b, T))))
+            break;
         /* only the model's own forward is timed and counted */
         const double t0 = joule_now();
         const uint64_t f0 = joule_flops_counted();
@@ -59,10 +73,11 @@ int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, i
         sum += loss * (double)b * T;
         rsum += rloss * (double)b * T;
         kl += kl_rows(joule_model_logits(ref), joule_model_logits(m), (size_t)b * T, m->cfg.vocab);
-        if (progress) progress(ctx, w + (uint64_t)b, nw);
+        if (h->progress) h->progress(h->ctx, w + (uint64_t)b, nw);
     }
     free(in);
     free(tg);
+    free(starts);
     if (rc) return rc;
     r->windows = nw;
     r->tokens = nw * (uint64_t)T;
@@ -71,4 +86,18 @@ int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, i
     *kl_nats = kl / (double)r->tokens;
     *ref_loss = rsum / (double)r->tokens;
     return JOULE_OK;
+}
+
+int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B, uint64_t max_windows,
+                      joule_eval_result *r, double *kl_nats, double *ref_loss,
+                      void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx) {
+    const kl_hooks h = {NULL, NULL, progress, ctx};
+    return evaluate_kl(m, ref, t, T, B, max_windows, &h, r, kl_nats, ref_loss);
+}
+
+int joule_evaluate_kl_prepared(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
+                               uint64_t max_windows, joule_batch_prepare_fn prepare, void *prepare_ctx,
+                               joule_eval_result *r, double *kl_nats, double *ref_loss) {
+    const kl_hooks h = {prepare, prepare_ctx, NULL, NULL};
+    return evaluate_kl(m, ref, t, T, B, max_windows, &h, r, kl_nats, ref_loss);
 }

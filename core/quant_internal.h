@@ -9,6 +9,12 @@
  * kernels take; wider products stay fp32 (joule_quant_matmul returns false). */
 #define JOULE_QUANT_ROWS 16
 #define JOULE_QUANT_MAX_IC 8192
+/* bf16 products of at least this many rows run as fp32 sgemm on the dequantised arena
+ * (joule_quant_matmul declines them): measured at 1 thread on the reference model's
+ * shapes (docs/BENCH.md, "Large products"), OpenBLAS's sgemm matched the bf16 kernel at
+ * 32-64 rows and beat it by up to 1.3x from 128. int8's kernel was faster at every row
+ * count measured (1-256), so int8 has no such threshold. */
+#define JOULE_QUANT_BF16_SGEMM_ROWS 128
 /* Multiply-adds below which a product runs on one thread (a thread team costs more). */
 #define JOULE_QUANT_PAR_WORK 65536
 

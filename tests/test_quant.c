@@ -367,6 +367,34 @@ START_TEST(test_moe_loads_and_decodes) {
 }
 END_TEST
 
+/* Large products: a bf16 forward of >= 128 rows runs sgemm on the dequantised arena (the
+ * same logits, bit for bit, as the model without its quantised copy); below 128 rows, and
+ * for int8 at any size, the quantised kernels run (the logits differ from fp32's). */
+START_TEST(test_large_products_path) {
+    const joule_precision p = _i ? JOULE_PREC_INT8 : JOULE_PREC_BF16;
+    joule_model *m, *q = write_quantised(p, true, &m);
+    enum { T = 32 };
+    int32_t tok[4 * T];
+    tu_random_tokens(tok, 4 * T, 13);
+    ck_assert_int_eq(joule_model_alloc_train(q, 4), JOULE_OK);
+    const size_t V = (size_t)q->cfg.vocab;
+    for (int B = 3; B <= 4; B++) { /* 96 and 128 rows */
+        float *quant = malloc(sizeof(float) * (size_t)B * T * V);
+        ck_assert_int_eq(joule_model_forward(q, tok, NULL, B, T, NULL), JOULE_OK);
+        memcpy(quant, joule_model_logits(q), sizeof(float) * (size_t)B * T * V);
+        joule_quant *keep = q->quant;
+        q->quant = NULL; /* the same weights, dequantised, through the fp32 path */
+        ck_assert_int_eq(joule_model_forward(q, tok, NULL, B, T, NULL), JOULE_OK);
+        q->quant = keep;
+        const bool same = memcmp(quant, joule_model_logits(q), sizeof(float) * (size_t)B * T * V) == 0;
+        ck_assert_msg(same == (p == JOULE_PREC_BF16 && B * T >= 128), "%s, %d rows: %s the fp32 path",
+                      joule_precision_name(p), B * T, same ? "same as" : "differs from");
+        free(quant);
+    }
+    joule_model_free(q), joule_model_free(m);
+}
+END_TEST
+
 static Suite *quant_suite(void) {
     Suite *s = suite_create("quant");
     TCase *tc = tu_tcase(s, "core", 60, setup, tu_remove_dir);
@@ -379,6 +407,7 @@ static Suite *quant_suite(void) {
     tcase_add_test(tc, test_cli);
     tcase_add_test(tc, test_rejects_damaged);
     tcase_add_test(tc, test_moe_loads_and_decodes);
+    tcase_add_loop_test(tc, test_large_products_path, 0, 2);
     return s;
 }
 

@@ -21,6 +21,7 @@
 #include "joule/data.h"
 #include "joule/energy.h"
 #include "joule/model.h"
+#include "joule/quant.h"
 #include "joule/train.h"
 
 #ifdef __cplusplus
@@ -218,6 +219,8 @@ int joule_capability_fit(const double *C, const double *y, int n, double *alpha,
 
 /* ---- the driver (bench/compare_loop.c) ---- */
 
+struct joule_compare_prec_row;
+
 /* The whole grid: budgets (ascending) x archs, skipping the runs results.jsonl records as
  * finished, rerunning failed ones, saving the rows after every run. Creates out_dir (its
  * parent must exist) and pins the settings in out_dir/compare.json. JOULE_OK also when a
@@ -241,6 +244,13 @@ typedef struct {
     void (*on_retrieval)(void *ctx, const char *what, uint64_t done, uint64_t total);
     void (*on_step)(void *ctx, const joule_train_progress *p);
     void *ctx;
+    /* Precisions (docs/COMPARE.md §9): after the grid, every finished run of it is quantised
+     * to each of these but fp32 and measured like the run (NULL / 0: none; fp32 alone adds
+     * nothing). Spread, rank 0 does this phase alone. on_precision (optional) is called
+     * after each point measured or reused. */
+    const joule_precision *precisions;
+    int n_precisions;
+    void (*on_precision)(void *ctx, const struct joule_compare_prec_row *r, bool reused);
 } joule_compare_plan;
 
 typedef struct {
@@ -248,9 +258,37 @@ typedef struct {
     int n_rows;
     int ran, skipped, failed; /* this invocation: runs done, found finished, failed (incl. earlier) */
     bool interrupted;
+    /* the precision phase: points measured, found in precisions.jsonl, failed (all of them) */
+    int prec_measured, prec_reused, prec_failed;
 } joule_compare_outcome;
 
 int joule_compare_grid(const joule_compare_plan *p, joule_compare_outcome *out);
+
+/* ---- precisions (bench/compare_prec.c, docs/COMPARE.md §9) ----
+ * One point per (run, precision): DIR/precisions.jsonl, rewritten atomically after each.
+ * fp32 points copy the run's row (val bpb, J/query, latency); bf16 and int8 points load
+ * (or first write, atomically) runs/<arch>-<budget>.<precision>.safetensors and measure
+ * val bpb on the run's windows, the mean KL of its next-byte distributions from the fp32
+ * model's, and energy per query with the run's benchmark settings. */
+typedef struct joule_compare_prec_row {
+    char arch[16];
+    double budget;
+    char precision[8]; /* "fp32", "bf16", "int8" */
+    bool ok;
+    char error[512];
+    double weight_bytes;   /* weights a batch-1 decode step reads (joule_quant_decode_weight_bytes) */
+    double val_bpb;        /* on the run's validation windows */
+    double kl_bits;        /* mean KL(fp32 || this) per byte, in bits (0 for fp32) */
+    double query_j, query_s, tokens_per_s; /* NaN when not measured; fp32's tokens_per_s is NaN */
+    char query_method[96];
+    char kernels[16];      /* joule_quant_kernel_name */
+    double wall_s;         /* quantising, evaluating and measuring this point */
+    char checkpoint[512];  /* the file measured */
+} joule_compare_prec_row;
+
+/* DIR/precisions.jsonl (a missing file is no rows; *rows caller frees) and its writer. */
+int joule_compare_prec_load(const char *dir, joule_compare_prec_row **rows, int *n);
+int joule_compare_prec_save(const char *dir, const joule_compare_prec_row *rows, int n);
 
 
 /* ---- the report (bench/compare_report.c) ---- */

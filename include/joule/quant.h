@@ -11,7 +11,8 @@
  * (what extensions, attention and training-shaped code read), and a joule_quant holds the
  * quantised ones at the same element offsets, which joule_quant_matmul uses for the core's
  * layer products, attention q/k/v/o and the dense SwiGLU (decode, prefill, batched steps and
- * the evaluation forward; MoE experts and RETRO's encoder and CCA use the fp32 arena):
+ * the evaluation forward; MoE experts and RETRO's encoder and CCA use the fp32 arena, and so
+ * do bf16 products of 128 rows or more, where sgemm measured faster):
  *   bf16: activations rounded to bf16, products summed in fp32 (AVX512-BF16 vdpbf16ps or
  *         the portable loop);
  *   int8: each activation row quantised to int8 with its own scale (max |x| / 127), exact
@@ -71,9 +72,10 @@ void joule_quant_free(joule_quant *q);
 uint64_t joule_quant_decode_weight_bytes(const joule_model *m);
 
 /* out[n, OC] = in[n, IC] W^T + beta out, W the [OC, IC] matrix at arena pointer W of m,
- * through the quantised kernels. Returns false (touching nothing) when m has no quant or
- * the range is not quantised: the caller then runs its fp32 product. Counts 2 n IC OC
- * FLOPs like joule_sgemm. */
+ * through the quantised kernels. Returns false (touching nothing) when m has no quant, the
+ * range is not quantised, or the product is one the fp32 path does faster (bf16 with
+ * n >= 128 rows: sgemm on the dequantised arena, i.e. bf16 weights, fp32 activations):
+ * the caller then runs its fp32 product. Counts 2 n IC OC FLOPs like joule_sgemm. */
 bool joule_quant_matmul(const joule_model *m, const float *W, float *out, const float *in, int n, int IC, int OC,
                         float beta);
 
@@ -98,6 +100,11 @@ int joule_quant_load_file(const struct joule_st_file *f, joule_model *m, joule_p
 int joule_evaluate_kl(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
                       uint64_t max_windows, joule_eval_result *r, double *kl_nats, double *ref_loss,
                       void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx);
+/* The same with a batch hook (RETRO: joule_retro_prepare) that hands both models each
+ * batch's extra inputs before their forwards; prepare NULL is joule_evaluate_kl. */
+int joule_evaluate_kl_prepared(joule_model *m, joule_model *ref, const joule_tokens *t, int T, int B,
+                               uint64_t max_windows, joule_batch_prepare_fn prepare, void *prepare_ctx,
+                               joule_eval_result *r, double *kl_nats, double *ref_loss);
 
 /* ---- kernels (core/kernels_bf16.c, core/kernels_int8.c) ---- */
 /* Which kernel family runs: "avx512bf16" / "avx512vnni" or "portable". */
