@@ -209,7 +209,7 @@ static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_d
 
 static void check_batch(joule_model *m) {
     enum { N = 4 };
-    /* 1 thread: 4 rows run as sgemms, the 2-row step below as gemvs (rows_as_gemm) */
+    /* 1 thread: the 4-row and 2-row steps run through the batch's packed weights */
     joule_set_threads(1);
     const int plen[N] = {1, 9, 20, 33}; /* every sequence at its own position */
     joule_decoder *ds[N], *ref[N];
