@@ -91,6 +91,8 @@ char *srv_metrics_text(server *s) {
     put(&t, "joule_running_requests %d\n", st.running);
     metric(&t, "joule_batch_size", "gauge", "Sequences decoded together in the last step.");
     put(&t, "joule_batch_size %d\n", st.last_batch);
+    metric(&t, "joule_scheduler_threads", "gauge", "Threads of the scheduler thread's steps (--threads).");
+    put(&t, "joule_scheduler_threads %d\n", s->loop_threads);
     metric(&t, "joule_queue_rejected_total", "counter", "Requests refused with 429: the queue was full.");
     put(&t, "joule_queue_rejected_total %llu\n", (unsigned long long)s->by_code[5]);
     hist(&t, "joule_time_to_first_token_seconds", "From arrival to the first generated token.", &s->ttft);

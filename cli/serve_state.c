@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "joule/ops.h"
 #include "serve.h"
 
 const int srv_codes[SRV_CODES] = {200, 400, 404, 405, 413, 429, 500, 503, 0};
@@ -175,7 +176,12 @@ static void busy_edge(server *s, bool busy) {
  * each. */
 static void *loop(void *arg) {
     server *s = arg;
+    /* OpenMP's team size is per thread: a new thread starts from the default (every core),
+     * not from what main set, and a team larger than --threads contends with the
+     * connections and spin-waits between steps (CPU time the energy meters count). */
+    joule_set_threads(s->o.threads);
     pthread_mutex_lock(&s->mu);
+    s->loop_threads = joule_get_threads();
     while (!s->stopping) {
         take_inbox(s);
         s->st = joule_sched_get_stats(s->sched);

@@ -218,6 +218,8 @@ static char *completion_text(const char **finish) {
  * to the text of the same request unstreamed; the same seed gives the same sample. */
 START_TEST(test_stop_and_stream) {
     start("");
+    /* --threads 1 reaches the scheduler's own thread (OpenMP's team size is per thread) */
+    ck_assert_int_eq((int)metric("joule_scheduler_threads"), 1);
     const char *fin;
     ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0}"), 200);
     char *full = completion_text(&fin);
