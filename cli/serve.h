@@ -101,7 +101,7 @@ struct server {
     /* the same meters while the scheduler has work (mu): server overhead without idle gaps */
     joule_energy_window busy_win;
     bool busy;
-    double busy_j;
+    double busy_j, busy_s, busy_cpu_s; /* closed busy windows: joules, wall and process CPU seconds */
 };
 
 /* serve_state.c */

@@ -167,7 +167,11 @@ static void busy_edge(server *s, bool busy) {
     if (!s->energy_ok || busy == s->busy) return;
     if (busy) s->busy = joule_energy_window_start(&s->busy_win, &s->meters) == JOULE_OK;
     else {
-        if (joule_energy_window_stop(&s->busy_win, &r) == JOULE_OK) s->busy_j += r.joules;
+        if (joule_energy_window_stop(&s->busy_win, &r) == JOULE_OK) {
+            s->busy_j += r.joules;
+            s->busy_s += r.duration_s;
+            s->busy_cpu_s += r.cpu_s;
+        }
         s->busy = false;
     }
 }
