@@ -98,9 +98,10 @@ struct server {
     joule_energy meters;
     joule_energy_window win;
     bool energy_ok;
-    /* the same meters while the scheduler has work (mu): server overhead without idle gaps */
+    /* the same meters while a request is open (mu): server overhead without idle gaps */
     joule_energy_window busy_win;
     bool busy;
+    int open; /* requests accepted and not yet freed: the busy window is open while > 0 */
     double busy_j, busy_s, busy_cpu_s; /* closed busy windows: joules, wall and process CPU seconds */
 };
 

@@ -62,13 +62,13 @@ static void energy(text *t, server *s) {
     joule_energy_report b;
     const bool open = s->busy && joule_energy_window_stop(&s->busy_win, &b) == JOULE_OK;
     metric(t, "joule_energy_busy_joules_total", "counter",
-           "Device energy while the scheduler had work (requests queued or running), same method.");
+           "Device energy while a request was open (from its acceptance to its response's end), same method.");
     put(t, "joule_energy_busy_joules_total{method=\"%s\"} %.6f\n", r.method, s->busy_j + (open ? b.joules : 0));
     /* the modeled meter's two inputs over the same windows: idle W x wall + active W x CPU */
-    metric(t, "joule_energy_busy_seconds_total", "counter", "Wall time while the scheduler had work.");
+    metric(t, "joule_energy_busy_seconds_total", "counter", "Wall time while a request was open.");
     put(t, "joule_energy_busy_seconds_total %.6f\n", s->busy_s + (open ? b.duration_s : 0));
     metric(t, "joule_energy_busy_cpu_seconds_total", "counter",
-           "CPU time of the whole server process (all threads) while the scheduler had work.");
+           "CPU time of the whole server process (all threads) while a request was open.");
     put(t, "joule_energy_busy_cpu_seconds_total %.6f\n", s->busy_cpu_s + (open ? b.cpu_s : 0));
     metric(t, "joule_energy_seconds_total", "counter", "Wall time of the energy window.");
     put(t, "joule_energy_seconds_total %.6f\n", r.duration_s);
