@@ -186,9 +186,9 @@ struct joule_decoder_batch {
 static bool rows_as_gemm(int n) { return n >= 4 * joule_get_threads(); }
 
 /* OpenBLAS packs the weight matrix at every sgemm call (about three passes over it); the
- * batch's copy packed once (rows_kernel.h) avoids that, and from 2 rows it beats a gemv
- * per row (measured on the reference model, docs/BENCH.md). One row stays a gemv, the
- * arithmetic of joule_decoder_step. */
+ * batch's copy packed once (rows_kernel.h) avoids that. Every row count uses it, one row
+ * included (faster than the gemv on the reference model, docs/BENCH.md), so that a row's
+ * bits never depend on how many others share its step. */
 static const joule_rows_packed *packed(const joule_decoder_batch *b, const float *W, int IC, int OC) {
     for (int i = 0; i < b->n_pk; i++)
         if (b->pk[i].W == W && b->pk[i].IC == IC && b->pk[i].OC == OC) return &b->pk[i];
@@ -196,7 +196,8 @@ static const joule_rows_packed *packed(const joule_decoder_batch *b, const float
 }
 
 /* out[n,OC] = in[n,IC] W[OC,IC]^T + beta out: the quantised kernel, the packed kernel, or
- * (one row, or a matrix the batch did not pack) gemvs, or one sgemm for many rows. */
+ * for a matrix the batch did not pack (max_n 1, MoE experts) gemvs, or one sgemm for many
+ * rows. */
 static void rows_matmul(const joule_decoder_batch *b, float *out, const float *in, const float *W, int n, int IC,
                         int OC, float beta) {
     const joule_model *m = b->m;

@@ -547,6 +547,9 @@ START_TEST(test_cli_end_to_end) {
     ck_assert(j && csv && svg);
     cJSON *p = cJSON_Parse(j);
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(p, "models")), 2);
+    /* batch 2 of an fp32 model steps through the batch's packed weights, and says so */
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(p, "models"), 0), "kernels")->valuestring,
+                     "packed");
     cJSON_Delete(p);
     free(j);
     free(csv);

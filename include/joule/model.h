@@ -211,12 +211,12 @@ void joule_decoder_batch_free(joule_decoder_batch *b);
  * distinct decoders of the batch's model, positions may differ), with the same caches and
  * logits as n joule_decoder_step calls (to float rounding) but each weight matrix applied
  * to the n rows at once: attention per sequence over its own cache, MoE FFNs through the
- * rows op over the n rows, the logits [n, V] in the same product. For n >= 2 the fp32
- * matrices go through the batch's own copy of the weights, packed once at creation (when
- * max_n >= 2; a second copy of the dense weights), by a kernel whose every output is one
- * multiply-add chain over the input in order, so a row's logits do not depend on n or on
- * the other rows (core/rows_kernel.h); one row runs as gemvs, joule_decoder_step's
- * arithmetic. The batch reads the model's weights when it is created: it must be
+ * rows op over the n rows, the logits [n, V] in the same product. When max_n >= 2 (and
+ * the model is fp32 without CCA) the batch packs a second copy of the dense weights at
+ * creation and every step, of any n, multiplies through it by a kernel whose every output
+ * is one multiply-add chain over the input in order, so a row's logits do not depend on n
+ * or on the other rows (core/rows_kernel.h); a batch of max_n 1 runs gemvs, the
+ * arithmetic of joule_decoder_step. The batch reads the model's weights when it is created: it must be
  * recreated after the weights change. MoE experts run row by row below 4 rows per thread,
  * else through sgemm (OpenBLAS packs the weights at every call, which costs more than it
  * saves for so few rows; same FLOPs). The logits
