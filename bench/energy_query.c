@@ -334,7 +334,9 @@ int joule_bench_energy_run(const joule_model *m, const char *label, const joule_
     snprintf(r->blas_core, sizeof r->blas_core, "%s", joule_blas_corename());
     const joule_precision prec = m->quant ? m->quant->prec : JOULE_PREC_F32;
     snprintf(r->precision, sizeof r->precision, "%s", joule_precision_name(prec));
-    snprintf(r->kernels, sizeof r->kernels, "%s", joule_quant_kernel_name(prec));
+    /* fp32 steps of a batch > 1 multiply through the batch's packed weights (joule/model.h) */
+    const bool packed = prec == JOULE_PREC_F32 && o->batch > 1 && !joule_config_has_cca(&m->cfg);
+    snprintf(r->kernels, sizeof r->kernels, "%s", packed ? "packed" : joule_quant_kernel_name(prec));
     r->weight_bytes_per_token = (double)joule_quant_decode_weight_bytes(m);
     if ((rc = analytic_flops(m, o->prompt, o->generate, r))) return rc;
 

@@ -12,6 +12,7 @@
 #include "acct_cli.h"
 #include "cli.h"
 #include "retro_cli.h"
+#include "joule/ops.h"
 #include "serve.h"
 #include "joule/checkpoint.h"
 #include "joule/retro.h"
@@ -170,6 +171,7 @@ int cmd_serve(int argc, char **argv) {
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         signal(SIGPIPE, SIG_IGN);
         cli_setup_threads(a.threads);
+        a.o.threads = joule_get_threads(); /* for the loop thread too (serve_state.c) */
         const char *base = strrchr(a.model_path, '/');
         rc = run(&a, m, db, a.name ? a.name : base ? base + 1 : a.model_path);
     }

@@ -70,6 +70,7 @@ typedef struct {
     int max_tokens;  /* largest max_tokens a request may ask */
     size_t max_body; /* bytes of a request body */
     int max_conns;   /* connections served at once; more are shed */
+    int threads;     /* the loop thread's OpenMP team size (>= 1) */
     joule_sched_opts sched;
 } srv_opts;
 
@@ -86,6 +87,7 @@ struct server {
     srv_req *inbox, *inbox_tail, *cancels; /* for the loop thread */
     int inbox_n;
     joule_sched_stats st; /* the scheduler's, after its last step */
+    int loop_threads;     /* the loop thread's OpenMP team size, as it reads it */
     /* metrics (mu) */
     uint64_t by_code[SRV_CODES], disconnects, prompt_tokens, completion_tokens;
     srv_hist ttft, tpot, e2e;
@@ -96,10 +98,11 @@ struct server {
     joule_energy meters;
     joule_energy_window win;
     bool energy_ok;
-    /* the same meters while the scheduler has work (mu): server overhead without idle gaps */
+    /* the same meters while a request is open (mu): server overhead without idle gaps */
     joule_energy_window busy_win;
     bool busy;
-    double busy_j;
+    int open; /* requests accepted and not yet freed: the busy window is open while > 0 */
+    double busy_j, busy_s, busy_cpu_s; /* closed busy windows: joules, wall and process CPU seconds */
 };
 
 /* serve_state.c */

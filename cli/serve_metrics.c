@@ -60,10 +60,16 @@ static void energy(text *t, server *s) {
            "Device energy since the server started, with its method (measured or modeled).");
     put(t, "joule_energy_joules_total{method=\"%s\"} %.6f\n", r.method, r.joules);
     joule_energy_report b;
-    const double busy = s->busy_j + (s->busy && joule_energy_window_stop(&s->busy_win, &b) == JOULE_OK ? b.joules : 0);
+    const bool open = s->busy && joule_energy_window_stop(&s->busy_win, &b) == JOULE_OK;
     metric(t, "joule_energy_busy_joules_total", "counter",
-           "Device energy while the scheduler had work (requests queued or running), same method.");
-    put(t, "joule_energy_busy_joules_total{method=\"%s\"} %.6f\n", r.method, busy);
+           "Device energy while a request was open (from its acceptance to its response's end), same method.");
+    put(t, "joule_energy_busy_joules_total{method=\"%s\"} %.6f\n", r.method, s->busy_j + (open ? b.joules : 0));
+    /* the modeled meter's two inputs over the same windows: idle W x wall + active W x CPU */
+    metric(t, "joule_energy_busy_seconds_total", "counter", "Wall time while a request was open.");
+    put(t, "joule_energy_busy_seconds_total %.6f\n", s->busy_s + (open ? b.duration_s : 0));
+    metric(t, "joule_energy_busy_cpu_seconds_total", "counter",
+           "CPU time of the whole server process (all threads) while a request was open.");
+    put(t, "joule_energy_busy_cpu_seconds_total %.6f\n", s->busy_cpu_s + (open ? b.cpu_s : 0));
     metric(t, "joule_energy_seconds_total", "counter", "Wall time of the energy window.");
     put(t, "joule_energy_seconds_total %.6f\n", r.duration_s);
 }
@@ -91,6 +97,8 @@ char *srv_metrics_text(server *s) {
     put(&t, "joule_running_requests %d\n", st.running);
     metric(&t, "joule_batch_size", "gauge", "Sequences decoded together in the last step.");
     put(&t, "joule_batch_size %d\n", st.last_batch);
+    metric(&t, "joule_scheduler_threads", "gauge", "Threads of the scheduler thread's steps (--threads).");
+    put(&t, "joule_scheduler_threads %d\n", s->loop_threads);
     metric(&t, "joule_queue_rejected_total", "counter", "Requests refused with 429: the queue was full.");
     put(&t, "joule_queue_rejected_total %llu\n", (unsigned long long)s->by_code[5]);
     hist(&t, "joule_time_to_first_token_seconds", "From arrival to the first generated token.", &s->ttft);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "joule/ops.h"
 #include "serve.h"
 
 const int srv_codes[SRV_CODES] = {200, 400, 404, 405, 413, 429, 500, 503, 0};
@@ -15,6 +16,23 @@ void srv_count(server *s, int code) {
     s->by_code[k]++;
 }
 
+/* Busy energy: a window from the moment a request is accepted while none is open to the
+ * moment the last open one is freed (its response sent, or its client gone), so it holds
+ * every thread's work on requests: connections, the scheduler, the streams. mu held. */
+static void busy_edge(server *s, bool busy) {
+    joule_energy_report r;
+    if (!s->energy_ok || busy == s->busy) return;
+    if (busy) s->busy = joule_energy_window_start(&s->busy_win, &s->meters) == JOULE_OK;
+    else {
+        if (joule_energy_window_stop(&s->busy_win, &r) == JOULE_OK) {
+            s->busy_j += r.joules;
+            s->busy_s += r.duration_s;
+            s->busy_cpu_s += r.cpu_s;
+        }
+        s->busy = false;
+    }
+}
+
 static void req_free(srv_req *r) {
     srv_params_free(&r->p);
     free(r->text);
@@ -23,7 +41,10 @@ static void req_free(srv_req *r) {
 }
 
 static void unref(srv_req *r) {
-    if (--r->refs == 0) req_free(r);
+    if (--r->refs > 0) return;
+    server *s = r->srv;
+    req_free(r);
+    if (--s->open == 0) busy_edge(s, false);
 }
 
 /* Scheduler callback (loop thread, mu held): the byte joins the text; a completed stop
@@ -82,6 +103,7 @@ int srv_submit(server *s, srv_params *p, srv_req **out) {
     r->num = ++s->next_num;
     r->t_submit = joule_now();
     r->refs = 2;
+    if (s->open++ == 0) busy_edge(s, true);
     if (s->inbox_tail) s->inbox_tail->next_in = r;
     else s->inbox = r;
     s->inbox_tail = r;
@@ -160,26 +182,19 @@ void srv_wait(server *s) {
     pthread_cond_timedwait(&s->progress, &s->mu, &t);
 }
 
-/* Busy energy: a window from the moment the scheduler has work to the moment it has none. */
-static void busy_edge(server *s, bool busy) {
-    joule_energy_report r;
-    if (!s->energy_ok || busy == s->busy) return;
-    if (busy) s->busy = joule_energy_window_start(&s->busy_win, &s->meters) == JOULE_OK;
-    else {
-        if (joule_energy_window_stop(&s->busy_win, &r) == JOULE_OK) s->busy_j += r.joules;
-        s->busy = false;
-    }
-}
-
 /* One step whenever there is work, outside the lock; progress wakes the connections after
  * each. */
 static void *loop(void *arg) {
     server *s = arg;
+    /* OpenMP's team size is per thread: a new thread starts from the default (every core),
+     * not from what main set, and a team larger than --threads contends with the
+     * connections and spin-waits between steps (CPU time the energy meters count). */
+    joule_set_threads(s->o.threads);
     pthread_mutex_lock(&s->mu);
+    s->loop_threads = joule_get_threads();
     while (!s->stopping) {
         take_inbox(s);
         s->st = joule_sched_get_stats(s->sched);
-        busy_edge(s, s->st.running + s->st.queued > 0);
         if (s->st.running + s->st.queued == 0) {
             pthread_cond_wait(&s->work, &s->mu);
             continue;

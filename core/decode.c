@@ -8,6 +8,7 @@
 #include "joule/ext.h"
 #include "joule/ops.h"
 #include "joule/quant.h"
+#include "rows_kernel.h"
 
 /* y[OC] = W x + beta y: the quantised kernel when m is a quantised model, else sgemv. */
 static void mv(const joule_model *m, float *y, const float *W, const float *x, int IC, int OC, float beta) {
@@ -173,6 +174,56 @@ int joule_decoder_step(joule_decoder *d, int32_t token, const float **logits) {
     return JOULE_OK;
 }
 
+struct joule_decoder_batch {
+    const joule_model *m;
+    int max_n;
+    float *x, *xn, *qkv, *ao, *h13, *g, *rstd, *scores, *logits; /* max_n rows each */
+    joule_rows_packed *pk; /* the fp32 matrices a step multiplies, packed (rows_kernel.h) */
+    int n_pk;
+    float *pf; /* joule_decoder_batch_prefill's scratch, allocated at creation */
+};
+
+/* OpenBLAS packs the weight matrix at every sgemm call (about three passes over it) where
+ * a gemv streams it once, so a few rows go faster as gemvs: sgemm wins from about 4 rows
+ * per thread (docs/BENCH.md). For matrices the batch did not pack (MoE experts). */
+static bool rows_as_gemm(int n) { return n >= 4 * joule_get_threads(); }
+
+/* OpenBLAS packs the weight matrix at every sgemm call (about three passes over it); the
+ * batch's copy packed once (rows_kernel.h) avoids that. Every row count uses it, one row
+ * included (faster than the gemv on the reference model, docs/BENCH.md), so that a row's
+ * bits never depend on how many others share its step. */
+static const joule_rows_packed *packed(const joule_decoder_batch *b, const float *W, int IC, int OC) {
+    for (int i = 0; i < b->n_pk; i++)
+        if (b->pk[i].W == W && b->pk[i].IC == IC && b->pk[i].OC == OC) return &b->pk[i];
+    return NULL;
+}
+
+/* out[n,OC] = in[n,IC] W[OC,IC]^T + beta out: the quantised kernel, the packed kernel, or
+ * for a matrix the batch did not pack (max_n 1, MoE experts) gemvs, or one sgemm for many
+ * rows. */
+static void rows_matmul(const joule_decoder_batch *b, float *out, const float *in, const float *W, int n, int IC,
+                        int OC, float beta) {
+    const joule_model *m = b->m;
+    if (joule_quant_matmul(m, W, out, in, n, IC, OC, beta)) return;
+    const joule_rows_packed *pk = packed(b, W, IC, OC);
+    if (pk) {
+        joule_rows_matmul(out, in, pk, n, beta);
+        return;
+    }
+    if (rows_as_gemm(n)) {
+        joule_sgemm(false, true, n, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
+        return;
+    }
+    for (int i = 0; i < n; i++) joule_sgemv(OC, IC, 1.0f, W, IC, in + (size_t)i * IC, beta, out + (size_t)i * OC);
+}
+
+/* A prefill's product: the batch's kernels when it runs through one, else mm. */
+static void pmm(const joule_model *m, const joule_decoder_batch *bt, float *out, const float *in, const float *W, int n,
+                int IC, int OC, float beta) {
+    if (bt) rows_matmul(bt, out, in, W, n, IC, OC, beta);
+    else mm(m, out, in, W, n, IC, OC, beta);
+}
+
 /* ---- batched prefill ---- */
 
 /* Row buffers of one prefill pass, carved from d->pf. */
@@ -180,18 +231,24 @@ typedef struct {
     float *x, *xn, *qkv, *ao, *h13, *g, *rstd, *att;
 } prefill_bufs;
 
-static int prefill_scratch(joule_decoder *d, prefill_bufs *b) {
-    const joule_config *c = &d->m->cfg;
+static size_t prefill_floats(const joule_config *c, size_t sizes[8]) {
     const size_t T = (size_t)c->ctx, C = (size_t)c->d_model, F = (size_t)c->d_ff, H = (size_t)c->n_heads;
-    const size_t sizes[8] = {T * C, T * C, 3 * T * C, T * C, 2 * T * F, T * F, T, H * T * T};
+    const size_t s[8] = {T * C, T * C, 3 * T * C, T * C, 2 * T * F, T * F, T, H * T * T};
     size_t total = 0;
-    for (int i = 0; i < 8; i++) total += sizes[i];
+    for (int i = 0; i < 8; i++) total += (sizes[i] = s[i]);
+    return total;
+}
+
+/* *pf: the scratch, allocated at the first call (the decoder's own, or a batch's). */
+static int prefill_scratch(const joule_config *c, float **pf, prefill_bufs *b) {
+    size_t sizes[8];
+    const size_t total = prefill_floats(c, sizes);
     /* Once per decoder: a prompt's worth of rows costs more than a step's scratch, and
      * token-at-a-time users (joule generate) never pay it. */
-    if (!d->pf && !(d->pf = joule_alloc(total * sizeof(float))))
+    if (!*pf && !(*pf = joule_alloc(total * sizeof(float))))
         return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the prefill buffers (%zu floats)", total);
     float **dst[8] = {&b->x, &b->xn, &b->qkv, &b->ao, &b->h13, &b->g, &b->rstd, &b->att};
-    float *p = d->pf;
+    float *p = *pf;
     for (int i = 0; i < 8; i++) {
         *dst[i] = p;
         p += sizes[i];
@@ -199,7 +256,9 @@ static int prefill_scratch(joule_decoder *d, prefill_bufs *b) {
     return JOULE_OK;
 }
 
-int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits) {
+/* bt: the batch whose packed weights the products use (joule_decoder_batch_prefill), or NULL. */
+static int prefill(joule_decoder *d, const joule_decoder_batch *bt, float **pf, const int32_t *tokens, int n,
+                   const float **logits) {
     const joule_model *m = d->m;
     const joule_config *c = &m->cfg;
     const int C = c->d_model, F = c->d_ff, V = c->vocab, H = c->n_heads, hs = C / H, T = c->ctx;
@@ -217,12 +276,12 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
         if (tokens[i] < 0 || tokens[i] >= V)
             return joule_fail(JOULE_ERR_ARG, "token %d out of range [0, %d)", tokens[i], V);
     prefill_bufs b;
-    if ((rc = prefill_scratch(d, &b))) return rc;
+    if ((rc = prefill_scratch(c, pf, &b))) return rc;
     joule_embedding_forward(b.x, tokens, m->w.tok_emb, n, C);
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->attn_norm, n, C, c->norm_eps);
-        mm(m, b.qkv, b.xn, w->wqkv, n, C, 3 * C, 0.0f);
+        pmm(m, bt, b.qkv, b.xn, w->wqkv, n, C, 3 * C, 0.0f);
         joule_rope_forward(b.qkv, 3 * C, 1, n, H, hs, 0, m->rope_cos, m->rope_sin);
         joule_rope_forward(b.qkv + C, 3 * C, 1, n, H, hs, 0, m->rope_cos, m->rope_sin);
         float *kc = d->k_cache + (size_t)l * T * C, *vc = d->v_cache + (size_t)l * T * C;
@@ -231,16 +290,16 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
             memcpy(vc + (size_t)t * C, b.qkv + (size_t)t * 3 * C + 2 * C, (size_t)C * sizeof(float));
         }
         joule_attention_forward(b.ao, b.att, b.qkv, 1, n, C, H);
-        mm(m, b.x, b.ao, w->wo, n, C, C, 1.0f);
+        pmm(m, bt, b.x, b.ao, w->wo, n, C, C, 1.0f);
         if (c->kinds[l].cca && (rc = cca->prefill_rows(d, l, b.x, n))) return rc;
         joule_rmsnorm_forward(b.xn, b.rstd, b.x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             if ((rc = moe_rows(d, l, b.xn, b.x, n, true))) return rc;
             continue;
         }
-        mm(m, b.h13, b.xn, w->w13, n, C, 2 * F, 0.0f);
+        pmm(m, bt, b.h13, b.xn, w->w13, n, C, 2 * F, 0.0f);
         joule_swiglu_forward(b.g, b.h13, n, F);
-        mm(m, b.x, b.g, w->w2, n, F, C, 1.0f);
+        pmm(m, bt, b.x, b.g, w->w2, n, F, C, 1.0f);
     }
     float rstd;
     memcpy(d->x, b.x + (size_t)(n - 1) * C, (size_t)C * sizeof(float));
@@ -251,19 +310,51 @@ int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const 
     return JOULE_OK;
 }
 
-/* ---- batched step over n sequences ---- */
+int joule_decoder_prefill(joule_decoder *d, const int32_t *tokens, int n, const float **logits) {
+    return prefill(d, NULL, &d->pf, tokens, n, logits);
+}
 
-struct joule_decoder_batch {
-    const joule_model *m;
-    int max_n;
-    float *x, *xn, *qkv, *ao, *h13, *g, *rstd, *scores, *logits; /* max_n rows each */
-};
+/* ---- batched step over n sequences ---- */
 
 void joule_decoder_batch_free(joule_decoder_batch *b) {
     if (!b) return;
+    for (int i = 0; i < b->n_pk; i++) joule_free(b->pk[i].p);
+    free(b->pk);
+    joule_free(b->pf);
     float *bufs[] = {b->x, b->xn, b->qkv, b->ao, b->h13, b->g, b->rstd, b->scores, b->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) joule_free(bufs[i]);
     free(b);
+}
+
+static int pack_one(joule_decoder_batch *b, const float *W, int IC, int OC) {
+    const size_t nf = joule_rows_pack_floats(IC, OC);
+    joule_rows_packed *pk = &b->pk[b->n_pk];
+    if (!nf || !(pk->p = joule_alloc(nf * sizeof(float))))
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory packing a %d x %d matrix for batched steps", OC, IC);
+    joule_rows_pack(pk->p, W, IC, OC);
+    pk->W = W;
+    pk->IC = IC;
+    pk->OC = OC;
+    b->n_pk++;
+    return JOULE_OK;
+}
+
+/* The fp32 matrices of a step, packed once here so that no step repacks them; a quantised
+ * model keeps its own kernels (joule_quant_matmul), MoE layers their expert path. */
+static int pack_weights(joule_decoder_batch *b) {
+    const joule_model *m = b->m;
+    const joule_config *c = &m->cfg;
+    const int C = c->d_model, F = c->d_ff;
+    if (m->quant || joule_config_has_cca(c)) return JOULE_OK;
+    if (!(b->pk = calloc(4 * (size_t)c->n_layers + 1, sizeof *b->pk)))
+        return joule_fail(JOULE_ERR_NOMEM, "out of memory packing the weights for batched steps");
+    int rc = JOULE_OK;
+    for (int l = 0; l < c->n_layers && !rc; l++) {
+        const joule_layer_weights *w = &m->w.layers[l];
+        if ((rc = pack_one(b, w->wqkv, C, 3 * C)) || (rc = pack_one(b, w->wo, C, C))) break;
+        if (c->kinds[l].ffn != JOULE_FFN_MOE && !(rc = pack_one(b, w->w13, C, 2 * F))) rc = pack_one(b, w->w2, F, C);
+    }
+    return rc ? rc : pack_one(b, m->w.lm_head, C, c->vocab);
 }
 
 int joule_decoder_batch_create(joule_decoder_batch **out, const joule_model *m, int max_n) {
@@ -288,8 +379,23 @@ int joule_decoder_batch_create(joule_decoder_batch **out, const joule_model *m, 
         joule_decoder_batch_free(b);
         return joule_fail(JOULE_ERR_NOMEM, "out of memory allocating a decoder batch of %d sequences", max_n);
     }
+    size_t sizes[8];
+    b->pf = joule_alloc(prefill_floats(c, sizes) * sizeof(float));
+    int rc = !b->pf ? joule_fail(JOULE_ERR_NOMEM, "out of memory allocating the prefill buffers of a decoder batch")
+             : max_n > 1 ? pack_weights(b)
+                         : JOULE_OK;
+    if (rc) {
+        joule_decoder_batch_free(b);
+        return rc;
+    }
     *out = b;
     return JOULE_OK;
+}
+
+int joule_decoder_batch_prefill(joule_decoder_batch *b, joule_decoder *d, const int32_t *tokens, int n,
+                                const float **logits) {
+    if (d->m != b->m) return joule_fail(JOULE_ERR_ARG, "batched prefill: a decoder of another model");
+    return prefill(d, b, &b->pf, tokens, n, logits);
 }
 
 static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens) {
@@ -305,22 +411,6 @@ static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, i
             if (ds[j] == ds[i]) return joule_fail(JOULE_ERR_ARG, "sequences %d and %d share one decoder", j, i);
     }
     return JOULE_OK;
-}
-
-/* OpenBLAS packs the weight matrix at every sgemm call (about three passes over it) where
- * a gemv streams it once, so a few rows go faster as gemvs: measured on the reference
- * model's weights, sgemm wins from about 4 rows per thread (docs/BENCH.md). */
-static bool rows_as_gemm(int n) { return n >= 4 * joule_get_threads(); }
-
-/* out[n,OC] = in[n,IC] W[OC,IC]^T + beta out: one sgemm, or n gemvs for few rows. */
-static void rows_matmul(const joule_model *m, float *out, const float *in, const float *W, int n, int IC, int OC,
-                        float beta) {
-    if (joule_quant_matmul(m, W, out, in, n, IC, OC, beta)) return;
-    if (rows_as_gemm(n)) {
-        joule_sgemm(false, true, n, OC, IC, 1.0f, in, IC, W, IC, beta, out, OC);
-        return;
-    }
-    for (int i = 0; i < n; i++) joule_sgemv(OC, IC, 1.0f, W, IC, in + (size_t)i * IC, beta, out + (size_t)i * OC);
 }
 
 /* Each sequence's query row over its own cache; (sequence, head) pairs share the threads. */
@@ -358,7 +448,7 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
     for (int l = 0; l < c->n_layers; l++) {
         const joule_layer_weights *w = &m->w.layers[l];
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->attn_norm, n, C, c->norm_eps);
-        rows_matmul(m, b->qkv, b->xn, w->wqkv, n, C, 3 * C, 0.0f);
+        rows_matmul(b, b->qkv, b->xn, w->wqkv, n, C, 3 * C, 0.0f);
         for (int i = 0; i < n; i++) {
             float *q = b->qkv + (size_t)i * 3 * C;
             const int pos = ds[i]->pos;
@@ -368,19 +458,19 @@ int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, i
             memcpy(ds[i]->v_cache + ((size_t)l * T + pos) * C, q + 2 * C, (size_t)C * sizeof(float));
         }
         attend_batch(b, ds, n, l);
-        rows_matmul(m, b->x, b->ao, w->wo, n, C, C, 1.0f);
+        rows_matmul(b, b->x, b->ao, w->wo, n, C, C, 1.0f);
         joule_rmsnorm_forward(b->xn, b->rstd, b->x, w->ffn_norm, n, C, c->norm_eps);
         if (c->kinds[l].ffn == JOULE_FFN_MOE) {
             /* Rows of different sequences: the routing is per token, so they mix freely. */
             if ((rc = moe_rows(ds[0], l, b->xn, b->x, n, rows_as_gemm(n)))) return rc;
             continue;
         }
-        rows_matmul(m, b->h13, b->xn, w->w13, n, C, 2 * F, 0.0f);
+        rows_matmul(b, b->h13, b->xn, w->w13, n, C, 2 * F, 0.0f);
         joule_swiglu_forward(b->g, b->h13, n, F);
-        rows_matmul(m, b->x, b->g, w->w2, n, F, C, 1.0f);
+        rows_matmul(b, b->x, b->g, w->w2, n, F, C, 1.0f);
     }
     joule_rmsnorm_forward(b->xn, b->rstd, b->x, m->w.norm, n, C, c->norm_eps);
-    rows_matmul(m, b->logits, b->xn, m->w.lm_head, n, C, V, 0.0f);
+    rows_matmul(b, b->logits, b->xn, m->w.lm_head, n, C, V, 0.0f);
     for (int i = 0; i < n; i++) ds[i]->pos++;
     *logits = b->logits;
     return JOULE_OK;

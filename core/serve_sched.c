@@ -210,7 +210,7 @@ static int fill_window(joule_sched *s, slot *q, size_t from) {
     size_t w0 = from;
     const float *logits;
     int rc = s->feeder.before_window ? s->feeder.before_window(q->fs, q->d, from, &w0) : JOULE_OK;
-    if (!rc) rc = joule_decoder_prefill(q->d, q->hist + w0, (int)(q->n - w0), &logits);
+    if (!rc) rc = joule_decoder_batch_prefill(s->batch, q->d, q->hist + w0, (int)(q->n - w0), &logits);
     if (rc) {
         finish(s, q, JOULE_FINISH_ERROR, rc);
         return 0;

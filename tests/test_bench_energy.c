@@ -210,7 +210,7 @@ static void batch_vs_single(joule_decoder_batch *bt, joule_decoder **ds, joule_d
 
 static void check_batch(joule_model *m) {
     enum { N = 4 };
-    /* 1 thread: 4 rows run as sgemms, the 2-row step below as gemvs (rows_as_gemm) */
+    /* 1 thread: the 4-row and 2-row steps run through the batch's packed weights */
     joule_set_threads(1);
     const int plen[N] = {1, 9, 20, 33}; /* every sequence at its own position */
     joule_decoder *ds[N], *ref[N];
@@ -562,6 +562,9 @@ START_TEST(test_cli_end_to_end) {
     ck_assert(j && csv && svg);
     cJSON *p = cJSON_Parse(j);
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(p, "models")), 2);
+    /* batch 2 of an fp32 model steps through the batch's packed weights, and says so */
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(p, "models"), 0), "kernels")->valuestring,
+                     "packed");
     cJSON_Delete(p);
     free(j);
     free(csv);

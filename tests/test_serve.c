@@ -218,9 +218,15 @@ static char *completion_text(const char **finish) {
  * to the text of the same request unstreamed; the same seed gives the same sample. */
 START_TEST(test_stop_and_stream) {
     start("");
+    /* --threads 1 reaches the scheduler's own thread (OpenMP's team size is per thread) */
+    ck_assert_int_eq((int)metric("joule_scheduler_threads"), 1);
+    ck_assert_int_eq((int)metric("joule_energy_busy_seconds_total"), 0); /* nothing served yet */
     const char *fin;
     ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0}"), 200);
     char *full = completion_text(&fin);
+    /* that request's busy window: some wall and CPU time, within the server's whole window */
+    const double busy_s = metric("joule_energy_busy_seconds_total"), cpu_s = metric("joule_energy_busy_cpu_seconds_total");
+    ck_assert(busy_s > 0 && cpu_s > 0 && busy_s < metric("joule_energy_seconds_total"));
     ck_assert_str_eq(fin, "length");
     ck_assert_int_ge((int)strlen(full), 12);
     /* 3 printable ASCII bytes after the first two as the stop string (JSON-safe) */

@@ -215,10 +215,16 @@ void joule_decoder_batch_free(joule_decoder_batch *b);
 /* Appends tokens[i] to ds[i] at its own position ds[i]->pos, for i < n (n <= max_n; n
  * distinct decoders of the batch's model, positions may differ), with the same caches and
  * logits as n joule_decoder_step calls (to float rounding) but each weight matrix applied
- * to the n rows as one sgemm: attention per sequence over its own cache, MoE FFNs through
- * the rows op over the n rows, the logits [n, V] by one sgemm. Below 4 rows per thread the
- * products run as n gemvs and MoE row by row instead (OpenBLAS's sgemm packs the weights
- * at every call, which costs more than it saves for so few rows; same FLOPs). The logits
+ * to the n rows at once: attention per sequence over its own cache, MoE FFNs through the
+ * rows op over the n rows, the logits [n, V] in the same product. When max_n >= 2 (and
+ * the model is fp32 without CCA) the batch packs a second copy of the dense weights at
+ * creation and every step, of any n, multiplies through it by a kernel whose every output
+ * is one multiply-add chain over the input in order, so a row's logits do not depend on n
+ * or on the other rows (core/rows_kernel.h); a batch of max_n 1 runs gemvs, the
+ * arithmetic of joule_decoder_step. The batch reads the model's weights when it is created: it must be
+ * recreated after the weights change. MoE experts run row by row below 4 rows per thread,
+ * else through sgemm (OpenBLAS packs the weights at every call, which costs more than it
+ * saves for so few rows; same FLOPs). The logits
  * are owned by the batch, valid until its next step (ds[i]->logits are not updated).
  * Models with chunked cross-attention (RETRO) step decoder by decoder (their CCA op is
  * one-token and per sequence) and copy each row into the batch's logits. Checks every
@@ -226,6 +232,12 @@ void joule_decoder_batch_free(joule_decoder_batch *b);
  * position, except in the decoder-by-decoder path. */
 int joule_decoder_step_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, const int32_t *tokens,
                              const float **logits);
+/* joule_decoder_prefill of d (a decoder of the batch's model) through the batch's prefill
+ * scratch (ctx rows, allocated with the batch) instead of d's own: the decoders a batch
+ * steps prefill one at a time, so they share one scratch and none allocates (or first
+ * touches) its own inside a serving step. The same arithmetic as joule_decoder_prefill. */
+int joule_decoder_batch_prefill(joule_decoder_batch *b, joule_decoder *d, const int32_t *tokens, int n,
+                                const float **logits);
 
 #ifdef __cplusplus
 }

@@ -5,15 +5,17 @@
  *   1. queued requests take free slots (admission happens only here, at step boundaries);
  *   2. every running sequence that has a token to feed advances by one token, all of them
  *      in one joule_decoder_step_batch, and samples its next token;
- *   3. admitted prompts are prefilled (joule_decoder_prefill), oldest first, while the
+ *   3. admitted prompts are prefilled (joule_decoder_batch_prefill), oldest first, while the
  *      step's token budget (step_tokens, counting the decode rows of 2) lasts; the first
  *      prefill of a step always runs, so a prompt longer than the budget still starts;
  *      each prefilled sequence samples its first token in the same step.
  * A sequence that finishes (max_tokens, the end-of-document byte, its on_token asking to
  * stop, or cancellation) leaves its slot in the step it finishes, and on_finish is called.
  * Sampling is per request (its sampler, its seed's generator), so a request's tokens do not
- * depend on what else is in the batch: greedy output equals joule_generate's (to the float
- * rounding of batched products: joule_decoder_step_batch, joule_decoder_prefill). When a
+ * depend on what else is in the batch: with max_batch >= 2 every product runs on the
+ * batch's packed weights, whose rows' bits do not depend on the other rows (model.h), and
+ * greedy output equals joule_generate's (whose gemv/sgemm products differ from those only
+ * by float rounding; tests/test_serve_sched.c checks the tokens). When a
  * sequence's cache fills, its cache is refilled from the last ctx/2 tokens as
  * joule_generate does (the refill counts as a prefill).
  *

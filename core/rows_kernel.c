@@ -1,0 +1,132 @@
+/* Packed few-row products (core/rows_kernel.h). The microkernel keeps R rows x one 32-wide
+ * output panel in registers: each k loads the panel's 32 weights once and broadcasts one
+ * input value per row (an outer product), so there are no horizontal sums and the weights
+ * are read from memory once per tile of R rows. */
+#include "rows_kernel.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "joule/common.h"
+#include "joule/ops.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define RMAX 12 /* 24 accumulators of 32 registers */
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define RMAX 3 /* 12 accumulators of 16 registers */
+#else
+#define RMAX 4
+#endif
+
+size_t joule_rows_pack_floats(int IC, int OC) {
+    if (IC < 1 || OC < 1) return 0;
+    const size_t panels = ((size_t)OC + JOULE_ROWS_PANEL - 1) / JOULE_ROWS_PANEL;
+    if ((size_t)IC > SIZE_MAX / JOULE_ROWS_PANEL / panels) return 0;
+    return panels * (size_t)IC * JOULE_ROWS_PANEL;
+}
+
+void joule_rows_pack(float *dst, const float *W, int IC, int OC) {
+    const int panels = (OC + JOULE_ROWS_PANEL - 1) / JOULE_ROWS_PANEL;
+    for (int p = 0; p < panels; p++) {
+        float *d = dst + (size_t)p * IC * JOULE_ROWS_PANEL;
+        for (int k = 0; k < IC; k++)
+            for (int j = 0; j < JOULE_ROWS_PANEL; j++) {
+                const int o = p * JOULE_ROWS_PANEL + j;
+                d[(size_t)k * JOULE_ROWS_PANEL + j] = o < OC ? W[(size_t)o * IC + k] : 0.0f;
+            }
+    }
+}
+
+/* R rows (R <= RMAX, a constant after inlining) against panel pp; cols <= 32 outputs kept. */
+static inline __attribute__((always_inline)) void tile(float *out, const float *in, const float *pp, int R, int IC,
+                                                       int OC, int cols, float beta) {
+#if defined(__AVX512F__)
+    __m512 a[RMAX][2];
+    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    for (int k = 0; k < IC; k++) {
+        const __m512 w0 = _mm512_load_ps(pp + (size_t)k * 32), w1 = _mm512_load_ps(pp + (size_t)k * 32 + 16);
+        for (int r = 0; r < R; r++) {
+            const __m512 x = _mm512_set1_ps(in[(size_t)r * IC + k]);
+            a[r][0] = _mm512_fmadd_ps(x, w0, a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(x, w1, a[r][1]);
+        }
+    }
+    float buf[32] __attribute__((aligned(64)));
+    for (int r = 0; r < R; r++) {
+        _mm512_store_ps(buf, a[r][0]);
+        _mm512_store_ps(buf + 16, a[r][1]);
+        float *o = out + (size_t)r * OC;
+        for (int j = 0; j < cols; j++) o[j] = beta != 0.0f ? fmaf(beta, o[j], buf[j]) : buf[j];
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 a[RMAX][4];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < 4; v++) a[r][v] = _mm256_setzero_ps();
+    for (int k = 0; k < IC; k++) {
+        const float *w = pp + (size_t)k * 32;
+        const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8), w2 = _mm256_load_ps(w + 16),
+                     w3 = _mm256_load_ps(w + 24);
+        for (int r = 0; r < R; r++) {
+            const __m256 x = _mm256_set1_ps(in[(size_t)r * IC + k]);
+            a[r][0] = _mm256_fmadd_ps(x, w0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(x, w1, a[r][1]);
+            a[r][2] = _mm256_fmadd_ps(x, w2, a[r][2]);
+            a[r][3] = _mm256_fmadd_ps(x, w3, a[r][3]);
+        }
+    }
+    float buf[32] __attribute__((aligned(32)));
+    for (int r = 0; r < R; r++) {
+        for (int v = 0; v < 4; v++) _mm256_store_ps(buf + 8 * v, a[r][v]);
+        float *o = out + (size_t)r * OC;
+        for (int j = 0; j < cols; j++) o[j] = beta != 0.0f ? fmaf(beta, o[j], buf[j]) : buf[j];
+    }
+#else
+    for (int r = 0; r < R; r++) {
+        float acc[32] = {0};
+        for (int k = 0; k < IC; k++) {
+            const float x = in[(size_t)r * IC + k];
+            for (int j = 0; j < 32; j++) acc[j] = fmaf(x, pp[(size_t)k * 32 + j], acc[j]);
+        }
+        float *o = out + (size_t)r * OC;
+        for (int j = 0; j < cols; j++) o[j] = beta != 0.0f ? fmaf(beta, o[j], acc[j]) : acc[j];
+    }
+#endif
+}
+
+/* One panel against all n rows, RMAX at a time; the tail tile's R is a constant too. */
+static void panel(float *out, const float *in, const float *pp, int n, int IC, int OC, int cols, float beta) {
+    int i = 0;
+    for (; i + RMAX <= n; i += RMAX) tile(out + (size_t)i * OC, in + (size_t)i * IC, pp, RMAX, IC, OC, cols, beta);
+    float *o = out + (size_t)i * OC;
+    const float *x = in + (size_t)i * IC;
+    switch (n - i) {
+#define TAIL(r) \
+    case r: tile(o, x, pp, r, IC, OC, cols, beta); break;
+        TAIL(1)
+        TAIL(2)
+#if RMAX > 3
+        TAIL(3)
+#endif
+#if RMAX > 4
+        TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+#endif
+#undef TAIL
+    default: break;
+    }
+}
+
+void joule_rows_matmul(float *out, const float *in, const joule_rows_packed *pk, int n, float beta) {
+    const int IC = pk->IC, OC = pk->OC, panels = (OC + JOULE_ROWS_PANEL - 1) / JOULE_ROWS_PANEL;
+    if (n < 1) return;
+    joule_flops_add(2ull * (uint64_t)n * (uint64_t)IC * (uint64_t)OC);
+    /* A thread team costs tens of microseconds: worth it from about a million multiply-adds. */
+    const uint64_t work = (uint64_t)n * (uint64_t)IC * (uint64_t)OC;
+#pragma omp parallel for schedule(static) if (work >= (1u << 20))
+    for (int p = 0; p < panels; p++) {
+        const int o0 = p * JOULE_ROWS_PANEL, cols = OC - o0 < JOULE_ROWS_PANEL ? OC - o0 : JOULE_ROWS_PANEL;
+        panel(out + o0, in, pk->p + (size_t)p * IC * JOULE_ROWS_PANEL, n, IC, OC, cols, beta);
+    }
+}
