@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# scripts/demo.sh <path-to-joule> — the main job in about 9 minutes on 2 cores (measured from a
-# clean runs/ folder: 8 min 35 s of CPU, the demo's quiet wall time as it runs one thread;
-# 12 min 24 s wall while three other engineers' jobs kept the load at 4-6; docs/COMPARE.md
-# section 7. RETRO searches each chunk its runs read, on demand; a rerun reuses the
+# scripts/demo.sh <path-to-joule> — the main job in about 8 minutes on 2 cores (measured from a
+# fresh clone with no data/ or runs/ on a quiet machine: 7 min 45 s wall; 12 min 24 s while
+# other jobs kept the load at 4-6; docs/COMPARE.md section 7. RETRO searches each chunk its runs read, on demand; a rerun reuses the
 # finished runs):
 #   1. prepare the default corpus (GCIDE dictionary + fortunes) into data/default
 #   2. joule compare: dense, MoE, RETRO and RETRO-fit models at 4 training budgets (equal
