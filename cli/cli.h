@@ -81,6 +81,11 @@ int cli_range_option(const char *cmd, const char *name, const char *arg, double 
 struct option;
 void cli_opt_start(void);
 int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, const char *usage);
+/* The whole loop for a command whose options are handled by option(args, c, argv), which
+ * returns 0 or an exit code: -1 after --help, the exit code of a bad option, EXIT_USAGE
+ * after "CMD: unexpected argument 'ARG'" for a left-over argument, else 0. */
+int cli_parse_options(int argc, char **argv, const char *cmd, const char *shortopts, const struct option *longopts,
+                      const char *usage, int (*option)(void *args, int c, char **argv), void *args);
 
 /* JSON output: numbers added to an object in the order listed, and the object printed on
  * one line to stdout, then freed. */

@@ -324,7 +324,8 @@ static void print_text(const account_args *a, const joule_acct_model *m, const j
 }
 
 /* One option into a; 0, or EXIT_USAGE after one line naming it. */
-static int parse_option(account_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    account_args *a = args;
     switch (c) {
     case OPT_CONFIG: a->config = optarg; return 0;
     case OPT_PRESET: a->preset = optarg; return 0;
@@ -408,13 +409,7 @@ static int parse_args(int argc, char **argv, account_args *a) {
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":h", LONG, USAGE, parse_option, a));
     return 0;
 }
 

@@ -86,7 +86,8 @@ static bool parse_list(const char *s, double *v, int *n, bool allow_inf) {
     return *n > 0;
 }
 
-static int parse_option(bs_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    bs_args *a = args;
     double v[MAX_RUNS];
     switch (c) {
     case OPT_MODEL: a->model_path = optarg; return 0;
@@ -132,13 +133,7 @@ static int parse_args(int argc, char **argv, bs_args *a) {
         {"seed", 1, 0, OPT_SEED},           {"out", 1, 0, OPT_OUT},           {"hardware", 1, 0, OPT_HARDWARE},
         {"threads", 1, 0, OPT_THREADS},     {"help", 0, 0, 'h'},              RETRO_DB_LONG_OPTIONS,
         {0, 0, 0, 0}};
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":h", LONG, USAGE, parse_option, a));
     if (!a->model_path == !a->url) return cli_usage_error(CMD, "give one of --model PATH or --url URL");
     if (a->url && strncmp(a->url, "http://", 7))
         return cli_usage_error(CMD, "--url: '%s' does not start with http://", cli_text(a->url));

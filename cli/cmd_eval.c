@@ -110,7 +110,8 @@ typedef struct {
     char buf[4096];
 } eval_args;
 
-static int parse_option(eval_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    eval_args *a = args;
     switch (c) {
     case OPT_MODEL: a->model_path = optarg; return 0;
     case OPT_DATA: a->data_dir = optarg; return 0;
@@ -167,13 +168,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
         {NULL, 0, NULL, 0},
     };
     const retro_db_cli *rdb = &a->rdb;
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":h", LONG, USAGE, parse_option, a));
     if (!a->model_path) return cli_usage_error(CMD, "--model PATH is required");
     if (rdb->own_doc && !rdb->dir) return cli_usage_error(CMD, "--include-own-doc needs --db DIR");
     if (rdb->on_demand && !rdb->dir) return cli_usage_error(CMD, "--neighbours-on-demand needs --db DIR");

@@ -80,7 +80,8 @@ typedef struct {
     retro_db_cli rdb;
 } gen_args;
 
-static int parse_option(gen_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    gen_args *a = args;
     switch (c) {
     case OPT_MODEL: a->model_path = optarg; return 0;
     case OPT_PROMPT: a->prompt = optarg; return 0;
@@ -128,13 +129,7 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         RETRO_DB_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":hn:", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":hn:", LONG, USAGE, parse_option, a));
     if (!a->model_path) return cli_usage_error(CMD, "--model PATH is required");
     if (a->prompt && a->prompt_file) return cli_usage_error(CMD, "give either --prompt or --prompt-file");
     CLI_CHECK(cli_check_input(CMD, a->model_path, NULL));

@@ -67,7 +67,8 @@ typedef struct {
     retro_db_cli rdb;
 } serve_args;
 
-static int parse_option(serve_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    serve_args *a = args;
     switch (c) {
     case OPT_MODEL: a->model_path = optarg; return 0;
     case OPT_HOST: a->host = optarg; return 0;
@@ -104,13 +105,7 @@ static int parse_args(int argc, char **argv, serve_args *a) {
         RETRO_DB_LONG_OPTIONS,
         {NULL, 0, NULL, 0},
     };
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":h", LONG, USAGE, parse_option, a));
     if (!a->model_path) return cli_usage_error(CMD, "--model PATH is required");
     struct in_addr ip;
     if (inet_pton(AF_INET, a->host, &ip) != 1)

@@ -319,7 +319,8 @@ static int arch_option(train_args *a) {
 }
 
 /* One option of the command line; 0, or the exit status after one line naming it. */
-static int parse_option(train_args *a, int c, char **argv) {
+static int parse_option(void *args, int c, char **argv) {
+    train_args *a = args;
     joule_train_opts *o = &a->o;
     double v;
     switch (c) {
@@ -369,13 +370,7 @@ static int parse_option(train_args *a, int c, char **argv) {
  * checks the input files and fills in the default data paths. */
 static int parse_args(int argc, char **argv, train_args *a) {
     joule_train_opts *o = &a->o;
-    int c;
-    cli_opt_start();
-    while ((c = cli_getopt(argc, argv, ":h", LONG, USAGE)) != -1) {
-        if (c == CLI_HELP) return -1;
-        CLI_CHECK(parse_option(a, c, argv));
-    }
-    if (optind < argc) return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    CLI_CHECK(cli_parse_options(argc, argv, CMD, ":h", LONG, USAGE, parse_option, a));
     if (a->n_budgets > 1) return cli_usage_error(CMD, "give exactly one budget: --steps, --tokens or --flops");
     if (a->n_budgets == 0 && !o->resume)
         return cli_usage_error(CMD, "no budget: give one of --steps N, --tokens N or --flops F");

@@ -243,6 +243,18 @@ int cli_getopt(int argc, char **argv, const char *shortopts, const struct option
     return CLI_HELP;
 }
 
+int cli_parse_options(int argc, char **argv, const char *cmd, const char *shortopts, const struct option *longopts,
+                      const char *usage, int (*option)(void *args, int c, char **argv), void *args) {
+    int c;
+    cli_opt_start();
+    while ((c = cli_getopt(argc, argv, shortopts, longopts, usage)) != -1) {
+        if (c == CLI_HELP) return -1;
+        CLI_CHECK(option(args, c, argv));
+    }
+    if (optind < argc) return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
 void cli_json_numbers(cJSON *o, const cli_json_number *f, size_t n) {
     for (size_t i = 0; i < n; i++) cJSON_AddNumberToObject(o, f[i].key, f[i].value);
 }
