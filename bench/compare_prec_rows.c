@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "joule/compare.h"
+#include "compare_run.h"
 
 typedef struct {
     const char *name;
@@ -78,34 +79,17 @@ static int parse_row(const char *text, joule_compare_prec_row *r, const char *pa
     return rc;
 }
 
+static int parse_any_row(const char *text, void *row, const char *path, int line) {
+    return parse_row(text, row, path, line);
+}
+
 int joule_compare_prec_load(const char *dir, joule_compare_prec_row **rows, int *n) {
-    *rows = NULL;
-    *n = 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/precisions.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return errno == ENOENT ? JOULE_OK : joule_fail(JOULE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int rc = JOULE_OK, lineno = 0, have = 0;
-    joule_compare_prec_row *out = NULL;
-    while (!rc && getline(&line, &cap, f) > 0) {
-        lineno++;
-        if (line[0] == '\n') continue;
-        joule_compare_prec_row *g = realloc(out, (size_t)(have + 1) * sizeof *g);
-        if (!g) rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
-        else if (!(rc = parse_row(line, &(out = g)[have], path, lineno))) have++;
-    }
-    if (!rc && ferror(f)) rc = joule_fail(JOULE_ERR_IO, "%s: read error", path);
-    free(line);
-    fclose(f);
-    if (rc) {
-        free(out);
-        return rc;
-    }
+    void *out;
+    int rc = compare_jsonl_load(path, sizeof **rows, parse_any_row, &out, n);
     *rows = out;
-    *n = have;
-    return JOULE_OK;
+    return rc;
 }
 
 int joule_compare_prec_save(const char *dir, const joule_compare_prec_row *rows, int n) {

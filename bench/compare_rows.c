@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "joule/compare.h"
+#include "compare_run.h"
 
 /* Numeric fields in file order: name, offset and type. */
 typedef struct {
@@ -109,7 +110,8 @@ static int parse_row(const char *text, joule_compare_row *r, const char *path, i
     return rc;
 }
 
-int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n) {
+int compare_jsonl_load(const char *path, size_t size, int (*parse)(const char *text, void *row, const char *path, int line),
+                       void **rows, int *n) {
     *rows = NULL;
     *n = 0;
     FILE *f = fopen(path, "r");
@@ -117,20 +119,19 @@ int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n) 
         if (errno == ENOENT) return JOULE_OK; /* a fresh comparison */
         return joule_fail(JOULE_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
-    char *line = NULL;
+    char *line = NULL, *out = NULL;
     size_t cap = 0;
     int rc = JOULE_OK, lineno = 0, have = 0;
-    joule_compare_row *out = NULL;
     while (getline(&line, &cap, f) > 0) {
         lineno++;
         if (line[0] == '\n') continue;
-        joule_compare_row *g = realloc(out, (size_t)(have + 1) * sizeof *g);
+        char *g = realloc(out, (size_t)(have + 1) * size);
         if (!g) {
             rc = joule_fail(JOULE_ERR_NOMEM, "out of memory");
             break;
         }
         out = g;
-        if ((rc = parse_row(line, &out[have], path, lineno))) break;
+        if ((rc = parse(line, out + (size_t)have * size, path, lineno))) break;
         have++;
     }
     if (!rc && ferror(f)) rc = joule_fail(JOULE_ERR_IO, "%s: read error", path);
@@ -143,6 +144,17 @@ int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n) 
     *rows = out;
     *n = have;
     return JOULE_OK;
+}
+
+static int parse_any_row(const char *text, void *row, const char *path, int line) {
+    return parse_row(text, row, path, line);
+}
+
+int joule_compare_rows_load(const char *path, joule_compare_row **rows, int *n) {
+    void *out;
+    int rc = compare_jsonl_load(path, sizeof **rows, parse_any_row, &out, n);
+    *rows = out;
+    return rc;
 }
 
 static void csv_str(FILE *f, const char *s) {

@@ -40,6 +40,13 @@ typedef struct {
     const joule_compare_row *dense;
 } compare_run_ctx;
 
+/* The rows of a JSON-lines file (results.jsonl, precisions.jsonl): one per non-empty
+ * line, each of `size` bytes filled by parse, into a malloc'd array the caller frees;
+ * NULL and 0 when the file does not exist (a fresh comparison). On an error nothing is
+ * returned. */
+int compare_jsonl_load(const char *path, size_t size, int (*parse)(const char *text, void *row, const char *path, int line),
+                       void **rows, int *n);
+
 /* Sizes, trains (checkpoint at r->checkpoint, set by the caller), evaluates and measures
  * one run into r. JOULE_OK with r->ok, an error (r->error holds it) or COMPARE_INTERRUPTED. */
 int compare_run_one(const compare_run_ctx *x, joule_arch arch, double budget, joule_compare_row *r);
