@@ -10,6 +10,10 @@
 #include "joule/quant.h"
 #include "rows_kernel.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 /* y[OC] = W x + beta y: the quantised kernel when m is a quantised model, else sgemv. */
 static void mv(const joule_model *m, float *y, const float *W, const float *x, int IC, int OC, float beta) {
     if (!joule_quant_matmul(m, W, y, x, 1, IC, OC, beta)) joule_sgemv(OC, IC, 1.0f, W, IC, x, beta, y);
@@ -79,6 +83,41 @@ int joule_decoder_truncate(joule_decoder *d, int pos) {
     return JOULE_OK;
 }
 
+/* q . k over one head's hs values, in 16 fixed lanes summed by a fixed tree: the same bits
+ * from the AVX-512 path and the portable one, wherever it is inlined (an `omp simd`
+ * reduction leaves the order to the compiler, and here ended in 16 dependent scalar adds
+ * through the stack). */
+static inline float head_dot(const float *q, const float *k, int hs) {
+#if defined(__AVX512F__)
+    if (hs % 16 == 0) {
+        __m512 a = _mm512_setzero_ps();
+        for (int i = 0; i < hs; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(k + i), a);
+        const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+        const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+        const __m128 a2 = _mm_add_ps(a4, _mm_movehl_ps(a4, a4));
+        return _mm_cvtss_f32(_mm_add_ss(a2, _mm_shuffle_ps(a2, a2, 1)));
+    }
+#endif
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= hs; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] = fmaf(q[i + j], k[i + j], acc[j]);
+    for (int j = 0; i + j < hs; j++) acc[j] = fmaf(q[i + j], k[i + j], acc[j]);
+    for (int w = 8; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+
+/* Scores s[0..pos] to softmax weights in place (max-subtracted); returns 1 / their sum. */
+static inline float softmax_weights(float *s, int pos, float mx) {
+    float sum = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    return 1.0f / sum;
+}
+
 /* Head h of one query q (a qkv row) over the cached positions [0, pos] of layer l; s holds
  * ctx scores, o the head's slice of the output row. */
 static void attend_head(const joule_decoder *d, int l, int pos, int h, const float *q, float *s, float *o) {
@@ -91,25 +130,44 @@ static void attend_head(const joule_decoder *d, int l, int pos, int h, const flo
     o += h * hs;
     float mx = -INFINITY;
     for (int t = 0; t <= pos; t++) {
-        const float *k = kc + (size_t)t * C + h * hs;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-        s[t] = dot * scale;
+        s[t] = head_dot(q, kc + (size_t)t * C + h * hs, hs) * scale;
         mx = s[t] > mx ? s[t] : mx;
     }
-    float sum = 0.0f;
-    for (int t = 0; t <= pos; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-    }
-    float inv = 1.0f / sum;
+    const float inv = softmax_weights(s, pos, mx);
     for (int i = 0; i < hs; i++) o[i] = 0.0f;
     for (int t = 0; t <= pos; t++) {
         const float *v = vc + (size_t)t * C + h * hs;
-        float p = s[t] * inv;
-#pragma omp simd
+        const float p = s[t] * inv;
         for (int i = 0; i < hs; i++) o[i] += p * v[i];
+    }
+}
+
+/* Every head of one query q over positions [0, pos] of layer l, walking the cache a whole
+ * row at a time: each K and V row is read once, in address order (the hardware prefetcher
+ * streams it), where a head at a time strides through every row once per head. Per head
+ * the arithmetic and its order are attend_head's, so the bits are too. s: H * ctx scores;
+ * o: the C-wide output row. */
+static void attend_all_heads(const joule_decoder *d, int l, int pos, const float *q, float *s, float *o) {
+    const joule_config *c = &d->m->cfg;
+    const int C = c->d_model, H = c->n_heads, hs = C / H, T = c->ctx;
+    const float *kc = d->k_cache + (size_t)l * T * C;
+    const float *vc = d->v_cache + (size_t)l * T * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int t = 0; t <= pos; t++)
+        for (int h = 0; h < H; h++) s[(size_t)h * T + t] = head_dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
+    for (int h = 0; h < H; h++) { /* the weights p = e / sum, as attend_head forms them */
+        float *sh = s + (size_t)h * T, mx = -INFINITY;
+        for (int t = 0; t <= pos; t++) mx = sh[t] > mx ? sh[t] : mx;
+        const float inv = softmax_weights(sh, pos, mx);
+        for (int t = 0; t <= pos; t++) sh[t] *= inv;
+    }
+    for (int i = 0; i < C; i++) o[i] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const float *v = vc + (size_t)t * C;
+        for (int h = 0; h < H; h++) {
+            const float p = s[(size_t)h * T + t];
+            for (int i = h * hs; i < (h + 1) * hs; i++) o[i] += p * v[i];
+        }
     }
 }
 
@@ -413,18 +471,16 @@ static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, i
     return JOULE_OK;
 }
 
-/* Each sequence's query row over its own cache; (sequence, head) pairs share the threads. */
+/* Each sequence's query row over its own cache; the sequences share the threads. */
 static void attend_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, int l) {
     const joule_config *c = &b->m->cfg;
     const int C = c->d_model, H = c->n_heads, T = c->ctx;
     uint64_t work = 0;
     for (int i = 0; i < n; i++) work += (uint64_t)ds[i]->pos + 1;
-#pragma omp parallel for schedule(static) if (work > 64)
-    for (int ih = 0; ih < n * H; ih++) {
-        const int i = ih / H;
-        attend_head(ds[i], l, ds[i]->pos, ih % H, b->qkv + (size_t)i * 3 * C, b->scores + (size_t)ih * T,
-                    b->ao + (size_t)i * C);
-    }
+#pragma omp parallel for schedule(static) if (n > 1 && work > 64)
+    for (int i = 0; i < n; i++)
+        attend_all_heads(ds[i], l, ds[i]->pos, b->qkv + (size_t)i * 3 * C, b->scores + (size_t)i * H * T,
+                         b->ao + (size_t)i * C);
     joule_flops_add(4ull * work * (uint64_t)C);
 }
 

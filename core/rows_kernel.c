@@ -1,7 +1,13 @@
 /* Packed few-row products (core/rows_kernel.h). The microkernel keeps R rows x one 32-wide
  * output panel in registers: each k loads the panel's 32 weights once and broadcasts one
  * input value per row (an outer product), so there are no horizontal sums and the weights
- * are read from memory once per tile of R rows. */
+ * are read from memory once per tile of R rows.
+ *
+ * From 8 rows on the product is compute-bound, and the first tile over a panel would wait
+ * on memory while later tiles find it cached; so every tile over a panel also prefetches
+ * a share of the next panel, which keeps memory busy for the panel's whole time (16 rows
+ * on the reference model: 2.1 instead of 3.0 ms per step's products, docs/BENCH.md). Below
+ * 8 rows the hardware prefetcher keeps up, and software prefetches only cost issue slots. */
 #include "rows_kernel.h"
 
 #include <math.h>
@@ -20,6 +26,7 @@
 #else
 #define RMAX 4
 #endif
+#define PREFETCH_MIN_ROWS 8
 
 size_t joule_rows_pack_floats(int IC, int OC) {
     if (IC < 1 || OC < 1) return 0;
@@ -40,13 +47,26 @@ void joule_rows_pack(float *dst, const float *W, int IC, int OC) {
     }
 }
 
+/* Cache lines of the next panel that a tile prefetches at step k: pf (NULL: none) is this
+ * tile's share, one line per k, or the whole panel (two per k) when the panel is one tile. */
+static inline __attribute__((always_inline)) void prefetch(const char *pf, int IC, int whole, int k) {
+#if defined(__AVX2__) || defined(__AVX512F__)
+    if (!pf) return;
+    _mm_prefetch(pf + (size_t)k * 64, _MM_HINT_T1);
+    if (whole) _mm_prefetch(pf + ((size_t)IC + (size_t)k) * 64, _MM_HINT_T1);
+#else
+    (void)pf, (void)IC, (void)whole, (void)k;
+#endif
+}
+
 /* R rows (R <= RMAX, a constant after inlining) against panel pp; cols <= 32 outputs kept. */
 static inline __attribute__((always_inline)) void tile(float *out, const float *in, const float *pp, int R, int IC,
-                                                       int OC, int cols, float beta) {
+                                                       int OC, int cols, float beta, const char *pf, int whole) {
 #if defined(__AVX512F__)
     __m512 a[RMAX][2];
     for (int r = 0; r < R; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
     for (int k = 0; k < IC; k++) {
+        prefetch(pf, IC, whole, k);
         const __m512 w0 = _mm512_load_ps(pp + (size_t)k * 32), w1 = _mm512_load_ps(pp + (size_t)k * 32 + 16);
         for (int r = 0; r < R; r++) {
             const __m512 x = _mm512_set1_ps(in[(size_t)r * IC + k]);
@@ -66,6 +86,7 @@ static inline __attribute__((always_inline)) void tile(float *out, const float *
     for (int r = 0; r < R; r++)
         for (int v = 0; v < 4; v++) a[r][v] = _mm256_setzero_ps();
     for (int k = 0; k < IC; k++) {
+        prefetch(pf, IC, whole, k);
         const float *w = pp + (size_t)k * 32;
         const __m256 w0 = _mm256_load_ps(w), w1 = _mm256_load_ps(w + 8), w2 = _mm256_load_ps(w + 16),
                      w3 = _mm256_load_ps(w + 24);
@@ -84,6 +105,7 @@ static inline __attribute__((always_inline)) void tile(float *out, const float *
         for (int j = 0; j < cols; j++) o[j] = beta != 0.0f ? fmaf(beta, o[j], buf[j]) : buf[j];
     }
 #else
+    (void)pf, (void)whole;
     for (int r = 0; r < R; r++) {
         float acc[32] = {0};
         for (int k = 0; k < IC; k++) {
@@ -96,25 +118,32 @@ static inline __attribute__((always_inline)) void tile(float *out, const float *
 #endif
 }
 
-/* One panel against all n rows, RMAX at a time; the tail tile's R is a constant too. */
-static void panel(float *out, const float *in, const float *pp, int n, int IC, int OC, int cols, float beta) {
-    int i = 0;
-    for (; i + RMAX <= n; i += RMAX) tile(out + (size_t)i * OC, in + (size_t)i * IC, pp, RMAX, IC, OC, cols, beta);
-    float *o = out + (size_t)i * OC;
-    const float *x = in + (size_t)i * IC;
-    switch (n - i) {
-#define TAIL(r) \
-    case r: tile(o, x, pp, r, IC, OC, cols, beta); break;
-        TAIL(1)
-        TAIL(2)
+/* One panel against all n rows in ceil(n / RMAX) tiles of even size (16 rows: 8 + 8, not
+ * 12 + 4, whose short tile is latency-bound); every R is a constant in its case. The first
+ * two tiles prefetch the next panel (NULL: none), half each, or all of it when alone. */
+static void panel(float *out, const float *in, const float *pp, int n, int IC, int OC, int cols, float beta,
+                  const float *next) {
+    const int tiles = (n + RMAX - 1) / RMAX;
+    if (n < PREFETCH_MIN_ROWS) next = NULL;
+    for (int i = 0, j = 0; j < tiles; j++) {
+        const int R = (n - i + tiles - j - 1) / (tiles - j);
+        float *o = out + (size_t)i * OC;
+        const float *x = in + (size_t)i * IC;
+        const char *pf = next && j < 2 ? (const char *)next + (size_t)j * IC * 64 : NULL;
+        switch (R) {
+#define TILE(r) \
+    case r: tile(o, x, pp, r, IC, OC, cols, beta, pf, tiles == 1); break;
+            TILE(1) TILE(2) TILE(3)
 #if RMAX > 3
-        TAIL(3)
+            TILE(4)
 #endif
 #if RMAX > 4
-        TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
+            TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10) TILE(11) TILE(12)
 #endif
-#undef TAIL
-    default: break;
+#undef TILE
+        default: break;
+        }
+        i += R;
     }
 }
 
@@ -127,6 +156,7 @@ void joule_rows_matmul(float *out, const float *in, const joule_rows_packed *pk,
 #pragma omp parallel for schedule(static) if (work >= (1u << 20))
     for (int p = 0; p < panels; p++) {
         const int o0 = p * JOULE_ROWS_PANEL, cols = OC - o0 < JOULE_ROWS_PANEL ? OC - o0 : JOULE_ROWS_PANEL;
-        panel(out + o0, in, pk->p + (size_t)p * IC * JOULE_ROWS_PANEL, n, IC, OC, cols, beta);
+        const float *pp = pk->p + (size_t)p * IC * JOULE_ROWS_PANEL;
+        panel(out + o0, in, pp, n, IC, OC, cols, beta, p + 1 < panels ? pp + (size_t)IC * JOULE_ROWS_PANEL : NULL);
     }
 }

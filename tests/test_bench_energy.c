@@ -88,7 +88,9 @@ static void check_prefill(bool moe) {
     /* one forward over n tokens, less the n-1 logits rows a prefill does not need */
     ck_assert_uint_eq(joule_flops_counted(), joule_model_forward_flops(c, 1, n) - 2ull * C * V * (n - 1));
     ck_assert_int_eq(b->pos, n);
-    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits");
+    /* Float32 sums in other orders (blocked attention, sgemm against the per-token path):
+     * the largest difference seen is 1.1e-5, the MoE model's, after head_dot's fixed tree. */
+    tu_expect_near(lb, la, (size_t)V, 3e-5, "logits");
     const size_t T = (size_t)c->ctx;
     for (int l = 0; l < L; l++) {
         tu_expect_near(b->k_cache + l * T * C, a->k_cache + l * T * C, (size_t)n * C, 1e-5, "k cache");
@@ -97,14 +99,14 @@ static void check_prefill(bool moe) {
     /* decoding on from either cache gives the same next logits */
     ck_assert_int_eq(joule_decoder_step(a, 65, &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_step(b, 65, &lb), JOULE_OK);
-    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits after prefill");
+    tu_expect_near(lb, la, (size_t)V, 3e-5, "logits after prefill");
     /* a non-empty cache continues token by token; too many tokens are refused */
     joule_decoder_reset(a);
     for (int i = 0; i < 3; i++) ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
     ck_assert_int_eq(joule_decoder_prefill(a, tok + 3, n - 3, &la), JOULE_OK);
     joule_decoder_reset(b);
     ck_assert_int_eq(joule_decoder_prefill(b, tok, n, &lb), JOULE_OK);
-    tu_expect_near(lb, la, (size_t)V, 1e-5, "logits, cache continued");
+    tu_expect_near(lb, la, (size_t)V, 3e-5, "logits, cache continued");
     joule_decoder_reset(b);
     int32_t many[49] = {0};
     ck_assert_int_eq(joule_decoder_prefill(b, many, 49, &lb), JOULE_ERR_ARG);

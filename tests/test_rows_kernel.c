@@ -127,11 +127,46 @@ START_TEST(test_step_independent_of_companions) {
 }
 END_TEST
 
+/* A batch of max_n 1 runs the gemvs of joule_decoder_step, and its attention walks the
+ * cache row by row where the step goes head by head: the logits must still be the same bits
+ * (head_dot's fixed order). Head sizes 64 (the AVX-512 path), 24 (a lane tail) and 8. */
+static void check_one_row_batch(int d_model, int heads) {
+    joule_config c = joule_config_default(2, d_model, heads, 2 * d_model, 48);
+    joule_model *m = tu_model(&c, 1, 11);
+    joule_set_threads(1);
+    joule_decoder *a, *b;
+    joule_decoder_batch *bt;
+    ck_assert_int_eq(joule_decoder_create(&a, m), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_create(&b, m), JOULE_OK);
+    ck_assert_int_eq(joule_decoder_batch_create(&bt, m, 1), JOULE_OK);
+    int32_t tok[30];
+    tu_random_tokens(tok, 30, 5);
+    const float *la, *lb;
+    for (int i = 0; i < 30; i++) {
+        ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
+        ck_assert_int_eq(joule_decoder_step_batch(bt, &b, 1, &tok[i], &lb), JOULE_OK);
+        ck_assert_msg(memcmp(la, lb, sizeof(float) * (size_t)c.vocab) == 0, "d %d heads %d, token %d: logits differ",
+                      d_model, heads, i);
+    }
+    joule_decoder_batch_free(bt);
+    joule_decoder_free(a);
+    joule_decoder_free(b);
+    joule_model_free(m);
+}
+
+START_TEST(test_one_row_batch_equals_step) {
+    check_one_row_batch(128, 2);
+    check_one_row_batch(48, 2);
+    check_one_row_batch(32, 4);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("rows_kernel");
     TCase *t = tu_tcase(s, "rows_kernel", 60, NULL, NULL);
     tcase_add_test(t, test_products_match_reference);
     tcase_add_test(t, test_rows_independent_of_batch);
     tcase_add_test(t, test_step_independent_of_companions);
+    tcase_add_test(t, test_one_row_batch_equals_step);
     return tu_run_suite(s);
 }
