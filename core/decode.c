@@ -175,8 +175,12 @@ static void attend_all_heads(const joule_decoder *d, int l, int pos, const float
 static void attend(joule_decoder *d, int l, int pos) {
     const joule_config *c = &d->m->cfg;
     const int H = c->n_heads, T = c->ctx;
-#pragma omp parallel for schedule(static) if (pos > 64)
-    for (int h = 0; h < H; h++) attend_head(d, l, pos, h, d->qkv, d->scores + (size_t)h * T, d->att_out);
+    if (pos <= 64 || joule_get_threads() == 1) { /* one thread: row order, the same bits */
+        attend_all_heads(d, l, pos, d->qkv, d->scores, d->att_out);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (int h = 0; h < H; h++) attend_head(d, l, pos, h, d->qkv, d->scores + (size_t)h * T, d->att_out);
+    }
     /* Same FLOPs as the batched path's two T x T products restricted to this row. */
     joule_flops_add(4ull * (uint64_t)(pos + 1) * (uint64_t)c->d_model);
 }

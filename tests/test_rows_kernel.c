@@ -128,21 +128,22 @@ START_TEST(test_step_independent_of_companions) {
 END_TEST
 
 /* A batch of max_n 1 runs the gemvs of joule_decoder_step, and its attention walks the
- * cache row by row where the step goes head by head: the logits must still be the same bits
- * (head_dot's fixed order). Head sizes 64 (the AVX-512 path), 24 (a lane tail) and 8. */
+ * cache row by row, where a step past position 64 on 2 threads goes head by head (one head
+ * per thread): the logits must still be the same bits (head_dot's fixed order). Head sizes
+ * 64 (the AVX-512 path), 24 (a lane tail) and 8. */
 static void check_one_row_batch(int d_model, int heads) {
-    joule_config c = joule_config_default(2, d_model, heads, 2 * d_model, 48);
+    joule_config c = joule_config_default(2, d_model, heads, 2 * d_model, 96);
     joule_model *m = tu_model(&c, 1, 11);
-    joule_set_threads(1);
+    joule_set_threads(2);
     joule_decoder *a, *b;
     joule_decoder_batch *bt;
     ck_assert_int_eq(joule_decoder_create(&a, m), JOULE_OK);
     ck_assert_int_eq(joule_decoder_create(&b, m), JOULE_OK);
     ck_assert_int_eq(joule_decoder_batch_create(&bt, m, 1), JOULE_OK);
-    int32_t tok[30];
-    tu_random_tokens(tok, 30, 5);
+    int32_t tok[80];
+    tu_random_tokens(tok, 80, 5);
     const float *la, *lb;
-    for (int i = 0; i < 30; i++) {
+    for (int i = 0; i < 80; i++) {
         ck_assert_int_eq(joule_decoder_step(a, tok[i], &la), JOULE_OK);
         ck_assert_int_eq(joule_decoder_step_batch(bt, &b, 1, &tok[i], &lb), JOULE_OK);
         ck_assert_msg(memcmp(la, lb, sizeof(float) * (size_t)c.vocab) == 0, "d %d heads %d, token %d: logits differ",
