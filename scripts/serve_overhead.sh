@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# scripts/serve_overhead.sh — J/request through `joule serve` against `joule bench energy`
+# on the same queries, as alternated rounds (docs/BENCH.md, "Server overhead").
+#
+# One server (`joule serve --max-batch 1`: the gemv steps and sgemm prefills of
+# `bench energy --batch 1`) stays up. Each round runs `joule bench energy` on Q queries,
+# then `joule bench serve --url` with Q requests of the same prompts and lengths at a low
+# rate, and reads the server's J/request while busy. Shared machines drift by tens of
+# percent over a minute; a round takes seconds, so its two figures see the same machine,
+# and the summary is over the rounds: the ratio of the means and the median of the
+# per-round ratios. With --cpu N the server and `bench energy` run on CPU N and the load
+# generator on the others: on the 2-vCPU VM where this was written one vCPU decodes 30-50%
+# slower than the other, so unpinned runs land on either and the rounds scatter.
+set -euo pipefail
+
+usage() {
+  cat <<EOF
+Usage: scripts/serve_overhead.sh --model PATH --data DIR [options]
+
+  --model PATH     checkpoint (dense or MoE; required)
+  --data DIR       prepared corpus: prompts from DIR/val.bin (required)
+  --rounds N       alternated rounds (10)
+  --queries Q      queries per figure per round (8)
+  --prompt P       prompt tokens (16)
+  --generate G     generated tokens per query (32)
+  --rate R         requests per second sent to the server (2)
+  --threads T      threads of both (1)
+  --port N         the server's port (8399)
+  --cpu N          pin the server and bench energy to CPU N, the load generator off it
+  --joule PATH     the joule binary (build/joule)
+  -h, --help       this help
+
+Prints one line per round and a summary; exit 2 on a bad option.
+EOF
+}
+
+MODEL= DATA= ROUNDS=10 Q=8 P=16 G=32 RATE=2 THREADS=1 PORT=8399 CPU=
+JOULE=$(dirname "$(readlink -f "$0")")/../build/joule
+bad() { echo "serve_overhead.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --model) MODEL=${2:-}; shift 2 ;;
+    --data) DATA=${2:-}; shift 2 ;;
+    --rounds) ROUNDS=${2:-}; shift 2 ;;
+    --queries) Q=${2:-}; shift 2 ;;
+    --prompt) P=${2:-}; shift 2 ;;
+    --generate) G=${2:-}; shift 2 ;;
+    --rate) RATE=${2:-}; shift 2 ;;
+    --threads) THREADS=${2:-}; shift 2 ;;
+    --port) PORT=${2:-}; shift 2 ;;
+    --joule) JOULE=${2:-}; shift 2 ;;
+    --cpu) CPU=${2:-}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) bad "unknown option '$1' (try --help)" ;;
+  esac
+done
+[ -n "$MODEL" ] || bad "--model is required"
+[ -n "$DATA" ] || bad "--data is required"
+for v in ROUNDS Q P G THREADS PORT; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || bad "--$(echo "$v" | tr 'A-Z' 'a-z'): '${!v}' is not a positive integer"
+done
+[ -x "$JOULE" ] || bad "no joule binary at $JOULE (build first, or --joule PATH)"
+PIN=() LOADPIN=()
+if [ -n "$CPU" ]; then
+  [[ $CPU =~ ^[0-9]+$ ]] && [ "$CPU" -lt "$(nproc)" ] || bad "--cpu: '$CPU' is not a CPU of this machine (0..$(( $(nproc) - 1 )))"
+  OTHERS=$(seq 0 $(( $(nproc) - 1 )) | grep -vx "$CPU" | paste -sd, -)
+  PIN=(taskset -c "$CPU")
+  [ -n "$OTHERS" ] && LOADPIN=(taskset -c "$OTHERS")
+fi
+
+TMP=$(mktemp -d)
+"${PIN[@]}" "$JOULE" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --max-batch 1 > "$TMP/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$TMP"' EXIT
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$PORT/health" > /dev/null && break
+  kill -0 $SERVER 2>/dev/null || { cat "$TMP/serve.log" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo "cpu: ${CPU:-any}; round  bench-energy-J/query  serve-J/request-while-busy  ratio  (uptime: $(uptime | sed 's/.*average: //'))"
+for r in $(seq "$ROUNDS"); do
+  e=$("${PIN[@]}" "$JOULE" bench energy --model "$MODEL" --data "$DATA" --queries "$Q" --prompt "$P" --generate "$G" \
+        --batch 1 --warmup 2 --threads "$THREADS" --out "$TMP/energy" 2>&1 | awk '/energy J\/query/ {print $3}')
+  s=$("${LOADPIN[@]}" "$JOULE" bench serve --url "http://127.0.0.1:$PORT" --data "$DATA" --requests "$Q" --prompt "$P" \
+        --generate "$G" --rate "$RATE" --threads "$THREADS" --idle 0 --seed "$r" --out "$TMP/serve" 2>&1 |
+      awk '/while busy/ {print $(NF-1)}')
+  [ -n "$e" ] && [ -n "$s" ] || { echo "round $r: a run printed no figure" >&2; exit 1; }
+  echo "$r $e $s" | awk '{printf "%5d  %20.4f  %26.4f  %5.3f\n", $1, $2, $3, $3 / $2}'
+  echo "$e $s" >> "$TMP/rounds"
+done
+sort -n -k3 <(awk '{print $1, $2, $2 == 0 ? 0 : $2 / $1}' "$TMP/rounds") | awk '
+  { e += $1; s += $2; r[NR] = $3 }
+  END { m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+        printf "mean   %20.4f  %26.4f  ratio of means %.3f, median ratio %.3f, rounds %d\n", e / NR, s / NR, s / e, m, NR }'
+echo "(uptime at the end: $(uptime | sed 's/.*average: //'))"
