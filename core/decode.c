@@ -8,6 +8,7 @@
 #include "joule/ext.h"
 #include "joule/ops.h"
 #include "joule/quant.h"
+#include "par.h"
 #include "rows_kernel.h"
 
 #if defined(__AVX512F__)
@@ -475,16 +476,24 @@ static int check_batch(const joule_decoder_batch *b, joule_decoder *const *ds, i
     return JOULE_OK;
 }
 
+static void attend_seq(joule_decoder_batch *b, joule_decoder *const *ds, int l, int i) {
+    const joule_config *c = &b->m->cfg;
+    const int C = c->d_model;
+    attend_all_heads(ds[i], l, ds[i]->pos, b->qkv + (size_t)i * 3 * C, b->scores + (size_t)i * c->n_heads * c->ctx,
+                     b->ao + (size_t)i * C);
+}
+
 /* Each sequence's query row over its own cache; the sequences share the threads. */
 static void attend_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n, int l) {
-    const joule_config *c = &b->m->cfg;
-    const int C = c->d_model, H = c->n_heads, T = c->ctx;
+    const int C = b->m->cfg.d_model;
     uint64_t work = 0;
     for (int i = 0; i < n; i++) work += (uint64_t)ds[i]->pos + 1;
-#pragma omp parallel for schedule(static) if (n > 1 && work > 64)
-    for (int i = 0; i < n; i++)
-        attend_all_heads(ds[i], l, ds[i]->pos, b->qkv + (size_t)i * 3 * C, b->scores + (size_t)i * H * T,
-                         b->ao + (size_t)i * C);
+    if (n > 1 && joule_par_worth(work, 64)) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++) attend_seq(b, ds, l, i);
+    } else {
+        for (int i = 0; i < n; i++) attend_seq(b, ds, l, i);
+    }
     joule_flops_add(4ull * work * (uint64_t)C);
 }
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "joule/quant.h"
+#include "par.h"
 #include "quant_internal.h"
 
 uint16_t joule_f32_to_bf16(float x) {
@@ -28,17 +29,25 @@ static void round_rows(uint16_t *xb, const float *in, int r, int IC) {
         for (int k = 0; k < IC; k++) xb[(size_t)i * IC + k] = joule_f32_to_bf16(in[(size_t)i * IC + k]);
 }
 
+/* Output o of every row. */
+static void portable_output(float *out, const uint16_t *xb, const uint16_t *W, int r, int IC, int OC, float beta,
+                            int o) {
+    const uint16_t *w = W + (size_t)o * IC;
+    for (int i = 0; i < r; i++) {
+        const uint16_t *x = xb + (size_t)i * IC;
+        float acc = 0.0f;
+        for (int k = 0; k < IC; k++) acc += joule_bf16_to_f32(x[k]) * joule_bf16_to_f32(w[k]);
+        float *y = out + (size_t)i * OC + o;
+        *y = beta != 0.0f ? acc + beta * *y : acc;
+    }
+}
+
 static void block_portable(float *out, const uint16_t *xb, const uint16_t *W, int r, int IC, int OC, float beta) {
-#pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int o = 0; o < OC; o++) {
-        const uint16_t *w = W + (size_t)o * IC;
-        for (int i = 0; i < r; i++) {
-            const uint16_t *x = xb + (size_t)i * IC;
-            float acc = 0.0f;
-            for (int k = 0; k < IC; k++) acc += joule_bf16_to_f32(x[k]) * joule_bf16_to_f32(w[k]);
-            float *y = out + (size_t)i * OC + o;
-            *y = beta != 0.0f ? acc + beta * *y : acc;
-        }
+    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < OC; o++) portable_output(out, xb, W, r, IC, OC, beta, o);
+    } else {
+        for (int o = 0; o < OC; o++) portable_output(out, xb, W, r, IC, OC, beta, o);
     }
 }
 
@@ -148,15 +157,43 @@ BF16_TARGET static void tile4x4(float *out, const uint16_t *xb, const uint16_t *
     }
 }
 
+/* Outputs 4 ob .. 4 ob + 3 of one row. */
+BF16_TARGET static void gemv_outputs(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, float beta,
+                                     int ob) {
+    const int o0 = 4 * ob, no = OC - o0 < 4 ? OC - o0 : 4;
+    float acc[4];
+    if (no == 4) gemv4(acc, xb, W + (size_t)o0 * IC, IC);
+    else
+        for (int j = 0; j < no; j++) dot4(acc + j, xb, 1, W + (size_t)(o0 + j) * IC, IC);
+    for (int j = 0; j < no; j++) out[o0 + j] = beta != 0.0f ? acc[j] + beta * out[o0 + j] : acc[j];
+}
+
 BF16_TARGET static void gemv_avx512(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, float beta) {
-#pragma omp parallel for schedule(static) if ((size_t)IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int ob = 0; ob < (OC + 3) / 4; ob++) {
-        const int o0 = 4 * ob, no = OC - o0 < 4 ? OC - o0 : 4;
+    if (joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xb, W, IC, OC, beta, ob);
+    } else {
+        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xb, W, IC, OC, beta, ob);
+    }
+}
+
+/* Outputs 4 b .. 4 b + 3 of every row: blocks of four weight rows; the rows past a
+ * multiple of 4 (activations or weights) one weight row at a time. */
+BF16_TARGET static void block_outputs(float *out, const uint16_t *xb, const uint16_t *W, int r, int IC, int OC,
+                                      float beta, int b) {
+    const int r4 = r & ~3, o0 = 4 * b, no = OC - o0 < 4 ? OC - o0 : 4;
+    if (no == 4)
+        for (int i0 = 0; i0 < r4; i0 += 4) tile4x4(out + (size_t)i0 * OC, xb + (size_t)i0 * IC, W, IC, OC, o0, beta);
+    for (int o = o0; o < o0 + no; o++) {
         float acc[4];
-        if (no == 4) gemv4(acc, xb, W + (size_t)o0 * IC, IC);
-        else
-            for (int j = 0; j < no; j++) dot4(acc + j, xb, 1, W + (size_t)(o0 + j) * IC, IC);
-        for (int j = 0; j < no; j++) out[o0 + j] = beta != 0.0f ? acc[j] + beta * out[o0 + j] : acc[j];
+        for (int i0 = no == 4 ? r4 : 0; i0 < r; i0 += 4) {
+            const int rr = r - i0 < 4 ? r - i0 : 4;
+            dot4(acc, xb + (size_t)i0 * IC, rr, W + (size_t)o * IC, IC);
+            for (int i = 0; i < rr; i++) {
+                float *y = out + (size_t)(i0 + i) * OC + o;
+                *y = beta != 0.0f ? acc[i] + beta * *y : acc[i];
+            }
+        }
     }
 }
 
@@ -166,25 +203,12 @@ BF16_TARGET static void block_avx512(float *out, const uint16_t *xb, const uint1
         gemv_avx512(out, xb, W, IC, OC, beta);
         return;
     }
-    /* blocks of four weight rows; the rows past a multiple of 4 (activations or weights)
-     * one weight row at a time */
-    const int r4 = r & ~3, ob = (OC + 3) / 4;
-#pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int b = 0; b < ob; b++) {
-        const int o0 = 4 * b, no = OC - o0 < 4 ? OC - o0 : 4;
-        if (no == 4)
-            for (int i0 = 0; i0 < r4; i0 += 4) tile4x4(out + (size_t)i0 * OC, xb + (size_t)i0 * IC, W, IC, OC, o0, beta);
-        for (int o = o0; o < o0 + no; o++) {
-            float acc[4];
-            for (int i0 = no == 4 ? r4 : 0; i0 < r; i0 += 4) {
-                const int rr = r - i0 < 4 ? r - i0 : 4;
-                dot4(acc, xb + (size_t)i0 * IC, rr, W + (size_t)o * IC, IC);
-                for (int i = 0; i < rr; i++) {
-                    float *y = out + (size_t)(i0 + i) * OC + o;
-                    *y = beta != 0.0f ? acc[i] + beta * *y : acc[i];
-                }
-            }
-        }
+    const int ob = (OC + 3) / 4;
+    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < ob; b++) block_outputs(out, xb, W, r, IC, OC, beta, b);
+    } else {
+        for (int b = 0; b < ob; b++) block_outputs(out, xb, W, r, IC, OC, beta, b);
     }
 }
 

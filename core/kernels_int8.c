@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "joule/quant.h"
+#include "par.h"
 #include "quant_internal.h"
 
 float joule_i8_quantize_row(int8_t *q, const float *x, int n) {
@@ -32,17 +33,25 @@ static void store(float *y, int32_t dot, float sx, float sw, float beta) {
     *y = beta != 0.0f ? v + beta * *y : v;
 }
 
+/* Output o of every row. */
+static void portable_output(float *out, const int8_t *xq, const float *sx, const int8_t *W, const float *ws, int r,
+                            int IC, int OC, float beta, int o) {
+    const int8_t *w = W + (size_t)o * IC;
+    for (int i = 0; i < r; i++) {
+        const int8_t *x = xq + (size_t)i * IC;
+        int32_t dot = 0;
+        for (int k = 0; k < IC; k++) dot += (int32_t)x[k] * (int32_t)w[k];
+        store(out + (size_t)i * OC + o, dot, sx[i], ws[o], beta);
+    }
+}
+
 static void block_portable(float *out, const int8_t *xq, const float *sx, const int8_t *W, const float *ws, int r,
                            int IC, int OC, float beta) {
-#pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int o = 0; o < OC; o++) {
-        const int8_t *w = W + (size_t)o * IC;
-        for (int i = 0; i < r; i++) {
-            const int8_t *x = xq + (size_t)i * IC;
-            int32_t dot = 0;
-            for (int k = 0; k < IC; k++) dot += (int32_t)x[k] * (int32_t)w[k];
-            store(out + (size_t)i * OC + o, dot, sx[i], ws[o], beta);
-        }
+    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < OC; o++) portable_output(out, xq, sx, W, ws, r, IC, OC, beta, o);
+    } else {
+        for (int o = 0; o < OC; o++) portable_output(out, xq, sx, W, ws, r, IC, OC, beta, o);
     }
 }
 
@@ -153,16 +162,42 @@ VNNI_TARGET static void tile4x4(float *out, const uint8_t *xu, const float *sx, 
     }
 }
 
+/* Outputs 4 ob .. 4 ob + 3 of one row. */
+VNNI_TARGET static void gemv_outputs(float *out, const uint8_t *xu, float sx, const int8_t *W, const float *ws,
+                                     const int32_t *wsum, int IC, int OC, float beta, int ob) {
+    const int o0 = 4 * ob, no = OC - o0 < 4 ? OC - o0 : 4;
+    int32_t dot[4];
+    if (no == 4) gemv4(dot, xu, W + (size_t)o0 * IC, wsum + o0, IC);
+    else
+        for (int j = 0; j < no; j++) dot4(dot + j, xu, 1, W + (size_t)(o0 + j) * IC, wsum[o0 + j], IC);
+    for (int j = 0; j < no; j++) store(out + o0 + j, dot[j], sx, ws[o0 + j], beta);
+}
+
 VNNI_TARGET static void gemv_vnni(float *out, const uint8_t *xu, float sx, const int8_t *W, const float *ws,
                                   const int32_t *wsum, int IC, int OC, float beta) {
-#pragma omp parallel for schedule(static) if ((size_t)IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int ob = 0; ob < (OC + 3) / 4; ob++) {
-        const int o0 = 4 * ob, no = OC - o0 < 4 ? OC - o0 : 4;
+    if (joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xu, sx, W, ws, wsum, IC, OC, beta, ob);
+    } else {
+        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xu, sx, W, ws, wsum, IC, OC, beta, ob);
+    }
+}
+
+/* Outputs 4 b .. 4 b + 3 of every row: blocks of four weight rows; the rows past a
+ * multiple of 4 (activations or weights) one weight row at a time. */
+VNNI_TARGET static void block_outputs(float *out, const uint8_t *xu, const float *sx, const int8_t *W,
+                                      const float *ws, const int32_t *wsum, int r, int IC, int OC, float beta, int b) {
+    const int r4 = r & ~3, o0 = 4 * b, no = OC - o0 < 4 ? OC - o0 : 4;
+    if (no == 4)
+        for (int i0 = 0; i0 < r4; i0 += 4)
+            tile4x4(out + (size_t)i0 * OC, xu + (size_t)i0 * IC, sx + i0, W, ws, wsum, IC, OC, o0, beta);
+    for (int o = o0; o < o0 + no; o++) {
         int32_t dot[4];
-        if (no == 4) gemv4(dot, xu, W + (size_t)o0 * IC, wsum + o0, IC);
-        else
-            for (int j = 0; j < no; j++) dot4(dot + j, xu, 1, W + (size_t)(o0 + j) * IC, wsum[o0 + j], IC);
-        for (int j = 0; j < no; j++) store(out + o0 + j, dot[j], sx, ws[o0 + j], beta);
+        for (int i0 = no == 4 ? r4 : 0; i0 < r; i0 += 4) {
+            const int rr = r - i0 < 4 ? r - i0 : 4;
+            dot4(dot, xu + (size_t)i0 * IC, rr, W + (size_t)o * IC, wsum[o], IC);
+            for (int i = 0; i < rr; i++) store(out + (size_t)(i0 + i) * OC + o, dot[i], sx[i0 + i], ws[o], beta);
+        }
     }
 }
 
@@ -172,23 +207,12 @@ VNNI_TARGET static void block_vnni(float *out, const uint8_t *xu, const float *s
         gemv_vnni(out, xu, sx[0], W, ws, wsum, IC, OC, beta);
         return;
     }
-    /* blocks of four weight rows; the rows past a multiple of 4 (activations or weights)
-     * one weight row at a time */
-    const int r4 = r & ~3, ob = (OC + 3) / 4;
-#pragma omp parallel for schedule(static) if ((size_t)r * IC * OC > JOULE_QUANT_PAR_WORK)
-    for (int b = 0; b < ob; b++) {
-        const int o0 = 4 * b, no = OC - o0 < 4 ? OC - o0 : 4;
-        if (no == 4)
-            for (int i0 = 0; i0 < r4; i0 += 4)
-                tile4x4(out + (size_t)i0 * OC, xu + (size_t)i0 * IC, sx + i0, W, ws, wsum, IC, OC, o0, beta);
-        for (int o = o0; o < o0 + no; o++) {
-            int32_t dot[4];
-            for (int i0 = no == 4 ? r4 : 0; i0 < r; i0 += 4) {
-                const int rr = r - i0 < 4 ? r - i0 : 4;
-                dot4(dot, xu + (size_t)i0 * IC, rr, W + (size_t)o * IC, wsum[o], IC);
-                for (int i = 0; i < rr; i++) store(out + (size_t)(i0 + i) * OC + o, dot[i], sx[i0 + i], ws[o], beta);
-            }
-        }
+    const int ob = (OC + 3) / 4;
+    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < ob; b++) block_outputs(out, xu, sx, W, ws, wsum, r, IC, OC, beta, b);
+    } else {
+        for (int b = 0; b < ob; b++) block_outputs(out, xu, sx, W, ws, wsum, r, IC, OC, beta, b);
     }
 }
 

@@ -17,6 +17,8 @@
 #include <omp.h>
 #include <string.h>
 
+#include "par.h"
+
 /* ------------------------------------------------------------------------------------ */
 /* helpers                                                                              */
 
@@ -63,10 +65,17 @@ static void thread_columns(int C, int *c0, int *c1) {
 /* ------------------------------------------------------------------------------------ */
 /* embedding                                                                            */
 
+static inline void embedding_row(float *out, const int32_t *tok, const float *emb, int n, int C) {
+    memcpy(out + (size_t)n * C, emb + (size_t)tok[n] * C, sizeof(float) * (size_t)C);
+}
+
 void joule_embedding_forward(float *out, const int32_t *tok, const float *emb, int N, int C) {
+    if (joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK)) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++)
-        memcpy(out + (size_t)n * C, emb + (size_t)tok[n] * C, sizeof(float) * (size_t)C);
+        for (int n = 0; n < N; n++) embedding_row(out, tok, emb, n, C);
+    } else {
+        for (int n = 0; n < N; n++) embedding_row(out, tok, emb, n, C);
+    }
 }
 
 void joule_embedding_backward(float *demb, const float *dout, const int32_t *tok, int N, int C) {
@@ -88,19 +97,26 @@ void joule_embedding_backward(float *demb, const float *dout, const int32_t *tok
 /* ------------------------------------------------------------------------------------ */
 /* RMSNorm                                                                              */
 
+static inline void rmsnorm_row(float *out, float *rstd, const float *in, const float *gain, int n, int C,
+                               float eps) {
+    const float *restrict x = in + (size_t)n * C;
+    float *restrict y = out + (size_t)n * C;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int c = 0; c < C; c++) ss += x[c] * x[c];
+    float r = 1.0f / sqrtf(ss / (float)C + eps);
+    rstd[n] = r;
+#pragma omp simd
+    for (int c = 0; c < C; c++) y[c] = x[c] * r * gain[c];
+}
+
 void joule_rmsnorm_forward(float *out, float *rstd, const float *in, const float *gain, int N,
                            int C, float eps) {
+    if (joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK)) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *restrict x = in + (size_t)n * C;
-        float *restrict y = out + (size_t)n * C;
-        float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-        for (int c = 0; c < C; c++) ss += x[c] * x[c];
-        float r = 1.0f / sqrtf(ss / (float)C + eps);
-        rstd[n] = r;
-#pragma omp simd
-        for (int c = 0; c < C; c++) y[c] = x[c] * r * gain[c];
+        for (int n = 0; n < N; n++) rmsnorm_row(out, rstd, in, gain, n, C, eps);
+    } else {
+        for (int n = 0; n < N; n++) rmsnorm_row(out, rstd, in, gain, n, C, eps);
     }
 }
 
@@ -154,24 +170,30 @@ void joule_rope_tables(float *cos_tab, float *sin_tab, int max_pos, int hs, floa
 /* Rotates every (2i, 2i+1) pair of each head of row n by the angle of its position: pos[n]
  * when pos is given, else pos0 + n % T; sign = -1 rotates by the negative angle (the
  * transpose, i.e. the backward). */
+static inline void rope_row(float *x, int ld, int n, int T, const int *pos_of, int nheads, int hs, int pos0,
+                            const float *cos_tab, const float *sin_tab, float sign) {
+    const int half = hs / 2, pos = pos_of ? pos_of[n] : pos0 + n % T;
+    const float *restrict cs = cos_tab + (size_t)pos * half;
+    const float *restrict sn = sin_tab + (size_t)pos * half;
+    for (int h = 0; h < nheads; h++) {
+        float *restrict v = x + (size_t)n * ld + (size_t)h * hs;
+#pragma omp simd
+        for (int i = 0; i < half; i++) {
+            float c = cs[i], s = sign * sn[i];
+            float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * c - x1 * s;
+            v[2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
 static void rope_apply(float *x, int ld, int N, int T, const int *pos_of, int nheads, int hs, int pos0,
                        const float *cos_tab, const float *sin_tab, float sign) {
-    int half = hs / 2;
-#pragma omp parallel for schedule(static) if (N * nheads * hs >= 8192)
-    for (int n = 0; n < N; n++) {
-        int pos = pos_of ? pos_of[n] : pos0 + n % T;
-        const float *restrict cs = cos_tab + (size_t)pos * half;
-        const float *restrict sn = sin_tab + (size_t)pos * half;
-        for (int h = 0; h < nheads; h++) {
-            float *restrict v = x + (size_t)n * ld + (size_t)h * hs;
-#pragma omp simd
-            for (int i = 0; i < half; i++) {
-                float c = cs[i], s = sign * sn[i];
-                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c - x1 * s;
-                v[2 * i + 1] = x0 * s + x1 * c;
-            }
-        }
+    if (joule_par_worth((uint64_t)N * (uint64_t)nheads * (uint64_t)hs, 8192)) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) rope_row(x, ld, n, T, pos_of, nheads, hs, pos0, cos_tab, sin_tab, sign);
+    } else {
+        for (int n = 0; n < N; n++) rope_row(x, ld, n, T, pos_of, nheads, hs, pos0, cos_tab, sin_tab, sign);
     }
 }
 
@@ -338,14 +360,20 @@ void joule_attention_backward(float *dqkv, float *datt, const float *dout, const
 /* ------------------------------------------------------------------------------------ */
 /* SwiGLU                                                                               */
 
-void joule_swiglu_forward(float *g, const float *h13, int N, int F) {
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *restrict h1 = h13 + (size_t)n * 2 * F;
-        const float *restrict h3 = h1 + F;
-        float *restrict y = g + (size_t)n * F;
+static inline void swiglu_row(float *g, const float *h13, int n, int F) {
+    const float *restrict h1 = h13 + (size_t)n * 2 * F;
+    const float *restrict h3 = h1 + F;
+    float *restrict y = g + (size_t)n * F;
 #pragma omp simd
-        for (int f = 0; f < F; f++) y[f] = h1[f] * sigmoid_fast(h1[f]) * h3[f];
+    for (int f = 0; f < F; f++) y[f] = h1[f] * sigmoid_fast(h1[f]) * h3[f];
+}
+
+void joule_swiglu_forward(float *g, const float *h13, int N, int F) {
+    if (joule_par_worth((uint64_t)N * (uint64_t)F, JOULE_PAR_MIN_WORK)) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) swiglu_row(g, h13, n, F);
+    } else {
+        for (int n = 0; n < N; n++) swiglu_row(g, h13, n, F);
     }
 }
 

@@ -9,6 +9,7 @@
  * on the reference model: 2.1 instead of 3.0 ms per step's products, docs/BENCH.md). Below
  * 8 rows the hardware prefetcher keeps up, and software prefetches only cost issue slots. */
 #include "rows_kernel.h"
+#include "par.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -147,16 +148,23 @@ static void panel(float *out, const float *in, const float *pp, int n, int IC, i
     }
 }
 
+/* Output panel p of the product: its columns of out, prefetching panel p + 1. */
+static void panel_of(float *out, const float *in, const joule_rows_packed *pk, int n, int p, float beta) {
+    const int IC = pk->IC, OC = pk->OC, panels = (OC + JOULE_ROWS_PANEL - 1) / JOULE_ROWS_PANEL;
+    const int o0 = p * JOULE_ROWS_PANEL, cols = OC - o0 < JOULE_ROWS_PANEL ? OC - o0 : JOULE_ROWS_PANEL;
+    const float *pp = pk->p + (size_t)p * IC * JOULE_ROWS_PANEL;
+    panel(out + o0, in, pp, n, IC, OC, cols, beta, p + 1 < panels ? pp + (size_t)IC * JOULE_ROWS_PANEL : NULL);
+}
+
 void joule_rows_matmul(float *out, const float *in, const joule_rows_packed *pk, int n, float beta) {
     const int IC = pk->IC, OC = pk->OC, panels = (OC + JOULE_ROWS_PANEL - 1) / JOULE_ROWS_PANEL;
     if (n < 1) return;
     joule_flops_add(2ull * (uint64_t)n * (uint64_t)IC * (uint64_t)OC);
     /* A thread team costs tens of microseconds: worth it from about a million multiply-adds. */
-    const uint64_t work = (uint64_t)n * (uint64_t)IC * (uint64_t)OC;
-#pragma omp parallel for schedule(static) if (work >= (1u << 20))
-    for (int p = 0; p < panels; p++) {
-        const int o0 = p * JOULE_ROWS_PANEL, cols = OC - o0 < JOULE_ROWS_PANEL ? OC - o0 : JOULE_ROWS_PANEL;
-        const float *pp = pk->p + (size_t)p * IC * JOULE_ROWS_PANEL;
-        panel(out + o0, in, pp, n, IC, OC, cols, beta, p + 1 < panels ? pp + (size_t)IC * JOULE_ROWS_PANEL : NULL);
+    if (joule_par_worth((uint64_t)n * (uint64_t)IC * (uint64_t)OC, 1u << 20)) {
+#pragma omp parallel for schedule(static)
+        for (int p = 0; p < panels; p++) panel_of(out, in, pk, n, p, beta);
+    } else {
+        for (int p = 0; p < panels; p++) panel_of(out, in, pk, n, p, beta);
     }
 }
