@@ -4,8 +4,9 @@
 #
 # One server (`joule serve --max-batch 1`: the gemv steps and sgemm prefills of
 # `bench energy --batch 1`) stays up. Each round runs `joule bench energy` on Q queries,
-# then `joule bench serve --url` with Q requests of the same prompts and lengths at a low
-# rate, and reads the server's J/request while busy. Shared machines drift by tens of
+# then `joule bench serve --url` with Q streamed requests of the same lengths at a low rate,
+# then Q requests answered whole (no stream, one at a time, by curl), and reads the server's
+# J/request while busy for each (joule_energy_busy_joules_total). Shared machines drift by tens of
 # percent over a minute; a round takes seconds, so its two figures see the same machine,
 # and the summary is over the rounds: the ratio of the means and the median of the
 # per-round ratios. With --cpu N the server and `bench energy` run on CPU N and the load
@@ -78,19 +79,35 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-echo "cpu: ${CPU:-any}; round  bench-energy-J/query  serve-J/request-while-busy  ratio  (uptime: $(uptime | sed 's/.*average: //'))"
+busy_joules() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^joule_energy_busy_joules_total/ {print $2}'; }
+# The non-streamed requests: P letters of the validation text, one request at a time.
+PROMPT=$(head -c 65536 "$DATA/val.bin" | tr -cd 'a-zA-Z ' | head -c "$P")
+[ ${#PROMPT} -eq "$P" ] || bad "--data: $DATA/val.bin has fewer than $P letters to make a prompt of"
+BODY="{\"prompt\":\"$PROMPT\",\"max_tokens\":$G,\"temperature\":0,\"ignore_eos\":true}"
+GAP=$(awk -v r="$RATE" 'BEGIN {print 1 / r}')
+
+echo "cpu: ${CPU:-any}; uptime: $(uptime | sed 's/.*average: //')"
+echo "round  bench-energy-J/query  serve-streamed-J/request  serve-whole-J/request  ratios (streamed, whole)"
 for r in $(seq "$ROUNDS"); do
   e=$("${PIN[@]}" "$JOULE" bench energy --model "$MODEL" --data "$DATA" --queries "$Q" --prompt "$P" --generate "$G" \
         --batch 1 --warmup 2 --threads "$THREADS" --out "$TMP/energy" 2>&1 | awk '/energy J\/query/ {print $3}')
   s=$("${LOADPIN[@]}" "$JOULE" bench serve --url "http://127.0.0.1:$PORT" --data "$DATA" --requests "$Q" --prompt "$P" \
         --generate "$G" --rate "$RATE" --threads "$THREADS" --idle 0 --seed "$r" --out "$TMP/serve" 2>&1 |
       awk '/while busy/ {print $(NF-1)}')
-  [ -n "$e" ] && [ -n "$s" ] || { echo "round $r: a run printed no figure" >&2; exit 1; }
-  echo "$r $e $s" | awk '{printf "%5d  %20.4f  %26.4f  %5.3f\n", $1, $2, $3, $3 / $2}'
-  echo "$e $s" >> "$TMP/rounds"
+  b0=$(busy_joules)
+  for _ in $(seq "$Q"); do
+    "${LOADPIN[@]}" curl -sf "http://127.0.0.1:$PORT/v1/completions" -d "$BODY" > /dev/null || bad "a request failed"
+    sleep "$GAP"
+  done
+  w=$(awk -v a="$b0" -v b="$(busy_joules)" -v q="$Q" 'BEGIN {print (b - a) / q}')
+  [ -n "$e" ] && [ -n "$s" ] && [ -n "$w" ] || { echo "round $r: a run printed no figure" >&2; exit 1; }
+  echo "$r $e $s $w" | awk '{printf "%5d  %20.4f  %24.4f  %21.4f  %.3f %.3f\n", $1, $2, $3, $4, $3 / $2, $4 / $2}'
+  echo "$e $s $w" >> "$TMP/rounds"
 done
-sort -n -k3 <(awk '{print $1, $2, $2 == 0 ? 0 : $2 / $1}' "$TMP/rounds") | awk '
-  { e += $1; s += $2; r[NR] = $3 }
-  END { m = NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
-        printf "mean   %20.4f  %26.4f  ratio of means %.3f, median ratio %.3f, rounds %d\n", e / NR, s / NR, s / e, m, NR }'
+awk '{ e += $1; s += $2; w += $3 }
+  END { printf "mean   %20.4f  %24.4f  %21.4f  ratio of means %.3f %.3f, rounds %d\n", e / NR, s / NR, w / NR, s / e, w / e, NR }' "$TMP/rounds"
+for c in 2 3; do
+  awk -v c=$c '{print $c / $1}' "$TMP/rounds" | sort -g | awk -v c=$c '{r[NR] = $1}
+    END { printf "median ratio, %s: %.3f\n", c == 2 ? "streamed" : "whole", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+done
 echo "(uptime at the end: $(uptime | sed 's/.*average: //'))"
