@@ -143,6 +143,15 @@ static void attend_head(const joule_decoder *d, int l, int pos, int h, const flo
     }
 }
 
+/* The cache rows a step reads are a few KB per layer and sequence, on pages of their own:
+ * the hardware prefetcher restarts at every 4 KB page and the loads wait on memory (the
+ * attention of a 16-row step was a quarter of its time), so the loops below fetch the row
+ * PREFETCH_ROWS ahead themselves. */
+#define PREFETCH_ROWS 8
+static inline void prefetch_row(const float *row, int C) {
+    for (int i = 0; i < C; i += 16) __builtin_prefetch(row + i, 0, 3);
+}
+
 /* Every head of one query q over positions [0, pos] of layer l, walking the cache a whole
  * row at a time: each K and V row is read once, in address order (the hardware prefetcher
  * streams it), where a head at a time strides through every row once per head. Per head
@@ -154,8 +163,12 @@ static void attend_all_heads(const joule_decoder *d, int l, int pos, const float
     const float *kc = d->k_cache + (size_t)l * T * C;
     const float *vc = d->v_cache + (size_t)l * T * C;
     const float scale = 1.0f / sqrtf((float)hs);
-    for (int t = 0; t <= pos; t++)
+    for (int t = 0; t < PREFETCH_ROWS && t <= pos; t++) prefetch_row(kc + (size_t)t * C, C);
+    for (int t = 0; t <= pos; t++) {
+        if (t + PREFETCH_ROWS <= pos) prefetch_row(kc + (size_t)(t + PREFETCH_ROWS) * C, C);
+        else prefetch_row(vc + (size_t)(t + PREFETCH_ROWS - pos - 1) * C, C); /* V's first rows */
         for (int h = 0; h < H; h++) s[(size_t)h * T + t] = head_dot(q + h * hs, kc + (size_t)t * C + h * hs, hs) * scale;
+    }
     for (int h = 0; h < H; h++) { /* the weights p = e / sum, as attend_head forms them */
         float *sh = s + (size_t)h * T, mx = -INFINITY;
         for (int t = 0; t <= pos; t++) mx = sh[t] > mx ? sh[t] : mx;
@@ -164,6 +177,7 @@ static void attend_all_heads(const joule_decoder *d, int l, int pos, const float
     }
     for (int i = 0; i < C; i++) o[i] = 0.0f;
     for (int t = 0; t <= pos; t++) {
+        if (t + PREFETCH_ROWS <= pos) prefetch_row(vc + (size_t)(t + PREFETCH_ROWS) * C, C);
         const float *v = vc + (size_t)t * C;
         for (int h = 0; h < H; h++) {
             const float p = s[(size_t)h * T + t];
