@@ -153,6 +153,7 @@ int joule_bench_decode(const joule_bench_model_opts *o, joule_bench_decode_resul
     r->read_gbs_working_set = read_bandwidth((size_t)bytes, 1.0);
     r->read_gbs_1gib = read_bandwidth((size_t)1 << 30, 1.0);
     joule_decoder_free(d);
+    if (o->rows > 0) rc = joule_bench_decode_rows(m, o->rows, r);
     joule_model_free(m);
-    return JOULE_OK;
+    return rc;
 }

@@ -80,6 +80,26 @@ static int bench_train(const bench_opts *o) {
     return 0;
 }
 
+/* The batched steps of bench decode (joule_bench_decode_rows): what n sequences per step
+ * buy over one, on the same packed kernel, and over the gemv. */
+static void print_rows(const joule_bench_decode_result *r, bool json) {
+    const int n = r->rows;
+    const double one = 1 / r->step_one_s, gemv = 1 / r->step_gemv_s, rows = n / r->step_rows_s;
+    printf("batched steps, positions %d..%d, median of 5 alternated rounds of %d steps:\n", r->positions,
+           r->positions + r->steps - 1, r->steps);
+    printf("  1 sequence, gemv (joule_decoder_step):   %.3f ms/step, %.0f tokens/s\n", 1e3 * r->step_gemv_s, gemv);
+    printf("  1 sequence, packed weights (batch of %d): %.3f ms/step, %.0f tokens/s\n", n, 1e3 * r->step_one_s, one);
+    printf("  %d sequences, packed weights:             %.3f ms/step, %.0f tokens/s, %.1f GFLOP/s counted\n", n,
+           1e3 * r->step_rows_s, rows, r->step_rows_flops / r->step_rows_s / 1e9);
+    printf("  %d sequences per step: %.2fx the tokens/s of one on the same kernel, %.2fx of the gemv\n", n,
+           rows / one, rows / gemv);
+    if (json)
+        printf("{\"bench\":\"decode_rows\",\"rows\":%d,\"step_gemv_ms\":%.4f,\"step_one_ms\":%.4f,"
+               "\"step_rows_ms\":%.4f,\"rows_gflops\":%.2f,\"ratio_same_kernel\":%.3f,\"ratio_gemv\":%.3f}\n",
+               n, 1e3 * r->step_gemv_s, 1e3 * r->step_one_s, 1e3 * r->step_rows_s,
+               r->step_rows_flops / r->step_rows_s / 1e9, rows / one, rows / gemv);
+}
+
 static int bench_decode(const bench_opts *o) {
     bench_header("decode");
     energy_window ew = {.label = "bench decode", .tokens = (uint64_t)(o->run.tokens < o->run.ctx ? o->run.tokens
@@ -104,6 +124,7 @@ static int bench_decode(const bench_opts *o) {
                "\"energy_method\":\"%s\"}\n",
                joule_blas_corename(), joule_get_threads(), tps, bytes * tps / 1e9, bw_ws, r.read_gbs_1gib,
                energy_per_token(&ew.report), ew.report.method[0] ? ew.report.method : "none");
+    if (r.rows) print_rows(&r, o->json);
     return 0;
 }
 
@@ -113,7 +134,7 @@ static void usage(void) {
            "  train    sgemm peak and training-step throughput of a dense model, forward+backward\n"
            "           and forward+backward+optimizer step (what a PyTorch step compares with);\n"
            "           prints MFU = (6*N_mm + 12*L*T*d) * tokens/s (fwd+bwd) / measured sgemm peak\n"
-           "  decode   batch-1 KV-cache decoding: tokens/s and GB/s of weights read\n"
+           "  decode   batch-1 KV-cache decoding: tokens/s and GB/s of weights read; batched steps\n"
            "  moe      MoE over dense tokens/s at equal active FLOPs, training and decode\n"
            "           (its own options: joule bench moe --help)\n"
            "  db       retrieval databases: build, query latency, recall, overhead over FAISS (bench db --help)\n"
@@ -135,6 +156,8 @@ static void usage(void) {
            "  --steps N       timed steps, train (10; the median is reported)\n"
            "  --warmup N      untimed steps first, train (2)\n"
            "  --tokens N      tokens decoded, decode (256, at most ctx)\n"
+           "  --rows N        decode: then N sequences per batched step against one, on the\n"
+           "                  packed weights and against the gemv (16; 0 = skip; ctx >= 81)\n"
            "  --threads N     OpenMP/BLAS threads (all cores)\n"
            "  --json          also print one JSON line of results\n"
            "The BLAS kernel family in use (openblas_get_corename) is printed; OPENBLAS_CORETYPE is respected.\n");
@@ -142,7 +165,7 @@ static void usage(void) {
 
 int cmd_bench(int argc, char **argv) {
     bench_opts o = {.run = {.layers = 6, .d_model = 384, .heads = 6, .d_ff = 1024, .ctx = 256, .batch = 8,
-                            .steps = 10, .warmup = 2, .tokens = 256}};
+                            .steps = 10, .warmup = 2, .tokens = 256, .rows = 16}};
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage();
         return argc < 2 ? EXIT_USAGE : 0;
@@ -158,6 +181,7 @@ int cmd_bench(int argc, char **argv) {
         {"layers", 1, 0, 'L'}, {"d-model", 1, 0, 'd'}, {"heads", 1, 0, 'H'}, {"d-ff", 1, 0, 'f'},
         {"ctx", 1, 0, 'c'},    {"batch", 1, 0, 'b'},   {"steps", 1, 0, 's'}, {"warmup", 1, 0, 'w'},
         {"threads", 1, 0, 't'}, {"tokens", 1, 0, 'n'}, {"json", 0, 0, 'j'},  {"help", 0, 0, 'h'},
+        {"rows", 1, 0, 'r'},
         {0, 0, 0, 0}};
     optind = 0;
     int ch;
@@ -175,6 +199,7 @@ int cmd_bench(int argc, char **argv) {
         case 'w': dst = &o.run.warmup; lo = 0; break;
         case 't': dst = &o.threads; lo = 0; break;
         case 'n': dst = &o.run.tokens; break;
+        case 'r': dst = &o.run.rows; lo = 0; break;
         case 'j': o.json = true; continue;
         case 'h': usage(); return 0;
         default: return cli_usage_error("bench", "unknown option");

@@ -67,6 +67,38 @@ START_TEST(test_moe) {
 }
 END_TEST
 
+/* Batched steps: filled, and the n-row step's counted FLOPs are n one-row steps' at the
+ * same position (each sequence its own attention); bad row counts and short contexts are
+ * refused. */
+START_TEST(test_decode_rows) {
+    joule_set_threads(1);
+    joule_bench_model_opts o = TINY;
+    o.ctx = 96;
+    o.rows = 4;
+    joule_bench_decode_result r;
+    ck_assert_int_eq(joule_bench_decode(&o, &r), JOULE_OK);
+    ck_assert_int_eq(r.rows, 4);
+    ck_assert(r.step_gemv_s > 0 && r.step_one_s > 0 && r.step_rows_s > 0);
+    joule_config c = joule_config_default(o.layers, o.d_model, o.heads, o.d_ff, o.ctx);
+    joule_model *m = tu_model(&c, 1, 3);
+    joule_decoder *d;
+    ck_assert_int_eq(joule_decoder_create(&d, m), JOULE_OK);
+    const float *lg;
+    for (int i = 0; i < r.positions; i++) ck_assert_int_eq(joule_decoder_step(d, 'a', &lg), JOULE_OK);
+    joule_flops_reset();
+    ck_assert_int_eq(joule_decoder_step(d, 'a', &lg), JOULE_OK);
+    ck_assert_double_eq(r.step_rows_flops, 4.0 * (double)joule_flops_counted());
+    ck_assert_int_ne(joule_bench_decode_rows(m, 1, &r), JOULE_OK);
+    ck_assert_int_ne(joule_bench_decode_rows(m, JOULE_BENCH_MAX_ROWS + 1, &r), JOULE_OK);
+    joule_decoder_free(d);
+    joule_model_free(m);
+    c = joule_config_default(1, 32, 2, 64, 64);
+    m = tu_model(&c, 1, 3);
+    ck_assert_int_ne(joule_bench_decode_rows(m, 4, &r), JOULE_OK); /* 16 + 64 steps need ctx 81 */
+    joule_model_free(m);
+}
+END_TEST
+
 static Suite *bench_suite(void) {
     Suite *s = suite_create("bench");
     TCase *t = tu_tcase(s, "measurements", 120, NULL, NULL);
@@ -74,6 +106,7 @@ static Suite *bench_suite(void) {
     tcase_add_test(t, test_train);
     tcase_add_test(t, test_train_refuses_bad_model);
     tcase_add_test(t, test_moe);
+    tcase_add_test(t, test_decode_rows);
     return s;
 }
 

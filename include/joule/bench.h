@@ -28,6 +28,7 @@ typedef struct {
     int layers, d_model, heads, d_ff, ctx; /* the model (joule_config_default) */
     int batch, steps, warmup;              /* training: sequences per step, timed and untimed steps */
     int tokens;                            /* decode: tokens decoded (at most ctx) */
+    int rows;                              /* decode: sequences of the batched steps; 0 = none */
     /* Optional: called with true just before the work an energy meter should see (the
      * training steps, warm-up included; the timed decode) and with false just after. */
     void (*window)(void *window_ctx, bool begin);
@@ -54,9 +55,22 @@ typedef struct {
     double weight_bytes;         /* read per token: every matrix, one row of the embedding */
     double read_gbs_working_set; /* summing a buffer of weight_bytes, best of 1 s */
     double read_gbs_1gib;        /* the same for 1 GiB */
+    /* Batched steps (o->rows > 0; bench/bench_steps.c): median seconds per step over 5
+     * alternated rounds of `steps` steps from position `positions`, each sequence's own: */
+    int rows, positions, steps;
+    double step_gemv_s;     /* one sequence, joule_decoder_step (gemv) */
+    double step_one_s;      /* one sequence through a decoder batch of `rows` (packed weights) */
+    double step_rows_s;     /* `rows` sequences through the same batch */
+    double step_rows_flops; /* counted FLOPs of one `rows` step */
 } joule_bench_decode_result;
 
+#define JOULE_BENCH_MAX_ROWS 256
+
+/* Batch-1 decode of o->tokens tokens from an empty cache; then, when o->rows > 0, the
+ * batched steps above on the same model. */
 int joule_bench_decode(const joule_bench_model_opts *o, joule_bench_decode_result *r);
+/* The batched steps alone, on m (2 <= n <= JOULE_BENCH_MAX_ROWS, ctx >= 81). */
+int joule_bench_decode_rows(const joule_model *m, int n, joule_bench_decode_result *r);
 
 /* ---- MoE over dense at equal active FLOPs (bench/bench_moe.c) ---- */
 
