@@ -50,13 +50,16 @@ static const char USAGE[] =
     "  --max-tokens N        largest max_tokens a request may ask (default 4096)\n"
     "  --max-body BYTES      largest request body; more gets 413 (default 1048576)\n"
     "  --max-connections N   connections served at once (default 256)\n"
+    "  --stream-interval N   a streamed event per N new tokens (bytes), the rest with the\n"
+    "                        last; each event costs the server a thread wake-up and a send\n"
+    "                        (default 1: every token, as OpenAI's API)\n"
     "  --hardware NAME       CPU profile for modeled energy (default $JOULE_HARDWARE, else\n"
     "                        the profile matching this CPU, else a generic per-core TDP)\n"
     "  --threads N           threads for BLAS and joule's loops; 0 = all cores (default 0)\n"
     "  -h, --help            show this help and exit\n";
 
 enum { OPT_MODEL = 256, OPT_HOST, OPT_PORT, OPT_NAME, OPT_MAX_BATCH, OPT_MAX_QUEUE, OPT_STEP_TOKENS, OPT_MAX_TOKENS,
-       OPT_MAX_BODY, OPT_MAX_CONNS, OPT_HARDWARE, OPT_THREADS };
+       OPT_MAX_BODY, OPT_MAX_CONNS, OPT_HARDWARE, OPT_THREADS, OPT_STREAM_INTERVAL };
 
 static const char *CMD = "serve";
 
@@ -82,6 +85,8 @@ static int parse_option(void *args, int c, char **argv) {
     case OPT_MAX_BODY: return cli_int_option(CMD, "--max-body", optarg, 64, 1 << 30, &a->max_body);
     case OPT_MAX_CONNS: return cli_int_option(CMD, "--max-connections", optarg, 1, 4096, &a->o.max_conns);
     case OPT_THREADS: return cli_int_option(CMD, "--threads", optarg, 0, 4096, &a->threads);
+    case OPT_STREAM_INTERVAL:
+        return cli_int_option(CMD, "--stream-interval", optarg, 1, 1 << 20, &a->o.stream_interval);
     }
     const int r = retro_db_cli_option(&a->rdb, CMD, c, optarg);
     return r < 0 ? cli_bad_option(CMD, c, argv) : r;
@@ -98,6 +103,7 @@ static int parse_args(int argc, char **argv, serve_args *a) {
         {"step-tokens", required_argument, NULL, OPT_STEP_TOKENS},
         {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"max-body", required_argument, NULL, OPT_MAX_BODY},
+        {"stream-interval", required_argument, NULL, OPT_STREAM_INTERVAL},
         {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
         {"hardware", required_argument, NULL, OPT_HARDWARE},
         {"threads", required_argument, NULL, OPT_THREADS},
@@ -150,7 +156,7 @@ static int run(const serve_args *a, const joule_model *m, joule_retro_db *db, co
 
 int cmd_serve(int argc, char **argv) {
     serve_args a = {.host = "127.0.0.1", .port = 8000, .max_body = 1 << 20,
-                    .o = {.max_tokens = 4096, .max_conns = 256,
+                    .o = {.max_tokens = 4096, .max_conns = 256, .stream_interval = 1,
                           .sched = {.max_batch = 16, .max_queue = 64, .step_tokens = 512}}};
     int rc = parse_args(argc, argv, &a);
     joule_model *m = NULL;

@@ -71,6 +71,7 @@ typedef struct {
     size_t max_body; /* bytes of a request body */
     int max_conns;   /* connections served at once; more are shed */
     int threads;     /* the loop thread's OpenMP team size (>= 1) */
+    int stream_interval; /* new bytes of text (tokens, byte-level) per streamed event (>= 1) */
     joule_sched_opts sched;
 } srv_opts;
 

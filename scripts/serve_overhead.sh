@@ -28,6 +28,7 @@ Usage: scripts/serve_overhead.sh --model PATH --data DIR [options]
   --threads T      threads of both (1)
   --port N         the server's port (8399)
   --cpu N          pin the server and bench energy to CPU N, the load generator off it
+  --serve-args S   more options for `joule serve`, e.g. "--stream-interval 4"
   --joule PATH     the joule binary (build/joule)
   -h, --help       this help
 
@@ -35,7 +36,7 @@ Prints one line per round and a summary; exit 2 on a bad option.
 EOF
 }
 
-MODEL= DATA= ROUNDS=10 Q=8 P=16 G=32 RATE=2 THREADS=1 PORT=8399 CPU=
+MODEL= DATA= ROUNDS=10 Q=8 P=16 G=32 RATE=2 THREADS=1 PORT=8399 CPU= SERVE_ARGS=
 JOULE=$(dirname "$(readlink -f "$0")")/../build/joule
 bad() { echo "serve_overhead.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
     --port) PORT=${2:-}; shift 2 ;;
     --joule) JOULE=${2:-}; shift 2 ;;
     --cpu) CPU=${2:-}; shift 2 ;;
+    --serve-args) SERVE_ARGS=${2:-}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) bad "unknown option '$1' (try --help)" ;;
   esac
@@ -70,7 +72,8 @@ if [ -n "$CPU" ]; then
 fi
 
 TMP=$(mktemp -d)
-"${PIN[@]}" "$JOULE" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --max-batch 1 > "$TMP/serve.log" 2>&1 &
+# shellcheck disable=SC2086 # SERVE_ARGS is a list of options
+"${PIN[@]}" "$JOULE" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --max-batch 1 $SERVE_ARGS > "$TMP/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$TMP"' EXIT
 for _ in $(seq 100); do
@@ -81,12 +84,13 @@ done
 
 busy_joules() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk '/^joule_energy_busy_joules_total/ {print $2}'; }
 # The non-streamed requests: P letters of the validation text, one request at a time.
-PROMPT=$(head -c 65536 "$DATA/val.bin" | tr -cd 'a-zA-Z ' | head -c "$P")
+LETTERS=$(head -c 65536 "$DATA/val.bin" | tr -cd 'a-zA-Z ')
+PROMPT=${LETTERS:0:$P} # (not `| head -c`: under pipefail its early exit kills the script)
 [ ${#PROMPT} -eq "$P" ] || bad "--data: $DATA/val.bin has fewer than $P letters to make a prompt of"
 BODY="{\"prompt\":\"$PROMPT\",\"max_tokens\":$G,\"temperature\":0,\"ignore_eos\":true}"
 GAP=$(awk -v r="$RATE" 'BEGIN {print 1 / r}')
 
-echo "cpu: ${CPU:-any}; uptime: $(uptime | sed 's/.*average: //')"
+echo "cpu: ${CPU:-any}; serve options: ${SERVE_ARGS:-none}; uptime: $(uptime | sed 's/.*average: //')"
 echo "round  bench-energy-J/query  serve-streamed-J/request  serve-whole-J/request  ratios (streamed, whole)"
 for r in $(seq "$ROUNDS"); do
   e=$("${PIN[@]}" "$JOULE" bench energy --model "$MODEL" --data "$DATA" --queries "$Q" --prompt "$P" --generate "$G" \

@@ -277,6 +277,40 @@ START_TEST(test_stop_and_stream) {
 }
 END_TEST
 
+/* --stream-interval 100 with 24 tokens: no event until the end, so the text comes in one
+ * event (every token gets its own event or a few share one without it); the events still
+ * add up to the whole text. A bad value is refused. (What fewer events buy is measured in
+ * docs/BENCH.md, "Server overhead".) */
+START_TEST(test_stream_interval) {
+    start("--stream-interval 100");
+    const char *fin;
+    ck_assert_int_eq(post("{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0}"), 200);
+    char *full = completion_text(&fin);
+    tu_write_text(tu_path("req.json"), "{\"prompt\": \"abc\", \"max_tokens\": 24, \"temperature\": 0, \"stream\": true}");
+    ck_assert_int_eq(curl("-N http://127.0.0.1:%d/v1/completions --data-binary @req.json", g_port), 200);
+    char *sse = tu_read_in("body.txt", NULL), *acc = calloc(1, strlen(sse) + 1);
+    int events = 0;
+    for (char *p = strstr(sse, "data: {"); p; p = strstr(p + 1, "data: {")) {
+        char *end = strstr(p, "\n\n");
+        *end = 0;
+        cJSON *o = cJSON_Parse(p + 6);
+        const char *t = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "text")->valuestring;
+        events += t[0] != 0;
+        strcat(acc, t);
+        cJSON_Delete(o);
+        p = end;
+    }
+    ck_assert_str_eq(acc, full);
+    ck_assert_msg(events == 1, "%d events with text for 24 tokens at 100 per event", events);
+    free(sse);
+    free(acc);
+    free(full);
+    ck_assert_int_eq(tu_joule("serve --model m.safetensors --stream-interval 0"), 2);
+    ck_assert(tu_file_has("err.txt", "--stream-interval"));
+    stop();
+}
+END_TEST
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     Suite *s = suite_create("serve");
@@ -285,5 +319,6 @@ int main(void) {
     tcase_add_test(t, test_queue_full_and_disconnect);
     tcase_add_test(t, test_connection_burst);
     tcase_add_test(t, test_stop_and_stream);
+    tcase_add_test(t, test_stream_interval);
     return tu_run_suite(s);
 }
