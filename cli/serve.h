@@ -3,7 +3,10 @@
  * Threads: libmicrohttpd runs one thread per connection (serve_http.c); one loop thread
  * (serve_state.c) owns the scheduler and steps it without holding `mu`, so connections
  * never wait a step for the lock. Connections hand it work through the inbox and the
- * cancel list (under `mu`); the scheduler's callbacks take `mu` for each token. Everything
+ * cancel list (under `mu`); the scheduler's callbacks take `mu` for each token and wake
+ * that request's connection only when it has something to do: at each token for a
+ * stream, at the end for a whole answer (a broadcast after every step woke every waiting
+ * connection at every token, costing a whole answer 6 ms of switches). Everything
  * else below `mu` is guarded by it. A request (srv_req) is shared by its connection and
  * the scheduler: refs counts both, and the last to let go frees it.
  */
@@ -41,6 +44,9 @@ typedef struct srv_req srv_req;
 struct srv_req {
     server *srv;
     srv_req *next_in, *next_cancel; /* inbox and cancel list links */
+    srv_req *prev_open, *next_open; /* the server's open requests (srv_stop wakes them all) */
+    pthread_cond_t grew; /* its connection waits here (mu): signalled at the end, and for a
+                            stream at each token */
     bool cancelling;
     int refs; /* the connection + the scheduler */
     uint64_t id, num;
@@ -77,7 +83,7 @@ typedef struct {
 
 struct server {
     pthread_mutex_t mu;
-    pthread_cond_t work, progress;
+    pthread_cond_t work;
     joule_sched *sched;
     const joule_model *m;
     char model_id[256];
@@ -103,6 +109,7 @@ struct server {
     joule_energy_window busy_win;
     bool busy;
     int open; /* requests accepted and not yet freed: the busy window is open while > 0 */
+    srv_req *open_list;
     double busy_j, busy_s, busy_cpu_s; /* closed busy windows: joules, wall and process CPU seconds */
 };
 
@@ -120,8 +127,8 @@ void srv_release(srv_req *r, bool disconnected);
  * may be completing and of a split UTF-8 character. */
 size_t srv_streamable(const srv_req *r);
 void srv_count(server *s, int code); /* mu held */
-/* Waits on progress for at most a second. mu held. */
-void srv_wait(server *s);
+/* Waits until r's connection has something to do (for at most a second). mu held. */
+void srv_wait(srv_req *r);
 
 /* serve_api.c: OpenAI-compatible request parsing and response bodies (malloc'd strings). */
 int srv_parse_completion(const char *body, size_t n, int ctx, int max_tokens, srv_params *p, char *err,

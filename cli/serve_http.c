@@ -1,5 +1,5 @@
 /* `joule serve`: the HTTP front on libmicrohttpd, one thread per connection (a connection
- * waits on the scheduler's progress while its request runs). Every answer is JSON (or
+ * waits for its request's progress while it runs). Every answer is JSON (or
  * Prometheus text, or server-sent events), every error an OpenAI-style error object. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -85,7 +85,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             k = MHD_CONTENT_READER_END_WITH_ERROR;
             break;
         }
-        if (!ready) srv_wait(s);
+        if (!ready) srv_wait(r);
     }
     if (k == 0) {
         k = (ssize_t)(r->out_n - r->out_off < max ? r->out_n - r->out_off : max);
@@ -146,7 +146,7 @@ static enum MHD_Result completions(server *s, struct MHD_Connection *c, conn_ctx
     if (code != 200) return error(s, c, code, code == 503 ? "the server is stopping" : joule_last_error(), NULL);
     if (r->p.stream) return stream(s, c, r);
     pthread_mutex_lock(&s->mu);
-    while (!r->done && !s->stopping) srv_wait(s);
+    while (!r->done && !s->stopping) srv_wait(r);
     const bool ok = r->done && r->why != JOULE_FINISH_ERROR;
     char *body = ok ? srv_completion_json(r, s->model_id, false, 0, r->n, true) : NULL;
     srv_release(r, false);

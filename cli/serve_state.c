@@ -34,6 +34,11 @@ static void busy_edge(server *s, bool busy) {
 }
 
 static void req_free(srv_req *r) {
+    server *s = r->srv;
+    if (r->prev_open) r->prev_open->next_open = r->next_open;
+    else s->open_list = r->next_open;
+    if (r->next_open) r->next_open->prev_open = r->prev_open;
+    pthread_cond_destroy(&r->grew);
     srv_params_free(&r->p);
     free(r->text);
     free(r->out);
@@ -64,6 +69,7 @@ static int on_token(void *ctx, int32_t tok) {
             stop = 1;
         }
     }
+    if (r->p.stream) pthread_cond_signal(&r->grew);
     pthread_mutex_unlock(&r->srv->mu);
     return stop;
 }
@@ -75,6 +81,7 @@ static void on_finish(void *ctx, joule_sched_finish why, int status) {
     r->done = true;
     r->why = why;
     r->status = status;
+    pthread_cond_signal(&r->grew);
     s->completion_tokens += (uint64_t)r->completion_tokens;
     if (why != JOULE_FINISH_CANCEL && why != JOULE_FINISH_ERROR) {
         const double now = joule_now();
@@ -96,7 +103,11 @@ int srv_submit(server *s, srv_params *p, srv_req **out) {
         joule_fail(JOULE_ERR_NOMEM, "out of memory accepting a request");
         return 500;
     }
+    pthread_cond_init(&r->grew, NULL);
     r->srv = s;
+    r->next_open = s->open_list;
+    if (s->open_list) s->open_list->prev_open = r;
+    s->open_list = r;
     r->p = *p;
     memset(p, 0, sizeof *p);
     r->cap = (size_t)r->p.max_tokens;
@@ -175,15 +186,14 @@ size_t srv_streamable(const srv_req *r) {
     return n > r->sent ? n : r->sent;
 }
 
-void srv_wait(server *s) {
+void srv_wait(srv_req *r) {
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);
     t.tv_sec += 1;
-    pthread_cond_timedwait(&s->progress, &s->mu, &t);
+    pthread_cond_timedwait(&r->grew, &r->srv->mu, &t);
 }
 
-/* One step whenever there is work, outside the lock; progress wakes the connections after
- * each. */
+/* One step whenever there is work, outside the lock (the callbacks wake the connections). */
 static void *loop(void *arg) {
     server *s = arg;
     /* OpenMP's team size is per thread: a new thread starts from the default (every core),
@@ -203,7 +213,6 @@ static void *loop(void *arg) {
         joule_sched_step(s->sched, NULL);
         pthread_mutex_lock(&s->mu);
         s->st = joule_sched_get_stats(s->sched);
-        pthread_cond_broadcast(&s->progress);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -213,7 +222,6 @@ int srv_init(server *s, const joule_model *m, const char *model_id, const srv_op
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work, NULL);
-    pthread_cond_init(&s->progress, NULL);
     s->m = m;
     s->o = *o;
     snprintf(s->model_id, sizeof s->model_id, "%s", model_id);
@@ -233,7 +241,7 @@ void srv_stop(server *s) {
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_cond_broadcast(&s->work);
-    pthread_cond_broadcast(&s->progress);
+    for (srv_req *r = s->open_list; r; r = r->next_open) pthread_cond_broadcast(&r->grew);
     pthread_mutex_unlock(&s->mu);
     if (s->loop_started) pthread_join(s->loop, NULL);
     s->loop_started = false;
@@ -247,6 +255,5 @@ void srv_free(server *s) {
     joule_sched_free(s->sched); /* on_finish(CANCEL), which takes mu, for whatever is left */
     s->sched = NULL;
     pthread_cond_destroy(&s->work);
-    pthread_cond_destroy(&s->progress);
     pthread_mutex_destroy(&s->mu);
 }
