@@ -65,21 +65,30 @@ typedef struct {
     int fd; /* -1: none open */
 } scraper;
 
+/* Receives into *buf after its first n bytes, doubling it (*cap bytes) first when fewer
+ * than room + 1 are free; keeps it NUL-terminated. The bytes received, <= 0 at the end of
+ * the stream or on failure (*buf stays the caller's to free). */
+static ssize_t recv_more(int fd, char **buf, size_t *cap, size_t n, size_t room) {
+    if (n + room + 1 >= *cap) {
+        char *b = realloc(*buf, 2 * *cap);
+        if (!b) return -1;
+        *buf = b;
+        *cap *= 2;
+    }
+    ssize_t k = recv(fd, *buf + n, *cap - n - 1, 0);
+    if (k > 0) (*buf)[n + (size_t)k] = '\0';
+    return k;
+}
+
 /* Reads one response: status, then Content-Length bytes of body (malloc'd). */
 static char *read_response(int fd) {
     size_t n = 0, cap = 8192, body_at = 0, want = 0;
     char *buf = malloc(cap);
     while (buf) {
         if (body_at && n - body_at >= want) break;
-        if (n + 4096 + 1 > cap) {
-            char *b = realloc(buf, cap *= 2);
-            if (!b) break;
-            buf = b;
-        }
-        ssize_t k = recv(fd, buf + n, cap - n - 1, 0);
+        ssize_t k = recv_more(fd, &buf, &cap, n, 4096);
         if (k <= 0) break;
         n += (size_t)k;
-        buf[n] = '\0';
         char *e = body_at ? NULL : strstr(buf, "\r\n\r\n");
         if (e) {
             const char *cl = strcasestr(buf, "\r\ncontent-length:");
@@ -208,15 +217,9 @@ static bool read_stream(run_ctx *c, int fd, joule_serve_req *q, int cap) {
     char *buf = malloc(size);
     bool headers = false, ok = false, ended = false;
     while (buf) {
-        if (n + 1 >= size) {
-            char *b = realloc(buf, size *= 2);
-            if (!b) break;
-            buf = b;
-        }
-        ssize_t k = recv(fd, buf + n, size - n - 1, 0);
+        ssize_t k = recv_more(fd, &buf, &size, n, 0);
         if (k <= 0) break;
         n += (size_t)k;
-        buf[n] = '\0';
         const double t = joule_now() - c->t0;
         char *p = buf, *e;
         if (!headers) {
