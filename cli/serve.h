@@ -4,8 +4,8 @@
  * (serve_state.c) owns the scheduler and steps it without holding `mu`, so connections
  * never wait a step for the lock. Connections hand it work through the inbox and the
  * cancel list (under `mu`); the scheduler's callbacks take `mu` for each token and wake
- * that request's connection only when it has something to do: at each token for a
- * stream, at the end for a whole answer (a broadcast after every step woke every waiting
+ * that request's connection only when it has something to do: when a stream's next event
+ * is due, at the end for a whole answer (a broadcast after every step woke every waiting
  * connection at every token: 71 context switches per 32-token whole answer, now 7). Everything
  * else below `mu` is guarded by it. A request (srv_req) is shared by its connection and
  * the scheduler: refs counts both, and the last to let go frees it.
@@ -46,7 +46,7 @@ struct srv_req {
     srv_req *next_in, *next_cancel; /* inbox and cancel list links */
     srv_req *prev_open, *next_open; /* the server's open requests (srv_stop wakes them all) */
     pthread_cond_t grew; /* its connection waits here (mu): signalled at the end, and for a
-                            stream at each token */
+                            stream when an event is due */
     bool cancelling;
     int refs; /* the connection + the scheduler */
     uint64_t id, num;
@@ -108,8 +108,7 @@ struct server {
     /* the same meters while a request is open (mu): server overhead without idle gaps */
     joule_energy_window busy_win;
     bool busy;
-    int open; /* requests accepted and not yet freed: the busy window is open while > 0 */
-    srv_req *open_list;
+    srv_req *open_list; /* requests accepted and not yet freed: the busy window is open while any */
     double busy_j, busy_s, busy_cpu_s; /* closed busy windows: joules, wall and process CPU seconds */
 };
 
@@ -126,6 +125,9 @@ void srv_release(srv_req *r, bool disconnected);
 /* Bytes of r->text that may go out now: all when done, else short of a stop string that
  * may be completing and of a split UTF-8 character. */
 size_t srv_streamable(const srv_req *r);
+/* Whether r's stream has its next event due: --stream-interval new bytes streamable, or the
+ * end (each event costs the server a wake-up and a send). mu held. */
+bool srv_event_due(const srv_req *r);
 void srv_count(server *s, int code); /* mu held */
 /* Waits until r's connection has something to do (for at most a second). mu held. */
 void srv_wait(srv_req *r);

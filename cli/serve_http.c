@@ -75,8 +75,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     pthread_mutex_lock(&s->mu);
     ssize_t k = 0;
     while (r->out_off >= r->out_n) {
-        /* an event per stream_interval bytes: each costs the server a wake-up and a send */
-        const bool ready = srv_streamable(r) >= r->sent + (size_t)s->o.stream_interval || r->done;
+        const bool ready = srv_event_due(r);
         if (ready && !next_event(r)) {
             k = r->stream_state == 2 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
             break;

@@ -49,7 +49,7 @@ static void unref(srv_req *r) {
     if (--r->refs > 0) return;
     server *s = r->srv;
     req_free(r);
-    if (--s->open == 0) busy_edge(s, false);
+    if (!s->open_list) busy_edge(s, false);
 }
 
 /* Scheduler callback (loop thread, mu held): the byte joins the text; a completed stop
@@ -69,7 +69,9 @@ static int on_token(void *ctx, int32_t tok) {
             stop = 1;
         }
     }
-    if (r->p.stream) pthread_cond_signal(&r->grew);
+    /* a stream's connection wakes when an event is due (--stream-interval); a whole
+     * answer's only at the end (on_finish) */
+    if (r->p.stream && srv_event_due(r)) pthread_cond_signal(&r->grew);
     pthread_mutex_unlock(&r->srv->mu);
     return stop;
 }
@@ -114,7 +116,7 @@ int srv_submit(server *s, srv_params *p, srv_req **out) {
     r->num = ++s->next_num;
     r->t_submit = joule_now();
     r->refs = 2;
-    if (s->open++ == 0) busy_edge(s, true);
+    if (!r->next_open) busy_edge(s, true); /* the only open request */
     if (s->inbox_tail) s->inbox_tail->next_in = r;
     else s->inbox = r;
     s->inbox_tail = r;
@@ -184,6 +186,10 @@ size_t srv_streamable(const srv_req *r) {
     size_t n = r->n > hold ? r->n - hold : 0;
     n = utf8_whole(r->text, n);
     return n > r->sent ? n : r->sent;
+}
+
+bool srv_event_due(const srv_req *r) {
+    return r->done || srv_streamable(r) >= r->sent + (size_t)r->srv->o.stream_interval;
 }
 
 void srv_wait(srv_req *r) {
