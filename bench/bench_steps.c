@@ -12,11 +12,12 @@ enum { PROMPT = 16, STEPS = 64, ROUNDS = 5 };
 static int time_steps(joule_decoder_batch *b, joule_decoder **ds, int n, int steps, double *s) {
     int32_t tok[JOULE_BENCH_MAX_ROWS];
     const float *lg;
+    const int seqs = n ? n : 1;
     int rc = JOULE_OK;
-    for (int i = 0; i < (n ? n : 1) && !rc; i++) rc = joule_decoder_truncate(ds[i], PROMPT);
+    for (int i = 0; i < seqs && !rc; i++) rc = joule_decoder_truncate(ds[i], PROMPT);
     const double t0 = joule_now();
     for (int k = 0; k < steps && !rc; k++) {
-        for (int i = 0; i < (n ? n : 1); i++) tok[i] = 32 + (k * 7 + i * 13) % 90;
+        for (int i = 0; i < seqs; i++) tok[i] = 32 + (k * 7 + i * 13) % 90;
         rc = n ? joule_decoder_step_batch(b, ds, n, tok, &lg) : joule_decoder_step(ds[0], tok[0], &lg);
     }
     *s = (joule_now() - t0) / steps;

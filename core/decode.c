@@ -190,7 +190,7 @@ static void attend_all_heads(const joule_decoder *d, int l, int pos, const float
 static void attend(joule_decoder *d, int l, int pos) {
     const joule_config *c = &d->m->cfg;
     const int H = c->n_heads, T = c->ctx;
-    if (pos <= 64 || joule_get_threads() == 1) { /* one thread: row order, the same bits */
+    if (!joule_par_worth((uint64_t)pos, 65)) { /* row order, the same bits */
         attend_all_heads(d, l, pos, d->qkv, d->scores, d->att_out);
     } else {
 #pragma omp parallel for schedule(static)
@@ -502,12 +502,7 @@ static void attend_batch(joule_decoder_batch *b, joule_decoder *const *ds, int n
     const int C = b->m->cfg.d_model;
     uint64_t work = 0;
     for (int i = 0; i < n; i++) work += (uint64_t)ds[i]->pos + 1;
-    if (n > 1 && joule_par_worth(work, 64)) {
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) attend_seq(b, ds, l, i);
-    } else {
-        for (int i = 0; i < n; i++) attend_seq(b, ds, l, i);
-    }
+    JOULE_PAR_FOR(n > 1 && joule_par_worth(work, 64), i, n, attend_seq(b, ds, l, i));
     joule_flops_add(4ull * work * (uint64_t)C);
 }
 

@@ -43,12 +43,8 @@ static void portable_output(float *out, const uint16_t *xb, const uint16_t *W, i
 }
 
 static void block_portable(float *out, const uint16_t *xb, const uint16_t *W, int r, int IC, int OC, float beta) {
-    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int o = 0; o < OC; o++) portable_output(out, xb, W, r, IC, OC, beta, o);
-    } else {
-        for (int o = 0; o < OC; o++) portable_output(out, xb, W, r, IC, OC, beta, o);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1), o, OC,
+                  portable_output(out, xb, W, r, IC, OC, beta, o));
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -169,12 +165,8 @@ BF16_TARGET static void gemv_outputs(float *out, const uint16_t *xb, const uint1
 }
 
 BF16_TARGET static void gemv_avx512(float *out, const uint16_t *xb, const uint16_t *W, int IC, int OC, float beta) {
-    if (joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xb, W, IC, OC, beta, ob);
-    } else {
-        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xb, W, IC, OC, beta, ob);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1), ob, (OC + 3) / 4,
+                  gemv_outputs(out, xb, W, IC, OC, beta, ob));
 }
 
 /* Outputs 4 b .. 4 b + 3 of every row: blocks of four weight rows; the rows past a
@@ -204,12 +196,8 @@ BF16_TARGET static void block_avx512(float *out, const uint16_t *xb, const uint1
         return;
     }
     const int ob = (OC + 3) / 4;
-    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int b = 0; b < ob; b++) block_outputs(out, xb, W, r, IC, OC, beta, b);
-    } else {
-        for (int b = 0; b < ob; b++) block_outputs(out, xb, W, r, IC, OC, beta, b);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1), b, ob,
+                  block_outputs(out, xb, W, r, IC, OC, beta, b));
 }
 
 static bool have_bf16(void) {

@@ -47,12 +47,8 @@ static void portable_output(float *out, const int8_t *xq, const float *sx, const
 
 static void block_portable(float *out, const int8_t *xq, const float *sx, const int8_t *W, const float *ws, int r,
                            int IC, int OC, float beta) {
-    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int o = 0; o < OC; o++) portable_output(out, xq, sx, W, ws, r, IC, OC, beta, o);
-    } else {
-        for (int o = 0; o < OC; o++) portable_output(out, xq, sx, W, ws, r, IC, OC, beta, o);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1), o, OC,
+                  portable_output(out, xq, sx, W, ws, r, IC, OC, beta, o));
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -175,12 +171,8 @@ VNNI_TARGET static void gemv_outputs(float *out, const uint8_t *xu, float sx, co
 
 VNNI_TARGET static void gemv_vnni(float *out, const uint8_t *xu, float sx, const int8_t *W, const float *ws,
                                   const int32_t *wsum, int IC, int OC, float beta) {
-    if (joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xu, sx, W, ws, wsum, IC, OC, beta, ob);
-    } else {
-        for (int ob = 0; ob < (OC + 3) / 4; ob++) gemv_outputs(out, xu, sx, W, ws, wsum, IC, OC, beta, ob);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)IC * OC, JOULE_QUANT_PAR_WORK + 1), ob, (OC + 3) / 4,
+                  gemv_outputs(out, xu, sx, W, ws, wsum, IC, OC, beta, ob));
 }
 
 /* Outputs 4 b .. 4 b + 3 of every row: blocks of four weight rows; the rows past a
@@ -208,12 +200,8 @@ VNNI_TARGET static void block_vnni(float *out, const uint8_t *xu, const float *s
         return;
     }
     const int ob = (OC + 3) / 4;
-    if (joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1)) {
-#pragma omp parallel for schedule(static)
-        for (int b = 0; b < ob; b++) block_outputs(out, xu, sx, W, ws, wsum, r, IC, OC, beta, b);
-    } else {
-        for (int b = 0; b < ob; b++) block_outputs(out, xu, sx, W, ws, wsum, r, IC, OC, beta, b);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)r * IC * OC, JOULE_QUANT_PAR_WORK + 1), b, ob,
+                  block_outputs(out, xu, sx, W, ws, wsum, r, IC, OC, beta, b));
 }
 
 static bool have_vnni(void) {

@@ -70,12 +70,8 @@ static inline void embedding_row(float *out, const int32_t *tok, const float *em
 }
 
 void joule_embedding_forward(float *out, const int32_t *tok, const float *emb, int N, int C) {
-    if (joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK)) {
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) embedding_row(out, tok, emb, n, C);
-    } else {
-        for (int n = 0; n < N; n++) embedding_row(out, tok, emb, n, C);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK), n, N,
+                  embedding_row(out, tok, emb, n, C));
 }
 
 void joule_embedding_backward(float *demb, const float *dout, const int32_t *tok, int N, int C) {
@@ -112,12 +108,8 @@ static inline void rmsnorm_row(float *out, float *rstd, const float *in, const f
 
 void joule_rmsnorm_forward(float *out, float *rstd, const float *in, const float *gain, int N,
                            int C, float eps) {
-    if (joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK)) {
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) rmsnorm_row(out, rstd, in, gain, n, C, eps);
-    } else {
-        for (int n = 0; n < N; n++) rmsnorm_row(out, rstd, in, gain, n, C, eps);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)N * (uint64_t)C, JOULE_PAR_MIN_WORK), n, N,
+                  rmsnorm_row(out, rstd, in, gain, n, C, eps));
 }
 
 void joule_rmsnorm_backward(float *din, float *dgain, const float *dout, const float *in,
@@ -189,12 +181,8 @@ static inline void rope_row(float *x, int ld, int n, int T, const int *pos_of, i
 
 static void rope_apply(float *x, int ld, int N, int T, const int *pos_of, int nheads, int hs, int pos0,
                        const float *cos_tab, const float *sin_tab, float sign) {
-    if (joule_par_worth((uint64_t)N * (uint64_t)nheads * (uint64_t)hs, 8192)) {
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) rope_row(x, ld, n, T, pos_of, nheads, hs, pos0, cos_tab, sin_tab, sign);
-    } else {
-        for (int n = 0; n < N; n++) rope_row(x, ld, n, T, pos_of, nheads, hs, pos0, cos_tab, sin_tab, sign);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)N * (uint64_t)nheads * (uint64_t)hs, 8192), n, N,
+                  rope_row(x, ld, n, T, pos_of, nheads, hs, pos0, cos_tab, sin_tab, sign));
 }
 
 void joule_rope_forward(float *x, int ld, int B, int T, int nheads, int hs, int pos0,
@@ -369,12 +357,7 @@ static inline void swiglu_row(float *g, const float *h13, int n, int F) {
 }
 
 void joule_swiglu_forward(float *g, const float *h13, int N, int F) {
-    if (joule_par_worth((uint64_t)N * (uint64_t)F, JOULE_PAR_MIN_WORK)) {
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) swiglu_row(g, h13, n, F);
-    } else {
-        for (int n = 0; n < N; n++) swiglu_row(g, h13, n, F);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)N * (uint64_t)F, JOULE_PAR_MIN_WORK), n, N, swiglu_row(g, h13, n, F));
 }
 
 void joule_swiglu_backward(float *dh13, const float *dg, const float *h13, int N, int F) {

@@ -17,4 +17,15 @@
 static inline bool joule_par_worth(uint64_t work, uint64_t min_work) {
     return work >= min_work && omp_get_max_threads() > 1;
 }
+
+/* for (int I = 0; I < N; I++) CALL; as one static OpenMP parallel loop when PAR (say
+ * joule_par_worth(...)), else with no region at all. */
+#define JOULE_PAR_FOR(PAR, I, N, CALL)                                                       \
+    do {                                                                                   \
+        if (PAR) {                                                                         \
+            _Pragma("omp parallel for schedule(static)") for (int I = 0; I < (N); I++) CALL; \
+        } else {                                                                           \
+            for (int I = 0; I < (N); I++) CALL;                                            \
+        }                                                                                  \
+    } while (0)
 #endif

@@ -6,7 +6,7 @@
  * From 8 rows on the product is compute-bound, and the first tile over a panel would wait
  * on memory while later tiles find it cached; so every tile over a panel also prefetches
  * a share of the next panel, which keeps memory busy for the panel's whole time (16 rows
- * on the reference model: 2.1 instead of 3.0 ms per step's products, docs/BENCH.md). Below
+ * on the reference model: 1.80 instead of 2.47 ms per step's products, docs/BENCH.md). Below
  * 8 rows the hardware prefetcher keeps up, and software prefetches only cost issue slots. */
 #include "rows_kernel.h"
 #include "par.h"
@@ -161,10 +161,6 @@ void joule_rows_matmul(float *out, const float *in, const joule_rows_packed *pk,
     if (n < 1) return;
     joule_flops_add(2ull * (uint64_t)n * (uint64_t)IC * (uint64_t)OC);
     /* A thread team costs tens of microseconds: worth it from about a million multiply-adds. */
-    if (joule_par_worth((uint64_t)n * (uint64_t)IC * (uint64_t)OC, 1u << 20)) {
-#pragma omp parallel for schedule(static)
-        for (int p = 0; p < panels; p++) panel_of(out, in, pk, n, p, beta);
-    } else {
-        for (int p = 0; p < panels; p++) panel_of(out, in, pk, n, p, beta);
-    }
+    JOULE_PAR_FOR(joule_par_worth((uint64_t)n * (uint64_t)IC * (uint64_t)OC, 1u << 20), p, panels,
+                  panel_of(out, in, pk, n, p, beta));
 }
