@@ -71,8 +71,12 @@ static int on_token(void *ctx, int32_t tok) {
     }
     /* a stream's connection wakes when an event is due (--stream-interval); a whole
      * answer's only at the end (on_finish) */
-    if (r->p.stream && srv_event_due(r)) pthread_cond_signal(&r->grew);
+    const bool wake = r->p.stream && srv_event_due(r);
     pthread_mutex_unlock(&r->srv->mu);
+    /* After the unlock: woken under it, the connection preempted this thread on a shared
+     * core only to block on the mutex, then again at the unlock (two preemptions an event,
+     * docs/BENCH.md). r stays alive: the scheduler holds its reference until on_finish. */
+    if (wake) pthread_cond_signal(&r->grew);
     return stop;
 }
 

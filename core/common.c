@@ -103,18 +103,27 @@ double joule_float_for_json(float f) {
     return strtod(buf, NULL);
 }
 
+/* Arenas of weights, caches and moments go on 2 MiB pages where the kernel has them
+ * (transparent huge pages in madvise mode): a decode step streams every weight, and with
+ * 4 KiB pages that is a TLB miss every 4 KiB (docs/BENCH.md). */
+#define JOULE_HUGE_PAGE ((size_t)2 << 20)
+#define JOULE_HUGE_MIN ((size_t)4 << 20)
+
 void *joule_alloc(size_t bytes) {
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    if (rounded < bytes) {
+    const bool huge = bytes >= JOULE_HUGE_MIN;
+    const size_t align = huge ? JOULE_HUGE_PAGE : 64;
+    const size_t size = bytes ? (bytes + align - 1) & ~(align - 1) : 64;
+    if (size < bytes) {
         joule_fail(JOULE_ERR_NOMEM, "allocation of %zu bytes overflows", bytes);
         return NULL;
     }
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    void *p = aligned_alloc(align, size);
     if (!p) {
         joule_fail(JOULE_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
         return NULL;
     }
-    memset(p, 0, rounded ? rounded : 64);
+    if (huge) (void)madvise(p, size, MADV_HUGEPAGE); /* advice: refused or unsupported is fine */
+    memset(p, 0, size);
     return p;
 }
 

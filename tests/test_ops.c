@@ -9,6 +9,8 @@
 #include <check.h>
 #include <math.h>
 #include <omp.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -756,6 +758,63 @@ START_TEST(test_determinism_two_threads) {
 END_TEST
 
 /* ==================================================================================== */
+/* arenas on huge pages                                                                 */
+
+/* AnonHugePages (kB) of the mapping of /proc/self/smaps that holds p, or -1. */
+static long anon_huge_kb(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    bool in = false;
+    long kb = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+/* The kernel's THP mode is not [never] (huge pages may be had by madvise). */
+static bool thp_available(void) {
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char buf[128] = "";
+    if (f) {
+        if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+        fclose(f);
+    }
+    return buf[0] && !strstr(buf, "[never]");
+}
+
+/* Arenas of 4 MiB or more come back 2 MiB-aligned, zeroed, and (where the kernel has
+ * transparent huge pages) on huge pages: what makes a decode step's weight stream cheap. */
+START_TEST(test_alloc_huge_pages) {
+    const size_t n = (size_t)9 << 20;
+    unsigned char *p = joule_alloc(n);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq((uintptr_t)p % ((size_t)2 << 20), 0);
+    for (size_t i = 0; i < n; i += 4093) ck_assert_uint_eq(p[i], 0);
+    ck_assert_uint_eq(p[n - 1], 0);
+    unsigned char *small = joule_alloc(1000);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_uint_eq((uintptr_t)small % 64, 0);
+#if !defined(__SANITIZE_ADDRESS__) /* ASan's allocator places large blocks its own way */
+    if (thp_available()) {
+        const long kb = anon_huge_kb(p);
+        if (getenv("JOULE_TEST_VERBOSE")) printf("  9 MiB arena: AnonHugePages %ld kB\n", kb);
+        ck_assert_msg(kb >= 2048, "a 9 MiB arena has %ld kB on huge pages (THP is on)", kb);
+    }
+#endif
+    joule_free(small);
+    joule_free(p);
+}
+END_TEST
+
+/* ==================================================================================== */
 
 static Suite *ops_suite(void) {
     Suite *s = suite_create("ops");
@@ -783,6 +842,7 @@ static Suite *ops_suite(void) {
         {"xent_alias_extremes", test_xent_aliasing_and_extremes},
         {"xent_exp_range", test_xent_exp_range},
         {"determinism", test_determinism_two_threads},
+        {"alloc_huge_pages", test_alloc_huge_pages},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         TCase *tc = tcase_create(tests[i].name);

@@ -79,7 +79,9 @@ uint64_t joule_mix64(uint64_t a, uint64_t b);
  * rather than 9.99999974737875e-06 for 1e-5f. */
 double joule_float_for_json(float f);
 
-/* 64-byte aligned allocation (zeroed); free with joule_free. NULL on failure (message set). */
+/* Zeroed allocation, 64-byte aligned; from 4 MiB on, 2 MiB aligned and advised onto
+ * transparent huge pages (madvise; the kernel may decline). Free with joule_free. NULL on
+ * failure (message set). */
 void *joule_alloc(size_t bytes);
 void joule_free(void *p);
 
