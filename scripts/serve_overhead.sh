@@ -114,25 +114,28 @@ streamed_fig() {
     --generate "$G" --rate "$RATE" --threads "$THREADS" --idle 0 --seed "$1" --out "$TMP/serve" 2>&1 |
     awk '/while busy/ {print $(NF-1)}'
 }
+whole_request() {
+  "${LOADPIN[@]}" curl -sf "http://127.0.0.1:$PORT/v1/completions" -d "$BODY" > /dev/null || bad "a request failed"
+}
 whole_fig() {
   local b0
   b0=$(busy_joules)
   for _ in $(seq "$Q"); do
-    "${LOADPIN[@]}" curl -sf "http://127.0.0.1:$PORT/v1/completions" -d "$BODY" > /dev/null || bad "a request failed"
+    whole_request
     sleep "$GAP"
   done
   awk -v a="$b0" -v b="$(busy_joules)" -v q="$Q" 'BEGIN {print (b - a) / q}'
 }
 
 for r in $(seq "$ROUNDS"); do
-  # A fresh server every RESTART rounds: a process's speed depends on where its memory
-  # landed (several percent here), and bench energy is a fresh process every round.
+  # A fresh server every RESTART rounds, warmed like bench energy: its figures then come
+  # from many processes, as bench energy's do (one per round), not from one.
   if [ $(( (r - 1) % RESTART )) -eq 0 ]; then
     stop_server
     start_server
-    for _ in 1 2; do curl -sf "http://127.0.0.1:$PORT/v1/completions" -d "$BODY" > /dev/null || bad "a request failed"; done
+    whole_request
+    whole_request
   fi
-  e= s= w=
   case $(( r % 3 )) in
     1) e=$(energy_fig); s=$(streamed_fig "$r"); w=$(whole_fig) ;;
     2) s=$(streamed_fig "$r"); w=$(whole_fig); e=$(energy_fig) ;;
